@@ -1,0 +1,117 @@
+//! Command-line grammar of the `poolfs` binary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Default controller port, as in the report.
+pub const CONTROLLER_PORT: u16 = 2000;
+/// Default node port, as in the report.
+pub const NODE_PORT: u16 = 2001;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "poolfs",
+    version,
+    about = "A storage pool for the machines of one LAN, mounted as a filesystem",
+    long_about = "poolfs pools the disks of the machines on one LAN. Every member runs a node; one \
+                  machine also runs the controller. Files are cut into segments, one per node, and \
+                  read back by fetching and joining them."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the controller: membership, ids, liveness (no file bytes pass through it).
+    Controller(ControllerArgs),
+    /// Run a storage node that contributes disk space to the pool.
+    Node(NodeArgs),
+    /// Show the pool's members: id, address, state, usage, last heartbeat.
+    Status(StatusArgs),
+    /// Offload a local file into the pool (without a mount).
+    Put(PutArgs),
+    /// Fetch a file offloaded with `put` back into a local file.
+    Get(GetArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ControllerOpt {
+    /// Address of the pool's controller.
+    #[arg(long, short = 'c', env = "POOLFS_CONTROLLER", default_value_t = SocketAddr::from(([127, 0, 0, 1], CONTROLLER_PORT)))]
+    pub controller: SocketAddr,
+}
+
+#[derive(Args, Debug)]
+pub struct ControllerArgs {
+    /// Address to listen on.
+    #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], CONTROLLER_PORT)))]
+    pub listen: SocketAddr,
+    /// Directory for the membership registry [default: DATA_DIR/controller].
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct NodeArgs {
+    /// Directory holding this node's segments and identity.
+    #[arg(long)]
+    pub storage: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], NODE_PORT)))]
+    pub listen: SocketAddr,
+    /// Controller to join; without it the node waits for the controller's signal.
+    #[arg(long, short = 'c', env = "POOLFS_CONTROLLER")]
+    pub controller: Option<SocketAddr>,
+    /// Space offered to the pool, e.g. 10G [default: free space of the storage disk].
+    #[arg(long, value_parser = parse_size)]
+    pub capacity: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub controller: ControllerOpt,
+    /// Print the view as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CatalogOpt {
+    /// Directory of manifests of offloaded files [default: DATA_DIR/catalog].
+    #[arg(long)]
+    pub catalog: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct PutArgs {
+    /// The local file to offload.
+    pub file: PathBuf,
+    /// Name in the catalog [default: the file's name].
+    #[arg(long)]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub controller: ControllerOpt,
+    #[command(flatten)]
+    pub catalog: CatalogOpt,
+}
+
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    /// Name the file was offloaded under.
+    pub name: String,
+    /// Where to write it (`-` for standard output).
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub controller: ControllerOpt,
+    #[command(flatten)]
+    pub catalog: CatalogOpt,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    poolfs::util::parse_size(s)
+}

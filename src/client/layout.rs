@@ -1,0 +1,113 @@
+//! Stripe geometry: which bytes of a file go to which shard of which stripe, and where
+//! each shard lives inside its segment. Pure arithmetic with its own tests.
+
+use std::ops::Range;
+
+use serde::{Deserialize, Serialize};
+
+/// How a file is cut: stripes of `k` data shards (plus `m` parity shards) of at most
+/// `shard_size` bytes. Segment i of a file holds shard i of every stripe, stripe j at
+/// offset `j * shard_size`.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub k: u32,
+    pub m: u32,
+    pub shard_size: u32,
+}
+
+impl Layout {
+    /// Data bytes in one full stripe.
+    pub fn stripe_size(&self) -> u64 {
+        u64::from(self.k) * u64::from(self.shard_size)
+    }
+
+    /// Number of segments (and holders) of a file.
+    pub fn segments(&self) -> u32 {
+        self.k + self.m
+    }
+
+    /// Stripes needed for a file of `size` bytes.
+    pub fn stripe_count(&self, size: u64) -> u64 {
+        size.div_ceil(self.stripe_size())
+    }
+
+    /// Data bytes in stripe `j` of a file of `size` bytes.
+    pub fn stripe_len(&self, size: u64, j: u64) -> u64 {
+        size.saturating_sub(j * self.stripe_size()).min(self.stripe_size())
+    }
+
+    /// Bytes of each shard of a stripe carrying `stripe_len` data bytes: the data split
+    /// evenly over the k shards (so even a small file is spread over every segment),
+    /// rounded up to an even count as erasure codecs require.
+    pub fn shard_len(&self, stripe_len: u64) -> u32 {
+        let per = stripe_len.div_ceil(u64::from(self.k));
+        let even = per + (per & 1);
+        even.min(u64::from(self.shard_size)) as u32
+    }
+
+    /// Where stripe `j`'s shard sits in its segment.
+    pub fn segment_offset(&self, j: u64) -> u64 {
+        j * u64::from(self.shard_size)
+    }
+
+    /// File bytes of stripe `j`.
+    pub fn stripe_range(&self, size: u64, j: u64) -> Range<u64> {
+        let start = j * self.stripe_size();
+        start..start + self.stripe_len(size, j)
+    }
+
+    /// The stripes that bytes `offset..offset+len` of a file of `size` bytes touch.
+    pub fn stripes_touching(&self, offset: u64, len: u64, size: u64) -> Range<u64> {
+        let end = offset.saturating_add(len).min(size);
+        if offset >= end {
+            return 0..0;
+        }
+        offset / self.stripe_size()..end.div_ceil(self.stripe_size())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: Layout = Layout {
+        k: 3,
+        m: 0,
+        shard_size: 8,
+    };
+
+    #[test]
+    fn stripe_counts_and_lengths() {
+        assert_eq!(L.stripe_size(), 24);
+        assert_eq!(L.stripe_count(0), 0);
+        assert_eq!(L.stripe_count(1), 1);
+        assert_eq!(L.stripe_count(24), 1);
+        assert_eq!(L.stripe_count(25), 2);
+        assert_eq!(L.stripe_len(25, 0), 24);
+        assert_eq!(L.stripe_len(25, 1), 1);
+        assert_eq!(L.stripe_len(25, 2), 0);
+        assert_eq!(L.stripe_range(25, 1), 24..25);
+    }
+
+    #[test]
+    fn shards_split_evenly_and_stay_even() {
+        assert_eq!(L.shard_len(24), 8);
+        assert_eq!(L.shard_len(1), 2);
+        assert_eq!(L.shard_len(7), 4); // 3 per shard, rounded to 4
+        assert_eq!(L.shard_len(23), 8);
+        for len in 1..=24 {
+            let s = u64::from(L.shard_len(len));
+            assert!(s * 3 >= len && s <= 8 && s % 2 == 0, "len {len}");
+        }
+    }
+
+    #[test]
+    fn ranges_touch_the_right_stripes() {
+        assert_eq!(L.stripes_touching(0, 1, 100), 0..1);
+        assert_eq!(L.stripes_touching(23, 2, 100), 0..2);
+        assert_eq!(L.stripes_touching(24, 24, 100), 1..2);
+        assert_eq!(L.stripes_touching(90, 100, 100), 3..5);
+        assert_eq!(L.stripes_touching(100, 5, 100), 0..0);
+        assert_eq!(L.segment_offset(3), 24);
+    }
+}

@@ -1,0 +1,388 @@
+//! The client engine: places files on the pool's nodes, streams stripes out to all
+//! segment holders in parallel, and reads byte ranges back, verified and reassembled.
+
+pub mod catalog;
+pub mod layout;
+pub mod manifest;
+pub mod stripe;
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesOrdered, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::net::{ConnPool, NetError};
+use crate::proto::{ErrorKind, NodeId, PoolView, Request, Response, SegmentRef};
+pub use layout::Layout;
+pub use manifest::{Holder, Manifest};
+use stripe::Checksum;
+
+/// Default shard size: large enough for streaming, small enough to keep memory bounded.
+pub const DEFAULT_SHARD_SIZE: u32 = 1 << 20;
+
+/// How the client places and moves files.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    pub controller: SocketAddr,
+    /// Parity shards per stripe (0 until erasure coding lands).
+    pub parity: u32,
+    pub shard_size: u32,
+    /// Stripes stored or fetched concurrently by one stream.
+    pub stripes_in_flight: usize,
+}
+
+impl ClientConfig {
+    /// Defaults for a pool whose controller is at `controller`.
+    pub fn new(controller: SocketAddr) -> Self {
+        ClientConfig {
+            controller,
+            parity: 0,
+            shard_size: DEFAULT_SHARD_SIZE,
+            stripes_in_flight: 4,
+        }
+    }
+}
+
+/// Why a pool operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("the pool has no live nodes")]
+    NoNodes,
+    #[error("cannot reach the controller: {0}")]
+    Controller(NetError),
+    #[error("node {node} has no space for segment {segment} of file {file}: {message}")]
+    NoSpace {
+        node: NodeId,
+        file: String,
+        segment: u32,
+        message: String,
+    },
+    #[error("storing segment {segment} of file {file} on node {node} failed: {source}")]
+    Store {
+        node: NodeId,
+        file: String,
+        segment: u32,
+        source: NetError,
+    },
+    #[error("segment {segment} of file {file} is on node {node} ({addr}), which failed: {source}")]
+    Fetch {
+        node: NodeId,
+        addr: SocketAddr,
+        file: String,
+        segment: u32,
+        source: NetError,
+    },
+    #[error("shard {segment} of stripe {stripe} of file {file} from node {node} fails its checksum")]
+    Corrupt {
+        node: NodeId,
+        file: String,
+        stripe: u64,
+        segment: u32,
+    },
+    #[error("file {file} has no checksums for stripe {stripe}: the manifest is incomplete")]
+    Incomplete { file: String, stripe: u64 },
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ClientError {
+    /// The errno a filesystem should report for this failure.
+    pub fn errno(&self) -> i32 {
+        match self {
+            ClientError::NoSpace { .. } => libc::ENOSPC,
+            _ => libc::EIO,
+        }
+    }
+}
+
+/// How long a fetched pool view is reused before asking the controller again.
+const VIEW_TTL: Duration = Duration::from_millis(500);
+
+/// A handle on the pool for storing and fetching files.
+pub struct PoolClient {
+    cfg: ClientConfig,
+    conns: ConnPool,
+    view: Mutex<Option<(PoolView, Instant)>>,
+}
+
+impl PoolClient {
+    /// A client of the pool run by the controller in `cfg`.
+    pub fn new(cfg: ClientConfig) -> Self {
+        PoolClient {
+            cfg,
+            conns: ConnPool::new(Duration::from_secs(2), Duration::from_secs(30)),
+            view: Mutex::new(None),
+        }
+    }
+
+    /// The configuration this client was made with.
+    pub fn config(&self) -> &ClientConfig {
+        &self.cfg
+    }
+
+    fn cached_view(&self) -> Option<(PoolView, Instant)> {
+        self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The pool view, fresh from the controller when it answers, else the last one.
+    pub async fn view(&self) -> Result<PoolView, ClientError> {
+        if let Some((view, at)) = self.cached_view() {
+            if at.elapsed() < VIEW_TTL {
+                return Ok(view);
+            }
+        }
+        match self.conns.call(self.cfg.controller, &Request::Pool, None).await {
+            Ok((Response::Pool(view), _)) => {
+                *self.view.lock().unwrap_or_else(|p| p.into_inner()) = Some((view.clone(), Instant::now()));
+                Ok(view)
+            }
+            Ok((other, _)) => Err(ClientError::Controller(NetError::Unexpected {
+                addr: self.cfg.controller,
+                what: format!("{other:?}"),
+            })),
+            Err(e) => match self.cached_view() {
+                // The controller being down must not stop reads and writes.
+                Some((view, _)) => {
+                    log::debug!("controller unreachable ({e}); using the last pool view");
+                    Ok(view)
+                }
+                None => Err(ClientError::Controller(e)),
+            },
+        }
+    }
+
+    fn addr_of(&self, holder: &Holder) -> SocketAddr {
+        self.cached_view()
+            .and_then(|(view, _)| view.node(holder.node_id).map(|n| n.addr))
+            .unwrap_or(holder.addr)
+    }
+
+    /// An empty manifest for a new file, placed on every live node (one segment each).
+    pub async fn new_file(&self) -> Result<Manifest, ClientError> {
+        let view = self.view().await?;
+        let live = view.live();
+        if live.is_empty() {
+            return Err(ClientError::NoNodes);
+        }
+        let n = live.len() as u32;
+        let m = self.cfg.parity.min(n - 1);
+        let id: [u8; 16] = rand::random();
+        Ok(Manifest {
+            file_id: crate::util::encode_hex(&id),
+            size: 0,
+            layout: Layout {
+                k: n - m,
+                m,
+                shard_size: self.cfg.shard_size,
+            },
+            holders: live
+                .iter()
+                .map(|node| Holder {
+                    node_id: node.id,
+                    addr: node.addr,
+                })
+                .collect(),
+            stripes: Vec::new(),
+        })
+    }
+
+    /// Stores stripe `j` (its data bytes) on all holders in parallel; returns the shard
+    /// checksums to record in the manifest once every holder has acknowledged.
+    pub async fn write_stripe(&self, m: &Manifest, j: u64, data: &[u8]) -> Result<Vec<Checksum>, ClientError> {
+        let shards = stripe::encode(&m.layout, data);
+        let offset = m.layout.segment_offset(j);
+        let stores = shards.iter().enumerate().map(|(i, shard)| {
+            let holder = &m.holders[i];
+            let addr = self.addr_of(holder);
+            let req = Request::Store {
+                segment: SegmentRef {
+                    file: m.file_id.clone(),
+                    index: i as u32,
+                },
+                offset,
+                len: shard.len() as u32,
+            };
+            async move {
+                self.conns
+                    .call(addr, &req, Some(shard))
+                    .await
+                    .map_err(|source| match source.remote_kind() {
+                        Some(ErrorKind::NoSpace) => ClientError::NoSpace {
+                            node: holder.node_id,
+                            file: m.file_id.clone(),
+                            segment: i as u32,
+                            message: source.to_string(),
+                        },
+                        _ => ClientError::Store {
+                            node: holder.node_id,
+                            file: m.file_id.clone(),
+                            segment: i as u32,
+                            source,
+                        },
+                    })
+            }
+        });
+        futures::future::try_join_all(stores).await?;
+        Ok(shards.iter().map(|s| stripe::checksum(s)).collect())
+    }
+
+    /// Fetches stripe `j` of a file from its holders and returns its data bytes,
+    /// verified against the manifest's checksums.
+    pub async fn read_stripe(&self, m: &Manifest, j: u64) -> Result<Vec<u8>, ClientError> {
+        let stripe_len = m.layout.stripe_len(m.size, j);
+        let shard_len = m.layout.shard_len(stripe_len);
+        let sums = m
+            .stripes
+            .get(j as usize)
+            .filter(|s| s.len() >= m.layout.k as usize)
+            .ok_or_else(|| ClientError::Incomplete {
+                file: m.file_id.clone(),
+                stripe: j,
+            })?;
+        let fetches = (0..m.layout.k).map(|i| {
+            let holder = &m.holders[i as usize];
+            let addr = self.addr_of(holder);
+            let req = Request::Fwd {
+                segment: SegmentRef {
+                    file: m.file_id.clone(),
+                    index: i,
+                },
+                offset: m.layout.segment_offset(j),
+                len: shard_len,
+            };
+            async move {
+                let fetch_err = |source| ClientError::Fetch {
+                    node: holder.node_id,
+                    addr,
+                    file: m.file_id.clone(),
+                    segment: i,
+                    source,
+                };
+                let (resp, body) = self.conns.call(addr, &req, None).await.map_err(fetch_err)?;
+                let shard = body.ok_or_else(|| {
+                    fetch_err(NetError::Unexpected {
+                        addr,
+                        what: format!("{resp:?} instead of data"),
+                    })
+                })?;
+                if shard.len() != shard_len as usize || stripe::checksum(&shard) != sums[i as usize] {
+                    return Err(ClientError::Corrupt {
+                        node: holder.node_id,
+                        file: m.file_id.clone(),
+                        stripe: j,
+                        segment: i,
+                    });
+                }
+                Ok(shard)
+            }
+        });
+        let shards = futures::future::try_join_all(fetches).await?;
+        Ok(stripe::decode(stripe_len as usize, &shards))
+    }
+
+    /// Bytes `offset..offset+len` of a file (shorter at the end of the file), fetching
+    /// only the stripes the range touches.
+    pub async fn read_range(&self, m: &Manifest, offset: u64, len: u64) -> Result<Vec<u8>, ClientError> {
+        let end = offset.saturating_add(len).min(m.size);
+        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        let mut stripes = futures::stream::iter(m.layout.stripes_touching(offset, len, m.size))
+            .map(|j| async move { self.read_stripe(m, j).await.map(|data| (j, data)) })
+            .buffered(self.cfg.stripes_in_flight);
+        while let Some(next) = stripes.next().await {
+            let (j, data) = next?;
+            let range = m.layout.stripe_range(m.size, j);
+            let from = offset.max(range.start) - range.start;
+            let to = end.min(range.end) - range.start;
+            out.extend_from_slice(&data[from as usize..to as usize]);
+        }
+        Ok(out)
+    }
+
+    /// Removes a file's segments from every holder; holders that cannot be reached are
+    /// reported, the others are cleaned.
+    pub async fn delete(&self, m: &Manifest) -> Result<(), ClientError> {
+        let deletes = m.holders.iter().enumerate().map(|(i, holder)| async move {
+            let req = Request::Delete {
+                file: m.file_id.clone(),
+            };
+            self.conns
+                .call(self.addr_of(holder), &req, None)
+                .await
+                .map_err(|source| ClientError::Store {
+                    node: holder.node_id,
+                    file: m.file_id.clone(),
+                    segment: i as u32,
+                    source,
+                })
+        });
+        let results = futures::future::join_all(deletes).await;
+        results.into_iter().find_map(Result::err).map_or(Ok(()), Err)
+    }
+
+    /// Streams `src` into the pool as a new file, with at most `stripes_in_flight`
+    /// stripes buffered; `progress` gets the bytes stored so far.
+    pub async fn put<R: AsyncRead + Unpin>(&self, mut src: R, progress: impl Fn(u64)) -> Result<Manifest, ClientError> {
+        let mut m = self.new_file().await?;
+        let stripe_size = m.layout.stripe_size() as usize;
+        let mut in_flight = FuturesOrdered::new();
+        let mut j = 0u64;
+        let mut eof = false;
+        let mut stored = 0u64;
+        while !eof || !in_flight.is_empty() {
+            if !eof && in_flight.len() < self.cfg.stripes_in_flight {
+                let mut buf = vec![0u8; stripe_size];
+                let n = read_full(&mut src, &mut buf).await?;
+                eof = n < stripe_size;
+                if n > 0 {
+                    buf.truncate(n);
+                    m.size += n as u64;
+                    let placed = m.clone();
+                    in_flight.push_back(async move {
+                        let sums = self.write_stripe(&placed, j, &buf).await?;
+                        Ok::<_, ClientError>((j, buf.len() as u64, sums))
+                    });
+                    j += 1;
+                }
+                continue;
+            }
+            if let Some(done) = in_flight.next().await {
+                let (j, n, sums) = done?;
+                m.set_stripe(j, sums);
+                stored += n;
+                progress(stored);
+            }
+        }
+        Ok(m)
+    }
+
+    /// Streams a whole file out of the pool into `dst`, prefetching stripes ahead.
+    pub async fn get<W: AsyncWrite + Unpin>(&self, m: &Manifest, mut dst: W, progress: impl Fn(u64)) -> Result<(), ClientError> {
+        let mut done = 0u64;
+        let mut stripes = futures::stream::iter(0..m.layout.stripe_count(m.size))
+            .map(|j| self.read_stripe(m, j))
+            .buffered(self.cfg.stripes_in_flight);
+        while let Some(data) = stripes.next().await {
+            let data = data?;
+            dst.write_all(&data).await?;
+            done += data.len() as u64;
+            progress(done);
+        }
+        dst.flush().await?;
+        Ok(())
+    }
+}
+
+/// Reads until `buf` is full or the source ends; returns the bytes read.
+async fn read_full<R: AsyncRead + Unpin>(src: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        let got = src.read(&mut buf[n..]).await?;
+        if got == 0 {
+            break;
+        }
+        n += got;
+    }
+    Ok(n)
+}

@@ -1,0 +1,146 @@
+//! The controller: membership registry, liveness, and the GET / POOL answers. No file
+//! bytes ever pass through it.
+
+pub mod registry;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::net::{self, Handler, Reply, ServerLimits};
+use crate::proto::{Assign, ErrorKind, Request, Response};
+pub use registry::{Registry, RegistryError};
+
+/// A node silent for this long is marked down.
+pub const DOWN_AFTER: Duration = Duration::from_millis(3000);
+
+/// Why the controller could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("state directory {path}: {source}")]
+    State { path: PathBuf, source: std::io::Error },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+}
+
+struct Shared {
+    registry: Mutex<Registry>,
+}
+
+impl Shared {
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A running controller.
+pub struct Controller {
+    addr: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Controller {
+    /// Loads the registry from `state`, binds `listen` and serves.
+    pub async fn start(listen: SocketAddr, state: PathBuf) -> Result<Controller, ControllerError> {
+        let state_err = |source| ControllerError::State {
+            path: state.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&state).map_err(state_err)?;
+        let registry = Registry::load(&state).map_err(state_err)?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| ControllerError::Listen { addr: listen, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| ControllerError::Listen { addr: listen, source })?;
+        let shared = Arc::new(Shared {
+            registry: Mutex::new(registry),
+        });
+        log::info!("controller listening on {addr}, state in {}", state.display());
+        let server = tokio::spawn(net::serve(listener, Arc::new(ControllerService(shared.clone())), ServerLimits::default()));
+        let liveness = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                shared.registry().sweep(Instant::now(), DOWN_AFTER);
+            }
+        });
+        Ok(Controller {
+            addr,
+            tasks: vec![server, liveness],
+        })
+    }
+
+    /// The address the controller serves on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+struct ControllerService(Arc<Shared>);
+
+fn registry_error(e: RegistryError) -> Response {
+    let kind = match e {
+        RegistryError::Unknown(_) => ErrorKind::NotFound,
+        RegistryError::Impostor(_) => ErrorKind::Unauthorized,
+    };
+    Response::error(kind, e.to_string())
+}
+
+impl Handler for ControllerService {
+    async fn handle(&self, req: Request, _body: Option<Vec<u8>>, peer: SocketAddr, local: SocketAddr) -> Reply {
+        let now = Instant::now();
+        let mut reg = self.0.registry();
+        let resp = match req {
+            Request::Join { identity, listen, capacity, used } => {
+                // A node bound to 0.0.0.0 is reached at the address it connected from.
+                let addr = if listen.ip().is_unspecified() {
+                    SocketAddr::new(peer.ip(), listen.port())
+                } else {
+                    listen
+                };
+                let node_id = reg.join(identity, addr, capacity, used, now);
+                log::info!("node {node_id} joined from {addr}");
+                Response::Assigned(Assign {
+                    controller: local,
+                    node_id,
+                    pool_size: reg.live_count() as u32,
+                    epoch: reg.view(now).epoch,
+                })
+            }
+            Request::Heartbeat { node_id, identity, capacity, used } => {
+                match reg.heartbeat(node_id, identity, capacity, used, now) {
+                    Ok(()) => Response::Pool(reg.view(now)),
+                    Err(e) => registry_error(e),
+                }
+            }
+            Request::Leave { node_id, identity } => match reg.leave(node_id, identity) {
+                Ok(()) => Response::Ok,
+                Err(e) => registry_error(e),
+            },
+            Request::Get { node_id } => match reg.view(now).node(node_id) {
+                Some(info) => Response::Node(info.clone()),
+                None => registry_error(RegistryError::Unknown(node_id)),
+            },
+            Request::Pool => Response::Pool(reg.view(now)),
+            other => Response::error(
+                ErrorKind::BadRequest,
+                format!("the controller does not answer {}", crate::node::request_name(&other)),
+            ),
+        };
+        resp.into()
+    }
+}

@@ -1,0 +1,277 @@
+//! Membership registry: sequential ids bound to node identities, liveness, epochs, and
+//! its persistence. Pure state plus a JSON file; no networking here.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::proto::{Identity, NodeId, NodeInfo, NodeState, PoolView};
+
+/// Why the registry refused a request.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RegistryError {
+    #[error("node {0} is not a member")]
+    Unknown(NodeId),
+    #[error("node {0} belongs to another identity")]
+    Impostor(NodeId),
+}
+
+#[derive(Serialize, Deserialize, Clone)]
+struct MemberRecord {
+    id: NodeId,
+    identity: Identity,
+    addr: SocketAddr,
+    capacity: u64,
+    used: u64,
+    gone: bool,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct Persisted {
+    next_id: NodeId,
+    epoch: u64,
+    members: Vec<MemberRecord>,
+}
+
+struct Member {
+    record: MemberRecord,
+    state: NodeState,
+    last_seen: Instant,
+}
+
+/// The pool's members.
+pub struct Registry {
+    path: Option<PathBuf>,
+    next_id: NodeId,
+    epoch: u64,
+    members: BTreeMap<NodeId, Member>,
+}
+
+impl Registry {
+    /// An empty registry that is never written to disk (tests).
+    pub fn in_memory() -> Self {
+        Registry {
+            path: None,
+            next_id: 1,
+            epoch: 0,
+            members: BTreeMap::new(),
+        }
+    }
+
+    /// Loads `state/registry.json` (or starts empty). Every known member starts down
+    /// until it is heard from again.
+    pub fn load(state: &Path) -> std::io::Result<Self> {
+        let path = state.join("registry.json");
+        let persisted: Persisted = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{} is corrupt: {e}", path.display()),
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted::default(),
+            Err(e) => return Err(e),
+        };
+        let now = Instant::now();
+        let members = persisted
+            .members
+            .into_iter()
+            .map(|record| {
+                let state = if record.gone { NodeState::Gone } else { NodeState::Down };
+                (record.id, Member { record, state, last_seen: now })
+            })
+            .collect();
+        Ok(Registry {
+            path: Some(path),
+            next_id: persisted.next_id.max(1),
+            // A restart is a change of view: start above anything handed out before.
+            epoch: persisted.epoch + 1,
+            members,
+        })
+    }
+
+    fn save(&self) {
+        let Some(path) = &self.path else { return };
+        let persisted = Persisted {
+            next_id: self.next_id,
+            epoch: self.epoch,
+            members: self.members.values().map(|m| m.record.clone()).collect(),
+        };
+        let result = serde_json::to_vec_pretty(&persisted)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| crate::util::write_atomic(path, &bytes));
+        if let Err(e) = result {
+            log::error!("cannot save the registry to {}: {e}", path.display());
+        }
+    }
+
+    fn bump(&mut self) {
+        self.epoch += 1;
+    }
+
+    /// Admits a node, or recognises it by identity and gives its old id back.
+    pub fn join(&mut self, identity: Identity, addr: SocketAddr, capacity: u64, used: u64, now: Instant) -> NodeId {
+        let existing = self
+            .members
+            .values()
+            .find(|m| m.record.identity == identity)
+            .map(|m| m.record.id);
+        let id = match existing {
+            Some(id) => id,
+            None => {
+                let id = self.next_id;
+                self.next_id += 1;
+                let record = MemberRecord {
+                    id,
+                    identity,
+                    addr,
+                    capacity,
+                    used,
+                    gone: false,
+                };
+                self.members.insert(id, Member { record, state: NodeState::Up, last_seen: now });
+                id
+            }
+        };
+        if let Some(m) = self.members.get_mut(&id) {
+            m.record.addr = addr;
+            m.record.capacity = capacity;
+            m.record.used = used;
+            m.record.gone = false;
+            m.state = NodeState::Up;
+            m.last_seen = now;
+        }
+        self.bump();
+        self.save();
+        id
+    }
+
+    fn member_of(&mut self, id: NodeId, identity: Identity) -> Result<&mut Member, RegistryError> {
+        let m = self.members.get_mut(&id).ok_or(RegistryError::Unknown(id))?;
+        if m.record.identity != identity {
+            return Err(RegistryError::Impostor(id));
+        }
+        Ok(m)
+    }
+
+    /// Records a heartbeat; a down or departed member comes back up.
+    pub fn heartbeat(&mut self, id: NodeId, identity: Identity, capacity: u64, used: u64, now: Instant) -> Result<(), RegistryError> {
+        let m = self.member_of(id, identity)?;
+        m.last_seen = now;
+        m.record.capacity = capacity;
+        m.record.used = used;
+        let was = m.state;
+        if was != NodeState::Up {
+            m.state = NodeState::Up;
+            m.record.gone = false;
+            log::info!("node {id} is up again");
+            self.bump();
+            if was == NodeState::Gone {
+                self.save();
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks a member gone at once.
+    pub fn leave(&mut self, id: NodeId, identity: Identity) -> Result<(), RegistryError> {
+        let m = self.member_of(id, identity)?;
+        m.state = NodeState::Gone;
+        m.record.gone = true;
+        log::info!("node {id} left the pool");
+        self.bump();
+        self.save();
+        Ok(())
+    }
+
+    /// Marks members silent for longer than `down_after` as down; true if any changed.
+    pub fn sweep(&mut self, now: Instant, down_after: Duration) -> bool {
+        let mut changed = false;
+        for m in self.members.values_mut() {
+            if m.state == NodeState::Up && now.duration_since(m.last_seen) > down_after {
+                m.state = NodeState::Down;
+                log::warn!("node {} ({}) is down: no heartbeat for {:?}", m.record.id, m.record.addr, down_after);
+                changed = true;
+            }
+        }
+        if changed {
+            self.bump();
+        }
+        changed
+    }
+
+    /// Members that are up.
+    pub fn live_count(&self) -> usize {
+        self.members.values().filter(|m| m.state == NodeState::Up).count()
+    }
+
+    /// The current view.
+    pub fn view(&self, now: Instant) -> PoolView {
+        PoolView {
+            epoch: self.epoch,
+            nodes: self
+                .members
+                .values()
+                .map(|m| NodeInfo {
+                    id: m.record.id,
+                    addr: m.record.addr,
+                    state: m.state,
+                    capacity: m.record.capacity,
+                    used: m.record.used,
+                    last_seen_ms: now.duration_since(m.last_seen).as_millis() as u64,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn ids_are_sequential_and_stable_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Instant::now();
+        let (a, b) = (Identity([1; 16]), Identity([2; 16]));
+        {
+            let mut r = Registry::load(dir.path()).unwrap();
+            assert_eq!(r.join(a, addr(1), 10, 0, now), 1);
+            assert_eq!(r.join(b, addr(2), 10, 0, now), 2);
+            assert_eq!(r.join(a, addr(3), 10, 0, now), 1, "a rejoin keeps the id");
+        }
+        let mut r = Registry::load(dir.path()).unwrap();
+        let view = r.view(now);
+        assert!(view.nodes.iter().all(|n| n.state == NodeState::Down));
+        assert_eq!(view.node(1).unwrap().addr, addr(3));
+        assert_eq!(r.join(b, addr(2), 10, 0, now), 2);
+        assert_eq!(r.join(Identity([3; 16]), addr(4), 10, 0, now), 3);
+    }
+
+    #[test]
+    fn liveness_leave_and_impostors() {
+        let mut r = Registry::in_memory();
+        let t0 = Instant::now();
+        let a = Identity([1; 16]);
+        let id = r.join(a, addr(1), 10, 0, t0);
+        let e0 = r.view(t0).epoch;
+        assert!(!r.sweep(t0 + Duration::from_secs(1), Duration::from_secs(3)));
+        assert!(r.sweep(t0 + Duration::from_secs(4), Duration::from_secs(3)));
+        assert_eq!(r.view(t0).nodes[0].state, NodeState::Down);
+        assert!(r.view(t0).epoch > e0);
+        assert_eq!(r.heartbeat(id, Identity([9; 16]), 10, 0, t0), Err(RegistryError::Impostor(id)));
+        assert_eq!(r.heartbeat(77, a, 10, 0, t0), Err(RegistryError::Unknown(77)));
+        r.heartbeat(id, a, 10, 5, t0 + Duration::from_secs(5)).unwrap();
+        assert_eq!(r.view(t0 + Duration::from_secs(5)).nodes[0].state, NodeState::Up);
+        r.leave(id, a).unwrap();
+        assert_eq!(r.view(t0).nodes[0].state, NodeState::Gone);
+        assert_eq!(r.live_count(), 0);
+    }
+}

@@ -1,0 +1,8 @@
+//! poolfs: a storage pool for the machines of one LAN, mounted as a FUSE filesystem.
+
+pub mod client;
+pub mod controller;
+pub mod net;
+pub mod node;
+pub mod proto;
+pub mod util;

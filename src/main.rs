@@ -1,0 +1,200 @@
+//! The `poolfs` binary: parse the command line, then call into the library.
+
+mod cli;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+
+use cli::{Cli, Command};
+use poolfs::client::{catalog::Catalog, ClientConfig, PoolClient};
+use poolfs::controller::Controller;
+use poolfs::node::{Node, NodeConfig};
+use poolfs::proto::{PoolView, Request, Response};
+use poolfs::util::{default_data_dir, human_size};
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("poolfs: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Controller(args) => runtime()?.block_on(async {
+            let state = args.state.unwrap_or_else(|| default_data_dir().join("controller"));
+            let _controller = Controller::start(args.listen, state).await?;
+            wait_for_signal().await
+        }),
+        Command::Node(args) => runtime()?.block_on(async {
+            let node = Node::start(NodeConfig {
+                storage: args.storage,
+                listen: args.listen,
+                controller: args.controller,
+                capacity: args.capacity,
+            })
+            .await?;
+            wait_for_signal().await?;
+            node.leave().await;
+            Ok(())
+        }),
+        Command::Status(args) => runtime()?.block_on(status(args)),
+        Command::Put(args) => runtime()?.block_on(put(args)),
+        Command::Get(args) => runtime()?.block_on(get(args)),
+    }
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("cannot watch SIGINT")?,
+        _ = term.recv() => {}
+    }
+    log::info!("shutting down");
+    Ok(())
+}
+
+async fn status(args: cli::StatusArgs) -> Result<()> {
+    let addr = args.controller.controller;
+    let pool = poolfs::net::ConnPool::new(std::time::Duration::from_secs(2), std::time::Duration::from_secs(5));
+    let view = match pool.call(addr, &Request::Pool, None).await {
+        Ok((Response::Pool(view), _)) => view,
+        Ok((other, _)) => bail!("controller {addr} answered {other:?}"),
+        Err(e) => return Err(e).with_context(|| format!("cannot get the pool view from the controller at {addr}")),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        print!("{}", format_status(&view));
+    }
+    Ok(())
+}
+
+fn format_status(view: &PoolView) -> String {
+    let mut out = format!(
+        "pool epoch {}: {} of {} nodes up\n{:>4}  {:<22} {:<6} {:>23}  {}\n",
+        view.epoch,
+        view.live().len(),
+        view.nodes.len(),
+        "ID",
+        "ADDRESS",
+        "STATE",
+        "USED / CAPACITY",
+        "LAST SEEN"
+    );
+    for n in &view.nodes {
+        out.push_str(&format!(
+            "{:>4}  {:<22} {:<6} {:>23}  {:.1}s ago\n",
+            n.id,
+            n.addr.to_string(),
+            n.state.to_string(),
+            format!("{} / {}", human_size(n.used), human_size(n.capacity)),
+            n.last_seen_ms as f64 / 1000.0
+        ));
+    }
+    out
+}
+
+fn catalog(opt: &cli::CatalogOpt) -> Catalog {
+    Catalog::new(&opt.catalog.clone().unwrap_or_else(|| default_data_dir().join("catalog")))
+}
+
+fn progress_bar(len: u64) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}") {
+        bar.set_style(style);
+    }
+    bar
+}
+
+async fn put(args: cli::PutArgs) -> Result<()> {
+    let name = match args.name {
+        Some(n) => n,
+        None => args
+            .file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+            .with_context(|| format!("{} has no usable file name; pass --name", args.file.display()))?,
+    };
+    let catalog = catalog(&args.catalog);
+    let src = tokio::fs::File::open(&args.file)
+        .await
+        .with_context(|| format!("cannot open {}", args.file.display()))?;
+    let len = src.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let client = PoolClient::new(ClientConfig::new(args.controller.controller));
+    let bar = progress_bar(len);
+    let started = Instant::now();
+    let manifest = client
+        .put(tokio::io::BufReader::new(src), |n| bar.set_position(n))
+        .await
+        .with_context(|| format!("cannot offload {}", args.file.display()))?;
+    bar.finish_and_clear();
+    catalog.save(&name, &manifest)?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "stored {} as {name:?}: {} in {} segments (k={}, m={}) in {secs:.2}s ({}/s)",
+        args.file.display(),
+        human_size(manifest.size),
+        manifest.holders.len(),
+        manifest.layout.k,
+        manifest.layout.m,
+        human_size((manifest.size as f64 / secs.max(1e-9)) as u64)
+    );
+    Ok(())
+}
+
+async fn get(args: cli::GetArgs) -> Result<()> {
+    let manifest = catalog(&args.catalog).load(&args.name)?;
+    let client = PoolClient::new(ClientConfig::new(args.controller.controller));
+    let started = Instant::now();
+    let bar = progress_bar(manifest.size);
+    if args.out == PathBuf::from("-") {
+        client.get(&manifest, tokio::io::stdout(), |n| bar.set_position(n)).await?;
+    } else {
+        // Write beside the target and rename, so a failed fetch never leaves a
+        // truncated file under the requested name.
+        let tmp = args.out.with_extension("poolfs-partial");
+        let out = tokio::fs::File::create(&tmp)
+            .await
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        let mut out = tokio::io::BufWriter::with_capacity(1 << 20, out);
+        let fetched = client.get(&manifest, &mut out, |n| bar.set_position(n)).await;
+        if let Err(e) = fetched {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e).with_context(|| format!("cannot fetch {:?}", args.name));
+        }
+        out.into_inner().sync_all().await?;
+        tokio::fs::rename(&tmp, &args.out)
+            .await
+            .with_context(|| format!("cannot write {}", args.out.display()))?;
+    }
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "fetched {:?}: {} in {secs:.2}s ({}/s)",
+        args.name,
+        human_size(manifest.size),
+        human_size((manifest.size as f64 / secs.max(1e-9)) as u64)
+    );
+    Ok(())
+}

@@ -1,0 +1,366 @@
+//! The storage node: serves STORE / FWD / DELETE / STAT from its segment store, and keeps
+//! its membership (join, heartbeats, the controller's signal, leave).
+
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::net::{self, ConnPool, Handler, NetError, Reply, ServerLimits};
+use crate::proto::{Assign, ErrorKind, Identity, NodeId, NodeStat, PoolView, Request, Response};
+pub use store::{SegmentStore, StoreError};
+
+/// How often a node tells the controller it is alive.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1000);
+
+/// How a node is started.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub storage: PathBuf,
+    pub listen: SocketAddr,
+    /// Join this controller at once; without it the node waits for the controller's signal.
+    pub controller: Option<SocketAddr>,
+    /// Bytes the node offers; defaults to the free space of the storage filesystem.
+    pub capacity: Option<u64>,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("storage {path}: {source}")]
+    Storage { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+}
+
+#[derive(Default)]
+struct Membership {
+    node_id: Option<NodeId>,
+    view: PoolView,
+    assign: Option<Assign>,
+}
+
+struct Shared {
+    store: SegmentStore,
+    identity: Identity,
+    listen: SocketAddr,
+    membership: Mutex<Membership>,
+    controller: watch::Sender<Option<SocketAddr>>,
+}
+
+impl Shared {
+    fn membership(&self) -> std::sync::MutexGuard<'_, Membership> {
+        self.membership.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn stat(&self) -> NodeStat {
+        let (used, segments) = self.store.usage();
+        NodeStat {
+            node_id: self.membership().node_id,
+            capacity: self.store.capacity(),
+            used,
+            segments,
+        }
+    }
+
+    fn accept_assign(&self, assign: Assign) {
+        log::info!(
+            "controller says: {},{},{} (controller, node id, pool size)",
+            assign.controller,
+            assign.node_id,
+            assign.pool_size
+        );
+        {
+            let mut m = self.membership();
+            m.node_id = Some(assign.node_id);
+            m.assign = Some(assign.clone());
+        }
+        self.controller.send_replace(Some(assign.controller));
+    }
+}
+
+/// A running node.
+pub struct Node {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Node {
+    /// Opens the store, binds the port, and starts serving and (if a controller is
+    /// known) joining. Must be called inside a tokio runtime.
+    pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
+        std::fs::create_dir_all(&cfg.storage).map_err(|source| NodeError::Storage {
+            path: cfg.storage.clone(),
+            source,
+        })?;
+        let storage_err = |source| NodeError::Storage {
+            path: cfg.storage.clone(),
+            source,
+        };
+        let identity = crate::util::load_or_create_identity(&cfg.storage).map_err(storage_err)?;
+        let capacity = match cfg.capacity {
+            Some(c) => c,
+            None => crate::util::available_space(&cfg.storage).map_err(storage_err)?,
+        };
+        let store = SegmentStore::open(&cfg.storage, capacity)?;
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| NodeError::Listen {
+                addr: cfg.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| NodeError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+        let (controller, controller_rx) = watch::channel(cfg.controller);
+        let shared = Arc::new(Shared {
+            store,
+            identity,
+            listen: addr,
+            membership: Mutex::new(Membership::default()),
+            controller,
+        });
+        if cfg.controller.is_none() {
+            log::info!("node listening on {addr}; awaiting the controller's signal...");
+        } else {
+            log::info!("node listening on {addr}");
+        }
+        let server = tokio::spawn(net::serve(
+            listener,
+            Arc::new(NodeService(shared.clone())),
+            ServerLimits::default(),
+        ));
+        let membership = tokio::spawn(membership_loop(shared.clone(), controller_rx));
+        Ok(Node {
+            shared,
+            addr,
+            tasks: vec![server, membership],
+        })
+    }
+
+    /// The address the node serves on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The id the controller gave this node, once it has one.
+    pub fn node_id(&self) -> Option<NodeId> {
+        self.shared.membership().node_id
+    }
+
+    /// The last pool view this node received.
+    pub fn view(&self) -> PoolView {
+        self.shared.membership().view.clone()
+    }
+
+    /// The controller this node reports to, if known.
+    pub fn controller(&self) -> Option<SocketAddr> {
+        *self.shared.controller.borrow()
+    }
+
+    /// Capacity and usage of this node's store.
+    pub fn stat(&self) -> NodeStat {
+        self.shared.stat()
+    }
+
+    /// Waits until the controller has admitted this node.
+    pub async fn wait_joined(&self, timeout: Duration) -> Option<NodeId> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(id) = self.node_id() {
+                return Some(id);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Tells the controller this node leaves, then stops serving.
+    pub async fn leave(self) {
+        let id = self.node_id();
+        let controller = self.controller();
+        for t in &self.tasks {
+            t.abort();
+        }
+        if let (Some(node_id), Some(addr)) = (id, controller) {
+            let pool = ConnPool::new(Duration::from_secs(1), Duration::from_secs(2));
+            let req = Request::Leave {
+                node_id,
+                identity: self.shared.identity,
+            };
+            match pool.call(addr, &req, None).await {
+                Ok(_) => log::info!("node {node_id} left the pool"),
+                Err(e) => log::warn!("could not tell the controller that node {node_id} leaves: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Joins when a controller is known, then heartbeats; rejoins when the controller
+/// forgets us; keeps the last view while the controller is unreachable.
+async fn membership_loop(shared: Arc<Shared>, mut controller: watch::Receiver<Option<SocketAddr>>) {
+    let pool = ConnPool::new(Duration::from_millis(800), Duration::from_secs(2));
+    let mut joined_with: Option<SocketAddr> = None;
+    let mut warned = false;
+    loop {
+        let Some(ctrl) = *controller.borrow_and_update() else {
+            if controller.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let (capacity, used) = {
+            let stat = shared.stat();
+            (stat.capacity, stat.used)
+        };
+        let node_id = shared.membership().node_id;
+        let result = match (node_id, joined_with == Some(ctrl)) {
+            (Some(node_id), true) => {
+                let req = Request::Heartbeat {
+                    node_id,
+                    identity: shared.identity,
+                    capacity,
+                    used,
+                };
+                pool.call(ctrl, &req, None).await.map(|(resp, _)| resp)
+            }
+            _ => {
+                let req = Request::Join {
+                    identity: shared.identity,
+                    listen: shared.listen,
+                    capacity,
+                    used,
+                };
+                pool.call(ctrl, &req, None).await.map(|(resp, _)| resp)
+            }
+        };
+        match result {
+            Ok(Response::Assigned(assign)) => {
+                joined_with = Some(ctrl);
+                warned = false;
+                shared.accept_assign(assign);
+                continue; // fetch the view at once with a heartbeat
+            }
+            Ok(Response::Pool(view)) => {
+                warned = false;
+                shared.membership().view = view;
+            }
+            Ok(other) => log::warn!("controller {ctrl} answered {other:?} to a heartbeat"),
+            Err(e @ NetError::Remote { .. })
+                if matches!(e.remote_kind(), Some(ErrorKind::NotFound | ErrorKind::Unauthorized)) =>
+            {
+                log::warn!("controller {ctrl} does not know us ({e}); joining again");
+                joined_with = None;
+            }
+            Err(e) => {
+                if !warned {
+                    log::warn!("controller {ctrl} unreachable ({e}); serving with the last pool view");
+                    warned = true;
+                }
+                // A restarted controller must see a fresh join to learn our address.
+                joined_with = None;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(HEARTBEAT_INTERVAL) => {}
+            _ = controller.changed() => {}
+        }
+    }
+}
+
+struct NodeService(Arc<Shared>);
+
+fn store_error(e: StoreError) -> Response {
+    let kind = match e {
+        StoreError::NoSpace { .. } => ErrorKind::NoSpace,
+        StoreError::BadId(_) => ErrorKind::BadRequest,
+        StoreError::NotFound(_) | StoreError::OutOfRange { .. } => ErrorKind::NotFound,
+        StoreError::Io { .. } => ErrorKind::Internal,
+    };
+    if kind == ErrorKind::Internal {
+        log::error!("{e}");
+    }
+    Response::error(kind, e.to_string())
+}
+
+impl Handler for NodeService {
+    async fn handle(&self, req: Request, body: Option<Vec<u8>>, _peer: SocketAddr, _local: SocketAddr) -> Reply {
+        let shared = self.0.clone();
+        // Disk work runs on the blocking pool so slow disks never stall the reactor.
+        let blocking = |f: Box<dyn FnOnce() -> Reply + Send>| async move {
+            tokio::task::spawn_blocking(f)
+                .await
+                .unwrap_or_else(|e| Reply::Msg(Response::error(ErrorKind::Internal, format!("task failed: {e}"))))
+        };
+        match req {
+            Request::Store { segment, offset, .. } => {
+                let data = body.unwrap_or_default();
+                blocking(Box::new(move || match shared.store.store(&segment, offset, &data) {
+                    Ok(()) => Reply::Msg(Response::Ok),
+                    Err(e) => Reply::Msg(store_error(e)),
+                }))
+                .await
+            }
+            Request::Fwd { segment, offset, len } => {
+                blocking(Box::new(move || match shared.store.fwd(&segment, offset, len) {
+                    Ok(data) => Reply::Data(data),
+                    Err(e) => Reply::Msg(store_error(e)),
+                }))
+                .await
+            }
+            Request::Delete { file } => {
+                blocking(Box::new(move || match shared.store.delete(&file) {
+                    Ok(_) => Reply::Msg(Response::Ok),
+                    Err(e) => Reply::Msg(store_error(e)),
+                }))
+                .await
+            }
+            Request::Stat => Response::Stat(shared.stat()).into(),
+            Request::Assign(assign) => {
+                shared.accept_assign(assign);
+                Response::Ok.into()
+            }
+            other => Response::error(
+                ErrorKind::BadRequest,
+                format!("a node does not answer {}", request_name(&other)),
+            )
+            .into(),
+        }
+    }
+}
+
+/// The verb of a request, for messages.
+pub fn request_name(req: &Request) -> &'static str {
+    match req {
+        Request::Join { .. } => "JOIN",
+        Request::Heartbeat { .. } => "HEARTBEAT",
+        Request::Leave { .. } => "LEAVE",
+        Request::Get { .. } => "GET",
+        Request::Pool => "POOL",
+        Request::Assign(_) => "ASSIGN",
+        Request::Store { .. } => "STORE",
+        Request::Fwd { .. } => "FWD",
+        Request::Delete { .. } => "DELETE",
+        Request::Stat => "STAT",
+    }
+}

@@ -1,0 +1,210 @@
+//! Every request and response of the pool, one enum each, with the types they carry.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Short sequential id the controller gives a node (1, 2, 3, ... as in the report).
+pub type NodeId = u32;
+
+/// A node's persistent identity, kept in its storage directory; the controller binds
+/// the sequential id to it so a restarted node gets its old id back.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Identity(pub [u8; 16]);
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in &self.0[..4] {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What a connecting peer says first: who speaks and which protocol version.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub magic: [u8; 4],
+    pub version: u16,
+}
+
+/// The server's answer to `Hello`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum HelloReply {
+    /// Versions match; requests may follow.
+    Welcome { version: u16 },
+    /// The server speaks another version; the connection closes.
+    VersionMismatch { server: u16 },
+}
+
+/// Liveness of a member as the controller sees it.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeState {
+    /// Heartbeats arrive.
+    Up,
+    /// No heartbeat for a few seconds.
+    Down,
+    /// Left the pool with LEAVE.
+    Gone,
+}
+
+impl std::fmt::Display for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NodeState::Up => "up",
+            NodeState::Down => "down",
+            NodeState::Gone => "gone",
+        })
+    }
+}
+
+/// One member of the pool.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub id: NodeId,
+    pub addr: SocketAddr,
+    pub state: NodeState,
+    pub capacity: u64,
+    pub used: u64,
+    /// Milliseconds since the controller last heard from the node.
+    pub last_seen_ms: u64,
+}
+
+/// The whole membership; `epoch` grows on every change.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct PoolView {
+    pub epoch: u64,
+    pub nodes: Vec<NodeInfo>,
+}
+
+impl PoolView {
+    /// Members that answer heartbeats, in id order.
+    pub fn live(&self) -> Vec<&NodeInfo> {
+        let mut live: Vec<&NodeInfo> = self
+            .nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Up)
+            .collect();
+        live.sort_by_key(|n| n.id);
+        live
+    }
+
+    /// The member with this id, whatever its state.
+    pub fn node(&self, id: NodeId) -> Option<&NodeInfo> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+}
+
+/// The controller's signal to a node: "controller address, your id, pool size".
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Assign {
+    pub controller: SocketAddr,
+    pub node_id: NodeId,
+    pub pool_size: u32,
+    pub epoch: u64,
+}
+
+/// One segment of one file on one node: segment `index` holds shard `index` of every stripe.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SegmentRef {
+    /// File id; validated by the node before it touches the disk.
+    pub file: String,
+    pub index: u32,
+}
+
+/// What a node reports about itself.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct NodeStat {
+    pub node_id: Option<NodeId>,
+    pub capacity: u64,
+    pub used: u64,
+    pub segments: u64,
+}
+
+/// Every request, to the controller or to a node.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Node to controller: admit me (or give me back my id); answered with `Assigned`.
+    Join {
+        identity: Identity,
+        listen: SocketAddr,
+        capacity: u64,
+        used: u64,
+    },
+    /// Node to controller, every second: still alive; answered with `Pool`.
+    Heartbeat {
+        node_id: NodeId,
+        identity: Identity,
+        capacity: u64,
+        used: u64,
+    },
+    /// Node to controller: I am leaving the pool now; answered with `Ok`.
+    Leave { node_id: NodeId, identity: Identity },
+    /// Anyone to controller: address of node `node_id`; answered with `Node`.
+    Get { node_id: NodeId },
+    /// Anyone to controller: the whole membership view; answered with `Pool`.
+    Pool,
+    /// Controller to node: the controller's signal; answered with `Ok`.
+    Assign(Assign),
+    /// Client to node: write `len` bytes at `offset` of a segment; the bytes follow the
+    /// header as a raw body; answered with `Ok` once they are durable.
+    Store {
+        segment: SegmentRef,
+        offset: u64,
+        len: u32,
+    },
+    /// Client to node: read `len` bytes at `offset` of a segment; answered with `Data`.
+    Fwd {
+        segment: SegmentRef,
+        offset: u64,
+        len: u32,
+    },
+    /// Client to node: drop every segment of a file; answered with `Ok`.
+    Delete { file: String },
+    /// Anyone to node: capacity and usage; answered with `Stat`.
+    Stat,
+}
+
+/// Kinds of failure a peer reports, so callers can map them to errno and messages.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The store is full (`--capacity`).
+    NoSpace,
+    /// No such segment, byte range or node.
+    NotFound,
+    /// The request is not acceptable (bad id, wrong recipient, ...).
+    BadRequest,
+    /// The sender is not who it claims to be.
+    Unauthorized,
+    /// The server failed on its side (disk error, ...).
+    Internal,
+}
+
+/// Every response.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// Done.
+    Ok,
+    /// Answer to `Join`: the controller's signal.
+    Assigned(Assign),
+    /// Answer to `Pool` and `Heartbeat`.
+    Pool(PoolView),
+    /// Answer to `Get`.
+    Node(NodeInfo),
+    /// Answer to `Fwd`: `len` raw bytes follow.
+    Data { len: u32 },
+    /// Answer to `Stat`.
+    Stat(NodeStat),
+    /// The request failed.
+    Error { kind: ErrorKind, message: String },
+}
+
+impl Response {
+    /// Shorthand for an error response.
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Response::Error {
+            kind,
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! Wire protocol: typed messages, framing and the one codec every process speaks.
+
+mod codec;
+mod frame;
+mod messages;
+
+pub use codec::{decode, encode, CodecError};
+pub use frame::{read_body, read_frame, write_frame, FrameError};
+pub use messages::*;
+
+/// Bumped whenever a message changes shape; checked in the handshake.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// First bytes of every handshake, so a stray client is told apart at once.
+pub const MAGIC: [u8; 4] = *b"POOL";
+/// Largest control frame (a header or a small message). Bulk bytes never travel in frames.
+pub const MAX_FRAME: u32 = 256 * 1024;
+/// Largest byte body that may follow one STORE header or one FWD answer.
+pub const MAX_BODY: u32 = 16 * 1024 * 1024;
