@@ -3,7 +3,6 @@
 mod cli;
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -37,7 +36,9 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Controller(args) => runtime()?.block_on(async {
-            let state = args.state.unwrap_or_else(|| default_data_dir().join("controller"));
+            let state = args
+                .state
+                .unwrap_or_else(|| default_data_dir().join("controller"));
             let _controller = Controller::start(args.listen, state).await?;
             wait_for_signal().await
         }),
@@ -72,11 +73,17 @@ async fn wait_for_signal() -> Result<()> {
 
 async fn status(args: cli::StatusArgs) -> Result<()> {
     let addr = args.controller.controller;
-    let pool = poolfs::net::ConnPool::new(std::time::Duration::from_secs(2), std::time::Duration::from_secs(5));
+    let pool = poolfs::net::ConnPool::new(
+        std::time::Duration::from_secs(2),
+        std::time::Duration::from_secs(5),
+    );
     let view = match pool.call(addr, &Request::Pool, None).await {
         Ok((Response::Pool(view), _)) => view,
         Ok((other, _)) => bail!("controller {addr} answered {other:?}"),
-        Err(e) => return Err(e).with_context(|| format!("cannot get the pool view from the controller at {addr}")),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot get the pool view from the controller at {addr}"))
+        }
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&view)?);
@@ -112,7 +119,11 @@ fn format_status(view: &PoolView) -> String {
 }
 
 fn catalog(opt: &cli::CatalogOpt) -> Catalog {
-    Catalog::new(&opt.catalog.clone().unwrap_or_else(|| default_data_dir().join("catalog")))
+    Catalog::new(
+        &opt.catalog
+            .clone()
+            .unwrap_or_else(|| default_data_dir().join("catalog")),
+    )
 }
 
 fn progress_bar(len: u64) -> indicatif::ProgressBar {
@@ -120,7 +131,9 @@ fn progress_bar(len: u64) -> indicatif::ProgressBar {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(len);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}") {
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    ) {
         bar.set_style(style);
     }
     bar
@@ -134,7 +147,12 @@ async fn put(args: cli::PutArgs) -> Result<()> {
             .file_name()
             .and_then(|n| n.to_str())
             .map(str::to_string)
-            .with_context(|| format!("{} has no usable file name; pass --name", args.file.display()))?,
+            .with_context(|| {
+                format!(
+                    "{} has no usable file name; pass --name",
+                    args.file.display()
+                )
+            })?,
     };
     let catalog = catalog(&args.catalog);
     let src = tokio::fs::File::open(&args.file)
@@ -168,8 +186,10 @@ async fn get(args: cli::GetArgs) -> Result<()> {
     let client = PoolClient::new(ClientConfig::new(args.controller.controller));
     let started = Instant::now();
     let bar = progress_bar(manifest.size);
-    if args.out == PathBuf::from("-") {
-        client.get(&manifest, tokio::io::stdout(), |n| bar.set_position(n)).await?;
+    if args.out.as_os_str() == "-" {
+        client
+            .get(&manifest, tokio::io::stdout(), |n| bar.set_position(n))
+            .await?;
     } else {
         // Write beside the target and rename, so a failed fetch never leaves a
         // truncated file under the requested name.
@@ -178,7 +198,9 @@ async fn get(args: cli::GetArgs) -> Result<()> {
             .await
             .with_context(|| format!("cannot create {}", tmp.display()))?;
         let mut out = tokio::io::BufWriter::with_capacity(1 << 20, out);
-        let fetched = client.get(&manifest, &mut out, |n| bar.set_position(n)).await;
+        let fetched = client
+            .get(&manifest, &mut out, |n| bar.set_position(n))
+            .await;
         if let Err(e) = fetched {
             let _ = tokio::fs::remove_file(&tmp).await;
             return Err(e).with_context(|| format!("cannot fetch {:?}", args.name));

@@ -12,7 +12,12 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: u64 = num.parse().map_err(|_| format!("invalid size {text:?}"))?;
-    let shift = match unit.trim().to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+    let shift = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
         "" => 0,
         "K" => 10,
         "M" => 20,
@@ -59,12 +64,14 @@ pub fn load_or_create_identity(dir: &Path) -> io::Result<Identity> {
     let path = dir.join("identity");
     match fs::read_to_string(&path) {
         Ok(text) => {
-            let bytes = decode_hex(text.trim()).filter(|b| b.len() == 16).ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{} is corrupt (expected 32 hex digits)", path.display()),
-                )
-            })?;
+            let bytes = decode_hex(text.trim())
+                .filter(|b| b.len() == 16)
+                .ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{} is corrupt (expected 32 hex digits)", path.display()),
+                    )
+                })?;
             let mut id = [0u8; 16];
             id.copy_from_slice(&bytes);
             Ok(Identity(id))
@@ -85,7 +92,7 @@ pub fn encode_hex(bytes: &[u8]) -> String {
 
 /// Bytes of an even-length hex string, or None.
 pub fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())
@@ -113,7 +120,9 @@ pub fn default_data_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
         return PathBuf::from(d).join("poolfs");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
     home.join(".local/share/poolfs")
 }
 

@@ -15,7 +15,10 @@ pub enum CatalogError {
     #[error("catalog entry {path}: {message}")]
     Corrupt { path: PathBuf, message: String },
     #[error("catalog {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A directory of manifests.
@@ -26,7 +29,9 @@ pub struct Catalog {
 impl Catalog {
     /// The catalog kept in `dir`.
     pub fn new(dir: &Path) -> Self {
-        Catalog { dir: dir.to_path_buf() }
+        Catalog {
+            dir: dir.to_path_buf(),
+        }
     }
 
     fn path(&self, name: &str) -> Result<PathBuf, CatalogError> {

@@ -33,7 +33,8 @@ impl Layout {
 
     /// Data bytes in stripe `j` of a file of `size` bytes.
     pub fn stripe_len(&self, size: u64, j: u64) -> u64 {
-        size.saturating_sub(j * self.stripe_size()).min(self.stripe_size())
+        size.saturating_sub(j * self.stripe_size())
+            .min(self.stripe_size())
     }
 
     /// Bytes of each shard of a stripe carrying `stripe_len` data bytes: the data split

@@ -74,7 +74,9 @@ pub enum ClientError {
         segment: u32,
         source: NetError,
     },
-    #[error("shard {segment} of stripe {stripe} of file {file} from node {node} fails its checksum")]
+    #[error(
+        "shard {segment} of stripe {stripe} of file {file} from node {node} fails its checksum"
+    )]
     Corrupt {
         node: NodeId,
         file: String,
@@ -133,9 +135,14 @@ impl PoolClient {
                 return Ok(view);
             }
         }
-        match self.conns.call(self.cfg.controller, &Request::Pool, None).await {
+        match self
+            .conns
+            .call(self.cfg.controller, &Request::Pool, None)
+            .await
+        {
             Ok((Response::Pool(view), _)) => {
-                *self.view.lock().unwrap_or_else(|p| p.into_inner()) = Some((view.clone(), Instant::now()));
+                *self.view.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((view.clone(), Instant::now()));
                 Ok(view)
             }
             Ok((other, _)) => Err(ClientError::Controller(NetError::Unexpected {
@@ -190,7 +197,12 @@ impl PoolClient {
 
     /// Stores stripe `j` (its data bytes) on all holders in parallel; returns the shard
     /// checksums to record in the manifest once every holder has acknowledged.
-    pub async fn write_stripe(&self, m: &Manifest, j: u64, data: &[u8]) -> Result<Vec<Checksum>, ClientError> {
+    pub async fn write_stripe(
+        &self,
+        m: &Manifest,
+        j: u64,
+        data: &[u8],
+    ) -> Result<Vec<Checksum>, ClientError> {
         let shards = stripe::encode(&m.layout, data);
         let offset = m.layout.segment_offset(j);
         let stores = shards.iter().enumerate().map(|(i, shard)| {
@@ -267,7 +279,8 @@ impl PoolClient {
                         what: format!("{resp:?} instead of data"),
                     })
                 })?;
-                if shard.len() != shard_len as usize || stripe::checksum(&shard) != sums[i as usize] {
+                if shard.len() != shard_len as usize || stripe::checksum(&shard) != sums[i as usize]
+                {
                     return Err(ClientError::Corrupt {
                         node: holder.node_id,
                         file: m.file_id.clone(),
@@ -284,7 +297,12 @@ impl PoolClient {
 
     /// Bytes `offset..offset+len` of a file (shorter at the end of the file), fetching
     /// only the stripes the range touches.
-    pub async fn read_range(&self, m: &Manifest, offset: u64, len: u64) -> Result<Vec<u8>, ClientError> {
+    pub async fn read_range(
+        &self,
+        m: &Manifest,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, ClientError> {
         let end = offset.saturating_add(len).min(m.size);
         let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
         let mut stripes = futures::stream::iter(m.layout.stripes_touching(offset, len, m.size))
@@ -318,12 +336,19 @@ impl PoolClient {
                 })
         });
         let results = futures::future::join_all(deletes).await;
-        results.into_iter().find_map(Result::err).map_or(Ok(()), Err)
+        results
+            .into_iter()
+            .find_map(Result::err)
+            .map_or(Ok(()), Err)
     }
 
     /// Streams `src` into the pool as a new file, with at most `stripes_in_flight`
     /// stripes buffered; `progress` gets the bytes stored so far.
-    pub async fn put<R: AsyncRead + Unpin>(&self, mut src: R, progress: impl Fn(u64)) -> Result<Manifest, ClientError> {
+    pub async fn put<R: AsyncRead + Unpin>(
+        &self,
+        mut src: R,
+        progress: impl Fn(u64),
+    ) -> Result<Manifest, ClientError> {
         let mut m = self.new_file().await?;
         let stripe_size = m.layout.stripe_size() as usize;
         let mut in_flight = FuturesOrdered::new();
@@ -358,7 +383,12 @@ impl PoolClient {
     }
 
     /// Streams a whole file out of the pool into `dst`, prefetching stripes ahead.
-    pub async fn get<W: AsyncWrite + Unpin>(&self, m: &Manifest, mut dst: W, progress: impl Fn(u64)) -> Result<(), ClientError> {
+    pub async fn get<W: AsyncWrite + Unpin>(
+        &self,
+        m: &Manifest,
+        mut dst: W,
+        progress: impl Fn(u64),
+    ) -> Result<(), ClientError> {
         let mut done = 0u64;
         let mut stripes = futures::stream::iter(0..m.layout.stripe_count(m.size))
             .map(|j| self.read_stripe(m, j))

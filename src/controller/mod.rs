@@ -22,9 +22,15 @@ pub const DOWN_AFTER: Duration = Duration::from_millis(3000);
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
     #[error("state directory {path}: {source}")]
-    State { path: PathBuf, source: std::io::Error },
+    State {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 struct Shared {
@@ -52,17 +58,31 @@ impl Controller {
         };
         std::fs::create_dir_all(&state).map_err(state_err)?;
         let registry = Registry::load(&state).map_err(state_err)?;
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(|source| ControllerError::Listen { addr: listen, source })?;
+        let listener =
+            TcpListener::bind(listen)
+                .await
+                .map_err(|source| ControllerError::Listen {
+                    addr: listen,
+                    source,
+                })?;
         let addr = listener
             .local_addr()
-            .map_err(|source| ControllerError::Listen { addr: listen, source })?;
+            .map_err(|source| ControllerError::Listen {
+                addr: listen,
+                source,
+            })?;
         let shared = Arc::new(Shared {
             registry: Mutex::new(registry),
         });
-        log::info!("controller listening on {addr}, state in {}", state.display());
-        let server = tokio::spawn(net::serve(listener, Arc::new(ControllerService(shared.clone())), ServerLimits::default()));
+        log::info!(
+            "controller listening on {addr}, state in {}",
+            state.display()
+        );
+        let server = tokio::spawn(net::serve(
+            listener,
+            Arc::new(ControllerService(shared.clone())),
+            ServerLimits::default(),
+        ));
         let liveness = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             loop {
@@ -101,11 +121,22 @@ fn registry_error(e: RegistryError) -> Response {
 }
 
 impl Handler for ControllerService {
-    async fn handle(&self, req: Request, _body: Option<Vec<u8>>, peer: SocketAddr, local: SocketAddr) -> Reply {
+    async fn handle(
+        &self,
+        req: Request,
+        _body: Option<Vec<u8>>,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Reply {
         let now = Instant::now();
         let mut reg = self.0.registry();
         let resp = match req {
-            Request::Join { identity, listen, capacity, used } => {
+            Request::Join {
+                identity,
+                listen,
+                capacity,
+                used,
+            } => {
                 // A node bound to 0.0.0.0 is reached at the address it connected from.
                 let addr = if listen.ip().is_unspecified() {
                     SocketAddr::new(peer.ip(), listen.port())
@@ -121,12 +152,15 @@ impl Handler for ControllerService {
                     epoch: reg.view(now).epoch,
                 })
             }
-            Request::Heartbeat { node_id, identity, capacity, used } => {
-                match reg.heartbeat(node_id, identity, capacity, used, now) {
-                    Ok(()) => Response::Pool(reg.view(now)),
-                    Err(e) => registry_error(e),
-                }
-            }
+            Request::Heartbeat {
+                node_id,
+                identity,
+                capacity,
+                used,
+            } => match reg.heartbeat(node_id, identity, capacity, used, now) {
+                Ok(()) => Response::Pool(reg.view(now)),
+                Err(e) => registry_error(e),
+            },
             Request::Leave { node_id, identity } => match reg.leave(node_id, identity) {
                 Ok(()) => Response::Ok,
                 Err(e) => registry_error(e),
@@ -138,7 +172,10 @@ impl Handler for ControllerService {
             Request::Pool => Response::Pool(reg.view(now)),
             other => Response::error(
                 ErrorKind::BadRequest,
-                format!("the controller does not answer {}", crate::node::request_name(&other)),
+                format!(
+                    "the controller does not answer {}",
+                    crate::node::request_name(&other)
+                ),
             ),
         };
         resp.into()

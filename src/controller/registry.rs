@@ -80,8 +80,19 @@ impl Registry {
             .members
             .into_iter()
             .map(|record| {
-                let state = if record.gone { NodeState::Gone } else { NodeState::Down };
-                (record.id, Member { record, state, last_seen: now })
+                let state = if record.gone {
+                    NodeState::Gone
+                } else {
+                    NodeState::Down
+                };
+                (
+                    record.id,
+                    Member {
+                        record,
+                        state,
+                        last_seen: now,
+                    },
+                )
             })
             .collect();
         Ok(Registry {
@@ -113,7 +124,14 @@ impl Registry {
     }
 
     /// Admits a node, or recognises it by identity and gives its old id back.
-    pub fn join(&mut self, identity: Identity, addr: SocketAddr, capacity: u64, used: u64, now: Instant) -> NodeId {
+    pub fn join(
+        &mut self,
+        identity: Identity,
+        addr: SocketAddr,
+        capacity: u64,
+        used: u64,
+        now: Instant,
+    ) -> NodeId {
         let existing = self
             .members
             .values()
@@ -132,7 +150,14 @@ impl Registry {
                     used,
                     gone: false,
                 };
-                self.members.insert(id, Member { record, state: NodeState::Up, last_seen: now });
+                self.members.insert(
+                    id,
+                    Member {
+                        record,
+                        state: NodeState::Up,
+                        last_seen: now,
+                    },
+                );
                 id
             }
         };
@@ -150,7 +175,10 @@ impl Registry {
     }
 
     fn member_of(&mut self, id: NodeId, identity: Identity) -> Result<&mut Member, RegistryError> {
-        let m = self.members.get_mut(&id).ok_or(RegistryError::Unknown(id))?;
+        let m = self
+            .members
+            .get_mut(&id)
+            .ok_or(RegistryError::Unknown(id))?;
         if m.record.identity != identity {
             return Err(RegistryError::Impostor(id));
         }
@@ -158,7 +186,14 @@ impl Registry {
     }
 
     /// Records a heartbeat; a down or departed member comes back up.
-    pub fn heartbeat(&mut self, id: NodeId, identity: Identity, capacity: u64, used: u64, now: Instant) -> Result<(), RegistryError> {
+    pub fn heartbeat(
+        &mut self,
+        id: NodeId,
+        identity: Identity,
+        capacity: u64,
+        used: u64,
+        now: Instant,
+    ) -> Result<(), RegistryError> {
         let m = self.member_of(id, identity)?;
         m.last_seen = now;
         m.record.capacity = capacity;
@@ -193,7 +228,12 @@ impl Registry {
         for m in self.members.values_mut() {
             if m.state == NodeState::Up && now.duration_since(m.last_seen) > down_after {
                 m.state = NodeState::Down;
-                log::warn!("node {} ({}) is down: no heartbeat for {:?}", m.record.id, m.record.addr, down_after);
+                log::warn!(
+                    "node {} ({}) is down: no heartbeat for {:?}",
+                    m.record.id,
+                    m.record.addr,
+                    down_after
+                );
                 changed = true;
             }
         }
@@ -205,7 +245,10 @@ impl Registry {
 
     /// Members that are up.
     pub fn live_count(&self) -> usize {
-        self.members.values().filter(|m| m.state == NodeState::Up).count()
+        self.members
+            .values()
+            .filter(|m| m.state == NodeState::Up)
+            .count()
     }
 
     /// The current view.
@@ -266,10 +309,20 @@ mod tests {
         assert!(r.sweep(t0 + Duration::from_secs(4), Duration::from_secs(3)));
         assert_eq!(r.view(t0).nodes[0].state, NodeState::Down);
         assert!(r.view(t0).epoch > e0);
-        assert_eq!(r.heartbeat(id, Identity([9; 16]), 10, 0, t0), Err(RegistryError::Impostor(id)));
-        assert_eq!(r.heartbeat(77, a, 10, 0, t0), Err(RegistryError::Unknown(77)));
-        r.heartbeat(id, a, 10, 5, t0 + Duration::from_secs(5)).unwrap();
-        assert_eq!(r.view(t0 + Duration::from_secs(5)).nodes[0].state, NodeState::Up);
+        assert_eq!(
+            r.heartbeat(id, Identity([9; 16]), 10, 0, t0),
+            Err(RegistryError::Impostor(id))
+        );
+        assert_eq!(
+            r.heartbeat(77, a, 10, 0, t0),
+            Err(RegistryError::Unknown(77))
+        );
+        r.heartbeat(id, a, 10, 5, t0 + Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(
+            r.view(t0 + Duration::from_secs(5)).nodes[0].state,
+            NodeState::Up
+        );
         r.leave(id, a).unwrap();
         assert_eq!(r.view(t0).nodes[0].state, NodeState::Gone);
         assert_eq!(r.live_count(), 0);

@@ -107,11 +107,17 @@ impl Connection {
         }
     }
 
-    async fn send<T: serde::Serialize>(&mut self, msg: &T, body: Option<&[u8]>) -> Result<(), NetError> {
+    async fn send<T: serde::Serialize>(
+        &mut self,
+        msg: &T,
+        body: Option<&[u8]>,
+    ) -> Result<(), NetError> {
         let addr = self.addr;
         let bytes = proto::encode(msg).map_err(|source| NetError::Codec { addr, source })?;
         let frame_err = |source| NetError::Frame { addr, source };
-        proto::write_frame(&mut self.wr, &bytes).await.map_err(frame_err)?;
+        proto::write_frame(&mut self.wr, &bytes)
+            .await
+            .map_err(frame_err)?;
         if let Some(body) = body {
             self.wr
                 .write_all(body)

@@ -118,12 +118,13 @@ async fn serve_connection<H: Handler>(
     .await?;
 
     loop {
-        let frame = match tokio::time::timeout(limits.idle_timeout, proto::read_frame(&mut rd)).await {
-            Err(_) => return Err("idle".into()),
-            Ok(Err(proto::FrameError::Closed)) => return Ok(()),
-            Ok(Err(e)) => return Err(e.to_string()),
-            Ok(Ok(f)) => f,
-        };
+        let frame =
+            match tokio::time::timeout(limits.idle_timeout, proto::read_frame(&mut rd)).await {
+                Err(_) => return Err("idle".into()),
+                Ok(Err(proto::FrameError::Closed)) => return Ok(()),
+                Ok(Err(e)) => return Err(e.to_string()),
+                Ok(Ok(f)) => f,
+            };
         let req: Request = proto::decode(&frame).map_err(|e| e.to_string())?;
         let body = match &req {
             Request::Store { len, .. } => Some(
@@ -150,7 +151,9 @@ where
     T: serde::Serialize,
 {
     let bytes = proto::encode(msg).map_err(|e| e.to_string())?;
-    proto::write_frame(wr, &bytes).await.map_err(|e| e.to_string())?;
+    proto::write_frame(wr, &bytes)
+        .await
+        .map_err(|e| e.to_string())?;
     if let Some(body) = body {
         wr.write_all(body).await.map_err(|e| e.to_string())?;
     }

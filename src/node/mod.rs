@@ -34,11 +34,17 @@ pub struct NodeConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error("storage {path}: {source}")]
-    Storage { path: PathBuf, source: std::io::Error },
+    Storage {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Default)]
@@ -202,7 +208,9 @@ impl Node {
             };
             match pool.call(addr, &req, None).await {
                 Ok(_) => log::info!("node {node_id} left the pool"),
-                Err(e) => log::warn!("could not tell the controller that node {node_id} leaves: {e}"),
+                Err(e) => {
+                    log::warn!("could not tell the controller that node {node_id} leaves: {e}")
+                }
             }
         }
     }
@@ -267,14 +275,19 @@ async fn membership_loop(shared: Arc<Shared>, mut controller: watch::Receiver<Op
             }
             Ok(other) => log::warn!("controller {ctrl} answered {other:?} to a heartbeat"),
             Err(e @ NetError::Remote { .. })
-                if matches!(e.remote_kind(), Some(ErrorKind::NotFound | ErrorKind::Unauthorized)) =>
+                if matches!(
+                    e.remote_kind(),
+                    Some(ErrorKind::NotFound | ErrorKind::Unauthorized)
+                ) =>
             {
                 log::warn!("controller {ctrl} does not know us ({e}); joining again");
                 joined_with = None;
             }
             Err(e) => {
                 if !warned {
-                    log::warn!("controller {ctrl} unreachable ({e}); serving with the last pool view");
+                    log::warn!(
+                        "controller {ctrl} unreachable ({e}); serving with the last pool view"
+                    );
                     warned = true;
                 }
                 // A restarted controller must see a fresh join to learn our address.
@@ -304,27 +317,46 @@ fn store_error(e: StoreError) -> Response {
 }
 
 impl Handler for NodeService {
-    async fn handle(&self, req: Request, body: Option<Vec<u8>>, _peer: SocketAddr, _local: SocketAddr) -> Reply {
+    async fn handle(
+        &self,
+        req: Request,
+        body: Option<Vec<u8>>,
+        _peer: SocketAddr,
+        _local: SocketAddr,
+    ) -> Reply {
         let shared = self.0.clone();
         // Disk work runs on the blocking pool so slow disks never stall the reactor.
         let blocking = |f: Box<dyn FnOnce() -> Reply + Send>| async move {
-            tokio::task::spawn_blocking(f)
-                .await
-                .unwrap_or_else(|e| Reply::Msg(Response::error(ErrorKind::Internal, format!("task failed: {e}"))))
+            tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+                Reply::Msg(Response::error(
+                    ErrorKind::Internal,
+                    format!("task failed: {e}"),
+                ))
+            })
         };
         match req {
-            Request::Store { segment, offset, .. } => {
+            Request::Store {
+                segment, offset, ..
+            } => {
                 let data = body.unwrap_or_default();
-                blocking(Box::new(move || match shared.store.store(&segment, offset, &data) {
-                    Ok(()) => Reply::Msg(Response::Ok),
-                    Err(e) => Reply::Msg(store_error(e)),
+                blocking(Box::new(move || {
+                    match shared.store.store(&segment, offset, &data) {
+                        Ok(()) => Reply::Msg(Response::Ok),
+                        Err(e) => Reply::Msg(store_error(e)),
+                    }
                 }))
                 .await
             }
-            Request::Fwd { segment, offset, len } => {
-                blocking(Box::new(move || match shared.store.fwd(&segment, offset, len) {
-                    Ok(data) => Reply::Data(data),
-                    Err(e) => Reply::Msg(store_error(e)),
+            Request::Fwd {
+                segment,
+                offset,
+                len,
+            } => {
+                blocking(Box::new(move || {
+                    match shared.store.fwd(&segment, offset, len) {
+                        Ok(data) => Reply::Data(data),
+                        Err(e) => Reply::Msg(store_error(e)),
+                    }
                 }))
                 .await
             }

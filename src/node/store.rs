@@ -174,11 +174,16 @@ impl SegmentStore {
         let name = format!("{}/{}", seg.file, seg.index);
         let file = match File::open(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound(name)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound(name))
+            }
             Err(e) => return Err(io_err(format!("open {}", path.display()))(e)),
         };
         let size = file.metadata().map_err(io_err("stat segment"))?.len();
-        if offset.checked_add(u64::from(len)).is_none_or(|end| end > size) {
+        if offset
+            .checked_add(u64::from(len))
+            .is_none_or(|end| end > size)
+        {
             return Err(StoreError::OutOfRange {
                 segment: name,
                 offset,
@@ -205,7 +210,8 @@ impl SegmentStore {
         for entry in entries {
             let entry = entry.map_err(io_err("read segment dir"))?;
             let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
-            fs::remove_file(entry.path()).map_err(io_err(format!("remove {}", entry.path().display())))?;
+            fs::remove_file(entry.path())
+                .map_err(io_err(format!("remove {}", entry.path().display())))?;
             freed += len;
             usage.bytes = usage.bytes.saturating_sub(len);
             usage.segments = usage.segments.saturating_sub(1);
@@ -239,7 +245,10 @@ mod tests {
             store.fwd(&seg("f1", 0), 5, 7),
             Err(StoreError::OutOfRange { .. })
         ));
-        assert!(matches!(store.fwd(&seg("f2", 0), 0, 1), Err(StoreError::NotFound(_))));
+        assert!(matches!(
+            store.fwd(&seg("f2", 0), 0, 1),
+            Err(StoreError::NotFound(_))
+        ));
         // Reopening measures the same usage.
         let again = SegmentStore::open(dir.path(), 1000).unwrap();
         assert_eq!(again.usage(), (11, 1));
@@ -255,7 +264,11 @@ mod tests {
         store.store(&seg("a", 0), 0, &[1; 8]).unwrap();
         assert!(matches!(
             store.store(&seg("a", 1), 0, &[1; 3]),
-            Err(StoreError::NoSpace { need: 3, free: 2, .. })
+            Err(StoreError::NoSpace {
+                need: 3,
+                free: 2,
+                ..
+            })
         ));
         // Rewriting in place needs no new space.
         store.store(&seg("a", 0), 0, &[2; 8]).unwrap();
@@ -267,8 +280,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SegmentStore::open(&dir.path().join("s"), 100).unwrap();
         for bad in ["../x", "..", "a/b", "", "x\0", &"a".repeat(65)] {
-            assert!(matches!(store.store(&seg(bad, 0), 0, b"x"), Err(StoreError::BadId(_))), "{bad:?}");
-            assert!(matches!(store.fwd(&seg(bad, 0), 0, 1), Err(StoreError::BadId(_))));
+            assert!(
+                matches!(
+                    store.store(&seg(bad, 0), 0, b"x"),
+                    Err(StoreError::BadId(_))
+                ),
+                "{bad:?}"
+            );
+            assert!(matches!(
+                store.fwd(&seg(bad, 0), 0, 1),
+                Err(StoreError::BadId(_))
+            ));
             assert!(matches!(store.delete(bad), Err(StoreError::BadId(_))));
         }
         assert!(!dir.path().join("x").exists());
