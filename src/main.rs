@@ -173,9 +173,9 @@ async fn put(args: cli::PutArgs) -> Result<()> {
         "stored {} as {name:?}: {} in {} segments (k={}, m={}) in {secs:.2}s ({}/s)",
         args.file.display(),
         human_size(manifest.size),
-        manifest.holders.len(),
-        manifest.layout.k,
-        manifest.layout.m,
+        manifest.place.holders.len(),
+        manifest.place.layout.k,
+        manifest.place.layout.m,
         human_size((manifest.size as f64 / secs.max(1e-9)) as u64)
     );
     Ok(())

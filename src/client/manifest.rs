@@ -17,14 +17,20 @@ pub struct Holder {
     pub addr: SocketAddr,
 }
 
-/// Everything needed to read a file back from the pool.
+/// Where a file's segments live: fixed when the file is placed.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct Manifest {
+pub struct Placement {
     pub file_id: String,
-    pub size: u64,
     pub layout: Layout,
     /// `holders[i]` stores segment i.
     pub holders: Vec<Holder>,
+}
+
+/// Everything needed to read a file back from the pool.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    pub place: Placement,
+    pub size: u64,
     /// `stripes[j][i]` is the checksum of shard i of stripe j.
     pub stripes: Vec<Vec<Checksum>>,
 }
@@ -39,9 +45,19 @@ impl Manifest {
         self.stripes[j] = sums;
     }
 
+    /// Checksums of stripe `j`; empty for a stripe never written (a hole, read as zeros).
+    pub fn sums(&self, j: u64) -> &[Checksum] {
+        self.stripes.get(j as usize).map_or(&[], Vec::as_slice)
+    }
+
+    /// Data bytes in stripe `j`.
+    pub fn stripe_len(&self, j: u64) -> u64 {
+        self.place.layout.stripe_len(self.size, j)
+    }
+
     /// Drops stripes past the end of the file (after a shrink).
     pub fn trim_stripes(&mut self) {
-        let n = self.layout.stripe_count(self.size) as usize;
+        let n = self.place.layout.stripe_count(self.size) as usize;
         self.stripes.truncate(n);
     }
 }

@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::net::{ConnPool, NetError};
 use crate::proto::{ErrorKind, NodeId, PoolView, Request, Response, SegmentRef};
 pub use layout::Layout;
-pub use manifest::{Holder, Manifest};
+pub use manifest::{Holder, Manifest, Placement};
 use stripe::Checksum;
 
 /// Default shard size: large enough for streaming, small enough to keep memory bounded.
@@ -177,20 +177,22 @@ impl PoolClient {
         let m = self.cfg.parity.min(n - 1);
         let id: [u8; 16] = rand::random();
         Ok(Manifest {
-            file_id: crate::util::encode_hex(&id),
-            size: 0,
-            layout: Layout {
-                k: n - m,
-                m,
-                shard_size: self.cfg.shard_size,
+            place: Placement {
+                file_id: crate::util::encode_hex(&id),
+                layout: Layout {
+                    k: n - m,
+                    m,
+                    shard_size: self.cfg.shard_size,
+                },
+                holders: live
+                    .iter()
+                    .map(|node| Holder {
+                        node_id: node.id,
+                        addr: node.addr,
+                    })
+                    .collect(),
             },
-            holders: live
-                .iter()
-                .map(|node| Holder {
-                    node_id: node.id,
-                    addr: node.addr,
-                })
-                .collect(),
+            size: 0,
             stripes: Vec::new(),
         })
     }
@@ -199,18 +201,18 @@ impl PoolClient {
     /// checksums to record in the manifest once every holder has acknowledged.
     pub async fn write_stripe(
         &self,
-        m: &Manifest,
+        place: &Placement,
         j: u64,
         data: &[u8],
     ) -> Result<Vec<Checksum>, ClientError> {
-        let shards = stripe::encode(&m.layout, data);
-        let offset = m.layout.segment_offset(j);
+        let shards = stripe::encode(&place.layout, data);
+        let offset = place.layout.segment_offset(j);
         let stores = shards.iter().enumerate().map(|(i, shard)| {
-            let holder = &m.holders[i];
+            let holder = &place.holders[i];
             let addr = self.addr_of(holder);
             let req = Request::Store {
                 segment: SegmentRef {
-                    file: m.file_id.clone(),
+                    file: place.file_id.clone(),
                     index: i as u32,
                 },
                 offset,
@@ -223,13 +225,13 @@ impl PoolClient {
                     .map_err(|source| match source.remote_kind() {
                         Some(ErrorKind::NoSpace) => ClientError::NoSpace {
                             node: holder.node_id,
-                            file: m.file_id.clone(),
+                            file: place.file_id.clone(),
                             segment: i as u32,
                             message: source.to_string(),
                         },
                         _ => ClientError::Store {
                             node: holder.node_id,
-                            file: m.file_id.clone(),
+                            file: place.file_id.clone(),
                             segment: i as u32,
                             source,
                         },
@@ -240,35 +242,42 @@ impl PoolClient {
         Ok(shards.iter().map(|s| stripe::checksum(s)).collect())
     }
 
-    /// Fetches stripe `j` of a file from its holders and returns its data bytes,
-    /// verified against the manifest's checksums.
-    pub async fn read_stripe(&self, m: &Manifest, j: u64) -> Result<Vec<u8>, ClientError> {
-        let stripe_len = m.layout.stripe_len(m.size, j);
-        let shard_len = m.layout.shard_len(stripe_len);
-        let sums = m
-            .stripes
-            .get(j as usize)
-            .filter(|s| s.len() >= m.layout.k as usize)
-            .ok_or_else(|| ClientError::Incomplete {
-                file: m.file_id.clone(),
+    /// Fetches stripe `j` (carrying `stripe_len` data bytes) from its holders, verified
+    /// against `sums`. A stripe with no checksums was never written: it reads as zeros.
+    pub async fn read_stripe(
+        &self,
+        place: &Placement,
+        j: u64,
+        stripe_len: u64,
+        sums: &[Checksum],
+    ) -> Result<Vec<u8>, ClientError> {
+        let layout = &place.layout;
+        if sums.is_empty() {
+            return Ok(vec![0; stripe_len as usize]);
+        }
+        if sums.len() < layout.k as usize {
+            return Err(ClientError::Incomplete {
+                file: place.file_id.clone(),
                 stripe: j,
-            })?;
-        let fetches = (0..m.layout.k).map(|i| {
-            let holder = &m.holders[i as usize];
+            });
+        }
+        let shard_len = layout.shard_len(stripe_len);
+        let fetches = (0..layout.k).map(|i| {
+            let holder = &place.holders[i as usize];
             let addr = self.addr_of(holder);
             let req = Request::Fwd {
                 segment: SegmentRef {
-                    file: m.file_id.clone(),
+                    file: place.file_id.clone(),
                     index: i,
                 },
-                offset: m.layout.segment_offset(j),
+                offset: layout.segment_offset(j),
                 len: shard_len,
             };
             async move {
                 let fetch_err = |source| ClientError::Fetch {
                     node: holder.node_id,
                     addr,
-                    file: m.file_id.clone(),
+                    file: place.file_id.clone(),
                     segment: i,
                     source,
                 };
@@ -283,7 +292,7 @@ impl PoolClient {
                 {
                     return Err(ClientError::Corrupt {
                         node: holder.node_id,
-                        file: m.file_id.clone(),
+                        file: place.file_id.clone(),
                         stripe: j,
                         segment: i,
                     });
@@ -293,6 +302,12 @@ impl PoolClient {
         });
         let shards = futures::future::try_join_all(fetches).await?;
         Ok(stripe::decode(stripe_len as usize, &shards))
+    }
+
+    /// Stripe `j` of a file described by its manifest.
+    pub async fn fetch_stripe(&self, m: &Manifest, j: u64) -> Result<Vec<u8>, ClientError> {
+        self.read_stripe(&m.place, j, m.stripe_len(j), m.sums(j))
+            .await
     }
 
     /// Bytes `offset..offset+len` of a file (shorter at the end of the file), fetching
@@ -305,12 +320,13 @@ impl PoolClient {
     ) -> Result<Vec<u8>, ClientError> {
         let end = offset.saturating_add(len).min(m.size);
         let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
-        let mut stripes = futures::stream::iter(m.layout.stripes_touching(offset, len, m.size))
-            .map(|j| async move { self.read_stripe(m, j).await.map(|data| (j, data)) })
-            .buffered(self.cfg.stripes_in_flight);
+        let mut stripes =
+            futures::stream::iter(m.place.layout.stripes_touching(offset, len, m.size))
+                .map(|j| async move { self.fetch_stripe(m, j).await.map(|data| (j, data)) })
+                .buffered(self.cfg.stripes_in_flight);
         while let Some(next) = stripes.next().await {
             let (j, data) = next?;
-            let range = m.layout.stripe_range(m.size, j);
+            let range = m.place.layout.stripe_range(m.size, j);
             let from = offset.max(range.start) - range.start;
             let to = end.min(range.end) - range.start;
             out.extend_from_slice(&data[from as usize..to as usize]);
@@ -321,20 +337,25 @@ impl PoolClient {
     /// Removes a file's segments from every holder; holders that cannot be reached are
     /// reported, the others are cleaned.
     pub async fn delete(&self, m: &Manifest) -> Result<(), ClientError> {
-        let deletes = m.holders.iter().enumerate().map(|(i, holder)| async move {
-            let req = Request::Delete {
-                file: m.file_id.clone(),
-            };
-            self.conns
-                .call(self.addr_of(holder), &req, None)
-                .await
-                .map_err(|source| ClientError::Store {
-                    node: holder.node_id,
-                    file: m.file_id.clone(),
-                    segment: i as u32,
-                    source,
-                })
-        });
+        let place = &m.place;
+        let deletes = place
+            .holders
+            .iter()
+            .enumerate()
+            .map(|(i, holder)| async move {
+                let req = Request::Delete {
+                    file: place.file_id.clone(),
+                };
+                self.conns
+                    .call(self.addr_of(holder), &req, None)
+                    .await
+                    .map_err(|source| ClientError::Store {
+                        node: holder.node_id,
+                        file: place.file_id.clone(),
+                        segment: i as u32,
+                        source,
+                    })
+            });
         let results = futures::future::join_all(deletes).await;
         results
             .into_iter()
@@ -350,7 +371,7 @@ impl PoolClient {
         progress: impl Fn(u64),
     ) -> Result<Manifest, ClientError> {
         let mut m = self.new_file().await?;
-        let stripe_size = m.layout.stripe_size() as usize;
+        let stripe_size = m.place.layout.stripe_size() as usize;
         let mut in_flight = FuturesOrdered::new();
         let mut j = 0u64;
         let mut eof = false;
@@ -363,9 +384,9 @@ impl PoolClient {
                 if n > 0 {
                     buf.truncate(n);
                     m.size += n as u64;
-                    let placed = m.clone();
+                    let place = m.place.clone();
                     in_flight.push_back(async move {
-                        let sums = self.write_stripe(&placed, j, &buf).await?;
+                        let sums = self.write_stripe(&place, j, &buf).await?;
                         Ok::<_, ClientError>((j, buf.len() as u64, sums))
                     });
                     j += 1;
@@ -390,8 +411,8 @@ impl PoolClient {
         progress: impl Fn(u64),
     ) -> Result<(), ClientError> {
         let mut done = 0u64;
-        let mut stripes = futures::stream::iter(0..m.layout.stripe_count(m.size))
-            .map(|j| self.read_stripe(m, j))
+        let mut stripes = futures::stream::iter(0..m.place.layout.stripe_count(m.size))
+            .map(|j| self.fetch_stripe(m, j))
             .buffered(self.cfg.stripes_in_flight);
         while let Some(data) = stripes.next().await {
             let data = data?;

@@ -39,6 +39,22 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     Ok(msg)
 }
 
+// Records kept on our own disk (metadata) may exceed a frame; they are not hostile input
+// from the network, so they are decoded without the frame limit.
+const RECORD_CONFIG: bincode::config::Configuration = bincode::config::standard();
+
+/// Encodes a record for local storage (no size limit).
+pub fn encode_record<T: Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
+    bincode::serde::encode_to_vec(msg, RECORD_CONFIG).map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+/// Decodes a record written by `encode_record`.
+pub fn decode_record<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (msg, _) = bincode::serde::decode_from_slice(bytes, RECORD_CONFIG)
+        .map_err(|e| CodecError::Decode(e.to_string()))?;
+    Ok(msg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@ mod codec;
 mod frame;
 mod messages;
 
-pub use codec::{decode, encode, CodecError};
+pub use codec::{decode, decode_record, encode, encode_record, CodecError};
 pub use frame::{read_body, read_frame, write_frame, FrameError};
 pub use messages::*;
 
