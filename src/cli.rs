@@ -36,6 +36,62 @@ pub enum Command {
     Put(PutArgs),
     /// Fetch a file offloaded with `put` back into a local file.
     Get(GetArgs),
+    /// Mount the pool: this machine joins as a node and files copied in are offloaded.
+    Mount(MountArgs),
+    /// Start a whole pool on this machine (controller + nodes on loopback) and mount it.
+    Up(UpArgs),
+    /// Unmount a pool started with `up` and stop its processes.
+    Down(DownArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    /// Empty directory to mount the pool on.
+    pub mountpoint: PathBuf,
+    /// Directory for this node's segments, identity and the namespace database.
+    #[arg(long)]
+    pub storage: PathBuf,
+    #[command(flatten)]
+    pub controller: ControllerOpt,
+    /// Address this machine's node listens on.
+    #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], NODE_PORT)))]
+    pub listen: SocketAddr,
+    /// Space this node offers, e.g. 10G [default: free space of the storage disk].
+    #[arg(long, value_parser = parse_size)]
+    pub capacity: Option<u64>,
+    /// Parity segments per file (redundancy; needs erasure coding).
+    #[arg(long, default_value_t = 0)]
+    pub parity: u32,
+    /// Let other users access the mount (needs user_allow_other in /etc/fuse.conf).
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Stay attached to the terminal instead of returning once mounted.
+    #[arg(long, short = 'f')]
+    pub foreground: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Where to mount the pool (created if missing).
+    pub mountpoint: PathBuf,
+    /// Members of the pool, the mount included.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u32,
+    /// Parity segments per file.
+    #[arg(long)]
+    pub parity: Option<u32>,
+    /// Where the pool's state lives [default: DATA_DIR].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct DownArgs {
+    /// The mount point given to `up`.
+    pub mountpoint: PathBuf,
+    /// The data directory given to `up`.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -2,7 +2,10 @@
 
 pub mod client;
 pub mod controller;
+pub mod daemon;
+pub mod fs;
 pub mod net;
 pub mod node;
 pub mod proto;
+pub mod up;
 pub mod util;

@@ -11,6 +11,8 @@ use clap::Parser;
 use cli::{Cli, Command};
 use poolfs::client::{catalog::Catalog, ClientConfig, PoolClient};
 use poolfs::controller::Controller;
+use poolfs::daemon;
+use poolfs::fs::mount::MountConfig;
 use poolfs::node::{Node, NodeConfig};
 use poolfs::proto::{PoolView, Request, Response};
 use poolfs::util::{default_data_dir, human_size};
@@ -57,7 +59,53 @@ fn run(cli: Cli) -> Result<()> {
         Command::Status(args) => runtime()?.block_on(status(args)),
         Command::Put(args) => runtime()?.block_on(put(args)),
         Command::Get(args) => runtime()?.block_on(get(args)),
+        Command::Mount(args) => mount(args),
+        Command::Up(args) => {
+            let data = args.data_dir.unwrap_or_else(default_data_dir);
+            let state = poolfs::up::up(&data, &args.mountpoint, args.nodes, args.parity)
+                .map_err(anyhow::Error::msg)?;
+            println!(
+                "pool of {} nodes mounted at {} (controller {}); `poolfs down {}` stops it",
+                args.nodes,
+                state.mountpoint.display(),
+                state.controller,
+                state.mountpoint.display()
+            );
+            Ok(())
+        }
+        Command::Down(args) => {
+            let data = args.data_dir.unwrap_or_else(default_data_dir);
+            poolfs::up::down(&data, &args.mountpoint).map_err(anyhow::Error::msg)?;
+            println!(
+                "unmounted {} and stopped its pool",
+                args.mountpoint.display()
+            );
+            Ok(())
+        }
     }
+}
+
+fn mount(args: cli::MountArgs) -> Result<()> {
+    let cfg = MountConfig {
+        mountpoint: args.mountpoint,
+        storage: args.storage,
+        controller: args.controller.controller,
+        listen: args.listen,
+        capacity: args.capacity,
+        parity: args.parity,
+        allow_other: args.allow_other,
+    };
+    if !args.foreground && std::env::var_os("POOLFS_NOTIFY_READY").is_none() {
+        // Detach: run ourselves in the background and return once the mount is live.
+        let mut again: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        again.push("--foreground".into());
+        let log = cfg.storage.join("mount.log");
+        daemon::spawn_ready(&again, &log, std::time::Duration::from_secs(30))
+            .map_err(anyhow::Error::msg)?;
+        return Ok(());
+    }
+    poolfs::fs::mount::run(cfg, daemon::notify)?;
+    Ok(())
 }
 
 async fn wait_for_signal() -> Result<()> {

@@ -160,10 +160,13 @@ impl PoolClient {
         }
     }
 
-    fn addr_of(&self, holder: &Holder) -> SocketAddr {
-        self.cached_view()
-            .and_then(|(view, _)| view.node(holder.node_id).map(|n| n.addr))
-            .unwrap_or(holder.addr)
+    /// Where a holder is now: a node that restarted on another port is found through
+    /// the pool view; without one, the address recorded at placement.
+    async fn addr_of(&self, holder: &Holder) -> SocketAddr {
+        match self.view().await {
+            Ok(view) => view.node(holder.node_id).map_or(holder.addr, |n| n.addr),
+            Err(_) => holder.addr,
+        }
     }
 
     /// An empty manifest for a new file, placed on every live node (one segment each).
@@ -209,7 +212,6 @@ impl PoolClient {
         let offset = place.layout.segment_offset(j);
         let stores = shards.iter().enumerate().map(|(i, shard)| {
             let holder = &place.holders[i];
-            let addr = self.addr_of(holder);
             let req = Request::Store {
                 segment: SegmentRef {
                     file: place.file_id.clone(),
@@ -219,6 +221,7 @@ impl PoolClient {
                 len: shard.len() as u32,
             };
             async move {
+                let addr = self.addr_of(holder).await;
                 self.conns
                     .call(addr, &req, Some(shard))
                     .await
@@ -264,7 +267,6 @@ impl PoolClient {
         let shard_len = layout.shard_len(stripe_len);
         let fetches = (0..layout.k).map(|i| {
             let holder = &place.holders[i as usize];
-            let addr = self.addr_of(holder);
             let req = Request::Fwd {
                 segment: SegmentRef {
                     file: place.file_id.clone(),
@@ -274,6 +276,7 @@ impl PoolClient {
                 len: shard_len,
             };
             async move {
+                let addr = self.addr_of(holder).await;
                 let fetch_err = |source| ClientError::Fetch {
                     node: holder.node_id,
                     addr,
@@ -347,7 +350,7 @@ impl PoolClient {
                     file: place.file_id.clone(),
                 };
                 self.conns
-                    .call(self.addr_of(holder), &req, None)
+                    .call(self.addr_of(holder).await, &req, None)
                     .await
                     .map_err(|source| ClientError::Store {
                         node: holder.node_id,

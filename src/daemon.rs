@@ -1,0 +1,87 @@
+//! Running poolfs processes in the background: a parent starts a detached copy of this
+//! binary and waits until it says it is ready (or why it failed).
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const NOTIFY_ENV: &str = "POOLFS_NOTIFY_READY";
+
+/// Starts `poolfs ARGS` detached (own session, output appended to `log`) and waits up
+/// to `timeout` for it to report readiness. Returns its pid.
+pub fn spawn_ready(args: &[OsString], log: &Path, timeout: Duration) -> Result<u32, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the poolfs binary: {e}"))?;
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| format!("cannot open log {}: {e}", log.display()))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
+        .env(NOTIFY_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log_file);
+    // SAFETY: setsid is async-signal-safe; it detaches the child from our terminal so
+    // the caller's shell or test harness does not wait on it.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start poolfs: {e}"))?;
+    let pid = child.id();
+    let stdout = child.stdout.take().ok_or("no pipe to the child")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(timeout).unwrap_or_default();
+    if line.trim_end() == "READY" {
+        return Ok(pid);
+    }
+    let why = match line.strip_prefix("ERROR ") {
+        Some(msg) => msg.trim_end().to_string(),
+        None => {
+            // Silent or too slow: make sure it does not linger half-started.
+            // SAFETY: pid is our own child's.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            format!("poolfs did not become ready; see {}", log.display())
+        }
+    };
+    let _ = child.wait();
+    Err(why)
+}
+
+/// In a process started by `spawn_ready`: tells the parent the outcome and stops
+/// writing to the pipe. Elsewhere it does nothing.
+pub fn notify(result: Result<(), String>) {
+    if std::env::var_os(NOTIFY_ENV).is_none() {
+        return;
+    }
+    std::env::remove_var(NOTIFY_ENV);
+    let mut out = std::io::stdout();
+    let _ = match &result {
+        Ok(()) => writeln!(out, "READY"),
+        Err(e) => writeln!(out, "ERROR {}", e.replace('\n', " ")),
+    };
+    let _ = out.flush();
+    // Point stdout at /dev/null so the parent's pipe reaches end of file.
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        // SAFETY: both descriptors are valid for the duration of the call.
+        unsafe { libc::dup2(null.as_raw_fd(), 1) };
+    }
+}

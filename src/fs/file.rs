@@ -1,0 +1,353 @@
+//! An open file's data: stripe buffers that collect writes and go out to the pool as
+//! they fill (a bounded number in flight), and a small cache with prefetch for reads.
+//!
+//! Every stripe is in exactly one of these places: dirty (buffered here, newer than the
+//! pool), uploading (being stored, its bytes kept until acknowledged), or in the pool
+//! (described by the manifest's checksums). Reads look in that order, so a reader always
+//! sees the latest writes.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+
+use super::FsError;
+use crate::client::stripe::Checksum;
+use crate::client::{ClientError, Manifest, PoolClient};
+
+/// Stripes fetched ahead of a sequential reader.
+const PREFETCH: u64 = 2;
+/// Fetched stripes kept for readers.
+const CACHE_STRIPES: usize = 4;
+
+type Fetch = JoinHandle<Result<Vec<u8>, ClientError>>;
+
+struct Upload {
+    data: Arc<Vec<u8>>,
+    task: JoinHandle<Result<Vec<Checksum>, ClientError>>,
+}
+
+/// The data side of one open inode, shared by all its handles.
+pub struct FileData {
+    client: Arc<PoolClient>,
+    max_uploads: usize,
+    pub manifest: Manifest,
+    dirty: BTreeMap<u64, Vec<u8>>,
+    uploads: BTreeMap<u64, Upload>,
+    cache: VecDeque<(u64, Arc<Vec<u8>>)>,
+    prefetch: HashMap<u64, Fetch>,
+    last_read: Option<u64>,
+    /// A failure to store data, reported by every later flush of this file.
+    failed: Option<FsError>,
+    /// Size or data changed since the manifest was last committed.
+    pub changed: bool,
+    /// Placements replaced by a truncation to zero, to delete once committed.
+    pub retired: Vec<Manifest>,
+}
+
+impl FileData {
+    /// Data state for a file described by `manifest`.
+    pub fn new(client: Arc<PoolClient>, manifest: Manifest, max_uploads: usize) -> Self {
+        FileData {
+            client,
+            max_uploads: max_uploads.max(1),
+            manifest,
+            dirty: BTreeMap::new(),
+            uploads: BTreeMap::new(),
+            cache: VecDeque::new(),
+            prefetch: HashMap::new(),
+            last_read: None,
+            failed: None,
+            changed: false,
+            retired: Vec::new(),
+        }
+    }
+
+    /// Current size, including buffered writes.
+    pub fn size(&self) -> u64 {
+        self.manifest.size
+    }
+
+    fn stripe_size(&self) -> u64 {
+        self.manifest.place.layout.stripe_size()
+    }
+
+    fn check_failed(&self) -> Result<(), FsError> {
+        match &self.failed {
+            Some(e) => Err(e.again()),
+            None => Ok(()),
+        }
+    }
+
+    fn forget_cached(&mut self, j: u64) {
+        self.cache.retain(|(c, _)| *c != j);
+        if let Some(f) = self.prefetch.remove(&j) {
+            f.abort();
+        }
+    }
+
+    fn forget_all_cached(&mut self) {
+        self.cache.clear();
+        for (_, f) in self.prefetch.drain() {
+            f.abort();
+        }
+    }
+
+    fn spawn_fetch(&self, j: u64) -> Fetch {
+        let client = self.client.clone();
+        let place = self.manifest.place.clone();
+        let len = self.manifest.stripe_len(j);
+        let sums = self.manifest.sums(j).to_vec();
+        tokio::spawn(async move { client.read_stripe(&place, j, len, &sums).await })
+    }
+
+    /// Stripe `j` as stored in the pool (through the cache and prefetches).
+    async fn pooled_stripe(&mut self, j: u64) -> Result<Arc<Vec<u8>>, FsError> {
+        if let Some((_, data)) = self.cache.iter().find(|(c, _)| *c == j) {
+            return Ok(data.clone());
+        }
+        let fetch = match self.prefetch.remove(&j) {
+            Some(f) => f,
+            None => self.spawn_fetch(j),
+        };
+        let data = fetch
+            .await
+            .map_err(|e| FsError::Meta(format!("fetch task failed: {e}")))??;
+        let data = Arc::new(data);
+        self.cache.push_back((j, data.clone()));
+        if self.cache.len() > CACHE_STRIPES {
+            self.cache.pop_front();
+        }
+        Ok(data)
+    }
+
+    fn schedule_prefetch(&mut self, j: u64) {
+        let sequential = matches!(self.last_read, Some(l) if j == l || j == l + 1) || j == 0;
+        self.last_read = Some(j);
+        if !sequential {
+            return;
+        }
+        let count = self.manifest.place.layout.stripe_count(self.size());
+        for next in j + 1..(j + 1 + PREFETCH).min(count) {
+            let known = self.dirty.contains_key(&next)
+                || self.uploads.contains_key(&next)
+                || self.prefetch.contains_key(&next)
+                || self.cache.iter().any(|(c, _)| *c == next);
+            if !known {
+                let fetch = self.spawn_fetch(next);
+                self.prefetch.insert(next, fetch);
+            }
+        }
+    }
+
+    /// Reads up to `len` bytes at `offset`.
+    pub async fn read(&mut self, offset: u64, len: u64) -> Result<Vec<u8>, FsError> {
+        let size = self.size();
+        let end = offset.saturating_add(len).min(size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let stripe_size = self.stripe_size();
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        for j in offset / stripe_size..end.div_ceil(stripe_size) {
+            let base = j * stripe_size;
+            let from = (offset.max(base) - base) as usize;
+            let to = (end.min(base + stripe_size) - base) as usize;
+            if let Some(buf) = self.dirty.get(&j) {
+                out.extend_from_slice(&buf[from..to]);
+            } else if let Some(up) = self.uploads.get(&j) {
+                out.extend_from_slice(&up.data[from..to]);
+            } else {
+                let data = self.pooled_stripe(j).await?;
+                out.extend_from_slice(&data[from..to]);
+                self.schedule_prefetch(j);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes stripe `j` dirty, filled with its current bytes unless the caller is about
+    /// to overwrite all of it.
+    async fn dirty_stripe(&mut self, j: u64, overwrite_all: bool) -> Result<&mut Vec<u8>, FsError> {
+        if !self.dirty.contains_key(&j) {
+            let stripe_size = self.stripe_size() as usize;
+            let mut buf = vec![0u8; stripe_size];
+            if !overwrite_all {
+                if let Some(up) = self.uploads.get(&j) {
+                    buf[..up.data.len()].copy_from_slice(&up.data);
+                } else if !self.manifest.sums(j).is_empty() {
+                    let data = self.pooled_stripe(j).await?;
+                    buf[..data.len()].copy_from_slice(&data);
+                }
+            }
+            self.forget_cached(j);
+            self.dirty.insert(j, buf);
+        }
+        self.dirty
+            .get_mut(&j)
+            .ok_or_else(|| FsError::Meta("stripe buffer vanished".into()))
+    }
+
+    /// Writes `data` at `offset`; full stripes start uploading at once.
+    pub async fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), FsError> {
+        self.check_failed()?;
+        let stripe_size = self.stripe_size();
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or(FsError::Invalid)?;
+        if end > self.size() {
+            self.prepare_growth().await?;
+        }
+        let mut pos = offset;
+        while pos < end {
+            let j = pos / stripe_size;
+            let base = j * stripe_size;
+            let upto = end.min(base + stripe_size);
+            let overwrite_all = pos == base && upto == base + stripe_size;
+            let buf = self.dirty_stripe(j, overwrite_all).await?;
+            let src = &data[(pos - offset) as usize..(upto - offset) as usize];
+            buf[(pos - base) as usize..(upto - base) as usize].copy_from_slice(src);
+            if upto > self.manifest.size {
+                self.manifest.size = upto;
+            }
+            if upto == base + stripe_size {
+                self.start_upload(j).await?;
+            }
+            pos = upto;
+        }
+        self.changed = true;
+        Ok(())
+    }
+
+    /// Before the size grows: the last stripe's shards were cut for its old, shorter
+    /// length, so it must be rewritten with the new one.
+    async fn prepare_growth(&mut self) -> Result<(), FsError> {
+        let tail = self.size() % self.stripe_size();
+        if tail != 0 {
+            self.dirty_stripe(self.size() / self.stripe_size(), false)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Sends dirty stripe `j` to the pool, after any earlier upload of the same stripe
+    /// (so the segment ends with the newest bytes), waiting while too many are in flight.
+    async fn start_upload(&mut self, j: u64) -> Result<(), FsError> {
+        let Some(buf) = self.dirty.remove(&j) else {
+            return Ok(());
+        };
+        if self.uploads.contains_key(&j) {
+            self.finish_upload(j).await;
+        }
+        let len = self.manifest.stripe_len(j) as usize;
+        if len == 0 {
+            return Ok(()); // wholly past the end after a truncation
+        }
+        let data = Arc::new(buf);
+        let client = self.client.clone();
+        let place = self.manifest.place.clone();
+        let bytes = data.clone();
+        let task = tokio::spawn(async move { client.write_stripe(&place, j, &bytes[..len]).await });
+        self.uploads.insert(j, Upload { data, task });
+        while self.uploads.len() > self.max_uploads {
+            if let Some(&oldest) = self.uploads.keys().next() {
+                self.finish_upload(oldest).await;
+            }
+        }
+        self.check_failed()
+    }
+
+    async fn finish_upload(&mut self, j: u64) {
+        let Some(up) = self.uploads.remove(&j) else {
+            return;
+        };
+        let result = match up.task.await {
+            Ok(r) => r.map_err(FsError::from),
+            Err(e) => Err(FsError::Meta(format!("upload task failed: {e}"))),
+        };
+        match result {
+            Ok(sums) => self.manifest.set_stripe(j, sums),
+            Err(e) => {
+                log::error!(
+                    "cannot store stripe {j} of file {}: {e}",
+                    self.manifest.place.file_id
+                );
+                if self.failed.is_none() {
+                    self.failed = Some(e);
+                }
+            }
+        }
+    }
+
+    /// Stores every buffered stripe and waits for all acknowledgements. Afterwards the
+    /// manifest describes exactly the stored bytes, or an error says they are not.
+    pub async fn flush(&mut self) -> Result<(), FsError> {
+        let dirty: Vec<u64> = self.dirty.keys().copied().collect();
+        for j in dirty {
+            self.start_upload(j).await?;
+        }
+        let pending: Vec<u64> = self.uploads.keys().copied().collect();
+        for j in pending {
+            self.finish_upload(j).await;
+        }
+        self.check_failed()
+    }
+
+    /// Changes the size: shrinking forgets what lies beyond, growing leaves a hole that
+    /// reads as zeros. The stripe holding the new end is rewritten so its shards match
+    /// its new length. Truncating to zero starts afresh on the current pool.
+    pub async fn resize(&mut self, new_size: u64) -> Result<(), FsError> {
+        self.check_failed()?;
+        let old_size = self.size();
+        if new_size == old_size {
+            return Ok(());
+        }
+        self.changed = true;
+        self.forget_all_cached();
+        if new_size == 0 {
+            let pending: Vec<u64> = self.uploads.keys().copied().collect();
+            for j in pending {
+                self.finish_upload(j).await;
+            }
+            self.dirty.clear();
+            let fresh = self.client.new_file().await?;
+            let old = std::mem::replace(&mut self.manifest, fresh);
+            if !old.stripes.is_empty() {
+                self.retired.push(old);
+            }
+            return Ok(());
+        }
+        let stripe_size = self.stripe_size();
+        if new_size < old_size {
+            let keep = new_size.div_ceil(stripe_size);
+            self.dirty.retain(|j, _| *j < keep);
+            let tail = new_size % stripe_size;
+            if tail != 0 {
+                let j = new_size / stripe_size;
+                let buf = self.dirty_stripe(j, false).await?;
+                buf[tail as usize..].fill(0);
+            }
+            let pending: Vec<u64> = self
+                .uploads
+                .keys()
+                .copied()
+                .filter(|j| *j >= keep)
+                .collect();
+            for j in pending {
+                self.finish_upload(j).await;
+            }
+            self.manifest.size = new_size;
+            self.manifest.trim_stripes();
+        } else {
+            self.prepare_growth().await?;
+            self.manifest.size = new_size;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for FileData {
+    fn drop(&mut self) {
+        self.forget_all_cached();
+    }
+}

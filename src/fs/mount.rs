@@ -1,0 +1,192 @@
+//! `poolfs mount`: run a node inside the mounting process, mount the filesystem, serve
+//! until unmounted, then leave the pool.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::fuse::PoolFs;
+use super::meta::MetaStore;
+use super::vfs::Vfs;
+use super::FsError;
+use crate::client::{ClientConfig, PoolClient};
+use crate::node::{Node, NodeConfig, NodeError};
+
+/// How to mount.
+#[derive(Clone, Debug)]
+pub struct MountConfig {
+    pub mountpoint: PathBuf,
+    pub storage: PathBuf,
+    pub controller: SocketAddr,
+    pub listen: SocketAddr,
+    pub capacity: Option<u64>,
+    pub parity: u32,
+    pub allow_other: bool,
+}
+
+/// Why a mount failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("mount point {path}: {why}")]
+    Mountpoint { path: PathBuf, why: String },
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error("no reachable controller at {0} (is `poolfs controller` running there?)")]
+    NoController(SocketAddr),
+    #[error("metadata: {0}")]
+    Meta(#[from] FsError),
+    #[error("cannot mount {path}: {source}")]
+    Fuse {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Is `path` a mount point (listed in /proc/self/mountinfo)?
+pub fn is_mountpoint(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.to_string_lossy();
+    info.lines().any(|l| {
+        l.split(' ')
+            .nth(4)
+            .is_some_and(|mp| unescape_mountinfo(mp) == want)
+    })
+}
+
+// mountinfo escapes space, tab, newline and backslash as \ooo.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn check_mountpoint(path: &Path) -> Result<PathBuf, MountError> {
+    let bad = |why: String| MountError::Mountpoint {
+        path: path.to_path_buf(),
+        why,
+    };
+    let canon = path.canonicalize().map_err(|e| bad(e.to_string()))?;
+    if !canon.is_dir() {
+        return Err(bad("not a directory".into()));
+    }
+    if is_mountpoint(&canon) {
+        return Err(bad("already mounted (unmount it first)".into()));
+    }
+    let mut entries = std::fs::read_dir(&canon).map_err(|e| bad(e.to_string()))?;
+    if entries.next().is_some() {
+        return Err(bad("not empty (mount over an empty directory)".into()));
+    }
+    Ok(canon)
+}
+
+/// Mounts and serves until the filesystem is unmounted (or SIGTERM/SIGINT unmounts
+/// it). `ready` is called once: with `Ok` when the mount is live, or with the error.
+pub fn run(cfg: MountConfig, ready: impl FnOnce(Result<(), String>)) -> Result<(), MountError> {
+    let mut ready = Some(ready);
+    let mut report = |r: Result<(), String>| {
+        if let Some(f) = ready.take() {
+            f(r)
+        }
+    };
+    let result = serve(cfg, &mut report);
+    if let Err(e) = &result {
+        report(Err(e.to_string()));
+    }
+    result
+}
+
+fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result<(), MountError> {
+    let mountpoint = check_mountpoint(&cfg.mountpoint)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .map_err(MountError::Runtime)?;
+    let node = rt.block_on(Node::start(NodeConfig {
+        storage: cfg.storage.clone(),
+        listen: cfg.listen,
+        controller: Some(cfg.controller),
+        capacity: cfg.capacity,
+    }))?;
+    if rt
+        .block_on(node.wait_joined(Duration::from_secs(5)))
+        .is_none()
+    {
+        return Err(MountError::NoController(cfg.controller));
+    }
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let meta = MetaStore::open(&cfg.storage.join("meta.redb"), uid, gid)?;
+    let mut client_cfg = ClientConfig::new(cfg.controller);
+    client_cfg.parity = cfg.parity;
+    let client = Arc::new(PoolClient::new(client_cfg));
+    let vfs = Vfs::new(meta, client, rt.handle().clone())?;
+
+    let mut options = vec![
+        fuser::MountOption::FSName("poolfs".into()),
+        fuser::MountOption::Subtype("poolfs".into()),
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::NoAtime,
+    ];
+    if cfg.allow_other {
+        options.push(fuser::MountOption::CUSTOM("allow_other".into()));
+    }
+    let mut config = fuser::Config::default();
+    config.mount_options = options;
+    config.n_threads = Some(4);
+    let fuse_err = |source| MountError::Fuse {
+        path: mountpoint.clone(),
+        source,
+    };
+    let mut session =
+        fuser::Session::new(PoolFs::new(vfs), &mountpoint, &config).map_err(fuse_err)?;
+    log::info!(
+        "mounted {} (node {} at {}, controller {})",
+        mountpoint.display(),
+        node.node_id().unwrap_or(0),
+        node.addr(),
+        cfg.controller
+    );
+    report(Ok(()));
+
+    // A signal unmounts, which ends the session like `umount` does.
+    let mut unmounter = session.unmount_callable();
+    rt.spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        log::info!("signal received: unmounting");
+        if let Err(e) = unmounter.unmount() {
+            log::error!("cannot unmount: {e}");
+        }
+    });
+    session.run().map_err(fuse_err)?;
+    log::info!("unmounted {}; leaving the pool", mountpoint.display());
+    rt.block_on(node.leave());
+    Ok(())
+}

@@ -1,0 +1,202 @@
+//! `poolfs up` / `poolfs down`: a whole pool on this machine (a controller, storage
+//! nodes and the mount, all on loopback) started and stopped with one command.
+
+use std::ffi::OsString;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::daemon::spawn_ready;
+use crate::fs::mount::is_mountpoint;
+
+/// What `up` started, kept so `down` can stop exactly those processes.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct UpState {
+    pub mountpoint: PathBuf,
+    pub controller: SocketAddr,
+    /// The mount process first, then nodes, then the controller.
+    pub pids: Vec<u32>,
+}
+
+/// Where `up` keeps the state of the pool mounted at `mountpoint`.
+pub fn state_dir(data: &Path, mountpoint: &Path) -> PathBuf {
+    let key: String = mountpoint
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    data.join("up").join(key.trim_start_matches('_'))
+}
+
+fn free_port() -> Result<u16, String> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free loopback port: {e}"))
+}
+
+fn args(list: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<OsString> {
+    list.iter().map(|a| a.as_ref().to_os_string()).collect()
+}
+
+/// Is `pid` a running poolfs process (guards against a recycled pid)?
+fn is_ours(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            c.split(|b| *b == 0)
+                .next()
+                .is_some_and(|exe| exe.ends_with(b"poolfs"))
+        })
+        .unwrap_or(false)
+}
+
+fn stop(pids: &[u32]) {
+    for &pid in pids {
+        if is_ours(pid) {
+            // SAFETY: sending a signal to a process we started.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|&p| is_ours(p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for &pid in pids {
+        if is_ours(pid) {
+            // SAFETY: as above; it ignored SIGTERM for 5 s.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Starts a controller, `nodes - 1` storage nodes and a mount (itself a node) on
+/// loopback, state under `data`. Returns what was started.
+pub fn up(
+    data: &Path,
+    mountpoint: &Path,
+    nodes: u32,
+    parity: Option<u32>,
+) -> Result<UpState, String> {
+    if nodes == 0 {
+        return Err("--nodes must be at least 1".into());
+    }
+    std::fs::create_dir_all(mountpoint)
+        .map_err(|e| format!("cannot create {}: {e}", mountpoint.display()))?;
+    let mountpoint = mountpoint
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", mountpoint.display()))?;
+    let dir = state_dir(data, &mountpoint);
+    let state_file = dir.join("up.json");
+    if state_file.exists() && is_mountpoint(&mountpoint) {
+        return Err(format!("a pool is already up at {}", mountpoint.display()));
+    }
+    let controller = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let mut pids = Vec::new();
+    let started = (|| {
+        let ctrl = controller.to_string();
+        pids.push(spawn_ready(
+            &args(&[
+                &"controller",
+                &"--listen",
+                &ctrl,
+                &"--state",
+                &dir.join("controller"),
+            ]),
+            &dir.join("controller.log"),
+            Duration::from_secs(10),
+        )?);
+        for i in 1..nodes {
+            let storage = dir.join(format!("node-{i}"));
+            pids.push(spawn_ready(
+                &args(&[
+                    &"node",
+                    &"--storage",
+                    &storage,
+                    &"--listen",
+                    &"127.0.0.1:0",
+                    &"--controller",
+                    &ctrl,
+                ]),
+                &dir.join(format!("node-{i}.log")),
+                Duration::from_secs(10),
+            )?);
+        }
+        let mut mount = args(&[
+            &"mount",
+            &mountpoint,
+            &"--storage",
+            &dir.join("mount"),
+            &"--listen",
+            &"127.0.0.1:0",
+            &"--controller",
+            &ctrl,
+        ]);
+        if let Some(m) = parity {
+            mount.extend(args(&[&"--parity", &m.to_string()]));
+        }
+        let pid = spawn_ready(&mount, &dir.join("mount.log"), Duration::from_secs(30))?;
+        pids.insert(0, pid);
+        Ok::<(), String>(())
+    })();
+    if let Err(e) = started {
+        pids.reverse();
+        stop(&pids);
+        return Err(e);
+    }
+    let state = UpState {
+        mountpoint,
+        controller,
+        pids,
+    };
+    let json = serde_json::to_vec_pretty(&state).map_err(|e| e.to_string())?;
+    crate::util::write_atomic(&state_file, &json)
+        .map_err(|e| format!("cannot save {}: {e}", state_file.display()))?;
+    Ok(state)
+}
+
+/// Unmounts the pool started by `up` at `mountpoint` and stops its processes.
+pub fn down(data: &Path, mountpoint: &Path) -> Result<(), String> {
+    let mountpoint = mountpoint
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", mountpoint.display()))?;
+    let state_file = state_dir(data, &mountpoint).join("up.json");
+    let bytes = std::fs::read(&state_file).map_err(|_| {
+        format!(
+            "no pool was started with `poolfs up` at {}",
+            mountpoint.display()
+        )
+    })?;
+    let state: UpState = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{} is corrupt: {e}", state_file.display()))?;
+    if is_mountpoint(&mountpoint) {
+        unmount(&mountpoint)?;
+    }
+    // The mount process exits by itself once unmounted; then the rest.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state.pids.first().is_some_and(|&p| is_ours(p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop(&state.pids);
+    std::fs::remove_file(&state_file)
+        .map_err(|e| format!("cannot remove {}: {e}", state_file.display()))?;
+    Ok(())
+}
+
+/// Unmounts a FUSE mount the way a user would.
+pub fn unmount(mountpoint: &Path) -> Result<(), String> {
+    for tool in ["fusermount3", "fusermount", "umount"] {
+        let arg: &[&str] = if tool == "umount" { &[] } else { &["-u"] };
+        match std::process::Command::new(tool)
+            .args(arg)
+            .arg(mountpoint)
+            .status()
+        {
+            Ok(s) if s.success() => return Ok(()),
+            Ok(_) => return Err(format!("{tool} could not unmount {}", mountpoint.display())),
+            Err(_) => continue, // tool not installed: try the next
+        }
+    }
+    Err("no unmount tool found (install fuse3)".into())
+}
