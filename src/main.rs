@@ -41,17 +41,21 @@ fn run(cli: Cli) -> Result<()> {
             let state = args
                 .state
                 .unwrap_or_else(|| default_data_dir().join("controller"));
-            let _controller = Controller::start(args.listen, state).await?;
+            let started = Controller::start(args.listen, state).await;
+            daemon::notify(started.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            let _controller = started?;
             wait_for_signal().await
         }),
         Command::Node(args) => runtime()?.block_on(async {
-            let node = Node::start(NodeConfig {
+            let started = Node::start(NodeConfig {
                 storage: args.storage,
                 listen: args.listen,
                 controller: args.controller,
                 capacity: args.capacity,
             })
-            .await?;
+            .await;
+            daemon::notify(started.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            let node = started?;
             wait_for_signal().await?;
             node.leave().await;
             Ok(())
