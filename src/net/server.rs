@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
@@ -41,6 +41,8 @@ pub struct ServerLimits {
     pub max_connections: usize,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Once a request frame has begun, the rest of it must arrive within this.
+    pub frame_timeout: Duration,
     pub body_timeout: Duration,
 }
 
@@ -50,6 +52,7 @@ impl Default for ServerLimits {
             max_connections: 256,
             handshake_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(300),
+            frame_timeout: Duration::from_secs(5),
             body_timeout: Duration::from_secs(30),
         }
     }
@@ -118,13 +121,18 @@ async fn serve_connection<H: Handler>(
     .await?;
 
     loop {
-        let frame =
-            match tokio::time::timeout(limits.idle_timeout, proto::read_frame(&mut rd)).await {
-                Err(_) => return Err("idle".into()),
-                Ok(Err(proto::FrameError::Closed)) => return Ok(()),
-                Ok(Err(e)) => return Err(e.to_string()),
-                Ok(Ok(f)) => f,
-            };
+        // A peer may stay idle between requests, but once a frame has begun the rest must
+        // follow promptly: a truncated frame must not hold the connection for the idle time.
+        match tokio::time::timeout(limits.idle_timeout, rd.fill_buf()).await {
+            Err(_) => return Err("idle".into()),
+            Ok(Err(e)) => return Err(e.to_string()),
+            Ok(Ok([])) => return Ok(()),
+            Ok(Ok(_)) => {}
+        }
+        let frame = tokio::time::timeout(limits.frame_timeout, proto::read_frame(&mut rd))
+            .await
+            .map_err(|_| "frame not completed in time".to_string())?
+            .map_err(|e| e.to_string())?;
         let req: Request = proto::decode(&frame).map_err(|e| e.to_string())?;
         let body = match &req {
             Request::Store { len, .. } => Some(

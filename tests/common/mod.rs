@@ -1,0 +1,398 @@
+//! Loopback cluster harness: a controller and N nodes as real `poolfs` processes on 127.0.0.1.
+#![allow(dead_code)] // each test binary uses its own subset of the helpers
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use poolfs::proto::{NodeId, NodeInfo, NodeState, PoolView};
+use rand::{rngs::StdRng, RngCore, SeedableRng};
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_poolfs");
+
+/// How long a freshly spawned cluster may take to report every node up.
+pub const STARTUP: Duration = Duration::from_secs(20);
+
+/// A free loopback port (released again: the caller retries if someone takes it first).
+pub fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr")
+}
+
+/// `len` reproducible random bytes.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    StdRng::seed_from_u64(seed).fill_bytes(&mut data);
+    data
+}
+
+/// Polls `f` until it returns Some, or panics after `timeout` describing `what`.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Panics with the command's stderr unless it succeeded.
+pub fn assert_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Bytes of every file under `dir`, recursively (0 if it does not exist).
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .map(|e| e.unwrap())
+        .map(|e| match e.file_type().unwrap().is_dir() {
+            true => dir_bytes(&e.path()),
+            false => e.metadata().unwrap().len(),
+        })
+        .sum()
+}
+
+/// Every path under `dir`, recursively, sorted.
+pub fn tree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap().map(|e| e.unwrap()) {
+        out.push(e.path());
+        if e.file_type().unwrap().is_dir() {
+            out.extend(tree(&e.path()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// One `poolfs` server process, restartable with the same arguments and port.
+pub struct Daemon {
+    pub name: String,
+    pub addr: SocketAddr,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Starts `poolfs ARGS` where `args(addr)` builds the arguments for a listen address;
+    /// a port taken in between is retried with another one.
+    fn spawn(name: &str, log: PathBuf, args: impl Fn(SocketAddr) -> Vec<String>) -> Daemon {
+        let mut last = String::new();
+        for _ in 0..5 {
+            let addr = free_addr();
+            let mut d = Daemon {
+                name: name.to_string(),
+                addr,
+                args: args(addr),
+                log: log.clone(),
+                child: None,
+            };
+            match d.try_start() {
+                Ok(()) => return d,
+                Err(e) => last = e,
+            }
+        }
+        panic!("cannot start {name}: {last}");
+    }
+
+    fn try_start(&mut self) -> Result<(), String> {
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        writeln!(log, "=== poolfs {}", self.args.join(" ")).unwrap();
+        let child = Command::new(BIN)
+            .args(&self.args)
+            .env_remove("POOLFS_CONTROLLER")
+            .env("RUST_LOG", "info")
+            // A fixed glibc mmap threshold returns freed connection buffers (256 KiB)
+            // to the system at once, so VmRSS measures what a daemon keeps rather than
+            // what the allocator caches.
+            .env("MALLOC_MMAP_THRESHOLD_", "131072")
+            .env("MALLOC_ARENA_MAX", "2")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("spawn {BIN}: {e}"))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let child = self.child.as_mut().unwrap();
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return Err(format!(
+                    "{} exited with {status}: {}",
+                    self.name,
+                    self.log_tail(5)
+                ));
+            }
+            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{} does not listen on {}", self.name, self.addr));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The process id (panics if it is not running).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon is running").id()
+    }
+
+    /// SIGKILL, by pid, and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, by pid, then waits for the process to exit; returns how it exited.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("daemon is running");
+        // SAFETY: kill(2) on the pid of our own child, which is not reaped yet.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{} ignored SIGTERM for 10s", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the process again with the same arguments (same port, same directories).
+    pub fn restart(&mut self) {
+        self.kill();
+        let mut last = String::new();
+        for _ in 0..20 {
+            match self.try_start() {
+                Ok(()) => return,
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!("cannot restart {}: {last}", self.name);
+    }
+
+    /// The last `n` lines of this daemon's log.
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A controller and nodes on loopback, each with its own directories under one temp dir.
+pub struct Cluster {
+    pub controller: Daemon,
+    pub nodes: Vec<Daemon>,
+    // Declared last so the processes are gone before their directories are removed.
+    pub dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// A controller and `n` nodes, all up.
+    pub fn start(n: usize) -> Cluster {
+        Cluster::with_capacities(&vec![None; n])
+    }
+
+    /// A controller and one node per entry (`Some("256K")` sets `--capacity`), all up.
+    pub fn with_capacities(capacities: &[Option<&str>]) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("poolfs-test-")
+            .tempdir()
+            .unwrap();
+        let root = dir.path().to_path_buf();
+        fs::create_dir(root.join("logs")).unwrap();
+        let state = root.join("controller").display().to_string();
+        let controller = Daemon::spawn("controller", root.join("logs/controller.log"), |a| {
+            strings(&["controller", "--listen", &a.to_string(), "--state", &state])
+        });
+        let ctrl = controller.addr.to_string();
+        let nodes = capacities
+            .iter()
+            .enumerate()
+            .map(|(i, cap)| {
+                let storage = root.join(format!("node{i}")).display().to_string();
+                let log = root.join(format!("logs/node{i}.log"));
+                Daemon::spawn(&format!("node{i}"), log, |a| {
+                    let mut args = strings(&[
+                        "node",
+                        "--storage",
+                        &storage,
+                        "--listen",
+                        &a.to_string(),
+                        "--controller",
+                        &ctrl,
+                    ]);
+                    if let Some(c) = cap {
+                        args.extend(strings(&["--capacity", c]));
+                    }
+                    args
+                })
+            })
+            .collect();
+        let cluster = Cluster {
+            controller,
+            nodes,
+            dir,
+        };
+        cluster.wait_up(STARTUP);
+        cluster
+    }
+
+    /// The controller's address.
+    pub fn ctrl(&self) -> SocketAddr {
+        self.controller.addr
+    }
+
+    /// Storage directory of node `i`.
+    pub fn storage(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("node{i}"))
+    }
+
+    /// The catalog directory `put` and `get` use.
+    pub fn catalog(&self) -> PathBuf {
+        self.dir.path().join("catalog")
+    }
+
+    /// A path in the cluster's temp dir.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes `len` random bytes to a file in the temp dir; returns its path and bytes.
+    pub fn random_file(&self, name: &str, len: usize, seed: u64) -> (PathBuf, Vec<u8>) {
+        let data = random_bytes(len, seed);
+        let path = self.path(name);
+        fs::write(&path, &data).unwrap();
+        (path, data)
+    }
+
+    /// A `poolfs` command aimed at this cluster's controller (and catalog for put/get).
+    pub fn cli(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .args(["-c", &self.ctrl().to_string()])
+            .env_remove("POOLFS_CONTROLLER")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null());
+        if matches!(args.first(), Some(&"put") | Some(&"get")) {
+            cmd.arg("--catalog").arg(self.catalog());
+        }
+        cmd
+    }
+
+    /// `poolfs put FILE --name NAME`.
+    pub fn put(&self, file: &Path, name: &str) -> Output {
+        let file = file.display().to_string();
+        self.cli(&["put", &file, "--name", name]).output().unwrap()
+    }
+
+    /// `poolfs get NAME OUT`.
+    pub fn get(&self, name: &str, out: &Path) -> Output {
+        let out = out.display().to_string();
+        self.cli(&["get", name, &out]).output().unwrap()
+    }
+
+    /// Puts `data` under `name` and fetches it back into a fresh file; returns the bytes read.
+    pub fn round_trip(&self, name: &str, src: &Path) -> Vec<u8> {
+        assert_ok(&self.put(src, name), &format!("put {name}"));
+        let out = self.path(&format!("{name}.out"));
+        assert_ok(&self.get(name, &out), &format!("get {name}"));
+        fs::read(&out).unwrap()
+    }
+
+    /// The pool view from `poolfs status --json`, or why it could not be had.
+    pub fn try_status(&self) -> Result<PoolView, String> {
+        let out = self.cli(&["status", "--json"]).output().unwrap();
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("bad status JSON: {e}"))
+    }
+
+    /// The pool view; panics if `status` fails.
+    pub fn status(&self) -> PoolView {
+        self.try_status()
+            .unwrap_or_else(|e| panic!("status failed: {e}"))
+    }
+
+    /// The member listening where node `i` listens, if the controller knows it.
+    pub fn info(view: &PoolView, node: &Daemon) -> Option<NodeInfo> {
+        view.nodes.iter().find(|n| n.addr == node.addr).cloned()
+    }
+
+    /// Waits until every node of this cluster is up in `status`; returns that view.
+    pub fn wait_up(&self, timeout: Duration) -> PoolView {
+        wait_until("every node up", timeout, || {
+            let view = self.try_status().ok()?;
+            let all = self
+                .nodes
+                .iter()
+                .all(|d| Self::info(&view, d).is_some_and(|n| n.state == NodeState::Up));
+            all.then_some(view)
+        })
+    }
+
+    /// The id the controller gave node `i`.
+    pub fn node_id(&self, i: usize) -> NodeId {
+        Self::info(&self.status(), &self.nodes[i])
+            .unwrap_or_else(|| panic!("node{i} is not a member"))
+            .id
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for d in std::iter::once(&self.controller).chain(&self.nodes) {
+                eprintln!(
+                    "----- {} ({}) log tail -----\n{}",
+                    d.name,
+                    d.addr,
+                    d.log_tail(30)
+                );
+            }
+        }
+        // Daemons kill their processes by pid as they drop, before `dir` is removed.
+    }
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
