@@ -441,7 +441,11 @@ fn nodes_serve_reads_while_the_controller_is_down_and_ids_survive_its_restart() 
     put(&lan, 5, &file, "f1");
     assert!(get(&lan, 5, "f1").expect("get") == data);
 
-    lan.kill(ctrl);
+    assert_eq!(
+        lan.kill_host(0),
+        vec![ctrl],
+        "host 0 runs just the controller"
+    );
     assert!(status(&lan, 5).is_none(), "the controller is gone");
     lan.wait_log(nodes[0], "unreachable", WAIT);
     for from in [5, 1, 3] {

@@ -36,6 +36,8 @@ const PROBE_CONCURRENCY: usize = 256;
 const SEND_BATCH: usize = 16;
 /// Poll granularity of the raw socket while collecting replies.
 const READ_TICK: Duration = Duration::from_millis(5);
+/// Longest time spent emptying the socket between two batches of requests.
+const DRAIN_LIMIT: Duration = Duration::from_millis(50);
 /// Listening time between the first pass and the second (for hosts that were slow or a
 /// frame that was lost, the second pass asks the silent addresses again).
 const BETWEEN_PASSES: Duration = Duration::from_millis(200);
@@ -326,7 +328,7 @@ pub fn arp_request(mac: [u8; 6], our_ip: Ipv4Addr, target: Ipv4Addr) -> [u8; ARP
     f[20..22].copy_from_slice(&1u16.to_be_bytes()); // operation: request
     f[22..28].copy_from_slice(&mac); // sender hardware address
     f[28..32].copy_from_slice(&our_ip.octets()); // sender protocol address
-                                                 // target hardware address stays zero
+    f[32..38].fill(0); // target hardware address: unknown, that is the question
     f[38..42].copy_from_slice(&target.octets()); // target protocol address
     f
 }
@@ -414,12 +416,14 @@ fn send_frame(
     }
 }
 
-/// Reads replies until `until` (at least one read tick).
+/// Reads replies: at least until `quiet_after` (then up to the first idle read tick),
+/// and never past `deadline`, however busy the network.
 fn collect_replies(
     rx: &mut dyn DataLinkReceiver,
     plan: &SweepPlan,
     found: &mut BTreeSet<Ipv4Addr>,
-    until: Instant,
+    quiet_after: Instant,
+    deadline: Instant,
 ) -> Result<(), DiscoveryError> {
     loop {
         match rx.next() {
@@ -436,7 +440,7 @@ fn collect_replies(
                         | std::io::ErrorKind::Interrupted
                 ) =>
             {
-                if Instant::now() >= until {
+                if Instant::now() >= quiet_after {
                     return Ok(());
                 }
             }
@@ -447,7 +451,7 @@ fn collect_replies(
                 })
             }
         }
-        if Instant::now() >= until {
+        if Instant::now() >= deadline {
             return Ok(());
         }
     }
@@ -477,10 +481,13 @@ pub fn arp_sweep(plan: &SweepPlan, wait: Duration) -> Result<BTreeSet<Ipv4Addr>,
                     &plan.iface,
                 )?;
             }
-            collect_replies(&mut *rx, plan, &mut found, Instant::now())?;
+            // Empty the socket between batches so it never overflows and drops replies.
+            let now = Instant::now();
+            collect_replies(&mut *rx, plan, &mut found, now, now + DRAIN_LIMIT)?;
         }
         let listen = if pass == 0 { BETWEEN_PASSES } else { wait };
-        collect_replies(&mut *rx, plan, &mut found, Instant::now() + listen)?;
+        let until = Instant::now() + listen;
+        collect_replies(&mut *rx, plan, &mut found, until, until)?;
     }
     Ok(found)
 }

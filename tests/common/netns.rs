@@ -64,6 +64,7 @@ pub struct Host {
 
 struct Proc {
     pid: u32,
+    host: usize,
     label: String,
     child: Child,
     log: PathBuf,
@@ -301,6 +302,7 @@ impl Lan {
         let pid = child.id();
         procs.push(Proc {
             pid,
+            host: i,
             label: label.to_string(),
             child,
             log,
@@ -414,6 +416,23 @@ impl Lan {
             }
         };
         (status, std::fs::read_to_string(&p.log).unwrap_or_default())
+    }
+
+    /// Kills every process started with `spawn` on host `i` (SIGKILL, by pid); returns
+    /// their pids.
+    pub fn kill_host(&self, i: usize) -> Vec<u32> {
+        let pids: Vec<u32> = {
+            let procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+            procs
+                .iter()
+                .filter(|p| p.host == i)
+                .map(|p| p.pid)
+                .collect()
+        };
+        for pid in &pids {
+            self.kill(*pid);
+        }
+        pids
     }
 
     /// Pids of the processes started with `spawn` that are still held.
