@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use poolfs::controller::ScanTarget;
 
 /// Default controller port, as in the report.
 pub const CONTROLLER_PORT: u16 = 2000;
@@ -42,6 +43,8 @@ pub enum Command {
     Up(UpArgs),
     /// Unmount a pool started with `up` and stop its processes.
     Down(DownArgs),
+    /// Ask the controller to sweep the LAN for nodes now, and show what it found.
+    Scan(ScanArgs),
 }
 
 #[derive(Args, Debug)]
@@ -109,6 +112,16 @@ pub struct ControllerArgs {
     /// Directory for the membership registry [default: DATA_DIR/controller].
     #[arg(long)]
     pub state: Option<PathBuf>,
+    /// Find nodes by an ARP sweep of this interface's subnet, or of this CIDR through
+    /// the interface on it (repeatable). Needs root or CAP_NET_RAW.
+    #[arg(long = "scan", value_name = "IFACE|CIDR")]
+    pub scan: Vec<ScanTarget>,
+    /// Port probed for a node on every host that answers the sweep.
+    #[arg(long, default_value_t = NODE_PORT)]
+    pub node_port: u16,
+    /// Seconds between sweeps (0: sweep only at start and on `poolfs scan`).
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub rescan_interval: u64,
 }
 
 #[derive(Args, Debug)]
@@ -132,6 +145,15 @@ pub struct StatusArgs {
     #[command(flatten)]
     pub controller: ControllerOpt,
     /// Print the view as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ScanArgs {
+    #[command(flatten)]
+    pub controller: ControllerOpt,
+    /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
 }

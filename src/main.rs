@@ -10,11 +10,11 @@ use clap::Parser;
 
 use cli::{Cli, Command};
 use poolfs::client::{catalog::Catalog, ClientConfig, PoolClient};
-use poolfs::controller::Controller;
+use poolfs::controller::{Controller, DiscoveryConfig};
 use poolfs::daemon;
 use poolfs::fs::mount::MountConfig;
 use poolfs::node::{Node, NodeConfig};
-use poolfs::proto::{PoolView, Request, Response};
+use poolfs::proto::{PoolView, Request, Response, ScanReport};
 use poolfs::util::{default_data_dir, human_size};
 
 fn main() {
@@ -41,7 +41,14 @@ fn run(cli: Cli) -> Result<()> {
             let state = args
                 .state
                 .unwrap_or_else(|| default_data_dir().join("controller"));
-            let started = Controller::start(args.listen, state).await;
+            let discovery = (!args.scan.is_empty()).then(|| {
+                let mut cfg = DiscoveryConfig::new(args.scan.clone());
+                cfg.node_port = args.node_port;
+                cfg.rescan_interval = (args.rescan_interval > 0)
+                    .then(|| std::time::Duration::from_secs(args.rescan_interval));
+                cfg
+            });
+            let started = Controller::start_with(args.listen, state, discovery).await;
             daemon::notify(started.as_ref().map(|_| ()).map_err(|e| e.to_string()));
             let _controller = started?;
             wait_for_signal().await
@@ -86,6 +93,7 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Scan(args) => runtime()?.block_on(scan(args)),
     }
 }
 
@@ -166,6 +174,59 @@ fn format_status(view: &PoolView) -> String {
             format!("{} / {}", human_size(n.used), human_size(n.capacity)),
             n.last_seen_ms as f64 / 1000.0
         ));
+    }
+    out
+}
+
+async fn scan(args: cli::ScanArgs) -> Result<()> {
+    let addr = args.controller.controller;
+    // A sweep takes a few seconds: wait for it well past the usual call timeout.
+    let pool = poolfs::net::ConnPool::new(
+        std::time::Duration::from_secs(2),
+        std::time::Duration::from_secs(120),
+    );
+    let report = match pool.call(addr, &Request::Scan, None).await {
+        Ok((Response::Scanned(report), _)) => report,
+        Ok((other, _)) => bail!("controller {addr} answered {other:?}"),
+        Err(e) => {
+            return Err(e).with_context(|| format!("the controller at {addr} could not sweep"))
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", format_scan(&report));
+    }
+    Ok(())
+}
+
+fn format_scan(r: &ScanReport) -> String {
+    let mut out = format!(
+        "swept {} addresses in {:.2}s (ARP {:.2}s, probe {:.2}s): {} hosts answered, {} nodes, pool epoch {}\n",
+        r.swept,
+        (r.arp_ms + r.probe_ms) as f64 / 1000.0,
+        r.arp_ms as f64 / 1000.0,
+        r.probe_ms as f64 / 1000.0,
+        r.responders.len(),
+        r.nodes.len(),
+        r.epoch
+    );
+    for n in &r.nodes {
+        let note = match (n.new, n.assigned) {
+            (true, _) => "new",
+            (false, true) => "known, re-assigned",
+            (false, false) => "known",
+        };
+        out.push_str(&format!("{:>4}  {:<22} {note}\n", n.id, n.addr.to_string()));
+    }
+    for addr in &r.elsewhere {
+        out.push_str(&format!(
+            "   -  {:<22} node of another controller's pool, left alone\n",
+            addr.to_string()
+        ));
+    }
+    for e in &r.errors {
+        out.push_str(&format!("error: {e}\n"));
     }
     out
 }

@@ -1,6 +1,7 @@
 //! The controller: membership registry, liveness, and the GET / POOL answers. No file
 //! bytes ever pass through it.
 
+pub mod discovery;
 pub mod registry;
 
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::net::{self, Handler, Reply, ServerLimits};
 use crate::proto::{Assign, ErrorKind, Request, Response};
+pub use discovery::{Discovery, DiscoveryConfig, DiscoveryError, ScanTarget};
 pub use registry::{Registry, RegistryError};
 
 /// A node silent for this long is marked down.
@@ -31,10 +33,13 @@ pub enum ControllerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot sweep the LAN: {0}")]
+    Discovery(DiscoveryError),
 }
 
 struct Shared {
     registry: Mutex<Registry>,
+    discovery: Option<Arc<Discovery>>,
 }
 
 impl Shared {
@@ -52,6 +57,17 @@ pub struct Controller {
 impl Controller {
     /// Loads the registry from `state`, binds `listen` and serves.
     pub async fn start(listen: SocketAddr, state: PathBuf) -> Result<Controller, ControllerError> {
+        Self::start_with(listen, state, None).await
+    }
+
+    /// Like `start`, and with `discovery` also sweeps the LAN for nodes: at once, then
+    /// every `rescan_interval` and on `Scan` requests. Fails at once if a target cannot
+    /// be swept (unknown interface, no permission for raw sockets, ...).
+    pub async fn start_with(
+        listen: SocketAddr,
+        state: PathBuf,
+        discovery: Option<DiscoveryConfig>,
+    ) -> Result<Controller, ControllerError> {
         let state_err = |source| ControllerError::State {
             path: state.clone(),
             source,
@@ -71,8 +87,17 @@ impl Controller {
                 addr: listen,
                 source,
             })?;
+        let discovery = match discovery {
+            Some(cfg) => {
+                let d = Discovery::new(cfg, addr);
+                d.check().map_err(ControllerError::Discovery)?;
+                Some(Arc::new(d))
+            }
+            None => None,
+        };
         let shared = Arc::new(Shared {
             registry: Mutex::new(registry),
+            discovery,
         });
         log::info!(
             "controller listening on {addr}, state in {}",
@@ -83,17 +108,27 @@ impl Controller {
             Arc::new(ControllerService(shared.clone())),
             ServerLimits::default(),
         ));
-        let liveness = tokio::spawn(async move {
+        let mut tasks = vec![server];
+        if let Some(d) = shared.discovery.clone() {
+            let shared = shared.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    d.sweep(&shared.registry).await;
+                    match d.config().rescan_interval {
+                        Some(every) => tokio::time::sleep(every).await,
+                        None => return,
+                    }
+                }
+            }));
+        }
+        tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             loop {
                 tick.tick().await;
                 shared.registry().sweep(Instant::now(), DOWN_AFTER);
             }
-        });
-        Ok(Controller {
-            addr,
-            tasks: vec![server, liveness],
-        })
+        }));
+        Ok(Controller { addr, tasks })
     }
 
     /// The address the controller serves on.
@@ -112,6 +147,23 @@ impl Drop for Controller {
 
 struct ControllerService(Arc<Shared>);
 
+impl ControllerService {
+    /// A sweep on request; an error only when nothing at all could be swept.
+    async fn scan(&self) -> Response {
+        let Some(d) = &self.0.discovery else {
+            return Response::error(
+                ErrorKind::BadRequest,
+                "this controller was started without --scan: it has no LAN to sweep",
+            );
+        };
+        let report = d.sweep(&self.0.registry).await;
+        if report.swept == 0 && !report.errors.is_empty() {
+            return Response::error(ErrorKind::Internal, report.errors.join("; "));
+        }
+        Response::Scanned(report)
+    }
+}
+
 fn registry_error(e: RegistryError) -> Response {
     let kind = match e {
         RegistryError::Unknown(_) => ErrorKind::NotFound,
@@ -128,6 +180,9 @@ impl Handler for ControllerService {
         peer: SocketAddr,
         local: SocketAddr,
     ) -> Reply {
+        if matches!(req, Request::Scan) {
+            return self.scan().await.into();
+        }
         let now = Instant::now();
         let mut reg = self.0.registry();
         let resp = match req {

@@ -243,6 +243,14 @@ impl Registry {
         changed
     }
 
+    /// The id and state of the member with this identity, if it is one.
+    pub fn member(&self, identity: Identity) -> Option<(NodeId, NodeState)> {
+        self.members
+            .values()
+            .find(|m| m.record.identity == identity)
+            .map(|m| (m.record.id, m.state))
+    }
+
     /// Members that are up.
     pub fn live_count(&self) -> usize {
         self.members

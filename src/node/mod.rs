@@ -71,6 +71,8 @@ impl Shared {
         let (used, segments) = self.store.usage();
         NodeStat {
             node_id: self.membership().node_id,
+            identity: self.identity,
+            controller: *self.controller.borrow(),
             capacity: self.store.capacity(),
             used,
             segments,
@@ -321,7 +323,7 @@ impl Handler for NodeService {
         &self,
         req: Request,
         body: Option<Vec<u8>>,
-        _peer: SocketAddr,
+        peer: SocketAddr,
         _local: SocketAddr,
     ) -> Reply {
         let shared = self.0.clone();
@@ -369,6 +371,13 @@ impl Handler for NodeService {
             }
             Request::Stat => Response::Stat(shared.stat()).into(),
             Request::Assign(assign) => {
+                log::info!(
+                    "received ASSIGN from {peer}: node id {}, pool size {}, controller {}, epoch {}",
+                    assign.node_id,
+                    assign.pool_size,
+                    assign.controller,
+                    assign.epoch
+                );
                 shared.accept_assign(assign);
                 Response::Ok.into()
             }
@@ -394,5 +403,6 @@ pub fn request_name(req: &Request) -> &'static str {
         Request::Fwd { .. } => "FWD",
         Request::Delete { .. } => "DELETE",
         Request::Stat => "STAT",
+        Request::Scan => "SCAN",
     }
 }

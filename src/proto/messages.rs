@@ -1,6 +1,6 @@
 //! Every request and response of the pool, one enum each, with the types they carry.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -116,9 +116,45 @@ pub struct SegmentRef {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct NodeStat {
     pub node_id: Option<NodeId>,
+    /// The node's persistent identity, so a sweep can bind it to its id before ASSIGN.
+    pub identity: Identity,
+    /// The controller the node reports to, if it has one.
+    pub controller: Option<SocketAddr>,
     pub capacity: u64,
     pub used: u64,
     pub segments: u64,
+}
+
+/// A node a sweep found on the LAN.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FoundNode {
+    pub id: NodeId,
+    pub addr: SocketAddr,
+    /// The id was handed out by this sweep (the node was not a member before).
+    pub new: bool,
+    /// The node was sent ASSIGN (it was new, down, or unaware of its id).
+    pub assigned: bool,
+}
+
+/// What one sweep of the LAN found: ARP responders, and the nodes among them.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct ScanReport {
+    /// Epoch of the pool view after the sweep.
+    pub epoch: u64,
+    /// Addresses swept, summed over every target.
+    pub swept: u64,
+    /// Hosts that answered the ARP requests, in address order.
+    pub responders: Vec<IpAddr>,
+    /// Nodes found on the node port, in address order.
+    pub nodes: Vec<FoundNode>,
+    /// Nodes that answered but report to another controller: left alone.
+    pub elsewhere: Vec<SocketAddr>,
+    /// Time spent on the ARP sweep (all targets).
+    pub arp_ms: u64,
+    /// Time spent probing the responders and sending ASSIGN.
+    pub probe_ms: u64,
+    /// Targets that could not be swept, each with its cause.
+    pub errors: Vec<String>,
 }
 
 /// Every request, to the controller or to a node.
@@ -163,6 +199,8 @@ pub enum Request {
     Delete { file: String },
     /// Anyone to node: capacity and usage; answered with `Stat`.
     Stat,
+    /// Anyone to controller: sweep the LAN for nodes now; answered with `Scanned`.
+    Scan,
 }
 
 /// Kinds of failure a peer reports, so callers can map them to errno and messages.
@@ -195,6 +233,8 @@ pub enum Response {
     Data { len: u32 },
     /// Answer to `Stat`.
     Stat(NodeStat),
+    /// Answer to `Scan`: what the sweep found.
+    Scanned(ScanReport),
     /// The request failed.
     Error { kind: ErrorKind, message: String },
 }

@@ -9,7 +9,7 @@ pub use frame::{read_body, read_frame, write_frame, FrameError};
 pub use messages::*;
 
 /// Bumped whenever a message changes shape; checked in the handshake.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// First bytes of every handshake, so a stray client is told apart at once.
 pub const MAGIC: [u8; 4] = *b"POOL";
 /// Largest control frame (a header or a small message). Bulk bytes never travel in frames.

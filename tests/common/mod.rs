@@ -396,3 +396,4 @@ impl Drop for Cluster {
 fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
+pub mod netns;

@@ -1,0 +1,681 @@
+//! Discovery on a LAN of namespaces: ARP sweep, port probe, ASSIGN, re-sweeps, link cuts and controller restarts.
+//!
+//! Every packet stays inside namespaces the test creates (see `common::netns`); the
+//! controller sweeps the `eth0` of its own host namespace and nothing else.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::netns::{self, Lan};
+use poolfs::client::Manifest;
+use poolfs::proto::{NodeId, NodeState, PoolView, ScanReport};
+
+const NODE_PORT: u16 = 2001;
+const CONTROLLER_PORT: u16 = 2000;
+const WAIT: Duration = Duration::from_secs(30);
+
+fn poolfs() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_poolfs"))
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("test paths are UTF-8")
+}
+
+/// The controller's address: it always runs on host 0.
+fn controller(lan: &Lan) -> String {
+    lan.addr(0, CONTROLLER_PORT).to_string()
+}
+
+/// Starts a node that waits for the controller's signal on host `h`.
+fn start_node(lan: &Lan, h: usize, port: u16) -> u32 {
+    let store = lan.dir().join(format!("store{h}-{port}"));
+    let listen = format!("0.0.0.0:{port}");
+    let pid = lan.spawn(
+        h,
+        "node",
+        poolfs(),
+        &[
+            "node",
+            "--storage",
+            path_str(&store),
+            "--listen",
+            &listen,
+            "--capacity",
+            "1G",
+        ],
+    );
+    lan.wait_log(pid, "awaiting the controller's signal", WAIT);
+    pid
+}
+
+/// Starts the controller on host 0, sweeping host 0's `eth0` (the LAN's bridge).
+fn start_controller(lan: &Lan, rescan_secs: u64) -> u32 {
+    let state = lan.dir().join("controller");
+    let listen = format!("0.0.0.0:{CONTROLLER_PORT}");
+    let rescan = rescan_secs.to_string();
+    let pid = lan.spawn(
+        0,
+        "controller",
+        poolfs(),
+        &[
+            "controller",
+            "--listen",
+            &listen,
+            "--state",
+            path_str(&state),
+            "--scan",
+            "eth0",
+            "--rescan-interval",
+            &rescan,
+        ],
+    );
+    lan.wait_log(pid, "controller listening on", WAIT);
+    pid
+}
+
+/// The pool view from host `from`, or None if the controller does not answer.
+fn status(lan: &Lan, from: usize) -> Option<PoolView> {
+    let ctrl = controller(lan);
+    let (st, out, _) = lan.run(
+        from,
+        poolfs(),
+        &["status", "-c", &ctrl, "--json"],
+        Duration::from_secs(20),
+    );
+    if !st.success() {
+        return None;
+    }
+    Some(serde_json::from_str(&out).expect("status --json prints a pool view"))
+}
+
+/// Polls the view until `ok` holds; panics with the last view after `timeout`.
+fn wait_view(lan: &Lan, what: &str, timeout: Duration, ok: impl Fn(&PoolView) -> bool) -> PoolView {
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    while Instant::now() < deadline {
+        if let Some(view) = status(lan, 0) {
+            if ok(&view) {
+                return view;
+            }
+            last = Some(view);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the pool never reached '{what}' within {timeout:?}; last view: {last:#?}");
+}
+
+/// Address -> (id, state) of every member.
+fn members(view: &PoolView) -> BTreeMap<SocketAddr, (NodeId, NodeState)> {
+    view.nodes
+        .iter()
+        .map(|n| (n.addr, (n.id, n.state)))
+        .collect()
+}
+
+fn scan(lan: &Lan, from: usize) -> ScanReport {
+    let ctrl = controller(lan);
+    let (st, out, err) = lan.run(
+        from,
+        poolfs(),
+        &["scan", "-c", &ctrl, "--json"],
+        Duration::from_secs(60),
+    );
+    assert!(st.success(), "poolfs scan failed: {err}");
+    serde_json::from_str(&out).expect("scan --json prints a report")
+}
+
+/// Deterministic bytes that do not compress or repeat.
+fn test_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn put(lan: &Lan, from: usize, file: &Path, name: &str) {
+    let ctrl = controller(lan);
+    let catalog = lan.dir().join("catalog");
+    let (st, _, err) = lan.run(
+        from,
+        poolfs(),
+        &[
+            "put",
+            path_str(file),
+            "--name",
+            name,
+            "-c",
+            &ctrl,
+            "--catalog",
+            path_str(&catalog),
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(st.success(), "put from host {from} failed: {err}");
+}
+
+fn get(lan: &Lan, from: usize, name: &str) -> Result<Vec<u8>, String> {
+    let ctrl = controller(lan);
+    let catalog = lan.dir().join("catalog");
+    let out = lan.dir().join(format!("{name}.from{from}"));
+    let _ = std::fs::remove_file(&out);
+    let (st, _, err) = lan.run(
+        from,
+        poolfs(),
+        &[
+            "get",
+            name,
+            path_str(&out),
+            "-c",
+            &ctrl,
+            "--catalog",
+            path_str(&catalog),
+        ],
+        Duration::from_secs(60),
+    );
+    if !st.success() {
+        return Err(err);
+    }
+    std::fs::read(&out).map_err(|e| e.to_string())
+}
+
+fn manifest(lan: &Lan, name: &str) -> Manifest {
+    let path = lan
+        .dir()
+        .join("catalog")
+        .join(format!("{name}.manifest.json"));
+    let bytes = std::fs::read(&path).expect("the catalog entry exists");
+    serde_json::from_slice(&bytes).expect("a manifest")
+}
+
+/// A service that is not poolfs, on a host's node port: it answers every connection
+/// with an SSH banner. Counts the connections; stops when dropped.
+struct ForeignService {
+    stop: Arc<AtomicBool>,
+    hits: Arc<AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ForeignService {
+    fn start(lan: &Lan, h: usize, port: u16) -> Self {
+        let listener = lan.listen_tcp(h, lan.addr(h, port));
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (s, n) = (stop.clone(), hits.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        n.fetch_add(1, Ordering::Relaxed);
+                        let _ = conn.set_nonblocking(false);
+                        let _ = conn.write_all(b"SSH-2.0-OpenSSH_9.2p1\r\n");
+                        let _ = conn.set_read_timeout(Some(Duration::from_millis(300)));
+                        let _ = conn.read(&mut [0u8; 64]);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        ForeignService {
+            stop,
+            hits,
+            thread: Some(thread),
+        }
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for ForeignService {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// (a) Six hosts: four nodes, one host with nothing, one with a node on another port and
+/// a foreign service on the node port. The sweep finds exactly the four nodes, numbered
+/// 1..4 in address order, and each logs the ASSIGN it received.
+#[test]
+fn sweep_finds_exactly_the_nodes_and_numbers_them() {
+    let Some(lan) = Lan::new("dsa", 1, 7) else {
+        return;
+    };
+    let names = lan.names();
+    let nodes: Vec<u32> = (1..=4).map(|h| start_node(&lan, h, NODE_PORT)).collect();
+    let elsewhere = start_node(&lan, 6, NODE_PORT + 1);
+    let foreign = ForeignService::start(&lan, 6, NODE_PORT);
+    let ctrl = start_controller(&lan, 0);
+
+    let view = wait_view(&lan, "4 nodes up", WAIT, |v| v.live().len() == 4);
+    let expected: BTreeMap<SocketAddr, (NodeId, NodeState)> = (1..=4)
+        .map(|h| (lan.addr(h, NODE_PORT), (h as NodeId, NodeState::Up)))
+        .collect();
+    assert_eq!(members(&view), expected, "exactly the four nodes, ids 1..4");
+
+    let ctrl_ip = lan.ip(0);
+    for (h, pid) in (1..=4).zip(&nodes) {
+        lan.wait_log(*pid, &format!("received ASSIGN from {ctrl_ip}:"), WAIT);
+        let log = lan.log(*pid);
+        let line = format!("node id {h}, pool size 4, controller {ctrl_ip}:{CONTROLLER_PORT}");
+        assert!(log.contains(&line), "node {h} log lacks {line:?}:\n{log}");
+    }
+    let log = lan.log(elsewhere);
+    assert!(
+        !log.contains("received ASSIGN"),
+        "the node on another port was not found, so not signalled:\n{log}"
+    );
+    assert!(
+        foreign.hits() >= 1,
+        "the foreign service was probed and turned down"
+    );
+    lan.wait_log(ctrl, "ARP sweep of 10.77.1.0/24 on eth0", WAIT);
+
+    // On request: the same four, nothing new, and the time a /24 takes.
+    let started = Instant::now();
+    let report = scan(&lan, 5);
+    let wall = started.elapsed();
+    assert_eq!(report.swept, 253, "a /24 less the controller's own address");
+    let responders: Vec<IpAddr> = (1..=6).map(|h| IpAddr::V4(lan.ip(h))).collect();
+    assert_eq!(report.responders, responders, "every host answers ARP");
+    let found: Vec<(NodeId, SocketAddr, bool)> =
+        report.nodes.iter().map(|n| (n.id, n.addr, n.new)).collect();
+    let want: Vec<(NodeId, SocketAddr, bool)> = (1..=4)
+        .map(|h| (h as NodeId, lan.addr(h, NODE_PORT), false))
+        .collect();
+    assert_eq!(found, want);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(report.elsewhere.is_empty(), "{:?}", report.elsewhere);
+    let ctrl_addr = controller(&lan);
+    let (st, text, _) = lan.run(5, poolfs(), &["scan", "-c", &ctrl_addr], WAIT);
+    assert!(st.success());
+    println!("poolfs scan prints:\n{text}");
+    assert!(text.contains("swept 253 addresses") && text.contains("6 hosts answered, 4 nodes"));
+    println!(
+        "MEASURED sweep of a /24 (253 addresses, 6 hosts, 4 nodes): ARP {:.2}s + probe and \
+         ASSIGN {:.3}s; `poolfs scan` wall time {:.2}s",
+        report.arp_ms as f64 / 1000.0,
+        report.probe_ms as f64 / 1000.0,
+        wall.as_secs_f64()
+    );
+    assert!(
+        report.arp_ms + report.probe_ms < 5000,
+        "a /24 takes a few seconds"
+    );
+
+    drop(foreign);
+    drop(lan);
+    netns::assert_root_clean(&names);
+}
+
+/// (b) A node that starts after the first sweep is found by the next periodic sweep and
+/// by `poolfs scan`; it gets the next id even though its address is lower; the others
+/// keep theirs and the epoch grows.
+#[test]
+fn a_node_started_later_is_found_by_the_next_sweep() {
+    let Some(lan) = Lan::new("dsb", 2, 6) else {
+        return;
+    };
+    let names = lan.names();
+    for h in 2..=4 {
+        start_node(&lan, h, NODE_PORT);
+    }
+    start_controller(&lan, 2);
+    let first = wait_view(&lan, "3 nodes up", WAIT, |v| v.live().len() == 3);
+    let mut expected: BTreeMap<SocketAddr, (NodeId, NodeState)> = (2..=4)
+        .map(|h| (lan.addr(h, NODE_PORT), (h as NodeId - 1, NodeState::Up)))
+        .collect();
+    assert_eq!(members(&first), expected);
+
+    // Host 1 (the lowest address) comes up late: the periodic sweep adds it as node 4.
+    let late = start_node(&lan, 1, NODE_PORT);
+    let second = wait_view(&lan, "4 nodes up", WAIT, |v| v.live().len() == 4);
+    expected.insert(lan.addr(1, NODE_PORT), (4, NodeState::Up));
+    assert_eq!(
+        members(&second),
+        expected,
+        "ids in discovery order, others unchanged"
+    );
+    assert!(
+        second.epoch > first.epoch,
+        "the view changed, so did the epoch"
+    );
+    lan.wait_log(late, "node id 4, pool size 4", WAIT);
+
+    // Host 5 comes up; `poolfs scan` (or a periodic sweep just before it) finds it.
+    start_node(&lan, 5, NODE_PORT);
+    let report = scan(&lan, 0);
+    let n5 = report
+        .nodes
+        .iter()
+        .find(|n| n.addr == lan.addr(5, NODE_PORT))
+        .unwrap_or_else(|| panic!("scan did not find host 5: {report:?}"));
+    assert_eq!(n5.id, 5);
+    assert_eq!(report.nodes.len(), 5);
+    let third = wait_view(&lan, "5 nodes up", WAIT, |v| v.live().len() == 5);
+    expected.insert(lan.addr(5, NODE_PORT), (5, NodeState::Up));
+    assert_eq!(members(&third), expected);
+    assert!(third.epoch > second.epoch);
+
+    drop(lan);
+    netns::assert_root_clean(&names);
+}
+
+/// (c) Cutting a node's cable gets it marked down within a few seconds; plugging it back
+/// brings it back up with the same id.
+#[test]
+fn a_cut_link_marks_the_node_down_and_restoring_it_brings_it_back() {
+    let Some(lan) = Lan::new("dsc", 3, 4) else {
+        return;
+    };
+    let names = lan.names();
+    for h in 1..=3 {
+        start_node(&lan, h, NODE_PORT);
+    }
+    start_controller(&lan, 0);
+    let before = wait_view(&lan, "3 nodes up", WAIT, |v| v.live().len() == 3);
+    let addr2 = lan.addr(2, NODE_PORT);
+    assert_eq!(members(&before)[&addr2], (2, NodeState::Up));
+
+    lan.cut(2);
+    let cut_at = Instant::now();
+    let down = wait_view(&lan, "node 2 down", Duration::from_secs(15), |v| {
+        v.node(2).is_some_and(|n| n.state == NodeState::Down)
+    });
+    let detection = cut_at.elapsed();
+    println!(
+        "MEASURED down-detection after a link cut: {:.2}s",
+        detection.as_secs_f64()
+    );
+    assert!(
+        detection < Duration::from_secs(6),
+        "marked down after {detection:?}"
+    );
+    assert_eq!(down.live().len(), 2, "the others stay up");
+
+    lan.restore(2);
+    let restored_at = Instant::now();
+    let back = wait_view(&lan, "node 2 up again", WAIT, |v| v.live().len() == 3);
+    println!(
+        "MEASURED back up after the link was restored: {:.2}s",
+        restored_at.elapsed().as_secs_f64()
+    );
+    assert_eq!(members(&back), members(&before), "same ids, same addresses");
+
+    drop(lan);
+    netns::assert_root_clean(&names);
+}
+
+/// (d) With the controller killed, nodes keep serving reads of stored files; once it is
+/// back (same state directory), the view is rebuilt with the same ids.
+#[test]
+fn nodes_serve_reads_while_the_controller_is_down_and_ids_survive_its_restart() {
+    let Some(lan) = Lan::new("dsd", 4, 6) else {
+        return;
+    };
+    let names = lan.names();
+    let nodes: Vec<u32> = (1..=4).map(|h| start_node(&lan, h, NODE_PORT)).collect();
+    let ctrl = start_controller(&lan, 0);
+    let before = wait_view(&lan, "4 nodes up", WAIT, |v| v.live().len() == 4);
+
+    let data = test_bytes(3 << 20, 4);
+    let file = lan.dir().join("input.bin");
+    std::fs::write(&file, &data).expect("write the input");
+    put(&lan, 5, &file, "f1");
+    assert!(get(&lan, 5, "f1").expect("get") == data);
+
+    assert_eq!(
+        lan.kill_host(0),
+        vec![ctrl],
+        "host 0 runs just the controller"
+    );
+    assert!(status(&lan, 5).is_none(), "the controller is gone");
+    lan.wait_log(nodes[0], "unreachable", WAIT);
+    for from in [5, 1, 3] {
+        let got = get(&lan, from, "f1")
+            .unwrap_or_else(|e| panic!("get from host {from} with the controller down: {e}"));
+        assert!(got == data, "host {from} read back different bytes");
+    }
+
+    start_controller(&lan, 0);
+    let after = wait_view(&lan, "4 nodes up again", WAIT, |v| v.live().len() == 4);
+    assert_eq!(
+        members(&after),
+        members(&before),
+        "the same ids after a restart"
+    );
+    assert!(after.epoch > before.epoch);
+    assert!(get(&lan, 2, "f1").expect("get after the restart") == data);
+
+    drop(lan);
+    netns::assert_root_clean(&names);
+}
+
+/// (e) `put` on one host places segment i on node i, each on its own host, over the
+/// bridge: the other hosts' segment files hold the bytes and their bridge ports carried them.
+#[test]
+fn put_from_one_host_lands_segments_on_the_nodes_of_other_hosts() {
+    let Some(lan) = Lan::new("dse", 5, 5) else {
+        return;
+    };
+    let names = lan.names();
+    for h in 1..=4 {
+        start_node(&lan, h, NODE_PORT);
+    }
+    start_controller(&lan, 0);
+    wait_view(&lan, "4 nodes up", WAIT, |v| v.live().len() == 4);
+
+    let data = test_bytes(6 << 20, 5);
+    let file = lan.dir().join("input.bin");
+    std::fs::write(&file, &data).expect("write the input");
+    let counters: Vec<(u64, u64)> = (1..=4).map(|h| lan.port_bytes(h)).collect();
+    put(&lan, 1, &file, "spread");
+
+    let m = manifest(&lan, "spread");
+    let holders: Vec<(NodeId, SocketAddr)> =
+        m.place.holders.iter().map(|h| (h.node_id, h.addr)).collect();
+    let want: Vec<(NodeId, SocketAddr)> = (1..=4)
+        .map(|h| (h as NodeId, lan.addr(h, NODE_PORT)))
+        .collect();
+    assert_eq!(holders, want, "one segment per node, at LAN addresses");
+
+    let mut total = 0;
+    for h in 1..=4usize {
+        let seg: PathBuf = lan
+            .dir()
+            .join(format!("store{h}-{NODE_PORT}"))
+            .join("segments")
+            .join(&m.place.file_id)
+            .join(format!("{}.seg", h - 1));
+        let len = std::fs::metadata(&seg)
+            .unwrap_or_else(|e| panic!("host {h} lacks segment {}: {e}", h - 1))
+            .len();
+        assert!(
+            len >= (data.len() / 4) as u64,
+            "segment on host {h} is {len} bytes"
+        );
+        total += len;
+        if h != 1 {
+            let (tx, _) = lan.port_bytes(h);
+            let carried = tx - counters[h - 1].0;
+            assert!(
+                carried >= len,
+                "the bridge carried {carried} bytes to host {h}, less than its {len}-byte segment"
+            );
+        }
+    }
+    assert!(total >= data.len() as u64);
+    let (_, rx) = lan.port_bytes(1);
+    assert!(
+        rx - counters[0].1 >= 3 * (data.len() / 4) as u64,
+        "host 1 sent three segments out over its cable"
+    );
+    assert!(get(&lan, 3, "spread").expect("get from host 3") == data);
+
+    drop(lan);
+    netns::assert_root_clean(&names);
+}
+
+/// Sweeps that cannot run say why: unknown interface, a subnet not on any interface,
+/// loopback, no permission for raw sockets; `poolfs scan` without `--scan` says so too.
+#[test]
+fn sweep_errors_name_their_cause() {
+    let Some(lan) = Lan::new("dsf", 6, 2) else {
+        return;
+    };
+    let names = lan.names();
+    let state = lan.dir().join("controller");
+    let listen = format!("0.0.0.0:{CONTROLLER_PORT}");
+    let try_scan = |target: &str| {
+        let (st, _, err) = lan.run(
+            0,
+            poolfs(),
+            &[
+                "controller",
+                "--listen",
+                &listen,
+                "--state",
+                path_str(&state),
+                "--scan",
+                target,
+            ],
+            Duration::from_secs(20),
+        );
+        assert!(!st.success(), "--scan {target} must fail");
+        err
+    };
+    let err = try_scan("nosuch0");
+    assert!(
+        err.contains("no network interface named \"nosuch0\"") && err.contains("eth0"),
+        "{err}"
+    );
+    let err = try_scan("10.99.0.0/24");
+    assert!(
+        err.contains("no interface is on a subnet that overlaps 10.99.0.0/24")
+            && err.contains("10.77.6.1/24 on eth0"),
+        "{err}"
+    );
+    let err = try_scan("lo");
+    assert!(err.contains("loopback"), "{err}");
+
+    // Without root: a user without CAP_NET_RAW is told what is missing.
+    let open = tempfile::tempdir().expect("a temporary directory");
+    set_mode(open.path(), 0o777);
+    let mut bin = poolfs().to_path_buf();
+    let (st, _, _) = lan.run(
+        0,
+        Path::new("setpriv"),
+        &[
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "test",
+            "-x",
+            path_str(&bin),
+        ],
+        Duration::from_secs(10),
+    );
+    if !st.success() {
+        // The build directory is not reachable by others: use a copy.
+        let copy = open.path().join("poolfs");
+        std::fs::copy(&bin, &copy).expect("copy the binary");
+        set_mode(&copy, 0o755);
+        bin = copy;
+    }
+    let user_state = open.path().join("state");
+    let (st, _, err) = lan.run(
+        0,
+        Path::new("setpriv"),
+        &[
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            path_str(&bin),
+            "controller",
+            "--listen",
+            &listen,
+            "--state",
+            path_str(&user_state),
+            "--scan",
+            "eth0",
+        ],
+        Duration::from_secs(20),
+    );
+    assert!(!st.success(), "an unprivileged sweep must fail");
+    assert!(
+        err.contains("cannot open a raw socket on eth0") && err.contains("CAP_NET_RAW"),
+        "{err}"
+    );
+
+    // A controller started without --scan refuses `poolfs scan` with a reason.
+    let ctrl = lan.spawn(
+        0,
+        "controller",
+        poolfs(),
+        &[
+            "controller",
+            "--listen",
+            &listen,
+            "--state",
+            path_str(&state),
+        ],
+    );
+    lan.wait_log(ctrl, "controller listening on", WAIT);
+    let c = controller(&lan);
+    let (st, _, err) = lan.run(1, poolfs(), &["scan", "-c", &c], Duration::from_secs(20));
+    assert!(!st.success());
+    assert!(err.contains("started without --scan"), "{err}");
+
+    drop(lan);
+    netns::assert_root_clean(&names);
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// A test that panics still leaves nothing behind: its processes are ended, the
+/// supervisor exits, and no name shows up in the root namespace.
+#[test]
+fn the_lan_is_torn_down_even_when_a_test_panics() {
+    type Seen = (Vec<String>, u32, u32, u32);
+    let seen: Mutex<Option<Seen>> = Mutex::new(None);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let Some(lan) = Lan::new("dsg", 7, 2) else {
+            return;
+        };
+        let sleeper = lan.spawn(1, "sleeper", Path::new("sleep"), &["3617"]);
+        let node = start_node(&lan, 1, NODE_PORT);
+        *seen.lock().unwrap() = Some((lan.names(), lan.supervisor_pid(), sleeper, node));
+        panic!("a deliberate failure with the LAN up");
+    }));
+    let Some((names, supervisor, sleeper, node)) = seen.into_inner().unwrap() else {
+        return; // skipped: no LAN here
+    };
+    assert!(outcome.is_err(), "the closure panicked");
+    assert!(!netns::process_running(sleeper, "sleep"), "sleeper ended");
+    assert!(!netns::process_running(node, "poolfs"), "node ended");
+    assert!(
+        !netns::process_running(supervisor, "sh"),
+        "supervisor ended"
+    );
+    netns::assert_root_clean(&names);
+}
