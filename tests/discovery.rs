@@ -489,8 +489,12 @@ fn put_from_one_host_lands_segments_on_the_nodes_of_other_hosts() {
     put(&lan, 1, &file, "spread");
 
     let m = manifest(&lan, "spread");
-    let holders: Vec<(NodeId, SocketAddr)> =
-        m.place.holders.iter().map(|h| (h.node_id, h.addr)).collect();
+    let holders: Vec<(NodeId, SocketAddr)> = m
+        .place
+        .holders
+        .iter()
+        .map(|h| (h.node_id, h.addr))
+        .collect();
     let want: Vec<(NodeId, SocketAddr)> = (1..=4)
         .map(|h| (h as NodeId, lan.addr(h, NODE_PORT)))
         .collect();
