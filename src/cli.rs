@@ -62,9 +62,10 @@ pub struct MountArgs {
     /// Space this node offers, e.g. 10G [default: free space of the storage disk].
     #[arg(long, value_parser = parse_size)]
     pub capacity: Option<u64>,
-    /// Parity segments per file (redundancy; needs erasure coding).
-    #[arg(long, default_value_t = 0)]
-    pub parity: u32,
+    /// Parity segments per file: how many nodes may fail without losing a file
+    /// [default: 1 on pools of 3 or more nodes, else 0].
+    #[arg(long)]
+    pub parity: Option<u32>,
     /// Let other users access the mount (needs user_allow_other in /etc/fuse.conf).
     #[arg(long)]
     pub allow_other: bool,
@@ -169,6 +170,10 @@ pub struct CatalogOpt {
 pub struct PutArgs {
     /// The local file to offload.
     pub file: PathBuf,
+    /// Parity segments: how many nodes may fail without losing the file
+    /// [default: 1 on pools of 3 or more nodes, else 0].
+    #[arg(long)]
+    pub parity: Option<u32>,
     /// Name in the catalog [default: the file's name].
     #[arg(long)]
     pub name: Option<String>,

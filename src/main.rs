@@ -289,7 +289,9 @@ async fn put(args: cli::PutArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot open {}", args.file.display()))?;
     let len = src.metadata().await.map(|m| m.len()).unwrap_or(0);
-    let client = PoolClient::new(ClientConfig::new(args.controller.controller));
+    let mut cfg = ClientConfig::new(args.controller.controller);
+    cfg.parity = args.parity;
+    let client = PoolClient::new(cfg);
     let bar = progress_bar(len);
     let started = Instant::now();
     let manifest = client

@@ -19,7 +19,8 @@ use poolfs::proto::{
 
 const NODES: usize = 4;
 /// Data bytes of one full stripe on a 4-node pool with the default shard size.
-const STRIPE: usize = NODES * DEFAULT_SHARD_SIZE as usize;
+// Pools of 3 or more nodes get one parity segment by default: k = NODES - 1.
+const STRIPE: usize = (NODES - 1) * DEFAULT_SHARD_SIZE as usize;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -192,12 +193,13 @@ fn two_clients_write_different_files_at_once() {
 }
 
 #[test]
-fn each_node_holds_a_quarter_of_a_large_file() {
+fn each_node_holds_one_kth_of_a_large_file() {
     let c = Cluster::start(NODES);
     let size = 2 * STRIPE + 333_333;
     let (src, _) = c.random_file("large", size, 9);
     assert_ok(&c.put(&src, "large"), "put");
-    let share = (size / NODES) as u64;
+    // 4 nodes: k = 3 data segments + 1 parity segment, each a third of the file.
+    let share = (size / (NODES - 1)) as u64;
     let held: Vec<u64> = (0..NODES).map(|i| dir_bytes(&c.storage(i))).collect();
     for (i, &h) in held.iter().enumerate() {
         assert!(
@@ -299,7 +301,13 @@ fn restarted_node_and_controller_keep_ids_and_files() {
 fn killed_node_is_marked_down_and_named_by_fetch_errors() {
     let mut c = Cluster::start(NODES);
     let (src, _) = c.random_file("doomed", STRIPE + 3, 5);
-    assert_ok(&c.put(&src, "doomed"), "put");
+    // Without parity every segment is needed: losing one node must fail loudly.
+    let src_arg = src.display().to_string();
+    let put = c
+        .cli(&["put", &src_arg, "--name", "doomed", "--parity", "0"])
+        .output()
+        .unwrap();
+    assert_ok(&put, "put");
     let victim = 2;
     let id = c.node_id(victim);
 
@@ -355,8 +363,7 @@ fn killed_node_is_marked_down_and_named_by_fetch_errors() {
     let rt = runtime();
     let client = client(&c);
     match rt.block_on(client.read_range(&m, 1, 10)) {
-        Err(e @ ClientError::Fetch { node, .. }) => {
-            assert_eq!(node, id);
+        Err(e @ ClientError::Unavailable { .. }) => {
             assert!(names_node(&e.to_string(), id), "{e}");
         }
         other => panic!("read_range without node {id}: {other:?}"),

@@ -10,11 +10,11 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use futures::stream::{FuturesOrdered, StreamExt};
+use futures::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::net::{ConnPool, NetError};
-use crate::proto::{ErrorKind, NodeId, PoolView, Request, Response, SegmentRef};
+use crate::proto::{ErrorKind, NodeId, NodeState, PoolView, Request, Response, SegmentRef};
 pub use layout::Layout;
 pub use manifest::{Holder, Manifest, Placement};
 use stripe::Checksum;
@@ -26,8 +26,8 @@ pub const DEFAULT_SHARD_SIZE: u32 = 1 << 20;
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
     pub controller: SocketAddr,
-    /// Parity shards per stripe (0 until erasure coding lands).
-    pub parity: u32,
+    /// Parity shards per stripe; `None` chooses: 1 on pools of 3 or more nodes, else 0.
+    pub parity: Option<u32>,
     pub shard_size: u32,
     /// Stripes stored or fetched concurrently by one stream.
     pub stripes_in_flight: usize,
@@ -38,7 +38,7 @@ impl ClientConfig {
     pub fn new(controller: SocketAddr) -> Self {
         ClientConfig {
             controller,
-            parity: 0,
+            parity: None,
             shard_size: DEFAULT_SHARD_SIZE,
             stripes_in_flight: 4,
         }
@@ -83,6 +83,22 @@ pub enum ClientError {
         stripe: u64,
         segment: u32,
     },
+    #[error(
+        "stripe {stripe} of file {file} needs {need} shards, only {have} could be read: {missing}"
+    )]
+    Unavailable {
+        file: String,
+        stripe: u64,
+        need: usize,
+        have: usize,
+        missing: String,
+    },
+    #[error("stripe {stripe} of file {file}: {message}")]
+    Codec {
+        file: String,
+        stripe: u64,
+        message: String,
+    },
     #[error("file {file} has no checksums for stripe {stripe}: the manifest is incomplete")]
     Incomplete { file: String, stripe: u64 },
     #[error("i/o: {0}")]
@@ -98,6 +114,11 @@ impl ClientError {
         }
     }
 }
+
+/// A shard fetch slower than this is routed around (another holder is asked).
+pub const READ_DEADLINE: Duration = Duration::from_millis(1000);
+/// Once a stripe has enough stored shards, how long the slower holders may still take.
+const STRAGGLER_GRACE: Duration = Duration::from_millis(500);
 
 /// How long a fetched pool view is reused before asking the controller again.
 const VIEW_TTL: Duration = Duration::from_millis(500);
@@ -177,7 +198,11 @@ impl PoolClient {
             return Err(ClientError::NoNodes);
         }
         let n = live.len() as u32;
-        let m = self.cfg.parity.min(n - 1);
+        let m = self
+            .cfg
+            .parity
+            .unwrap_or(if n >= 3 { 1 } else { 0 })
+            .min(n - 1);
         let id: [u8; 16] = rand::random();
         Ok(Manifest {
             place: Placement {
@@ -200,53 +225,167 @@ impl PoolClient {
         })
     }
 
-    /// Stores stripe `j` (its data bytes) on all holders in parallel; returns the shard
-    /// checksums to record in the manifest once every holder has acknowledged.
+    /// Holders the current view says are not up: not worth waiting on.
+    async fn unhealthy(&self, place: &Placement) -> Vec<bool> {
+        let view = self.view().await.ok();
+        place
+            .holders
+            .iter()
+            .map(|h| {
+                view.as_ref()
+                    .and_then(|v| v.node(h.node_id))
+                    .is_some_and(|n| n.state != NodeState::Up)
+            })
+            .collect()
+    }
+
+    async fn store_shard(
+        &self,
+        place: &Placement,
+        j: u64,
+        i: usize,
+        shard: &[u8],
+    ) -> Result<(), ClientError> {
+        let holder = &place.holders[i];
+        let req = Request::Store {
+            segment: SegmentRef {
+                file: place.file_id.clone(),
+                index: i as u32,
+            },
+            offset: place.layout.segment_offset(j),
+            len: shard.len() as u32,
+        };
+        let addr = self.addr_of(holder).await;
+        self.conns
+            .call(addr, &req, Some(shard))
+            .await
+            .map(|_| ())
+            .map_err(|source| match source.remote_kind() {
+                Some(ErrorKind::NoSpace) => ClientError::NoSpace {
+                    node: holder.node_id,
+                    file: place.file_id.clone(),
+                    segment: i as u32,
+                    message: source.to_string(),
+                },
+                _ => ClientError::Store {
+                    node: holder.node_id,
+                    file: place.file_id.clone(),
+                    segment: i as u32,
+                    source,
+                },
+            })
+    }
+
+    /// Stores stripe `j` (its data bytes) on all holders in parallel and returns the
+    /// shard checksums for the manifest. With parity, k + 1 acknowledged shards are
+    /// enough (holders known to be down are skipped, stragglers get a short grace);
+    /// without, every shard must be stored.
     pub async fn write_stripe(
         &self,
         place: &Placement,
         j: u64,
         data: &[u8],
     ) -> Result<Vec<Checksum>, ClientError> {
-        let shards = stripe::encode(&place.layout, data);
-        let offset = place.layout.segment_offset(j);
-        let stores = shards.iter().enumerate().map(|(i, shard)| {
-            let holder = &place.holders[i];
-            let req = Request::Store {
-                segment: SegmentRef {
-                    file: place.file_id.clone(),
-                    index: i as u32,
+        let layout = &place.layout;
+        let shards = stripe::encode(layout, data).map_err(|e| ClientError::Codec {
+            file: place.file_id.clone(),
+            stripe: j,
+            message: e.to_string(),
+        })?;
+        let n = shards.len();
+        let needed = if layout.m == 0 {
+            n
+        } else {
+            layout.k as usize + 1
+        };
+        let skip = self.unhealthy(place).await;
+        let mut pending: FuturesUnordered<_> = (0..n)
+            .filter(|i| layout.m == 0 || !skip[*i])
+            .map(|i| {
+                let shard = &shards[i];
+                async move { self.store_shard(place, j, i, shard).await }
+            })
+            .collect();
+        let mut stored = 0;
+        let mut failures = Vec::new();
+        let mut grace: Option<tokio::time::Instant> = None;
+        loop {
+            let next = match grace {
+                Some(deadline) => match tokio::time::timeout_at(deadline, pending.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break, // quorum reached; do not wait on a slow holder
                 },
-                offset,
-                len: shard.len() as u32,
+                None => pending.next().await,
             };
-            async move {
-                let addr = self.addr_of(holder).await;
-                self.conns
-                    .call(addr, &req, Some(shard))
-                    .await
-                    .map_err(|source| match source.remote_kind() {
-                        Some(ErrorKind::NoSpace) => ClientError::NoSpace {
-                            node: holder.node_id,
-                            file: place.file_id.clone(),
-                            segment: i as u32,
-                            message: source.to_string(),
-                        },
-                        _ => ClientError::Store {
-                            node: holder.node_id,
-                            file: place.file_id.clone(),
-                            segment: i as u32,
-                            source,
-                        },
-                    })
+            match next {
+                None => break,
+                Some(Ok(())) => stored += 1,
+                Some(Err(e)) => failures.push(e),
             }
-        });
-        futures::future::try_join_all(stores).await?;
+            if stored >= needed && grace.is_none() {
+                grace = Some(tokio::time::Instant::now() + STRAGGLER_GRACE);
+            }
+        }
+        if stored < needed {
+            // A full node is the most useful thing to report; any failure otherwise.
+            let pos = failures
+                .iter()
+                .position(|e| matches!(e, ClientError::NoSpace { .. }))
+                .unwrap_or(0);
+            return Err(if failures.is_empty() {
+                ClientError::Unavailable {
+                    file: place.file_id.clone(),
+                    stripe: j,
+                    need: needed,
+                    have: stored,
+                    missing: "holders are down".into(),
+                }
+            } else {
+                failures.swap_remove(pos)
+            });
+        }
+        if stored < n {
+            log::warn!(
+                "stripe {j} of file {} stored on {stored} of {n} holders; it needs repair",
+                place.file_id
+            );
+        }
         Ok(shards.iter().map(|s| stripe::checksum(s)).collect())
     }
 
-    /// Fetches stripe `j` (carrying `stripe_len` data bytes) from its holders, verified
-    /// against `sums`. A stripe with no checksums was never written: it reads as zeros.
+    async fn fetch_shard(
+        &self,
+        place: &Placement,
+        j: u64,
+        i: usize,
+        shard_len: u32,
+        sum: &Checksum,
+    ) -> Result<Vec<u8>, String> {
+        let holder = &place.holders[i];
+        let addr = self.addr_of(holder).await;
+        let req = Request::Fwd {
+            segment: SegmentRef {
+                file: place.file_id.clone(),
+                index: i as u32,
+            },
+            offset: place.layout.segment_offset(j),
+            len: shard_len,
+        };
+        let who = format!("node {} ({addr})", holder.node_id);
+        let answer = tokio::time::timeout(READ_DEADLINE, self.conns.call(addr, &req, None))
+            .await
+            .map_err(|_| format!("{who} did not answer within {READ_DEADLINE:?}"))?
+            .map_err(|e| format!("{who}: {e}"))?;
+        let shard = answer.1.ok_or_else(|| format!("{who} sent no data"))?;
+        if shard.len() != shard_len as usize || stripe::checksum(&shard) != *sum {
+            return Err(format!("{who}: shard {i} fails its checksum"));
+        }
+        Ok(shard)
+    }
+
+    /// Fetches stripe `j` (carrying `stripe_len` data bytes) from any k of its holders,
+    /// healthy data holders first, moving on from a holder that fails, is corrupt or
+    /// takes longer than a second. A stripe with no checksums is a hole: zeros.
     pub async fn read_stripe(
         &self,
         place: &Placement,
@@ -258,53 +397,88 @@ impl PoolClient {
         if sums.is_empty() {
             return Ok(vec![0; stripe_len as usize]);
         }
-        if sums.len() < layout.k as usize {
+        let n = layout.segments() as usize;
+        let k = layout.k as usize;
+        if sums.len() < n || place.holders.len() < n {
             return Err(ClientError::Incomplete {
                 file: place.file_id.clone(),
                 stripe: j,
             });
         }
         let shard_len = layout.shard_len(stripe_len);
-        let fetches = (0..layout.k).map(|i| {
-            let holder = &place.holders[i as usize];
-            let req = Request::Fwd {
-                segment: SegmentRef {
-                    file: place.file_id.clone(),
-                    index: i,
-                },
-                offset: layout.segment_offset(j),
-                len: shard_len,
+        let skip = self.unhealthy(place).await;
+        // Healthy holders before unhealthy ones, data shards before parity (no decode).
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&i| (skip[i], i >= k, i));
+        let mut order = order.into_iter();
+        let mut shards: Vec<Option<Vec<u8>>> = vec![None; n];
+        let mut failures = Vec::new();
+        let mut corrupt = Vec::new();
+        let fetch =
+            |i: usize| async move { (i, self.fetch_shard(place, j, i, shard_len, &sums[i]).await) };
+        let mut pending: FuturesUnordered<_> = order.by_ref().take(k).map(fetch).collect();
+        let mut have = 0;
+        while have < k {
+            let Some((i, result)) = pending.next().await else {
+                break;
             };
-            async move {
-                let addr = self.addr_of(holder).await;
-                let fetch_err = |source| ClientError::Fetch {
-                    node: holder.node_id,
-                    addr,
-                    file: place.file_id.clone(),
-                    segment: i,
-                    source,
-                };
-                let (resp, body) = self.conns.call(addr, &req, None).await.map_err(fetch_err)?;
-                let shard = body.ok_or_else(|| {
-                    fetch_err(NetError::Unexpected {
-                        addr,
-                        what: format!("{resp:?} instead of data"),
-                    })
-                })?;
-                if shard.len() != shard_len as usize || stripe::checksum(&shard) != sums[i as usize]
-                {
-                    return Err(ClientError::Corrupt {
-                        node: holder.node_id,
-                        file: place.file_id.clone(),
-                        stripe: j,
-                        segment: i,
-                    });
+            match result {
+                Ok(shard) => {
+                    shards[i] = Some(shard);
+                    have += 1;
                 }
-                Ok(shard)
+                Err(why) => {
+                    if why.ends_with("fails its checksum") {
+                        corrupt.push(i);
+                    }
+                    failures.push(why);
+                    if let Some(next) = order.next() {
+                        pending.push(fetch(next));
+                    }
+                }
             }
-        });
-        let shards = futures::future::try_join_all(fetches).await?;
-        Ok(stripe::decode(stripe_len as usize, &shards))
+        }
+        drop(pending);
+        if have < k {
+            let missing = failures.join("; ");
+            log::error!(
+                "stripe {j} of file {} is unreadable: {missing}",
+                place.file_id
+            );
+            return Err(ClientError::Unavailable {
+                file: place.file_id.clone(),
+                stripe: j,
+                need: k,
+                have,
+                missing,
+            });
+        }
+        let codec_err = |e: stripe::CodecError| ClientError::Codec {
+            file: place.file_id.clone(),
+            stripe: j,
+            message: e.to_string(),
+        };
+        let data = stripe::decode(layout, stripe_len as usize, shards).map_err(codec_err)?;
+        if !corrupt.is_empty() {
+            self.heal(place, j, &data, &corrupt).await;
+        }
+        Ok(data)
+    }
+
+    /// Rewrites shards that failed their checksum with the bytes rebuilt from the others.
+    async fn heal(&self, place: &Placement, j: u64, data: &[u8], bad: &[usize]) {
+        let Ok(shards) = stripe::encode(&place.layout, data) else {
+            return;
+        };
+        for &i in bad {
+            match self.store_shard(place, j, i, &shards[i]).await {
+                Ok(()) => log::warn!("healed shard {i} of stripe {j} of file {}", place.file_id),
+                Err(e) => log::warn!(
+                    "cannot heal shard {i} of stripe {j} of file {}: {e}",
+                    place.file_id
+                ),
+            }
+        }
     }
 
     /// Stripe `j` of a file described by its manifest.

@@ -21,7 +21,8 @@ pub struct MountConfig {
     pub controller: SocketAddr,
     pub listen: SocketAddr,
     pub capacity: Option<u64>,
-    pub parity: u32,
+    /// Parity segments per file; `None`: 1 on pools of 3 or more nodes, else 0.
+    pub parity: Option<u32>,
     pub allow_other: bool,
 }
 
