@@ -465,6 +465,28 @@ impl PoolClient {
         Ok(data)
     }
 
+    /// Rebuilds segment `i` of a file on `to` (a node that is not yet a holder), stripe
+    /// by stripe from the other segments, pausing `pause` between stripes so repair
+    /// does not crowd out users. Returns the manifest with the new holder.
+    pub async fn rebuild_segment(&self, m: &Manifest, i: usize, to: Holder, pause: Duration) -> Result<Manifest, ClientError> {
+        let mut moved = m.clone();
+        moved.place.holders[i] = to;
+        for j in 0..m.place.layout.stripe_count(m.size) {
+            if m.sums(j).is_empty() {
+                continue; // a hole has no shards anywhere
+            }
+            let data = self.fetch_stripe(m, j).await?;
+            let shards = stripe::encode(&m.place.layout, &data).map_err(|e| ClientError::Codec {
+                file: m.place.file_id.clone(),
+                stripe: j,
+                message: e.to_string(),
+            })?;
+            self.store_shard(&moved.place, j, i, &shards[i]).await?;
+            tokio::time::sleep(pause).await;
+        }
+        Ok(moved)
+    }
+
     /// Rewrites shards that failed their checksum with the bytes rebuilt from the others.
     async fn heal(&self, place: &Placement, j: u64, data: &[u8], bad: &[usize]) {
         let Ok(shards) = stripe::encode(&place.layout, data) else {

@@ -482,15 +482,24 @@ impl MetaStore {
         })
     }
 
+    /// Every regular file that has data in the pool.
+    pub fn files(&self) -> Result<Vec<Inode>, FsError> {
+        self.scan(|i| i.kind == Kind::File && i.manifest.is_some())
+    }
+
     /// Inodes with no links (unlinked while open when the mount stopped).
     pub fn orphans(&self) -> Result<Vec<Inode>, FsError> {
+        self.scan(|i| i.nlink == 0)
+    }
+
+    fn scan(&self, keep: impl Fn(&Inode) -> bool) -> Result<Vec<Inode>, FsError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let inodes = txn.open_table(INODES).map_err(db_err)?;
         let mut out = Vec::new();
         for item in inodes.iter().map_err(db_err)? {
             let (_, v) = item.map_err(db_err)?;
             let inode: Inode = decode_record(v.value()).map_err(db_err)?;
-            if inode.nlink == 0 {
+            if keep(&inode) {
                 out.push(inode);
             }
         }

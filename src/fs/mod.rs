@@ -5,6 +5,7 @@ pub mod file;
 pub mod fuse;
 pub mod meta;
 pub mod mount;
+pub mod repair;
 pub mod vfs;
 
 use crate::client::ClientError;
@@ -32,6 +33,8 @@ pub enum FsError {
     BadHandle,
     #[error("not supported")]
     NotSupported,
+    #[error("no such attribute")]
+    NoData,
     #[error("metadata store: {0}")]
     Meta(String),
     #[error(transparent)]
@@ -63,6 +66,7 @@ impl FsError {
             FsError::Permission => libc::EPERM,
             FsError::BadHandle => libc::EBADF,
             FsError::NotSupported => libc::EOPNOTSUPP,
+            FsError::NoData => libc::ENODATA,
             FsError::Meta(_) => libc::EIO,
             FsError::Pool(e) => e.errno(),
             FsError::Again { errno, .. } => *errno,

@@ -449,6 +449,45 @@ impl Vfs {
         result
     }
 
+    /// The namespace store (for repair).
+    pub(super) fn meta(&self) -> &MetaStore {
+        &self.meta
+    }
+
+    /// The pool client (for repair and health).
+    pub(super) fn client(&self) -> &PoolClient {
+        &self.client
+    }
+
+    /// Runs a future on the mount's runtime from a non-runtime thread.
+    pub(super) fn run<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.block_on(f)
+    }
+
+    /// Replaces the manifest of a closed file if it is still `old`: a file opened or
+    /// changed meanwhile keeps its own (the rebuilt shard is then simply unused).
+    pub(super) fn swap_manifest(&self, ino: u64, old: &Manifest, new: Manifest) -> Result<bool, FsError> {
+        // Holding the open-files lock keeps `acquire` from loading the old manifest
+        // between the check and the write.
+        let open = lock(&self.open);
+        if open.contains_key(&ino) {
+            return Ok(false);
+        }
+        let mut inode = self.meta.get(ino)?;
+        if inode.manifest.as_ref() != Some(old) {
+            return Ok(false);
+        }
+        inode.manifest = Some(new);
+        self.meta.put(&inode)?;
+        drop(open);
+        Ok(true)
+    }
+
+    /// Is `ino` open right now?
+    pub(super) fn is_open(&self, ino: u64) -> bool {
+        self.opened(ino).is_some()
+    }
+
     /// Total and free bytes of the live nodes.
     pub fn statfs(&self) -> Result<PoolSpace, FsError> {
         let view = self.block_on(self.client.view())?;

@@ -1,0 +1,123 @@
+//! Keeping files whole: per-file health, and rebuilding the segments of nodes that left
+//! or stayed down onto live nodes, in the background and rate-limited.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use super::meta::Kind;
+use super::vfs::Vfs;
+use super::FsError;
+use crate::client::Holder;
+use crate::proto::{NodeState, PoolView};
+
+/// Pause between rebuilt stripes, so repair leaves bandwidth to users.
+const STRIPE_PAUSE: Duration = Duration::from_millis(5);
+
+/// One-line health of a file: how many of its segments sit on live nodes and whether
+/// that is enough to read it (`getfattr -n user.poolfs.health FILE`).
+pub fn health(vfs: &Vfs, ino: u64) -> Result<String, FsError> {
+    let inode = vfs.meta().get(ino)?;
+    if inode.kind != Kind::File {
+        return Err(FsError::NoData);
+    }
+    let Some(m) = inode.manifest else {
+        return Ok("empty: no data in the pool".into());
+    };
+    let view = vfs.run(vfs.client().view())?;
+    let layout = m.place.layout;
+    let n = layout.segments() as usize;
+    let mut live = 0;
+    let mut lost = Vec::new();
+    for h in &m.place.holders {
+        match view.node(h.node_id).map(|node| node.state) {
+            Some(NodeState::Up) => live += 1,
+            state => lost.push(format!("node {} {}", h.node_id, state.map_or("unknown".into(), |s| s.to_string()))),
+        }
+    }
+    let verdict = if live == n {
+        "healthy"
+    } else if live >= layout.k as usize {
+        "degraded (readable, repair pending)"
+    } else {
+        "unavailable (not enough segments)"
+    };
+    let mut text = format!("{verdict}: {live} of {n} segments on live nodes (k={}, m={})", layout.k, layout.m);
+    if !lost.is_empty() {
+        text.push_str(&format!("; missing: {}", lost.join(", ")));
+    }
+    Ok(text)
+}
+
+/// Is this holder's node gone, or down for longer than `grace`?
+fn needs_repair(view: &PoolView, holder: &Holder, grace: Duration) -> bool {
+    match view.node(holder.node_id) {
+        None => true,
+        Some(n) => match n.state {
+            NodeState::Up => false,
+            NodeState::Gone => true,
+            NodeState::Down => Duration::from_millis(n.last_seen_ms) > grace,
+        },
+    }
+}
+
+/// What one repair pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RepairReport {
+    pub rebuilt: usize,
+    pub pending: usize,
+}
+
+/// Rebuilds every segment held by a node that left (or is down longer than `grace`)
+/// onto a live node that holds no segment of that file. Open files wait for a later
+/// pass; a segment with no spare node to go to stays pending.
+pub fn repair_pass(vfs: &Vfs, grace: Duration) -> Result<RepairReport, FsError> {
+    let view = vfs.run(vfs.client().view())?;
+    let live: Vec<_> = view.live().into_iter().cloned().collect();
+    let mut report = RepairReport::default();
+    for inode in vfs.meta().files()? {
+        let Some(mut m) = inode.manifest.clone() else { continue };
+        let original = m.clone();
+        let broken: Vec<usize> = (0..m.place.holders.len())
+            .filter(|&i| needs_repair(&view, &m.place.holders[i], grace))
+            .collect();
+        if broken.is_empty() {
+            continue;
+        }
+        if vfs.is_open(inode.ino) {
+            report.pending += broken.len();
+            continue;
+        }
+        for i in broken {
+            let used: HashSet<_> = m.place.holders.iter().map(|h| h.node_id).collect();
+            // The emptiest live node that holds nothing of this file yet.
+            let Some(target) = live
+                .iter()
+                .filter(|n| !used.contains(&n.id))
+                .max_by_key(|n| n.capacity.saturating_sub(n.used))
+            else {
+                report.pending += 1;
+                continue;
+            };
+            let to = Holder {
+                node_id: target.id,
+                addr: target.addr,
+            };
+            let from = m.place.holders[i].node_id;
+            match vfs.run(vfs.client().rebuild_segment(&m, i, to, STRIPE_PAUSE)) {
+                Ok(moved) => {
+                    log::info!("repair: segment {i} of file {} rebuilt from node {from} onto node {}", m.place.file_id, target.id);
+                    m = moved;
+                    report.rebuilt += 1;
+                }
+                Err(e) => {
+                    log::warn!("repair: cannot rebuild segment {i} of file {}: {e}", m.place.file_id);
+                    report.pending += 1;
+                }
+            }
+        }
+        if m != original && !vfs.swap_manifest(inode.ino, &original, m)? {
+            log::info!("repair: file {} changed meanwhile; it will be looked at again", original.place.file_id);
+        }
+    }
+    Ok(report)
+}
