@@ -179,8 +179,13 @@ pub struct MetaStore {
 impl MetaStore {
     /// Opens (or creates) the store at `path`, with a root directory owned by `uid:gid`.
     pub fn open(path: &Path, uid: u32, gid: u32) -> Result<Self, FsError> {
-        let db = Database::create(path)
-            .map_err(|e| FsError::Meta(format!("{}: {e}", path.display())))?;
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => FsError::Meta(format!(
+                "{}: in use by another process (is this storage already mounted?)",
+                path.display()
+            )),
+            e => FsError::Meta(format!("{}: {e}", path.display())),
+        })?;
         let meta = MetaStore { db };
         meta.write(|inodes, _dirents, counters| {
             if inodes.get(ROOT).map_err(db_err)?.is_none() {

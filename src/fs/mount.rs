@@ -115,6 +115,16 @@ pub fn run(cfg: MountConfig, ready: impl FnOnce(Result<(), String>)) -> Result<(
 
 fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result<(), MountError> {
     let mountpoint = check_mountpoint(&cfg.mountpoint)?;
+    // The namespace database stays locked while a mount has it open. Take it before the
+    // node starts: a second mount of the same storage must be refused before its node
+    // joins with this storage's identity and takes the running mount's place in the pool.
+    std::fs::create_dir_all(&cfg.storage).map_err(|source| NodeError::Storage {
+        path: cfg.storage.clone(),
+        source,
+    })?;
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let meta = MetaStore::open(&cfg.storage.join("meta.redb"), uid, gid)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
@@ -132,9 +142,6 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
     {
         return Err(MountError::NoController(cfg.controller));
     }
-    // SAFETY: getuid/getgid cannot fail.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let meta = MetaStore::open(&cfg.storage.join("meta.redb"), uid, gid)?;
     let mut client_cfg = ClientConfig::new(cfg.controller);
     client_cfg.parity = cfg.parity;
     let client = Arc::new(PoolClient::new(client_cfg));
