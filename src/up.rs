@@ -16,7 +16,7 @@ use crate::fs::mount::is_mountpoint;
 pub struct UpState {
     pub mountpoint: PathBuf,
     pub controller: SocketAddr,
-    /// The mount process first, then nodes, then the controller.
+    /// The mount process first, then the controller, then the storage nodes.
     pub pids: Vec<u32>,
 }
 

@@ -468,7 +468,13 @@ impl PoolClient {
     /// Rebuilds segment `i` of a file on `to` (a node that is not yet a holder), stripe
     /// by stripe from the other segments, pausing `pause` between stripes so repair
     /// does not crowd out users. Returns the manifest with the new holder.
-    pub async fn rebuild_segment(&self, m: &Manifest, i: usize, to: Holder, pause: Duration) -> Result<Manifest, ClientError> {
+    pub async fn rebuild_segment(
+        &self,
+        m: &Manifest,
+        i: usize,
+        to: Holder,
+        pause: Duration,
+    ) -> Result<Manifest, ClientError> {
         let mut moved = m.clone();
         moved.place.holders[i] = to;
         for j in 0..m.place.layout.stripe_count(m.size) {
@@ -476,11 +482,12 @@ impl PoolClient {
                 continue; // a hole has no shards anywhere
             }
             let data = self.fetch_stripe(m, j).await?;
-            let shards = stripe::encode(&m.place.layout, &data).map_err(|e| ClientError::Codec {
-                file: m.place.file_id.clone(),
-                stripe: j,
-                message: e.to_string(),
-            })?;
+            let shards =
+                stripe::encode(&m.place.layout, &data).map_err(|e| ClientError::Codec {
+                    file: m.place.file_id.clone(),
+                    stripe: j,
+                    message: e.to_string(),
+                })?;
             self.store_shard(&moved.place, j, i, &shards[i]).await?;
             tokio::time::sleep(pause).await;
         }

@@ -31,7 +31,11 @@ pub fn health(vfs: &Vfs, ino: u64) -> Result<String, FsError> {
     for h in &m.place.holders {
         match view.node(h.node_id).map(|node| node.state) {
             Some(NodeState::Up) => live += 1,
-            state => lost.push(format!("node {} {}", h.node_id, state.map_or("unknown".into(), |s| s.to_string()))),
+            state => lost.push(format!(
+                "node {} {}",
+                h.node_id,
+                state.map_or("unknown".into(), |s| s.to_string())
+            )),
         }
     }
     let verdict = if live == n {
@@ -41,7 +45,10 @@ pub fn health(vfs: &Vfs, ino: u64) -> Result<String, FsError> {
     } else {
         "unavailable (not enough segments)"
     };
-    let mut text = format!("{verdict}: {live} of {n} segments on live nodes (k={}, m={})", layout.k, layout.m);
+    let mut text = format!(
+        "{verdict}: {live} of {n} segments on live nodes (k={}, m={})",
+        layout.k, layout.m
+    );
     if !lost.is_empty() {
         text.push_str(&format!("; missing: {}", lost.join(", ")));
     }
@@ -75,7 +82,9 @@ pub fn repair_pass(vfs: &Vfs, grace: Duration) -> Result<RepairReport, FsError> 
     let live: Vec<_> = view.live().into_iter().cloned().collect();
     let mut report = RepairReport::default();
     for inode in vfs.meta().files()? {
-        let Some(mut m) = inode.manifest.clone() else { continue };
+        let Some(mut m) = inode.manifest.clone() else {
+            continue;
+        };
         let original = m.clone();
         let broken: Vec<usize> = (0..m.place.holders.len())
             .filter(|&i| needs_repair(&view, &m.place.holders[i], grace))
@@ -105,18 +114,28 @@ pub fn repair_pass(vfs: &Vfs, grace: Duration) -> Result<RepairReport, FsError> 
             let from = m.place.holders[i].node_id;
             match vfs.run(vfs.client().rebuild_segment(&m, i, to, STRIPE_PAUSE)) {
                 Ok(moved) => {
-                    log::info!("repair: segment {i} of file {} rebuilt from node {from} onto node {}", m.place.file_id, target.id);
+                    log::info!(
+                        "repair: segment {i} of file {} rebuilt from node {from} onto node {}",
+                        m.place.file_id,
+                        target.id
+                    );
                     m = moved;
                     report.rebuilt += 1;
                 }
                 Err(e) => {
-                    log::warn!("repair: cannot rebuild segment {i} of file {}: {e}", m.place.file_id);
+                    log::warn!(
+                        "repair: cannot rebuild segment {i} of file {}: {e}",
+                        m.place.file_id
+                    );
                     report.pending += 1;
                 }
             }
         }
         if m != original && !vfs.swap_manifest(inode.ino, &original, m)? {
-            log::info!("repair: file {} changed meanwhile; it will be looked at again", original.place.file_id);
+            log::info!(
+                "repair: file {} changed meanwhile; it will be looked at again",
+                original.place.file_id
+            );
         }
     }
     Ok(report)

@@ -466,7 +466,12 @@ impl Vfs {
 
     /// Replaces the manifest of a closed file if it is still `old`: a file opened or
     /// changed meanwhile keeps its own (the rebuilt shard is then simply unused).
-    pub(super) fn swap_manifest(&self, ino: u64, old: &Manifest, new: Manifest) -> Result<bool, FsError> {
+    pub(super) fn swap_manifest(
+        &self,
+        ino: u64,
+        old: &Manifest,
+        new: Manifest,
+    ) -> Result<bool, FsError> {
         // Holding the open-files lock keeps `acquire` from loading the old manifest
         // between the check and the write.
         let open = lock(&self.open);
