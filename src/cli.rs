@@ -69,6 +69,10 @@ pub struct MountArgs {
     /// Let other users access the mount (needs user_allow_other in /etc/fuse.conf).
     #[arg(long)]
     pub allow_other: bool,
+    /// Seconds a node may stay down before its segments are rebuilt on other nodes
+    /// (a node that leaves is repaired at once).
+    #[arg(long, default_value_t = 60)]
+    pub repair_grace: u64,
     /// Stay attached to the terminal instead of returning once mounted.
     #[arg(long, short = 'f')]
     pub foreground: bool,

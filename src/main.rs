@@ -123,6 +123,7 @@ fn mount(args: cli::MountArgs) -> Result<()> {
         capacity: args.capacity,
         parity: args.parity,
         allow_other: args.allow_other,
+        repair_grace: std::time::Duration::from_secs(args.repair_grace),
     };
     if !args.foreground && std::env::var_os("POOLFS_NOTIFY_READY").is_none() {
         // Detach: run ourselves in the background and return once the mount is live.

@@ -14,8 +14,8 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use harness::{
-    assert_same_file, can_mount, drop_cache, is_mounted, procs_under, random_file, run, run_ok,
-    segment_usage, wait_until, Pool, Rng, MIB,
+    assert_same_file, can_mount, drop_cache, health, is_mounted, member_states, procs_under,
+    random_file, run, run_ok, segment_usage, wait_until, Pool, Rng, MIB,
 };
 
 /// The errno of a failed call; panics (naming `what`) if it succeeded.
@@ -1632,4 +1632,67 @@ fn close_and_cp_fail_when_a_node_is_dead() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("Input/output error"), "cp stderr: {err}");
     }
+}
+
+/// A member that leaves (SIGTERM: LEAVE) has its segments rebuilt on a spare node; the
+/// health attribute follows; then another holder can die and the file still reads.
+#[test]
+fn a_member_that_leaves_is_rebuilt_elsewhere() {
+    if !can_mount() {
+        return;
+    }
+    let mut pool = Pool::up("repair", 4);
+    let src = pool.scratch().join("src");
+    let size = 7 * MIB + 4321;
+    random_file(&src, size);
+    let want = fs::read(&src).unwrap();
+    let f = pool.path("f");
+    assert!(cp(&src, &f).status.success());
+    let h = health(&f);
+    assert!(h.starts_with("healthy: 4 of 4"), "{h}");
+
+    let spare = pool.add_node("spare");
+    assert!(
+        wait_until(Duration::from_secs(10), || member_states(pool.controller)
+            .iter()
+            .filter(|s| *s == "Up")
+            .count()
+            == 5),
+        "the spare node did not join"
+    );
+    let leaver = pool.nodes[0].pid;
+    // SAFETY: a pid this pool started.
+    unsafe { libc::kill(leaver as i32, libc::SIGTERM) };
+    assert!(
+        wait_until(Duration::from_secs(10), || member_states(pool.controller)
+            .contains(&"Gone".to_string())),
+        "the node did not leave"
+    );
+    // The spare ends up with the leaver's segment: a third of the file (k = 3).
+    let third = size as u64 / 3;
+    let rebuilt = || segment_usage(&spare.storage).0.abs_diff(third) <= third / 10;
+    assert!(
+        wait_until(Duration::from_secs(30), || rebuilt()
+            && health(&f).starts_with("healthy")),
+        "not repaired: spare holds {} bytes, expected about {third}; health: {}",
+        segment_usage(&spare.storage).0,
+        health(&f)
+    );
+
+    // One more holder dies: parity covers it.
+    // SAFETY: a pid this pool started.
+    unsafe { libc::kill(pool.nodes[1].pid as i32, libc::SIGKILL) };
+    drop_cache(&f);
+    assert!(
+        fs::read(&f).unwrap() == want,
+        "wrong bytes after repair and a second loss"
+    );
+    // Once the controller marks it down, the health says so.
+    assert!(
+        wait_until(Duration::from_secs(10), || health(&f)
+            .starts_with("degraded")),
+        "{}",
+        health(&f)
+    );
+    assert!(health(&f).contains("3 of 4"), "{}", health(&f));
 }

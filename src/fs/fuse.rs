@@ -4,16 +4,18 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
-    WriteFlags,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
 };
 
 use super::meta::{Inode, Kind, Time, NAME_MAX};
+use super::repair;
 use super::vfs::{SetAttr, Vfs};
 use super::FsError;
 
@@ -21,15 +23,29 @@ use super::FsError;
 const TTL: Duration = Duration::from_secs(1);
 const BLOCK: u32 = 4096;
 
+/// Extended attribute that tells a file's health (`getfattr -n user.poolfs.health`).
+pub const HEALTH_XATTR: &str = "user.poolfs.health";
+
 /// The filesystem as fuser sees it.
 pub struct PoolFs {
-    vfs: Vfs,
+    vfs: Arc<Vfs>,
 }
 
 impl PoolFs {
     /// Wraps the filesystem logic for mounting.
-    pub fn new(vfs: Vfs) -> Self {
+    pub fn new(vfs: Arc<Vfs>) -> Self {
         PoolFs { vfs }
+    }
+}
+
+/// Answers an xattr request: the size when asked for it, else the bytes if they fit.
+fn xattr(reply: ReplyXattr, size: u32, bytes: &[u8]) {
+    if size == 0 {
+        reply.size(bytes.len() as u32);
+    } else if bytes.len() > size as usize {
+        reply.error(Errno::from_i32(libc::ERANGE));
+    } else {
+        reply.data(bytes);
     }
 }
 
@@ -371,6 +387,39 @@ impl Filesystem for PoolFs {
             }
             Err(e) => reply.error(errno(&e)),
         }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if name.as_bytes() != HEALTH_XATTR.as_bytes() {
+            return reply.error(Errno::from_i32(libc::ENODATA));
+        }
+        match repair::health(&self.vfs, ino.0) {
+            Ok(text) => xattr(reply, size, text.as_bytes()),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.vfs.getattr(ino.0) {
+            Ok(i) if i.kind == Kind::File => {
+                xattr(reply, size, format!("{HEALTH_XATTR}\0").as_bytes())
+            }
+            Ok(_) => xattr(reply, size, b""),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::from_i32(libc::ENOTSUP));
     }
 
     fn create(

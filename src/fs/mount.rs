@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::fuse::PoolFs;
 use super::meta::MetaStore;
+use super::repair::{self, RepairReport};
 use super::vfs::Vfs;
 use super::FsError;
 use crate::client::{ClientConfig, PoolClient};
@@ -24,6 +25,8 @@ pub struct MountConfig {
     /// Parity segments per file; `None`: 1 on pools of 3 or more nodes, else 0.
     pub parity: Option<u32>,
     pub allow_other: bool,
+    /// How long a node may stay down before its segments are rebuilt elsewhere.
+    pub repair_grace: Duration,
 }
 
 /// Why a mount failed.
@@ -97,6 +100,40 @@ fn check_mountpoint(path: &Path) -> Result<PathBuf, MountError> {
     Ok(canon)
 }
 
+/// How often the mount looks for segments to rebuild.
+const REPAIR_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Runs repair passes in the background until `stop` is set.
+fn spawn_repair(
+    vfs: Arc<Vfs>,
+    grace: Duration,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut last = RepairReport::default();
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            match repair::repair_pass(&vfs, grace) {
+                Ok(report) if report != last => {
+                    log::info!(
+                        "repair: {} segments rebuilt, {} pending",
+                        report.rebuilt,
+                        report.pending
+                    );
+                    last = report;
+                }
+                Ok(_) => {}
+                Err(e) => log::debug!("repair pass skipped: {e}"),
+            }
+            let until = std::time::Instant::now() + REPAIR_INTERVAL;
+            while std::time::Instant::now() < until
+                && !stop.load(std::sync::atomic::Ordering::SeqCst)
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    })
+}
+
 /// Mounts and serves until the filesystem is unmounted (or SIGTERM/SIGINT unmounts
 /// it). `ready` is called once: with `Ok` when the mount is live, or with the error.
 pub fn run(cfg: MountConfig, ready: impl FnOnce(Result<(), String>)) -> Result<(), MountError> {
@@ -145,7 +182,7 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
     let mut client_cfg = ClientConfig::new(cfg.controller);
     client_cfg.parity = cfg.parity;
     let client = Arc::new(PoolClient::new(client_cfg));
-    let vfs = Vfs::new(meta, client, rt.handle().clone())?;
+    let vfs = Arc::new(Vfs::new(meta, client, rt.handle().clone())?);
 
     let mut options = vec![
         fuser::MountOption::FSName("poolfs".into()),
@@ -164,7 +201,7 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
         source,
     };
     let mut session =
-        fuser::Session::new(PoolFs::new(vfs), &mountpoint, &config).map_err(fuse_err)?;
+        fuser::Session::new(PoolFs::new(vfs.clone()), &mountpoint, &config).map_err(fuse_err)?;
     log::info!(
         "mounted {} (node {} at {}, controller {})",
         mountpoint.display(),
@@ -193,7 +230,12 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
             log::error!("cannot unmount: {e}");
         }
     });
-    session.run().map_err(fuse_err)?;
+    let stop_repair = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let repairer = spawn_repair(vfs, cfg.repair_grace, stop_repair.clone());
+    let served = session.run();
+    stop_repair.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = repairer.join();
+    served.map_err(fuse_err)?;
     log::info!("unmounted {}; leaving the pool", mountpoint.display());
     rt.block_on(node.leave());
     Ok(())

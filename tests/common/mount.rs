@@ -223,6 +223,29 @@ pub fn free_port() -> u16 {
 }
 
 /// States of the pool's members as `poolfs status --json` reports them, sorted.
+/// The health a file reports through `user.poolfs.health`.
+pub fn health(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path without NUL");
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: valid NUL-terminated strings and a writable buffer of the given length.
+    let n = unsafe {
+        libc::getxattr(
+            c.as_ptr(),
+            c"user.poolfs.health".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert!(
+        n >= 0,
+        "getxattr {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    String::from_utf8_lossy(&buf[..n as usize]).into_owned()
+}
+
 pub fn member_states(controller: SocketAddr) -> Vec<String> {
     let out = run_ok(&mut poolfs([
         "status",
@@ -370,6 +393,33 @@ impl Pool {
         std::iter::once(self.mount_storage.clone())
             .chain(self.nodes.iter().map(|n| n.storage.clone()))
             .collect()
+    }
+
+    /// Starts one more storage node (`poolfs node`) in this pool's controller; it is
+    /// stopped with the pool.
+    pub fn add_node(&mut self, name: &str) -> Member {
+        let storage = self.root.join(name);
+        let log = std::fs::File::create(self.root.join(format!("{name}.log"))).expect("node log");
+        let child = Command::new(BIN)
+            .arg("node")
+            .arg("--storage")
+            .arg(&storage)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--controller",
+                &self.controller.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start poolfs node");
+        self.extra_pids.push(child.id());
+        Member {
+            storage,
+            pid: child.id(),
+        }
     }
 
     fn all_pids(&self) -> Vec<u32> {
