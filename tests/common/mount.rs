@@ -292,6 +292,8 @@ pub struct Pool {
     pub nodes: Vec<Member>,
     /// Processes started after `up` (remounts).
     extra_pids: Vec<u32>,
+    /// Children started by `add_node`, reaped on drop.
+    children: Vec<std::process::Child>,
     is_down: bool,
 }
 
@@ -336,6 +338,7 @@ impl Pool {
             mount_storage: state.join("mount"),
             nodes: Vec::new(),
             extra_pids: Vec::new(),
+            children: Vec::new(),
             is_down: false,
         };
         assert!(
@@ -415,11 +418,10 @@ impl Pool {
             .stderr(log)
             .spawn()
             .expect("start poolfs node");
-        self.extra_pids.push(child.id());
-        Member {
-            storage,
-            pid: child.id(),
-        }
+        let pid = child.id();
+        self.extra_pids.push(pid);
+        self.children.push(child);
+        Member { storage, pid }
     }
 
     fn all_pids(&self) -> Vec<u32> {
@@ -552,6 +554,10 @@ impl Drop for Pool {
         });
         kill_ours(&pids, &self.root, libc::SIGTERM);
         kill_ours(&pids, &self.root, libc::SIGKILL);
+        for mut child in self.children.drain(..) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         finish_dir(&mut self.tmp, &self.mnt);
     }
 }
