@@ -59,30 +59,7 @@ pub fn can_mount() -> bool {
 /// Is `path` a mount point right now (per /proc/self/mountinfo)?
 pub fn is_mounted(path: &Path) -> bool {
     let want = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|mp| Path::new(&mountinfo_unescape(mp)) == want)
-}
-
-fn mountinfo_unescape(s: &str) -> String {
-    let mut out = Vec::new();
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    poolfs::fs::mount::is_mountpoint(&want)
 }
 
 /// Lines of /proc/mounts that are FUSE mounts under `root`.
