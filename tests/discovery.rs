@@ -1,7 +1,8 @@
-//! Discovery on a LAN of namespaces: ARP sweep, port probe, ASSIGN, re-sweeps, link cuts and controller restarts.
+//! Discovery on a LAN of namespaces: ARP sweep, port probe, ASSIGN, re-sweeps, link cuts, controller restarts, and a FUSE mount whose files land on the other hosts.
 //!
 //! Every packet stays inside namespaces the test creates (see `common::netns`); the
-//! controller sweeps the `eth0` of its own host namespace and nothing else.
+//! controller sweeps the `eth0` of its own host namespace and nothing else. Mounts are
+//! made in the LAN's private mount namespace, never the machine's.
 
 mod common;
 
@@ -537,6 +538,263 @@ fn put_from_one_host_lands_segments_on_the_nodes_of_other_hosts() {
     netns::assert_root_clean(&names);
 }
 
+/// The pool view's member with this id.
+fn member(view: &PoolView, id: NodeId) -> Option<(SocketAddr, NodeState)> {
+    view.node(id).map(|n| (n.addr, n.state))
+}
+
+/// The segment files under `store/segments`: (file id, segment file name, length).
+fn segment_files(store: &Path) -> Vec<(String, String, u64)> {
+    let mut found = Vec::new();
+    let root = store.join("segments");
+    for dir in std::fs::read_dir(&root).unwrap_or_else(|e| panic!("{}: {e}", root.display())) {
+        let dir = dir.expect("a directory entry");
+        for seg in std::fs::read_dir(dir.path()).expect("a file's segment directory") {
+            let seg = seg.expect("a directory entry");
+            found.push((
+                dir.file_name().to_string_lossy().into_owned(),
+                seg.file_name().to_string_lossy().into_owned(),
+                seg.metadata().expect("segment metadata").len(),
+            ));
+        }
+    }
+    found
+}
+
+/// A line of `mounts` (a /proc/*/mounts table) that mounts something on `dir`.
+fn mount_line<'a>(mounts: &'a str, dir: &Path) -> Option<&'a str> {
+    let dir = dir.to_str().expect("UTF-8");
+    mounts.lines().find(|l| l.split(' ').nth(1) == Some(dir))
+}
+
+/// `grep fuse /proc/self/mounts` in the test process, that is in the machine's own mount
+/// namespace (the test process never changes namespace).
+fn root_fuse_mounts() -> String {
+    let out = std::process::Command::new("grep")
+        .args(["fuse", "/proc/self/mounts"])
+        .output()
+        .expect("cannot run grep");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// (f) A mount on host 0 (in the LAN's own mount namespace, never the machine's) joins
+/// the pool of three swept nodes; a file copied in with `cp` is cut into four segments,
+/// three of which cross the bridge to hosts 1..3 and one stays with the mount; `cat`
+/// after the page cache is dropped fetches them back over the bridge, bit-exact; `umount`
+/// makes the mount leave the pool and exit 0.
+#[test]
+fn a_file_copied_into_a_mount_lands_on_the_other_hosts_and_reads_back() {
+    if let Some(reason) = netns::fuse_missing() {
+        netns::skip(&format!("FUSE is not available: {reason}"));
+        return;
+    }
+    let Some(lan) = Lan::new("dsh", 8, 4) else {
+        return;
+    };
+    let started = Instant::now();
+    let names = lan.names();
+    for h in 1..=3 {
+        start_node(&lan, h, NODE_PORT);
+    }
+    start_controller(&lan, 0);
+    wait_view(&lan, "3 swept nodes up", WAIT, |v| v.live().len() == 3);
+
+    // The mount joins by naming the controller, with its node on host 0's node port.
+    let mp = lan.mount_dir("pool");
+    let mps = path_str(&mp).to_string();
+    let mount_store = lan.dir().join("mount-store");
+    let ctrl = controller(&lan);
+    let listen = format!("0.0.0.0:{NODE_PORT}");
+    let mount = lan.spawn_shared(
+        0,
+        "mount",
+        poolfs(),
+        &[
+            "mount",
+            &mps,
+            "--storage",
+            path_str(&mount_store),
+            "-c",
+            &ctrl,
+            "--listen",
+            &listen,
+            "--foreground",
+        ],
+    );
+    lan.wait_log(mount, &format!("mounted {mps}"), WAIT);
+    let view = wait_view(&lan, "4 members up", WAIT, |v| v.live().len() == 4);
+    let mut expected: BTreeMap<SocketAddr, (NodeId, NodeState)> = (1..=3)
+        .map(|h| (lan.addr(h, NODE_PORT), (h as NodeId, NodeState::Up)))
+        .collect();
+    expected.insert(lan.addr(0, NODE_PORT), (4, NodeState::Up));
+    assert_eq!(
+        members(&view),
+        expected,
+        "three swept nodes and the mount's"
+    );
+
+    // The mount exists in the LAN's mount namespace and nowhere on the machine.
+    let lan_mounts = lan.lan_mounts();
+    let line = mount_line(&lan_mounts, &mp)
+        .unwrap_or_else(|| panic!("{mps} is not mounted in the LAN:\n{lan_mounts}"));
+    let fields: Vec<&str> = line.split(' ').collect();
+    assert!(
+        fields[0] == "poolfs" && fields[2].starts_with("fuse"),
+        "a poolfs FUSE mount: {line}"
+    );
+    let root = root_fuse_mounts();
+    assert!(
+        mount_line(&root, &mp).is_none() && !root.contains(&format!("poolfs-{}", lan.tag())),
+        "the mount leaked into the machine's mount table:\n{root}"
+    );
+    assert!(
+        !Path::new(&mp).exists(),
+        "{mps} exists only in the LAN's namespace"
+    );
+
+    // Copy a random file in with cp, inside host 0.
+    let size = (6 << 20) + 1000;
+    let data = common::random_bytes(size, 0xd5f);
+    let input = lan.dir().join("input.bin");
+    std::fs::write(&input, &data).expect("write the input");
+    let inside = format!("{mps}/big.bin");
+    let before: Vec<(u64, u64)> = (0..4).map(|h| lan.port_bytes(h)).collect();
+    let t = Instant::now();
+    lan.host_sh_shared(
+        0,
+        &format!("cp {} {inside}", path_str(&input)),
+        Duration::from_secs(120),
+    );
+    let copy_time = t.elapsed();
+    let after: Vec<(u64, u64)> = (0..4).map(|h| lan.port_bytes(h)).collect();
+
+    // Four segments of one file, about a quarter of it each: segment i on node i + 1.
+    let quarter = (size / 4) as u64;
+    let mut file_ids = Vec::new();
+    let mut seg_len = Vec::new();
+    for h in 0..=3usize {
+        let store = if h == 0 {
+            mount_store.clone()
+        } else {
+            lan.dir().join(format!("store{h}-{NODE_PORT}"))
+        };
+        let id = if h == 0 { 4 } else { h };
+        let segs = segment_files(&store);
+        assert_eq!(segs.len(), 1, "host {h} holds one segment: {segs:?}");
+        let (file, name, len) = segs.into_iter().next().expect("one segment");
+        assert_eq!(
+            name,
+            format!("{}.seg", id - 1),
+            "node {id} holds segment {}",
+            id - 1
+        );
+        assert!(
+            (quarter..quarter + 4096).contains(&len),
+            "host {h}'s segment is {len} bytes, not about a quarter of {size}"
+        );
+        file_ids.push(file);
+        seg_len.push(len);
+    }
+    assert!(
+        file_ids.iter().all(|f| *f == file_ids[0]),
+        "the segments belong to one file: {file_ids:?}"
+    );
+    assert!(seg_len.iter().sum::<u64>() >= size as u64);
+
+    // They crossed the bridge: each other host's cable carried its segment, host 0's
+    // carried three segments out, and the mount's own segment never left host 0.
+    for h in 1..=3 {
+        let carried = after[h].0 - before[h].0;
+        assert!(
+            carried >= seg_len[h],
+            "the bridge carried {carried} bytes to host {h}, less than its {}-byte segment",
+            seg_len[h]
+        );
+    }
+    let sent = after[0].1 - before[0].1;
+    let three = seg_len[1] + seg_len[2] + seg_len[3];
+    assert!(
+        sent >= three && sent < three + seg_len[0] / 2,
+        "host 0 sent {sent} bytes over its cable: three segments ({three}) plus headers, \
+         not its own"
+    );
+
+    // Read back inside host 0 after dropping the file's cached pages (the mount keeps
+    // the page cache across opens), so the bytes come from the nodes, over the bridge.
+    let readback = lan.dir().join("readback.bin");
+    let before: Vec<(u64, u64)> = (0..4).map(|h| lan.port_bytes(h)).collect();
+    let t = Instant::now();
+    let stat = lan.host_sh_shared(
+        0,
+        &format!(
+            "dd if={inside} iflag=nocache count=0 status=none && stat -c %s {inside} && \
+             cat {inside} > {out} && cmp {inside} {input}",
+            out = path_str(&readback),
+            input = path_str(&input)
+        ),
+        Duration::from_secs(120),
+    );
+    let read_time = t.elapsed();
+    let after: Vec<(u64, u64)> = (0..4).map(|h| lan.port_bytes(h)).collect();
+    assert_eq!(
+        stat.trim(),
+        size.to_string(),
+        "the file's size on the mount"
+    );
+    let got = std::fs::read(&readback).expect("the bytes cat wrote");
+    assert!(
+        got.len() == data.len() && got == data,
+        "cat returned different bytes"
+    );
+    for h in 1..=3 {
+        let fetched = after[h].1 - before[h].1;
+        assert!(
+            fetched >= seg_len[h],
+            "cat fetched {fetched} bytes from host {h} over the bridge, less than its \
+             {}-byte segment",
+            seg_len[h]
+        );
+    }
+
+    // umount inside host 0: the mount leaves the pool and exits 0.
+    lan.host_sh_shared(0, &format!("umount {mps}"), Duration::from_secs(30));
+    let (status, log) = lan
+        .wait_exit(mount, Duration::from_secs(30))
+        .unwrap_or_else(|| {
+            panic!(
+                "the mount still runs 30 s after umount:\n{}",
+                lan.log(mount)
+            )
+        });
+    assert!(status.success(), "the mount exited with {status}:\n{log}");
+    assert!(log.contains("leaving the pool"), "{log}");
+    let gone = wait_view(&lan, "the mount's node gone", WAIT, |v| {
+        member(v, 4).is_some_and(|(_, s)| s == NodeState::Gone)
+    });
+    assert_eq!(
+        member(&gone, 4),
+        Some((lan.addr(0, NODE_PORT), NodeState::Gone))
+    );
+    assert_eq!(gone.live().len(), 3, "the three nodes stay up");
+    let lan_mounts = lan.lan_mounts();
+    assert!(
+        mount_line(&lan_mounts, &mp).is_none(),
+        "{mps} is still mounted:\n{lan_mounts}"
+    );
+    println!(
+        "MEASURED mount test: cp of {size} bytes {:.2}s, cat {:.2}s, whole test {:.1}s",
+        copy_time.as_secs_f64(),
+        read_time.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+
+    drop(lan);
+    netns::assert_root_clean(&names);
+    assert!(!netns::process_running(mount, "poolfs"), "the mount ended");
+    let root = root_fuse_mounts();
+    assert!(mount_line(&root, &mp).is_none(), "{root}");
+}
+
 /// Sweeps that cannot run say why: unknown interface, a subnet not on any interface,
 /// loopback, no permission for raw sockets; `poolfs scan` without `--scan` says so too.
 #[test]
@@ -681,5 +939,70 @@ fn the_lan_is_torn_down_even_when_a_test_panics() {
         !netns::process_running(supervisor, "sh"),
         "supervisor ended"
     );
+    netns::assert_root_clean(&names);
+}
+
+/// A test that panics with a mount up, busy (a process has its working directory in it
+/// and a file open there), still leaves nothing behind: the mount's daemon and the user
+/// are ended by pid, the mount is detached, the supervisor exits, and neither the mount
+/// nor any name shows up on the machine.
+#[test]
+fn a_busy_mount_is_ended_and_detached_when_a_test_panics() {
+    if let Some(reason) = netns::fuse_missing() {
+        netns::skip(&format!("FUSE is not available: {reason}"));
+        return;
+    }
+    type Seen = (Vec<String>, u32, u32, u32, PathBuf);
+    let seen: Mutex<Option<Seen>> = Mutex::new(None);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let Some(lan) = Lan::new("dsi", 9, 2) else {
+            return;
+        };
+        start_controller(&lan, 0);
+        let mp = lan.mount_dir("pool");
+        let mps = path_str(&mp).to_string();
+        let store = lan.dir().join("mount-store");
+        let ctrl = controller(&lan);
+        let mount = lan.spawn_shared(
+            1,
+            "mount",
+            poolfs(),
+            &[
+                "mount",
+                &mps,
+                "--storage",
+                path_str(&store),
+                "-c",
+                &ctrl,
+                "--foreground",
+            ],
+        );
+        lan.wait_log(mount, &format!("mounted {mps}"), WAIT);
+        let user = lan.spawn_shared(
+            1,
+            "user",
+            Path::new("sh"),
+            &[
+                "-c",
+                &format!("cd {mps} && exec 3>open.txt && echo busy && exec sleep 3617"),
+            ],
+        );
+        lan.wait_log(user, "busy", WAIT);
+        assert!(mount_line(&lan.lan_mounts(), &mp).is_some());
+        *seen.lock().unwrap() = Some((lan.names(), lan.supervisor_pid(), mount, user, mp));
+        panic!("a deliberate failure with a busy mount up");
+    }));
+    let Some((names, supervisor, mount, user, mp)) = seen.into_inner().unwrap() else {
+        return; // skipped: no LAN here
+    };
+    assert!(outcome.is_err(), "the closure panicked");
+    assert!(!netns::process_running(mount, "poolfs"), "the mount ended");
+    assert!(!netns::process_running(user, "sleep"), "its user ended");
+    assert!(
+        !netns::process_running(supervisor, "sh"),
+        "supervisor ended"
+    );
+    let root = root_fuse_mounts();
+    assert!(mount_line(&root, &mp).is_none(), "{root}");
     netns::assert_root_clean(&names);
 }

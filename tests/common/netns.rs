@@ -10,10 +10,19 @@
 //!   --net --mount`, and processes of a host through `ip netns exec HOST` on top of it.
 //!   The test process itself never changes namespace (a multithreaded process cannot
 //!   `unshare(CLONE_NEWNS)`), and nothing is ever created in the root namespace.
-//! * Teardown: `Drop` kills every process the harness started, by pid, then closes the
-//!   supervisor's stdin. The supervisor then kills whatever still runs in the host
-//!   namespaces, deletes them and exits, and its namespaces (bridge, veths) vanish with
-//!   it. If the test process dies without unwinding, the closed pipe triggers the same.
+//! * `ip netns exec` gives every command a mount namespace of its own, so a mount made
+//!   there is seen by nothing else. Processes that mount, or use a mount, run instead in
+//!   the supervisor's mount namespace with only the host's network namespace entered
+//!   (`spawn_shared`, `host_sh_shared`); mount points live on its private `/run`
+//!   (`mount_dir`). Its propagation is private: no mount reaches the machine's own
+//!   mount table. `/dev` is the machine's devtmpfs, untouched, so `/dev/fuse` is there.
+//! * Teardown: `Drop` kills every process the harness started, by pid, lazily unmounts
+//!   every `mount_dir` (a FUSE mount whose daemon is dead would otherwise answer
+//!   ENOTCONN until its namespace goes), then closes the supervisor's stdin. The
+//!   supervisor then kills whatever still runs in the host namespaces, lazily unmounts
+//!   any FUSE mount left on a `mount_dir`, deletes the host namespaces and exits, and its
+//!   namespaces (bridge, veths, mounts) vanish with it. If the test process dies without
+//!   unwinding, the closed pipe triggers the same.
 //!
 //! Set `POOLFS_TEST_KEEP_LOGS=1` to keep each LAN's directory (process logs, stores).
 //!
@@ -47,6 +56,11 @@ cat >/dev/null
 for ns in $(ip netns list | cut -d' ' -f1); do
     for pid in $(ip netns pids "$ns"); do kill -9 "$pid" 2>/dev/null; done
 done
+# FUSE mounts the test made on its mount_dirs: this namespace's copies of the machine's
+# own mounts (another program's FUSE mount, say) are left alone.
+for mp in $(grep -E '^[^ ]+ /run/poolfs-[^ ]+ fuse(\.[^ ]+)? ' /proc/self/mounts | cut -d' ' -f2); do
+    umount -l -c "$mp"
+done
 for ns in $(ip netns list | cut -d' ' -f1); do ip netns del "$ns"; done
 exit 0
 "#;
@@ -78,20 +92,47 @@ pub struct Lan {
     keep_alive: Option<ChildStdin>,
     hosts: Vec<Host>,
     procs: Mutex<Vec<Proc>>,
+    mount_dirs: Mutex<Vec<PathBuf>>,
     dir: tempfile::TempDir,
 }
 
 /// The capability is missing: under `CI=true` that fails the test, elsewhere the test is
 /// skipped with the reason printed.
 fn unavailable(reason: String) -> Option<Lan> {
+    skip(&format!("the namespace LAN cannot run here: {reason}"));
+    None
+}
+
+/// Skips the calling test with `reason` printed; under `CI=true` fails it instead.
+pub fn skip(reason: &str) {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("the namespace LAN cannot run here, and CI=true forbids skipping: {reason}");
+        panic!("{reason}, and CI=true forbids skipping");
     }
     // Straight to the stream, past the test harness's capture, so the reason is seen.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED: the namespace LAN cannot run here: {reason}"
-    );
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {reason}");
+}
+
+/// Why a FUSE mount cannot be made here, if it cannot: no `/dev/fuse` character device
+/// or no `fuse` filesystem in the kernel. (Mounting needs root too, which `Lan::new`
+/// checks; as root poolfs calls mount(2) itself, no fusermount3 needed.)
+pub fn fuse_missing() -> Option<String> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::metadata("/dev/fuse") {
+        Ok(m) if m.file_type().is_char_device() => {}
+        Ok(_) => return Some("/dev/fuse is not a character device".into()),
+        Err(e) => {
+            return Some(format!(
+                "no /dev/fuse ({e}; `mknod -m 666 /dev/fuse c 10 229`, `modprobe fuse`)"
+            ))
+        }
+    }
+    let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    if !fs
+        .lines()
+        .any(|l| l.split_whitespace().last() == Some("fuse"))
+    {
+        return Some("the kernel has no fuse filesystem (`modprobe fuse`)".into());
+    }
     None
 }
 
@@ -164,6 +205,7 @@ impl Lan {
             keep_alive,
             hosts,
             procs: Mutex::new(Vec::new()),
+            mount_dirs: Mutex::new(Vec::new()),
             dir,
         };
         let bridge = lan.bridge();
@@ -282,9 +324,63 @@ impl Lan {
         c
     }
 
+    /// Like `host_command`, but in the supervisor's mount namespace (shared by every
+    /// such command, so they all see the same mounts) instead of a fresh one per command
+    /// as `ip netns exec` makes. Both namespace files are opened from here before nsenter
+    /// enters either: the host's through the supervisor's root, where `/run/netns` is.
+    fn host_command_shared(&self, i: usize, program: &Path, args: &[&str]) -> Command {
+        let sup = self.supervisor.id();
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--mount=/proc/{sup}/ns/mnt"))
+            .arg(format!(
+                "--net=/proc/{sup}/root/run/netns/{}",
+                self.hosts[i].name
+            ))
+            .arg("--")
+            .arg(program)
+            .args(args)
+            .env_remove("POOLFS_CONTROLLER")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// A directory `/run/poolfs-{tag}/{name}` in the LAN's own mount namespace (on its
+    /// private tmpfs: it does not exist on the machine) to mount on from `spawn_shared`
+    /// processes. `Drop` lazily unmounts it before the supervisor goes.
+    pub fn mount_dir(&self, name: &str) -> PathBuf {
+        let dir = PathBuf::from(format!("/run/poolfs-{}/{name}", self.tag));
+        self.lan_sh(&format!(
+            "mkdir -p {}",
+            sh_quote(dir.to_str().expect("UTF-8"))
+        ));
+        self.mount_dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(dir.clone());
+        dir
+    }
+
+    /// The mount table (`/proc/self/mounts`) of the LAN's own mount namespace.
+    pub fn lan_mounts(&self) -> String {
+        self.lan_sh("cat /proc/self/mounts")
+    }
+
     /// Starts `program args` inside host `i`, its output going to a log file; returns
     /// its pid (nsenter and `ip netns exec` exec in place, so it is the program's own).
     pub fn spawn(&self, i: usize, label: &str, program: &Path, args: &[&str]) -> u32 {
+        let command = self.host_command(i, program, args);
+        self.spawn_command(i, label, command)
+    }
+
+    /// Like `spawn`, but in the LAN's shared mount namespace (see `host_command_shared`):
+    /// for a process that mounts a filesystem others must see, such as `poolfs mount`.
+    pub fn spawn_shared(&self, i: usize, label: &str, program: &Path, args: &[&str]) -> u32 {
+        let command = self.host_command_shared(i, program, args);
+        self.spawn_command(i, label, command)
+    }
+
+    fn spawn_command(&self, i: usize, label: &str, mut command: Command) -> u32 {
         let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
         let log = self.dir.path().join(format!(
             "{}-{label}-{}.log",
@@ -293,8 +389,7 @@ impl Lan {
         ));
         let out = File::create(&log).expect("a log file");
         let err = out.try_clone().expect("a log file");
-        let child = self
-            .host_command(i, program, args)
+        let child = command
             .stdout(out)
             .stderr(err)
             .spawn()
@@ -319,6 +414,28 @@ impl Lan {
         args: &[&str],
         timeout: Duration,
     ) -> (ExitStatus, String, String) {
+        let what = format!("{} {args:?} on {}", program.display(), self.hosts[i].name);
+        self.run_command(i, self.host_command(i, program, args), &what, timeout)
+    }
+
+    /// Runs a shell script inside host `i`, in the LAN's shared mount namespace (where
+    /// `spawn_shared` processes mount), to completion (killed after `timeout`); panics
+    /// if it fails. Returns its standard output.
+    pub fn host_sh_shared(&self, i: usize, script: &str, timeout: Duration) -> String {
+        let command = self.host_command_shared(i, Path::new("sh"), &["-c", script]);
+        let what = format!("`{script}` on {}", self.hosts[i].name);
+        let (status, out, err) = self.run_command(i, command, &what, timeout);
+        assert!(status.success(), "{what} failed ({status}):\n{err}");
+        out
+    }
+
+    fn run_command(
+        &self,
+        i: usize,
+        mut command: Command,
+        what: &str,
+        timeout: Duration,
+    ) -> (ExitStatus, String, String) {
         let stamp = format!(
             "{}-run-{}",
             self.hosts[i].name,
@@ -326,8 +443,7 @@ impl Lan {
         );
         let out_path = self.dir.path().join(format!("{stamp}.out"));
         let err_path = self.dir.path().join(format!("{stamp}.err"));
-        let mut child = self
-            .host_command(i, program, args)
+        let mut child = command
             .stdout(File::create(&out_path).expect("an output file"))
             .stderr(File::create(&err_path).expect("an output file"))
             .spawn()
@@ -340,9 +456,7 @@ impl Lan {
                     let _ = child.kill();
                     let _ = child.wait();
                     panic!(
-                        "{} {args:?} on {} did not finish within {timeout:?}; stderr:\n{}",
-                        program.display(),
-                        self.hosts[i].name,
+                        "{what} did not finish within {timeout:?}; stderr:\n{}",
                         std::fs::read_to_string(&err_path).unwrap_or_default()
                     );
                 }
@@ -393,6 +507,32 @@ impl Lan {
         let _ = p.child.kill();
         let _ = p.child.wait();
         std::fs::read_to_string(&p.log).unwrap_or_default()
+    }
+
+    /// Waits up to `timeout` for process `pid` (started with `spawn`) to exit by itself;
+    /// returns its exit status and log, or None if it still runs (it stays held, so
+    /// `Drop` still kills it).
+    pub fn wait_exit(&self, pid: u32, timeout: Duration) -> Option<(ExitStatus, String)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+                let p = procs
+                    .iter_mut()
+                    .find(|p| p.pid == pid)
+                    .unwrap_or_else(|| panic!("no process {pid} was started by this LAN"));
+                if let Some(status) = p.child.try_wait().expect("cannot wait for a child") {
+                    let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+                    drop(procs);
+                    self.take(pid);
+                    return Some((status, log));
+                }
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Stops process `pid` with SIGTERM (SIGKILL after 10 s) and reaps it; returns its
@@ -501,6 +641,22 @@ impl Drop for Lan {
         for mut p in procs {
             let _ = p.child.kill();
             let _ = p.child.wait();
+        }
+        // With their daemons gone, detach the mounts (lazily: nothing may block here).
+        // Not through `lan_sh`, which panics: a panic while unwinding would abort.
+        let dirs = std::mem::take(self.mount_dirs.get_mut().unwrap_or_else(|p| p.into_inner()));
+        for dir in dirs {
+            let dir = dir.to_string_lossy();
+            let script = format!(
+                "while grep -qF {pattern} /proc/self/mounts; do umount -l -c {dir} || break; done",
+                pattern = sh_quote(&format!(" {dir} ")),
+                dir = sh_quote(&dir),
+            );
+            let _ = self
+                .enter()
+                .args(["sh", "-c", &script])
+                .stdin(Stdio::null())
+                .output();
         }
         // Closing its stdin lets the supervisor clean up and exit.
         drop(self.keep_alive.take());
