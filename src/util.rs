@@ -85,6 +85,29 @@ pub fn load_or_create_identity(dir: &Path) -> io::Result<Identity> {
     }
 }
 
+/// Takes an exclusive lock on `dir/lock` for as long as the returned file lives;
+/// fails at once if another process holds it.
+pub fn lock_dir(dir: &Path) -> io::Result<fs::File> {
+    use std::os::fd::AsRawFd;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::WouldBlock {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{} is in use by another poolfs process", dir.display()),
+            ));
+        }
+        return Err(e);
+    }
+    Ok(file)
+}
+
 /// Lower-case hex of `bytes`.
 pub fn encode_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -140,6 +163,16 @@ mod tests {
         assert!(parse_size("5X").is_err());
         assert!(parse_size("99999999999T").is_err());
         assert_eq!(human_size(1536), "1.5 KiB");
+    }
+
+    #[test]
+    fn a_locked_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = lock_dir(dir.path()).unwrap();
+        let e = lock_dir(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("in use"), "{e}");
+        drop(held);
+        lock_dir(dir.path()).unwrap();
     }
 
     #[test]

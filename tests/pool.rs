@@ -767,3 +767,35 @@ fn vm_rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS in /proc/PID/status")
 }
+
+/// A second node on a storage directory in use is refused before it joins (it would
+/// otherwise take over the running node's identity and place in the pool).
+#[test]
+fn a_second_node_on_the_same_storage_is_refused() {
+    let c = Cluster::start(2);
+    let storage = c.storage(0).display().to_string();
+    // `cli` names the controller already.
+    let mut second = c
+        .cli(&["node", "--storage", &storage, "--listen", "127.0.0.1:0"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_until(
+        "the second node to give up",
+        Duration::from_secs(10),
+        || second.try_wait().unwrap(),
+    );
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("in use"), "unclear refusal: {err}");
+    let view = c.status();
+    assert_eq!(view.live().len(), 2, "the running nodes stay up: {view:?}");
+    assert_eq!(view.nodes.len(), 2, "no new member: {view:?}");
+    let (src, data) = c.random_file("after", 10_000, 7);
+    assert_same(
+        &c.round_trip("after", &src),
+        &data,
+        "put/get after the refusal",
+    );
+}

@@ -100,6 +100,8 @@ pub struct Node {
     shared: Arc<Shared>,
     addr: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
+    // Held for the node's lifetime: the lock that keeps a second process off this storage.
+    _lock: std::fs::File,
 }
 
 impl Node {
@@ -114,6 +116,9 @@ impl Node {
             path: cfg.storage.clone(),
             source,
         };
+        // A second node on the same storage would join with the same identity and take
+        // over the running node's place in the pool: refuse it before it says anything.
+        let lock = crate::util::lock_dir(&cfg.storage).map_err(storage_err)?;
         let identity = crate::util::load_or_create_identity(&cfg.storage).map_err(storage_err)?;
         let capacity = match cfg.capacity {
             Some(c) => c,
@@ -153,6 +158,7 @@ impl Node {
             shared,
             addr,
             tasks: vec![server, membership],
+            _lock: lock,
         })
     }
 
