@@ -1739,3 +1739,34 @@ fn a_node_killed_mid_read_never_stalls_a_reader() {
         "a read() stalled {slowest:?}"
     );
 }
+
+/// Files use the pool as it is when their data is first written: a node that joins
+/// later is used by new files and by files that were still empty.
+#[test]
+fn new_and_empty_files_use_nodes_that_joined_later() {
+    if !can_mount() {
+        return;
+    }
+    let mut pool = Pool::up("grow", 3);
+    let early = pool.path("early");
+    fs::write(&early, b"").unwrap();
+    pool.add_node("late");
+    assert!(
+        wait_until(Duration::from_secs(10), || member_states(pool.controller)
+            .iter()
+            .filter(|s| *s == "Up")
+            .count()
+            == 4),
+        "the late node did not join"
+    );
+    // The mount's view of the pool is at most a second old.
+    std::thread::sleep(Duration::from_millis(1200));
+    fs::write(&early, vec![7u8; 300_000]).unwrap();
+    let fresh = pool.path("fresh");
+    fs::write(&fresh, vec![9u8; 300_000]).unwrap();
+    for f in [&early, &fresh] {
+        let h = health(f);
+        assert!(h.starts_with("healthy: 4 of 4"), "{}: {h}", f.display());
+    }
+    assert_eq!(fs::read(&early).unwrap(), vec![7u8; 300_000]);
+}

@@ -188,9 +188,32 @@ impl FileData {
             .ok_or_else(|| FsError::Meta("stripe buffer vanished".into()))
     }
 
+    /// An empty file is placed again on the pool as it is now, if its holders are no
+    /// longer exactly the live nodes (one died, or nodes joined since it was created).
+    async fn refresh_empty_placement(&mut self) -> Result<(), FsError> {
+        if self.size() != 0 || !self.manifest.stripes.is_empty() || !self.dirty.is_empty() {
+            return Ok(());
+        }
+        let view = self.client.view().await?;
+        let live: Vec<_> = view.live().iter().map(|n| n.id).collect();
+        let holders: Vec<_> = self
+            .manifest
+            .place
+            .holders
+            .iter()
+            .map(|h| h.node_id)
+            .collect();
+        if live != holders {
+            self.manifest = self.client.new_file().await?;
+            self.changed = true;
+        }
+        Ok(())
+    }
+
     /// Writes `data` at `offset`; full stripes start uploading at once.
     pub async fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), FsError> {
         self.check_failed()?;
+        self.refresh_empty_placement().await?;
         let stripe_size = self.stripe_size();
         let end = offset
             .checked_add(data.len() as u64)
