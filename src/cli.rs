@@ -43,6 +43,8 @@ pub enum Command {
     Up(UpArgs),
     /// Unmount a pool started with `up` and stop its processes.
     Down(DownArgs),
+    /// Verify every shard of every file of a mount now, and rewrite the bad ones.
+    Scrub(ScrubArgs),
     /// Ask the controller to sweep the LAN for nodes now, and show what it found.
     Scan(ScanArgs),
 }
@@ -91,6 +93,12 @@ pub struct UpArgs {
     /// Where the pool's state lives [default: DATA_DIR].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ScrubArgs {
+    /// The pool's mount point.
+    pub mountpoint: PathBuf,
 }
 
 #[derive(Args, Debug)]

@@ -111,6 +111,16 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Scan(args) => runtime()?.block_on(scan(args)),
+        Command::Scrub(args) => {
+            let report = poolfs::fs::mount::scrub(&args.mountpoint).with_context(|| {
+                format!(
+                    "cannot scrub {} (is it a poolfs mount?)",
+                    args.mountpoint.display()
+                )
+            })?;
+            println!("{report}");
+            Ok(())
+        }
     }
 }
 

@@ -14,8 +14,8 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use harness::{
-    assert_same_file, can_mount, drop_cache, health, is_mounted, member_states, procs_under,
-    random_file, run, run_ok, segment_usage, wait_until, Pool, Rng, MIB,
+    assert_same_file, can_mount, drop_cache, health, is_mounted, member_states, poolfs,
+    procs_under, random_file, run, run_ok, segment_usage, wait_until, Pool, Rng, MIB,
 };
 
 /// The errno of a failed call; panics (naming `what`) if it succeeded.
@@ -1769,4 +1769,55 @@ fn new_and_empty_files_use_nodes_that_joined_later() {
         assert!(h.starts_with("healthy: 4 of 4"), "{}: {h}", f.display());
     }
     assert_eq!(fs::read(&early).unwrap(), vec![7u8; 300_000]);
+}
+
+/// A parity shard that no read touches is verified and healed by `poolfs scrub`.
+#[test]
+fn scrub_heals_a_corrupt_parity_shard() {
+    if !can_mount() {
+        return;
+    }
+    let pool = Pool::up("scrub", 3);
+    let f = pool.path("f");
+    let want: Vec<u8> = (0..5 * MIB).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(&f, &want).unwrap();
+    // The parity segment is the last one (index 2 of k = 2 + m = 1): find its file.
+    let parity: Vec<PathBuf> = pool
+        .storages()
+        .iter()
+        .flat_map(|s| walk(&s.join("segments")))
+        .filter(|p| p.file_name().is_some_and(|n| n == "2.seg"))
+        .collect();
+    assert_eq!(parity.len(), 1, "one parity segment: {parity:?}");
+    let good = fs::read(&parity[0]).unwrap();
+    let mut bad = good.clone();
+    bad[100] ^= 0xff;
+    fs::write(&parity[0], &bad).unwrap();
+
+    let out = run_ok(poolfs(["scrub"]).arg(&pool.mnt));
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(report.contains("1 healed"), "{report}");
+    assert_eq!(
+        fs::read(&parity[0]).unwrap(),
+        good,
+        "the parity shard was rewritten"
+    );
+    let again =
+        String::from_utf8_lossy(&run_ok(poolfs(["scrub"]).arg(&pool.mnt)).stdout).into_owned();
+    assert!(again.contains("0 healed"), "{again}");
+    drop_cache(&f);
+    assert!(fs::read(&f).unwrap() == want);
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }

@@ -494,6 +494,55 @@ impl PoolClient {
         Ok(moved)
     }
 
+    /// Verifies every shard of stripe `j`, data and parity, and rewrites those that are
+    /// missing or corrupt on holders that are up. Returns (shards verified, shards healed).
+    pub async fn scrub_stripe(
+        &self,
+        place: &Placement,
+        j: u64,
+        stripe_len: u64,
+        sums: &[Checksum],
+    ) -> Result<(usize, usize), ClientError> {
+        let n = place.layout.segments() as usize;
+        if sums.is_empty() {
+            return Ok((0, 0));
+        }
+        if sums.len() < n {
+            return Err(ClientError::Incomplete {
+                file: place.file_id.clone(),
+                stripe: j,
+            });
+        }
+        let shard_len = place.layout.shard_len(stripe_len);
+        let fetched = futures::future::join_all(
+            (0..n).map(|i| self.fetch_shard(place, j, i, shard_len, &sums[i])),
+        )
+        .await;
+        let skip = self.unhealthy(place).await;
+        let bad: Vec<usize> = (0..n)
+            .filter(|&i| fetched[i].is_err() && !skip[i])
+            .collect();
+        let verified = fetched.iter().filter(|r| r.is_ok()).count();
+        if bad.is_empty() {
+            return Ok((verified, 0));
+        }
+        for i in &bad {
+            if let Err(why) = &fetched[*i] {
+                log::warn!("scrub: stripe {j} of file {}: {why}", place.file_id);
+            }
+        }
+        let shards: Vec<Option<Vec<u8>>> = fetched.into_iter().map(Result::ok).collect();
+        let data = stripe::decode(&place.layout, stripe_len as usize, shards).map_err(|e| {
+            ClientError::Codec {
+                file: place.file_id.clone(),
+                stripe: j,
+                message: e.to_string(),
+            }
+        })?;
+        self.heal(place, j, &data, &bad).await;
+        Ok((verified, bad.len()))
+    }
+
     /// Rewrites shards that failed their checksum with the bytes rebuilt from the others.
     async fn heal(&self, place: &Placement, j: u64, data: &[u8], bad: &[usize]) {
         let Ok(shards) = stripe::encode(&place.layout, data) else {

@@ -14,7 +14,7 @@ use fuser::{
     Request, TimeOrNow, WriteFlags,
 };
 
-use super::meta::{Inode, Kind, Time, NAME_MAX};
+use super::meta::{Inode, Kind, Time, NAME_MAX, ROOT};
 use super::repair;
 use super::vfs::{SetAttr, Vfs};
 use super::FsError;
@@ -25,6 +25,9 @@ const BLOCK: u32 = 4096;
 
 /// Extended attribute that tells a file's health (`getfattr -n user.poolfs.health`).
 pub const HEALTH_XATTR: &str = "user.poolfs.health";
+/// Extended attribute of the mount's root: setting it runs a scrub pass now, reading it
+/// tells the outcome of the last one (`poolfs scrub MOUNTPOINT` does both).
+pub const SCRUB_XATTR: &str = "user.poolfs.scrub";
 
 /// The filesystem as fuser sees it.
 pub struct PoolFs {
@@ -390,6 +393,9 @@ impl Filesystem for PoolFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if ino.0 == ROOT && name.as_bytes() == SCRUB_XATTR.as_bytes() {
+            return xattr(reply, size, repair::last_scrub(&self.vfs).as_bytes());
+        }
         if name.as_bytes() != HEALTH_XATTR.as_bytes() {
             return reply.error(Errno::from_i32(libc::ENODATA));
         }
@@ -412,13 +418,16 @@ impl Filesystem for PoolFs {
     fn setxattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
+        ino: INodeNo,
+        name: &OsStr,
         _value: &[u8],
         _flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        if ino.0 == ROOT && name.as_bytes() == SCRUB_XATTR.as_bytes() {
+            return empty(reply, repair::scrub_and_record(&self.vfs).map(|_| ()));
+        }
         reply.error(Errno::from_i32(libc::ENOTSUP));
     }
 

@@ -100,6 +100,9 @@ fn check_mountpoint(path: &Path) -> Result<PathBuf, MountError> {
     Ok(canon)
 }
 
+/// How often the mount verifies every shard of its files (the slow periodic scrub).
+const SCRUB_INTERVAL: Duration = Duration::from_secs(6 * 3600);
+
 /// How often the mount looks for segments to rebuild.
 const REPAIR_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -111,7 +114,14 @@ fn spawn_repair(
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut last = RepairReport::default();
+        let mut next_scrub = std::time::Instant::now() + SCRUB_INTERVAL;
         while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            if std::time::Instant::now() >= next_scrub {
+                if let Err(e) = repair::scrub_and_record(&vfs) {
+                    log::warn!("scrub pass failed: {e}");
+                }
+                next_scrub = std::time::Instant::now() + SCRUB_INTERVAL;
+            }
             match repair::repair_pass(&vfs, grace) {
                 Ok(report) if report != last => {
                     log::info!(
@@ -239,4 +249,32 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
     log::info!("unmounted {}; leaving the pool", mountpoint.display());
     rt.block_on(node.leave());
     Ok(())
+}
+
+/// Asks the mount at `mountpoint` to scrub now (through its root's scrub attribute) and
+/// returns its report.
+pub fn scrub(mountpoint: &Path) -> std::io::Result<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    let name = std::ffi::CString::new(super::fuse::SCRUB_XATTR).map_err(std::io::Error::other)?;
+    // SAFETY: valid NUL-terminated strings and a value buffer of the given length.
+    if unsafe { libc::setxattr(path.as_ptr(), name.as_ptr(), b"now".as_ptr().cast(), 3, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut buf = vec![0u8; 1024];
+    // SAFETY: as above, with a writable buffer.
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(String::from_utf8_lossy(&buf).into_owned())
 }

@@ -140,3 +140,68 @@ pub fn repair_pass(vfs: &Vfs, grace: Duration) -> Result<RepairReport, FsError> 
     }
     Ok(report)
 }
+
+/// What one scrub pass found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ScrubReport {
+    pub files: usize,
+    pub verified: usize,
+    pub healed: usize,
+    pub unreadable: usize,
+}
+
+impl std::fmt::Display for ScrubReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "scrubbed {} files: {} shards verified, {} healed, {} stripes unreadable",
+            self.files, self.verified, self.healed, self.unreadable
+        )
+    }
+}
+
+/// Runs a scrub pass and records its outcome for `user.poolfs.scrub`.
+pub fn scrub_and_record(vfs: &Vfs) -> Result<ScrubReport, FsError> {
+    let report = scrub_pass(vfs)?;
+    log::info!("{report}");
+    *vfs.last_scrub.lock().unwrap_or_else(|p| p.into_inner()) = Some(report.to_string());
+    Ok(report)
+}
+
+/// The outcome of the last scrub pass.
+pub fn last_scrub(vfs: &Vfs) -> String {
+    vfs.last_scrub
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .unwrap_or_else(|| "no scrub yet".into())
+}
+
+/// Reads and verifies every shard of every closed file, rewriting the bad ones.
+pub fn scrub_pass(vfs: &Vfs) -> Result<ScrubReport, FsError> {
+    let mut report = ScrubReport::default();
+    for inode in vfs.meta().files()? {
+        let Some(m) = &inode.manifest else { continue };
+        if vfs.is_open(inode.ino) {
+            continue;
+        }
+        report.files += 1;
+        for j in 0..m.place.layout.stripe_count(m.size) {
+            match vfs.run(
+                vfs.client()
+                    .scrub_stripe(&m.place, j, m.stripe_len(j), m.sums(j)),
+            ) {
+                Ok((verified, healed)) => {
+                    report.verified += verified;
+                    report.healed += healed;
+                }
+                Err(e) => {
+                    log::error!("scrub: {e}");
+                    report.unreadable += 1;
+                }
+            }
+            std::thread::sleep(STRIPE_PAUSE);
+        }
+    }
+    Ok(report)
+}

@@ -50,6 +50,8 @@ pub struct Vfs {
     handles: Mutex<HashMap<u64, OpenHandle>>,
     next_fh: AtomicU64,
     max_uploads: usize,
+    /// The outcome of the last scrub pass, for `user.poolfs.scrub` on the root.
+    pub(super) last_scrub: Mutex<Option<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -68,6 +70,7 @@ impl Vfs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             max_uploads: 4,
+            last_scrub: Mutex::new(None),
         };
         for orphan in vfs.meta.orphans()? {
             vfs.remove_inode(&orphan);
