@@ -668,8 +668,9 @@ fn a_file_copied_into_a_mount_lands_on_the_other_hosts_and_reads_back() {
     let copy_time = t.elapsed();
     let after: Vec<(u64, u64)> = (0..4).map(|h| lan.port_bytes(h)).collect();
 
-    // Four segments of one file, about a quarter of it each: segment i on node i + 1.
-    let quarter = (size / 4) as u64;
+    // Four segments of one file (k = 3 data + 1 parity, the default on 4 nodes), about a
+    // third of it each: segment i on node i + 1.
+    let third = (size / 3) as u64;
     let mut file_ids = Vec::new();
     let mut seg_len = Vec::new();
     for h in 0..=3usize {
@@ -689,8 +690,8 @@ fn a_file_copied_into_a_mount_lands_on_the_other_hosts_and_reads_back() {
             id - 1
         );
         assert!(
-            (quarter..quarter + 4096).contains(&len),
-            "host {h}'s segment is {len} bytes, not about a quarter of {size}"
+            (third..third + 4096).contains(&len),
+            "host {h}'s segment is {len} bytes, not about a third of {size}"
         );
         file_ids.push(file);
         seg_len.push(len);
