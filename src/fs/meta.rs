@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::SystemTime;
 
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::FsError;
@@ -201,6 +201,10 @@ impl MetaStore {
         Ok(meta)
     }
 
+    /// Runs `f` in one write transaction. Namespace changes are written at once but
+    /// synced lazily (they survive the process dying, like a directory that was not
+    /// fsynced); `Durability::Immediate` is for committing the data of a closed or
+    /// fsynced file, and it also makes every earlier change durable.
     fn write<T>(
         &self,
         f: impl FnOnce(
@@ -209,7 +213,20 @@ impl MetaStore {
             &mut redb::Table<'_, &'static str, u64>,
         ) -> Result<T, FsError>,
     ) -> Result<T, FsError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+        self.write_with(Durability::Eventual, f)
+    }
+
+    fn write_with<T>(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(
+            &mut Inodes<'_>,
+            &mut Dirents<'_>,
+            &mut redb::Table<'_, &'static str, u64>,
+        ) -> Result<T, FsError>,
+    ) -> Result<T, FsError> {
+        let mut txn = self.db.begin_write().map_err(db_err)?;
+        txn.set_durability(durability);
         let out = {
             let mut inodes = txn.open_table(INODES).map_err(db_err)?;
             let mut dirents = txn.open_table(DIRENTS).map_err(db_err)?;
@@ -474,6 +491,15 @@ impl MetaStore {
     /// `NotFound` if the inode has been purged meanwhile.
     pub fn put(&self, inode: &Inode) -> Result<(), FsError> {
         self.write(|inodes, _, _| {
+            load(inodes, inode.ino)?;
+            store(inodes, inode)
+        })
+    }
+
+    /// `put`, synced to disk before it returns: for the manifest of a file whose
+    /// close or fsync is about to report success.
+    pub fn put_durable(&self, inode: &Inode) -> Result<(), FsError> {
+        self.write_with(Durability::Immediate, |inodes, _, _| {
             load(inodes, inode.ino)?;
             store(inodes, inode)
         })

@@ -180,7 +180,7 @@ impl Vfs {
         inode.manifest = Some(data.manifest.clone());
         inode.mtime = Time::now();
         inode.ctime = inode.mtime;
-        self.meta.put(&inode)?;
+        self.meta.put_durable(&inode)?;
         data.changed = false;
         for old in std::mem::take(&mut data.retired) {
             self.delete_segments(&old);
@@ -486,7 +486,7 @@ impl Vfs {
             return Ok(false);
         }
         inode.manifest = Some(new);
-        self.meta.put(&inode)?;
+        self.meta.put_durable(&inode)?;
         drop(open);
         Ok(true)
     }
