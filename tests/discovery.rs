@@ -618,6 +618,9 @@ fn a_file_copied_into_a_mount_lands_on_the_other_hosts_and_reads_back() {
             &ctrl,
             "--listen",
             &listen,
+            // No parity: four data segments, a quarter of the file each.
+            "--parity",
+            "0",
             "--foreground",
         ],
     );
@@ -862,6 +865,10 @@ fn sweep_errors_name_their_cause() {
         bin = copy;
     }
     let user_state = open.path().join("state");
+    // The unprivileged user gets a copy of the pool key it can read.
+    let user_key = open.path().join("pool.key");
+    std::fs::copy(common::test_key(), &user_key).expect("copy the pool key");
+    std::os::unix::fs::chown(&user_key, Some(65534), Some(65534)).expect("chown the key");
     let (st, _, err) = lan.run(
         0,
         Path::new("setpriv"),
@@ -875,6 +882,8 @@ fn sweep_errors_name_their_cause() {
             &listen,
             "--state",
             path_str(&user_state),
+            "--key",
+            path_str(&user_key),
             "--scan",
             "eth0",
         ],

@@ -1339,7 +1339,8 @@ fn mount_t_poolfs_through_the_helper() {
         .args(["-t", "poolfs", &ctrl.addr.to_string()])
         .arg(&mnt)
         .args(["-o", "listen=127.0.0.1:0"])
-        .env("POOLFS_BIN", harness::BIN));
+        .env("POOLFS_BIN", harness::BIN)
+        .env("POOLFS_KEY", harness::test_key()));
     assert!(!out.status.success(), "mount without storage= succeeded");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -1356,7 +1357,8 @@ fn mount_t_poolfs_through_the_helper() {
             "storage={},listen=127.0.0.1:0,_netdev",
             storage.display()
         ))
-        .env("POOLFS_BIN", harness::BIN));
+        .env("POOLFS_BIN", harness::BIN)
+        .env("POOLFS_KEY", harness::test_key()));
     assert!(
         out.status.success(),
         "mount -t poolfs failed: {}{}",
