@@ -84,10 +84,17 @@ impl Channel {
 
     /// Runs the initiator's side of the handshake on `stream`.
     pub async fn initiate(stream: TcpStream, creds: &Credentials) -> Result<Self, HandshakeError> {
+        Channel::initiate_with(stream, creds, &prologue()).await
+    }
+
+    async fn initiate_with(
+        stream: TcpStream,
+        creds: &Credentials,
+        prologue: &[u8],
+    ) -> Result<Self, HandshakeError> {
         let (mut rd, mut wr) = Channel::split(stream);
-        let prologue = prologue();
         let mut hs = builder(creds)?
-            .prologue(&prologue)
+            .prologue(prologue)
             .and_then(|b| b.build_initiator())
             .map_err(HandshakeError::Noise)?;
         let mut buf = vec![0u8; MAX_HANDSHAKE_MESSAGE];
@@ -369,6 +376,28 @@ mod tests {
             srv.read_body(MAX_BODY + 1).await,
             Err(FrameError::BodyTooLarge(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn another_protocol_version_fails_the_handshake() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let key = PoolKey::generate();
+        let creds = Credentials::ephemeral(&key).unwrap();
+        let accept = async {
+            let (s, _) = listener.accept().await.unwrap();
+            Channel::respond(s, &creds).await
+        };
+        let mut old = prologue();
+        let last = old.len() - 1;
+        old[last] ^= 1;
+        let connect = async {
+            let s = TcpStream::connect(addr).await.unwrap();
+            Channel::initiate_with(s, &creds, &old).await
+        };
+        let (srv, cli) = tokio::join!(accept, connect);
+        assert!(matches!(srv, Err(HandshakeError::Refused(_))));
+        assert!(matches!(cli, Err(HandshakeError::Closed)));
     }
 
     #[tokio::test]
