@@ -70,13 +70,12 @@ fn init(args: cli::InitArgs) -> Result<()> {
     let path = args.key.unwrap_or_else(default_key_path);
     PoolKey::create(&path)?;
     let shown = path.display();
-    println!(
-        "created a new pool key in {shown} (mode 0600).
-         Every member of the pool needs this same file: copy it over a channel you trust,          for example
-    scp {shown} OTHER-HOST:.local/share/poolfs/pool.key
-         (the default location there), or give its path with --key FILE or POOLFS_KEY.
-         Keep it secret: whoever holds it can join the pool."
-    );
+    println!("created a new pool key in {shown} (mode 0600).");
+    println!("Every member of the pool needs this same file: copy it over a channel you trust,");
+    println!("for example to the default location on another machine:");
+    println!("    scp {shown} OTHER-HOST:.local/share/poolfs/pool.key");
+    println!("or give its path with --key FILE (or POOLFS_KEY=FILE).");
+    println!("Keep it secret: whoever holds it can join the pool and read its view.");
     Ok(())
 }
 
