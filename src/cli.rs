@@ -27,6 +27,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Create a new pool key (the secret every member of the pool must hold).
+    Init(InitArgs),
     /// Run the controller: membership, ids, liveness (no file bytes pass through it).
     Controller(ControllerArgs),
     /// Run a storage node that contributes disk space to the pool.
@@ -47,6 +49,21 @@ pub enum Command {
     Scrub(ScrubArgs),
     /// Ask the controller to sweep the LAN for nodes now, and show what it found.
     Scan(ScanArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Where to create the key [default: DATA_DIR/pool.key].
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+}
+
+/// The pool key a process proves on every connection.
+#[derive(Args, Debug, Clone)]
+pub struct KeyOpt {
+    /// The pool key file, as made by `poolfs init` [default: DATA_DIR/pool.key].
+    #[arg(long = "key", env = "POOLFS_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -78,6 +95,8 @@ pub struct MountArgs {
     /// Stay attached to the terminal instead of returning once mounted.
     #[arg(long, short = 'f')]
     pub foreground: bool,
+    #[command(flatten)]
+    pub key: KeyOpt,
 }
 
 #[derive(Args, Debug)]
@@ -93,6 +112,9 @@ pub struct UpArgs {
     /// Where the pool's state lives [default: DATA_DIR].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// The pool key file, created if missing [default: a new key in the pool's state].
+    #[arg(long = "key", env = "POOLFS_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -135,6 +157,8 @@ pub struct ControllerArgs {
     /// Seconds between sweeps (0: sweep only at start and on `poolfs scan`).
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub rescan_interval: u64,
+    #[command(flatten)]
+    pub key: KeyOpt,
 }
 
 #[derive(Args, Debug)]
@@ -151,12 +175,16 @@ pub struct NodeArgs {
     /// Space offered to the pool, e.g. 10G [default: free space of the storage disk].
     #[arg(long, value_parser = parse_size)]
     pub capacity: Option<u64>,
+    #[command(flatten)]
+    pub key: KeyOpt,
 }
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
     #[command(flatten)]
     pub controller: ControllerOpt,
+    #[command(flatten)]
+    pub key: KeyOpt,
     /// Print the view as JSON.
     #[arg(long)]
     pub json: bool,
@@ -166,6 +194,8 @@ pub struct StatusArgs {
 pub struct ScanArgs {
     #[command(flatten)]
     pub controller: ControllerOpt,
+    #[command(flatten)]
+    pub key: KeyOpt,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -193,6 +223,8 @@ pub struct PutArgs {
     pub controller: ControllerOpt,
     #[command(flatten)]
     pub catalog: CatalogOpt,
+    #[command(flatten)]
+    pub key: KeyOpt,
 }
 
 #[derive(Args, Debug)]
@@ -205,6 +237,8 @@ pub struct GetArgs {
     pub controller: ControllerOpt,
     #[command(flatten)]
     pub catalog: CatalogOpt,
+    #[command(flatten)]
+    pub key: KeyOpt,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {

@@ -7,5 +7,6 @@ pub mod fs;
 pub mod net;
 pub mod node;
 pub mod proto;
+pub mod trust;
 pub mod up;
 pub mod util;

@@ -15,6 +15,7 @@ use poolfs::daemon;
 use poolfs::fs::mount::MountConfig;
 use poolfs::node::{Node, NodeConfig};
 use poolfs::proto::{PoolView, Request, Response, ScanReport};
+use poolfs::trust::{default_key_path, Credentials, PoolKey};
 use poolfs::util::{default_data_dir, human_size};
 
 fn main() {
@@ -52,9 +53,37 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// Loads the pool key named by `--key` / `POOLFS_KEY`, or the default one.
+fn load_key(opt: &cli::KeyOpt) -> Result<PoolKey> {
+    let path = opt.key.clone().unwrap_or_else(default_key_path);
+    Ok(PoolKey::load(&path)?)
+}
+
+/// Credentials for a one-shot client: the pool key and a throwaway static key.
+fn client_credentials(opt: &cli::KeyOpt) -> Result<std::sync::Arc<Credentials>> {
+    Ok(std::sync::Arc::new(Credentials::ephemeral(&load_key(
+        opt,
+    )?)?))
+}
+
+fn init(args: cli::InitArgs) -> Result<()> {
+    let path = args.key.unwrap_or_else(default_key_path);
+    PoolKey::create(&path)?;
+    let shown = path.display();
+    println!("created a new pool key in {shown} (mode 0600).");
+    println!("Every member of the pool needs this same file: copy it over a channel you trust,");
+    println!("for example to the default location on another machine:");
+    println!("    scp {shown} OTHER-HOST:.local/share/poolfs/pool.key");
+    println!("or give its path with --key FILE (or POOLFS_KEY=FILE).");
+    println!("Keep it secret: whoever holds it can join the pool and read its view.");
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Init(args) => init(args),
         Command::Controller(args) => runtime()?.block_on(async {
+            let key = load_key(&args.key)?;
             let state = args
                 .state
                 .unwrap_or_else(|| default_data_dir().join("controller"));
@@ -65,17 +94,19 @@ fn run(cli: Cli) -> Result<()> {
                     .then(|| std::time::Duration::from_secs(args.rescan_interval));
                 cfg
             });
-            let started = Controller::start_with(args.listen, state, discovery).await;
+            let started = Controller::start_with(args.listen, state, &key, discovery).await;
             daemon::notify(started.as_ref().map(|_| ()).map_err(|e| e.to_string()));
             let _controller = started?;
             wait_for_signal().await
         }),
         Command::Node(args) => runtime()?.block_on(async {
+            let key = load_key(&args.key)?;
             let started = Node::start(NodeConfig {
                 storage: args.storage,
                 listen: args.listen,
                 controller: args.controller,
                 capacity: args.capacity,
+                key,
             })
             .await;
             daemon::notify(started.as_ref().map(|_| ()).map_err(|e| e.to_string()));
@@ -90,8 +121,14 @@ fn run(cli: Cli) -> Result<()> {
         Command::Mount(args) => mount(args),
         Command::Up(args) => {
             let data = args.data_dir.unwrap_or_else(default_data_dir);
-            let state = poolfs::up::up(&data, &args.mountpoint, args.nodes, args.parity)
-                .map_err(anyhow::Error::msg)?;
+            let state = poolfs::up::up(
+                &data,
+                &args.mountpoint,
+                args.nodes,
+                args.parity,
+                args.key.as_deref(),
+            )
+            .map_err(anyhow::Error::msg)?;
             println!(
                 "pool of {} nodes mounted at {} (controller {}); `poolfs down {}` stops it",
                 args.nodes,
@@ -125,6 +162,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn mount(args: cli::MountArgs) -> Result<()> {
+    let key = load_key(&args.key)?;
     let cfg = MountConfig {
         mountpoint: args.mountpoint,
         storage: args.storage,
@@ -134,6 +172,7 @@ fn mount(args: cli::MountArgs) -> Result<()> {
         parity: args.parity,
         allow_other: args.allow_other,
         repair_grace: std::time::Duration::from_secs(args.repair_grace),
+        key,
     };
     if !args.foreground && std::env::var_os("POOLFS_NOTIFY_READY").is_none() {
         // Detach: run ourselves in the background and return once the mount is live.
@@ -162,6 +201,7 @@ async fn wait_for_signal() -> Result<()> {
 async fn status(args: cli::StatusArgs) -> Result<()> {
     let addr = args.controller.controller;
     let pool = poolfs::net::ConnPool::new(
+        client_credentials(&args.key)?,
         std::time::Duration::from_secs(2),
         std::time::Duration::from_secs(5),
     );
@@ -210,6 +250,7 @@ async fn scan(args: cli::ScanArgs) -> Result<()> {
     let addr = args.controller.controller;
     // A sweep takes a few seconds: wait for it well past the usual call timeout.
     let pool = poolfs::net::ConnPool::new(
+        client_credentials(&args.key)?,
         std::time::Duration::from_secs(2),
         std::time::Duration::from_secs(120),
     );
@@ -296,11 +337,12 @@ async fn put(args: cli::PutArgs) -> Result<()> {
             })?,
     };
     let catalog = catalog(&args.catalog);
+    let creds = client_credentials(&args.key)?;
     let src = tokio::fs::File::open(&args.file)
         .await
         .with_context(|| format!("cannot open {}", args.file.display()))?;
     let len = src.metadata().await.map(|m| m.len()).unwrap_or(0);
-    let mut cfg = ClientConfig::new(args.controller.controller);
+    let mut cfg = ClientConfig::new(args.controller.controller, creds);
     cfg.parity = args.parity;
     let client = PoolClient::new(cfg);
     let bar = progress_bar(len);
@@ -325,8 +367,9 @@ async fn put(args: cli::PutArgs) -> Result<()> {
 }
 
 async fn get(args: cli::GetArgs) -> Result<()> {
+    let creds = client_credentials(&args.key)?;
     let manifest = catalog(&args.catalog).load(&args.name)?;
-    let client = PoolClient::new(ClientConfig::new(args.controller.controller));
+    let client = PoolClient::new(ClientConfig::new(args.controller.controller, creds));
     let started = Instant::now();
     let bar = progress_bar(manifest.size);
     if args.out.as_os_str() == "-" {

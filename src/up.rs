@@ -72,12 +72,15 @@ fn stop(pids: &[u32]) {
 }
 
 /// Starts a controller, `nodes - 1` storage nodes and a mount (itself a node) on
-/// loopback, state under `data`. Returns what was started.
+/// loopback, state under `data`, all proving the pool key at `key` (by default a key of
+/// the pool's own in its state directory; either is created if missing). Returns what
+/// was started.
 pub fn up(
     data: &Path,
     mountpoint: &Path,
     nodes: u32,
     parity: Option<u32>,
+    key: Option<&Path>,
 ) -> Result<UpState, String> {
     if nodes == 0 {
         return Err("--nodes must be at least 1".into());
@@ -92,6 +95,9 @@ pub fn up(
     if state_file.exists() && is_mountpoint(&mountpoint) {
         return Err(format!("a pool is already up at {}", mountpoint.display()));
     }
+    // The local pool has a key of its own, kept with its state and given to every process.
+    let key = key.map_or_else(|| dir.join("pool.key"), Path::to_path_buf);
+    crate::trust::PoolKey::load_or_create(&key).map_err(|e| e.to_string())?;
     let controller = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let mut pids = Vec::new();
     let started = (|| {
@@ -103,6 +109,8 @@ pub fn up(
                 &ctrl,
                 &"--state",
                 &dir.join("controller"),
+                &"--key",
+                &key,
             ]),
             &dir.join("controller.log"),
             Duration::from_secs(10),
@@ -118,6 +126,8 @@ pub fn up(
                     &"127.0.0.1:0",
                     &"--controller",
                     &ctrl,
+                    &"--key",
+                    &key,
                 ]),
                 &dir.join(format!("node-{i}.log")),
                 Duration::from_secs(10),
@@ -132,6 +142,8 @@ pub fn up(
             &"127.0.0.1:0",
             &"--controller",
             &ctrl,
+            &"--key",
+            &key,
         ]);
         if let Some(m) = parity {
             mount.extend(args(&[&"--parity", &m.to_string()]));

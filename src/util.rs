@@ -1,10 +1,8 @@
-//! Small helpers shared by the binaries: sizes, identities, atomic files, disk space.
+//! Small helpers shared by the binaries: sizes, hex, atomic files, disk space.
 
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-
-use crate::proto::Identity;
 
 /// Parses sizes like `10G`, `512M`, `4k`, `1000` (powers of 1024).
 pub fn parse_size(text: &str) -> Result<u64, String> {
@@ -57,32 +55,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     }
     fs::rename(&tmp, path)?;
     fs::File::open(dir)?.sync_all()
-}
-
-/// Loads the identity kept in `dir/identity`, creating a random one the first time.
-pub fn load_or_create_identity(dir: &Path) -> io::Result<Identity> {
-    let path = dir.join("identity");
-    match fs::read_to_string(&path) {
-        Ok(text) => {
-            let bytes = decode_hex(text.trim())
-                .filter(|b| b.len() == 16)
-                .ok_or_else(|| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("{} is corrupt (expected 32 hex digits)", path.display()),
-                    )
-                })?;
-            let mut id = [0u8; 16];
-            id.copy_from_slice(&bytes);
-            Ok(Identity(id))
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let id: [u8; 16] = rand::random();
-            write_atomic(&path, encode_hex(&id).as_bytes())?;
-            Ok(Identity(id))
-        }
-        Err(e) => Err(e),
-    }
 }
 
 /// Takes an exclusive lock on `dir/lock` for as long as the returned file lives;
@@ -173,15 +145,5 @@ mod tests {
         assert!(e.to_string().contains("in use"), "{e}");
         drop(held);
         lock_dir(dir.path()).unwrap();
-    }
-
-    #[test]
-    fn identity_persists() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = load_or_create_identity(dir.path()).unwrap();
-        let b = load_or_create_identity(dir.path()).unwrap();
-        assert_eq!(a, b);
-        fs::write(dir.path().join("identity"), "zz").unwrap();
-        assert!(load_or_create_identity(dir.path()).is_err());
     }
 }

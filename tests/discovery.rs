@@ -863,6 +863,10 @@ fn sweep_errors_name_their_cause() {
         bin = copy;
     }
     let user_state = open.path().join("state");
+    // The unprivileged user gets a copy of the pool key it can read.
+    let user_key = open.path().join("pool.key");
+    std::fs::copy(common::test_key(), &user_key).expect("copy the pool key");
+    std::os::unix::fs::chown(&user_key, Some(65534), Some(65534)).expect("chown the key");
     let (st, _, err) = lan.run(
         0,
         Path::new("setpriv"),
@@ -876,6 +880,8 @@ fn sweep_errors_name_their_cause() {
             &listen,
             "--state",
             path_str(&user_state),
+            "--key",
+            path_str(&user_key),
             "--scan",
             "eth0",
         ],

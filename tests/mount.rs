@@ -1290,11 +1290,15 @@ fn up_and_down_end_to_end() {
     let twice = pool.down();
     assert!(!twice.status.success(), "a second down succeeded");
 
-    // Up again with the same data dir: the files are still there.
+    // Up again with the same data dir, this time without a key given: `up` makes one of
+    // its own for the pool, and the files are still there.
+    let own_key = pool.state.join("pool.key");
+    assert!(!own_key.exists(), "up made a key although it was given one");
     let out = run(harness::poolfs(["up"])
         .arg(&pool.mnt)
         .args(["--nodes", "3", "--data-dir"])
-        .arg(&pool.data));
+        .arg(&pool.data)
+        .env_remove("POOLFS_KEY"));
     let state: Option<poolfs::up::UpState> = fs::read(pool.state.join("up.json"))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
@@ -1310,6 +1314,18 @@ fn up_and_down_end_to_end() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_same_file(&src, &pool.path("f"));
+    let mode = fs::metadata(&own_key)
+        .expect("up's own key")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "up's key is private");
+    // Its key opens the pool; the key of the first run no longer does.
+    let ctrl = pool.controller.to_string();
+    let status = |key: &Path| run(harness::poolfs(["status", "-c", &ctrl, "--key"]).arg(key));
+    assert!(status(&own_key).status.success(), "status with up's key");
+    let old = status(harness::test_key());
+    assert!(!old.status.success(), "status with another key succeeded");
+    assert!(old.stdout.is_empty(), "the view leaked: {:?}", old.stdout);
 }
 
 /// `mount -t poolfs CONTROLLER DIR -o storage=...` through mount-helper/mount.poolfs,
@@ -1339,7 +1355,8 @@ fn mount_t_poolfs_through_the_helper() {
         .args(["-t", "poolfs", &ctrl.addr.to_string()])
         .arg(&mnt)
         .args(["-o", "listen=127.0.0.1:0"])
-        .env("POOLFS_BIN", harness::BIN));
+        .env("POOLFS_BIN", harness::BIN)
+        .env("POOLFS_KEY", harness::test_key()));
     assert!(!out.status.success(), "mount without storage= succeeded");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -1356,7 +1373,8 @@ fn mount_t_poolfs_through_the_helper() {
             "storage={},listen=127.0.0.1:0,_netdev",
             storage.display()
         ))
-        .env("POOLFS_BIN", harness::BIN));
+        .env("POOLFS_BIN", harness::BIN)
+        .env("POOLFS_KEY", harness::test_key()));
     assert!(
         out.status.success(),
         "mount -t poolfs failed: {}{}",

@@ -8,14 +8,15 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{assert_ok, dir_bytes, random_bytes, tree, wait_until, Cluster};
+use common::{
+    assert_ok, dir_bytes, noise_handshake, random_bytes, read_sealed_frame, seal, tree, wait_until,
+    Cluster,
+};
 use poolfs::client::catalog::Catalog;
 use poolfs::client::{ClientConfig, ClientError, Manifest, PoolClient, DEFAULT_SHARD_SIZE};
 use poolfs::net::Connection;
-use poolfs::proto::{
-    self, ErrorKind, Hello, HelloReply, NodeId, NodeState, Request, Response, SegmentRef, MAGIC,
-    PROTOCOL_VERSION,
-};
+use poolfs::proto::{self, ErrorKind, NodeId, NodeState, Request, Response, SegmentRef};
+use poolfs::trust::PoolKey;
 
 const NODES: usize = 4;
 /// Data bytes of one full stripe on a 4-node pool with the default shard size.
@@ -30,7 +31,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn client(c: &Cluster) -> PoolClient {
-    PoolClient::new(ClientConfig::new(c.ctrl()))
+    PoolClient::new(ClientConfig::new(c.ctrl(), c.credentials()))
 }
 
 fn manifest(c: &Cluster, name: &str) -> Manifest {
@@ -418,9 +419,10 @@ fn store_beyond_capacity_gets_no_space() {
     // A raw STORE past the free space, or far past the end of a segment, is refused.
     let rt = runtime();
     rt.block_on(async {
-        let mut conn = Connection::connect(c.nodes[0].addr, Duration::from_secs(5))
-            .await
-            .unwrap();
+        let mut conn =
+            Connection::connect(c.nodes[0].addr, &c.credentials(), Duration::from_secs(5))
+                .await
+                .unwrap();
         let seg = SegmentRef {
             file: "raw".into(),
             index: 0,
@@ -457,9 +459,10 @@ fn traversal_ids_are_refused() {
 
     let rt = runtime();
     rt.block_on(async {
-        let mut conn = Connection::connect(c.nodes[0].addr, Duration::from_secs(5))
-            .await
-            .unwrap();
+        let mut conn =
+            Connection::connect(c.nodes[0].addr, &c.credentials(), Duration::from_secs(5))
+                .await
+                .unwrap();
         let seg = |file: &str| SegmentRef {
             file: file.into(),
             index: 0,
@@ -559,9 +562,10 @@ fn hostile_input_on_a_node_port() {
 /// to their steady size); each connection must be closed, the server must answer others
 /// meanwhile, and its memory must not grow across the second round.
 fn survive_hostile_input(c: &Cluster, addr: SocketAddr, pid: u32, probe: &Request) {
-    hostile_round(addr, probe, 0);
+    let key = c.pool_key();
+    hostile_round(addr, &key, probe, 0);
     let before = vm_rss_kib(pid);
-    hostile_round(addr, probe, 1);
+    hostile_round(addr, &key, probe, 1);
     let after = vm_rss_kib(pid);
     eprintln!("VmRSS of {addr}: {before} KiB before, {after} KiB after 200 hostile connections");
     // The daemons run with a fixed malloc mmap threshold (see common), so freed
@@ -621,7 +625,13 @@ impl Hostile {
     }
 
     /// Opens a connection, misbehaves, reports `sent`, and waits for the server to close.
-    fn run(self, addr: SocketAddr, seed: u64, sent: mpsc::Sender<()>) -> Result<Duration, String> {
+    fn run(
+        self,
+        addr: SocketAddr,
+        key: &PoolKey,
+        seed: u64,
+        sent: mpsc::Sender<()>,
+    ) -> Result<Duration, String> {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
             .map_err(|e| format!("connect: {e}"))?;
         let start = Instant::now();
@@ -633,8 +643,8 @@ impl Hostile {
             Hostile::TruncatedThenEof | Hostile::TruncatedThenSilence => truncated,
             Hostile::Silent => Vec::new(),
             _ => {
-                hello(&mut s)?;
-                match self {
+                let mut t = noise_handshake(&mut s, key)?;
+                let plain = match self {
                     Hostile::HugeFrameAfterHello => vec![0xff; 4],
                     Hostile::HugeBodyAfterHello => frame(&Request::Store {
                         segment: SegmentRef {
@@ -648,7 +658,8 @@ impl Hostile {
                         [&[0, 0, 0, 60][..], &random_bytes(60, seed)].concat()
                     }
                     _ => truncated,
-                }
+                };
+                seal(&mut t, &plain)
             }
         };
         let _ = s.write_all(&bytes);
@@ -666,7 +677,7 @@ impl Hostile {
 
 /// Runs every kind of hostile connection 20 times at once, and checks that the server
 /// answers a well-formed `probe` while they are held open.
-fn hostile_round(addr: SocketAddr, probe: &Request, round: u64) {
+fn hostile_round(addr: SocketAddr, key: &PoolKey, probe: &Request, round: u64) {
     const PER_KIND: u64 = 20;
     let (tx, rx) = mpsc::channel();
     let results = std::thread::scope(|s| {
@@ -675,13 +686,13 @@ fn hostile_round(addr: SocketAddr, probe: &Request, round: u64) {
             for kind in Hostile::ALL {
                 let tx = tx.clone();
                 let seed = round * 1000 + i;
-                handles.push(s.spawn(move || (kind, kind.run(addr, seed, tx))));
+                handles.push(s.spawn(move || (kind, kind.run(addr, key, seed, tx))));
             }
         }
         drop(tx);
         // Once every hostile connection has sent its bytes, others are still served.
         while rx.recv_timeout(Duration::from_secs(10)).is_ok() {}
-        let answer = raw_call(addr, probe).expect("probe while hostile connections are open");
+        let answer = raw_call(addr, key, probe).expect("probe while hostile connections are open");
         assert!(
             matches!(answer, Response::Pool(_) | Response::Stat(_)),
             "probe answered {answer:?}"
@@ -726,37 +737,14 @@ fn frame<T: serde::Serialize>(msg: &T) -> Vec<u8> {
     [&(payload.len() as u32).to_be_bytes()[..], &payload].concat()
 }
 
-fn read_frame(s: &mut TcpStream) -> Result<Vec<u8>, String> {
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).map_err(|e| format!("read: {e}"))?;
-    let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
-    s.read_exact(&mut buf).map_err(|e| format!("read: {e}"))?;
-    Ok(buf)
-}
-
-/// The version handshake, by hand.
-fn hello(s: &mut TcpStream) -> Result<(), String> {
-    let hello = Hello {
-        magic: MAGIC,
-        version: PROTOCOL_VERSION,
-    };
-    s.write_all(&frame(&hello))
-        .map_err(|e| format!("write: {e}"))?;
-    match proto::decode::<HelloReply>(&read_frame(s)?) {
-        Ok(HelloReply::Welcome { .. }) => Ok(()),
-        other => Err(format!("handshake answered {other:?}")),
-    }
-}
-
-/// One well-formed request without a body, by hand.
-fn raw_call(addr: SocketAddr, req: &Request) -> Result<Response, String> {
+/// One well-formed request without a body, by hand inside the encrypted channel.
+fn raw_call(addr: SocketAddr, key: &PoolKey, req: &Request) -> Result<Response, String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
         .map_err(|e| format!("connect: {e}"))?;
-    hello(&mut s)?;
-    s.write_all(&frame(req))
+    let mut t = noise_handshake(&mut s, key)?;
+    s.write_all(&seal(&mut t, &frame(req)))
         .map_err(|e| format!("write: {e}"))?;
-    proto::decode(&read_frame(&mut s)?).map_err(|e| e.to_string())
+    proto::decode(&read_sealed_frame(&mut s, &mut t)?).map_err(|e| e.to_string())
 }
 
 fn vm_rss_kib(pid: u32) -> u64 {

@@ -7,7 +7,7 @@ pub mod manifest;
 pub mod stripe;
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
@@ -15,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::net::{ConnPool, NetError};
 use crate::proto::{ErrorKind, NodeId, NodeState, PoolView, Request, Response, SegmentRef};
+use crate::trust::Credentials;
 pub use layout::Layout;
 pub use manifest::{Holder, Manifest, Placement};
 use stripe::Checksum;
@@ -31,13 +32,16 @@ pub struct ClientConfig {
     pub shard_size: u32,
     /// Stripes stored or fetched concurrently by one stream.
     pub stripes_in_flight: usize,
+    /// What every connection proves: the pool key and this client's static key.
+    pub creds: Arc<Credentials>,
 }
 
 impl ClientConfig {
-    /// Defaults for a pool whose controller is at `controller`.
-    pub fn new(controller: SocketAddr) -> Self {
+    /// Defaults for a pool whose controller is at `controller`, joined with `creds`.
+    pub fn new(controller: SocketAddr, creds: Arc<Credentials>) -> Self {
         ClientConfig {
             controller,
+            creds,
             parity: None,
             shard_size: DEFAULT_SHARD_SIZE,
             stripes_in_flight: 4,
@@ -134,9 +138,13 @@ impl PoolClient {
     /// A client of the pool run by the controller in `cfg`.
     pub fn new(cfg: ClientConfig) -> Self {
         PoolClient {
-            cfg,
-            conns: ConnPool::new(Duration::from_secs(2), Duration::from_secs(30)),
+            conns: ConnPool::new(
+                cfg.creds.clone(),
+                Duration::from_secs(2),
+                Duration::from_secs(30),
+            ),
             view: Mutex::new(None),
+            cfg,
         }
     }
 

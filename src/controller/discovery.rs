@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::stream::StreamExt;
@@ -21,6 +21,7 @@ use pnet::packet::Packet;
 use super::Registry;
 use crate::net::{Connection, NetError};
 use crate::proto::{Assign, FoundNode, NodeId, NodeStat, NodeState, Request, Response, ScanReport};
+use crate::trust::{identity_of, Credentials};
 
 /// Default port a sweep probes for nodes (the node's default listen port).
 pub const DEFAULT_NODE_PORT: u16 = 2001;
@@ -493,10 +494,25 @@ pub fn arp_sweep(plan: &SweepPlan, wait: Duration) -> Result<BTreeSet<Ipv4Addr>,
 }
 
 /// Asks `addr` for its STAT over the real protocol; only a poolfs node answers.
-pub async fn probe(addr: SocketAddr, timeout: Duration) -> Result<NodeStat, NetError> {
+/// A node must hold the pool key, and the identity it reports must be the one its
+/// static key owns.
+pub async fn probe(
+    addr: SocketAddr,
+    creds: &Credentials,
+    timeout: Duration,
+) -> Result<NodeStat, NetError> {
     let attempt = async {
-        let mut conn = Connection::connect(addr, timeout).await?;
+        let mut conn = Connection::connect(addr, creds, timeout).await?;
         match conn.call(&Request::Stat, None).await? {
+            (Response::Stat(stat), _) if stat.identity != identity_of(conn.remote_key()) => {
+                Err(NetError::Unexpected {
+                    addr,
+                    what: format!(
+                        "identity {:?} that its key does not own in STAT",
+                        stat.identity
+                    ),
+                })
+            }
             (Response::Stat(stat), _) => Ok(stat),
             (other, _) => Err(NetError::Unexpected {
                 addr,
@@ -517,11 +533,12 @@ async fn probe_all(
     responders: Vec<(Ipv4Addr, Ipv4Addr)>,
     port: u16,
     timeout: Duration,
+    creds: &Credentials,
 ) -> Vec<(SocketAddr, Ipv4Addr, NodeStat)> {
     let results: Vec<Option<(SocketAddr, Ipv4Addr, NodeStat)>> = futures::stream::iter(responders)
         .map(move |(ip, our)| async move {
             let addr = SocketAddr::new(IpAddr::V4(ip), port);
-            match probe(addr, timeout).await {
+            match probe(addr, creds, timeout).await {
                 Ok(stat) => Some((addr, our, stat)),
                 Err(e) => {
                     log::debug!("{ip} is not a node: {e}");
@@ -566,6 +583,8 @@ pub struct Discovery {
     /// Where the controller listens; an unspecified address is replaced by our address
     /// on the swept subnet in ASSIGN.
     listen: SocketAddr,
+    /// What the controller proves to the nodes it probes and signals.
+    creds: Arc<Credentials>,
     running: tokio::sync::Mutex<()>,
 }
 
@@ -574,10 +593,11 @@ pub type Responders = BTreeMap<Ipv4Addr, Ipv4Addr>;
 
 impl Discovery {
     /// A sweeper for a controller listening on `listen`.
-    pub fn new(cfg: DiscoveryConfig, listen: SocketAddr) -> Self {
+    pub fn new(cfg: DiscoveryConfig, listen: SocketAddr, creds: Arc<Credentials>) -> Self {
         Discovery {
             cfg,
             listen,
+            creds,
             running: tokio::sync::Mutex::new(()),
         }
     }
@@ -680,7 +700,7 @@ impl Discovery {
         let timeout = self.cfg.probe_timeout;
         let list: Vec<(Ipv4Addr, Ipv4Addr)> =
             responders.iter().map(|(ip, our)| (*ip, *our)).collect();
-        let mut probed = probe_all(list, port, timeout).await;
+        let mut probed = probe_all(list, port, timeout, &self.creds).await;
         probed.sort_by_key(|(addr, _, _)| *addr);
 
         let mut found = Vec::new();
@@ -740,7 +760,7 @@ impl Discovery {
             };
             async move {
                 let sent = async {
-                    let mut conn = Connection::connect(*addr, timeout).await?;
+                    let mut conn = Connection::connect(*addr, &self.creds, timeout).await?;
                     conn.call(&Request::Assign(assign.clone()), None).await
                 };
                 match sent.await {
@@ -939,11 +959,13 @@ mod tests {
         use tokio::io::AsyncWriteExt;
 
         let dir = tempfile::tempdir().unwrap();
+        let key = crate::trust::PoolKey::generate();
         let node = Node::start(NodeConfig {
             storage: dir.path().to_path_buf(),
             listen: "127.0.0.1:0".parse().unwrap(),
             controller: None,
             capacity: Some(1 << 20),
+            key: key.clone(),
         })
         .await
         .unwrap();
@@ -955,6 +977,7 @@ mod tests {
             listen: SocketAddr::from(([127, 0, 0, 4], port)),
             controller: Some("127.0.0.1:7".parse().unwrap()),
             capacity: Some(1 << 20),
+            key: key.clone(),
         })
         .await
         .unwrap();
@@ -972,7 +995,8 @@ mod tests {
         cfg.node_port = port;
         cfg.probe_timeout = Duration::from_millis(500);
         let controller: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        let d = Discovery::new(cfg, controller);
+        let creds = Arc::new(crate::trust::Credentials::ephemeral(&key).unwrap());
+        let d = Discovery::new(cfg, controller, creds);
         let registry = Mutex::new(Registry::in_memory());
         let lo = Ipv4Addr::LOCALHOST;
         let responders: Responders = [

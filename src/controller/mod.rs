@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::net::{self, Handler, Reply, ServerLimits};
-use crate::proto::{Assign, ErrorKind, Request, Response};
+use crate::net::{self, Handler, Peer, Reply, ServerLimits};
+use crate::proto::{Assign, ErrorKind, Identity, Request, Response};
+use crate::trust::{Credentials, KeyError, PoolKey};
 pub use discovery::{Discovery, DiscoveryConfig, DiscoveryError, ScanTarget};
 pub use registry::{Registry, RegistryError};
 
@@ -35,6 +36,8 @@ pub enum ControllerError {
     },
     #[error("cannot sweep the LAN: {0}")]
     Discovery(DiscoveryError),
+    #[error("controller key: {0}")]
+    Key(#[from] KeyError),
 }
 
 struct Shared {
@@ -55,9 +58,13 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// Loads the registry from `state`, binds `listen` and serves.
-    pub async fn start(listen: SocketAddr, state: PathBuf) -> Result<Controller, ControllerError> {
-        Self::start_with(listen, state, None).await
+    /// Loads the registry from `state`, binds `listen` and serves members holding `key`.
+    pub async fn start(
+        listen: SocketAddr,
+        state: PathBuf,
+        key: &PoolKey,
+    ) -> Result<Controller, ControllerError> {
+        Self::start_with(listen, state, key, None).await
     }
 
     /// Like `start`, and with `discovery` also sweeps the LAN for nodes: at once, then
@@ -66,6 +73,7 @@ impl Controller {
     pub async fn start_with(
         listen: SocketAddr,
         state: PathBuf,
+        key: &PoolKey,
         discovery: Option<DiscoveryConfig>,
     ) -> Result<Controller, ControllerError> {
         let state_err = |source| ControllerError::State {
@@ -74,6 +82,7 @@ impl Controller {
         };
         std::fs::create_dir_all(&state).map_err(state_err)?;
         let registry = Registry::load(&state).map_err(state_err)?;
+        let creds = Arc::new(Credentials::persistent(key, &state)?);
         let listener =
             TcpListener::bind(listen)
                 .await
@@ -89,7 +98,7 @@ impl Controller {
             })?;
         let discovery = match discovery {
             Some(cfg) => {
-                let d = Discovery::new(cfg, addr);
+                let d = Discovery::new(cfg, addr, creds.clone());
                 d.check().map_err(ControllerError::Discovery)?;
                 Some(Arc::new(d))
             }
@@ -107,6 +116,7 @@ impl Controller {
             listener,
             Arc::new(ControllerService(shared.clone())),
             ServerLimits::default(),
+            creds,
         ));
         let mut tasks = vec![server];
         if let Some(d) = shared.discovery.clone() {
@@ -172,14 +182,20 @@ fn registry_error(e: RegistryError) -> Response {
     Response::error(kind, e.to_string())
 }
 
+/// The answer to a peer that claims an identity its static key does not own.
+fn impostor(peer: &Peer, identity: Identity) -> Response {
+    log::warn!(
+        "{} claimed identity {identity:?}, which belongs to another key",
+        peer.addr
+    );
+    Response::error(
+        ErrorKind::Unauthorized,
+        format!("identity {identity:?} does not belong to the key this connection proved"),
+    )
+}
+
 impl Handler for ControllerService {
-    async fn handle(
-        &self,
-        req: Request,
-        _body: Option<Vec<u8>>,
-        peer: SocketAddr,
-        local: SocketAddr,
-    ) -> Reply {
+    async fn handle(&self, req: Request, _body: Option<Vec<u8>>, peer: Peer) -> Reply {
         if matches!(req, Request::Scan) {
             return self.scan().await.into();
         }
@@ -191,21 +207,28 @@ impl Handler for ControllerService {
                 listen,
                 capacity,
                 used,
-            } => {
+            } => 'join: {
+                // An id is bound to the static key its node proved in the handshake.
+                if !peer.owns(identity) {
+                    break 'join impostor(&peer, identity);
+                }
                 // A node bound to 0.0.0.0 is reached at the address it connected from.
                 let addr = if listen.ip().is_unspecified() {
-                    SocketAddr::new(peer.ip(), listen.port())
+                    SocketAddr::new(peer.addr.ip(), listen.port())
                 } else {
                     listen
                 };
                 let node_id = reg.join(identity, addr, capacity, used, now);
                 log::info!("node {node_id} joined from {addr}");
                 Response::Assigned(Assign {
-                    controller: local,
+                    controller: peer.local,
                     node_id,
                     pool_size: reg.live_count() as u32,
                     epoch: reg.view(now).epoch,
                 })
+            }
+            Request::Heartbeat { identity, .. } if !peer.owns(identity) => {
+                impostor(&peer, identity)
             }
             Request::Heartbeat {
                 node_id,
@@ -216,6 +239,7 @@ impl Handler for ControllerService {
                 Ok(()) => Response::Pool(reg.view(now)),
                 Err(e) => registry_error(e),
             },
+            Request::Leave { identity, .. } if !peer.owns(identity) => impostor(&peer, identity),
             Request::Leave { node_id, identity } => match reg.leave(node_id, identity) {
                 Ok(()) => Response::Ok,
                 Err(e) => registry_error(e),

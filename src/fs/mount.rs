@@ -13,6 +13,7 @@ use super::vfs::Vfs;
 use super::FsError;
 use crate::client::{ClientConfig, PoolClient};
 use crate::node::{Node, NodeConfig, NodeError};
+use crate::trust::PoolKey;
 
 /// How to mount.
 #[derive(Clone, Debug)]
@@ -27,6 +28,8 @@ pub struct MountConfig {
     pub allow_other: bool,
     /// How long a node may stay down before its segments are rebuilt elsewhere.
     pub repair_grace: Duration,
+    /// The pool key.
+    pub key: PoolKey,
 }
 
 /// Why a mount failed.
@@ -182,6 +185,7 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
         listen: cfg.listen,
         controller: Some(cfg.controller),
         capacity: cfg.capacity,
+        key: cfg.key.clone(),
     }))?;
     if rt
         .block_on(node.wait_joined(Duration::from_secs(5)))
@@ -189,7 +193,8 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
     {
         return Err(MountError::NoController(cfg.controller));
     }
-    let mut client_cfg = ClientConfig::new(cfg.controller);
+    // The mount's client proves the same static key as its node.
+    let mut client_cfg = ClientConfig::new(cfg.controller, node.credentials());
     client_cfg.parity = cfg.parity;
     let client = Arc::new(PoolClient::new(client_cfg));
     let vfs = Arc::new(Vfs::new(meta, client, rt.handle().clone())?);

@@ -1,16 +1,14 @@
-//! One client connection: connect, version handshake, then request/response with
-//! optional raw bodies.
+//! One client connection: connect, Noise handshake (pool key and protocol version), then
+//! encrypted request/response with optional raw bodies.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-use crate::proto::{
-    self, ErrorKind, Hello, HelloReply, Request, Response, MAGIC, PROTOCOL_VERSION,
-};
+use super::noise::{Channel, HandshakeError};
+use crate::proto::{self, ErrorKind, Request, Response};
+use crate::trust::{Credentials, KEY_LEN};
 
 /// Why a request to a peer failed.
 #[derive(Debug, thiserror::Error)]
@@ -22,8 +20,11 @@ pub enum NetError {
     },
     #[error("{addr} did not answer within {secs:.1}s")]
     Timeout { addr: SocketAddr, secs: f64 },
-    #[error("{addr} speaks protocol version {server}, we speak {PROTOCOL_VERSION}")]
-    Version { addr: SocketAddr, server: u16 },
+    #[error("handshake with {addr} failed: {source}")]
+    Handshake {
+        addr: SocketAddr,
+        source: HandshakeError,
+    },
     #[error("connection to {addr} failed: {source}")]
     Frame {
         addr: SocketAddr,
@@ -54,30 +55,27 @@ impl NetError {
     }
 }
 
-/// An established, version-checked connection.
+/// An established connection to a peer that proved it holds the pool key.
 pub struct Connection {
     addr: SocketAddr,
-    rd: BufReader<OwnedReadHalf>,
-    wr: BufWriter<OwnedWriteHalf>,
+    chan: Channel,
 }
 
 impl Connection {
-    /// Connects and performs the handshake, all within `timeout`.
-    pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Self, NetError> {
+    /// Connects and performs the handshake with `creds`, all within `timeout`.
+    pub async fn connect(
+        addr: SocketAddr,
+        creds: &Credentials,
+        timeout: Duration,
+    ) -> Result<Self, NetError> {
         let fut = async {
             let stream = TcpStream::connect(addr)
                 .await
                 .map_err(|source| NetError::Connect { addr, source })?;
-            // Headers are small and latency matters more than packet count.
-            let _ = stream.set_nodelay(true);
-            let (rd, wr) = stream.into_split();
-            let mut conn = Connection {
-                addr,
-                rd: BufReader::with_capacity(256 * 1024, rd),
-                wr: BufWriter::with_capacity(256 * 1024, wr),
-            };
-            conn.handshake().await?;
-            Ok(conn)
+            let chan = Channel::initiate(stream, creds)
+                .await
+                .map_err(|source| NetError::Handshake { addr, source })?;
+            Ok(Connection { addr, chan })
         };
         tokio::time::timeout(timeout, fut)
             .await
@@ -92,19 +90,9 @@ impl Connection {
         self.addr
     }
 
-    async fn handshake(&mut self) -> Result<(), NetError> {
-        let hello = Hello {
-            magic: MAGIC,
-            version: PROTOCOL_VERSION,
-        };
-        self.send(&hello, None).await?;
-        match self.recv::<HelloReply>().await? {
-            HelloReply::Welcome { .. } => Ok(()),
-            HelloReply::VersionMismatch { server } => Err(NetError::Version {
-                addr: self.addr,
-                server,
-            }),
-        }
+    /// The peer's static public key, proven by the handshake.
+    pub fn remote_key(&self) -> &[u8; KEY_LEN] {
+        self.chan.remote_key()
     }
 
     async fn send<T: serde::Serialize>(
@@ -115,21 +103,21 @@ impl Connection {
         let addr = self.addr;
         let bytes = proto::encode(msg).map_err(|source| NetError::Codec { addr, source })?;
         let frame_err = |source| NetError::Frame { addr, source };
-        proto::write_frame(&mut self.wr, &bytes)
-            .await
-            .map_err(frame_err)?;
+        self.chan.write_frame(&bytes).await.map_err(frame_err)?;
         if let Some(body) = body {
-            self.wr
+            self.chan
                 .write_all(body)
                 .await
                 .map_err(|e| frame_err(e.into()))?;
         }
-        self.wr.flush().await.map_err(|e| frame_err(e.into()))
+        self.chan.flush().await.map_err(|e| frame_err(e.into()))
     }
 
     async fn recv<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, NetError> {
         let addr = self.addr;
-        let bytes = proto::read_frame(&mut self.rd)
+        let bytes = self
+            .chan
+            .read_frame()
             .await
             .map_err(|source| NetError::Frame { addr, source })?;
         proto::decode(&bytes).map_err(|source| NetError::Codec { addr, source })
@@ -151,7 +139,9 @@ impl Connection {
                 message,
             }),
             Response::Data { len } => {
-                let data = proto::read_body(&mut self.rd, len)
+                let data = self
+                    .chan
+                    .read_body(len)
                     .await
                     .map_err(|source| NetError::Frame { addr, source })?;
                 Ok((Response::Data { len }, Some(data)))

@@ -2,11 +2,12 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{Connection, NetError};
 use crate::proto::{Request, Response};
+use crate::trust::Credentials;
 
 /// Idle connections kept per peer; more may be open while busy.
 const IDLE_PER_PEER: usize = 16;
@@ -14,16 +15,18 @@ const IDLE_PER_PEER: usize = 16;
 /// A set of idle connections to peers, with per-call timeouts.
 pub struct ConnPool {
     idle: Mutex<HashMap<SocketAddr, Vec<Connection>>>,
+    creds: Arc<Credentials>,
     connect_timeout: Duration,
     call_timeout: Duration,
 }
 
 impl ConnPool {
-    /// A pool whose connects give up after `connect_timeout` and whose calls (connect
-    /// included) give up after `call_timeout`.
-    pub fn new(connect_timeout: Duration, call_timeout: Duration) -> Self {
+    /// A pool that proves `creds` to every peer, whose connects give up after
+    /// `connect_timeout` and whose calls (connect included) give up after `call_timeout`.
+    pub fn new(creds: Arc<Credentials>, connect_timeout: Duration, call_timeout: Duration) -> Self {
         ConnPool {
             idle: Mutex::new(HashMap::new()),
+            creds,
             connect_timeout,
             call_timeout,
         }
@@ -40,6 +43,11 @@ impl ConnPool {
         if list.len() < IDLE_PER_PEER {
             list.push(conn);
         }
+    }
+
+    /// The credentials this pool proves.
+    pub fn credentials(&self) -> &Arc<Credentials> {
+        &self.creds
     }
 
     /// Forgets every idle connection to `addr` (after the peer failed).
@@ -72,7 +80,7 @@ impl ConnPool {
                     Err(_) => self.drop_peer(addr),
                 }
             }
-            let mut conn = Connection::connect(addr, self.connect_timeout).await?;
+            let mut conn = Connection::connect(addr, &self.creds, self.connect_timeout).await?;
             let answer = conn.call(req, body).await;
             if matches!(answer, Ok(_) | Err(NetError::Remote { .. })) {
                 self.put_idle(conn);

@@ -1,16 +1,18 @@
-//! The accept loop shared by controller and node: handshake, then one request at a time
-//! per connection. Anything malformed closes that connection and nothing else.
+//! The accept loop shared by controller and node: Noise handshake, then one request at a
+//! time per connection. Anything malformed or unauthenticated closes that connection and
+//! nothing else.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use crate::proto::{self, Hello, HelloReply, Request, Response, MAGIC, PROTOCOL_VERSION};
+use super::noise::Channel;
+use crate::proto::{self, Request, Response};
+use crate::trust::{identity_of, Credentials, KEY_LEN};
 
 /// What a handler answers: a message, or raw bytes sent as `Data` + body.
 pub enum Reply {
@@ -24,14 +26,29 @@ impl From<Response> for Reply {
     }
 }
 
+/// Who sent a request: its address, the local address it reached, and the static key it
+/// proved in the handshake.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub local: SocketAddr,
+    pub key: [u8; KEY_LEN],
+}
+
+impl Peer {
+    /// Does `identity` belong to this peer's static key?
+    pub fn owns(&self, identity: proto::Identity) -> bool {
+        identity_of(&self.key) == identity
+    }
+}
+
 /// A service: turns one request (with its body, for STORE) into one reply.
 pub trait Handler: Send + Sync + 'static {
     fn handle(
         &self,
         req: Request,
         body: Option<Vec<u8>>,
-        peer: SocketAddr,
-        local: SocketAddr,
+        peer: Peer,
     ) -> impl Future<Output = Reply> + Send;
 }
 
@@ -58,8 +75,14 @@ impl Default for ServerLimits {
     }
 }
 
-/// Serves `handler` on `listener` until the task is dropped.
-pub async fn serve<H: Handler>(listener: TcpListener, handler: Arc<H>, limits: ServerLimits) {
+/// Serves `handler` on `listener` to peers that complete the handshake with `creds`'s
+/// pool key, until the task is dropped.
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    limits: ServerLimits,
+    creds: Arc<Credentials>,
+) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -75,8 +98,9 @@ pub async fn serve<H: Handler>(listener: TcpListener, handler: Arc<H>, limits: S
             return;
         };
         let handler = handler.clone();
+        let creds = creds.clone();
         tokio::spawn(async move {
-            if let Err(why) = serve_connection(stream, peer, &*handler, limits).await {
+            if let Err(why) = serve_connection(stream, peer, &*handler, limits, &creds).await {
                 log::debug!("closed connection from {peer}: {why}");
             }
             drop(permit);
@@ -89,81 +113,61 @@ async fn serve_connection<H: Handler>(
     peer: SocketAddr,
     handler: &H,
     limits: ServerLimits,
+    creds: &Credentials,
 ) -> Result<(), String> {
-    let _ = stream.set_nodelay(true);
     let local = stream.local_addr().map_err(|e| e.to_string())?;
-    let (rd, wr) = stream.into_split();
-    let mut rd = BufReader::with_capacity(256 * 1024, rd);
-    let mut wr = BufWriter::with_capacity(256 * 1024, wr);
-
-    let hello = tokio::time::timeout(limits.handshake_timeout, proto::read_frame(&mut rd))
+    let mut chan = tokio::time::timeout(limits.handshake_timeout, Channel::respond(stream, creds))
         .await
         .map_err(|_| "no handshake in time".to_string())?
-        .map_err(|e| e.to_string())?;
-    let hello: Hello = proto::decode(&hello).map_err(|e| e.to_string())?;
-    if hello.magic != MAGIC {
-        return Err("bad magic".into());
-    }
-    if hello.version != PROTOCOL_VERSION {
-        let reply = HelloReply::VersionMismatch {
-            server: PROTOCOL_VERSION,
-        };
-        send(&mut wr, &reply, None).await?;
-        return Err(format!("client speaks version {}", hello.version));
-    }
-    send(
-        &mut wr,
-        &HelloReply::Welcome {
-            version: PROTOCOL_VERSION,
-        },
-        None,
-    )
-    .await?;
+        .map_err(|e| format!("handshake: {e}"))?;
+    let peer = Peer {
+        addr: peer,
+        local,
+        key: *chan.remote_key(),
+    };
 
     loop {
         // A peer may stay idle between requests, but once a frame has begun the rest must
         // follow promptly: a truncated frame must not hold the connection for the idle time.
-        match tokio::time::timeout(limits.idle_timeout, rd.fill_buf()).await {
+        match tokio::time::timeout(limits.idle_timeout, chan.readable()).await {
             Err(_) => return Err("idle".into()),
             Ok(Err(e)) => return Err(e.to_string()),
-            Ok(Ok([])) => return Ok(()),
-            Ok(Ok(_)) => {}
+            Ok(Ok(false)) => return Ok(()),
+            Ok(Ok(true)) => {}
         }
-        let frame = tokio::time::timeout(limits.frame_timeout, proto::read_frame(&mut rd))
+        let frame = tokio::time::timeout(limits.frame_timeout, chan.read_frame())
             .await
             .map_err(|_| "frame not completed in time".to_string())?
             .map_err(|e| e.to_string())?;
         let req: Request = proto::decode(&frame).map_err(|e| e.to_string())?;
         let body = match &req {
             Request::Store { len, .. } => Some(
-                tokio::time::timeout(limits.body_timeout, proto::read_body(&mut rd, *len))
+                tokio::time::timeout(limits.body_timeout, chan.read_body(*len))
                     .await
                     .map_err(|_| "body not sent in time".to_string())?
                     .map_err(|e| e.to_string())?,
             ),
             _ => None,
         };
-        match handler.handle(req, body, peer, local).await {
-            Reply::Msg(resp) => send(&mut wr, &resp, None).await?,
+        match handler.handle(req, body, peer).await {
+            Reply::Msg(resp) => send(&mut chan, &resp, None).await?,
             Reply::Data(bytes) => {
                 let len = u32::try_from(bytes.len()).map_err(|_| "reply too large".to_string())?;
-                send(&mut wr, &Response::Data { len }, Some(&bytes)).await?
+                send(&mut chan, &Response::Data { len }, Some(&bytes)).await?
             }
         }
     }
 }
 
-async fn send<W, T>(wr: &mut W, msg: &T, body: Option<&[u8]>) -> Result<(), String>
-where
-    W: tokio::io::AsyncWrite + Unpin,
-    T: serde::Serialize,
-{
+async fn send<T: serde::Serialize>(
+    chan: &mut Channel,
+    msg: &T,
+    body: Option<&[u8]>,
+) -> Result<(), String> {
     let bytes = proto::encode(msg).map_err(|e| e.to_string())?;
-    proto::write_frame(wr, &bytes)
-        .await
-        .map_err(|e| e.to_string())?;
+    chan.write_frame(&bytes).await.map_err(|e| e.to_string())?;
     if let Some(body) = body {
-        wr.write_all(body).await.map_err(|e| e.to_string())?;
+        chan.write_all(body).await.map_err(|e| e.to_string())?;
     }
-    wr.flush().await.map_err(|e| e.to_string())
+    chan.flush().await.map_err(|e| e.to_string())
 }

@@ -12,8 +12,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::net::{self, ConnPool, Handler, NetError, Reply, ServerLimits};
+use crate::net::{self, ConnPool, Handler, NetError, Peer, Reply, ServerLimits};
 use crate::proto::{Assign, ErrorKind, Identity, NodeId, NodeStat, PoolView, Request, Response};
+use crate::trust::{Credentials, KeyError, PoolKey};
 pub use store::{SegmentStore, StoreError};
 
 /// How often a node tells the controller it is alive.
@@ -28,6 +29,8 @@ pub struct NodeConfig {
     pub controller: Option<SocketAddr>,
     /// Bytes the node offers; defaults to the free space of the storage filesystem.
     pub capacity: Option<u64>,
+    /// The pool key every connection proves.
+    pub key: PoolKey,
 }
 
 /// Why a node could not start.
@@ -45,6 +48,8 @@ pub enum NodeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("node key: {0}")]
+    Key(#[from] KeyError),
 }
 
 #[derive(Default)]
@@ -57,6 +62,7 @@ struct Membership {
 struct Shared {
     store: SegmentStore,
     identity: Identity,
+    creds: Arc<Credentials>,
     listen: SocketAddr,
     membership: Mutex<Membership>,
     controller: watch::Sender<Option<SocketAddr>>,
@@ -119,7 +125,9 @@ impl Node {
         // A second node on the same storage would join with the same identity and take
         // over the running node's place in the pool: refuse it before it says anything.
         let lock = crate::util::lock_dir(&cfg.storage).map_err(storage_err)?;
-        let identity = crate::util::load_or_create_identity(&cfg.storage).map_err(storage_err)?;
+        // The node's identity is its static Noise key: only its holder can claim it.
+        let creds = Arc::new(Credentials::persistent(&cfg.key, &cfg.storage)?);
+        let identity = creds.identity();
         let capacity = match cfg.capacity {
             Some(c) => c,
             None => crate::util::available_space(&cfg.storage).map_err(storage_err)?,
@@ -139,6 +147,7 @@ impl Node {
         let shared = Arc::new(Shared {
             store,
             identity,
+            creds: creds.clone(),
             listen: addr,
             membership: Mutex::new(Membership::default()),
             controller,
@@ -152,6 +161,7 @@ impl Node {
             listener,
             Arc::new(NodeService(shared.clone())),
             ServerLimits::default(),
+            creds,
         ));
         let membership = tokio::spawn(membership_loop(shared.clone(), controller_rx));
         Ok(Node {
@@ -175,6 +185,11 @@ impl Node {
     /// The last pool view this node received.
     pub fn view(&self) -> PoolView {
         self.shared.membership().view.clone()
+    }
+
+    /// The credentials this node proves (pool key and its persistent static key).
+    pub fn credentials(&self) -> Arc<Credentials> {
+        self.shared.creds.clone()
     }
 
     /// The controller this node reports to, if known.
@@ -209,7 +224,11 @@ impl Node {
             t.abort();
         }
         if let (Some(node_id), Some(addr)) = (id, controller) {
-            let pool = ConnPool::new(Duration::from_secs(1), Duration::from_secs(2));
+            let pool = ConnPool::new(
+                self.shared.creds.clone(),
+                Duration::from_secs(1),
+                Duration::from_secs(2),
+            );
             let req = Request::Leave {
                 node_id,
                 identity: self.shared.identity,
@@ -235,7 +254,11 @@ impl Drop for Node {
 /// Joins when a controller is known, then heartbeats; rejoins when the controller
 /// forgets us; keeps the last view while the controller is unreachable.
 async fn membership_loop(shared: Arc<Shared>, mut controller: watch::Receiver<Option<SocketAddr>>) {
-    let pool = ConnPool::new(Duration::from_millis(800), Duration::from_secs(2));
+    let pool = ConnPool::new(
+        shared.creds.clone(),
+        Duration::from_millis(800),
+        Duration::from_secs(2),
+    );
     let mut joined_with: Option<SocketAddr> = None;
     let mut warned = false;
     loop {
@@ -325,13 +348,8 @@ fn store_error(e: StoreError) -> Response {
 }
 
 impl Handler for NodeService {
-    async fn handle(
-        &self,
-        req: Request,
-        body: Option<Vec<u8>>,
-        peer: SocketAddr,
-        _local: SocketAddr,
-    ) -> Reply {
+    async fn handle(&self, req: Request, body: Option<Vec<u8>>, peer: Peer) -> Reply {
+        let peer = peer.addr;
         let shared = self.0.clone();
         // Disk work runs on the blocking pool so slow disks never stall the reactor.
         let blocking = |f: Box<dyn FnOnce() -> Reply + Send>| async move {

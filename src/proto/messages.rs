@@ -21,22 +21,6 @@ impl std::fmt::Debug for Identity {
     }
 }
 
-/// What a connecting peer says first: who speaks and which protocol version.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct Hello {
-    pub magic: [u8; 4],
-    pub version: u16,
-}
-
-/// The server's answer to `Hello`.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub enum HelloReply {
-    /// Versions match; requests may follow.
-    Welcome { version: u16 },
-    /// The server speaks another version; the connection closes.
-    VersionMismatch { server: u16 },
-}
-
 /// Liveness of a member as the controller sees it.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeState {

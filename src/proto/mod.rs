@@ -8,9 +8,10 @@ pub use codec::{decode, decode_record, encode, encode_record, CodecError};
 pub use frame::{read_body, read_frame, write_frame, FrameError};
 pub use messages::*;
 
-/// Bumped whenever a message changes shape; checked in the handshake.
-pub const PROTOCOL_VERSION: u16 = 2;
-/// First bytes of every handshake, so a stray client is told apart at once.
+/// Bumped whenever a message or the framing changes shape; bound into the handshake.
+/// 3: Noise channel instead of the plaintext `Hello`.
+pub const PROTOCOL_VERSION: u16 = 3;
+/// Bound into every handshake's prologue with the version.
 pub const MAGIC: [u8; 4] = *b"POOL";
 /// Largest control frame (a header or a small message). Bulk bytes never travel in frames.
 pub const MAX_FRAME: u32 = 256 * 1024;

@@ -17,6 +17,17 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_poolfs");
 /// How long a freshly spawned cluster may take to report every node up.
 pub const STARTUP: Duration = Duration::from_secs(20);
 
+/// The pool key every process of this test binary proves, made once per build in the
+/// target's test scratch directory (so nothing is left outside the build tree).
+pub fn test_key() -> &'static Path {
+    static KEY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("poolfs-test-pool.key");
+        poolfs::trust::PoolKey::load_or_create(&path).expect("test pool key");
+        path
+    })
+}
+
 /// A free loopback port (released again: the caller retries if someone takes it first).
 pub fn free_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -123,6 +134,7 @@ impl Daemon {
         let child = Command::new(BIN)
             .args(&self.args)
             .env_remove("POOLFS_CONTROLLER")
+            .env_remove("POOLFS_KEY")
             .env("RUST_LOG", "info")
             // A fixed glibc mmap threshold returns freed connection buffers (256 KiB)
             // to the system at once, so VmRSS measures what a daemon keeps rather than
@@ -220,6 +232,8 @@ impl Drop for Daemon {
 pub struct Cluster {
     pub controller: Daemon,
     pub nodes: Vec<Daemon>,
+    /// The pool key (made by `poolfs init`) every process of the cluster is given.
+    pub key: PathBuf,
     // Declared last so the processes are gone before their directories are removed.
     pub dir: tempfile::TempDir,
 }
@@ -238,9 +252,26 @@ impl Cluster {
             .unwrap();
         let root = dir.path().to_path_buf();
         fs::create_dir(root.join("logs")).unwrap();
+        let key = root.join("pool.key");
+        let init = Command::new(BIN)
+            .arg("init")
+            .arg("--key")
+            .arg(&key)
+            .output()
+            .unwrap();
+        assert_ok(&init, "poolfs init");
+        let key_arg = key.display().to_string();
         let state = root.join("controller").display().to_string();
         let controller = Daemon::spawn("controller", root.join("logs/controller.log"), |a| {
-            strings(&["controller", "--listen", &a.to_string(), "--state", &state])
+            strings(&[
+                "controller",
+                "--listen",
+                &a.to_string(),
+                "--state",
+                &state,
+                "--key",
+                &key_arg,
+            ])
         });
         let ctrl = controller.addr.to_string();
         let nodes = capacities
@@ -258,6 +289,8 @@ impl Cluster {
                         &a.to_string(),
                         "--controller",
                         &ctrl,
+                        "--key",
+                        &key_arg,
                     ]);
                     if let Some(c) = cap {
                         args.extend(strings(&["--capacity", c]));
@@ -269,6 +302,7 @@ impl Cluster {
         let cluster = Cluster {
             controller,
             nodes,
+            key,
             dir,
         };
         cluster.wait_up(STARTUP);
@@ -308,7 +342,10 @@ impl Cluster {
         let mut cmd = Command::new(BIN);
         cmd.args(args)
             .args(["-c", &self.ctrl().to_string()])
+            .arg("--key")
+            .arg(&self.key)
             .env_remove("POOLFS_CONTROLLER")
+            .env_remove("POOLFS_KEY")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null());
         if matches!(args.first(), Some(&"put") | Some(&"get")) {
@@ -397,3 +434,91 @@ fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
 pub mod netns;
+
+/// The client side of the Noise handshake, by hand over a blocking socket (for tests
+/// that then send hostile bytes inside the encrypted channel).
+pub fn noise_handshake(
+    s: &mut TcpStream,
+    key: &poolfs::trust::PoolKey,
+) -> Result<snow::TransportState, String> {
+    use std::io::Read;
+    let creds = poolfs::trust::Credentials::ephemeral(key).map_err(|e| e.to_string())?;
+    let prologue = poolfs::net::noise::prologue();
+    let params = poolfs::net::noise::NOISE_PARAMS
+        .parse()
+        .map_err(|e| format!("{e:?}"))?;
+    let mut hs = snow::Builder::new(params)
+        .local_private_key(creds.private_key())
+        .and_then(|b| b.psk(0, creds.psk()))
+        .and_then(|b| b.prologue(&prologue))
+        .and_then(|b| b.build_initiator())
+        .map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 1024];
+    let mut payload = vec![0u8; 1024];
+    let n = hs.write_message(&[], &mut buf).map_err(|e| e.to_string())?;
+    s.write_all(&[&(n as u16).to_be_bytes()[..], &buf[..n]].concat())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len).map_err(|e| format!("read: {e}"))?;
+    let len = u16::from_be_bytes(len) as usize;
+    if len > buf.len() {
+        return Err(format!("handshake message of {len} bytes"));
+    }
+    s.read_exact(&mut buf[..len])
+        .map_err(|e| format!("read: {e}"))?;
+    hs.read_message(&buf[..len], &mut payload)
+        .map_err(|e| format!("handshake: {e}"))?;
+    let n = hs.write_message(&[], &mut buf).map_err(|e| e.to_string())?;
+    s.write_all(&[&(n as u16).to_be_bytes()[..], &buf[..n]].concat())
+        .map_err(|e| format!("write: {e}"))?;
+    hs.into_transport_mode().map_err(|e| e.to_string())
+}
+
+/// `plain` (at most one chunk) as one length-prefixed encrypted Noise message.
+pub fn seal(t: &mut snow::TransportState, plain: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; 65535];
+    let n = t.write_message(plain, &mut out).unwrap();
+    [&(n as u16).to_be_bytes()[..], &out[..n]].concat()
+}
+
+/// Reads and decrypts one frame (u32 length + message) sent inside Noise messages.
+pub fn read_sealed_frame(
+    s: &mut TcpStream,
+    t: &mut snow::TransportState,
+) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let mut plain = Vec::new();
+    loop {
+        if plain.len() >= 4 {
+            let want = u32::from_be_bytes(plain[..4].try_into().unwrap()) as usize;
+            if plain.len() >= 4 + want {
+                return Ok(plain[4..4 + want].to_vec());
+            }
+        }
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).map_err(|e| format!("read: {e}"))?;
+        let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
+        s.read_exact(&mut msg).map_err(|e| format!("read: {e}"))?;
+        let mut out = vec![0u8; msg.len()];
+        let n = t
+            .read_message(&msg, &mut out)
+            .map_err(|e| format!("decrypt: {e}"))?;
+        plain.extend_from_slice(&out[..n]);
+    }
+}
+
+impl Cluster {
+    /// The cluster's pool key.
+    pub fn pool_key(&self) -> poolfs::trust::PoolKey {
+        poolfs::trust::PoolKey::load(&self.key).unwrap()
+    }
+
+    /// Client credentials proving the cluster's pool key.
+    pub fn credentials(&self) -> std::sync::Arc<poolfs::trust::Credentials> {
+        std::sync::Arc::new(poolfs::trust::Credentials::ephemeral(&self.pool_key()).unwrap())
+    }
+}

@@ -160,8 +160,21 @@ where
     S: AsRef<OsStr>,
 {
     let mut cmd = Command::new(BIN);
-    cmd.args(args).env("RUST_LOG", "info");
+    cmd.args(args)
+        .env("RUST_LOG", "info")
+        .env("POOLFS_KEY", test_key());
     cmd
+}
+
+/// The pool key every process of this test binary proves (`up` is given it too), made
+/// once per build in the target's test scratch directory.
+pub fn test_key() -> &'static Path {
+    static KEY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("poolfs-test-pool.key");
+        poolfs::trust::PoolKey::load_or_create(&path).expect("test pool key");
+        path
+    })
 }
 
 /// Lazily unmounts `mnt` if it is mounted (the fallback for a dead or busy mount).
@@ -382,6 +395,7 @@ impl Pool {
         let log = std::fs::File::create(self.root.join(format!("{name}.log"))).expect("node log");
         let child = Command::new(BIN)
             .arg("node")
+            .env("POOLFS_KEY", test_key())
             .arg("--storage")
             .arg(&storage)
             .args([

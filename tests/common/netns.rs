@@ -319,6 +319,7 @@ impl Lan {
             .arg(program)
             .args(args)
             .env_remove("POOLFS_CONTROLLER")
+            .env("POOLFS_KEY", super::test_key())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null());
         c
@@ -340,6 +341,7 @@ impl Lan {
             .arg(program)
             .args(args)
             .env_remove("POOLFS_CONTROLLER")
+            .env("POOLFS_KEY", super::test_key())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null());
         c

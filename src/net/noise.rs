@@ -1,0 +1,413 @@
+//! The Noise channel every connection runs on: an XXpsk0 handshake bound to the pool key
+//! and the protocol version, then length-prefixed encrypted messages carrying frames.
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use crate::proto::{FrameError, MAGIC, MAX_BODY, MAX_FRAME, PROTOCOL_VERSION};
+use crate::trust::{Credentials, KEY_LEN};
+
+/// The handshake: mutual static keys (XX), the pool key mixed in before the first
+/// message (psk0) so a peer without it is refused at its first message and learns
+/// nothing, not even the responder's static key.
+pub const NOISE_PARAMS: &str = "Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s";
+/// Largest Noise message.
+pub const MAX_MESSAGE: usize = 65535;
+/// Authentication tag added to every encrypted message.
+pub const TAG_LEN: usize = 16;
+/// Largest plaintext carried by one message.
+pub const MAX_CHUNK: usize = MAX_MESSAGE - TAG_LEN;
+/// Handshake messages are small; anything longer is refused before it is read.
+pub const MAX_HANDSHAKE_MESSAGE: usize = 1024;
+
+/// Bound into the handshake, so a peer speaking another protocol version fails it.
+pub fn prologue() -> Vec<u8> {
+    let mut p = b"poolfs-noise/".to_vec();
+    p.extend_from_slice(&MAGIC);
+    p.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    p
+}
+
+/// Why a handshake failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the peer does not hold this pool's key or speaks another protocol version ({0})")]
+    Refused(snow::Error),
+    #[error(
+        "the peer closed the connection during the handshake: one of us does not hold this \
+         pool's key, or it speaks another protocol version"
+    )]
+    Closed,
+    #[error("handshake message of {0} bytes exceeds {MAX_HANDSHAKE_MESSAGE}")]
+    TooLarge(usize),
+    #[error("noise: {0}")]
+    Noise(snow::Error),
+}
+
+fn builder(creds: &Credentials) -> Result<snow::Builder<'_>, HandshakeError> {
+    let params = NOISE_PARAMS.parse().map_err(HandshakeError::Noise)?;
+    snow::Builder::new(params)
+        .local_private_key(creds.private_key())
+        .and_then(|b| b.psk(0, creds.psk()))
+        .map_err(HandshakeError::Noise)
+}
+
+/// A connection after the handshake: frames in and out, encrypted and authenticated.
+pub struct Channel {
+    rd: BufReader<OwnedReadHalf>,
+    wr: BufWriter<OwnedWriteHalf>,
+    noise: snow::TransportState,
+    remote: [u8; KEY_LEN],
+    /// One allocation (so it is returned to the system when the connection ends) for
+    /// three buffers of `MAX_MESSAGE` bytes: a ciphertext message in or out, decrypted
+    /// bytes (`pos..in_len` not yet consumed), and plaintext waiting to be sealed
+    /// (`..out_len`, at most `MAX_CHUNK`).
+    buf: Vec<u8>,
+    pos: usize,
+    in_len: usize,
+    out_len: usize,
+}
+
+impl Channel {
+    fn split(stream: TcpStream) -> (BufReader<OwnedReadHalf>, BufWriter<OwnedWriteHalf>) {
+        // Headers are small and latency matters more than packet count.
+        let _ = stream.set_nodelay(true);
+        let (rd, wr) = stream.into_split();
+        (
+            BufReader::with_capacity(256 * 1024, rd),
+            BufWriter::with_capacity(256 * 1024, wr),
+        )
+    }
+
+    /// Runs the initiator's side of the handshake on `stream`.
+    pub async fn initiate(stream: TcpStream, creds: &Credentials) -> Result<Self, HandshakeError> {
+        Channel::initiate_with(stream, creds, &prologue()).await
+    }
+
+    async fn initiate_with(
+        stream: TcpStream,
+        creds: &Credentials,
+        prologue: &[u8],
+    ) -> Result<Self, HandshakeError> {
+        let (mut rd, mut wr) = Channel::split(stream);
+        let mut hs = builder(creds)?
+            .prologue(prologue)
+            .and_then(|b| b.build_initiator())
+            .map_err(HandshakeError::Noise)?;
+        let mut buf = vec![0u8; MAX_HANDSHAKE_MESSAGE];
+        let mut payload = vec![0u8; MAX_HANDSHAKE_MESSAGE];
+        // -> psk, e
+        let n = hs
+            .write_message(&[], &mut buf)
+            .map_err(HandshakeError::Noise)?;
+        write_message(&mut wr, &buf[..n]).await?;
+        wr.flush().await?;
+        // <- e, ee, s, es
+        let n = read_handshake_message(&mut rd, &mut buf).await?;
+        hs.read_message(&buf[..n], &mut payload)
+            .map_err(HandshakeError::Refused)?;
+        // -> s, se
+        let n = hs
+            .write_message(&[], &mut buf)
+            .map_err(HandshakeError::Noise)?;
+        write_message(&mut wr, &buf[..n]).await?;
+        wr.flush().await?;
+        Channel::finish(rd, wr, hs)
+    }
+
+    /// Runs the responder's side of the handshake on `stream`.
+    pub async fn respond(stream: TcpStream, creds: &Credentials) -> Result<Self, HandshakeError> {
+        let (mut rd, mut wr) = Channel::split(stream);
+        let prologue = prologue();
+        let mut hs = builder(creds)?
+            .prologue(&prologue)
+            .and_then(|b| b.build_responder())
+            .map_err(HandshakeError::Noise)?;
+        let mut buf = vec![0u8; MAX_HANDSHAKE_MESSAGE];
+        let mut payload = vec![0u8; MAX_HANDSHAKE_MESSAGE];
+        let n = read_handshake_message(&mut rd, &mut buf).await?;
+        hs.read_message(&buf[..n], &mut payload)
+            .map_err(HandshakeError::Refused)?;
+        let n = hs
+            .write_message(&[], &mut buf)
+            .map_err(HandshakeError::Noise)?;
+        write_message(&mut wr, &buf[..n]).await?;
+        wr.flush().await?;
+        let n = read_handshake_message(&mut rd, &mut buf).await?;
+        hs.read_message(&buf[..n], &mut payload)
+            .map_err(HandshakeError::Refused)?;
+        Channel::finish(rd, wr, hs)
+    }
+
+    fn finish(
+        rd: BufReader<OwnedReadHalf>,
+        wr: BufWriter<OwnedWriteHalf>,
+        hs: snow::HandshakeState,
+    ) -> Result<Self, HandshakeError> {
+        let remote: [u8; KEY_LEN] = hs
+            .get_remote_static()
+            .and_then(|k| k.try_into().ok())
+            .ok_or(HandshakeError::Noise(snow::Error::Input))?;
+        let noise = hs.into_transport_mode().map_err(HandshakeError::Noise)?;
+        Ok(Channel {
+            rd,
+            wr,
+            noise,
+            remote,
+            buf: vec![0u8; 3 * MAX_MESSAGE],
+            pos: 0,
+            in_len: 0,
+            out_len: 0,
+        })
+    }
+
+    /// The peer's static public key, proven by the handshake.
+    pub fn remote_key(&self) -> &[u8; KEY_LEN] {
+        &self.remote
+    }
+
+    /// Queues plaintext; full chunks are sealed and written as they fill.
+    pub async fn write_all(&mut self, mut data: &[u8]) -> std::io::Result<()> {
+        while !data.is_empty() {
+            let n = (MAX_CHUNK - self.out_len).min(data.len());
+            let at = 2 * MAX_MESSAGE + self.out_len;
+            self.buf[at..at + n].copy_from_slice(&data[..n]);
+            self.out_len += n;
+            data = &data[n..];
+            if self.out_len == MAX_CHUNK {
+                self.seal().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Seals what is queued and sends everything.
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        self.seal().await?;
+        self.wr.flush().await
+    }
+
+    async fn seal(&mut self) -> std::io::Result<()> {
+        if self.out_len == 0 {
+            return Ok(());
+        }
+        let (cipher, rest) = self.buf.split_at_mut(MAX_MESSAGE);
+        let plain = &rest[MAX_MESSAGE..MAX_MESSAGE + self.out_len];
+        let n = self
+            .noise
+            .write_message(plain, cipher)
+            .map_err(|e| std::io::Error::other(format!("noise: {e}")))?;
+        self.out_len = 0;
+        write_message(&mut self.wr, &self.buf[..n]).await
+    }
+
+    /// Reads and decrypts the next message; a forged, replayed or reordered one fails.
+    async fn open(&mut self) -> std::io::Result<()> {
+        let mut len = [0u8; 2];
+        self.rd.read_exact(&mut len).await?;
+        let len = u16::from_be_bytes(len) as usize;
+        if len < TAG_LEN {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("encrypted message of {len} bytes is shorter than its tag"),
+            ));
+        }
+        self.rd.read_exact(&mut self.buf[..len]).await?;
+        let (cipher, rest) = self.buf.split_at_mut(MAX_MESSAGE);
+        let n = self
+            .noise
+            .read_message(&cipher[..len], &mut rest[..MAX_MESSAGE])
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "message failed authentication",
+                )
+            })?;
+        self.in_len = n;
+        self.pos = 0;
+        Ok(())
+    }
+
+    /// Fills `buf` with decrypted bytes.
+    pub async fn read_exact(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            if self.pos == self.in_len {
+                self.open().await?;
+                continue;
+            }
+            let n = (self.in_len - self.pos).min(buf.len() - filled);
+            let at = MAX_MESSAGE + self.pos;
+            buf[filled..filled + n].copy_from_slice(&self.buf[at..at + n]);
+            self.pos += n;
+            filled += n;
+        }
+        Ok(())
+    }
+
+    /// Waits until the peer sends something: true, or closes cleanly: false.
+    pub async fn readable(&mut self) -> std::io::Result<bool> {
+        if self.pos < self.in_len {
+            return Ok(true);
+        }
+        Ok(!self.rd.fill_buf().await?.is_empty())
+    }
+
+    /// Reads one frame (u32 length, then the message) of at most `MAX_FRAME` bytes. A
+    /// clean end of stream before the length is `Closed`.
+    pub async fn read_frame(&mut self) -> Result<Vec<u8>, FrameError> {
+        let mut len = [0u8; 4];
+        match self.read_exact(&mut len).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(FrameError::Closed)
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let len = u32::from_be_bytes(len);
+        if len > MAX_FRAME {
+            return Err(FrameError::FrameTooLarge(len));
+        }
+        let mut buf = vec![0u8; len as usize];
+        self.read_exact(&mut buf).await?;
+        Ok(buf)
+    }
+
+    /// Queues one frame (not flushed: callers batch a header with its body).
+    pub async fn write_frame(&mut self, payload: &[u8]) -> Result<(), FrameError> {
+        let len = u32::try_from(payload.len())
+            .ok()
+            .filter(|l| *l <= MAX_FRAME)
+            .ok_or(FrameError::FrameTooLarge(u32::MAX))?;
+        self.write_all(&len.to_be_bytes()).await?;
+        self.write_all(payload).await?;
+        Ok(())
+    }
+
+    /// Reads a raw body of `len` bytes that a header announced, refusing oversized ones
+    /// before allocating.
+    pub async fn read_body(&mut self, len: u32) -> Result<Vec<u8>, FrameError> {
+        if len > MAX_BODY {
+            return Err(FrameError::BodyTooLarge(len));
+        }
+        let mut buf = vec![0u8; len as usize];
+        self.read_exact(&mut buf).await?;
+        Ok(buf)
+    }
+}
+
+async fn write_message(wr: &mut BufWriter<OwnedWriteHalf>, msg: &[u8]) -> std::io::Result<()> {
+    let len =
+        u16::try_from(msg.len()).map_err(|_| std::io::Error::other("noise message too large"))?;
+    wr.write_all(&len.to_be_bytes()).await?;
+    wr.write_all(msg).await
+}
+
+async fn read_handshake_message(
+    rd: &mut BufReader<OwnedReadHalf>,
+    buf: &mut [u8],
+) -> Result<usize, HandshakeError> {
+    let closed = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof
+        | std::io::ErrorKind::ConnectionReset
+        | std::io::ErrorKind::ConnectionAborted => HandshakeError::Closed,
+        _ => HandshakeError::Io(e),
+    };
+    let mut len = [0u8; 2];
+    rd.read_exact(&mut len).await.map_err(closed)?;
+    let len = u16::from_be_bytes(len) as usize;
+    if len > buf.len() {
+        return Err(HandshakeError::TooLarge(len));
+    }
+    rd.read_exact(&mut buf[..len]).await.map_err(closed)?;
+    Ok(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trust::PoolKey;
+    use tokio::net::TcpListener;
+
+    async fn pair(
+        server_key: &PoolKey,
+        client_key: &PoolKey,
+    ) -> (
+        Result<Channel, HandshakeError>,
+        Result<Channel, HandshakeError>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = Credentials::ephemeral(server_key).unwrap();
+        let client = Credentials::ephemeral(client_key).unwrap();
+        let accept = async {
+            let (s, _) = listener.accept().await.unwrap();
+            Channel::respond(s, &server).await
+        };
+        let connect = async {
+            let s = TcpStream::connect(addr).await.unwrap();
+            Channel::initiate(s, &client).await
+        };
+        tokio::join!(accept, connect)
+    }
+
+    #[tokio::test]
+    async fn same_key_carries_frames_and_large_bodies() {
+        let key = PoolKey::generate();
+        let (srv, cli) = pair(&key, &key).await;
+        let (mut srv, mut cli) = (srv.unwrap(), cli.unwrap());
+        assert_eq!(srv.remote_key().len(), KEY_LEN);
+        let body: Vec<u8> = (0..3 * MAX_MESSAGE + 17).map(|i| i as u8).collect();
+        let send = async {
+            cli.write_frame(b"header").await.unwrap();
+            cli.write_all(&body).await.unwrap();
+            cli.flush().await.unwrap();
+        };
+        let recv = async {
+            assert_eq!(srv.read_frame().await.unwrap(), b"header");
+            srv.read_body(body.len() as u32).await.unwrap()
+        };
+        let ((), got) = tokio::join!(send, recv);
+        assert_eq!(got, body);
+        assert!(matches!(
+            srv.read_body(MAX_BODY + 1).await,
+            Err(FrameError::BodyTooLarge(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn another_protocol_version_fails_the_handshake() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let key = PoolKey::generate();
+        let creds = Credentials::ephemeral(&key).unwrap();
+        let accept = async {
+            let (s, _) = listener.accept().await.unwrap();
+            Channel::respond(s, &creds).await
+        };
+        let mut old = prologue();
+        let last = old.len() - 1;
+        old[last] ^= 1;
+        let connect = async {
+            let s = TcpStream::connect(addr).await.unwrap();
+            Channel::initiate_with(s, &creds, &old).await
+        };
+        let (srv, cli) = tokio::join!(accept, connect);
+        assert!(matches!(srv, Err(HandshakeError::Refused(_))));
+        assert!(matches!(cli, Err(HandshakeError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn wrong_key_fails_the_handshake() {
+        let (srv, cli) = pair(&PoolKey::generate(), &PoolKey::generate()).await;
+        assert!(
+            matches!(srv, Err(HandshakeError::Refused(_))),
+            "{:?}",
+            srv.err()
+        );
+        assert!(cli.is_err());
+    }
+}

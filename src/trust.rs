@@ -1,0 +1,265 @@
+//! The pool's secrets: the shared pool key (a file every member holds) and each member's
+//! Noise static keypair (its persistent identity).
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use snow::params::DHChoice;
+use snow::resolvers::{CryptoResolver, DefaultResolver};
+
+use crate::proto::Identity;
+use crate::util::{decode_hex, default_data_dir, encode_hex};
+
+/// Length of the pool key and of Noise static keys.
+pub const KEY_LEN: usize = 32;
+/// Name of a member's static private key, beside its `identity` file.
+pub const NODE_KEY_FILE: &str = "node.key";
+
+/// Why a key file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error(
+        "no pool key at {0}: run `poolfs init` to create one (or copy the pool's key there \
+         from another member, or pass --key FILE)"
+    )]
+    Missing(PathBuf),
+    #[error("a pool key already exists at {0}; remove it first to make a new pool")]
+    Exists(PathBuf),
+    #[error("{0} is not a key file (expected 64 hex digits)")]
+    Corrupt(PathBuf),
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("no Curve25519 support in the crypto library")]
+    Crypto,
+}
+
+/// The pool secret: whoever holds it may join, store and read the pool.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PoolKey([u8; KEY_LEN]);
+
+impl std::fmt::Debug for PoolKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PoolKey(..)")
+    }
+}
+
+impl PoolKey {
+    /// A fresh random key.
+    pub fn generate() -> Self {
+        PoolKey(rand::random())
+    }
+
+    /// A key from its bytes.
+    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
+        PoolKey(bytes)
+    }
+
+    /// The secret bytes.
+    pub fn bytes(&self) -> &[u8; KEY_LEN] {
+        &self.0
+    }
+
+    /// Loads the key kept at `path`.
+    pub fn load(path: &Path) -> Result<Self, KeyError> {
+        read_key_file(path).map(PoolKey)
+    }
+
+    /// Creates a new random key at `path` (mode 0600); never overwrites one.
+    pub fn create(path: &Path) -> Result<Self, KeyError> {
+        let key = PoolKey::generate();
+        write_new_key_file(path, &key.0)?;
+        Ok(key)
+    }
+
+    /// Loads the key at `path`, creating it first if there is none (for `poolfs up`).
+    pub fn load_or_create(path: &Path) -> Result<Self, KeyError> {
+        match PoolKey::load(path) {
+            Err(KeyError::Missing(_)) => PoolKey::create(path),
+            other => other,
+        }
+    }
+}
+
+/// Where the pool key lives when `--key` is not given: `DATA_DIR/pool.key`.
+pub fn default_key_path() -> PathBuf {
+    default_data_dir().join("pool.key")
+}
+
+/// What one end of a connection proves: the pool key and its own static keypair.
+#[derive(Clone)]
+pub struct Credentials {
+    psk: [u8; KEY_LEN],
+    private: [u8; KEY_LEN],
+    public: [u8; KEY_LEN],
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials(public {})", encode_hex(&self.public[..8]))
+    }
+}
+
+impl Credentials {
+    /// The pool key with a fresh static keypair: for clients that need no persistent
+    /// identity (status, put, get, the controller).
+    pub fn ephemeral(key: &PoolKey) -> Result<Self, KeyError> {
+        Credentials::with_private(key, rand::random())
+    }
+
+    /// The pool key with the persistent keypair kept in `dir/node.key` (created, mode
+    /// 0600, the first time): a member's identity.
+    pub fn persistent(key: &PoolKey, dir: &Path) -> Result<Self, KeyError> {
+        let path = dir.join(NODE_KEY_FILE);
+        let private = match read_key_file(&path) {
+            Ok(private) => private,
+            Err(KeyError::Missing(_)) => {
+                let private = rand::random();
+                write_new_key_file(&path, &private)?;
+                private
+            }
+            Err(e) => return Err(e),
+        };
+        Credentials::with_private(key, private)
+    }
+
+    fn with_private(key: &PoolKey, private: [u8; KEY_LEN]) -> Result<Self, KeyError> {
+        let mut dh = DefaultResolver
+            .resolve_dh(&DHChoice::Curve25519)
+            .ok_or(KeyError::Crypto)?;
+        dh.set(&private);
+        let public: [u8; KEY_LEN] = dh.pubkey().try_into().map_err(|_| KeyError::Crypto)?;
+        Ok(Credentials {
+            psk: *key.bytes(),
+            private,
+            public,
+        })
+    }
+
+    /// The pool key, used as the Noise pre-shared key.
+    pub fn psk(&self) -> &[u8; KEY_LEN] {
+        &self.psk
+    }
+
+    /// The static private key.
+    pub fn private_key(&self) -> &[u8; KEY_LEN] {
+        &self.private
+    }
+
+    /// The static public key that peers see after the handshake.
+    pub fn public_key(&self) -> &[u8; KEY_LEN] {
+        &self.public
+    }
+
+    /// The identity a member with this keypair claims (bound to its public key).
+    pub fn identity(&self) -> Identity {
+        identity_of(&self.public)
+    }
+}
+
+/// The identity bound to a static public key: the first 16 bytes of its BLAKE3 hash,
+/// so an id can only be claimed by whoever holds the matching private key.
+pub fn identity_of(public: &[u8; KEY_LEN]) -> Identity {
+    let hash = blake3::hash(public);
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&hash.as_bytes()[..16]);
+    Identity(id)
+}
+
+fn read_key_file(path: &Path) -> Result<[u8; KEY_LEN], KeyError> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(KeyError::Missing(path.to_path_buf()))
+        }
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            return Err(KeyError::Corrupt(path.to_path_buf()))
+        }
+        Err(source) => {
+            return Err(KeyError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    if let Ok(meta) = fs::metadata(path) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            log::warn!(
+                "{} is readable by other users; `chmod 600 {}`",
+                path.display(),
+                path.display()
+            );
+        }
+    }
+    decode_hex(text.trim())
+        .and_then(|b| <[u8; KEY_LEN]>::try_from(b).ok())
+        .ok_or_else(|| KeyError::Corrupt(path.to_path_buf()))
+}
+
+fn write_new_key_file(path: &Path, key: &[u8; KEY_LEN]) -> Result<(), KeyError> {
+    let write_err = |source| KeyError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(write_err)?;
+    }
+    let mut f = match fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            return Err(KeyError::Exists(path.to_path_buf()))
+        }
+        Err(e) => return Err(write_err(e)),
+    };
+    let text = format!("{}\n", encode_hex(key));
+    f.write_all(text.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(write_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_key_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/pool.key");
+        assert!(matches!(PoolKey::load(&path), Err(KeyError::Missing(_))));
+        let key = PoolKey::create(&path).unwrap();
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(matches!(PoolKey::create(&path), Err(KeyError::Exists(_))));
+        assert_eq!(PoolKey::load(&path).unwrap(), key);
+        assert_eq!(PoolKey::load_or_create(&path).unwrap(), key);
+        fs::write(&path, "nothex").unwrap();
+        assert!(matches!(PoolKey::load(&path), Err(KeyError::Corrupt(_))));
+    }
+
+    #[test]
+    fn node_keypair_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = PoolKey::generate();
+        let a = Credentials::persistent(&key, dir.path()).unwrap();
+        let b = Credentials::persistent(&key, dir.path()).unwrap();
+        assert_eq!(a.public_key(), b.public_key());
+        assert_eq!(a.identity(), b.identity());
+        let mode = fs::metadata(dir.path().join(NODE_KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let c = Credentials::ephemeral(&key).unwrap();
+        assert_ne!(a.public_key(), c.public_key());
+    }
+}

@@ -1,0 +1,430 @@
+//! Trust (issue 6): only holders of the pool key get in, a member's id is bound to its
+//! static key, and every byte on the wire is encrypted.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{assert_ok, noise_handshake, read_sealed_frame, seal, Cluster, BIN};
+use poolfs::net::{Connection, NetError};
+use poolfs::proto::{
+    self, Assign, ErrorKind, Identity, Request, Response, SegmentRef, MAGIC, PROTOCOL_VERSION,
+};
+use poolfs::trust::{identity_of, Credentials, PoolKey};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// One request of every verb.
+fn every_verb() -> Vec<Request> {
+    let seg = SegmentRef {
+        file: "f".into(),
+        index: 0,
+    };
+    let me = Identity([7; 16]);
+    let listen: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    vec![
+        Request::Join {
+            identity: me,
+            listen,
+            capacity: 1 << 20,
+            used: 0,
+        },
+        Request::Heartbeat {
+            node_id: 1,
+            identity: me,
+            capacity: 1 << 20,
+            used: 0,
+        },
+        Request::Leave {
+            node_id: 1,
+            identity: me,
+        },
+        Request::Get { node_id: 1 },
+        Request::Pool,
+        Request::Assign(Assign {
+            controller: listen,
+            node_id: 1,
+            pool_size: 1,
+            epoch: 1,
+        }),
+        Request::Store {
+            segment: seg.clone(),
+            offset: 0,
+            len: 4,
+        },
+        Request::Fwd {
+            segment: seg,
+            offset: 0,
+            len: 4,
+        },
+        Request::Delete { file: "f".into() },
+        Request::Stat,
+        Request::Scan,
+    ]
+}
+
+fn frame(msg: &impl serde::Serialize) -> Vec<u8> {
+    let payload = proto::encode(msg).unwrap();
+    [&(payload.len() as u32).to_be_bytes()[..], &payload].concat()
+}
+
+/// Everything the server sends until it closes (bounded by a deadline).
+fn drain(s: &mut TcpStream) -> Vec<u8> {
+    s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// A stranger is refused on both ports for every verb: with a wrong key (the Noise
+/// handshake fails and the server sends not one byte), and with no key at all (the old
+/// plaintext protocol: closed without an answer). The members keep working meanwhile.
+#[test]
+fn a_wrong_or_missing_key_is_refused_on_every_port_and_verb() {
+    let c = Cluster::start(2);
+    let wrong = PoolKey::generate();
+    let wrong_creds = Credentials::ephemeral(&wrong).unwrap();
+    let rt = runtime();
+    for addr in [c.ctrl(), c.nodes[0].addr] {
+        for req in every_verb() {
+            // Wrong key, through the library: the handshake fails, no request is sent.
+            let err = rt
+                .block_on(Connection::connect(
+                    addr,
+                    &wrong_creds,
+                    Duration::from_secs(5),
+                ))
+                .err()
+                .unwrap_or_else(|| panic!("{addr} accepted a wrong key"));
+            assert!(
+                matches!(err, NetError::Handshake { .. }),
+                "{addr}: {err} for {req:?}"
+            );
+
+            // Wrong key, by hand: after our first message the server closes without
+            // sending anything; then we try the request anyway.
+            let mut s = TcpStream::connect(addr).unwrap();
+            let refused = noise_handshake(&mut s, &wrong);
+            assert!(
+                refused.is_err(),
+                "{addr}: handshake with a wrong key passed"
+            );
+            let _ = s.write_all(&frame(&req));
+            assert!(drain(&mut s).is_empty(), "{addr} answered a wrong key");
+
+            // No key: the plaintext protocol of old (hello, then the request).
+            let mut s = TcpStream::connect(addr).unwrap();
+            let hello = (MAGIC, PROTOCOL_VERSION);
+            let _ = s.write_all(&[frame(&hello), frame(&req)].concat());
+            let _ = s.shutdown(Shutdown::Write);
+            let got = drain(&mut s);
+            assert!(
+                got.is_empty(),
+                "{addr} answered plaintext {req:?} with {} bytes",
+                got.len()
+            );
+        }
+    }
+
+    // The CLI with a wrong key: refused, and no pool view printed.
+    let wrong_file = c.path("wrong.key");
+    assert_ok(
+        &std::process::Command::new(BIN)
+            .args(["init", "--key"])
+            .arg(&wrong_file)
+            .output()
+            .unwrap(),
+        "init of a second key",
+    );
+    let out = std::process::Command::new(BIN)
+        .args(["status", "--json", "-c", &c.ctrl().to_string(), "--key"])
+        .arg(&wrong_file)
+        .env_remove("POOLFS_KEY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "status with a wrong key succeeded");
+    assert!(out.stdout.is_empty(), "status printed a view");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pool's key"), "unclear error: {err}");
+
+    // No key file: a clear error that says to run `poolfs init`, for every command.
+    let missing = c.path("no-such.key");
+    let missing = missing.to_str().unwrap();
+    let ctrl = c.ctrl().to_string();
+    let storage = c.path("s").display().to_string();
+    let mnt = c.path("m").display().to_string();
+    let catalog = c.path("catalog").display().to_string();
+    for args in [
+        vec!["status", "-c", &ctrl],
+        vec!["scan", "-c", &ctrl],
+        vec!["get", "x", "/dev/null", "-c", &ctrl, "--catalog", &catalog],
+        vec!["put", "/dev/null", "-c", &ctrl, "--catalog", &catalog],
+        vec!["node", "--storage", &storage, "--listen", "127.0.0.1:0"],
+        vec!["controller", "--listen", "127.0.0.1:0", "--state", &storage],
+        vec!["mount", &mnt, "--storage", &storage, "--foreground"],
+    ] {
+        let out = std::process::Command::new(BIN)
+            .args(&args)
+            .args(["--key", missing])
+            .env_remove("POOLFS_KEY")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} ran without a key");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("poolfs init"),
+            "{args:?}: unclear error: {err}"
+        );
+    }
+
+    // Members were never disturbed.
+    c.wait_up(Duration::from_secs(5));
+    let (src, data) = c.random_file("after", 100_003, 5);
+    assert_eq!(c.round_trip("after", &src), data);
+}
+
+/// `init` makes a 0600 key, refuses to overwrite it, and says how to share it.
+#[test]
+fn init_creates_a_private_key_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k/pool.key");
+    let out = std::process::Command::new(BIN)
+        .args(["init", "--key"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert_ok(&out, "init");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("copy"));
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let before = std::fs::read(&key).unwrap();
+    let again = std::process::Command::new(BIN)
+        .args(["init", "--key"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(!again.status.success(), "init overwrote a key");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    assert_eq!(std::fs::read(&key).unwrap(), before);
+}
+
+/// With the right key everything works, including by hand through the Noise channel;
+/// a member's id cannot be claimed or used by another key.
+#[test]
+fn the_right_key_works_and_ids_are_bound_to_keys() {
+    let c = Cluster::start(2);
+    let key = c.pool_key();
+    // By hand: handshake, then an encrypted POOL request answered with the view.
+    let mut s = TcpStream::connect(c.ctrl()).unwrap();
+    let mut t = noise_handshake(&mut s, &key).unwrap();
+    s.write_all(&seal(&mut t, &frame(&Request::Pool))).unwrap();
+    let answer: Response = proto::decode(&read_sealed_frame(&mut s, &mut t).unwrap()).unwrap();
+    let Response::Pool(view) = answer else {
+        panic!("POOL answered {answer:?}");
+    };
+    assert_eq!(view.nodes.len(), 2);
+
+    // A holder of the pool key but not of node 1's static key cannot heartbeat, leave
+    // or join as node 1; it may join under its own identity.
+    let status = c.status();
+    let node1 = status.nodes.iter().find(|n| n.id == 1).unwrap().clone();
+    let rt = runtime();
+    rt.block_on(async {
+        let creds = c.credentials();
+        let mut conn = Connection::connect(c.ctrl(), &creds, Duration::from_secs(5))
+            .await
+            .unwrap();
+        // The controller proves a static key too.
+        assert_ne!(conn.remote_key(), creds.public_key());
+        // Node 1's identity as it reports it on its own port.
+        let mut n1 = Connection::connect(node1.addr, &creds, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let (Response::Stat(stat), _) = n1.call(&Request::Stat, None).await.unwrap() else {
+            panic!("STAT answered otherwise");
+        };
+        assert_eq!(stat.identity, identity_of(n1.remote_key()));
+        let victim = stat.identity;
+        for req in [
+            Request::Heartbeat {
+                node_id: 1,
+                identity: victim,
+                capacity: 1,
+                used: 0,
+            },
+            Request::Leave {
+                node_id: 1,
+                identity: victim,
+            },
+            Request::Join {
+                identity: victim,
+                listen: "127.0.0.1:9".parse().unwrap(),
+                capacity: 1,
+                used: 0,
+            },
+        ] {
+            let err = conn.call(&req, None).await.unwrap_err();
+            assert_eq!(err.remote_kind(), Some(ErrorKind::Unauthorized), "{err}");
+        }
+        let mine = Request::Join {
+            identity: creds.identity(),
+            listen: "127.0.0.1:9".parse().unwrap(),
+            capacity: 1,
+            used: 0,
+        };
+        let (answer, _) = conn.call(&mine, None).await.unwrap();
+        assert!(matches!(answer, Response::Assigned(_)), "{answer:?}");
+        let (_, _) = conn
+            .call(
+                &Request::Leave {
+                    node_id: match answer {
+                        Response::Assigned(a) => a.node_id,
+                        _ => unreachable!(),
+                    },
+                    identity: creds.identity(),
+                },
+                None,
+            )
+            .await
+            .unwrap();
+    });
+    // Node 1 is still up under its id and address.
+    let after = c.status();
+    let still = after.nodes.iter().find(|n| n.id == 1).unwrap();
+    assert_eq!(still.addr, node1.addr);
+    assert_eq!(still.state, poolfs::proto::NodeState::Up);
+}
+
+/// A loopback proxy that records every byte it forwards, both ways.
+struct Tap {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<u8>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Tap {
+    /// Forwards exactly one connection to `target`.
+    fn start(target: SocketAddr) -> Tap {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let thread = std::thread::spawn(move || {
+            let Ok((client, _)) = listener.accept() else {
+                return;
+            };
+            let Ok(server) = TcpStream::connect(target) else {
+                return;
+            };
+            let pipe = |mut from: TcpStream, mut to: TcpStream, seen: Arc<Mutex<Vec<u8>>>| {
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 65536];
+                    while let Ok(n) = from.read(&mut buf) {
+                        if n == 0 || to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        seen.lock().unwrap().extend_from_slice(&buf[..n]);
+                    }
+                    let _ = to.shutdown(Shutdown::Write);
+                })
+            };
+            let a = pipe(
+                client.try_clone().unwrap(),
+                server.try_clone().unwrap(),
+                record.clone(),
+            );
+            let b = pipe(server, client, record);
+            let _ = a.join();
+            let _ = b.join();
+        });
+        Tap {
+            addr,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    fn bytes(&mut self) -> Vec<u8> {
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A STORE of a body full of a marker, and the FWD that reads it back, cross the wire
+/// without the marker (or the segment's name) appearing in the bytes.
+#[test]
+fn bytes_on_the_wire_are_not_plaintext() {
+    let c = Cluster::start(1);
+    let marker = b"PLAINTEXT-MARKER-0123456789";
+    // Larger than one Noise message, so the body is split into several.
+    let body: Vec<u8> = marker.iter().copied().cycle().take(300_000).collect();
+    let seg = SegmentRef {
+        file: "visible-file-name".into(),
+        index: 0,
+    };
+    let mut tap = Tap::start(c.nodes[0].addr);
+    let rt = runtime();
+    rt.block_on(async {
+        let mut conn = Connection::connect(tap.addr, &c.credentials(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let store = Request::Store {
+            segment: seg.clone(),
+            offset: 0,
+            len: body.len() as u32,
+        };
+        assert_eq!(
+            conn.call(&store, Some(&body)).await.unwrap().0,
+            Response::Ok
+        );
+        let fwd = Request::Fwd {
+            segment: seg.clone(),
+            offset: 0,
+            len: body.len() as u32,
+        };
+        let (_, data) = conn.call(&fwd, None).await.unwrap();
+        assert_eq!(
+            data.as_deref(),
+            Some(&body[..]),
+            "read back through the tap"
+        );
+    });
+    let seen = tap.bytes();
+    assert!(
+        seen.len() > 2 * body.len(),
+        "the tap saw {} bytes",
+        seen.len()
+    );
+    assert!(
+        !contains(&seen, marker),
+        "the marker crossed the wire in clear"
+    );
+    assert!(
+        !contains(&seen, &marker[..8]),
+        "part of the marker is visible"
+    );
+    assert!(
+        !contains(&seen, b"visible-file-name"),
+        "the segment name crossed the wire in clear"
+    );
+}
