@@ -26,28 +26,79 @@ pub struct Placement {
     pub holders: Vec<Holder>,
 }
 
+/// A shard stored away from its segment's holder, because that holder was down or
+/// failed when the stripe was written. Repair moves it home once it can.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Moved {
+    /// Which shard of the stripe (the segment index).
+    pub shard: u32,
+    pub to: Holder,
+}
+
+/// What was stored for one stripe.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct StripeRecord {
+    /// `sums[i]` is the checksum of shard i as stored; empty for a hole (zeros).
+    pub sums: Vec<Checksum>,
+    /// Shards not on their segment's holder.
+    pub moved: Vec<Moved>,
+}
+
+impl StripeRecord {
+    /// Where shard `i` of this stripe is: its segment's holder unless it was moved.
+    pub fn holder<'a>(&'a self, place: &'a Placement, i: usize) -> &'a Holder {
+        self.moved
+            .iter()
+            .find(|mv| mv.shard as usize == i)
+            .map_or(&place.holders[i], |mv| &mv.to)
+    }
+
+    /// Is this stripe a hole (never written)?
+    pub fn is_hole(&self) -> bool {
+        self.sums.is_empty()
+    }
+}
+
 /// Everything needed to read a file back from the pool.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
     pub place: Placement,
     pub size: u64,
-    /// `stripes[j][i]` is the checksum of shard i of stripe j.
-    pub stripes: Vec<Vec<Checksum>>,
+    /// `stripes[j]` records stripe j's shard checksums and moved shards.
+    pub stripes: Vec<StripeRecord>,
 }
 
 impl Manifest {
-    /// Records the checksums of a stripe just stored.
-    pub fn set_stripe(&mut self, j: u64, sums: Vec<Checksum>) {
+    /// Records a stripe just stored.
+    pub fn set_stripe(&mut self, j: u64, record: StripeRecord) {
         let j = j as usize;
         if self.stripes.len() <= j {
-            self.stripes.resize(j + 1, Vec::new());
+            self.stripes.resize(j + 1, StripeRecord::default());
         }
-        self.stripes[j] = sums;
+        self.stripes[j] = record;
     }
 
-    /// Checksums of stripe `j`; empty for a stripe never written (a hole, read as zeros).
-    pub fn sums(&self, j: u64) -> &[Checksum] {
-        self.stripes.get(j as usize).map_or(&[], Vec::as_slice)
+    /// Stripe `j`'s record; a hole's is empty.
+    pub fn stripe(&self, j: u64) -> StripeRecord {
+        self.stripes.get(j as usize).cloned().unwrap_or_default()
+    }
+
+    /// Is stripe `j` a hole (never written, read as zeros)?
+    pub fn is_hole(&self, j: u64) -> bool {
+        self.stripes
+            .get(j as usize)
+            .is_none_or(StripeRecord::is_hole)
+    }
+
+    /// Every node that may hold bytes of this file: segment holders and moved shards.
+    pub fn all_holders(&self) -> Vec<Holder> {
+        let mut all: Vec<Holder> = self.place.holders.clone();
+        for mv in self.stripes.iter().flat_map(|s| &s.moved) {
+            if !all.iter().any(|h| h.node_id == mv.to.node_id) {
+                all.push(mv.to.clone());
+            }
+        }
+        all
     }
 
     /// Data bytes in stripe `j`.
@@ -59,5 +110,56 @@ impl Manifest {
     pub fn trim_stripes(&mut self) {
         let n = self.place.layout.stripe_count(self.size) as usize;
         self.stripes.truncate(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn holder(id: NodeId) -> Holder {
+        Holder {
+            node_id: id,
+            addr: SocketAddr::from(([127, 0, 0, 1], 9000 + id as u16)),
+        }
+    }
+
+    #[test]
+    fn moved_shards_are_found_and_every_node_is_listed_once() {
+        let mut m = Manifest {
+            place: Placement {
+                file_id: "f".into(),
+                layout: Layout {
+                    k: 2,
+                    m: 1,
+                    shard_size: 16,
+                },
+                holders: vec![holder(1), holder(2), holder(3)],
+            },
+            size: 100,
+            stripes: Vec::new(),
+        };
+        m.set_stripe(
+            2,
+            StripeRecord {
+                sums: vec![[0; 32]; 3],
+                moved: vec![
+                    Moved {
+                        shard: 0,
+                        to: holder(3),
+                    },
+                    Moved {
+                        shard: 1,
+                        to: holder(4),
+                    },
+                ],
+            },
+        );
+        assert!(m.is_hole(0) && m.is_hole(1) && !m.is_hole(2) && m.is_hole(9));
+        let rec = m.stripe(2);
+        let at: Vec<NodeId> = (0..3).map(|i| rec.holder(&m.place, i).node_id).collect();
+        assert_eq!(at, vec![3, 4, 3]);
+        let all: Vec<NodeId> = m.all_holders().iter().map(|h| h.node_id).collect();
+        assert_eq!(all, vec![1, 2, 3, 4]);
     }
 }

@@ -17,7 +17,7 @@ use crate::net::{ConnPool, NetError};
 use crate::proto::{ErrorKind, NodeId, NodeState, PoolView, Request, Response, SegmentRef};
 use crate::trust::Credentials;
 pub use layout::Layout;
-pub use manifest::{Holder, Manifest, Placement};
+pub use manifest::{Holder, Manifest, Moved, Placement, StripeRecord};
 use stripe::Checksum;
 
 /// Default shard size: large enough for streaming, small enough to keep memory bounded.
@@ -233,12 +233,11 @@ impl PoolClient {
         })
     }
 
-    /// Holders the current view says are not up: not worth waiting on.
-    async fn unhealthy(&self, place: &Placement) -> Vec<bool> {
+    /// Which of `holders` the current view says are not up: not worth waiting on.
+    async fn unhealthy<'a>(&self, holders: impl IntoIterator<Item = &'a Holder>) -> Vec<bool> {
         let view = self.view().await.ok();
-        place
-            .holders
-            .iter()
+        holders
+            .into_iter()
             .map(|h| {
                 view.as_ref()
                     .and_then(|v| v.node(h.node_id))
@@ -247,14 +246,16 @@ impl PoolClient {
             .collect()
     }
 
+    /// Stores shard `i` of stripe `j` on `holder` (its segment's holder, or another
+    /// node standing in for it).
     async fn store_shard(
         &self,
         place: &Placement,
+        holder: &Holder,
         j: u64,
         i: usize,
         shard: &[u8],
     ) -> Result<(), ClientError> {
-        let holder = &place.holders[i];
         let req = Request::Store {
             segment: SegmentRef {
                 file: place.file_id.clone(),
@@ -284,16 +285,17 @@ impl PoolClient {
             })
     }
 
-    /// Stores stripe `j` (its data bytes) on all holders in parallel and returns the
-    /// shard checksums for the manifest. With parity, k + 1 acknowledged shards are
-    /// enough (holders known to be down are skipped, stragglers get a short grace);
-    /// without, every shard must be stored.
+    /// Stores stripe `j` (its data bytes) on all holders in parallel and returns its
+    /// record for the manifest. With parity, k + 1 stored shards are enough (holders
+    /// known to be down are skipped, stragglers get a short grace); without, every
+    /// shard must be stored. Shards whose holder is down or fails go to other live
+    /// nodes instead (recorded as moved), so a write survives a node dying under it.
     pub async fn write_stripe(
         &self,
         place: &Placement,
         j: u64,
         data: &[u8],
-    ) -> Result<Vec<Checksum>, ClientError> {
+    ) -> Result<StripeRecord, ClientError> {
         let layout = &place.layout;
         let shards = stripe::encode(layout, data).map_err(|e| ClientError::Codec {
             file: place.file_id.clone(),
@@ -306,15 +308,20 @@ impl PoolClient {
         } else {
             layout.k as usize + 1
         };
-        let skip = self.unhealthy(place).await;
+        let skip = self.unhealthy(&place.holders).await;
         let mut pending: FuturesUnordered<_> = (0..n)
-            .filter(|i| layout.m == 0 || !skip[*i])
+            .filter(|i| !skip[*i])
             .map(|i| {
                 let shard = &shards[i];
-                async move { self.store_shard(place, j, i, shard).await }
+                async move {
+                    let r = self
+                        .store_shard(place, &place.holders[i], j, i, shard)
+                        .await;
+                    (i, r)
+                }
             })
             .collect();
-        let mut stored = 0;
+        let mut stored = vec![false; n];
         let mut failures = Vec::new();
         let mut grace: Option<tokio::time::Instant> = None;
         loop {
@@ -327,14 +334,39 @@ impl PoolClient {
             };
             match next {
                 None => break,
-                Some(Ok(())) => stored += 1,
-                Some(Err(e)) => failures.push(e),
+                Some((i, Ok(()))) => stored[i] = true,
+                Some((_, Err(e))) => failures.push(e),
             }
-            if stored >= needed && grace.is_none() {
+            let count = stored.iter().filter(|s| **s).count();
+            if count >= needed && grace.is_none() {
                 grace = Some(tokio::time::Instant::now() + STRAGGLER_GRACE);
             }
         }
-        if stored < needed {
+        drop(pending);
+        let mut record = StripeRecord {
+            sums: shards.iter().map(|s| stripe::checksum(s)).collect(),
+            moved: Vec::new(),
+        };
+        let mut count = stored.iter().filter(|s| **s).count();
+        if count < needed {
+            let unplaced: Vec<usize> = (0..n).filter(|&i| !stored[i]).collect();
+            for i in unplaced {
+                if count >= needed {
+                    break;
+                }
+                match self.store_elsewhere(place, j, i, &shards[i], &record).await {
+                    Ok(to) => {
+                        record.moved.push(Moved {
+                            shard: i as u32,
+                            to,
+                        });
+                        count += 1;
+                    }
+                    Err(e) => failures.push(e),
+                }
+            }
+        }
+        if count < needed {
             // A full node is the most useful thing to report; any failure otherwise.
             let pos = failures
                 .iter()
@@ -345,31 +377,75 @@ impl PoolClient {
                     file: place.file_id.clone(),
                     stripe: j,
                     need: needed,
-                    have: stored,
+                    have: count,
                     missing: "holders are down".into(),
                 }
             } else {
                 failures.swap_remove(pos)
             });
         }
-        if stored < n {
+        if count < n || !record.moved.is_empty() {
             log::warn!(
-                "stripe {j} of file {} stored on {stored} of {n} holders; it needs repair",
-                place.file_id
+                "stripe {j} of file {} stored {count} of {n} shards ({} away from their \
+                 holders); it needs repair",
+                place.file_id,
+                record.moved.len()
             );
         }
-        Ok(shards.iter().map(|s| stripe::checksum(s)).collect())
+        Ok(record)
+    }
+
+    /// Stores shard `i` of stripe `j` on a live node other than its holder, preferring
+    /// nodes that hold no other shard of the stripe. Returns where it went.
+    async fn store_elsewhere(
+        &self,
+        place: &Placement,
+        j: u64,
+        i: usize,
+        shard: &[u8],
+        record: &StripeRecord,
+    ) -> Result<Holder, ClientError> {
+        let view = self.view().await?;
+        let n = place.layout.segments() as usize;
+        let shards_on = |id: NodeId| {
+            (0..n)
+                .filter(|&s| s != i && record.holder(place, s).node_id == id)
+                .count()
+        };
+        let mut candidates: Vec<_> = view
+            .live()
+            .into_iter()
+            .filter(|node| node.id != place.holders[i].node_id)
+            .collect();
+        candidates.sort_by_key(|node| {
+            (
+                shards_on(node.id),
+                std::cmp::Reverse(node.capacity.saturating_sub(node.used)),
+            )
+        });
+        let mut last = None;
+        for node in candidates {
+            let to = Holder {
+                node_id: node.id,
+                addr: node.addr,
+            };
+            match self.store_shard(place, &to, j, i, shard).await {
+                Ok(()) => return Ok(to),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(ClientError::NoNodes))
     }
 
     async fn fetch_shard(
         &self,
         place: &Placement,
+        holder: &Holder,
         j: u64,
         i: usize,
         shard_len: u32,
         sum: &Checksum,
     ) -> Result<Vec<u8>, String> {
-        let holder = &place.holders[i];
         let addr = self.addr_of(holder).await;
         let req = Request::Fwd {
             segment: SegmentRef {
@@ -399,22 +475,24 @@ impl PoolClient {
         place: &Placement,
         j: u64,
         stripe_len: u64,
-        sums: &[Checksum],
+        record: &StripeRecord,
     ) -> Result<Vec<u8>, ClientError> {
         let layout = &place.layout;
-        if sums.is_empty() {
+        if record.is_hole() {
             return Ok(vec![0; stripe_len as usize]);
         }
         let n = layout.segments() as usize;
         let k = layout.k as usize;
-        if sums.len() < n || place.holders.len() < n {
+        if record.sums.len() < n || place.holders.len() < n {
             return Err(ClientError::Incomplete {
                 file: place.file_id.clone(),
                 stripe: j,
             });
         }
         let shard_len = layout.shard_len(stripe_len);
-        let skip = self.unhealthy(place).await;
+        let skip = self
+            .unhealthy((0..n).map(|i| record.holder(place, i)))
+            .await;
         // Healthy holders before unhealthy ones, data shards before parity (no decode).
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by_key(|&i| (skip[i], i >= k, i));
@@ -422,8 +500,13 @@ impl PoolClient {
         let mut shards: Vec<Option<Vec<u8>>> = vec![None; n];
         let mut failures = Vec::new();
         let mut corrupt = Vec::new();
-        let fetch =
-            |i: usize| async move { (i, self.fetch_shard(place, j, i, shard_len, &sums[i]).await) };
+        let fetch = |i: usize| async move {
+            let holder = record.holder(place, i);
+            let got = self
+                .fetch_shard(place, holder, j, i, shard_len, &record.sums[i])
+                .await;
+            (i, got)
+        };
         let mut pending: FuturesUnordered<_> = order.by_ref().take(k).map(fetch).collect();
         let mut have = 0;
         while have < k {
@@ -468,14 +551,15 @@ impl PoolClient {
         };
         let data = stripe::decode(layout, stripe_len as usize, shards).map_err(codec_err)?;
         if !corrupt.is_empty() {
-            self.heal(place, j, &data, &corrupt).await;
+            self.heal(place, record, j, &data, &corrupt).await;
         }
         Ok(data)
     }
 
     /// Rebuilds segment `i` of a file on `to` (a node that is not yet a holder), stripe
     /// by stripe from the other segments, pausing `pause` between stripes so repair
-    /// does not crowd out users. Returns the manifest with the new holder.
+    /// does not crowd out users. Returns the manifest with the new holder; shards of
+    /// segment i that had been moved elsewhere come home to it too.
     pub async fn rebuild_segment(
         &self,
         m: &Manifest,
@@ -484,22 +568,55 @@ impl PoolClient {
         pause: Duration,
     ) -> Result<Manifest, ClientError> {
         let mut moved = m.clone();
-        moved.place.holders[i] = to;
+        moved.place.holders[i] = to.clone();
         for j in 0..m.place.layout.stripe_count(m.size) {
-            if m.sums(j).is_empty() {
+            if m.is_hole(j) {
                 continue; // a hole has no shards anywhere
             }
-            let data = self.fetch_stripe(m, j).await?;
-            let shards =
-                stripe::encode(&m.place.layout, &data).map_err(|e| ClientError::Codec {
-                    file: m.place.file_id.clone(),
-                    stripe: j,
-                    message: e.to_string(),
-                })?;
-            self.store_shard(&moved.place, j, i, &shards[i]).await?;
+            let shard = self.rebuilt_shard(m, j, i).await?;
+            self.store_shard(&moved.place, &to, j, i, &shard).await?;
+            if let Some(rec) = moved.stripes.get_mut(j as usize) {
+                rec.moved.retain(|mv| mv.shard as usize != i);
+            }
             tokio::time::sleep(pause).await;
         }
         Ok(moved)
+    }
+
+    /// Moves shards that were stored away from their holders back home, where the
+    /// holder is up again. Returns the manifest with the moves it made undone.
+    pub async fn bring_home(&self, m: &Manifest, pause: Duration) -> Result<Manifest, ClientError> {
+        let mut out = m.clone();
+        let down = self.unhealthy(&m.place.holders).await;
+        for j in 0..m.place.layout.stripe_count(m.size) {
+            let rec = m.stripe(j);
+            for mv in &rec.moved {
+                let i = mv.shard as usize;
+                if down.get(i).copied().unwrap_or(true) {
+                    continue;
+                }
+                let shard = self.rebuilt_shard(m, j, i).await?;
+                self.store_shard(&m.place, &m.place.holders[i], j, i, &shard)
+                    .await?;
+                if let Some(r) = out.stripes.get_mut(j as usize) {
+                    r.moved.retain(|x| x.shard != mv.shard);
+                }
+                tokio::time::sleep(pause).await;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Shard `i` of stripe `j`, rebuilt from whichever k shards can be read.
+    async fn rebuilt_shard(&self, m: &Manifest, j: u64, i: usize) -> Result<Vec<u8>, ClientError> {
+        let data = self.fetch_stripe(m, j).await?;
+        let mut shards =
+            stripe::encode(&m.place.layout, &data).map_err(|e| ClientError::Codec {
+                file: m.place.file_id.clone(),
+                stripe: j,
+                message: e.to_string(),
+            })?;
+        Ok(shards.swap_remove(i))
     }
 
     /// Verifies every shard of stripe `j`, data and parity, and rewrites those that are
@@ -509,24 +626,33 @@ impl PoolClient {
         place: &Placement,
         j: u64,
         stripe_len: u64,
-        sums: &[Checksum],
+        record: &StripeRecord,
     ) -> Result<(usize, usize), ClientError> {
         let n = place.layout.segments() as usize;
-        if sums.is_empty() {
+        if record.is_hole() {
             return Ok((0, 0));
         }
-        if sums.len() < n {
+        if record.sums.len() < n {
             return Err(ClientError::Incomplete {
                 file: place.file_id.clone(),
                 stripe: j,
             });
         }
         let shard_len = place.layout.shard_len(stripe_len);
-        let fetched = futures::future::join_all(
-            (0..n).map(|i| self.fetch_shard(place, j, i, shard_len, &sums[i])),
-        )
+        let fetched = futures::future::join_all((0..n).map(|i| {
+            self.fetch_shard(
+                place,
+                record.holder(place, i),
+                j,
+                i,
+                shard_len,
+                &record.sums[i],
+            )
+        }))
         .await;
-        let skip = self.unhealthy(place).await;
+        let skip = self
+            .unhealthy((0..n).map(|i| record.holder(place, i)))
+            .await;
         let bad: Vec<usize> = (0..n)
             .filter(|&i| fetched[i].is_err() && !skip[i])
             .collect();
@@ -547,17 +673,25 @@ impl PoolClient {
                 message: e.to_string(),
             }
         })?;
-        self.heal(place, j, &data, &bad).await;
+        self.heal(place, record, j, &data, &bad).await;
         Ok((verified, bad.len()))
     }
 
     /// Rewrites shards that failed their checksum with the bytes rebuilt from the others.
-    async fn heal(&self, place: &Placement, j: u64, data: &[u8], bad: &[usize]) {
+    async fn heal(
+        &self,
+        place: &Placement,
+        record: &StripeRecord,
+        j: u64,
+        data: &[u8],
+        bad: &[usize],
+    ) {
         let Ok(shards) = stripe::encode(&place.layout, data) else {
             return;
         };
         for &i in bad {
-            match self.store_shard(place, j, i, &shards[i]).await {
+            let holder = record.holder(place, i);
+            match self.store_shard(place, holder, j, i, &shards[i]).await {
                 Ok(()) => log::warn!("healed shard {i} of stripe {j} of file {}", place.file_id),
                 Err(e) => log::warn!(
                     "cannot heal shard {i} of stripe {j} of file {}: {e}",
@@ -569,7 +703,7 @@ impl PoolClient {
 
     /// Stripe `j` of a file described by its manifest.
     pub async fn fetch_stripe(&self, m: &Manifest, j: u64) -> Result<Vec<u8>, ClientError> {
-        self.read_stripe(&m.place, j, m.stripe_len(j), m.sums(j))
+        self.read_stripe(&m.place, j, m.stripe_len(j), &m.stripe(j))
             .await
     }
 
@@ -597,28 +731,25 @@ impl PoolClient {
         Ok(out)
     }
 
-    /// Removes a file's segments from every holder; holders that cannot be reached are
-    /// reported, the others are cleaned.
+    /// Removes a file's segments from every node that holds any; nodes that cannot be
+    /// reached are reported, the others are cleaned.
     pub async fn delete(&self, m: &Manifest) -> Result<(), ClientError> {
         let place = &m.place;
-        let deletes = place
-            .holders
-            .iter()
-            .enumerate()
-            .map(|(i, holder)| async move {
-                let req = Request::Delete {
+        let holders = m.all_holders();
+        let deletes = holders.iter().enumerate().map(|(i, holder)| async move {
+            let req = Request::Delete {
+                file: place.file_id.clone(),
+            };
+            self.conns
+                .call(self.addr_of(holder).await, &req, None)
+                .await
+                .map_err(|source| ClientError::Store {
+                    node: holder.node_id,
                     file: place.file_id.clone(),
-                };
-                self.conns
-                    .call(self.addr_of(holder).await, &req, None)
-                    .await
-                    .map_err(|source| ClientError::Store {
-                        node: holder.node_id,
-                        file: place.file_id.clone(),
-                        segment: i as u32,
-                        source,
-                    })
-            });
+                    segment: i as u32,
+                    source,
+                })
+        });
         let results = futures::future::join_all(deletes).await;
         results
             .into_iter()
@@ -649,16 +780,16 @@ impl PoolClient {
                     m.size += n as u64;
                     let place = m.place.clone();
                     in_flight.push_back(async move {
-                        let sums = self.write_stripe(&place, j, &buf).await?;
-                        Ok::<_, ClientError>((j, buf.len() as u64, sums))
+                        let record = self.write_stripe(&place, j, &buf).await?;
+                        Ok::<_, ClientError>((j, buf.len() as u64, record))
                     });
                     j += 1;
                 }
                 continue;
             }
             if let Some(done) = in_flight.next().await {
-                let (j, n, sums) = done?;
-                m.set_stripe(j, sums);
+                let (j, n, record) = done?;
+                m.set_stripe(j, record);
                 stored += n;
                 progress(stored);
             }

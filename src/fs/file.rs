@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 
 use super::FsError;
-use crate::client::stripe::Checksum;
+use crate::client::StripeRecord;
 use crate::client::{ClientError, Manifest, PoolClient};
 
 /// Stripes fetched ahead of a sequential reader.
@@ -24,7 +24,7 @@ type Fetch = JoinHandle<Result<Vec<u8>, ClientError>>;
 
 struct Upload {
     data: Arc<Vec<u8>>,
-    task: JoinHandle<Result<Vec<Checksum>, ClientError>>,
+    task: JoinHandle<Result<StripeRecord, ClientError>>,
 }
 
 /// The data side of one open inode, shared by all its handles.
@@ -97,8 +97,8 @@ impl FileData {
         let client = self.client.clone();
         let place = self.manifest.place.clone();
         let len = self.manifest.stripe_len(j);
-        let sums = self.manifest.sums(j).to_vec();
-        tokio::spawn(async move { client.read_stripe(&place, j, len, &sums).await })
+        let record = self.manifest.stripe(j);
+        tokio::spawn(async move { client.read_stripe(&place, j, len, &record).await })
     }
 
     /// Stripe `j` as stored in the pool (through the cache and prefetches).
@@ -175,7 +175,7 @@ impl FileData {
             if !overwrite_all {
                 if let Some(up) = self.uploads.get(&j) {
                     buf[..up.data.len()].copy_from_slice(&up.data);
-                } else if !self.manifest.sums(j).is_empty() {
+                } else if !self.manifest.is_hole(j) {
                     let data = self.pooled_stripe(j).await?;
                     buf[..data.len()].copy_from_slice(&data);
                 }
@@ -289,7 +289,7 @@ impl FileData {
             Err(e) => Err(FsError::Meta(format!("upload task failed: {e}"))),
         };
         match result {
-            Ok(sums) => self.manifest.set_stripe(j, sums),
+            Ok(record) => self.manifest.set_stripe(j, record),
             Err(e) => {
                 log::error!(
                     "cannot store stripe {j} of file {}: {e}",

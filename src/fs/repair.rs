@@ -26,19 +26,30 @@ pub fn health(vfs: &Vfs, ino: u64) -> Result<String, FsError> {
     let view = vfs.run(vfs.client().view())?;
     let layout = m.place.layout;
     let n = layout.segments() as usize;
-    let mut live = 0;
+    let up = |h: &Holder| view.node(h.node_id).map(|node| node.state) == Some(NodeState::Up);
     let mut lost = Vec::new();
-    for h in &m.place.holders {
-        match view.node(h.node_id).map(|node| node.state) {
-            Some(NodeState::Up) => live += 1,
-            state => lost.push(format!(
+    for h in m.all_holders() {
+        if !up(&h) {
+            let state = view.node(h.node_id).map(|node| node.state);
+            lost.push(format!(
                 "node {} {}",
                 h.node_id,
                 state.map_or("unknown".into(), |s| s.to_string())
-            )),
+            ));
         }
     }
-    let verdict = if live == n {
+    // The weakest stripe decides: how many of its shards sit on live nodes.
+    let mut live = n;
+    let mut away = 0;
+    for j in 0..layout.stripe_count(m.size) {
+        let rec = m.stripe(j);
+        if rec.is_hole() {
+            continue;
+        }
+        away += rec.moved.len();
+        live = live.min((0..n).filter(|&i| up(rec.holder(&m.place, i))).count());
+    }
+    let verdict = if live == n && away == 0 {
         "healthy"
     } else if live >= layout.k as usize {
         "degraded (readable, repair pending)"
@@ -49,6 +60,9 @@ pub fn health(vfs: &Vfs, ino: u64) -> Result<String, FsError> {
         "{verdict}: {live} of {n} segments on live nodes (k={}, m={})",
         layout.k, layout.m
     );
+    if away > 0 {
+        text.push_str(&format!("; {away} shards stored away from their holders"));
+    }
     if !lost.is_empty() {
         text.push_str(&format!("; missing: {}", lost.join(", ")));
     }
@@ -89,7 +103,8 @@ pub fn repair_pass(vfs: &Vfs, grace: Duration) -> Result<RepairReport, FsError> 
         let broken: Vec<usize> = (0..m.place.holders.len())
             .filter(|&i| needs_repair(&view, &m.place.holders[i], grace))
             .collect();
-        if broken.is_empty() {
+        let moved = m.stripes.iter().any(|s| !s.moved.is_empty());
+        if broken.is_empty() && !moved {
             continue;
         }
         if vfs.is_open(inode.ino) {
@@ -128,6 +143,30 @@ pub fn repair_pass(vfs: &Vfs, grace: Duration) -> Result<RepairReport, FsError> 
                         m.place.file_id
                     );
                     report.pending += 1;
+                }
+            }
+        }
+        if m.stripes.iter().any(|s| !s.moved.is_empty()) {
+            match vfs.run(vfs.client().bring_home(&m, STRIPE_PAUSE)) {
+                Ok(home) => {
+                    let before: usize = m.stripes.iter().map(|s| s.moved.len()).sum();
+                    let after: usize = home.stripes.iter().map(|s| s.moved.len()).sum();
+                    if after < before {
+                        log::info!(
+                            "repair: {} shards of file {} moved back to their holders",
+                            before - after,
+                            m.place.file_id
+                        );
+                        report.rebuilt += before - after;
+                    }
+                    report.pending += after;
+                    m = home;
+                }
+                Err(e) => {
+                    log::warn!(
+                        "repair: cannot move shards of file {} home: {e}",
+                        m.place.file_id
+                    );
                 }
             }
         }
@@ -189,7 +228,7 @@ pub fn scrub_pass(vfs: &Vfs) -> Result<ScrubReport, FsError> {
         for j in 0..m.place.layout.stripe_count(m.size) {
             match vfs.run(
                 vfs.client()
-                    .scrub_stripe(&m.place, j, m.stripe_len(j), m.sums(j)),
+                    .scrub_stripe(&m.place, j, m.stripe_len(j), &m.stripe(j)),
             ) {
                 Ok((verified, healed)) => {
                     report.verified += verified;
