@@ -92,6 +92,10 @@ pub struct MountArgs {
     /// (a node that leaves is repaired at once).
     #[arg(long, default_value_t = 60)]
     pub repair_grace: u64,
+    /// Store shards in clear, readable by the nodes that hold them: only to measure
+    /// what encryption costs.
+    #[arg(long)]
+    pub no_encryption: bool,
     /// Stay attached to the terminal instead of returning once mounted.
     #[arg(long, short = 'f')]
     pub foreground: bool,
@@ -115,6 +119,9 @@ pub struct UpArgs {
     /// The pool key file, created if missing [default: a new key in the pool's state].
     #[arg(long = "key", env = "POOLFS_KEY", value_name = "FILE")]
     pub key: Option<PathBuf>,
+    /// Store shards in clear (see `mount --no-encryption`): benchmarks only.
+    #[arg(long)]
+    pub no_encryption: bool,
 }
 
 #[derive(Args, Debug)]

@@ -127,6 +127,7 @@ fn run(cli: Cli) -> Result<()> {
                 args.nodes,
                 args.parity,
                 args.key.as_deref(),
+                !args.no_encryption,
             )
             .map_err(anyhow::Error::msg)?;
             println!(
@@ -173,6 +174,7 @@ fn mount(args: cli::MountArgs) -> Result<()> {
         allow_other: args.allow_other,
         repair_grace: std::time::Duration::from_secs(args.repair_grace),
         key,
+        encrypt: !args.no_encryption,
     };
     if !args.foreground && std::env::var_os("POOLFS_NOTIFY_READY").is_none() {
         // Detach: run ourselves in the background and return once the mount is live.
@@ -342,7 +344,8 @@ async fn put(args: cli::PutArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot open {}", args.file.display()))?;
     let len = src.metadata().await.map(|m| m.len()).unwrap_or(0);
-    let mut cfg = ClientConfig::new(args.controller.controller, creds);
+    let owner = std::sync::Arc::new(catalog.owner_key()?);
+    let mut cfg = ClientConfig::new(args.controller.controller, creds, Some(owner));
     cfg.parity = args.parity;
     let client = PoolClient::new(cfg);
     let bar = progress_bar(len);
@@ -368,8 +371,14 @@ async fn put(args: cli::PutArgs) -> Result<()> {
 
 async fn get(args: cli::GetArgs) -> Result<()> {
     let creds = client_credentials(&args.key)?;
-    let manifest = catalog(&args.catalog).load(&args.name)?;
-    let client = PoolClient::new(ClientConfig::new(args.controller.controller, creds));
+    let catalog = catalog(&args.catalog);
+    let manifest = catalog.load(&args.name)?;
+    let owner = std::sync::Arc::new(catalog.owner_key()?);
+    let client = PoolClient::new(ClientConfig::new(
+        args.controller.controller,
+        creds,
+        Some(owner),
+    ));
     let started = Instant::now();
     let bar = progress_bar(manifest.size);
     if args.out.as_os_str() == "-" {

@@ -16,6 +16,9 @@ use crate::util::{decode_hex, default_data_dir, encode_hex};
 pub const KEY_LEN: usize = 32;
 /// Name of a member's static private key, beside its `identity` file.
 pub const NODE_KEY_FILE: &str = "node.key";
+/// The owner secret's file name: shards of this owner's files are encrypted with keys
+/// derived from it, so losing it loses the files.
+pub const OWNER_KEY_FILE: &str = "owner.key";
 
 /// Why a key file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +90,43 @@ impl PoolKey {
 /// Where the pool key lives when `--key` is not given: `DATA_DIR/pool.key`.
 pub fn default_key_path() -> PathBuf {
     default_data_dir().join("pool.key")
+}
+
+/// An owner's secret: per-file shard keys are derived from it. It never leaves the
+/// owner's machine; peers holding the shards cannot decrypt them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OwnerKey([u8; KEY_LEN]);
+
+impl std::fmt::Debug for OwnerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OwnerKey(..)")
+    }
+}
+
+impl OwnerKey {
+    /// The owner secret kept in `dir/owner.key`, created (mode 0600) the first time.
+    pub fn load_or_create(dir: &Path) -> Result<Self, KeyError> {
+        let path = dir.join(OWNER_KEY_FILE);
+        match read_key_file(&path) {
+            Ok(secret) => Ok(OwnerKey(secret)),
+            Err(KeyError::Missing(_)) => {
+                let secret = rand::random();
+                write_new_key_file(&path, &secret)?;
+                Ok(OwnerKey(secret))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The secret bytes.
+    pub fn bytes(&self) -> &[u8; KEY_LEN] {
+        &self.0
+    }
+
+    /// A key from known bytes (tests).
+    pub fn from_bytes(secret: [u8; KEY_LEN]) -> Self {
+        OwnerKey(secret)
+    }
 }
 
 /// What one end of a connection proves: the pool key and its own static keypair.

@@ -81,6 +81,7 @@ pub fn up(
     nodes: u32,
     parity: Option<u32>,
     key: Option<&Path>,
+    encrypt: bool,
 ) -> Result<UpState, String> {
     if nodes == 0 {
         return Err("--nodes must be at least 1".into());
@@ -147,6 +148,9 @@ pub fn up(
         ]);
         if let Some(m) = parity {
             mount.extend(args(&[&"--parity", &m.to_string()]));
+        }
+        if !encrypt {
+            mount.extend(args(&[&"--no-encryption"]));
         }
         let pid = spawn_ready(&mount, &dir.join("mount.log"), Duration::from_secs(30))?;
         pids.insert(0, pid);

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::{assert_ok, wait_until, Cluster};
 use poolfs::client::catalog::Catalog;
-use poolfs::client::{ClientConfig, PoolClient};
+use poolfs::client::PoolClient;
 use poolfs::proto::NodeState;
 
 const MIB: usize = 1 << 20;
@@ -65,7 +65,7 @@ fn one_dead_node_of_four_loses_nothing() {
 
     // Byte ranges route around the dead node too, each well under a second.
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let client = PoolClient::new(ClientConfig::new(c.ctrl(), c.credentials()));
+    let client = PoolClient::new(c.client_config());
     for (offset, len) in [
         (0u64, 1u64),
         (3 * MIB as u64 - 1, 2),

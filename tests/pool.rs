@@ -13,7 +13,7 @@ use common::{
     Cluster,
 };
 use poolfs::client::catalog::Catalog;
-use poolfs::client::{ClientConfig, ClientError, Manifest, PoolClient, DEFAULT_SHARD_SIZE};
+use poolfs::client::{ClientError, Manifest, PoolClient, DEFAULT_SHARD_SIZE};
 use poolfs::net::Connection;
 use poolfs::proto::{self, ErrorKind, NodeId, NodeState, Request, Response, SegmentRef};
 use poolfs::trust::PoolKey;
@@ -31,7 +31,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn client(c: &Cluster) -> PoolClient {
-    PoolClient::new(ClientConfig::new(c.ctrl(), c.credentials()))
+    PoolClient::new(c.client_config())
 }
 
 fn manifest(c: &Cluster, name: &str) -> Manifest {

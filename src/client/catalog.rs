@@ -73,6 +73,19 @@ impl Catalog {
         })
     }
 
+    /// The owner secret of the files in this catalog (`owner.key` beside the
+    /// manifests), created the first time: without it they cannot be read back.
+    pub fn owner_key(&self) -> Result<crate::trust::OwnerKey, CatalogError> {
+        std::fs::create_dir_all(&self.dir).map_err(|source| CatalogError::Io {
+            path: self.dir.clone(),
+            source,
+        })?;
+        crate::trust::OwnerKey::load_or_create(&self.dir).map_err(|e| CatalogError::Corrupt {
+            path: self.dir.join(crate::trust::OWNER_KEY_FILE),
+            message: e.to_string(),
+        })
+    }
+
     /// Removes the entry `name`.
     pub fn remove(&self, name: &str) -> Result<(), CatalogError> {
         let path = self.path(name)?;

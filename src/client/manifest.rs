@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use super::layout::Layout;
+use super::seal::{Salt, SealTag};
 use super::stripe::Checksum;
 use crate::proto::NodeId;
 
@@ -42,6 +43,15 @@ pub struct StripeRecord {
     pub sums: Vec<Checksum>,
     /// Shards not on their segment's holder.
     pub moved: Vec<Moved>,
+    /// How the shards were encrypted; `None` if they were stored in clear.
+    pub seal: Option<Sealing>,
+}
+
+/// The encryption of one stripe write: its nonce salt and every shard's tag.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Sealing {
+    pub salt: Salt,
+    pub tags: Vec<SealTag>,
 }
 
 impl StripeRecord {
@@ -153,6 +163,7 @@ mod tests {
                         to: holder(4),
                     },
                 ],
+                seal: None,
             },
         );
         assert!(m.is_hole(0) && m.is_hole(1) && !m.is_hole(2) && m.is_hole(9));

@@ -4,6 +4,7 @@
 pub mod catalog;
 pub mod layout;
 pub mod manifest;
+pub mod seal;
 pub mod stripe;
 
 use std::net::SocketAddr;
@@ -15,10 +16,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::net::{ConnPool, NetError};
 use crate::proto::{ErrorKind, NodeId, NodeState, PoolView, Request, Response, SegmentRef};
-use crate::trust::Credentials;
+use crate::trust::{Credentials, OwnerKey};
 pub use layout::Layout;
-pub use manifest::{Holder, Manifest, Moved, Placement, StripeRecord};
-use stripe::Checksum;
+pub use manifest::{Holder, Manifest, Moved, Placement, Sealing, StripeRecord};
+use seal::FileCipher;
 
 /// Default shard size: large enough for streaming, small enough to keep memory bounded.
 pub const DEFAULT_SHARD_SIZE: u32 = 1 << 20;
@@ -34,14 +35,23 @@ pub struct ClientConfig {
     pub stripes_in_flight: usize,
     /// What every connection proves: the pool key and this client's static key.
     pub creds: Arc<Credentials>,
+    /// The owner secret that shard keys derive from; `None` stores shards in clear
+    /// (benchmarks of the cost of encryption only).
+    pub owner: Option<Arc<OwnerKey>>,
 }
 
 impl ClientConfig {
-    /// Defaults for a pool whose controller is at `controller`, joined with `creds`.
-    pub fn new(controller: SocketAddr, creds: Arc<Credentials>) -> Self {
+    /// Defaults for a pool whose controller is at `controller`, joined with `creds`,
+    /// encrypting shards with keys derived from `owner`.
+    pub fn new(
+        controller: SocketAddr,
+        creds: Arc<Credentials>,
+        owner: Option<Arc<OwnerKey>>,
+    ) -> Self {
         ClientConfig {
             controller,
             creds,
+            owner,
             parity: None,
             shard_size: DEFAULT_SHARD_SIZE,
             stripes_in_flight: 4,
@@ -66,14 +76,6 @@ pub enum ClientError {
     #[error("storing segment {segment} of file {file} on node {node} failed: {source}")]
     Store {
         node: NodeId,
-        file: String,
-        segment: u32,
-        source: NetError,
-    },
-    #[error("segment {segment} of file {file} is on node {node} ({addr}), which failed: {source}")]
-    Fetch {
-        node: NodeId,
-        addr: SocketAddr,
         file: String,
         segment: u32,
         source: NetError,
@@ -103,6 +105,8 @@ pub enum ClientError {
         stripe: u64,
         message: String,
     },
+    #[error("file {file} is encrypted and this client has no owner key to read it")]
+    NoOwnerKey { file: String },
     #[error("file {file} has no checksums for stripe {stripe}: the manifest is incomplete")]
     Incomplete { file: String, stripe: u64 },
     #[error("i/o: {0}")]
@@ -297,11 +301,22 @@ impl PoolClient {
         data: &[u8],
     ) -> Result<StripeRecord, ClientError> {
         let layout = &place.layout;
-        let shards = stripe::encode(layout, data).map_err(|e| ClientError::Codec {
+        let mut shards = stripe::encode(layout, data).map_err(|e| ClientError::Codec {
             file: place.file_id.clone(),
             stripe: j,
             message: e.to_string(),
         })?;
+        // A fresh salt per write: nonces never repeat for different bytes.
+        let seal = self.cfg.owner.as_ref().map(|owner| {
+            let salt = rand::random();
+            let cipher = FileCipher::new(owner, &place.file_id);
+            let tags = shards
+                .iter_mut()
+                .enumerate()
+                .map(|(i, shard)| cipher.seal(&salt, j, i, shard))
+                .collect();
+            Sealing { salt, tags }
+        });
         let n = shards.len();
         let needed = if layout.m == 0 {
             n
@@ -346,6 +361,7 @@ impl PoolClient {
         let mut record = StripeRecord {
             sums: shards.iter().map(|s| stripe::checksum(s)).collect(),
             moved: Vec::new(),
+            seal,
         };
         let mut count = stored.iter().filter(|s| **s).count();
         if count < needed {
@@ -437,15 +453,17 @@ impl PoolClient {
         Err(last.unwrap_or(ClientError::NoNodes))
     }
 
+    /// Shard `i` of stripe `j` from wherever the record says it is, verified against
+    /// its checksum and, for an encrypted file, opened: plaintext or why not.
     async fn fetch_shard(
         &self,
         place: &Placement,
-        holder: &Holder,
+        record: &StripeRecord,
         j: u64,
         i: usize,
         shard_len: u32,
-        sum: &Checksum,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<Vec<u8>, ShardFailure> {
+        let holder = record.holder(place, i);
         let addr = self.addr_of(holder).await;
         let req = Request::Fwd {
             segment: SegmentRef {
@@ -458,13 +476,65 @@ impl PoolClient {
         let who = format!("node {} ({addr})", holder.node_id);
         let answer = tokio::time::timeout(READ_DEADLINE, self.conns.call(addr, &req, None))
             .await
-            .map_err(|_| format!("{who} did not answer within {READ_DEADLINE:?}"))?
-            .map_err(|e| format!("{who}: {e}"))?;
-        let shard = answer.1.ok_or_else(|| format!("{who} sent no data"))?;
-        if shard.len() != shard_len as usize || stripe::checksum(&shard) != *sum {
-            return Err(format!("{who}: shard {i} fails its checksum"));
+            .map_err(|_| {
+                ShardFailure::Unreachable(format!("{who} did not answer within {READ_DEADLINE:?}"))
+            })?
+            .map_err(|e| ShardFailure::Unreachable(format!("{who}: {e}")))?;
+        let mut shard = answer
+            .1
+            .ok_or_else(|| ShardFailure::Unreachable(format!("{who} sent no data")))?;
+        if shard.len() != shard_len as usize || stripe::checksum(&shard) != record.sums[i] {
+            return Err(ShardFailure::Corrupt(format!(
+                "{who}: shard {i} fails its checksum"
+            )));
+        }
+        if let Some(seal) = &record.seal {
+            let cipher = self.cipher(place)?;
+            let tag = seal.tags.get(i).ok_or_else(|| {
+                ShardFailure::Unreachable(format!("the manifest has no tag for shard {i}"))
+            })?;
+            cipher
+                .open(&seal.salt, j, i, &mut shard, tag)
+                .map_err(|e| ShardFailure::Corrupt(format!("{who}: {e}")))?;
         }
         Ok(shard)
+    }
+
+    /// The cipher of a file, if this client holds an owner key.
+    fn cipher(&self, place: &Placement) -> Result<FileCipher, ShardFailure> {
+        let owner = self.cfg.owner.as_ref().ok_or_else(|| {
+            ShardFailure::Unreachable(format!(
+                "file {} is encrypted and this client has no owner key",
+                place.file_id
+            ))
+        })?;
+        Ok(FileCipher::new(owner, &place.file_id))
+    }
+
+    /// Stripe `j`'s shards as its record says they were stored: erasure coded from
+    /// `data` and, if the stripe was encrypted, sealed again under the same nonces
+    /// (the same bytes, so the same ciphertext).
+    fn shards_as_recorded(
+        &self,
+        place: &Placement,
+        record: &StripeRecord,
+        j: u64,
+        data: &[u8],
+    ) -> Result<Vec<Vec<u8>>, ClientError> {
+        let mut shards = stripe::encode(&place.layout, data).map_err(|e| ClientError::Codec {
+            file: place.file_id.clone(),
+            stripe: j,
+            message: e.to_string(),
+        })?;
+        if let Some(seal) = &record.seal {
+            let cipher = self.cipher(place).map_err(|_| ClientError::NoOwnerKey {
+                file: place.file_id.clone(),
+            })?;
+            for (i, shard) in shards.iter_mut().enumerate() {
+                cipher.seal(&seal.salt, j, i, shard);
+            }
+        }
+        Ok(shards)
     }
 
     /// Fetches stripe `j` (carrying `stripe_len` data bytes) from any k of its holders,
@@ -500,13 +570,8 @@ impl PoolClient {
         let mut shards: Vec<Option<Vec<u8>>> = vec![None; n];
         let mut failures = Vec::new();
         let mut corrupt = Vec::new();
-        let fetch = |i: usize| async move {
-            let holder = record.holder(place, i);
-            let got = self
-                .fetch_shard(place, holder, j, i, shard_len, &record.sums[i])
-                .await;
-            (i, got)
-        };
+        let fetch =
+            |i: usize| async move { (i, self.fetch_shard(place, record, j, i, shard_len).await) };
         let mut pending: FuturesUnordered<_> = order.by_ref().take(k).map(fetch).collect();
         let mut have = 0;
         while have < k {
@@ -519,10 +584,10 @@ impl PoolClient {
                     have += 1;
                 }
                 Err(why) => {
-                    if why.ends_with("fails its checksum") {
+                    if matches!(why, ShardFailure::Corrupt(_)) {
                         corrupt.push(i);
                     }
-                    failures.push(why);
+                    failures.push(why.to_string());
                     if let Some(next) = order.next() {
                         pending.push(fetch(next));
                     }
@@ -610,12 +675,7 @@ impl PoolClient {
     /// Shard `i` of stripe `j`, rebuilt from whichever k shards can be read.
     async fn rebuilt_shard(&self, m: &Manifest, j: u64, i: usize) -> Result<Vec<u8>, ClientError> {
         let data = self.fetch_stripe(m, j).await?;
-        let mut shards =
-            stripe::encode(&m.place.layout, &data).map_err(|e| ClientError::Codec {
-                file: m.place.file_id.clone(),
-                stripe: j,
-                message: e.to_string(),
-            })?;
+        let mut shards = self.shards_as_recorded(&m.place, &m.stripe(j), j, &data)?;
         Ok(shards.swap_remove(i))
     }
 
@@ -639,16 +699,9 @@ impl PoolClient {
             });
         }
         let shard_len = place.layout.shard_len(stripe_len);
-        let fetched = futures::future::join_all((0..n).map(|i| {
-            self.fetch_shard(
-                place,
-                record.holder(place, i),
-                j,
-                i,
-                shard_len,
-                &record.sums[i],
-            )
-        }))
+        let fetched = futures::future::join_all(
+            (0..n).map(|i| self.fetch_shard(place, record, j, i, shard_len)),
+        )
         .await;
         let skip = self
             .unhealthy((0..n).map(|i| record.holder(place, i)))
@@ -686,8 +739,12 @@ impl PoolClient {
         data: &[u8],
         bad: &[usize],
     ) {
-        let Ok(shards) = stripe::encode(&place.layout, data) else {
-            return;
+        let shards = match self.shards_as_recorded(place, record, j, data) {
+            Ok(shards) => shards,
+            Err(e) => {
+                log::warn!("cannot heal stripe {j} of file {}: {e}", place.file_id);
+                return;
+            }
         };
         for &i in bad {
             let holder = record.holder(place, i);
@@ -816,6 +873,23 @@ impl PoolClient {
         }
         dst.flush().await?;
         Ok(())
+    }
+}
+
+/// Why one shard could not be used for a read.
+#[derive(Debug)]
+enum ShardFailure {
+    /// Its holder failed, was late or is unknown: the shard may be fine.
+    Unreachable(String),
+    /// Its bytes are wrong (checksum or authentication): it must be rewritten.
+    Corrupt(String),
+}
+
+impl std::fmt::Display for ShardFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShardFailure::Unreachable(why) | ShardFailure::Corrupt(why) => f.write_str(why),
+        }
     }
 }
 

@@ -171,6 +171,10 @@ fn is_empty_dir(dirents: &Dirents<'_>, ino: u64) -> Result<bool, FsError> {
     })
 }
 
+/// Version of the records kept here; bumped whenever `Inode` or `Manifest` change
+/// (2: per-stripe records with moved shards and encryption).
+const META_FORMAT: u64 = 2;
+
 /// The metadata database of one mount.
 pub struct MetaStore {
     db: Database,
@@ -195,6 +199,17 @@ impl MetaStore {
                 root.parent = ROOT;
                 store(inodes, &root)?;
                 counters.insert("next_ino", ROOT + 1).map_err(db_err)?;
+                counters.insert("format", META_FORMAT).map_err(db_err)?;
+            }
+            // Records are bincode: a store written by another format cannot be read.
+            let format = counters.get("format").map_err(db_err)?.map(|g| g.value());
+            if format != Some(META_FORMAT) {
+                return Err(FsError::Meta(format!(
+                    "{} holds metadata of format {}, this poolfs reads format \
+                     {META_FORMAT}; mount it with the poolfs that made it",
+                    path.display(),
+                    format.map_or("1".into(), |f| f.to_string())
+                )));
             }
             Ok(())
         })?;

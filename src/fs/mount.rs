@@ -13,7 +13,7 @@ use super::vfs::Vfs;
 use super::FsError;
 use crate::client::{ClientConfig, PoolClient};
 use crate::node::{Node, NodeConfig, NodeError};
-use crate::trust::PoolKey;
+use crate::trust::{OwnerKey, PoolKey};
 
 /// How to mount.
 #[derive(Clone, Debug)]
@@ -30,6 +30,8 @@ pub struct MountConfig {
     pub repair_grace: Duration,
     /// The pool key.
     pub key: PoolKey,
+    /// Encrypt shards (the default; off only to measure what encryption costs).
+    pub encrypt: bool,
 }
 
 /// Why a mount failed.
@@ -43,6 +45,8 @@ pub enum MountError {
     NoController(SocketAddr),
     #[error("metadata: {0}")]
     Meta(#[from] FsError),
+    #[error("owner key: {0}")]
+    Owner(String),
     #[error("cannot mount {path}: {source}")]
     Fuse {
         path: PathBuf,
@@ -194,7 +198,14 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
         return Err(MountError::NoController(cfg.controller));
     }
     // The mount's client proves the same static key as its node.
-    let mut client_cfg = ClientConfig::new(cfg.controller, node.credentials());
+    // Shards are sealed with keys from the owner secret kept beside the metadata.
+    let owner = match cfg.encrypt {
+        true => Some(Arc::new(
+            OwnerKey::load_or_create(&cfg.storage).map_err(|e| MountError::Owner(e.to_string()))?,
+        )),
+        false => None,
+    };
+    let mut client_cfg = ClientConfig::new(cfg.controller, node.credentials(), owner);
     client_cfg.parity = cfg.parity;
     let client = Arc::new(PoolClient::new(client_cfg));
     let vfs = Arc::new(Vfs::new(meta, client, rt.handle().clone())?);

@@ -517,6 +517,19 @@ impl Cluster {
         poolfs::trust::PoolKey::load(&self.key).unwrap()
     }
 
+    /// A client config for this cluster that encrypts as `put` does, with the owner
+    /// key of the cluster's catalog (so it reads what `put` stored, and vice versa).
+    pub fn client_config(&self) -> poolfs::client::ClientConfig {
+        let owner = poolfs::client::catalog::Catalog::new(&self.catalog())
+            .owner_key()
+            .unwrap();
+        poolfs::client::ClientConfig::new(
+            self.ctrl(),
+            self.credentials(),
+            Some(std::sync::Arc::new(owner)),
+        )
+    }
+
     /// Client credentials proving the cluster's pool key.
     pub fn credentials(&self) -> std::sync::Arc<poolfs::trust::Credentials> {
         std::sync::Arc::new(poolfs::trust::Credentials::ephemeral(&self.pool_key()).unwrap())
