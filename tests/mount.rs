@@ -1839,3 +1839,43 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// With `up --quota`, copying a file larger than what the mount may hold on each node
+/// fails with EDQUOT ("Disk quota exceeded"), not a crash or a silent loss; removing it
+/// leaves no segment behind and gives the quota back.
+#[test]
+fn cp_past_the_quota_fails_with_edquot() {
+    if !can_mount() {
+        return;
+    }
+    // Three nodes, one parity: a stripe puts 1 MiB on each node, the quota holds one.
+    let pool = Pool::up_with("quota", 3, &["--quota", "1M"]);
+    let big = pool.scratch().join("big");
+    random_file(&big, 4 * MIB);
+    let out = run(Command::new("cp").arg(&big).arg(pool.path("big")));
+    assert!(!out.status.success(), "cp past the quota succeeded");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Disk quota exceeded"), "cp said: {err}");
+
+    // The same at the system call: close (or an earlier write) reports EDQUOT.
+    let data = vec![5u8; 3 * MIB];
+    let r = File::create(pool.path("raw")).and_then(|mut f| {
+        f.write_all(&data)?;
+        f.sync_all()
+    });
+    assert_eq!(errno_of(r, "write past the quota"), libc::EDQUOT);
+
+    fs::remove_file(pool.path("big")).unwrap();
+    fs::remove_file(pool.path("raw")).unwrap();
+    let gone = wait_until(Duration::from_secs(10), || {
+        pool.storages().iter().all(|s| segment_usage(s).0 == 0)
+    });
+    let left: Vec<_> = pool.storages().iter().map(|s| segment_usage(s)).collect();
+    assert!(gone, "segments left behind: {left:?}");
+    // Within the quota, a file fits and reads back.
+    let small = pool.scratch().join("small");
+    random_file(&small, 2 * MIB - 5);
+    run_ok(Command::new("cp").arg(&small).arg(pool.path("small")));
+    drop_cache(&pool.path("small"));
+    assert_same_file(&small, &pool.path("small"));
+}
