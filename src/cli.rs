@@ -81,6 +81,10 @@ pub struct MountArgs {
     /// Space this node offers, e.g. 10G [default: free space of the storage disk].
     #[arg(long, value_parser = parse_size)]
     pub capacity: Option<u64>,
+    /// Most bytes one member (one static key) may store on this node, e.g. 2G
+    /// [default: no limit but the capacity].
+    #[arg(long, value_parser = parse_size)]
+    pub quota: Option<u64>,
     /// Parity segments per file: how many nodes may fail without losing a file
     /// [default: 1 on pools of 3 or more nodes, else 0].
     #[arg(long)]
@@ -113,6 +117,9 @@ pub struct UpArgs {
     /// Parity segments per file.
     #[arg(long)]
     pub parity: Option<u32>,
+    /// Most bytes one member may store on each node, e.g. 2G [default: no limit].
+    #[arg(long, value_parser = parse_size)]
+    pub quota: Option<u64>,
     /// Where the pool's state lives [default: DATA_DIR].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -182,6 +189,10 @@ pub struct NodeArgs {
     /// Space offered to the pool, e.g. 10G [default: free space of the storage disk].
     #[arg(long, value_parser = parse_size)]
     pub capacity: Option<u64>,
+    /// Most bytes one member (one static key) may store on this node, e.g. 2G
+    /// [default: no limit but the capacity].
+    #[arg(long, value_parser = parse_size)]
+    pub quota: Option<u64>,
     #[command(flatten)]
     pub key: KeyOpt,
 }
@@ -210,7 +221,8 @@ pub struct ScanArgs {
 
 #[derive(Args, Debug)]
 pub struct CatalogOpt {
-    /// Directory of manifests of offloaded files [default: DATA_DIR/catalog].
+    /// Directory of manifests of offloaded files and of the key that owns their segments
+    /// (client.key) [default: DATA_DIR/catalog].
     #[arg(long)]
     pub catalog: Option<PathBuf>,
 }

@@ -15,7 +15,7 @@ use poolfs::daemon;
 use poolfs::fs::mount::MountConfig;
 use poolfs::node::{Node, NodeConfig};
 use poolfs::proto::{PoolView, Request, Response, ScanReport};
-use poolfs::trust::{default_key_path, Credentials, PoolKey};
+use poolfs::trust::{default_key_path, Credentials, KeyError, PoolKey, CLIENT_KEY_FILE};
 use poolfs::util::{default_data_dir, human_size};
 
 fn main() {
@@ -59,11 +59,35 @@ fn load_key(opt: &cli::KeyOpt) -> Result<PoolKey> {
     Ok(PoolKey::load(&path)?)
 }
 
-/// Credentials for a one-shot client: the pool key and a throwaway static key.
+/// Credentials for a client that stores nothing: the pool key and a throwaway static key.
 fn client_credentials(opt: &cli::KeyOpt) -> Result<std::sync::Arc<Credentials>> {
     Ok(std::sync::Arc::new(Credentials::ephemeral(&load_key(
         opt,
     )?)?))
+}
+
+/// Credentials for `put` and `get`: the pool key and the catalog's own static key
+/// (`CATALOG/client.key`, made by the first `put`). Nodes keep segments per static key,
+/// so only this key can fetch or delete the files its catalog lists.
+fn catalog_credentials(
+    key: &PoolKey,
+    catalog: &std::path::Path,
+    create: bool,
+) -> Result<std::sync::Arc<Credentials>> {
+    let path = catalog.join(CLIENT_KEY_FILE);
+    let creds = if create {
+        Credentials::persistent_at(key, &path)?
+    } else {
+        match Credentials::load_at(key, &path) {
+            Err(KeyError::Missing(_)) => bail!(
+                "no client key at {}: the files of a catalog can be fetched only with the \
+                 key that stored them",
+                path.display()
+            ),
+            other => other?,
+        }
+    };
+    Ok(std::sync::Arc::new(creds))
 }
 
 fn init(args: cli::InitArgs) -> Result<()> {
@@ -106,6 +130,7 @@ fn run(cli: Cli) -> Result<()> {
                 listen: args.listen,
                 controller: args.controller,
                 capacity: args.capacity,
+                quota: args.quota,
                 key,
             })
             .await;
@@ -126,6 +151,7 @@ fn run(cli: Cli) -> Result<()> {
                 &args.mountpoint,
                 args.nodes,
                 args.parity,
+                args.quota,
                 args.key.as_deref(),
                 !args.no_encryption,
             )
@@ -170,6 +196,7 @@ fn mount(args: cli::MountArgs) -> Result<()> {
         controller: args.controller.controller,
         listen: args.listen,
         capacity: args.capacity,
+        quota: args.quota,
         parity: args.parity,
         allow_other: args.allow_other,
         repair_grace: std::time::Duration::from_secs(args.repair_grace),
@@ -302,12 +329,10 @@ fn format_scan(r: &ScanReport) -> String {
     out
 }
 
-fn catalog(opt: &cli::CatalogOpt) -> Catalog {
-    Catalog::new(
-        &opt.catalog
-            .clone()
-            .unwrap_or_else(|| default_data_dir().join("catalog")),
-    )
+fn catalog_dir(opt: &cli::CatalogOpt) -> std::path::PathBuf {
+    opt.catalog
+        .clone()
+        .unwrap_or_else(|| default_data_dir().join("catalog"))
 }
 
 fn progress_bar(len: u64) -> indicatif::ProgressBar {
@@ -338,8 +363,9 @@ async fn put(args: cli::PutArgs) -> Result<()> {
                 )
             })?,
     };
-    let catalog = catalog(&args.catalog);
-    let creds = client_credentials(&args.key)?;
+    let dir = catalog_dir(&args.catalog);
+    let catalog = Catalog::new(&dir);
+    let creds = catalog_credentials(&load_key(&args.key)?, &dir, true)?;
     let src = tokio::fs::File::open(&args.file)
         .await
         .with_context(|| format!("cannot open {}", args.file.display()))?;
@@ -370,9 +396,11 @@ async fn put(args: cli::PutArgs) -> Result<()> {
 }
 
 async fn get(args: cli::GetArgs) -> Result<()> {
-    let creds = client_credentials(&args.key)?;
-    let catalog = catalog(&args.catalog);
+    let key = load_key(&args.key)?;
+    let dir = catalog_dir(&args.catalog);
+    let catalog = Catalog::new(&dir);
     let manifest = catalog.load(&args.name)?;
+    let creds = catalog_credentials(&key, &dir, false)?;
     let owner = std::sync::Arc::new(catalog.owner_key()?);
     let client = PoolClient::new(ClientConfig::new(
         args.controller.controller,

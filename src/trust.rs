@@ -14,11 +14,14 @@ use crate::util::{decode_hex, default_data_dir, encode_hex};
 
 /// Length of the pool key and of Noise static keys.
 pub const KEY_LEN: usize = 32;
-/// Name of a member's static private key, beside its `identity` file.
+/// Name of a member's static private key, in its storage directory.
 pub const NODE_KEY_FILE: &str = "node.key";
 /// The owner secret's file name: shards of this owner's files are encrypted with keys
 /// derived from it, so losing it loses the files.
 pub const OWNER_KEY_FILE: &str = "owner.key";
+/// Name of the static private key of `poolfs put`/`get`, in the catalog directory: the
+/// segments of the files in a catalog belong to this key.
+pub const CLIENT_KEY_FILE: &str = "client.key";
 
 /// Why a key file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -145,7 +148,7 @@ impl std::fmt::Debug for Credentials {
 
 impl Credentials {
     /// The pool key with a fresh static keypair: for clients that need no persistent
-    /// identity (status, put, get, the controller).
+    /// identity and store nothing (status, scan).
     pub fn ephemeral(key: &PoolKey) -> Result<Self, KeyError> {
         Credentials::with_private(key, rand::random())
     }
@@ -153,17 +156,27 @@ impl Credentials {
     /// The pool key with the persistent keypair kept in `dir/node.key` (created, mode
     /// 0600, the first time): a member's identity.
     pub fn persistent(key: &PoolKey, dir: &Path) -> Result<Self, KeyError> {
-        let path = dir.join(NODE_KEY_FILE);
-        let private = match read_key_file(&path) {
+        Credentials::persistent_at(key, &dir.join(NODE_KEY_FILE))
+    }
+
+    /// The pool key with the persistent keypair kept in the file `path` (created, mode
+    /// 0600, the first time). Segments a node stores belong to this keypair.
+    pub fn persistent_at(key: &PoolKey, path: &Path) -> Result<Self, KeyError> {
+        let private = match read_key_file(path) {
             Ok(private) => private,
             Err(KeyError::Missing(_)) => {
                 let private = rand::random();
-                write_new_key_file(&path, &private)?;
+                write_new_key_file(path, &private)?;
                 private
             }
             Err(e) => return Err(e),
         };
         Credentials::with_private(key, private)
+    }
+
+    /// The pool key with the keypair kept in the file `path`, which must exist.
+    pub fn load_at(key: &PoolKey, path: &Path) -> Result<Self, KeyError> {
+        Credentials::with_private(key, read_key_file(path)?)
     }
 
     fn with_private(key: &PoolKey, private: [u8; KEY_LEN]) -> Result<Self, KeyError> {

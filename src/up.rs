@@ -73,13 +73,14 @@ fn stop(pids: &[u32]) {
 
 /// Starts a controller, `nodes - 1` storage nodes and a mount (itself a node) on
 /// loopback, state under `data`, all proving the pool key at `key` (by default a key of
-/// the pool's own in its state directory; either is created if missing). Returns what
-/// was started.
+/// the pool's own in its state directory; either is created if missing), each node
+/// holding at most `quota` bytes per member if given. Returns what was started.
 pub fn up(
     data: &Path,
     mountpoint: &Path,
     nodes: u32,
     parity: Option<u32>,
+    quota: Option<u64>,
     key: Option<&Path>,
     encrypt: bool,
 ) -> Result<UpState, String> {
@@ -100,6 +101,7 @@ pub fn up(
     let key = key.map_or_else(|| dir.join("pool.key"), Path::to_path_buf);
     crate::trust::PoolKey::load_or_create(&key).map_err(|e| e.to_string())?;
     let controller = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let quota_args = quota.map_or_else(Vec::new, |q| args(&[&"--quota", &q.to_string()]));
     let mut pids = Vec::new();
     let started = (|| {
         let ctrl = controller.to_string();
@@ -118,18 +120,20 @@ pub fn up(
         )?);
         for i in 1..nodes {
             let storage = dir.join(format!("node-{i}"));
+            let mut node = args(&[
+                &"node",
+                &"--storage",
+                &storage,
+                &"--listen",
+                &"127.0.0.1:0",
+                &"--controller",
+                &ctrl,
+                &"--key",
+                &key,
+            ]);
+            node.extend(quota_args.iter().cloned());
             pids.push(spawn_ready(
-                &args(&[
-                    &"node",
-                    &"--storage",
-                    &storage,
-                    &"--listen",
-                    &"127.0.0.1:0",
-                    &"--controller",
-                    &ctrl,
-                    &"--key",
-                    &key,
-                ]),
+                &node,
                 &dir.join(format!("node-{i}.log")),
                 Duration::from_secs(10),
             )?);
@@ -146,6 +150,7 @@ pub fn up(
             &"--key",
             &key,
         ]);
+        mount.extend(quota_args.iter().cloned());
         if let Some(m) = parity {
             mount.extend(args(&[&"--parity", &m.to_string()]));
         }

@@ -503,12 +503,9 @@ fn put_from_one_host_lands_segments_on_the_nodes_of_other_hosts() {
 
     let mut total = 0;
     for h in 1..=4usize {
-        let seg: PathBuf = lan
-            .dir()
-            .join(format!("store{h}-{NODE_PORT}"))
-            .join("segments")
-            .join(&m.place.file_id)
-            .join(format!("{}.seg", h - 1));
+        let store = lan.dir().join(format!("store{h}-{NODE_PORT}"));
+        let seg: PathBuf = common::segment_path(&store, &m.place.file_id, h as u32 - 1)
+            .unwrap_or_else(|| panic!("host {h} lacks segment {}", h - 1));
         let len = std::fs::metadata(&seg)
             .unwrap_or_else(|e| panic!("host {h} lacks segment {}: {e}", h - 1))
             .len();
@@ -543,19 +540,22 @@ fn member(view: &PoolView, id: NodeId) -> Option<(SocketAddr, NodeState)> {
     view.node(id).map(|n| (n.addr, n.state))
 }
 
-/// The segment files under `store/segments`: (file id, segment file name, length).
+/// The segment files under `store/segments/OWNER/`: (file id, segment file name, length).
 fn segment_files(store: &Path) -> Vec<(String, String, u64)> {
     let mut found = Vec::new();
     let root = store.join("segments");
-    for dir in std::fs::read_dir(&root).unwrap_or_else(|e| panic!("{}: {e}", root.display())) {
-        let dir = dir.expect("a directory entry");
-        for seg in std::fs::read_dir(dir.path()).expect("a file's segment directory") {
-            let seg = seg.expect("a directory entry");
-            found.push((
-                dir.file_name().to_string_lossy().into_owned(),
-                seg.file_name().to_string_lossy().into_owned(),
-                seg.metadata().expect("segment metadata").len(),
-            ));
+    for owner in std::fs::read_dir(&root).unwrap_or_else(|e| panic!("{}: {e}", root.display())) {
+        let owner = owner.expect("a directory entry");
+        for dir in std::fs::read_dir(owner.path()).expect("an owner's directory") {
+            let dir = dir.expect("a directory entry");
+            for seg in std::fs::read_dir(dir.path()).expect("a file's segment directory") {
+                let seg = seg.expect("a directory entry");
+                found.push((
+                    dir.file_name().to_string_lossy().into_owned(),
+                    seg.file_name().to_string_lossy().into_owned(),
+                    seg.metadata().expect("segment metadata").len(),
+                ));
+            }
         }
     }
     found

@@ -118,11 +118,7 @@ fn flipped_bytes_are_never_returned_and_the_shard_is_healed() {
     // Corrupt segment 0 (a data shard) on whichever node holds it.
     let holder = m.place.holders[0].node_id;
     let i = (0..3).find(|&i| c.node_id(i) == holder).unwrap();
-    let seg = c
-        .storage(i)
-        .join("segments")
-        .join(&m.place.file_id)
-        .join("0.seg");
+    let seg = common::segment_path(&c.storage(i), &m.place.file_id, 0).unwrap();
     let good = fs::read(&seg).unwrap();
     let mut bad = good.clone();
     for b in bad.iter_mut().skip(1000).step_by(4096) {

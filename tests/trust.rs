@@ -428,3 +428,262 @@ fn bytes_on_the_wire_are_not_plaintext() {
         "the segment name crossed the wire in clear"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Owner isolation: segments belong to the static key that stored them.
+
+/// Every segment file under `storage/segments/OWNER/` with its bytes, sorted by path.
+fn owner_segments(
+    storage: &std::path::Path,
+    owner: Identity,
+) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let dir = storage
+        .join("segments")
+        .join(poolfs::util::encode_hex(&owner.0));
+    if !dir.exists() {
+        return Vec::new();
+    }
+    let mut out: Vec<_> = common::tree(&dir)
+        .into_iter()
+        .filter(|p| p.is_file())
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// `message` with `from` replaced by `to`, to compare two refusals that name different ids.
+fn renamed(message: &str, from: &str, to: &str) -> String {
+    message.replace(from, to)
+}
+
+#[test]
+fn a_member_cannot_read_overwrite_or_delete_another_members_segments() {
+    let c = Cluster::start(3);
+    let (src, data) = c.random_file("a", 2_500_000, 61);
+    assert_ok(&c.put(&src, "a"), "put a");
+    let m = poolfs::client::catalog::Catalog::new(&c.catalog())
+        .load("a")
+        .unwrap();
+    let owner_a = c.credentials().identity();
+    let before: Vec<_> = (0..3)
+        .map(|i| owner_segments(&c.storage(i), owner_a))
+        .collect();
+    assert!(
+        before.iter().all(|segs| segs.len() == 1),
+        "each node holds one segment of A's file: {:?}",
+        before
+            .iter()
+            .map(|s| s.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>())
+            .collect::<Vec<_>>()
+    );
+
+    let b = c.stranger_credentials();
+    assert_ne!(b.identity(), owner_a);
+    let junk = vec![0xEEu8; 4096];
+    let rt = runtime();
+    rt.block_on(async {
+        for (i, holder) in m.place.holders.iter().enumerate() {
+            let seg = SegmentRef {
+                file: m.place.file_id.clone(),
+                index: i as u32,
+            };
+            let none = SegmentRef {
+                file: "0123456789abcdef0123456789abcdef".into(),
+                index: i as u32,
+            };
+            let fwd = |segment: &SegmentRef| Request::Fwd {
+                segment: segment.clone(),
+                offset: 0,
+                len: 1000,
+            };
+            // A reads its own segment (so a refusal below is about the key, not the id).
+            let mut a = Connection::connect(holder.addr, &c.credentials(), Duration::from_secs(5))
+                .await
+                .unwrap();
+            let (_, own) = a.call(&fwd(&seg), None).await.unwrap();
+            assert_eq!(own.map(|d| d.len()), Some(1000));
+
+            let mut conn = Connection::connect(holder.addr, &b, Duration::from_secs(5))
+                .await
+                .unwrap();
+            // B's FWD of A's segment is refused exactly like a segment that does not exist.
+            let theirs = conn.call(&fwd(&seg), None).await.unwrap_err();
+            let nothing = conn.call(&fwd(&none), None).await.unwrap_err();
+            assert_eq!(theirs.remote_kind(), Some(ErrorKind::NotFound), "{theirs}");
+            assert_eq!(
+                nothing.remote_kind(),
+                Some(ErrorKind::NotFound),
+                "{nothing}"
+            );
+            assert_eq!(
+                renamed(&theirs.to_string(), &m.place.file_id, &none.file),
+                nothing.to_string(),
+                "B learns nothing from the refusal"
+            );
+            // B's STORE under A's ids writes B's own segment, never A's bytes.
+            let store = Request::Store {
+                segment: seg.clone(),
+                offset: 0,
+                len: junk.len() as u32,
+            };
+            assert_eq!(
+                conn.call(&store, Some(&junk)).await.unwrap().0,
+                Response::Ok
+            );
+            let (_, mine) = conn
+                .call(
+                    &Request::Fwd {
+                        segment: seg.clone(),
+                        offset: 0,
+                        len: junk.len() as u32,
+                    },
+                    None,
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                mine.as_deref(),
+                Some(&junk[..]),
+                "B reads back only its own bytes"
+            );
+            // B's DELETE of A's file removes B's segment and nothing of A's.
+            let delete = Request::Delete {
+                file: m.place.file_id.clone(),
+            };
+            assert_eq!(conn.call(&delete, None).await.unwrap().0, Response::Ok);
+            let gone = conn.call(&fwd(&seg), None).await.unwrap_err();
+            assert_eq!(gone.remote_kind(), Some(ErrorKind::NotFound), "{gone}");
+        }
+    });
+
+    // A's segments are byte for byte what they were, and A's file reads back whole.
+    let after: Vec<_> = (0..3)
+        .map(|i| owner_segments(&c.storage(i), owner_a))
+        .collect();
+    assert!(after == before, "A's segments changed on disk");
+    let out = c.path("a.out");
+    assert_ok(&c.get("a", &out), "get a after B's attempts");
+    assert!(std::fs::read(&out).unwrap() == data, "A's bytes changed");
+    // A still deletes its own file.
+    rt.block_on(async {
+        let client = poolfs::client::PoolClient::new(poolfs::client::ClientConfig::new(
+            c.ctrl(),
+            c.credentials(),
+            c.owner(),
+        ));
+        client.delete(&m).await.unwrap();
+    });
+    for i in 0..3 {
+        assert!(owner_segments(&c.storage(i), owner_a).is_empty(), "node{i}");
+    }
+}
+
+#[test]
+fn a_quota_bounds_each_member_on_each_node() {
+    const KIB: usize = 1024;
+    let quota = ["--quota", "256K"];
+    let c = Cluster::with_node_args(&[quota.to_vec(), quota.to_vec()]);
+    // Two nodes, no parity: a file of 400 KiB puts 200 KiB on each node.
+    let (first, first_data) = c.random_file("first", 400 * KIB, 71);
+    assert_ok(&c.put(&first, "first"), "put first");
+    let a = c.credentials();
+    let used_by_a = |i: usize| {
+        common::dir_bytes(
+            &c.storage(i)
+                .join("segments")
+                .join(poolfs::util::encode_hex(&a.identity().0)),
+        )
+    };
+    let held: Vec<u64> = (0..2).map(used_by_a).collect();
+    assert_eq!(held, vec![200 * KIB as u64; 2]);
+
+    // A second one would take A past 256 KiB on each node: refused, clearly.
+    let (second, _) = c.random_file("second", 400 * KIB, 72);
+    let put = c.put(&second, "second");
+    assert!(!put.status.success(), "put over quota succeeded");
+    let err = String::from_utf8_lossy(&put.stderr).into_owned();
+    eprintln!("put over quota: {}", err.trim());
+    for want in [
+        "over quota",
+        "node ",
+        &format!("holds {}", 200 * KIB),
+        &format!("quota is {}", 256 * KIB),
+    ] {
+        assert!(err.contains(want), "{want:?} missing from: {err}");
+    }
+    // Nothing of the refused file stayed behind, and nothing is catalogued under it.
+    assert_eq!((0..2).map(used_by_a).collect::<Vec<_>>(), held);
+    assert!(!c.get("second", &c.path("second.out")).status.success());
+
+    let rt = runtime();
+    rt.block_on(async {
+        // The same refusal, raw: a distinct error kind, the connection stays usable.
+        let mut conn = Connection::connect(c.nodes[0].addr, &a, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let body = vec![1u8; 100 * KIB];
+        let store = Request::Store {
+            segment: SegmentRef {
+                file: "rawfile".into(),
+                index: 0,
+            },
+            offset: 0,
+            len: body.len() as u32,
+        };
+        let err = conn.call(&store, Some(&body)).await.unwrap_err();
+        assert_eq!(err.remote_kind(), Some(ErrorKind::Quota), "{err}");
+        let (answer, _) = conn.call(&Request::Stat, None).await.unwrap();
+        assert!(matches!(answer, Response::Stat(_)), "{answer:?}");
+
+        // Through the client API the refusal is a quota error (EDQUOT on a mount).
+        let client = poolfs::client::PoolClient::new(poolfs::client::ClientConfig::new(
+            c.ctrl(),
+            a.clone(),
+            c.owner(),
+        ));
+        let big = vec![2u8; 200 * KIB];
+        let err = client
+            .put(&big[..], |_| {})
+            .await
+            .expect_err("client put over quota");
+        assert_eq!(err.errno(), libc::EDQUOT, "{err}");
+
+        // Another member still has its whole quota on the same nodes.
+        let b = poolfs::client::PoolClient::new(poolfs::client::ClientConfig::new(
+            c.ctrl(),
+            c.stranger_credentials(),
+            Some(std::sync::Arc::new(poolfs::trust::OwnerKey::from_bytes(
+                [0x5b; 32],
+            ))),
+        ));
+        let data = common::random_bytes(400 * KIB, 73);
+        let m = b
+            .put(&data[..], |_| {})
+            .await
+            .expect("B stores within its own quota");
+        let mut back = Vec::new();
+        b.get(&m, &mut back, |_| {}).await.unwrap();
+        assert!(back == data, "B's file reads back");
+    });
+
+    // Deleting gives A its quota back (the node's accounting follows deletes).
+    rt.block_on(async {
+        let m = poolfs::client::catalog::Catalog::new(&c.catalog())
+            .load("first")
+            .unwrap();
+        let client = poolfs::client::PoolClient::new(poolfs::client::ClientConfig::new(
+            c.ctrl(),
+            a.clone(),
+            c.owner(),
+        ));
+        let mut back = Vec::new();
+        client.get(&m, &mut back, |_| {}).await.unwrap();
+        assert!(back == first_data, "A's first file is intact");
+        client.delete(&m).await.unwrap();
+    });
+    assert_ok(&c.put(&second, "second"), "put second after deleting first");
+}

@@ -73,6 +73,13 @@ pub enum ClientError {
         segment: u32,
         message: String,
     },
+    #[error("node {node} refuses segment {segment} of file {file}: {message}")]
+    Quota {
+        node: NodeId,
+        file: String,
+        segment: u32,
+        message: String,
+    },
     #[error("storing segment {segment} of file {file} on node {node} failed: {source}")]
     Store {
         node: NodeId,
@@ -118,6 +125,7 @@ impl ClientError {
     pub fn errno(&self) -> i32 {
         match self {
             ClientError::NoSpace { .. } => libc::ENOSPC,
+            ClientError::Quota { .. } => libc::EDQUOT,
             _ => libc::EIO,
         }
     }
@@ -280,6 +288,12 @@ impl PoolClient {
                     segment: i as u32,
                     message: source.to_string(),
                 },
+                Some(ErrorKind::Quota) => ClientError::Quota {
+                    node: holder.node_id,
+                    file: place.file_id.clone(),
+                    segment: i as u32,
+                    message: source.to_string(),
+                },
                 _ => ClientError::Store {
                     node: holder.node_id,
                     file: place.file_id.clone(),
@@ -383,10 +397,11 @@ impl PoolClient {
             }
         }
         if count < needed {
-            // A full node is the most useful thing to report; any failure otherwise.
+            // A full node or a spent quota is the most useful thing to report; any
+            // failure otherwise.
             let pos = failures
                 .iter()
-                .position(|e| matches!(e, ClientError::NoSpace { .. }))
+                .position(|e| matches!(e, ClientError::NoSpace { .. } | ClientError::Quota { .. }))
                 .unwrap_or(0);
             return Err(if failures.is_empty() {
                 ClientError::Unavailable {
@@ -815,22 +830,51 @@ impl PoolClient {
     }
 
     /// Streams `src` into the pool as a new file, with at most `stripes_in_flight`
-    /// stripes buffered; `progress` gets the bytes stored so far.
+    /// stripes buffered; `progress` gets the bytes stored so far. A failed put removes
+    /// what it had stored (as far as the holders can be reached).
     pub async fn put<R: AsyncRead + Unpin>(
         &self,
-        mut src: R,
+        src: R,
         progress: impl Fn(u64),
     ) -> Result<Manifest, ClientError> {
-        let mut m = self.new_file().await?;
+        let m = self.new_file().await?;
+        let mut stored = m.clone();
+        match self.put_stripes(src, &mut stored, progress).await {
+            Ok(()) => Ok(stored),
+            Err(e) => {
+                // Nothing of a file that is not in the catalog may stay on the nodes
+                // (it would count against this member's quota for ever).
+                if let Err(clean) = self.delete(&m).await {
+                    log::warn!("could not remove the segments of a failed put: {clean}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn put_stripes<R: AsyncRead + Unpin>(
+        &self,
+        mut src: R,
+        m: &mut Manifest,
+        progress: impl Fn(u64),
+    ) -> Result<(), ClientError> {
         let stripe_size = m.place.layout.stripe_size() as usize;
         let mut in_flight = FuturesOrdered::new();
         let mut j = 0u64;
         let mut eof = false;
         let mut stored = 0u64;
+        let mut failed = None;
         while !eof || !in_flight.is_empty() {
             if !eof && in_flight.len() < self.cfg.stripes_in_flight {
                 let mut buf = vec![0u8; stripe_size];
-                let n = read_full(&mut src, &mut buf).await?;
+                let n = match read_full(&mut src, &mut buf).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        failed = Some(e.into());
+                        eof = true;
+                        continue;
+                    }
+                };
                 eof = n < stripe_size;
                 if n > 0 {
                     buf.truncate(n);
@@ -844,14 +888,22 @@ impl PoolClient {
                 }
                 continue;
             }
-            if let Some(done) = in_flight.next().await {
-                let (j, n, record) = done?;
-                m.set_stripe(j, record);
-                stored += n;
-                progress(stored);
+            match in_flight.next().await {
+                Some(Ok((j, n, record))) => {
+                    m.set_stripe(j, record);
+                    stored += n;
+                    progress(stored);
+                }
+                Some(Err(e)) => {
+                    // Read no further, but let the stores in flight finish: a cleanup
+                    // must not race a store that is still on its way.
+                    eof = true;
+                    failed.get_or_insert(e);
+                }
+                None => {}
             }
         }
-        Ok(m)
+        failed.map_or(Ok(()), Err)
     }
 
     /// Streams a whole file out of the pool into `dst`, prefetching stripes ahead.

@@ -965,6 +965,7 @@ mod tests {
             listen: "127.0.0.1:0".parse().unwrap(),
             controller: None,
             capacity: Some(1 << 20),
+            quota: None,
             key: key.clone(),
         })
         .await
@@ -977,6 +978,7 @@ mod tests {
             listen: SocketAddr::from(([127, 0, 0, 4], port)),
             controller: Some("127.0.0.1:7".parse().unwrap()),
             capacity: Some(1 << 20),
+            quota: None,
             key: key.clone(),
         })
         .await

@@ -23,6 +23,8 @@ pub struct MountConfig {
     pub controller: SocketAddr,
     pub listen: SocketAddr,
     pub capacity: Option<u64>,
+    /// Bytes one member may hold on this machine's node; `None`: up to the capacity.
+    pub quota: Option<u64>,
     /// Parity segments per file; `None`: 1 on pools of 3 or more nodes, else 0.
     pub parity: Option<u32>,
     pub allow_other: bool,
@@ -189,6 +191,7 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
         listen: cfg.listen,
         controller: Some(cfg.controller),
         capacity: cfg.capacity,
+        quota: cfg.quota,
         key: cfg.key.clone(),
     }))?;
     if rt

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::net::{self, ConnPool, Handler, NetError, Peer, Reply, ServerLimits};
 use crate::proto::{Assign, ErrorKind, Identity, NodeId, NodeStat, PoolView, Request, Response};
-use crate::trust::{Credentials, KeyError, PoolKey};
+use crate::trust::{identity_of, Credentials, KeyError, PoolKey};
 pub use store::{SegmentStore, StoreError};
 
 /// How often a node tells the controller it is alive.
@@ -29,6 +29,9 @@ pub struct NodeConfig {
     pub controller: Option<SocketAddr>,
     /// Bytes the node offers; defaults to the free space of the storage filesystem.
     pub capacity: Option<u64>,
+    /// Bytes one owner (one member's static key) may hold here; `None`: up to the
+    /// capacity.
+    pub quota: Option<u64>,
     /// The pool key every connection proves.
     pub key: PoolKey,
 }
@@ -132,7 +135,7 @@ impl Node {
             Some(c) => c,
             None => crate::util::available_space(&cfg.storage).map_err(storage_err)?,
         };
-        let store = SegmentStore::open(&cfg.storage, capacity)?;
+        let store = SegmentStore::open(&cfg.storage, capacity, cfg.quota)?;
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(|source| NodeError::Listen {
@@ -337,6 +340,7 @@ struct NodeService(Arc<Shared>);
 fn store_error(e: StoreError) -> Response {
     let kind = match e {
         StoreError::NoSpace { .. } => ErrorKind::NoSpace,
+        StoreError::Quota { .. } => ErrorKind::Quota,
         StoreError::BadId(_) => ErrorKind::BadRequest,
         StoreError::NotFound(_) | StoreError::OutOfRange { .. } => ErrorKind::NotFound,
         StoreError::Io { .. } => ErrorKind::Internal,
@@ -349,6 +353,9 @@ fn store_error(e: StoreError) -> Response {
 
 impl Handler for NodeService {
     async fn handle(&self, req: Request, body: Option<Vec<u8>>, peer: Peer) -> Reply {
+        // Segments belong to the static key that stored them: every segment verb works
+        // inside its caller's own namespace.
+        let owner = identity_of(&peer.key);
         let peer = peer.addr;
         let shared = self.0.clone();
         // Disk work runs on the blocking pool so slow disks never stall the reactor.
@@ -366,7 +373,7 @@ impl Handler for NodeService {
             } => {
                 let data = body.unwrap_or_default();
                 blocking(Box::new(move || {
-                    match shared.store.store(&segment, offset, &data) {
+                    match shared.store.store(&owner, &segment, offset, &data) {
                         Ok(()) => Reply::Msg(Response::Ok),
                         Err(e) => Reply::Msg(store_error(e)),
                     }
@@ -379,7 +386,7 @@ impl Handler for NodeService {
                 len,
             } => {
                 blocking(Box::new(move || {
-                    match shared.store.fwd(&segment, offset, len) {
+                    match shared.store.fwd(&owner, &segment, offset, len) {
                         Ok(data) => Reply::Data(data),
                         Err(e) => Reply::Msg(store_error(e)),
                     }
@@ -387,7 +394,7 @@ impl Handler for NodeService {
                 .await
             }
             Request::Delete { file } => {
-                blocking(Box::new(move || match shared.store.delete(&file) {
+                blocking(Box::new(move || match shared.store.delete(&owner, &file) {
                     Ok(_) => Reply::Msg(Response::Ok),
                     Err(e) => Reply::Msg(store_error(e)),
                 }))

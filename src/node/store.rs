@@ -1,24 +1,41 @@
-//! The segment store on disk: one file per (file id, segment index) under
-//! `STORAGE/segments/`, with capacity accounting and strict id validation.
+//! The segment store on disk: one file per (owner, file id, segment index) under
+//! `STORAGE/segments/OWNER/FILE/INDEX.seg`, with capacity and per-owner quota accounting
+//! and strict id validation.
+//!
+//! The owner is the identity of the static key of the connection that stored a segment;
+//! every operation resolves segments inside its caller's own directory, so one member
+//! can neither read, overwrite nor delete another's segments, nor learn that they exist.
 //!
 //! A STORE's whole body is received before a byte is written, so a connection cut
 //! mid-transfer leaves nothing behind; the write is then made durable (fdatasync)
 //! before the node acknowledges it. A machine crash in the middle of a write can still
 //! tear it, which is why every shard is checksummed by the client's manifest.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::proto::SegmentRef;
+use crate::proto::{Identity, SegmentRef};
+use crate::util::{decode_hex, encode_hex};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("no space: {need} more bytes needed, {free} of {capacity} free")]
     NoSpace { need: u64, free: u64, capacity: u64 },
+    #[error(
+        "over quota: owner {owner:?} holds {used} bytes here and needs {need} more, \
+         its quota is {quota}"
+    )]
+    Quota {
+        owner: Identity,
+        used: u64,
+        need: u64,
+        quota: u64,
+    },
     #[error("invalid file id {0:?}")]
     BadId(String),
     #[error("segment {0} not found")]
@@ -54,23 +71,66 @@ pub fn validate_file_id(id: &str) -> Result<(), StoreError> {
     }
 }
 
-/// Segment files of this node and the bytes they use.
+/// Segment files of this node and the bytes they use, in total and per owner.
 pub struct SegmentStore {
     root: PathBuf,
     capacity: u64,
+    /// Bytes one owner may hold here; `None`: up to the capacity.
+    quota: Option<u64>,
     // Held only while sizes are checked and reserved, never across a data write.
     usage: Mutex<Usage>,
 }
 
-#[derive(Default, Clone, Copy)]
+#[derive(Default, Clone)]
 struct Usage {
     bytes: u64,
     segments: u64,
+    owners: HashMap<Identity, u64>,
+}
+
+/// The directory name of an owner: its identity in hex.
+fn owner_dir_name(owner: &Identity) -> String {
+    encode_hex(&owner.0)
+}
+
+/// The owner a directory under `segments/` belongs to, if its name is one.
+fn owner_of_dir(name: &str) -> Option<Identity> {
+    let bytes = decode_hex(name)?;
+    Some(Identity(bytes.try_into().ok()?))
+}
+
+/// Bytes and number of the segment files under `dir/*/` (a directory per file).
+fn measure_owner(dir: &Path) -> Result<(u64, u64), StoreError> {
+    let (mut bytes, mut segments) = (0, 0);
+    for file in fs::read_dir(dir).map_err(io_err(format!("read {}", dir.display())))? {
+        let file = file.map_err(io_err("read owner dir"))?;
+        if !file.path().is_dir() {
+            continue;
+        }
+        let (b, s) = measure_file(&file.path())?;
+        bytes += b;
+        segments += s;
+    }
+    Ok((bytes, segments))
+}
+
+/// Bytes and number of the segment files in one file's directory.
+fn measure_file(dir: &Path) -> Result<(u64, u64), StoreError> {
+    let (mut bytes, mut segments) = (0, 0);
+    for seg in fs::read_dir(dir).map_err(io_err(format!("read {}", dir.display())))? {
+        let meta = seg
+            .and_then(|s| s.metadata())
+            .map_err(io_err("stat segment"))?;
+        bytes += meta.len();
+        segments += 1;
+    }
+    Ok((bytes, segments))
 }
 
 impl SegmentStore {
-    /// Opens (creating if needed) the store under `storage/segments` and measures it.
-    pub fn open(storage: &Path, capacity: u64) -> Result<Self, StoreError> {
+    /// Opens (creating if needed) the store under `storage/segments` and measures it,
+    /// in total and per owner. `quota` bounds what one owner may hold here.
+    pub fn open(storage: &Path, capacity: u64, quota: Option<u64>) -> Result<Self, StoreError> {
         let root = storage.join("segments");
         fs::create_dir_all(&root).map_err(io_err(format!("create {}", root.display())))?;
         let mut usage = Usage::default();
@@ -79,17 +139,33 @@ impl SegmentStore {
             if !dir.path().is_dir() {
                 continue;
             }
-            for seg in fs::read_dir(dir.path()).map_err(io_err("read segment dir"))? {
-                let meta = seg
-                    .and_then(|s| s.metadata())
-                    .map_err(io_err("stat segment"))?;
-                usage.bytes += meta.len();
-                usage.segments += 1;
+            let name = dir.file_name().to_string_lossy().into_owned();
+            match owner_of_dir(&name) {
+                Some(owner) => {
+                    let (bytes, segments) = measure_owner(&dir.path())?;
+                    usage.bytes += bytes;
+                    usage.segments += segments;
+                    *usage.owners.entry(owner).or_default() += bytes;
+                }
+                None => {
+                    // A file directory from before segments had owners: nobody can
+                    // prove it stored them, so they stay unreachable, but they still
+                    // take space on this disk.
+                    let (bytes, segments) = measure_file(&dir.path())?;
+                    log::warn!(
+                        "{} holds {bytes} bytes stored before segments had owners; no \
+                         member can reach them (remove the directory to free the space)",
+                        dir.path().display()
+                    );
+                    usage.bytes += bytes;
+                    usage.segments += segments;
+                }
             }
         }
         Ok(SegmentStore {
             root,
             capacity,
+            quota,
             usage: Mutex::new(usage),
         })
     }
@@ -99,29 +175,79 @@ impl SegmentStore {
         self.capacity
     }
 
+    /// Bytes one owner may hold, if bounded.
+    pub fn quota(&self) -> Option<u64> {
+        self.quota
+    }
+
+    fn usage_lock(&self) -> std::sync::MutexGuard<'_, Usage> {
+        self.usage.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Bytes in use and number of segment files.
     pub fn usage(&self) -> (u64, u64) {
-        let u = *self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        let u = self.usage_lock();
         (u.bytes, u.segments)
     }
 
-    fn dir_of(&self, file: &str) -> Result<PathBuf, StoreError> {
+    /// Bytes `owner` holds here.
+    pub fn owner_usage(&self, owner: &Identity) -> u64 {
+        self.usage_lock().owners.get(owner).copied().unwrap_or(0)
+    }
+
+    fn dir_of(&self, owner: &Identity, file: &str) -> Result<PathBuf, StoreError> {
         validate_file_id(file)?;
-        Ok(self.root.join(file))
+        Ok(self.root.join(owner_dir_name(owner)).join(file))
     }
 
-    fn path_of(&self, seg: &SegmentRef) -> Result<PathBuf, StoreError> {
-        Ok(self.dir_of(&seg.file)?.join(format!("{}.seg", seg.index)))
+    fn path_of(&self, owner: &Identity, seg: &SegmentRef) -> Result<PathBuf, StoreError> {
+        Ok(self
+            .dir_of(owner, &seg.file)?
+            .join(format!("{}.seg", seg.index)))
     }
 
-    /// Writes `data` at `offset` of the segment, durably.
-    pub fn store(&self, seg: &SegmentRef, offset: u64, data: &[u8]) -> Result<(), StoreError> {
-        let path = self.path_of(seg)?;
+    /// Writes `data` at `offset` of `owner`'s segment, durably. A store over the
+    /// owner's quota or the capacity is refused before anything is created.
+    pub fn store(
+        &self,
+        owner: &Identity,
+        seg: &SegmentRef,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), StoreError> {
+        let path = self.path_of(owner, seg)?;
         let end = offset
             .checked_add(data.len() as u64)
             .ok_or_else(|| StoreError::BadId("offset overflows".into()))?;
         let file = {
-            let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+            let mut usage = self.usage_lock();
+            // Sizes change only under this lock, so the length seen here stays true
+            // until the reservation below.
+            let len = match fs::metadata(&path) {
+                Ok(meta) => meta.len(),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+                Err(e) => return Err(io_err(format!("stat {}", path.display()))(e)),
+            };
+            let need = end.saturating_sub(len);
+            let used = usage.owners.get(owner).copied().unwrap_or(0);
+            if let Some(quota) = self.quota {
+                if used.saturating_add(need) > quota {
+                    return Err(StoreError::Quota {
+                        owner: *owner,
+                        used,
+                        need,
+                        quota,
+                    });
+                }
+            }
+            let free = self.capacity.saturating_sub(usage.bytes);
+            if need > free {
+                return Err(StoreError::NoSpace {
+                    need,
+                    free,
+                    capacity: self.capacity,
+                });
+            }
             if let Some(dir) = path.parent() {
                 fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
             }
@@ -132,23 +258,6 @@ impl SegmentStore {
                 .write(true)
                 .open(&path)
                 .map_err(io_err(format!("open {}", path.display())))?;
-            let len = file
-                .metadata()
-                .map_err(io_err(format!("stat {}", path.display())))?
-                .len();
-            let need = end.saturating_sub(len);
-            let free = self.capacity.saturating_sub(usage.bytes);
-            if need > free {
-                if len == 0 {
-                    // Do not leave an empty segment file behind for a refused store.
-                    let _ = fs::remove_file(&path);
-                }
-                return Err(StoreError::NoSpace {
-                    need,
-                    free,
-                    capacity: self.capacity,
-                });
-            }
             if need > 0 {
                 // Reserve the space now so concurrent stores cannot overcommit.
                 file.set_len(end)
@@ -158,6 +267,7 @@ impl SegmentStore {
                 usage.segments += 1;
             }
             usage.bytes += need;
+            *usage.owners.entry(*owner).or_default() += need;
             file
         };
         file.write_all_at(data, offset)
@@ -167,10 +277,17 @@ impl SegmentStore {
         Ok(())
     }
 
-    /// Reads `len` bytes at `offset` of the segment; a range past its end is an error,
-    /// never a short answer.
-    pub fn fwd(&self, seg: &SegmentRef, offset: u64, len: u32) -> Result<Vec<u8>, StoreError> {
-        let path = self.path_of(seg)?;
+    /// Reads `len` bytes at `offset` of `owner`'s segment; a range past its end is an
+    /// error, never a short answer. Another owner's segment is not found, like one that
+    /// does not exist.
+    pub fn fwd(
+        &self,
+        owner: &Identity,
+        seg: &SegmentRef,
+        offset: u64,
+        len: u32,
+    ) -> Result<Vec<u8>, StoreError> {
+        let path = self.path_of(owner, seg)?;
         let name = format!("{}/{}", seg.file, seg.index);
         let file = match File::open(&path) {
             Ok(f) => f,
@@ -197,33 +314,50 @@ impl SegmentStore {
         Ok(buf)
     }
 
-    /// Removes every segment of `file`; returns the bytes freed. Unknown files free 0.
-    pub fn delete(&self, file: &str) -> Result<u64, StoreError> {
-        let dir = self.dir_of(file)?;
-        let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+    /// Removes every segment `owner` holds of `file`; returns the bytes freed. Unknown
+    /// files (and other owners' files) free 0.
+    pub fn delete(&self, owner: &Identity, file: &str) -> Result<u64, StoreError> {
+        let dir = self.dir_of(owner, file)?;
+        let mut usage = self.usage_lock();
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(io_err(format!("read {}", dir.display()))(e)),
         };
         let mut freed = 0;
-        for entry in entries {
-            let entry = entry.map_err(io_err("read segment dir"))?;
-            let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
-            fs::remove_file(entry.path())
-                .map_err(io_err(format!("remove {}", entry.path().display())))?;
-            freed += len;
-            usage.bytes = usage.bytes.saturating_sub(len);
-            usage.segments = usage.segments.saturating_sub(1);
+        let result = (|| {
+            for entry in entries {
+                let entry = entry.map_err(io_err("read segment dir"))?;
+                let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                fs::remove_file(entry.path())
+                    .map_err(io_err(format!("remove {}", entry.path().display())))?;
+                freed += len;
+                usage.segments = usage.segments.saturating_sub(1);
+            }
+            fs::remove_dir(&dir).map_err(io_err(format!("remove {}", dir.display())))
+        })();
+        // Account for what was removed even when a later removal failed.
+        usage.bytes = usage.bytes.saturating_sub(freed);
+        if let Some(held) = usage.owners.get_mut(owner) {
+            *held = held.saturating_sub(freed);
+            if *held == 0 {
+                usage.owners.remove(owner);
+            }
         }
-        fs::remove_dir(&dir).map_err(io_err(format!("remove {}", dir.display())))?;
-        Ok(freed)
+        if let Some(owner_dir) = dir.parent() {
+            // Gone once the owner holds nothing here; fails harmlessly otherwise.
+            let _ = fs::remove_dir(owner_dir);
+        }
+        result.map(|()| freed)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const A: Identity = Identity([0xa; 16]);
+    const B: Identity = Identity([0xb; 16]);
 
     fn seg(file: &str, index: u32) -> SegmentRef {
         SegmentRef {
@@ -235,35 +369,104 @@ mod tests {
     #[test]
     fn store_fwd_delete_and_accounting() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SegmentStore::open(dir.path(), 1000).unwrap();
-        store.store(&seg("f1", 0), 0, b"hello").unwrap();
-        store.store(&seg("f1", 0), 5, b" world").unwrap();
-        store.store(&seg("f1", 0), 0, b"J").unwrap();
-        assert_eq!(store.fwd(&seg("f1", 0), 0, 11).unwrap(), b"Jello world");
+        let store = SegmentStore::open(dir.path(), 1000, None).unwrap();
+        store.store(&A, &seg("f1", 0), 0, b"hello").unwrap();
+        store.store(&A, &seg("f1", 0), 5, b" world").unwrap();
+        store.store(&A, &seg("f1", 0), 0, b"J").unwrap();
+        assert_eq!(store.fwd(&A, &seg("f1", 0), 0, 11).unwrap(), b"Jello world");
         assert_eq!(store.usage(), (11, 1));
+        assert_eq!(store.owner_usage(&A), 11);
         assert!(matches!(
-            store.fwd(&seg("f1", 0), 5, 7),
+            store.fwd(&A, &seg("f1", 0), 5, 7),
             Err(StoreError::OutOfRange { .. })
         ));
         assert!(matches!(
-            store.fwd(&seg("f2", 0), 0, 1),
+            store.fwd(&A, &seg("f2", 0), 0, 1),
             Err(StoreError::NotFound(_))
         ));
-        // Reopening measures the same usage.
-        let again = SegmentStore::open(dir.path(), 1000).unwrap();
+        // Reopening measures the same usage, per owner too.
+        let again = SegmentStore::open(dir.path(), 1000, None).unwrap();
         assert_eq!(again.usage(), (11, 1));
-        assert_eq!(store.delete("f1").unwrap(), 11);
+        assert_eq!(again.owner_usage(&A), 11);
+        assert_eq!(store.delete(&A, "f1").unwrap(), 11);
         assert_eq!(store.usage(), (0, 0));
-        assert_eq!(store.delete("f1").unwrap(), 0);
+        assert_eq!(store.owner_usage(&A), 0);
+        assert_eq!(store.delete(&A, "f1").unwrap(), 0);
+        // Nothing is left of an owner that holds nothing.
+        assert!(fs::read_dir(dir.path().join("segments"))
+            .unwrap()
+            .next()
+            .is_none());
+    }
+
+    #[test]
+    fn owners_see_only_their_own_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SegmentStore::open(dir.path(), 1000, None).unwrap();
+        store.store(&A, &seg("f", 0), 0, b"mine").unwrap();
+        // B asking for A's file learns what it would for a file that does not exist.
+        let theirs = store.fwd(&B, &seg("f", 0), 0, 4).unwrap_err().to_string();
+        let nothing = store.fwd(&B, &seg("g", 0), 0, 4).unwrap_err().to_string();
+        assert_eq!(theirs.replace("f/0", "g/0"), nothing);
+        // B's delete frees nothing of A's; B's store of the same id is B's own segment.
+        assert_eq!(store.delete(&B, "f").unwrap(), 0);
+        store.store(&B, &seg("f", 0), 0, b"XXXXXXXX").unwrap();
+        assert_eq!(store.fwd(&A, &seg("f", 0), 0, 4).unwrap(), b"mine");
+        assert_eq!(store.fwd(&B, &seg("f", 0), 0, 8).unwrap(), b"XXXXXXXX");
+        assert_eq!((store.owner_usage(&A), store.owner_usage(&B)), (4, 8));
+        assert_eq!(store.delete(&B, "f").unwrap(), 8);
+        assert_eq!(store.fwd(&A, &seg("f", 0), 0, 4).unwrap(), b"mine");
+        assert_eq!(store.usage(), (4, 1));
+    }
+
+    #[test]
+    fn quota_is_per_owner_and_refusals_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SegmentStore::open(dir.path(), 1000, Some(10)).unwrap();
+        store.store(&A, &seg("a", 0), 0, &[1; 8]).unwrap();
+        let err = store.store(&A, &seg("b", 0), 0, &[1; 3]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Quota {
+                    owner: A,
+                    used: 8,
+                    need: 3,
+                    quota: 10
+                }
+            ),
+            "{err}"
+        );
+        assert!(!dir
+            .path()
+            .join("segments")
+            .join(owner_dir_name(&A))
+            .join("b")
+            .exists());
+        // Growing past the quota is refused too; rewriting in place is not.
+        assert!(matches!(
+            store.store(&A, &seg("a", 0), 6, &[1; 6]),
+            Err(StoreError::Quota { .. })
+        ));
+        store.store(&A, &seg("a", 0), 0, &[2; 8]).unwrap();
+        store.store(&A, &seg("a", 0), 8, &[2; 2]).unwrap();
+        // Another owner still has its own quota.
+        store.store(&B, &seg("b", 0), 0, &[3; 10]).unwrap();
+        assert_eq!(store.usage(), (20, 2));
+        // A delete gives the quota back; a reopened store measures the same.
+        store.delete(&A, "a").unwrap();
+        let again = SegmentStore::open(dir.path(), 1000, Some(10)).unwrap();
+        assert_eq!((again.owner_usage(&A), again.owner_usage(&B)), (0, 10));
+        again.store(&A, &seg("c", 0), 0, &[4; 10]).unwrap();
     }
 
     #[test]
     fn capacity_is_enforced() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SegmentStore::open(dir.path(), 10).unwrap();
-        store.store(&seg("a", 0), 0, &[1; 8]).unwrap();
+        let store = SegmentStore::open(dir.path(), 10, None).unwrap();
+        store.store(&A, &seg("a", 0), 0, &[1; 8]).unwrap();
         assert!(matches!(
-            store.store(&seg("a", 1), 0, &[1; 3]),
+            store.store(&B, &seg("a", 1), 0, &[1; 3]),
             Err(StoreError::NoSpace {
                 need: 3,
                 free: 2,
@@ -271,27 +474,41 @@ mod tests {
             })
         ));
         // Rewriting in place needs no new space.
-        store.store(&seg("a", 0), 0, &[2; 8]).unwrap();
+        store.store(&A, &seg("a", 0), 0, &[2; 8]).unwrap();
         assert_eq!(store.usage(), (8, 1));
+    }
+
+    #[test]
+    fn segments_from_before_owners_count_but_are_unreachable() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("segments").join("oldfile");
+        fs::create_dir_all(&old).unwrap();
+        fs::write(old.join("0.seg"), [9; 5]).unwrap();
+        let store = SegmentStore::open(dir.path(), 100, None).unwrap();
+        assert_eq!(store.usage(), (5, 1));
+        assert!(matches!(
+            store.fwd(&A, &seg("oldfile", 0), 0, 5),
+            Err(StoreError::NotFound(_))
+        ));
     }
 
     #[test]
     fn traversal_ids_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SegmentStore::open(&dir.path().join("s"), 100).unwrap();
+        let store = SegmentStore::open(&dir.path().join("s"), 100, None).unwrap();
         for bad in ["../x", "..", "a/b", "", "x\0", &"a".repeat(65)] {
             assert!(
                 matches!(
-                    store.store(&seg(bad, 0), 0, b"x"),
+                    store.store(&A, &seg(bad, 0), 0, b"x"),
                     Err(StoreError::BadId(_))
                 ),
                 "{bad:?}"
             );
             assert!(matches!(
-                store.fwd(&seg(bad, 0), 0, 1),
+                store.fwd(&A, &seg(bad, 0), 0, 1),
                 Err(StoreError::BadId(_))
             ));
-            assert!(matches!(store.delete(bad), Err(StoreError::BadId(_))));
+            assert!(matches!(store.delete(&A, bad), Err(StoreError::BadId(_))));
         }
         assert!(!dir.path().join("x").exists());
     }

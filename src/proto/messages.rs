@@ -166,20 +166,22 @@ pub enum Request {
     Pool,
     /// Controller to node: the controller's signal; answered with `Ok`.
     Assign(Assign),
-    /// Client to node: write `len` bytes at `offset` of a segment; the bytes follow the
-    /// header as a raw body; answered with `Ok` once they are durable.
+    /// Client to node: write `len` bytes at `offset` of one of the sender's own segments
+    /// (owned by its static key); the bytes follow the header as a raw body; answered
+    /// with `Ok` once they are durable.
     Store {
         segment: SegmentRef,
         offset: u64,
         len: u32,
     },
-    /// Client to node: read `len` bytes at `offset` of a segment; answered with `Data`.
+    /// Client to node: read `len` bytes at `offset` of one of the sender's own segments;
+    /// answered with `Data`.
     Fwd {
         segment: SegmentRef,
         offset: u64,
         len: u32,
     },
-    /// Client to node: drop every segment of a file; answered with `Ok`.
+    /// Client to node: drop every segment the sender holds of a file; answered with `Ok`.
     Delete { file: String },
     /// Anyone to node: capacity and usage; answered with `Stat`.
     Stat,
@@ -192,6 +194,8 @@ pub enum Request {
 pub enum ErrorKind {
     /// The store is full (`--capacity`).
     NoSpace,
+    /// The sender holds its whole quota on this node (`--quota`).
+    Quota,
     /// No such segment, byte range or node.
     NotFound,
     /// The request is not acceptable (bad id, wrong recipient, ...).

@@ -80,6 +80,16 @@ pub fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
+/// The path of segment `index` of `file` in a node's storage, whichever member owns
+/// it (segments live in `STORAGE/segments/OWNER/FILE/INDEX.seg`); None if no owner has it.
+pub fn segment_path(storage: &Path, file: &str, index: u32) -> Option<PathBuf> {
+    fs::read_dir(storage.join("segments"))
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|owner| owner.path().join(file).join(format!("{index}.seg")))
+        .find(|p| p.is_file())
+}
+
 /// Every path under `dir`, recursively, sorted.
 pub fn tree(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -246,6 +256,16 @@ impl Cluster {
 
     /// A controller and one node per entry (`Some("256K")` sets `--capacity`), all up.
     pub fn with_capacities(capacities: &[Option<&str>]) -> Cluster {
+        let args: Vec<Vec<&str>> = capacities
+            .iter()
+            .map(|cap| cap.map_or_else(Vec::new, |c| vec!["--capacity", c]))
+            .collect();
+        Cluster::with_node_args(&args)
+    }
+
+    /// A controller and one node per entry, each started with these extra arguments
+    /// (e.g. `["--quota", "256K"]`), all up.
+    pub fn with_node_args(node_args: &[Vec<&str>]) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("poolfs-test-")
             .tempdir()
@@ -274,10 +294,10 @@ impl Cluster {
             ])
         });
         let ctrl = controller.addr.to_string();
-        let nodes = capacities
+        let nodes = node_args
             .iter()
             .enumerate()
-            .map(|(i, cap)| {
+            .map(|(i, extra)| {
                 let storage = root.join(format!("node{i}")).display().to_string();
                 let log = root.join(format!("logs/node{i}.log"));
                 Daemon::spawn(&format!("node{i}"), log, |a| {
@@ -292,9 +312,7 @@ impl Cluster {
                         "--key",
                         &key_arg,
                     ]);
-                    if let Some(c) = cap {
-                        args.extend(strings(&["--capacity", c]));
-                    }
+                    args.extend(strings(extra));
                     args
                 })
             })
@@ -520,18 +538,30 @@ impl Cluster {
     /// A client config for this cluster that encrypts as `put` does, with the owner
     /// key of the cluster's catalog (so it reads what `put` stored, and vice versa).
     pub fn client_config(&self) -> poolfs::client::ClientConfig {
+        poolfs::client::ClientConfig::new(self.ctrl(), self.credentials(), self.owner())
+    }
+
+    /// The owner key of the cluster's catalog (created if missing).
+    pub fn owner(&self) -> Option<std::sync::Arc<poolfs::trust::OwnerKey>> {
         let owner = poolfs::client::catalog::Catalog::new(&self.catalog())
             .owner_key()
             .unwrap();
-        poolfs::client::ClientConfig::new(
-            self.ctrl(),
-            self.credentials(),
-            Some(std::sync::Arc::new(owner)),
+        Some(std::sync::Arc::new(owner))
+    }
+
+    /// Client credentials proving the cluster's pool key with the static key of the
+    /// catalog `put` and `get` use (created if missing): the owner of the segments of
+    /// the files they put.
+    pub fn credentials(&self) -> std::sync::Arc<poolfs::trust::Credentials> {
+        let path = self.catalog().join(poolfs::trust::CLIENT_KEY_FILE);
+        std::sync::Arc::new(
+            poolfs::trust::Credentials::persistent_at(&self.pool_key(), &path).unwrap(),
         )
     }
 
-    /// Client credentials proving the cluster's pool key.
-    pub fn credentials(&self) -> std::sync::Arc<poolfs::trust::Credentials> {
+    /// Credentials of another member: the cluster's pool key with a static key of its
+    /// own (a fresh one on every call).
+    pub fn stranger_credentials(&self) -> std::sync::Arc<poolfs::trust::Credentials> {
         std::sync::Arc::new(poolfs::trust::Credentials::ephemeral(&self.pool_key()).unwrap())
     }
 }
