@@ -18,6 +18,22 @@ pub struct UpState {
     pub controller: SocketAddr,
     /// The mount process first, then the controller, then the storage nodes.
     pub pids: Vec<u32>,
+    /// The pool key every process proves (absent in states saved by older versions).
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+/// Every pool `up` started under `data` that is still recorded, by mount point.
+pub fn list(data: &Path) -> Vec<UpState> {
+    let mut found: Vec<UpState> = std::fs::read_dir(data.join("up"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("up.json")).ok())
+        .filter_map(|b| serde_json::from_slice(&b).ok())
+        .collect();
+    found.sort_by(|a, b| a.mountpoint.cmp(&b.mountpoint));
+    found
 }
 
 /// Where `up` keeps the state of the pool mounted at `mountpoint`.
@@ -73,13 +89,14 @@ fn stop(pids: &[u32]) {
 
 /// Starts a controller, `nodes - 1` storage nodes and a mount (itself a node) on
 /// loopback, state under `data`, all proving the pool key at `key` (by default a key of
-/// the pool's own in its state directory; either is created if missing). Returns what
-/// was started.
+/// the pool's own in its state directory; either is created if missing); `parity` and
+/// `repair_grace` (seconds) go to the mount. Returns what was started.
 pub fn up(
     data: &Path,
     mountpoint: &Path,
     nodes: u32,
     parity: Option<u32>,
+    repair_grace: Option<u64>,
     key: Option<&Path>,
 ) -> Result<UpState, String> {
     if nodes == 0 {
@@ -98,6 +115,8 @@ pub fn up(
     // The local pool has a key of its own, kept with its state and given to every process.
     let key = key.map_or_else(|| dir.join("pool.key"), Path::to_path_buf);
     crate::trust::PoolKey::load_or_create(&key).map_err(|e| e.to_string())?;
+    // Recorded for `status`, which may run from another directory.
+    let key = key.canonicalize().unwrap_or(key);
     let controller = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let mut pids = Vec::new();
     let started = (|| {
@@ -148,6 +167,9 @@ pub fn up(
         if let Some(m) = parity {
             mount.extend(args(&[&"--parity", &m.to_string()]));
         }
+        if let Some(secs) = repair_grace {
+            mount.extend(args(&[&"--repair-grace", &secs.to_string()]));
+        }
         let pid = spawn_ready(&mount, &dir.join("mount.log"), Duration::from_secs(30))?;
         pids.insert(0, pid);
         Ok::<(), String>(())
@@ -161,6 +183,7 @@ pub fn up(
         mountpoint,
         controller,
         pids,
+        key: Some(key),
     };
     let json = serde_json::to_vec_pretty(&state).map_err(|e| e.to_string())?;
     crate::util::write_atomic(&state_file, &json)

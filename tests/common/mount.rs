@@ -296,6 +296,11 @@ fn storage_arg(pid: u32) -> Option<PathBuf> {
 impl Pool {
     /// `poolfs up <tmp>/mnt --nodes N --data-dir <tmp>/data`.
     pub fn up(name: &str, nodes: u32) -> Pool {
+        Pool::up_with(name, nodes, &[])
+    }
+
+    /// `up` with more options for `poolfs up` (e.g. `--repair-grace 1`).
+    pub fn up_with(name: &str, nodes: u32, extra: &[&str]) -> Pool {
         let tmp = test_dir(name);
         let root = tmp.path().canonicalize().expect("canonical temp dir");
         let mnt = root.join("mnt");
@@ -305,7 +310,8 @@ impl Pool {
             .arg(&mnt)
             .args(["--nodes", &nodes.to_string()])
             .arg("--data-dir")
-            .arg(&data));
+            .arg(&data)
+            .args(extra));
         let state = poolfs::up::state_dir(&data, &mnt);
         // Record whatever was started before judging, so a failed `up` is cleaned too.
         let recorded: Option<poolfs::up::UpState> = std::fs::read(state.join("up.json"))
