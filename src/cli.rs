@@ -33,7 +33,8 @@ pub enum Command {
     Controller(ControllerArgs),
     /// Run a storage node that contributes disk space to the pool.
     Node(NodeArgs),
-    /// Show the pool's members: id, address, state, usage, last heartbeat.
+    /// Show the pool's members (id, address, state, usage, last heartbeat), and the health
+    /// of every file of the local mounts with their repair progress.
     Status(StatusArgs),
     /// Offload a local file into the pool (without a mount).
     Put(PutArgs),
@@ -120,6 +121,10 @@ pub struct UpArgs {
     /// Most bytes one member may store on each node, e.g. 2G [default: no limit].
     #[arg(long, value_parser = parse_size)]
     pub quota: Option<u64>,
+    /// Seconds a node may stay down before its segments are rebuilt on other nodes
+    /// [default: the mount's, 60].
+    #[arg(long)]
+    pub repair_grace: Option<u64>,
     /// Where the pool's state lives [default: DATA_DIR].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -199,11 +204,20 @@ pub struct NodeArgs {
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    #[command(flatten)]
-    pub controller: ControllerOpt,
+    /// Address of the pool's controller [default: the pool's that `poolfs up` started,
+    /// when there is exactly one, else 127.0.0.1:2000].
+    #[arg(long, short = 'c', env = "POOLFS_CONTROLLER")]
+    pub controller: Option<SocketAddr>,
     #[command(flatten)]
     pub key: KeyOpt,
-    /// Print the view as JSON.
+    /// Also show the health of every file of this mount and its repair progress
+    /// (repeatable) [default: the mounts of this controller started with `poolfs up`].
+    #[arg(long = "mount", value_name = "DIR")]
+    pub mounts: Vec<PathBuf>,
+    /// The data directory given to `up` [default: DATA_DIR].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Print the view (and the mounts' files) as JSON.
     #[arg(long)]
     pub json: bool,
 }

@@ -146,16 +146,16 @@ fn run(cli: Cli) -> Result<()> {
         Command::Mount(args) => mount(args),
         Command::Up(args) => {
             let data = args.data_dir.unwrap_or_else(default_data_dir);
-            let state = poolfs::up::up(
-                &data,
-                &args.mountpoint,
-                args.nodes,
-                args.parity,
-                args.quota,
-                args.key.as_deref(),
-                !args.no_encryption,
-            )
-            .map_err(anyhow::Error::msg)?;
+            let opts = poolfs::up::UpOptions {
+                nodes: args.nodes,
+                parity: args.parity,
+                quota: args.quota,
+                repair_grace: args.repair_grace,
+                key: args.key.as_deref(),
+                encrypt: !args.no_encryption,
+            };
+            let state =
+                poolfs::up::up(&data, &args.mountpoint, opts).map_err(anyhow::Error::msg)?;
             println!(
                 "pool of {} nodes mounted at {} (controller {}); `poolfs down {}` stops it",
                 args.nodes,
@@ -227,25 +227,105 @@ async fn wait_for_signal() -> Result<()> {
     Ok(())
 }
 
-async fn status(args: cli::StatusArgs) -> Result<()> {
-    let addr = args.controller.controller;
-    let pool = poolfs::net::ConnPool::new(
-        client_credentials(&args.key)?,
-        std::time::Duration::from_secs(2),
-        std::time::Duration::from_secs(5),
-    );
-    let view = match pool.call(addr, &Request::Pool, None).await {
-        Ok((Response::Pool(view), _)) => view,
-        Ok((other, _)) => bail!("controller {addr} answered {other:?}"),
-        Err(e) => {
-            return Err(e)
-                .with_context(|| format!("cannot get the pool view from the controller at {addr}"))
-        }
-    };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&view)?);
+/// Where `status` looks: the controller, the key to prove, and the mounts whose files
+/// to show (each with whether the user named it).
+struct StatusTarget {
+    controller: std::net::SocketAddr,
+    key: Option<std::path::PathBuf>,
+    mounts: Vec<(std::path::PathBuf, bool)>,
+}
+
+/// Explicit options first; else the pool `poolfs up` started (when there is one), whose
+/// controller, key and mount are recorded in its state.
+fn status_target(args: &cli::StatusArgs) -> StatusTarget {
+    let data = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    let ups = poolfs::up::list(&data);
+    let default_ctrl = std::net::SocketAddr::from(([127, 0, 0, 1], cli::CONTROLLER_PORT));
+    let controller = args.controller.unwrap_or(match ups.as_slice() {
+        [one] => one.controller,
+        _ => default_ctrl,
+    });
+    let of_this_pool: Vec<_> = ups.iter().filter(|u| u.controller == controller).collect();
+    let key = args
+        .key
+        .key
+        .clone()
+        .or_else(|| of_this_pool.iter().find_map(|u| u.key.clone()));
+    let mounts = if args.mounts.is_empty() {
+        of_this_pool
+            .iter()
+            .map(|u| (u.mountpoint.clone(), false))
+            .collect()
     } else {
-        print!("{}", format_status(&view));
+        args.mounts.iter().map(|m| (m.clone(), true)).collect()
+    };
+    StatusTarget {
+        controller,
+        key,
+        mounts,
+    }
+}
+
+async fn status(args: cli::StatusArgs) -> Result<()> {
+    let target = status_target(&args);
+    let addr = target.controller;
+    let view = async {
+        let pool = poolfs::net::ConnPool::new(
+            client_credentials(&cli::KeyOpt {
+                key: target.key.clone(),
+            })?,
+            std::time::Duration::from_secs(2),
+            std::time::Duration::from_secs(5),
+        );
+        match pool.call(addr, &Request::Pool, None).await {
+            Ok((Response::Pool(view), _)) => Ok(view),
+            Ok((other, _)) => bail!("controller {addr} answered {other:?}"),
+            Err(e) => Err(e)
+                .with_context(|| format!("cannot get the pool view from the controller at {addr}")),
+        }
+    }
+    .await;
+    // Each mount's files, read through its attributes (no controller needed for that).
+    let mut mounts = Vec::new();
+    let mut mount_errors = Vec::new();
+    for (mp, named) in &target.mounts {
+        if !named && !poolfs::fs::mount::is_mountpoint(mp) {
+            // A pool `up` recorded whose mount is gone: nothing to walk.
+            mount_errors.push(format!("{}: not mounted", mp.display()));
+            continue;
+        }
+        let walked = tokio::task::block_in_place(|| poolfs::fs::status::mount_status(mp));
+        match walked {
+            Ok(st) => mounts.push(st),
+            Err(e) => mount_errors.push(e.to_string()),
+        }
+    }
+    if args.json {
+        let view = view
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{}", describe(e)))?;
+        if target.mounts.is_empty() {
+            println!("{}", serde_json::to_string_pretty(&view)?);
+        } else {
+            let mut json = serde_json::to_value(view)?;
+            json["mounts"] = serde_json::to_value(&mounts)?;
+            json["mount_errors"] = serde_json::to_value(&mount_errors)?;
+            println!("{}", serde_json::to_string_pretty(&json)?);
+        }
+    } else {
+        if let Ok(view) = &view {
+            print!("{}", format_status(view));
+        }
+        for st in &mounts {
+            print!("\n{}", st.render());
+        }
+        for e in &mount_errors {
+            println!("\nmount {e}");
+        }
+    }
+    view?;
+    if target.mounts.iter().any(|(_, named)| *named) && !mount_errors.is_empty() {
+        bail!("cannot show every mount: {}", mount_errors.join("; "));
     }
     Ok(())
 }

@@ -18,6 +18,22 @@ pub struct UpState {
     pub controller: SocketAddr,
     /// The mount process first, then the controller, then the storage nodes.
     pub pids: Vec<u32>,
+    /// The pool key every process proves (absent in states saved by older versions).
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+/// Every pool `up` started under `data` that is still recorded, by mount point.
+pub fn list(data: &Path) -> Vec<UpState> {
+    let mut found: Vec<UpState> = std::fs::read_dir(data.join("up"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("up.json")).ok())
+        .filter_map(|b| serde_json::from_slice(&b).ok())
+        .collect();
+    found.sort_by(|a, b| a.mountpoint.cmp(&b.mountpoint));
+    found
 }
 
 /// Where `up` keeps the state of the pool mounted at `mountpoint`.
@@ -71,19 +87,37 @@ fn stop(pids: &[u32]) {
     }
 }
 
+/// What `up` starts and how.
+#[derive(Debug, Clone, Copy)]
+pub struct UpOptions<'a> {
+    /// Members of the pool, the mount included.
+    pub nodes: u32,
+    pub parity: Option<u32>,
+    /// Most bytes one member may store on each node.
+    pub quota: Option<u64>,
+    /// Seconds a node may stay down before the mount rebuilds its segments.
+    pub repair_grace: Option<u64>,
+    /// The pool key file; `None`: a key of the pool's own in its state directory.
+    pub key: Option<&'a Path>,
+    /// Encrypt shards (off only to measure the cost).
+    pub encrypt: bool,
+}
+
 /// Starts a controller, `nodes - 1` storage nodes and a mount (itself a node) on
 /// loopback, state under `data`, all proving the pool key at `key` (by default a key of
 /// the pool's own in its state directory; either is created if missing), each node
 /// holding at most `quota` bytes per member if given. Returns what was started.
-pub fn up(
-    data: &Path,
-    mountpoint: &Path,
-    nodes: u32,
-    parity: Option<u32>,
-    quota: Option<u64>,
-    key: Option<&Path>,
-    encrypt: bool,
-) -> Result<UpState, String> {
+/// the pool's own in its state directory; either is created if missing); `parity` and
+/// `repair_grace` (seconds) go to the mount. Returns what was started.
+pub fn up(data: &Path, mountpoint: &Path, opts: UpOptions<'_>) -> Result<UpState, String> {
+    let UpOptions {
+        nodes,
+        parity,
+        quota,
+        repair_grace,
+        key,
+        encrypt,
+    } = opts;
     if nodes == 0 {
         return Err("--nodes must be at least 1".into());
     }
@@ -100,6 +134,8 @@ pub fn up(
     // The local pool has a key of its own, kept with its state and given to every process.
     let key = key.map_or_else(|| dir.join("pool.key"), Path::to_path_buf);
     crate::trust::PoolKey::load_or_create(&key).map_err(|e| e.to_string())?;
+    // Recorded for `status`, which may run from another directory.
+    let key = key.canonicalize().unwrap_or(key);
     let controller = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let quota_args = quota.map_or_else(Vec::new, |q| args(&[&"--quota", &q.to_string()]));
     let mut pids = Vec::new();
@@ -157,6 +193,9 @@ pub fn up(
         if !encrypt {
             mount.extend(args(&[&"--no-encryption"]));
         }
+        if let Some(secs) = repair_grace {
+            mount.extend(args(&[&"--repair-grace", &secs.to_string()]));
+        }
         let pid = spawn_ready(&mount, &dir.join("mount.log"), Duration::from_secs(30))?;
         pids.insert(0, pid);
         Ok::<(), String>(())
@@ -170,6 +209,7 @@ pub fn up(
         mountpoint,
         controller,
         pids,
+        key: Some(key),
     };
     let json = serde_json::to_vec_pretty(&state).map_err(|e| e.to_string())?;
     crate::util::write_atomic(&state_file, &json)

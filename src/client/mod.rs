@@ -6,6 +6,7 @@ pub mod layout;
 pub mod manifest;
 pub mod seal;
 pub mod stripe;
+mod suspects;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -133,6 +134,10 @@ impl ClientError {
 
 /// A shard fetch slower than this is routed around (another holder is asked).
 pub const READ_DEADLINE: Duration = Duration::from_millis(1000);
+/// A stripe read still short of k shards after this long asks one more holder (hedging),
+/// and again after each further such wait: a holder that went silent (a pulled cable
+/// drops packets without a reset) costs a reader this, not `READ_DEADLINE`.
+const HEDGE_AFTER: Duration = Duration::from_millis(250);
 /// Once a stripe has enough stored shards, how long the slower holders may still take.
 const STRAGGLER_GRACE: Duration = Duration::from_millis(500);
 
@@ -144,6 +149,8 @@ pub struct PoolClient {
     cfg: ClientConfig,
     conns: ConnPool,
     view: Mutex<Option<(PoolView, Instant)>>,
+    /// Holders recently late or failing: asked last until they answer or expire.
+    suspects: suspects::Suspects,
 }
 
 impl PoolClient {
@@ -156,6 +163,7 @@ impl PoolClient {
                 Duration::from_secs(30),
             ),
             view: Mutex::new(None),
+            suspects: Default::default(),
             cfg,
         }
     }
@@ -492,6 +500,8 @@ impl PoolClient {
         let answer = tokio::time::timeout(READ_DEADLINE, self.conns.call(addr, &req, None))
             .await
             .map_err(|_| {
+                // Its idle connections are likely as dead as this one: start afresh.
+                self.conns.drop_peer(addr);
                 ShardFailure::Unreachable(format!("{who} did not answer within {READ_DEADLINE:?}"))
             })?
             .map_err(|e| ShardFailure::Unreachable(format!("{who}: {e}")))?;
@@ -554,7 +564,9 @@ impl PoolClient {
 
     /// Fetches stripe `j` (carrying `stripe_len` data bytes) from any k of its holders,
     /// healthy data holders first, moving on from a holder that fails, is corrupt or
-    /// takes longer than a second. A stripe with no checksums is a hole: zeros.
+    /// takes longer than a second, and asking one more holder each time the stripe is
+    /// `HEDGE_AFTER` late. Holders that were late or failed are asked last for a while.
+    /// A stripe with no checksums is a hole: zeros.
     pub async fn read_stripe(
         &self,
         place: &Placement,
@@ -578,32 +590,55 @@ impl PoolClient {
         let skip = self
             .unhealthy((0..n).map(|i| record.holder(place, i)))
             .await;
-        // Healthy holders before unhealthy ones, data shards before parity (no decode).
+        let node = |i: usize| record.holder(place, i).node_id;
+        // Healthy holders first, then suspect ones, then those the view calls down; data
+        // shards before parity (no decode).
         let mut order: Vec<usize> = (0..n).collect();
-        order.sort_by_key(|&i| (skip[i], i >= k, i));
+        order.sort_by_key(|&i| (skip[i], self.suspects.is_suspect(node(i)), i >= k, i));
         let mut order = order.into_iter();
         let mut shards: Vec<Option<Vec<u8>>> = vec![None; n];
         let mut failures = Vec::new();
         let mut corrupt = Vec::new();
         let fetch =
             |i: usize| async move { (i, self.fetch_shard(place, record, j, i, shard_len).await) };
-        let mut pending: FuturesUnordered<_> = order.by_ref().take(k).map(fetch).collect();
+        // Holders asked that have not answered yet.
+        let mut outstanding: Vec<usize> = order.by_ref().take(k).collect();
+        let mut pending: FuturesUnordered<_> = outstanding.iter().map(|&i| fetch(i)).collect();
+        let mut hedge_at = tokio::time::Instant::now() + HEDGE_AFTER;
         let mut have = 0;
         while have < k {
-            let Some((i, result)) = pending.next().await else {
-                break;
+            let (i, result) = match tokio::time::timeout_at(hedge_at, pending.next()).await {
+                Ok(Some(answer)) => answer,
+                Ok(None) => break,
+                Err(_) => {
+                    // Late: whoever has not answered yet is suspect; ask one more holder.
+                    for h in &outstanding {
+                        self.suspects.mark(node(*h));
+                    }
+                    if let Some(next) = order.next() {
+                        outstanding.push(next);
+                        pending.push(fetch(next));
+                    }
+                    hedge_at += HEDGE_AFTER;
+                    continue;
+                }
             };
+            outstanding.retain(|&h| h != i);
             match result {
                 Ok(shard) => {
+                    self.suspects.clear(node(i));
                     shards[i] = Some(shard);
                     have += 1;
                 }
                 Err(why) => {
                     if matches!(why, ShardFailure::Corrupt(_)) {
                         corrupt.push(i);
+                    } else {
+                        self.suspects.mark(node(i));
                     }
                     failures.push(why.to_string());
                     if let Some(next) = order.next() {
+                        outstanding.push(next);
                         pending.push(fetch(next));
                     }
                 }

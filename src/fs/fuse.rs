@@ -28,6 +28,9 @@ pub const HEALTH_XATTR: &str = "user.poolfs.health";
 /// Extended attribute of the mount's root: setting it runs a scrub pass now, reading it
 /// tells the outcome of the last one (`poolfs scrub MOUNTPOINT` does both).
 pub const SCRUB_XATTR: &str = "user.poolfs.scrub";
+/// Extended attribute of the mount's root telling repair progress: segments rebuilt so
+/// far, pending, and the last pass (`poolfs status` shows it).
+pub const REPAIR_XATTR: &str = "user.poolfs.repair";
 
 /// The filesystem as fuser sees it.
 pub struct PoolFs {
@@ -396,6 +399,9 @@ impl Filesystem for PoolFs {
         if ino.0 == ROOT && name.as_bytes() == SCRUB_XATTR.as_bytes() {
             return xattr(reply, size, repair::last_scrub(&self.vfs).as_bytes());
         }
+        if ino.0 == ROOT && name.as_bytes() == REPAIR_XATTR.as_bytes() {
+            return xattr(reply, size, repair::repair_progress(&self.vfs).as_bytes());
+        }
         if name.as_bytes() != HEALTH_XATTR.as_bytes() {
             return reply.error(Errno::from_i32(libc::ENODATA));
         }
@@ -410,6 +416,11 @@ impl Filesystem for PoolFs {
             Ok(i) if i.kind == Kind::File => {
                 xattr(reply, size, format!("{HEALTH_XATTR}\0").as_bytes())
             }
+            Ok(_) if ino.0 == ROOT => xattr(
+                reply,
+                size,
+                format!("{SCRUB_XATTR}\0{REPAIR_XATTR}\0").as_bytes(),
+            ),
             Ok(_) => xattr(reply, size, b""),
             Err(e) => reply.error(errno(&e)),
         }

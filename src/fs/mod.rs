@@ -6,6 +6,7 @@ pub mod fuse;
 pub mod meta;
 pub mod mount;
 pub mod repair;
+pub mod status;
 pub mod vfs;
 
 use crate::client::ClientError;

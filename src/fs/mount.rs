@@ -131,12 +131,13 @@ fn spawn_repair(
                 }
                 next_scrub = std::time::Instant::now() + SCRUB_INTERVAL;
             }
-            match repair::repair_pass(&vfs, grace) {
+            match repair::repair_and_record(&vfs, grace) {
                 Ok(report) if report != last => {
                     log::info!(
-                        "repair: {} segments rebuilt, {} pending",
+                        "repair: {} segments rebuilt, {} pending, {} waiting",
                         report.rebuilt,
-                        report.pending
+                        report.pending,
+                        report.waiting
                     );
                     last = report;
                 }
@@ -281,19 +282,5 @@ pub fn scrub(mountpoint: &Path) -> std::io::Result<String> {
     if unsafe { libc::setxattr(path.as_ptr(), name.as_ptr(), b"now".as_ptr().cast(), 3, 0) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let mut buf = vec![0u8; 1024];
-    // SAFETY: as above, with a writable buffer.
-    let n = unsafe {
-        libc::getxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    buf.truncate(n as usize);
-    Ok(String::from_utf8_lossy(&buf).into_owned())
+    super::status::get_xattr(mountpoint, super::fuse::SCRUB_XATTR)
 }

@@ -2,7 +2,7 @@
 //! or stayed down onto live nodes, in the background and rate-limited.
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::meta::Kind;
 use super::vfs::Vfs;
@@ -84,8 +84,81 @@ fn needs_repair(view: &PoolView, holder: &Holder, grace: Duration) -> bool {
 /// What one repair pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RepairReport {
+    /// Segments rebuilt onto a live node in this pass.
     pub rebuilt: usize,
+    /// Segments that need rebuilding but could not be (file open, no spare node, error).
     pub pending: usize,
+    /// Segments on nodes that are down but still within the grace period.
+    pub waiting: usize,
+}
+
+/// Repair as the mount has run it so far, for `user.poolfs.repair` on the root.
+#[derive(Debug, Default, Clone)]
+pub struct RepairProgress {
+    /// Passes run since the mount started.
+    pub passes: u64,
+    /// Segments rebuilt since the mount started.
+    pub rebuilt_total: u64,
+    /// When the last pass ended, and what it did (or why it could not run).
+    pub last: Option<(Instant, Result<RepairReport, String>)>,
+}
+
+impl RepairProgress {
+    /// One line for a person, with the last pass's age as of now.
+    pub fn describe(&self) -> String {
+        let Some((at, outcome)) = &self.last else {
+            return "repair: no pass yet".into();
+        };
+        let ago = at.elapsed().as_secs_f64();
+        match outcome {
+            Ok(r) => {
+                let mut text = format!(
+                    "repair: {} segments rebuilt so far, {} pending",
+                    self.rebuilt_total, r.pending
+                );
+                if r.waiting > 0 {
+                    text.push_str(&format!(
+                        ", {} waiting for their node (down, within the grace period)",
+                        r.waiting
+                    ));
+                }
+                text.push_str(&format!(
+                    "; last pass {ago:.1}s ago rebuilt {} ({} passes)",
+                    r.rebuilt, self.passes
+                ));
+                text
+            }
+            Err(e) => format!(
+                "repair: {} segments rebuilt so far; last pass {ago:.1}s ago failed: {e} \
+                 ({} passes)",
+                self.rebuilt_total, self.passes
+            ),
+        }
+    }
+}
+
+/// Runs a repair pass and records its outcome for `user.poolfs.repair`.
+pub fn repair_and_record(vfs: &Vfs, grace: Duration) -> Result<RepairReport, FsError> {
+    let result = repair_pass(vfs, grace);
+    let mut progress = vfs.repair.lock().unwrap_or_else(|p| p.into_inner());
+    progress.passes += 1;
+    if let Ok(r) = &result {
+        progress.rebuilt_total += r.rebuilt as u64;
+    }
+    let outcome = match &result {
+        Ok(r) => Ok(*r),
+        Err(e) => Err(e.to_string()),
+    };
+    progress.last = Some((Instant::now(), outcome));
+    result
+}
+
+/// Repair progress as one line (`getfattr -n user.poolfs.repair MOUNTPOINT`).
+pub fn repair_progress(vfs: &Vfs) -> String {
+    vfs.repair
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .describe()
 }
 
 /// Rebuilds every segment held by a node that left (or is down longer than `grace`)
@@ -103,6 +176,16 @@ pub fn repair_pass(vfs: &Vfs, grace: Duration) -> Result<RepairReport, FsError> 
         let broken: Vec<usize> = (0..m.place.holders.len())
             .filter(|&i| needs_repair(&view, &m.place.holders[i], grace))
             .collect();
+        report.waiting += m
+            .place
+            .holders
+            .iter()
+            .filter(|h| {
+                view.node(h.node_id)
+                    .is_some_and(|n| n.state == NodeState::Down)
+                    && !needs_repair(&view, h, grace)
+            })
+            .count();
         let moved = m.stripes.iter().any(|s| !s.moved.is_empty());
         if broken.is_empty() && !moved {
             continue;

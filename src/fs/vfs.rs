@@ -52,6 +52,8 @@ pub struct Vfs {
     max_uploads: usize,
     /// The outcome of the last scrub pass, for `user.poolfs.scrub` on the root.
     pub(super) last_scrub: Mutex<Option<String>>,
+    /// Repair passes so far, for `user.poolfs.repair` on the root.
+    pub(super) repair: Mutex<super::repair::RepairProgress>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -71,6 +73,7 @@ impl Vfs {
             next_fh: AtomicU64::new(1),
             max_uploads: 4,
             last_scrub: Mutex::new(None),
+            repair: Mutex::new(Default::default()),
         };
         for orphan in vfs.meta.orphans()? {
             vfs.remove_inode(&orphan);

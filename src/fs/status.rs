@@ -1,0 +1,273 @@
+//! `poolfs status` for a mount: every file's health and the repair progress, read from
+//! outside the mount process through the mount's extended attributes.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::fuse::{HEALTH_XATTR, REPAIR_XATTR};
+
+/// Reads the extended attribute `name` of `path` (not following a final symlink) as text.
+pub fn get_xattr(path: &Path, name: &str) -> io::Result<String> {
+    let cpath = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    let cname = CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name contains NUL"))?;
+    let mut buf = vec![0u8; 1024];
+    loop {
+        // SAFETY: valid NUL-terminated strings and a writable buffer of the given length.
+        let n = unsafe {
+            libc::lgetxattr(
+                cpath.as_ptr(),
+                cname.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if n >= 0 {
+            buf.truncate(n as usize);
+            return Ok(String::from_utf8_lossy(&buf).into_owned());
+        }
+        let err = io::Error::last_os_error();
+        // The value grew past the buffer: ask again with more room (bounded).
+        if err.raw_os_error() == Some(libc::ERANGE) && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        return Err(err);
+    }
+}
+
+/// A file's health, from the first word of its `user.poolfs.health` text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Every segment on a live node (or no data at all).
+    Healthy,
+    /// Readable, but some segments are on nodes that are down or gone.
+    Degraded,
+    /// Fewer than k segments reachable: reads fail.
+    Unavailable,
+    /// The attribute could not be read or said something else.
+    Unknown,
+}
+
+impl Health {
+    /// Classifies a `user.poolfs.health` text.
+    pub fn of(text: &str) -> Health {
+        let word = text
+            .split(|c: char| !c.is_ascii_alphabetic())
+            .next()
+            .unwrap_or("");
+        match word {
+            "healthy" | "empty" => Health::Healthy,
+            "degraded" => Health::Degraded,
+            "unavailable" => Health::Unavailable,
+            _ => Health::Unknown,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Health::Healthy => "healthy",
+            Health::Degraded => "degraded",
+            Health::Unavailable => "unavailable",
+            Health::Unknown => "unknown",
+        }
+    }
+}
+
+/// One file of a mount and what its health attribute says.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileHealth {
+    /// Path relative to the mount point.
+    pub path: PathBuf,
+    pub health: Health,
+    /// The attribute's text, or why it could not be read.
+    pub detail: String,
+}
+
+/// The state of one mount's files.
+#[derive(Debug, Clone, Serialize)]
+pub struct MountStatus {
+    pub mountpoint: PathBuf,
+    /// The repair progress line (or why it could not be read).
+    pub repair: String,
+    /// Every regular file, sorted by path.
+    pub files: Vec<FileHealth>,
+}
+
+/// Counts per health.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub healthy: usize,
+    pub degraded: usize,
+    pub unavailable: usize,
+    pub unknown: usize,
+}
+
+/// Walks the mount at `mountpoint` and reads the health of every file and the repair
+/// progress. Fails if `mountpoint` is not a live poolfs mount.
+pub fn mount_status(mountpoint: &Path) -> io::Result<MountStatus> {
+    let repair = get_xattr(mountpoint, REPAIR_XATTR).map_err(|e| {
+        let why = match e.raw_os_error() {
+            Some(libc::ENODATA) | Some(libc::ENOTSUP) => "not a poolfs mount".to_string(),
+            Some(libc::ENOTCONN) => "its mount process is gone (unmount it)".to_string(),
+            _ => e.to_string(),
+        };
+        io::Error::new(e.kind(), format!("{}: {why}", mountpoint.display()))
+    })?;
+    let mut files = Vec::new();
+    walk(mountpoint, Path::new(""), &mut files)?;
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(MountStatus {
+        mountpoint: mountpoint.to_path_buf(),
+        repair,
+        files,
+    })
+}
+
+fn walk(root: &Path, rel: &Path, out: &mut Vec<FileHealth>) -> io::Result<()> {
+    let dir = root.join(rel);
+    let entries = std::fs::read_dir(&dir)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
+    for entry in entries {
+        let entry =
+            entry.map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
+        let path = rel.join(entry.file_name());
+        // Not following symlinks: they carry no data in the pool.
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            walk(root, &path, out)?;
+        } else if kind.is_file() {
+            let (health, detail) = match get_xattr(&root.join(&path), HEALTH_XATTR) {
+                Ok(text) => (Health::of(&text), text),
+                Err(e) => (Health::Unknown, format!("cannot read its health: {e}")),
+            };
+            out.push(FileHealth {
+                path,
+                health,
+                detail,
+            });
+        }
+    }
+    Ok(())
+}
+
+impl MountStatus {
+    /// How many files are in each state.
+    pub fn summary(&self) -> Summary {
+        let mut s = Summary::default();
+        for f in &self.files {
+            match f.health {
+                Health::Healthy => s.healthy += 1,
+                Health::Degraded => s.degraded += 1,
+                Health::Unavailable => s.unavailable += 1,
+                Health::Unknown => s.unknown += 1,
+            }
+        }
+        s
+    }
+
+    /// The report for a person: a summary line, the repair line, one line per file.
+    pub fn render(&self) -> String {
+        let s = self.summary();
+        let mut out = format!(
+            "mount {}: {} files: {} healthy, {} degraded, {} unavailable",
+            self.mountpoint.display(),
+            self.files.len(),
+            s.healthy,
+            s.degraded,
+            s.unavailable
+        );
+        if s.unknown > 0 {
+            out.push_str(&format!(", {} unknown", s.unknown));
+        }
+        out.push('\n');
+        out.push_str(&format!("  {}\n", self.repair));
+        let width = self
+            .files
+            .iter()
+            .map(|f| f.path.as_os_str().len())
+            .max()
+            .unwrap_or(0)
+            .min(48);
+        for f in &self.files {
+            // The label already says what the text's verdict says: keep the facts.
+            let facts = match (f.health, f.detail.split_once(": ")) {
+                (Health::Unknown, _) | (_, None) => f.detail.as_str(),
+                (_, Some((_, rest))) => rest,
+            };
+            out.push_str(&format!(
+                "  {:<11} {:<width$}  {facts}\n",
+                f.health.label(),
+                f.path.display().to_string(),
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_texts_are_classified_by_their_first_word() {
+        assert_eq!(
+            Health::of("healthy: 4 of 4 segments on live nodes (k=3, m=1)"),
+            Health::Healthy
+        );
+        assert_eq!(Health::of("empty: no data in the pool"), Health::Healthy);
+        assert_eq!(
+            Health::of("degraded (readable, repair pending): 3 of 4"),
+            Health::Degraded
+        );
+        assert_eq!(
+            Health::of("unavailable (not enough segments): 2 of 4"),
+            Health::Unavailable
+        );
+        assert_eq!(Health::of("something else"), Health::Unknown);
+        assert_eq!(Health::of(""), Health::Unknown);
+    }
+
+    #[test]
+    fn render_sums_up_and_lists_files_in_order() {
+        let file = |p: &str, text: &str| FileHealth {
+            path: p.into(),
+            health: Health::of(text),
+            detail: text.into(),
+        };
+        let st = MountStatus {
+            mountpoint: "/mnt/pool".into(),
+            repair: "repair: 2 segments rebuilt so far, 0 pending".into(),
+            files: vec![
+                file("a", "healthy: 4 of 4"),
+                file("dir/b", "degraded (readable, repair pending): 3 of 4"),
+                file("z", "unavailable (not enough segments): 2 of 4"),
+            ],
+        };
+        assert_eq!(
+            st.summary(),
+            Summary {
+                healthy: 1,
+                degraded: 1,
+                unavailable: 1,
+                unknown: 0
+            }
+        );
+        let text = st.render();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "mount /mnt/pool: 3 files: 1 healthy, 1 degraded, 1 unavailable"
+        );
+        assert_eq!(lines[1], "  repair: 2 segments rebuilt so far, 0 pending");
+        assert!(lines[2].starts_with("  healthy     a    "), "{}", lines[2]);
+        assert_eq!(lines[3], "  degraded    dir/b  3 of 4");
+        assert!(lines[4].starts_with("  unavailable z"), "{}", lines[4]);
+    }
+}
