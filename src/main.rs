@@ -137,6 +137,10 @@ fn run(cli: Cli) -> Result<()> {
             daemon::notify(started.as_ref().map(|_| ()).map_err(|e| e.to_string()));
             let node = started?;
             wait_for_signal().await?;
+            tokio::select! {
+                _ = node.hand_off() => {}
+                _ = wait_for_signal() => log::warn!("second signal: leaving without the hand-off"),
+            }
             node.leave().await;
             Ok(())
         }),

@@ -1684,10 +1684,12 @@ fn a_node_killed_mid_cp_does_not_fail_the_copy() {
     assert!(h.starts_with("degraded"), "health after the kill: {h}");
 }
 
-/// A member that leaves (SIGTERM: LEAVE) has its segments rebuilt on a spare node; the
-/// health attribute follows; then another holder can die and the file still reads.
+/// A member that leaves (SIGTERM) hands off first: it is marked leaving, keeps serving
+/// while its segment is rebuilt on a spare node, and goes (LEAVE) only once nothing of
+/// it is needed, so the pool is never less redundant than before. Then another holder
+/// can die and the file still reads.
 #[test]
-fn a_member_that_leaves_is_rebuilt_elsewhere() {
+fn a_member_that_leaves_hands_off_first() {
     if !can_mount() {
         return;
     }
@@ -1710,22 +1712,42 @@ fn a_member_that_leaves_is_rebuilt_elsewhere() {
             == 5),
         "the spare node did not join"
     );
-    let leaver = pool.nodes[0].pid;
+    let leaver = pool.nodes[0].clone();
     // SAFETY: a pid this pool started.
-    unsafe { libc::kill(leaver as i32, libc::SIGTERM) };
-    assert!(
-        wait_until(Duration::from_secs(10), || member_states(pool.controller)
-            .contains(&"Gone".to_string())),
-        "the node did not leave"
-    );
+    unsafe { libc::kill(leaver.pid as i32, libc::SIGTERM) };
     // The spare ends up with the leaver's segment: a third of the file (k = 3).
     let third = size as u64 / 3;
     let rebuilt = || segment_usage(&spare.storage).0.abs_diff(third) <= third / 10;
+    let mut saw_leaving = false;
+    let gone = wait_until(Duration::from_secs(30), || {
+        let states = member_states(pool.controller);
+        saw_leaving |= states.contains(&"Leaving".to_string());
+        states.contains(&"Gone".to_string())
+    });
+    assert!(gone, "the node did not leave");
+    // By the time it is gone, its segment is already on the spare: the hand-off.
     assert!(
-        wait_until(Duration::from_secs(30), || rebuilt()
-            && health(&f).starts_with("healthy")),
-        "not repaired: spare holds {} bytes, expected about {third}; health: {}",
-        segment_usage(&spare.storage).0,
+        rebuilt(),
+        "the leaver went before its segment was rebuilt: spare holds {} bytes, expected \
+         about {third}",
+        segment_usage(&spare.storage).0
+    );
+    assert!(saw_leaving, "the node was never seen leaving");
+    assert_eq!(
+        segment_usage(&leaver.storage).0,
+        0,
+        "the leaver still holds segment bytes after the hand-off"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || !harness::is_ours(
+            leaver.pid, &pool.root
+        )),
+        "the leaver did not exit after its hand-off"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || health(&f)
+            .starts_with("healthy")),
+        "{}",
         health(&f)
     );
 
@@ -1735,7 +1757,7 @@ fn a_member_that_leaves_is_rebuilt_elsewhere() {
     drop_cache(&f);
     assert!(
         fs::read(&f).unwrap() == want,
-        "wrong bytes after repair and a second loss"
+        "wrong bytes after the hand-off and a second loss"
     );
     // Once the controller marks it down, the health says so.
     assert!(
@@ -1747,199 +1769,48 @@ fn a_member_that_leaves_is_rebuilt_elsewhere() {
     assert!(health(&f).contains("3 of 4"), "{}", health(&f));
 }
 
-/// `poolfs status` output split into its lines about the mount at `mnt`: the summary
-/// line, the repair line, and one line per file.
-fn mount_report(out: &str, mnt: &Path) -> (String, String, Vec<String>) {
-    let head = format!("mount {}: ", mnt.display());
-    let mut lines = out.lines().skip_while(|l| !l.starts_with(&head));
-    let summary = lines
-        .next()
-        .unwrap_or_else(|| panic!("no `{head}` line in the status output:\n{out}"))
-        .to_string();
-    let repair = lines.next().unwrap_or_default().trim().to_string();
-    let files = lines
-        .take_while(|l| l.starts_with("  "))
-        .map(|l| l.trim().to_string())
-        .collect();
-    (summary, repair, files)
-}
-
-/// The id of the only member the controller counts down.
-fn down_node_id(controller: std::net::SocketAddr) -> u64 {
-    let out = run_ok(&mut poolfs([
-        "status",
-        "--json",
-        "-c",
-        &controller.to_string(),
-    ]));
-    let view: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
-    let down: Vec<u64> = view["nodes"]
-        .as_array()
-        .expect("nodes in the view")
-        .iter()
-        .filter(|n| n["state"] == "Down")
-        .filter_map(|n| n["id"].as_u64())
-        .collect();
-    assert_eq!(down.len(), 1, "one node down: {view}");
-    down[0]
-}
-
-/// `poolfs status` walks the mount: every file with its health, sorted, a summary and
-/// the repair progress. A killed holder makes the files degraded, naming the node (the
-/// xattr agrees); with no spare node the segments stay pending; once a spare joins they
-/// are rebuilt, the files are healthy again and the repair line counts them.
+/// Unmounting is leaving: the mount moves its own files' segments off its node before
+/// its node goes; remounted later, the files read even with another node dead.
 #[test]
-fn status_shows_file_health_and_repair_progress() {
+fn an_unmount_hands_off_the_mounts_own_segments() {
     if !can_mount() {
         return;
     }
-    let mut pool = Pool::up_with("status", 4, &["--repair-grace", "1"]);
+    let mut pool = Pool::up("umountleave", 4);
     let src = pool.scratch().join("src");
-    random_file(&src, 5 * MIB + 777);
+    let size = 6 * MIB + 99;
+    random_file(&src, size);
     let want = fs::read(&src).unwrap();
-    fs::create_dir(pool.path("sub")).unwrap();
-    let (f, g) = (pool.path("sub/g"), pool.path("f"));
-    assert!(cp(&src, &f).status.success());
-    assert!(cp(&src, &g).status.success());
-    fs::write(pool.path("empty"), b"").unwrap();
-    fs::write(pool.path("small"), b"a few bytes").unwrap();
-    std::os::unix::fs::symlink("f", pool.path("link")).unwrap();
-
-    // By default `status` finds the pool `up` started: its controller, key and mount.
-    let status = |pool: &Pool| {
-        let out = run_ok(
-            poolfs(["status", "--data-dir"])
-                .arg(&pool.data)
-                .env_remove("POOLFS_KEY")
-                .env_remove("POOLFS_CONTROLLER"),
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let out = status(&pool);
-    assert!(out.contains("4 of 4 nodes up"), "{out}");
-    let (summary, repair, files) = mount_report(&out, &pool.mnt);
-    assert!(
-        summary.ends_with("4 files: 4 healthy, 0 degraded, 0 unavailable"),
-        "{out}"
-    );
-    assert!(
-        repair.starts_with("repair: 0 segments rebuilt so far, 0 pending"),
-        "{out}"
-    );
-    let names: Vec<&str> = files
-        .iter()
-        .map(|l| l.split_whitespace().nth(1).unwrap_or(""))
-        .collect();
-    assert_eq!(names, ["empty", "f", "small", "sub/g"], "{out}");
-    assert!(files.iter().all(|l| l.starts_with("healthy")), "{out}");
-    assert!(files[1].contains("4 of 4 segments"), "{out}");
-
-    // kill -9 a holder: once the controller counts it down, every file with data is
-    // degraded and names it, in `status --mount` and in the xattr alike.
-    let victim = pool.nodes[0].pid;
-    harness::kill_ours(&[victim], &pool.root, libc::SIGKILL);
+    assert!(cp(&src, &pool.path("f")).status.success());
+    let spare = pool.add_node("spare");
     assert!(
         wait_until(Duration::from_secs(10), || member_states(pool.controller)
-            .contains(&"Down".to_string())),
-        "the killed node is not marked down"
+            .iter()
+            .filter(|s| *s == "Up")
+            .count()
+            == 5),
+        "the spare node did not join"
     );
-    let id = down_node_id(pool.controller);
-    let missing = format!("missing: node {id} down");
-    let by_mount = |pool: &Pool| {
-        let out = run_ok(
-            poolfs(["status", "-c", &pool.controller.to_string(), "--mount"]).arg(&pool.mnt),
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    // With no node to rebuild onto, the segments stay pending after the grace period.
-    let mut out = String::new();
+    assert!(segment_usage(&pool.mount_storage).0 > 0);
+    pool.unmount();
+    assert_eq!(
+        segment_usage(&pool.mount_storage).0,
+        0,
+        "the mount's node still holds segments after leaving"
+    );
+    let third = size as u64 / 3;
     assert!(
-        wait_until(Duration::from_secs(15), || {
-            out = by_mount(&pool);
-            mount_report(&out, &pool.mnt).1.contains("4 pending")
-        }),
-        "the lost segments never counted as pending:\n{out}"
+        segment_usage(&spare.storage).0.abs_diff(third) <= third / 10,
+        "the spare holds {} bytes, expected about {third}",
+        segment_usage(&spare.storage).0
     );
-    let (summary, repair, files) = mount_report(&out, &pool.mnt);
-    assert!(out.contains("3 of 4 nodes up"), "{out}");
+    pool.remount();
+    // SAFETY: a pid this pool started.
+    unsafe { libc::kill(pool.nodes[0].pid as i32, libc::SIGKILL) };
     assert!(
-        summary.ends_with("4 files: 0 healthy, 4 degraded, 0 unavailable"),
-        "{out}"
+        read_uncached(&pool.path("f")) == want,
+        "wrong bytes after the mount's leave and a node's death"
     );
-    assert!(
-        repair.starts_with("repair: 0 segments rebuilt so far"),
-        "{out}"
-    );
-    // Every file is placed on every node when created, even an empty one, and even an
-    // 11-byte file is spread: each has lost a segment.
-    for (i, name) in ["empty", "f", "small", "sub/g"].into_iter().enumerate() {
-        let line = &files[i];
-        assert!(line.starts_with(&format!("degraded    {name} ")), "{out}");
-        assert!(line.contains("3 of 4 segments on live nodes"), "{out}");
-        assert!(line.ends_with(&missing), "{line} does not name node {id}");
-    }
-    for path in [&f, &g] {
-        let h = health(path);
-        assert!(
-            h.starts_with("degraded") && h.ends_with(&missing),
-            "{}: {h}",
-            path.display()
-        );
-    }
-    drop_cache(&f);
-    assert!(fs::read(&f).unwrap() == want, "a degraded file reads back");
-
-    // A spare joins: the lost segments are rebuilt onto it.
-    pool.add_node("spare");
-    let mut out = String::new();
-    assert!(
-        wait_until(Duration::from_secs(30), || {
-            out = by_mount(&pool);
-            mount_report(&out, &pool.mnt)
-                .0
-                .ends_with("4 files: 4 healthy, 0 degraded, 0 unavailable")
-        }),
-        "not repaired:\n{out}"
-    );
-    let (_, repair, files) = mount_report(&out, &pool.mnt);
-    assert!(
-        repair.starts_with("repair: 4 segments rebuilt so far, 0 pending"),
-        "{out}"
-    );
-    assert!(files.iter().all(|l| l.starts_with("healthy")), "{out}");
-    assert!(health(&f).starts_with("healthy: 4 of 4"), "{}", health(&f));
-    drop_cache(&g);
-    assert!(fs::read(&g).unwrap() == want, "a repaired file reads back");
-
-    // --json carries the same, per file.
-    let out = run_ok(
-        poolfs([
-            "status",
-            "--json",
-            "-c",
-            &pool.controller.to_string(),
-            "--mount",
-        ])
-        .arg(&pool.mnt),
-    );
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
-    let files = json["mounts"][0]["files"]
-        .as_array()
-        .expect("files")
-        .clone();
-    assert_eq!(files.len(), 4, "{json}");
-    assert!(files.iter().all(|f| f["health"] == "healthy"), "{json}");
-    assert_eq!(files[3]["path"], "sub/g", "{json}");
-
-    // A directory that is not a poolfs mount is refused, naming why.
-    let out =
-        run(poolfs(["status", "-c", &pool.controller.to_string(), "--mount"]).arg(pool.scratch()));
-    assert!(
-        !out.status.success(),
-        "status of a plain directory succeeded"
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not a poolfs mount"), "{err}");
 }
 
 /// A holder killed in the middle of a sequential read: the read completes with the right

@@ -47,6 +47,10 @@ fn every_verb() -> Vec<Request> {
             node_id: 1,
             identity: me,
         },
+        Request::Drain {
+            node_id: 1,
+            identity: me,
+        },
         Request::Get { node_id: 1 },
         Request::Pool,
         Request::Assign(Assign {

@@ -838,6 +838,21 @@ impl PoolClient {
         Ok(out)
     }
 
+    /// Removes this client's segments of `file` from one node.
+    pub async fn delete_on(&self, holder: &Holder, file: &str) -> Result<(), ClientError> {
+        let req = Request::Delete { file: file.into() };
+        self.conns
+            .call(self.addr_of(holder).await, &req, None)
+            .await
+            .map(|_| ())
+            .map_err(|source| ClientError::Store {
+                node: holder.node_id,
+                file: file.into(),
+                segment: 0,
+                source,
+            })
+    }
+
     /// Removes a file's segments from every node that holds any; nodes that cannot be
     /// reached are reported, the others are cleaned.
     pub async fn delete(&self, m: &Manifest) -> Result<(), ClientError> {

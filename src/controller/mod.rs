@@ -244,6 +244,11 @@ impl Handler for ControllerService {
                 Ok(()) => Response::Ok,
                 Err(e) => registry_error(e),
             },
+            Request::Drain { identity, .. } if !peer.owns(identity) => impostor(&peer, identity),
+            Request::Drain { node_id, identity } => match reg.drain(node_id, identity) {
+                Ok(()) => Response::Ok,
+                Err(e) => registry_error(e),
+            },
             Request::Get { node_id } => match reg.view(now).node(node_id) {
                 Some(info) => Response::Node(info.clone()),
                 None => registry_error(RegistryError::Unknown(node_id)),

@@ -199,7 +199,8 @@ impl Registry {
         m.record.capacity = capacity;
         m.record.used = used;
         let was = m.state;
-        if was != NodeState::Up {
+        // A leaving member keeps heartbeating while it hands its segments off.
+        if was != NodeState::Up && was != NodeState::Leaving {
             m.state = NodeState::Up;
             m.record.gone = false;
             log::info!("node {id} is up again");
@@ -222,11 +223,24 @@ impl Registry {
         Ok(())
     }
 
+    /// Marks a member as leaving: it stays readable, but nothing new is placed on it
+    /// and owners move its segments away.
+    pub fn drain(&mut self, id: NodeId, identity: Identity) -> Result<(), RegistryError> {
+        let m = self.member_of(id, identity)?;
+        if m.state != NodeState::Leaving {
+            m.state = NodeState::Leaving;
+            log::info!("node {id} is leaving: handing its segments off");
+            self.bump();
+        }
+        Ok(())
+    }
+
     /// Marks members silent for longer than `down_after` as down; true if any changed.
     pub fn sweep(&mut self, now: Instant, down_after: Duration) -> bool {
         let mut changed = false;
         for m in self.members.values_mut() {
-            if m.state == NodeState::Up && now.duration_since(m.last_seen) > down_after {
+            let heard_from = matches!(m.state, NodeState::Up | NodeState::Leaving);
+            if heard_from && now.duration_since(m.last_seen) > down_after {
                 m.state = NodeState::Down;
                 log::warn!(
                     "node {} ({}) is down: no heartbeat for {:?}",
@@ -334,5 +348,39 @@ mod tests {
         r.leave(id, a).unwrap();
         assert_eq!(r.view(t0).nodes[0].state, NodeState::Gone);
         assert_eq!(r.live_count(), 0);
+    }
+
+    #[test]
+    fn a_leaving_member_stays_leaving_while_it_heartbeats_then_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        let a = Identity([1; 16]);
+        let mut r = Registry::load(dir.path()).unwrap();
+        let id = r.join(a, addr(1), 10, 0, t0);
+        assert!(r.drain(id, Identity([9; 16])).is_err(), "another identity");
+        r.drain(id, a).unwrap();
+        let state = |r: &Registry, t| r.view(t).node(id).unwrap().state;
+        assert_eq!(state(&r, t0), NodeState::Leaving);
+        let t1 = t0 + Duration::from_secs(1);
+        r.heartbeat(id, a, 10, 0, t1).unwrap();
+        assert_eq!(
+            state(&r, t1),
+            NodeState::Leaving,
+            "a heartbeat does not undo it"
+        );
+        assert_eq!(
+            r.live_count(),
+            0,
+            "nothing new is placed on a leaving member"
+        );
+        r.leave(id, a).unwrap();
+        assert_eq!(state(&r, t1), NodeState::Gone);
+        // A leaving member that falls silent is down, like any other.
+        let b = Identity([2; 16]);
+        let id_b = r.join(b, addr(2), 10, 0, t1);
+        r.drain(id_b, b).unwrap();
+        assert!(r.sweep(t1 + Duration::from_secs(10), Duration::from_secs(3)));
+        assert_eq!(state(&r, t1), NodeState::Gone);
+        assert_eq!(r.view(t1).node(id_b).unwrap().state, NodeState::Down);
     }
 }

@@ -261,14 +261,47 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
         }
     });
     let stop_repair = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let repairer = spawn_repair(vfs, cfg.repair_grace, stop_repair.clone());
+    let repairer = spawn_repair(vfs.clone(), cfg.repair_grace, stop_repair.clone());
     let served = session.run();
     stop_repair.store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = repairer.join();
     served.map_err(fuse_err)?;
-    log::info!("unmounted {}; leaving the pool", mountpoint.display());
+    log::info!(
+        "unmounted {}; handing off, then leaving the pool",
+        mountpoint.display()
+    );
+    hand_off_own_files(&rt, &node, &vfs, cfg.repair_grace);
+    rt.block_on(node.hand_off());
     rt.block_on(node.leave());
     Ok(())
+}
+
+/// Before the mount's node leaves, the segments of the mount's own files that it holds
+/// are rebuilt on other nodes (repair passes see the node leaving), so the leave does
+/// not make them less redundant. Stops when a pass moves nothing more.
+fn hand_off_own_files(rt: &tokio::runtime::Runtime, node: &Node, vfs: &Vfs, grace: Duration) {
+    if node.own_bytes() == 0 || !rt.block_on(node.announce_leaving()) {
+        return;
+    }
+    // The client's cached pool view must show this node leaving before a pass.
+    std::thread::sleep(Duration::from_millis(700));
+    loop {
+        match repair::repair_pass(vfs, grace) {
+            Ok(r) if r.rebuilt > 0 && node.own_bytes() > 0 => continue,
+            Ok(_) => break,
+            Err(e) => {
+                log::warn!("hand-off: repair pass failed: {e}");
+                break;
+            }
+        }
+    }
+    let left = node.own_bytes();
+    if left > 0 {
+        log::warn!(
+            "leaving with {left} bytes of this mount's files on its node: no spare node could \
+             take them; those files rely on parity until repaired"
+        );
+    }
 }
 
 /// Asks the mount at `mountpoint` to scrub now (through its root's scrub attribute) and

@@ -38,8 +38,9 @@ pub fn health(vfs: &Vfs, ino: u64) -> Result<String, FsError> {
             ));
         }
     }
-    // The weakest stripe decides: how many of its shards sit on live nodes.
-    let mut live = n;
+    // The weakest stripe decides: how many of its shards sit on live nodes. The
+    // segment holders count as a stripe too: later writes go there first.
+    let mut live = m.place.holders.iter().filter(|h| up(h)).count();
     let mut away = 0;
     for j in 0..layout.stripe_count(m.size) {
         let rec = m.stripe(j);
@@ -75,7 +76,7 @@ fn needs_repair(view: &PoolView, holder: &Holder, grace: Duration) -> bool {
         None => true,
         Some(n) => match n.state {
             NodeState::Up => false,
-            NodeState::Gone => true,
+            NodeState::Gone | NodeState::Leaving => true,
             NodeState::Down => Duration::from_millis(n.last_seen_ms) > grace,
         },
     }
@@ -253,11 +254,32 @@ pub fn repair_pass(vfs: &Vfs, grace: Duration) -> Result<RepairReport, FsError> 
                 }
             }
         }
-        if m != original && !vfs.swap_manifest(inode.ino, &original, m)? {
+        if m == original {
+            continue;
+        }
+        let kept = m.all_holders();
+        if !vfs.swap_manifest(inode.ino, &original, m)? {
             log::info!(
                 "repair: file {} changed meanwhile; it will be looked at again",
                 original.place.file_id
             );
+            continue;
+        }
+        // The hand-off of a leaving node ends with its copy deleted: it may go once
+        // it holds nothing the pool still needs.
+        for old in original.all_holders() {
+            let leaving = view
+                .node(old.node_id)
+                .is_some_and(|n| n.state == NodeState::Leaving);
+            if leaving && !kept.iter().any(|h| h.node_id == old.node_id) {
+                if let Err(e) = vfs.run(vfs.client().delete_on(&old, &original.place.file_id)) {
+                    log::warn!(
+                        "repair: cannot delete the handed-off segments of file {} on node {}: {e}",
+                        original.place.file_id,
+                        old.node_id
+                    );
+                }
+            }
         }
     }
     Ok(report)

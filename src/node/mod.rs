@@ -1,12 +1,13 @@
 //! The storage node: serves STORE / FWD / DELETE / STAT from its segment store, and keeps
 //! its membership (join, heartbeats, the controller's signal, leave).
 
+pub mod handoff;
 pub mod store;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -219,6 +220,75 @@ impl Node {
         }
     }
 
+    /// Tells the controller this node is about to leave (DRAIN), so owners move its
+    /// segments elsewhere while it still serves them. False if there is no controller
+    /// to tell: then there is no hand-off to wait for.
+    pub async fn announce_leaving(&self) -> bool {
+        let (Some(node_id), Some(addr)) = (self.node_id(), self.controller()) else {
+            return false;
+        };
+        let pool = ConnPool::new(
+            self.shared.creds.clone(),
+            Duration::from_secs(1),
+            Duration::from_secs(2),
+        );
+        let req = Request::Drain {
+            node_id,
+            identity: self.shared.identity,
+        };
+        match pool.call(addr, &req, None).await {
+            Ok(_) => {
+                log::info!("node {node_id} is leaving: waiting for its segments to move");
+                true
+            }
+            Err(e) => {
+                log::warn!(
+                    "no hand-off: cannot tell the controller that node {node_id} leaves: {e}"
+                );
+                false
+            }
+        }
+    }
+
+    /// Bytes this node holds for owners other than itself.
+    pub fn foreign_bytes(&self) -> u64 {
+        let (used, _) = self.shared.store.usage();
+        used.saturating_sub(self.shared.store.owner_usage(&self.shared.identity))
+    }
+
+    /// Bytes this node holds for its own key (a mount's own files).
+    pub fn own_bytes(&self) -> u64 {
+        self.shared.store.owner_usage(&self.shared.identity)
+    }
+
+    /// The hand-off before a leave: announces it and keeps serving until the other
+    /// members have moved their segments away (or nothing moves for a while). A mount
+    /// moves its own files' segments itself before calling this.
+    pub async fn hand_off(&self) {
+        if self.foreign_bytes() == 0 || !self.announce_leaving().await {
+            return;
+        }
+        let mut watch = handoff::Handoff::new(self.foreign_bytes(), Instant::now());
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            match watch.observe(self.foreign_bytes(), Instant::now()) {
+                handoff::HandoffStep::Wait => continue,
+                handoff::HandoffStep::Done => {
+                    log::info!("hand-off complete: nothing of other members is left here");
+                    return;
+                }
+                handoff::HandoffStep::GiveUp(left) => {
+                    log::warn!(
+                        "leaving with {left} bytes of other members not handed off: nothing \
+                         moved for a while (no spare node, or their owners are away); their \
+                         files rely on parity until repaired"
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
     /// Tells the controller this node leaves, then stops serving.
     pub async fn leave(self) {
         let id = self.node_id();
@@ -427,6 +497,7 @@ pub fn request_name(req: &Request) -> &'static str {
         Request::Join { .. } => "JOIN",
         Request::Heartbeat { .. } => "HEARTBEAT",
         Request::Leave { .. } => "LEAVE",
+        Request::Drain { .. } => "DRAIN",
         Request::Get { .. } => "GET",
         Request::Pool => "POOL",
         Request::Assign(_) => "ASSIGN",

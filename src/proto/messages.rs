@@ -28,6 +28,9 @@ pub enum NodeState {
     Up,
     /// No heartbeat for a few seconds.
     Down,
+    /// Announced it is leaving (DRAIN): still serves reads, gets no new placements,
+    /// and waits while owners move its segments to other nodes.
+    Leaving,
     /// Left the pool with LEAVE.
     Gone,
 }
@@ -37,6 +40,7 @@ impl std::fmt::Display for NodeState {
         f.write_str(match self {
             NodeState::Up => "up",
             NodeState::Down => "down",
+            NodeState::Leaving => "leaving",
             NodeState::Gone => "gone",
         })
     }
@@ -160,6 +164,9 @@ pub enum Request {
     },
     /// Node to controller: I am leaving the pool now; answered with `Ok`.
     Leave { node_id: NodeId, identity: Identity },
+    /// Node to controller: I am about to leave; mark me leaving so owners move my
+    /// segments elsewhere first (the hand-off); answered with `Ok`.
+    Drain { node_id: NodeId, identity: Identity },
     /// Anyone to controller: address of node `node_id`; answered with `Node`.
     Get { node_id: NodeId },
     /// Anyone to controller: the whole membership view; answered with `Pool`.
