@@ -83,10 +83,7 @@ impl PoolKey {
 
     /// Loads the key at `path`, creating it first if there is none (for `poolfs up`).
     pub fn load_or_create(path: &Path) -> Result<Self, KeyError> {
-        match PoolKey::load(path) {
-            Err(KeyError::Missing(_)) => PoolKey::create(path),
-            other => other,
-        }
+        load_or_create_key_file(path).map(PoolKey)
     }
 }
 
@@ -109,16 +106,7 @@ impl std::fmt::Debug for OwnerKey {
 impl OwnerKey {
     /// The owner secret kept in `dir/owner.key`, created (mode 0600) the first time.
     pub fn load_or_create(dir: &Path) -> Result<Self, KeyError> {
-        let path = dir.join(OWNER_KEY_FILE);
-        match read_key_file(&path) {
-            Ok(secret) => Ok(OwnerKey(secret)),
-            Err(KeyError::Missing(_)) => {
-                let secret = rand::random();
-                write_new_key_file(&path, &secret)?;
-                Ok(OwnerKey(secret))
-            }
-            Err(e) => Err(e),
-        }
+        load_or_create_key_file(&dir.join(OWNER_KEY_FILE)).map(OwnerKey)
     }
 
     /// The secret bytes.
@@ -162,16 +150,7 @@ impl Credentials {
     /// The pool key with the persistent keypair kept in the file `path` (created, mode
     /// 0600, the first time). Segments a node stores belong to this keypair.
     pub fn persistent_at(key: &PoolKey, path: &Path) -> Result<Self, KeyError> {
-        let private = match read_key_file(path) {
-            Ok(private) => private,
-            Err(KeyError::Missing(_)) => {
-                let private = rand::random();
-                write_new_key_file(path, &private)?;
-                private
-            }
-            Err(e) => return Err(e),
-        };
-        Credentials::with_private(key, private)
+        Credentials::with_private(key, load_or_create_key_file(path)?)
     }
 
     /// The pool key with the keypair kept in the file `path`, which must exist.
@@ -260,22 +239,44 @@ fn write_new_key_file(path: &Path, key: &[u8; KEY_LEN]) -> Result<(), KeyError> 
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(write_err)?;
     }
-    let mut f = match fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(f) => f,
+    // Written whole under a private name, then linked into place: a reader never sees
+    // a half-written key, and of two processes creating it at once exactly one wins.
+    let tmp = path.with_extension(format!("new-{}", encode_hex(&rand::random::<[u8; 8]>())));
+    let written = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(format!("{}\n", encode_hex(key)).as_bytes())?;
+        f.sync_all()?;
+        fs::hard_link(&tmp, path)
+    })();
+    let _ = fs::remove_file(&tmp);
+    match written {
+        Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            return Err(KeyError::Exists(path.to_path_buf()))
+            Err(KeyError::Exists(path.to_path_buf()))
         }
-        Err(e) => return Err(write_err(e)),
-    };
-    let text = format!("{}\n", encode_hex(key));
-    f.write_all(text.as_bytes())
-        .and_then(|_| f.sync_all())
-        .map_err(write_err)
+        Err(e) => Err(write_err(e)),
+    }
+}
+
+/// The key kept at `path`, made (random, mode 0600) if there is none yet; safe when
+/// several processes do this at once.
+fn load_or_create_key_file(path: &Path) -> Result<[u8; KEY_LEN], KeyError> {
+    match read_key_file(path) {
+        Err(KeyError::Missing(_)) => {
+            let fresh = rand::random();
+            match write_new_key_file(path, &fresh) {
+                Ok(()) => Ok(fresh),
+                // Another process made it first: use theirs.
+                Err(KeyError::Exists(_)) => read_key_file(path),
+                Err(e) => Err(e),
+            }
+        }
+        other => other,
+    }
 }
 
 #[cfg(test)]

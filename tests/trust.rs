@@ -691,3 +691,76 @@ fn a_quota_bounds_each_member_on_each_node() {
     });
     assert_ok(&c.put(&second, "second"), "put second after deleting first");
 }
+
+/// ASSIGN is pinned: a node waiting for its controller trusts the first key that
+/// assigns it, and from then on refuses ASSIGN from any other key, even one that holds
+/// the pool key, across a restart; the pinned controller may still move it.
+#[test]
+fn assign_is_pinned_to_the_first_controller() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("pool.key");
+    let key = PoolKey::create(&key_path).unwrap();
+    let storage = dir.path().join("node");
+    let mut node = common::Daemon::spawn("lonely", dir.path().join("node.log"), |addr| {
+        vec![
+            "node".into(),
+            "--storage".into(),
+            storage.display().to_string(),
+            "--listen".into(),
+            addr.to_string(),
+            "--key".into(),
+            key_path.display().to_string(),
+        ]
+    });
+    let controller = Credentials::ephemeral(&key).unwrap();
+    let rogue = Credentials::ephemeral(&key).unwrap();
+    let rt = runtime();
+    let node_addr = node.addr;
+    let call = |creds: &Credentials, req: Request| {
+        rt.block_on(async {
+            let mut conn = Connection::connect(node_addr, creds, Duration::from_secs(5)).await?;
+            conn.call(&req, None).await.map(|(r, _)| r)
+        })
+    };
+    // Discard-port addresses on loopback: the node's JOIN attempts go nowhere.
+    let assign = |port: u16| {
+        Request::Assign(Assign {
+            controller: SocketAddr::from(([127, 0, 0, 1], port)),
+            node_id: 1,
+            pool_size: 1,
+            epoch: 1,
+        })
+    };
+    let reports_to = |port: u16| match call(&controller, Request::Stat) {
+        Ok(Response::Stat(stat)) => {
+            stat.controller == Some(SocketAddr::from(([127, 0, 0, 1], port)))
+        }
+        other => panic!("STAT: {other:?}"),
+    };
+
+    assert!(matches!(call(&controller, assign(9)), Ok(Response::Ok)));
+    let refused = call(&rogue, assign(10)).expect_err("a second assigner");
+    assert_eq!(
+        refused.remote_kind(),
+        Some(ErrorKind::Unauthorized),
+        "{refused}"
+    );
+    assert!(
+        reports_to(9),
+        "the rogue ASSIGN changed the node's controller"
+    );
+
+    node.stop();
+    node.restart();
+    let refused = call(&rogue, assign(10)).expect_err("after a restart");
+    assert_eq!(
+        refused.remote_kind(),
+        Some(ErrorKind::Unauthorized),
+        "{refused}"
+    );
+    assert!(matches!(call(&controller, assign(11)), Ok(Response::Ok)));
+    assert!(
+        reports_to(11),
+        "the pinned controller could not move the node"
+    );
+}

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 /// How long a leaving node waits without any segment moving away before it gives up.
-pub const HANDOFF_IDLE: Duration = Duration::from_secs(15);
+pub const HANDOFF_IDLE: Duration = Duration::from_secs(8);
 /// The longest a leaving node waits in all.
 pub const HANDOFF_MAX: Duration = Duration::from_secs(600);
 

@@ -2,6 +2,8 @@
 //! its membership (join, heartbeats, the controller's signal, leave).
 
 pub mod handoff;
+mod pin;
+
 pub mod store;
 
 use std::net::SocketAddr;
@@ -16,6 +18,7 @@ use tokio::task::JoinHandle;
 use crate::net::{self, ConnPool, Handler, NetError, Peer, Reply, ServerLimits};
 use crate::proto::{Assign, ErrorKind, Identity, NodeId, NodeStat, PoolView, Request, Response};
 use crate::trust::{identity_of, Credentials, KeyError, PoolKey};
+use pin::ControllerPin;
 pub use store::{SegmentStore, StoreError};
 
 /// How often a node tells the controller it is alive.
@@ -66,6 +69,8 @@ struct Membership {
 struct Shared {
     store: SegmentStore,
     identity: Identity,
+    /// Whom ASSIGN is taken from (see `ControllerPin`).
+    pin: ControllerPin,
     creds: Arc<Credentials>,
     listen: SocketAddr,
     membership: Mutex<Membership>,
@@ -148,9 +153,11 @@ impl Node {
             source,
         })?;
         let (controller, controller_rx) = watch::channel(cfg.controller);
+        let pin = ControllerPin::load(&cfg.storage, cfg.controller).map_err(storage_err)?;
         let shared = Arc::new(Shared {
             store,
             identity,
+            pin,
             creds: creds.clone(),
             listen: addr,
             membership: Mutex::new(Membership::default()),
@@ -426,6 +433,7 @@ impl Handler for NodeService {
         // Segments belong to the static key that stored them: every segment verb works
         // inside its caller's own namespace.
         let owner = identity_of(&peer.key);
+        let sender_key = peer.key;
         let peer = peer.addr;
         let shared = self.0.clone();
         // Disk work runs on the blocking pool so slow disks never stall the reactor.
@@ -479,8 +487,16 @@ impl Handler for NodeService {
                     assign.controller,
                     assign.epoch
                 );
-                shared.accept_assign(assign);
-                Response::Ok.into()
+                match shared.pin.admit(&sender_key, assign.controller) {
+                    Ok(()) => {
+                        shared.accept_assign(assign);
+                        Response::Ok.into()
+                    }
+                    Err(why) => {
+                        log::warn!("refused ASSIGN from {peer}: {why}");
+                        Response::error(ErrorKind::Unauthorized, why).into()
+                    }
+                }
             }
             other => Response::error(
                 ErrorKind::BadRequest,

@@ -115,7 +115,7 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `poolfs ARGS` where `args(addr)` builds the arguments for a listen address;
     /// a port taken in between is retried with another one.
-    fn spawn(name: &str, log: PathBuf, args: impl Fn(SocketAddr) -> Vec<String>) -> Daemon {
+    pub fn spawn(name: &str, log: PathBuf, args: impl Fn(SocketAddr) -> Vec<String>) -> Daemon {
         let mut last = String::new();
         for _ in 0..5 {
             let addr = free_addr();
@@ -196,7 +196,9 @@ impl Daemon {
         let mut child = self.child.take().expect("daemon is running");
         // SAFETY: kill(2) on the pid of our own child, which is not reaped yet.
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // A node hands off before it leaves: it may wait for owners that never come
+        // (poolfs::node::handoff::HANDOFF_IDLE) before it goes.
+        let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
                 return status;
@@ -204,7 +206,7 @@ impl Daemon {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("{} ignored SIGTERM for 10s", self.name);
+                panic!("{} ignored SIGTERM for 20s", self.name);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
