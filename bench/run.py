@@ -1,112 +1,509 @@
 #!/usr/bin/env python3
-"""poolfs benchmark: one run against a local tmpfs baseline, medians of several runs.
+"""poolfs benchmark: issue 7's target table, measured in one run against a tmpfs baseline.
 
-usage: bench/run.py [--size-mib 1024] [--runs 3] [--nodes 3] [--bin target/release/poolfs]
-Needs root (mounts tmpfs, drops the page cache) and fuse3. Starts its own loopback pool
-with `poolfs up`, and stops it and removes everything at the end.
+usage: python3 bench/run.py [--size-mib 1024] [--rss-size-mib 4096] [--runs 3] [--files 1000]
+                            [--only default,parity0,noenc] [--bin target/release/poolfs]
+                            [--json FILE] [--quick]
+
+Needs root (mounts tmpfs, drops the page cache) and fuse3. For each configuration (the
+default 3-node pool with k = 2, m = 1 and encryption; the same with `--parity 0`; the
+same with `--no-encryption`) it starts its own loopback pool with `poolfs up`, measures
+cp / cat / small files / first byte / peak memory, then starts a 4-node pool (m = 1),
+kills one storage node it started in the middle of a timed read, and reports the
+longest read() call. The tmpfs baseline runs are interleaved with the pool's runs, so
+ratios compare figures taken under the same load. Everything it starts (pools, tmpfs
+mounts, temp dirs) is stopped and removed at the end, also on failure or Ctrl-C.
 """
-import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+MIB = 1 << 20
+
+# name, `poolfs up` arguments, title
+CONFIGS = {
+    "default": ([], "k=2 m=1, encrypted"),
+    "parity0": (["--parity", "0"], "--parity 0"),
+    "noenc": (["--no-encryption"], "--no-encryption"),
+}
+
+# key, label, unit, kind, target: "ratio" targets compare with tmpfs, the rest are absolute
+METRICS = [
+    ("cp", "cp of the big file into the mount, through close", "MiB/s", "ratio", 0.25),
+    ("cat", "cat of it after dropping the page cache", "MiB/s", "ratio", 0.15),
+    ("small", "create + write + close of 4 KiB files", "files/s", "ratio", 0.07),
+    ("ttfb", "open + read of the first byte, caches dropped", "ms", "max", 1.0),
+    ("rss", "peak resident memory of the mount, copying the RSS file", "MiB", "max", 256.0),
+    ("stall", "longest read() when a node is killed mid-read (4 nodes, m=1)", "ms", "below", 1000.0),
+]
+
 
 def sh(*cmd, **kw):
     return subprocess.run(cmd, check=True, **kw)
+
 
 def drop_caches():
     os.sync()
     with open("/proc/sys/vm/drop_caches", "w") as f:
         f.write("3\n")
 
+
 def timed(fn):
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
 
-def cp(src, dst):
-    sh("cp", src, dst)
 
-def cat(path):
-    sh("cat", path, stdout=subprocess.DEVNULL)
+def write_random(path, mib):
+    with open(path, "wb") as f:
+        for _ in range(mib):
+            f.write(os.urandom(MIB))
 
-def small_files(d, count=1000, size=4096):
-    os.makedirs(d, exist_ok=True)
-    buf = os.urandom(size)
+
+def small_files(d, count):
+    os.makedirs(d)
+    bufs = [os.urandom(4096) for _ in range(16)]
+    t = time.perf_counter()
     for i in range(count):
         with open(os.path.join(d, f"f{i}"), "wb") as f:
-            f.write(buf)
+            f.write(bufs[i % 16])
+    return count / (time.perf_counter() - t)
+
 
 def first_byte(path):
-    with open(path, "rb") as f:
-        return f.read(1)
+    """Seconds from open to the first byte, in this process, caches dropped."""
+    drop_caches()
+    t = time.perf_counter()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        got = os.read(fd, 1)
+    finally:
+        os.close(fd)
+    took = time.perf_counter() - t
+    if len(got) != 1:
+        raise RuntimeError(f"{path}: no first byte")
+    return took
 
-def measure(target, src, size, runs):
-    """Medians for one target directory: MiB/s for cp and cat, files/s, seconds to first byte."""
-    res = {"cp": [], "cat": [], "small": [], "ttfb": []}
-    for r in range(runs):
-        dst = os.path.join(target, f"big{r}")
-        res["cp"].append(size / timed(lambda: cp(src, dst)))
-        drop_caches()
-        res["cat"].append(size / timed(lambda: cat(dst)))
-        drop_caches()
-        res["ttfb"].append(timed(lambda: first_byte(dst)))
-        os.unlink(dst)
-        d = os.path.join(target, f"small{r}")
-        res["small"].append(1000 / timed(lambda: small_files(d)))
-        shutil.rmtree(d)
-    return {k: statistics.median(v) for k, v in res.items()}
 
-def vm_hwm(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
+def one_run(target, src, size_mib, files, tag):
+    """cp, cat, first byte and small files in directory `target`: MiB/s, MiB/s, ms, files/s."""
+    dst = os.path.join(target, f"big-{tag}")
+    cp = size_mib / timed(lambda: sh("cp", src, dst))
+    drop_caches()
+    cat = size_mib / timed(lambda: sh("cat", dst, stdout=subprocess.DEVNULL))
+    ttfb = first_byte(dst) * 1000
+    os.unlink(dst)
+    d = os.path.join(target, f"small-{tag}")
+    small = small_files(d, files)
+    shutil.rmtree(d)
+    return {"cp": cp, "cat": cat, "ttfb": ttfb, "small": small}
+
+
+def proc_status(pid, field):
+    """A field of /proc/PID/status in bytes (0 if the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return 0
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--size-mib", type=int, default=1024)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--nodes", type=int, default=3)
-    ap.add_argument("--bin", default="target/release/poolfs")
-    a = ap.parse_args()
-    binary = os.path.abspath(a.bin)
-    work = tempfile.mkdtemp(prefix="poolfs-bench-")
-    src_dir, tmpfs, pool, data = (os.path.join(work, n) for n in ("src", "tmpfs", "pool", "data"))
-    for d in (src_dir, tmpfs):
-        os.makedirs(d)
-    size = a.size_mib * 1024 * 1024
-    mounted = []
+
+def peak_rss(pid, src, dst):
+    """Peak resident bytes of process `pid` while `cp src dst` runs: VmHWM after resetting
+    it, and VmRSS sampled every 20 ms (in case the kernel cannot reset the peak)."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5\n")
+    peak = [0]
+    done = threading.Event()
+
+    def sample():
+        while not done.wait(0.02):
+            peak[0] = max(peak[0], proc_status(pid, "VmRSS"))
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
     try:
-        sh("mount", "-t", "tmpfs", "-o", f"size={a.size_mib * 2 + 256}m", "tmpfs", src_dir); mounted.append(src_dir)
-        sh("mount", "-t", "tmpfs", "-o", f"size={a.size_mib * 2 + 256}m", "tmpfs", tmpfs); mounted.append(tmpfs)
-        src = os.path.join(src_dir, "src")
-        with open(src, "wb") as f:
-            for _ in range(a.size_mib):
-                f.write(os.urandom(1 << 20))
-        sh(binary, "up", pool, "--nodes", str(a.nodes), "--data-dir", data, stdout=subprocess.DEVNULL)
-        state = next(os.path.join(dp, "up.json") for dp, _, fs in os.walk(data) if "up.json" in fs)
-        mount_pid = json.load(open(state))["pids"][0]
-        base = measure(tmpfs, src, a.size_mib, a.runs)
-        ours = measure(pool, src, a.size_mib, a.runs)
-        rss = vm_hwm(mount_pid)
-        print(f"poolfs benchmark: {a.nodes}-node loopback pool, {a.size_mib} MiB file, medians of {a.runs} runs")
-        print(f"{'what':<44} {'tmpfs':>12} {'poolfs':>12} {'ratio':>7}")
-        rows = [
-            ("cp into the mount, through close (MiB/s)", "cp", True),
-            ("cat after dropping caches (MiB/s)", "cat", True),
-            ("create+write+close 4 KiB files (files/s)", "small", True),
-            ("open + read first byte, caches dropped (ms)", "ttfb", False),
-        ]
-        for label, key, higher in rows:
-            b, o = base[key], ours[key]
-            scale = 1000 if key == "ttfb" else 1
-            ratio = o / b if higher else b / o
-            print(f"{label:<44} {b * scale:>12.2f} {o * scale:>12.2f} {ratio:>6.3f}x")
-        print(f"{'peak resident memory of the mount process':<44} {'':>12} {rss / 2**20:>9.1f} MiB")
+        sh("cp", src, dst)
     finally:
-        if os.path.exists(pool):
-            subprocess.run([binary, "down", pool, "--data-dir", data], stdout=subprocess.DEVNULL)
-        for m in mounted:
-            subprocess.run(["umount", m])
-        shutil.rmtree(work, ignore_errors=True)
+        done.set()
+        t.join()
+    os.unlink(dst)
+    return max(peak[0], proc_status(pid, "VmHWM"))
+
+
+def is_ours(pid, binary):
+    """Is `pid` still a process of our poolfs binary (guards against recycled pids)?"""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            exe = f.read().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return False
+    return exe == binary or os.path.basename(exe) == "poolfs"
+
+
+class Pools:
+    """Pools started with `poolfs up`, each in a data dir of its own; all stopped by `close`."""
+
+    def __init__(self, binary, work):
+        self.binary, self.work, self.live, self.count = binary, work, [], 0
+
+    def up(self, nodes, extra):
+        self.count += 1
+        mnt = os.path.join(self.work, f"pool{self.count}")
+        data = os.path.join(self.work, f"pool{self.count}.data")
+        self.live.append((mnt, data))
+        with deferred_signals():  # a half-started pool could not be stopped by `down`
+            subprocess.run(
+                [self.binary, "up", mnt, "--nodes", str(nodes), "--data-dir", data, *extra],
+                check=True, stdout=subprocess.DEVNULL, start_new_session=True)
+        with open(self.state_file(data)) as f:
+            return mnt, data, json.load(f)
+
+    @staticmethod
+    def state_file(data):
+        up = os.path.join(data, "up")
+        for d in os.listdir(up):
+            p = os.path.join(up, d, "up.json")
+            if os.path.exists(p):
+                return p
+        raise RuntimeError(f"no up.json under {up}")
+
+    def down(self, mnt, data):
+        with deferred_signals():
+            if subprocess.run([self.binary, "down", mnt, "--data-dir", data],
+                              stdout=subprocess.DEVNULL, start_new_session=True).returncode != 0:
+                self.force_down(mnt, data)
+            self.live.remove((mnt, data))
+            shutil.rmtree(data, ignore_errors=True)
+
+    def force_down(self, mnt, data):
+        """`down` failed: lazy unmount and stop the recorded pids that are still ours."""
+        print(f"bench: `poolfs down {mnt}` failed, unmounting lazily and stopping its pids",
+              file=sys.stderr)
+        subprocess.run(["fusermount3", "-u", "-z", mnt], stderr=subprocess.DEVNULL)
+        try:
+            with open(self.state_file(data)) as f:
+                pids = json.load(f)["pids"]
+        except (OSError, RuntimeError, ValueError, KeyError):
+            return
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in pids:
+                if is_ours(pid, self.binary):
+                    os.kill(pid, sig)
+            deadline = time.time() + 5
+            while any(is_ours(p, self.binary) for p in pids) and time.time() < deadline:
+                time.sleep(0.05)
+
+    def close(self):
+        for mnt, data in list(self.live):
+            self.down(mnt, data)
+
+
+_deferring = []
+
+
+@contextlib.contextmanager
+def deferred_signals():
+    """Holds Ctrl-C / SIGTERM until the outermost such block ends, then raises
+    KeyboardInterrupt (so a cleanup step is never cut in half)."""
+    if _deferring:
+        yield
+        return
+    got = []
+    _deferring.append(got)
+    old = {s: signal.signal(s, lambda n, _f: got.append(n)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        _deferring.pop()
+        if got:
+            raise KeyboardInterrupt
+
+
+def segment_holder(data, state):
+    """The pid of the storage node holding segment 0 (a data shard) of the one file in
+    the pool, so that the kill forces reads to reconstruct; else the first storage node."""
+    state_dir = os.path.dirname(Pools.state_file(data))
+    storage = state["pids"][2:]  # pids: mount, controller, node-1, node-2, ...
+    for i, pid in enumerate(storage, start=1):
+        for _root, _dirs, names in os.walk(os.path.join(state_dir, f"node-{i}", "segments")):
+            if "0.seg" in names:
+                return pid
+    return storage[0]
+
+
+def timed_read(path, want, kill=None, chunk=128 * 1024):
+    """Reads `path` sequentially; returns (longest read() in seconds, error or None).
+    `kill`: called from another thread once a quarter of the file has been read; an
+    error if the read was over by then."""
+    size = os.path.getsize(path)
+    h = hashlib.blake2b()
+    longest, done, err = 0.0, 0, None
+    quarter, finished, late = threading.Event(), threading.Event(), []
+
+    def killer_main():
+        quarter.wait()
+        kill()
+        if finished.is_set():
+            late.append(True)
+
+    killer = None
+    if kill:
+        killer = threading.Thread(target=killer_main, daemon=True)
+        killer.start()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while True:
+            t = time.perf_counter()
+            buf = os.read(fd, chunk)
+            longest = max(longest, time.perf_counter() - t)
+            if not buf:
+                break
+            h.update(buf)
+            done += len(buf)
+            if done >= size // 4:
+                quarter.set()
+    except OSError as e:
+        err = f"read failed at byte {done}: {e}"
+    finally:
+        finished.set()
+        os.close(fd)
+        quarter.set()
+        if killer:
+            killer.join()
+    if late and err is None:
+        err = "the read was over before the node was killed (use a bigger --size-mib)"
+    if err is None and (done != size or h.hexdigest() != want):
+        err = f"read back {done} of {size} bytes, content {'differs' if done == size else 'short'}"
+    return longest, err
+
+
+def stall_run(pools, binary, extra, src, want):
+    """One 4-node pool, m = 1: longest read() of a cold read without and with a node killed."""
+    mnt, data, state = pools.up(4, [*extra, "--parity", "1"])
+    try:
+        dst = os.path.join(mnt, "big")
+        sh("cp", src, dst)
+        drop_caches()
+        calm, err = timed_read(dst, want)
+        if err:
+            return calm, None, f"without a kill: {err}"
+        victim = segment_holder(data, state)
+        drop_caches()
+        killed = []
+
+        def kill():
+            if is_ours(victim, binary):
+                os.kill(victim, signal.SIGKILL)
+                killed.append(victim)
+                print(f"  killed storage node pid {victim} (holder of segment 0)", file=sys.stderr)
+
+        worst, err = timed_read(dst, want, kill)
+        if not killed:
+            err = err or "the node was gone before the kill"
+        return calm, worst, err
+    finally:
+        pools.down(mnt, data)
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def measure_config(name, a, pools, binary, src, rss_src, base):
+    extra, _title = CONFIGS[name]
+    res = {"cp": [], "cat": [], "ttfb": [], "small": []}
+    mnt, data, state = pools.up(a.nodes, extra)
+    try:
+        for r in range(a.runs):
+            for k, v in one_run(base["dir"], src, a.size_mib, a.files, f"{name}{r}").items():
+                base[k].append(v)
+            for k, v in one_run(mnt, src, a.size_mib, a.files, f"{name}{r}").items():
+                res[k].append(v)
+            print(f"  {name} run {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in res.items()),
+                  file=sys.stderr)
+        out = {k: med(v) for k, v in res.items()}
+        out["rss"] = None
+        if rss_src:
+            out["rss"] = peak_rss(state["pids"][0], rss_src, os.path.join(mnt, "rss")) / MIB
+    finally:
+        pools.down(mnt, data)
+    out["stall"], out["stall_worst"], out["stall_calm"], out["stall_errors"] = None, None, None, []
+    if a.stall_runs and name != "parity0":  # without parity a lost node loses data
+        want = hashlib.blake2b(open(src, "rb").read()).hexdigest()
+        stalls, calms = [], []
+        for r in range(a.stall_runs):
+            calm, worst, err = stall_run(pools, binary, extra, src, want)
+            calms.append(calm)
+            if err:
+                out["stall_errors"].append(err)
+            else:
+                stalls.append(worst)
+            print(f"  {name} stall run {r + 1}: calm {calm * 1000:.1f} ms, with kill "
+                  f"{'-' if worst is None else f'{worst * 1000:.1f} ms'}{f' ({err})' if err else ''}",
+                  file=sys.stderr)
+        out["stall"] = None if out["stall_errors"] else med(stalls) * 1000
+        out["stall_worst"] = max(stalls) * 1000 if stalls else None
+        out["stall_calm"] = med(calms) * 1000
+    return out
+
+
+def verdict(kind, target, value, ratio):
+    if value is None:
+        return "n/a"
+    x = ratio if kind == "ratio" else value
+    ok = x >= target if kind == "ratio" else (x <= target if kind == "max" else x < target)
+    return "pass" if ok else "FAIL"
+
+
+def ratio_of(key, base, value):
+    if value is None or key not in base or base[key] is None:
+        return None
+    return base[key] / value if key == "ttfb" else value / base[key]
+
+
+def fmt(v, ratio=None, none="n/a"):
+    if v is None:
+        return none
+    s = f"{v:.2f}" if v < 100 else f"{v:.0f}"
+    return s if ratio is None else f"{s} ({ratio:.3f}x)"
+
+
+def report(a, base, results, meta):
+    lines = [f"poolfs benchmark, commit {meta['commit']}, {meta['machine']}",
+             f"{a.nodes}-node loopback pool, {a.size_mib} MiB file, {a.files} small files, "
+             f"{a.rss_size_mib} MiB file for memory, medians of {a.runs} runs "
+             f"({a.stall_runs} for the kill)", ""]
+    if "default" in results:
+        r = results["default"]
+        lines += ["Targets (k=2, m=1, encryption and checksums on):", "",
+                  "| what | unit | tmpfs | poolfs | ratio | target | result |",
+                  "| --- | --- | ---: | ---: | ---: | --- | --- |"]
+        for key, label, unit, kind, target in METRICS:
+            ratio = ratio_of(key, base, r[key])
+            want = f">= {target}x tmpfs" if kind == "ratio" else f"{'<=' if kind == 'max' else '<'} {target:g} {unit}"
+            lines.append(f"| {label} | {unit} | {fmt(base.get(key), none='-')} | {fmt(r[key])} | "
+                         f"{'-' if ratio is None else f'{ratio:.3f}x'} | {want} | {verdict(kind, target, r[key], ratio)} |")
+        lines.append("")
+    names = [n for n in CONFIGS if n in results]
+    lines += ["Each cost (ratio to tmpfs in brackets):", "",
+              "| what | tmpfs | " + " | ".join(CONFIGS[n][1] for n in names) + " |",
+              "| --- | ---: |" + " ---: |" * len(names)]
+    for key, label, unit, kind, target in METRICS:
+        cells = [fmt(results[n][key], ratio_of(key, base, results[n][key])) for n in names]
+        lines.append(f"| {label} ({unit}) | {fmt(base.get(key), none='-')} | " + " | ".join(cells) + " |")
+    lines.append(f"| same read, no node killed: longest read() (ms) | - | "
+                 + " | ".join(fmt(results[n]["stall_calm"]) for n in names) + " |")
+    lines.append(f"| worst of the kill runs: longest read() (ms) | - | "
+                 + " | ".join(fmt(results[n]["stall_worst"]) for n in names) + " |")
+    for n in names:
+        for e in results[n]["stall_errors"]:
+            lines.append(f"\n{n}: node-kill read error: {e}")
+    return "\n".join(lines)
+
+
+def meta_info(binary):
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "-C", here, "describe", "--always", "--dirty"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    with open("/proc/meminfo") as f:
+        mem = int(f.readline().split()[1]) * 1024
+    return {"commit": commit, "binary": binary,
+            "machine": f"{os.cpu_count()} cores, {mem / 2**30:.0f} GiB, Linux {platform.release()}"}
+
+
+def interrupted(_signum, _frame):
+    raise KeyboardInterrupt
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description="poolfs benchmark against tmpfs (issue 7's targets)")
+    ap.add_argument("--size-mib", type=int, default=1024, help="big file for cp/cat/first byte/kill")
+    ap.add_argument("--rss-size-mib", type=int, default=4096, help="file copied to measure memory (0: skip)")
+    ap.add_argument("--runs", type=int, default=3, help="runs per figure (medians)")
+    ap.add_argument("--stall-runs", type=int, default=None, help="node-kill runs (0: skip) [default: --runs]")
+    ap.add_argument("--files", type=int, default=1000, help="small files per run")
+    ap.add_argument("--nodes", type=int, default=3)
+    ap.add_argument("--only", default="default,parity0,noenc", help="configurations, comma-separated")
+    ap.add_argument("--bin", default="target/release/poolfs")
+    ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke test: 16 MiB files, 64 MiB for memory, 100 small files, 1 run")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.size_mib, a.rss_size_mib, a.files, a.runs = 16, 64, 100, 1
+    if a.stall_runs is None:
+        a.stall_runs = a.runs
+    a.only = [n.strip() for n in a.only.split(",") if n.strip()]
+    bad = [n for n in a.only if n not in CONFIGS]
+    if bad:
+        ap.error(f"unknown configuration {bad}: choose from {','.join(CONFIGS)}")
+    return a
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    if os.geteuid() != 0:
+        sys.exit("bench: needs root (tmpfs mounts, dropping the page cache, FUSE)")
+    binary = os.path.abspath(a.bin)
+    if not os.access(binary, os.X_OK):
+        sys.exit(f"bench: no poolfs binary at {binary} (cargo build --release)")
+    signal.signal(signal.SIGTERM, interrupted)
+    work = tempfile.mkdtemp(prefix="poolfs-bench-")
+    print(f"bench: working in {work}", file=sys.stderr)
+    src_dir, tmpfs = os.path.join(work, "src"), os.path.join(work, "tmpfs")
+    mounted, pools = [], Pools(binary, work)
+    try:
+        for d, mib in ((src_dir, a.size_mib + a.rss_size_mib + 64), (tmpfs, a.size_mib + 64)):
+            os.makedirs(d)
+            sh("mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", d)
+            mounted.append(d)
+        src = os.path.join(src_dir, "src")
+        write_random(src, a.size_mib)
+        rss_src = None
+        if a.rss_size_mib:
+            rss_src = os.path.join(src_dir, "rss")
+            write_random(rss_src, a.rss_size_mib)
+        meta = meta_info(binary)  # before the runs: the commit measured
+        base = {"dir": tmpfs, "cp": [], "cat": [], "ttfb": [], "small": []}
+        results = {n: measure_config(n, a, pools, binary, src, rss_src, base) for n in a.only}
+        base = {k: med(v) for k, v in base.items() if k != "dir"}
+        print(report(a, base, results, meta))
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump({"meta": meta, "args": vars(a), "tmpfs": base, "poolfs": results}, f, indent=1)
+    except KeyboardInterrupt:
+        print("bench: interrupted, cleaning up", file=sys.stderr)
+        return 130
+    finally:
+        with deferred_signals():
+            pools.close()
+            for m in reversed(mounted):
+                if subprocess.run(["umount", m], stderr=subprocess.DEVNULL).returncode != 0:
+                    subprocess.run(["umount", "-l", m])
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,165 @@
+//! Smoke test of the benchmark script (issue 7): `bench/run.py --quick` prints every figure of the target table for every configuration, and leaves no pool, mount, process or temp dir behind, also when interrupted.
+
+#[path = "common/mount.rs"]
+mod harness;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use harness::{can_mount, procs_under, test_dir, wait_until, BIN};
+
+/// Whether python3 runs here; the bench is a Python script and CI installs nothing for it.
+fn have_python() -> bool {
+    let ok = Command::new("python3")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("SKIPPED: python3 not found (the benchmark script needs it)");
+    }
+    ok
+}
+
+/// `python3 bench/run.py --quick ARGS` with its temp dirs under `root`.
+fn bench(root: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new("python3");
+    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/run.py"))
+        .args(["--quick", "--bin", BIN])
+        .args(args)
+        .env("TMPDIR", root)
+        .env_remove("POOLFS_KEY")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Mount table lines (any filesystem) under `root`.
+fn mounts_under(root: &Path) -> Vec<String> {
+    let root = root.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&root))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Nothing the bench started is left under `root`: no mount, no process, no file.
+fn assert_clean(root: &Path) {
+    assert!(
+        wait_until(Duration::from_secs(10), || procs_under(root).is_empty()),
+        "processes left behind: {:?}",
+        procs_under(root)
+    );
+    assert_eq!(
+        mounts_under(root),
+        Vec::<String>::new(),
+        "mounts left behind"
+    );
+    let left: Vec<_> = std::fs::read_dir(root)
+        .expect("test dir")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "files left behind: {left:?}");
+}
+
+/// A positive, finite figure `key` of configuration `name` in the bench's JSON.
+fn figure(json: &serde_json::Value, name: &str, key: &str) -> f64 {
+    let v = json["poolfs"][name][key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{name}.{key} missing in {json}"));
+    assert!(v.is_finite() && v > 0.0, "{name}.{key} = {v}");
+    v
+}
+
+#[test]
+fn quick_bench_prints_every_figure_and_cleans_up() {
+    if !can_mount() || !have_python() {
+        return;
+    }
+    let root = test_dir("bench");
+    let out_dir = test_dir("bench-out");
+    let json_path = out_dir.path().join("bench.json");
+    let json_arg = json_path.to_string_lossy().into_owned();
+    let out = bench(root.path(), &["--json", &json_arg])
+        .output()
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    for row in [
+        "| cp of the big file into the mount, through close | MiB/s |",
+        "| cat of it after dropping the page cache | MiB/s |",
+        "| create + write + close of 4 KiB files | files/s |",
+        "| open + read of the first byte, caches dropped | ms |",
+        "| peak resident memory of the mount",
+        "| longest read() when a node is killed mid-read",
+    ] {
+        assert!(stdout.contains(row), "no row {row:?} in:\n{stdout}");
+    }
+    assert!(
+        stdout.contains("| --parity 0 | --no-encryption |"),
+        "no cost columns in:\n{stdout}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json_path).expect("bench JSON")).expect("JSON");
+    for key in ["cp", "cat", "small", "ttfb"] {
+        figure(&json, "default", key); // the tmpfs figure must be there too
+        assert!(json["tmpfs"][key].as_f64().is_some_and(|v| v > 0.0));
+    }
+    for name in ["default", "parity0", "noenc"] {
+        for key in ["cp", "cat", "small", "ttfb", "rss"] {
+            figure(&json, name, key);
+        }
+    }
+    // The mount holds at least the process image while copying, and far less than RAM.
+    let rss = figure(&json, "default", "rss");
+    assert!(rss > 1.0 && rss < 4096.0, "mount peak RSS {rss} MiB");
+    for name in ["default", "noenc"] {
+        assert_eq!(
+            json["poolfs"][name]["stall_errors"],
+            serde_json::json!([]),
+            "{name}: reads failed after the kill"
+        );
+        figure(&json, name, "stall");
+    }
+    assert!(json["poolfs"]["parity0"]["stall"].is_null());
+    assert_clean(root.path());
+}
+
+#[test]
+fn interrupted_bench_stops_its_pools_and_unmounts() {
+    if !can_mount() || !have_python() {
+        return;
+    }
+    let root = test_dir("bench-int");
+    let child = bench(root.path(), &["--only", "default"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    let pool_mounted = wait_until(Duration::from_secs(60), || {
+        mounts_under(root.path()).iter().any(|l| l.contains("fuse"))
+    });
+    // SAFETY: SIGINT (Ctrl-C) to the bench process this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().expect("wait for the bench");
+    assert!(pool_mounted, "the bench never mounted a pool");
+    assert!(
+        !out.status.success(),
+        "an interrupted bench must not report success"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("interrupted"),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_clean(root.path());
+}
