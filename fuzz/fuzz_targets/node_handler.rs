@@ -80,5 +80,9 @@ fuzz_target!(|data: &[u8]| {
         .expect("read temp dir")
         .map(|e| e.expect("entry").file_name())
         .collect();
-    assert_eq!(names, vec![std::ffi::OsString::from("storage")], "{names:?}");
+    assert_eq!(
+        names,
+        vec![std::ffi::OsString::from("storage")],
+        "{names:?}"
+    );
 });
