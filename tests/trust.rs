@@ -701,7 +701,7 @@ fn assign_is_pinned_to_the_first_controller() {
     let key_path = dir.path().join("pool.key");
     let key = PoolKey::create(&key_path).unwrap();
     let storage = dir.path().join("node");
-    let mut node = common::Daemon::spawn("lonely", dir.path().join("node.log"), |addr| {
+    let mut node = common::Daemon::spawn("lonely", dir.path().join("node.log"), &[], |addr| {
         vec![
             "node".into(),
             "--storage".into(),

@@ -38,6 +38,8 @@ pub enum ControllerError {
     Discovery(DiscoveryError),
     #[error("controller key: {0}")]
     Key(#[from] KeyError),
+    #[error("server limits: {0}")]
+    Limits(String),
 }
 
 struct Shared {
@@ -83,6 +85,7 @@ impl Controller {
         std::fs::create_dir_all(&state).map_err(state_err)?;
         let registry = Registry::load(&state).map_err(state_err)?;
         let creds = Arc::new(Credentials::persistent(key, &state)?);
+        let limits = ServerLimits::from_env().map_err(ControllerError::Limits)?;
         let listener =
             TcpListener::bind(listen)
                 .await
@@ -115,7 +118,7 @@ impl Controller {
         let server = tokio::spawn(net::serve(
             listener,
             Arc::new(ControllerService(shared.clone())),
-            ServerLimits::default(),
+            limits,
             creds,
         ));
         let mut tasks = vec![server];
@@ -155,9 +158,20 @@ impl Drop for Controller {
     }
 }
 
-struct ControllerService(Arc<Shared>);
+/// The controller's request handler (what `Controller::start` serves).
+pub struct ControllerService(Arc<Shared>);
 
 impl ControllerService {
+    /// The handler on the registry kept in `state`, without a listener, sweeps or
+    /// liveness ticks: requests can be driven straight into it (fuzzing, tests).
+    pub fn standalone(state: &std::path::Path) -> std::io::Result<ControllerService> {
+        let registry = Registry::load(state)?;
+        Ok(ControllerService(Arc::new(Shared {
+            registry: Mutex::new(registry),
+            discovery: None,
+        })))
+    }
+
     /// A sweep on request; an error only when nothing at all could be swept.
     async fn scan(&self) -> Response {
         let Some(d) = &self.0.discovery else {

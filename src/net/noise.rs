@@ -38,7 +38,7 @@ pub enum HandshakeError {
     Refused(snow::Error),
     #[error(
         "the peer closed the connection during the handshake: one of us does not hold this \
-         pool's key, or it speaks another protocol version"
+         pool's key, it speaks another protocol version, or all its connections are busy"
     )]
     Closed,
     #[error("handshake message of {0} bytes exceeds {MAX_HANDSHAKE_MESSAGE}")]

@@ -4,11 +4,11 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore, TryAcquireError};
 
 use super::noise::Channel;
 use crate::proto::{self, Request, Response};
@@ -53,8 +53,10 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// Bounds that keep a hostile or idle peer from holding resources.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServerLimits {
+    /// Connections held at once; at the cap a newcomer takes the place of the
+    /// connection that has waited longest without a request in progress (see `serve`).
     pub max_connections: usize,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
@@ -75,8 +77,121 @@ impl Default for ServerLimits {
     }
 }
 
+/// Environment variables that override the defaults (for tests and for tuning a busy
+/// node): a count and four durations in milliseconds.
+pub const LIMIT_VARS: [&str; 5] = [
+    "POOLFS_MAX_CONNECTIONS",
+    "POOLFS_HANDSHAKE_TIMEOUT_MS",
+    "POOLFS_IDLE_TIMEOUT_MS",
+    "POOLFS_FRAME_TIMEOUT_MS",
+    "POOLFS_BODY_TIMEOUT_MS",
+];
+
+impl ServerLimits {
+    /// The defaults, overridden by whichever of `LIMIT_VARS` are set; a value that is not
+    /// a positive integer is an error naming the variable.
+    pub fn from_env() -> Result<Self, String> {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let mut limits = ServerLimits::default();
+        for name in LIMIT_VARS {
+            let Some(value) = get(name) else { continue };
+            let n: u64 = value
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("{name}={value:?}: expected a positive integer"))?;
+            let ms = Duration::from_millis(n);
+            match name {
+                "POOLFS_MAX_CONNECTIONS" => {
+                    limits.max_connections =
+                        usize::try_from(n).map_err(|e| format!("{name}: {e}"))?
+                }
+                "POOLFS_HANDSHAKE_TIMEOUT_MS" => limits.handshake_timeout = ms,
+                "POOLFS_IDLE_TIMEOUT_MS" => limits.idle_timeout = ms,
+                "POOLFS_FRAME_TIMEOUT_MS" => limits.frame_timeout = ms,
+                _ => limits.body_timeout = ms,
+            }
+        }
+        Ok(limits)
+    }
+}
+
+/// Connections that are waiting for their peer (in the handshake, or idle between
+/// requests) and may therefore be closed to make room for a newcomer at the cap.
+#[derive(Default)]
+struct Waiting {
+    next: u64,
+    entries: Vec<WaitEntry>,
+}
+
+struct WaitEntry {
+    id: u64,
+    since: Instant,
+    /// Past the handshake: a member's (pooled) connection rather than a stranger's.
+    authenticated: bool,
+    kick: Arc<Notify>,
+}
+
+struct Evictor(Mutex<Waiting>);
+
+impl Evictor {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add(&self, authenticated: bool, kick: &Arc<Notify>) -> u64 {
+        let mut w = self.lock();
+        w.next += 1;
+        let id = w.next;
+        w.entries.push(WaitEntry {
+            id,
+            since: Instant::now(),
+            authenticated,
+            kick: kick.clone(),
+        });
+        id
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().entries.retain(|e| e.id != id);
+    }
+
+    /// Closes the connection that has waited longest, strangers still in the handshake
+    /// before members idle between requests; false if every connection is busy.
+    fn evict_one(&self) -> bool {
+        let mut w = self.lock();
+        let victim = w
+            .entries
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, e)| (e.authenticated, e.since))
+            .map(|(i, _)| i);
+        match victim {
+            Some(i) => {
+                // notify_one keeps the wake-up if the task is not waiting yet.
+                w.entries.swap_remove(i).kick.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// How long a newcomer at the cap waits for the evicted connection to let go.
+const EVICTION_WAIT: Duration = Duration::from_secs(1);
+
 /// Serves `handler` on `listener` to peers that complete the handshake with `creds`'s
 /// pool key, until the task is dropped.
+///
+/// At most `limits.max_connections` connections are held. At the cap, a new connection
+/// takes the place of the one that has waited longest for its peer (a stranger stuck in
+/// the handshake first, else a member idle between requests, whose pool reconnects), so
+/// thousands of idle connections cannot lock members out; if every connection is busy
+/// with a request, the newcomer is closed at once rather than left hanging.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
@@ -84,6 +199,7 @@ pub async fn serve<H: Handler>(
     creds: Arc<Credentials>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let waiting = Arc::new(Evictor(Mutex::new(Waiting::default())));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -94,13 +210,41 @@ pub async fn serve<H: Handler>(
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(TryAcquireError::Closed) => return,
+            Err(TryAcquireError::NoPermits) => {
+                let freed = if waiting.evict_one() {
+                    tokio::time::timeout(EVICTION_WAIT, slots.clone().acquire_owned())
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                } else {
+                    None
+                };
+                match freed {
+                    Some(p) => p,
+                    None => {
+                        log::warn!(
+                            "refused {peer}: {} connections, all busy",
+                            limits.max_connections
+                        );
+                        drop(stream);
+                        continue;
+                    }
+                }
+            }
         };
         let handler = handler.clone();
         let creds = creds.clone();
+        let waiting = waiting.clone();
         tokio::spawn(async move {
-            if let Err(why) = serve_connection(stream, peer, &*handler, limits, &creds).await {
+            let conn = Conn {
+                limits,
+                waiting: &waiting,
+                kick: Arc::new(Notify::new()),
+            };
+            if let Err(why) = conn.serve(stream, peer, &*handler, &creds).await {
                 log::debug!("closed connection from {peer}: {why}");
             }
             drop(permit);
@@ -108,52 +252,84 @@ pub async fn serve<H: Handler>(
     }
 }
 
-async fn serve_connection<H: Handler>(
-    stream: TcpStream,
-    peer: SocketAddr,
-    handler: &H,
+/// One served connection and what lets the accept loop close it while it waits.
+struct Conn<'a> {
     limits: ServerLimits,
-    creds: &Credentials,
-) -> Result<(), String> {
-    let local = stream.local_addr().map_err(|e| e.to_string())?;
-    let mut chan = tokio::time::timeout(limits.handshake_timeout, Channel::respond(stream, creds))
-        .await
-        .map_err(|_| "no handshake in time".to_string())?
-        .map_err(|e| format!("handshake: {e}"))?;
-    let peer = Peer {
-        addr: peer,
-        local,
-        key: *chan.remote_key(),
-    };
+    waiting: &'a Evictor,
+    kick: Arc<Notify>,
+}
 
-    loop {
-        // A peer may stay idle between requests, but once a frame has begun the rest must
-        // follow promptly: a truncated frame must not hold the connection for the idle time.
-        match tokio::time::timeout(limits.idle_timeout, chan.readable()).await {
-            Err(_) => return Err("idle".into()),
-            Ok(Err(e)) => return Err(e.to_string()),
-            Ok(Ok(false)) => return Ok(()),
-            Ok(Ok(true)) => {}
-        }
-        let frame = tokio::time::timeout(limits.frame_timeout, chan.read_frame())
-            .await
-            .map_err(|_| "frame not completed in time".to_string())?
-            .map_err(|e| e.to_string())?;
-        let req: Request = proto::decode(&frame).map_err(|e| e.to_string())?;
-        let body = match &req {
-            Request::Store { len, .. } => Some(
-                tokio::time::timeout(limits.body_timeout, chan.read_body(*len))
-                    .await
-                    .map_err(|_| "body not sent in time".to_string())?
-                    .map_err(|e| e.to_string())?,
-            ),
-            _ => None,
+impl Conn<'_> {
+    /// Runs `fut` while this connection is listed as waiting for its peer; gives up if
+    /// it is evicted meanwhile.
+    async fn wait<T>(
+        &self,
+        authenticated: bool,
+        fut: impl Future<Output = T>,
+    ) -> Result<T, String> {
+        let id = self.waiting.add(authenticated, &self.kick);
+        let out = tokio::select! {
+            out = fut => Ok(out),
+            _ = self.kick.notified() => Err("closed to make room for a new connection".into()),
         };
-        match handler.handle(req, body, peer).await {
-            Reply::Msg(resp) => send(&mut chan, &resp, None).await?,
-            Reply::Data(bytes) => {
-                let len = u32::try_from(bytes.len()).map_err(|_| "reply too large".to_string())?;
-                send(&mut chan, &Response::Data { len }, Some(&bytes)).await?
+        self.waiting.remove(id);
+        out
+    }
+
+    async fn serve<H: Handler>(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        handler: &H,
+        creds: &Credentials,
+    ) -> Result<(), String> {
+        let limits = self.limits;
+        let local = stream.local_addr().map_err(|e| e.to_string())?;
+        let handshake =
+            tokio::time::timeout(limits.handshake_timeout, Channel::respond(stream, creds));
+        let mut chan = self
+            .wait(false, handshake)
+            .await?
+            .map_err(|_| "no handshake in time".to_string())?
+            .map_err(|e| format!("handshake: {e}"))?;
+        let peer = Peer {
+            addr: peer,
+            local,
+            key: *chan.remote_key(),
+        };
+
+        loop {
+            // A peer may stay idle between requests, but once a frame has begun the rest
+            // must follow promptly: a truncated frame must not hold the connection for the
+            // idle time.
+            let idle = tokio::time::timeout(limits.idle_timeout, chan.readable());
+            match self.wait(true, idle).await? {
+                Err(_) => return Err("idle".into()),
+                Ok(Err(e)) => return Err(e.to_string()),
+                Ok(Ok(false)) => return Ok(()),
+                Ok(Ok(true)) => {}
+            }
+            let frame = tokio::time::timeout(limits.frame_timeout, chan.read_frame())
+                .await
+                .map_err(|_| "frame not completed in time".to_string())?
+                .map_err(|e| e.to_string())?;
+            let req: Request = proto::decode(&frame).map_err(|e| e.to_string())?;
+            let body = match &req {
+                Request::Store { len, .. } => Some(
+                    tokio::time::timeout(limits.body_timeout, chan.read_body(*len))
+                        .await
+                        .map_err(|_| "body not sent in time".to_string())?
+                        .map_err(|e| e.to_string())?,
+                ),
+                _ => None,
+            };
+            match handler.handle(req, body, peer).await {
+                Reply::Msg(resp) => send(&mut chan, &resp, None).await?,
+                Reply::Data(bytes) => {
+                    let len =
+                        u32::try_from(bytes.len()).map_err(|_| "reply too large".to_string())?;
+                    send(&mut chan, &Response::Data { len }, Some(&bytes)).await?
+                }
             }
         }
     }
@@ -170,4 +346,54 @@ async fn send<T: serde::Serialize>(
         chan.write_all(body).await.map_err(|e| e.to_string())?;
     }
     chan.flush().await.map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_from_the_environment() {
+        let none = ServerLimits::from_vars(|_| None).unwrap();
+        assert_eq!(none, ServerLimits::default());
+        let set = ServerLimits::from_vars(|name| match name {
+            "POOLFS_MAX_CONNECTIONS" => Some("12".into()),
+            "POOLFS_IDLE_TIMEOUT_MS" => Some("1500".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(set.max_connections, 12);
+        assert_eq!(set.idle_timeout, Duration::from_millis(1500));
+        assert_eq!(set.frame_timeout, ServerLimits::default().frame_timeout);
+        for bad in ["0", "-1", "ten", ""] {
+            let err = ServerLimits::from_vars(|name| {
+                (name == "POOLFS_BODY_TIMEOUT_MS").then(|| bad.to_string())
+            })
+            .unwrap_err();
+            assert!(err.contains("POOLFS_BODY_TIMEOUT_MS"), "{err}");
+        }
+    }
+
+    #[test]
+    fn eviction_prefers_the_oldest_stranger_then_the_oldest_idle_member() {
+        let ev = Evictor(Mutex::new(Waiting::default()));
+        let kicks: Vec<Arc<Notify>> = (0..3).map(|_| Arc::new(Notify::new())).collect();
+        let member_old = ev.add(true, &kicks[0]);
+        let stranger = ev.add(false, &kicks[1]);
+        let _member_new = ev.add(true, &kicks[2]);
+        assert!(ev.evict_one());
+        let left: Vec<u64> = ev.lock().entries.iter().map(|e| e.id).collect();
+        assert!(
+            !left.contains(&stranger),
+            "the stranger goes first: {left:?}"
+        );
+        assert!(ev.evict_one());
+        let left: Vec<u64> = ev.lock().entries.iter().map(|e| e.id).collect();
+        assert!(
+            !left.contains(&member_old),
+            "then the oldest member: {left:?}"
+        );
+        ev.remove(left[0]);
+        assert!(!ev.evict_one(), "nothing waiting: nothing to evict");
+    }
 }

@@ -16,7 +16,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::net::{self, ConnPool, Handler, NetError, Peer, Reply, ServerLimits};
-use crate::proto::{Assign, ErrorKind, Identity, NodeId, NodeStat, PoolView, Request, Response};
+use crate::proto::{
+    Assign, ErrorKind, Identity, NodeId, NodeStat, PoolView, Request, Response, MAX_BODY,
+};
 use crate::trust::{identity_of, Credentials, KeyError, PoolKey};
 use pin::ControllerPin;
 pub use store::{SegmentStore, StoreError};
@@ -57,6 +59,8 @@ pub enum NodeError {
     },
     #[error("node key: {0}")]
     Key(#[from] KeyError),
+    #[error("server limits: {0}")]
+    Limits(String),
 }
 
 #[derive(Default)]
@@ -142,6 +146,7 @@ impl Node {
             None => crate::util::available_space(&cfg.storage).map_err(storage_err)?,
         };
         let store = SegmentStore::open(&cfg.storage, capacity, cfg.quota)?;
+        let limits = ServerLimits::from_env().map_err(NodeError::Limits)?;
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(|source| NodeError::Listen {
@@ -171,7 +176,7 @@ impl Node {
         let server = tokio::spawn(net::serve(
             listener,
             Arc::new(NodeService(shared.clone())),
-            ServerLimits::default(),
+            limits,
             creds,
         ));
         let membership = tokio::spawn(membership_loop(shared.clone(), controller_rx));
@@ -412,7 +417,25 @@ async fn membership_loop(shared: Arc<Shared>, mut controller: watch::Receiver<Op
     }
 }
 
-struct NodeService(Arc<Shared>);
+/// A node's request handler (what `Node::start` serves).
+pub struct NodeService(Arc<Shared>);
+
+impl NodeService {
+    /// The handler on `store` alone, without a listener or membership: requests can be
+    /// driven straight into it (fuzzing, tests).
+    pub fn standalone(store: SegmentStore, creds: Arc<Credentials>) -> NodeService {
+        let (controller, _) = watch::channel(None);
+        NodeService(Arc::new(Shared {
+            store,
+            pin: ControllerPin::ephemeral(),
+            identity: creds.identity(),
+            creds,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            membership: Mutex::new(Membership::default()),
+            controller,
+        }))
+    }
+}
 
 fn store_error(e: StoreError) -> Response {
     let kind = match e {
@@ -458,6 +481,13 @@ impl Handler for NodeService {
                 }))
                 .await
             }
+            // The answer is built in memory before it is sent: a length no reader would
+            // accept must not make the node allocate it.
+            Request::Fwd { len, .. } if len > MAX_BODY => Response::error(
+                ErrorKind::BadRequest,
+                format!("FWD of {len} bytes exceeds the maximum of {MAX_BODY}"),
+            )
+            .into(),
             Request::Fwd {
                 segment,
                 offset,

@@ -20,7 +20,8 @@ pub const PIN_FILE: &str = "controller.pub";
 
 /// The node's rule for ASSIGN.
 pub struct ControllerPin {
-    path: PathBuf,
+    /// Where the pin is kept; `None` keeps it in memory only.
+    path: Option<PathBuf>,
     configured: Option<SocketAddr>,
     key: Mutex<Option<[u8; KEY_LEN]>>,
 }
@@ -48,10 +49,19 @@ impl ControllerPin {
             Err(e) => return Err(e),
         };
         Ok(ControllerPin {
-            path,
+            path: Some(path),
             configured,
             key: Mutex::new(key),
         })
+    }
+
+    /// A pin kept in memory only, for a handler run without storage (fuzzing).
+    pub fn ephemeral() -> Self {
+        ControllerPin {
+            path: None,
+            configured: None,
+            key: Mutex::new(None),
+        }
     }
 
     /// May the holder of `sender` assign this node to the controller at `controller`?
@@ -64,15 +74,20 @@ impl ControllerPin {
             (Some(_), _) => Err(format!(
                 "this node takes ASSIGN only from the controller it first joined (key in \
                  {}; remove that file to move the node to another controller)",
-                self.path.display()
+                self.path
+                    .as_deref()
+                    .unwrap_or(Path::new(PIN_FILE))
+                    .display()
             )),
             (None, Some(given)) if given == controller => Ok(()),
             (None, Some(given)) => Err(format!(
                 "this node reports to the controller at {given} it was started with"
             )),
             (None, None) => {
-                crate::util::write_atomic(&self.path, encode_hex(sender).as_bytes())
-                    .map_err(|e| format!("cannot pin the controller key: {e}"))?;
+                if let Some(path) = &self.path {
+                    crate::util::write_atomic(path, encode_hex(sender).as_bytes())
+                        .map_err(|e| format!("cannot pin the controller key: {e}"))?;
+                }
                 *key = Some(*sender);
                 Ok(())
             }

@@ -108,6 +108,8 @@ pub struct Daemon {
     pub name: String,
     pub addr: SocketAddr,
     args: Vec<String>,
+    /// Extra environment (e.g. lower server limits for a test).
+    env: Vec<(String, String)>,
     log: PathBuf,
     child: Option<Child>,
 }
@@ -115,7 +117,12 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `poolfs ARGS` where `args(addr)` builds the arguments for a listen address;
     /// a port taken in between is retried with another one.
-    pub fn spawn(name: &str, log: PathBuf, args: impl Fn(SocketAddr) -> Vec<String>) -> Daemon {
+    pub fn spawn(
+        name: &str,
+        log: PathBuf,
+        env: &[(String, String)],
+        args: impl Fn(SocketAddr) -> Vec<String>,
+    ) -> Daemon {
         let mut last = String::new();
         for _ in 0..5 {
             let addr = free_addr();
@@ -123,6 +130,7 @@ impl Daemon {
                 name: name.to_string(),
                 addr,
                 args: args(addr),
+                env: env.to_vec(),
                 log: log.clone(),
                 child: None,
             };
@@ -151,6 +159,7 @@ impl Daemon {
             // what the allocator caches.
             .env("MALLOC_MMAP_THRESHOLD_", "131072")
             .env("MALLOC_ARENA_MAX", "2")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -262,12 +271,25 @@ impl Cluster {
             .iter()
             .map(|cap| cap.map_or_else(Vec::new, |c| vec!["--capacity", c]))
             .collect();
-        Cluster::with_node_args(&args)
+        Cluster::build(&args, &[])
     }
 
     /// A controller and one node per entry, each started with these extra arguments
     /// (e.g. `["--quota", "256K"]`), all up.
     pub fn with_node_args(node_args: &[Vec<&str>]) -> Cluster {
+        Cluster::build(node_args, &[])
+    }
+
+    /// A controller and `n` nodes, all up, every process started with `env` added.
+    pub fn with_env(n: usize, env: &[(&str, &str)]) -> Cluster {
+        Cluster::build(&vec![Vec::new(); n], env)
+    }
+
+    fn build(node_args: &[Vec<&str>], env: &[(&str, &str)]) -> Cluster {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let dir = tempfile::Builder::new()
             .prefix("poolfs-test-")
             .tempdir()
@@ -284,7 +306,7 @@ impl Cluster {
         assert_ok(&init, "poolfs init");
         let key_arg = key.display().to_string();
         let state = root.join("controller").display().to_string();
-        let controller = Daemon::spawn("controller", root.join("logs/controller.log"), |a| {
+        let controller = Daemon::spawn("controller", root.join("logs/controller.log"), &env, |a| {
             strings(&[
                 "controller",
                 "--listen",
@@ -302,7 +324,7 @@ impl Cluster {
             .map(|(i, extra)| {
                 let storage = root.join(format!("node{i}")).display().to_string();
                 let log = root.join(format!("logs/node{i}.log"));
-                Daemon::spawn(&format!("node{i}"), log, |a| {
+                Daemon::spawn(&format!("node{i}"), log, &env, |a| {
                     let mut args = strings(&[
                         "node",
                         "--storage",

@@ -1,0 +1,48 @@
+//! Fuzz target: arbitrary bytes through the frame reader and the message decoder, as a
+//! peer (hostile or not) would send them. Must end in frames or clean errors, never a
+//! panic, and never allocate more than a frame's limit.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use poolfs::proto::{self, FrameError, Request, Response, MAX_FRAME};
+
+/// One runtime for every input (building one per input would dominate the run).
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    // The bytes as a whole message, in both directions.
+    let _ = proto::decode::<Request>(data);
+    let _ = proto::decode::<Response>(data);
+    // The bytes as a stream of frames, each decoded as either message.
+    let rt = runtime();
+    rt.block_on(async {
+        let mut rd = data;
+        loop {
+            match proto::read_frame(&mut rd).await {
+                Ok(frame) => {
+                    assert!(frame.len() <= MAX_FRAME as usize);
+                    if let Ok(req) = proto::decode::<Request>(&frame) {
+                        // What decodes must encode back to the same bytes' meaning.
+                        let again = proto::encode(&req).expect("a decoded request encodes");
+                        assert_eq!(proto::decode::<Request>(&again).ok(), Some(req));
+                    }
+                    let _ = proto::decode::<Response>(&frame);
+                }
+                Err(FrameError::Closed) => break,
+                Err(FrameError::FrameTooLarge(n)) => {
+                    assert!(n > MAX_FRAME);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+    });
+});
