@@ -1,24 +1,27 @@
-//! Shard encryption: every shard is sealed with XChaCha20-Poly1305 under a key derived
-//! from the owner's secret and the file id, so the nodes holding it learn only sizes.
+//! Shard encryption: every shard is sealed with AES-256-GCM (ring, using the CPU's AES
+//! instructions) so the nodes holding it learn only sizes.
 //!
-//! Nonces never repeat under one key: each write of a stripe draws a fresh random
-//! 128-bit salt (kept in the manifest) and shard i uses `salt || i`. Rebuilding a shard
-//! (healing, repair) re-seals the same plaintext under the same nonce, which yields the
-//! same ciphertext and so reveals nothing new. The stripe and shard numbers are bound
-//! as associated data, so a shard moved to another place fails to open.
+//! Keys: a file key is derived with BLAKE3's KDF from the owner's secret and the file
+//! id; each write of a stripe draws a fresh random 128-bit salt (kept in the manifest)
+//! and seals its shards under a key derived from the file key and that salt, shard i
+//! with nonce i. So a (key, nonce) pair never seals two different plaintexts: a
+//! rewrite gets a new salt, hence a new key. Rebuilding a shard (healing, repair)
+//! re-seals the same plaintext under the same key and nonce, which yields the same
+//! ciphertext and reveals nothing new. The file id and the stripe and shard numbers
+//! are the associated data, so a shard moved to another place fails to open.
 
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{Key, Tag, XChaCha20Poly1305, XNonce};
+use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM, NONCE_LEN};
 
 use crate::trust::OwnerKey;
 
-/// A Poly1305 tag: proves a shard's bytes are those its owner sealed.
+/// A GCM tag: proves a shard's bytes are those its owner sealed.
 pub type SealTag = [u8; 16];
-/// The per-stripe-write random part of every shard nonce.
+/// The per-stripe-write random input of the shard keys.
 pub type Salt = [u8; 16];
 
-/// BLAKE3 key-derivation context: a file key is never any other key.
+/// BLAKE3 key-derivation contexts: a file key and a stripe key are never any other key.
 const FILE_KEY_CONTEXT: &str = "poolfs 2026-11 shard key for one file, v1";
+const STRIPE_KEY_CONTEXT: &str = "poolfs 2026-11 shard key for one stripe write, v2";
 
 /// A shard could not be opened: it was not sealed by this owner for this place.
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +33,7 @@ pub struct OpenError {
 
 /// The cipher for the shards of one file.
 pub struct FileCipher {
-    aead: XChaCha20Poly1305,
+    file_key: [u8; 32],
     file_id: Vec<u8>,
 }
 
@@ -40,36 +43,49 @@ impl FileCipher {
         let mut material = Vec::with_capacity(32 + file_id.len());
         material.extend_from_slice(owner.bytes());
         material.extend_from_slice(file_id.as_bytes());
-        let key = blake3::derive_key(FILE_KEY_CONTEXT, &material);
         FileCipher {
-            aead: XChaCha20Poly1305::new(Key::from_slice(&key)),
+            file_key: blake3::derive_key(FILE_KEY_CONTEXT, &material),
             file_id: file_id.as_bytes().to_vec(),
         }
     }
 
-    fn nonce(salt: &Salt, shard: usize) -> XNonce {
-        let mut n = [0u8; 24];
-        n[..16].copy_from_slice(salt);
-        n[16..20].copy_from_slice(&(shard as u32).to_le_bytes());
-        XNonce::from(n)
+    fn stripe_key(&self, salt: &Salt) -> LessSafeKey {
+        let mut material = [0u8; 48];
+        material[..32].copy_from_slice(&self.file_key);
+        material[32..].copy_from_slice(salt);
+        let key = blake3::derive_key(STRIPE_KEY_CONTEXT, &material);
+        // A 32-byte key is always a valid AES-256 key.
+        let unbound = UnboundKey::new(&AES_256_GCM, &key).unwrap_or_else(|_| unreachable!());
+        LessSafeKey::new(unbound)
     }
 
-    fn aad(&self, stripe: u64, shard: usize) -> Vec<u8> {
+    fn nonce(shard: usize) -> Nonce {
+        let mut n = [0u8; NONCE_LEN];
+        n[..4].copy_from_slice(&(shard as u32).to_le_bytes());
+        Nonce::assume_unique_for_key(n)
+    }
+
+    fn aad(&self, stripe: u64, shard: usize) -> Aad<Vec<u8>> {
         let mut aad = Vec::with_capacity(self.file_id.len() + 12);
         aad.extend_from_slice(&self.file_id);
         aad.extend_from_slice(&stripe.to_le_bytes());
         aad.extend_from_slice(&(shard as u32).to_le_bytes());
-        aad
+        Aad::from(aad)
     }
 
     /// Encrypts shard `shard` of stripe `stripe` in place; returns its tag.
     pub fn seal(&self, salt: &Salt, stripe: u64, shard: usize, bytes: &mut [u8]) -> SealTag {
-        let tag = self
-            .aead
-            .encrypt_in_place_detached(&Self::nonce(salt, shard), &self.aad(stripe, shard), bytes)
-            // Only fails past 256 GiB per message; shards are a few MiB at most.
-            .unwrap_or_default();
-        tag.into()
+        let tag = self.stripe_key(salt).seal_in_place_separate_tag(
+            Self::nonce(shard),
+            self.aad(stripe, shard),
+            bytes,
+        );
+        // Sealing fails only past GCM's 64 GiB message limit; shards are a few MiB.
+        let mut out = [0u8; 16];
+        if let Ok(tag) = tag {
+            out.copy_from_slice(tag.as_ref());
+        }
+        out
     }
 
     /// Decrypts a sealed shard in place, refusing it unless `tag` proves it intact.
@@ -81,13 +97,15 @@ impl FileCipher {
         bytes: &mut [u8],
         tag: &SealTag,
     ) -> Result<(), OpenError> {
-        self.aead
-            .decrypt_in_place_detached(
-                &Self::nonce(salt, shard),
-                &self.aad(stripe, shard),
+        self.stripe_key(salt)
+            .open_in_place_separate_tag(
+                Self::nonce(shard),
+                self.aad(stripe, shard),
+                Tag::from(*tag),
                 bytes,
-                Tag::from_slice(tag),
+                0..,
             )
+            .map(|_| ())
             .map_err(|_| OpenError { stripe, shard })
     }
 }

@@ -11,7 +11,7 @@ use crate::trust::{Credentials, KEY_LEN};
 /// The handshake: mutual static keys (XX), the pool key mixed in before the first
 /// message (psk0) so a peer without it is refused at its first message and learns
 /// nothing, not even the responder's static key.
-pub const NOISE_PARAMS: &str = "Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s";
+pub const NOISE_PARAMS: &str = "Noise_XXpsk0_25519_AESGCM_BLAKE2s";
 /// Largest Noise message.
 pub const MAX_MESSAGE: usize = 65535;
 /// Authentication tag added to every encrypted message.
