@@ -562,6 +562,65 @@ impl PoolClient {
         Ok(shards)
     }
 
+    /// Data shard `i` of stripe `j` (the stripe's bytes from `i × shard_len`) from its
+    /// holder alone, verified against its checksum and opened: for a read that needs
+    /// nothing else of the stripe, so it waits for one node and 1/k of the bytes. It
+    /// does not fail over: on any failure (or after `HEDGE_AFTER`, a suspect or down
+    /// holder at once) the caller reads the whole stripe, which does, and heals.
+    pub async fn read_data_shard(
+        &self,
+        place: &Placement,
+        j: u64,
+        stripe_len: u64,
+        record: &StripeRecord,
+        i: usize,
+    ) -> Result<Vec<u8>, ClientError> {
+        let layout = &place.layout;
+        let shard_len = layout.shard_len(stripe_len);
+        if record.is_hole() {
+            return Ok(vec![0; shard_len as usize]);
+        }
+        let n = layout.segments() as usize;
+        if i >= layout.k as usize || record.sums.len() < n || place.holders.len() < n {
+            return Err(ClientError::Incomplete {
+                file: place.file_id.clone(),
+                stripe: j,
+            });
+        }
+        let holder = record.holder(place, i);
+        let unavailable = |missing: String| ClientError::Unavailable {
+            file: place.file_id.clone(),
+            stripe: j,
+            need: 1,
+            have: 0,
+            missing,
+        };
+        let down = self
+            .unhealthy([holder])
+            .await
+            .first()
+            .copied()
+            .unwrap_or(true);
+        if down || self.suspects.is_suspect(holder.node_id) {
+            return Err(unavailable(format!(
+                "node {} is down or late",
+                holder.node_id
+            )));
+        }
+        let fetch = self.fetch_shard(place, record, j, i, shard_len);
+        match tokio::time::timeout(HEDGE_AFTER, fetch).await {
+            Ok(Ok(shard)) => Ok(shard),
+            Ok(Err(why)) => Err(unavailable(why.to_string())),
+            Err(_) => {
+                self.suspects.mark(holder.node_id);
+                Err(unavailable(format!(
+                    "node {} did not answer within {HEDGE_AFTER:?}",
+                    holder.node_id
+                )))
+            }
+        }
+    }
+
     /// Fetches stripe `j` (carrying `stripe_len` data bytes) from any k of its holders,
     /// healthy data holders first, moving on from a holder that fails, is corrupt or
     /// takes longer than a second, and asking one more holder each time the stripe is

@@ -36,6 +36,9 @@ pub struct FileData {
     uploads: BTreeMap<u64, Upload>,
     cache: VecDeque<(u64, Arc<Vec<u8>>)>,
     prefetch: HashMap<u64, Fetch>,
+    /// The last data shard fetched alone (stripe, shard, plaintext) for a read that
+    /// needed nothing else of its stripe.
+    shard: Option<(u64, usize, Arc<Vec<u8>>)>,
     last_read: Option<u64>,
     /// A failure to store data, reported by every later flush of this file.
     failed: Option<FsError>,
@@ -56,6 +59,7 @@ impl FileData {
             uploads: BTreeMap::new(),
             cache: VecDeque::new(),
             prefetch: HashMap::new(),
+            shard: None,
             last_read: None,
             failed: None,
             changed: false,
@@ -81,6 +85,9 @@ impl FileData {
 
     fn forget_cached(&mut self, j: u64) {
         self.cache.retain(|(c, _)| *c != j);
+        if self.shard.as_ref().is_some_and(|(c, _, _)| *c == j) {
+            self.shard = None;
+        }
         if let Some(f) = self.prefetch.remove(&j) {
             f.abort();
         }
@@ -88,6 +95,7 @@ impl FileData {
 
     fn forget_all_cached(&mut self) {
         self.cache.clear();
+        self.shard = None;
         for (_, f) in self.prefetch.drain() {
             f.abort();
         }
@@ -121,14 +129,17 @@ impl FileData {
         Ok(data)
     }
 
-    fn schedule_prefetch(&mut self, j: u64) {
+    /// Prefetches the stripes after `j` for a sequential reader, and `j` itself too
+    /// when `with_j` (its read was served by one shard, the reader may want the rest).
+    fn schedule_prefetch(&mut self, j: u64, with_j: bool) {
         let sequential = matches!(self.last_read, Some(l) if j == l || j == l + 1) || j == 0;
         self.last_read = Some(j);
         if !sequential {
             return;
         }
         let count = self.manifest.place.layout.stripe_count(self.size());
-        for next in j + 1..(j + 1 + PREFETCH).min(count) {
+        let first = if with_j { j } else { j + 1 };
+        for next in first..(j + 1 + PREFETCH).min(count) {
             let known = self.dirty.contains_key(&next)
                 || self.uploads.contains_key(&next)
                 || self.prefetch.contains_key(&next)
@@ -136,6 +147,46 @@ impl FileData {
             if !known {
                 let fetch = self.spawn_fetch(next);
                 self.prefetch.insert(next, fetch);
+            }
+        }
+    }
+
+    /// For a read of bytes `from..to` of stripe `j` that lie in one data shard, when
+    /// the stripe is neither cached nor on its way: that shard alone (and where it
+    /// starts in the stripe), so the first read of a file waits for one node and 1/k
+    /// of the stripe. `None` when the whole stripe is the way (or the shard failed:
+    /// the stripe read fails over and heals).
+    async fn one_shard(&mut self, j: u64, from: usize, to: usize) -> Option<(usize, Arc<Vec<u8>>)> {
+        let layout = self.manifest.place.layout;
+        let stripe_len = self.manifest.stripe_len(j);
+        let shard_len = layout.shard_len(stripe_len) as usize;
+        if layout.k < 2 || shard_len == 0 || from / shard_len != (to - 1) / shard_len {
+            return None;
+        }
+        let i = from / shard_len;
+        if let Some((c, s, data)) = &self.shard {
+            if (*c, *s) == (j, i) {
+                return Some((i * shard_len, data.clone()));
+            }
+        }
+        if self.prefetch.contains_key(&j) || self.cache.iter().any(|(c, _)| *c == j) {
+            return None;
+        }
+        let record = self.manifest.stripe(j);
+        let place = &self.manifest.place;
+        match self
+            .client
+            .read_data_shard(place, j, stripe_len, &record, i)
+            .await
+        {
+            Ok(data) => {
+                let data = Arc::new(data);
+                self.shard = Some((j, i, data.clone()));
+                Some((i * shard_len, data))
+            }
+            Err(e) => {
+                log::debug!("reading stripe {j} whole: {e}");
+                None
             }
         }
     }
@@ -157,10 +208,13 @@ impl FileData {
                 extend_padded(&mut out, buf, from, to);
             } else if let Some(up) = self.uploads.get(&j) {
                 extend_padded(&mut out, &up.data, from, to);
+            } else if let Some((at, shard)) = self.one_shard(j, from, to).await {
+                extend_padded(&mut out, &shard, from - at, to - at);
+                self.schedule_prefetch(j, true);
             } else {
                 let data = self.pooled_stripe(j).await?;
                 extend_padded(&mut out, &data, from, to);
-                self.schedule_prefetch(j);
+                self.schedule_prefetch(j, false);
             }
         }
         Ok(out)
