@@ -487,7 +487,12 @@ impl PoolClient {
         shard_len: u32,
     ) -> Result<Vec<u8>, ShardFailure> {
         let holder = record.holder(place, i);
-        let addr = self.addr_of(holder).await;
+        // Readers consulted the view just before (or, for one shard alone, chose not
+        // to wait for it): its address as last seen, with no round trip of its own.
+        let addr = match self.cached_view() {
+            Some((view, _)) => view.node(holder.node_id).map_or(holder.addr, |n| n.addr),
+            None => self.addr_of(holder).await,
+        };
         let req = Request::Fwd {
             segment: SegmentRef {
                 file: place.file_id.clone(),
@@ -595,12 +600,13 @@ impl PoolClient {
             have: 0,
             missing,
         };
-        let down = self
-            .unhealthy([holder])
-            .await
-            .first()
-            .copied()
-            .unwrap_or(true);
+        // The last view as it is, without asking the controller: one round trip less
+        // before the first byte. A holder that died or moved since is refused or late,
+        // and the caller falls back to the stripe read, which consults a fresh view.
+        let down = self.cached_view().is_some_and(|(view, _)| {
+            view.node(holder.node_id)
+                .is_some_and(|n| n.state != NodeState::Up)
+        });
         if down || self.suspects.is_suspect(holder.node_id) {
             return Err(unavailable(format!(
                 "node {} is down or late",
@@ -808,13 +814,14 @@ impl PoolClient {
             });
         }
         let shard_len = place.layout.shard_len(stripe_len);
+        // First, so the fetches below go to the holders' current addresses.
+        let skip = self
+            .unhealthy((0..n).map(|i| record.holder(place, i)))
+            .await;
         let fetched = futures::future::join_all(
             (0..n).map(|i| self.fetch_shard(place, record, j, i, shard_len)),
         )
         .await;
-        let skip = self
-            .unhealthy((0..n).map(|i| record.holder(place, i)))
-            .await;
         let bad: Vec<usize> = (0..n)
             .filter(|&i| fetched[i].is_err() && !skip[i])
             .collect();
