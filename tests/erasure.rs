@@ -147,3 +147,49 @@ fn six_nodes_with_two_parity_survive_two_kills() {
     c.nodes[3].kill();
     assert_eq!(fetch(&c, "f").unwrap(), data);
 }
+
+#[test]
+fn one_data_shard_alone_is_verified_and_falls_back_when_bad() {
+    let c = Cluster::start(3);
+    let len = 4 * MIB + 100_001; // two full stripes (k = 2) and a short one
+    let data = put(&c, "f", len, 6, &[]);
+    let m = Catalog::new(&c.catalog()).load("f").unwrap();
+    let client = PoolClient::new(c.client_config());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let layout = m.place.layout;
+    for j in 0..layout.stripe_count(m.size) {
+        let stripe_len = m.stripe_len(j);
+        let shard_len = layout.shard_len(stripe_len) as usize;
+        let start = (j * layout.stripe_size()) as usize;
+        for i in 0..layout.k as usize {
+            let got = rt
+                .block_on(client.read_data_shard(&m.place, j, stripe_len, &m.stripe(j), i))
+                .unwrap_or_else(|e| panic!("stripe {j} shard {i}: {e}"));
+            let from = (start + i * shard_len).min(start + stripe_len as usize);
+            let to = (from + shard_len).min(start + stripe_len as usize);
+            let mut want = data[from..to].to_vec();
+            want.resize(shard_len, 0); // the last shard of a short stripe is padded
+            assert!(got == want, "stripe {j} shard {i}: wrong bytes");
+        }
+    }
+    // A flipped byte in shard 0 of stripe 0: the shard alone is refused, never returned,
+    // and a read of the stripe gets the right bytes from the others and heals it.
+    let holder = m.place.holders[0].node_id;
+    let n = (0..3).find(|&n| c.node_id(n) == holder).unwrap();
+    let seg = common::segment_path(&c.storage(n), &m.place.file_id, 0).unwrap();
+    let good = fs::read(&seg).unwrap();
+    let mut bad = good.clone();
+    bad[10] ^= 0x5a;
+    fs::write(&seg, &bad).unwrap();
+    let stripe_len = m.stripe_len(0);
+    let err = rt
+        .block_on(client.read_data_shard(&m.place, 0, stripe_len, &m.stripe(0), 0))
+        .expect_err("a corrupt shard must not be returned");
+    assert!(err.to_string().contains("checksum"), "{err}");
+    let got = rt.block_on(client.read_range(&m, 0, 100)).unwrap();
+    assert_eq!(got, &data[..100]);
+    assert_eq!(fs::read(&seg).unwrap(), good, "the bad shard is healed");
+}

@@ -487,7 +487,12 @@ impl PoolClient {
         shard_len: u32,
     ) -> Result<Vec<u8>, ShardFailure> {
         let holder = record.holder(place, i);
-        let addr = self.addr_of(holder).await;
+        // Readers consulted the view just before (or, for one shard alone, chose not
+        // to wait for it): its address as last seen, with no round trip of its own.
+        let addr = match self.cached_view() {
+            Some((view, _)) => view.node(holder.node_id).map_or(holder.addr, |n| n.addr),
+            None => self.addr_of(holder).await,
+        };
         let req = Request::Fwd {
             segment: SegmentRef {
                 file: place.file_id.clone(),
@@ -560,6 +565,66 @@ impl PoolClient {
             }
         }
         Ok(shards)
+    }
+
+    /// Data shard `i` of stripe `j` (the stripe's bytes from `i × shard_len`) from its
+    /// holder alone, verified against its checksum and opened: for a read that needs
+    /// nothing else of the stripe, so it waits for one node and 1/k of the bytes. It
+    /// does not fail over: on any failure (or after `HEDGE_AFTER`, a suspect or down
+    /// holder at once) the caller reads the whole stripe, which does, and heals.
+    pub async fn read_data_shard(
+        &self,
+        place: &Placement,
+        j: u64,
+        stripe_len: u64,
+        record: &StripeRecord,
+        i: usize,
+    ) -> Result<Vec<u8>, ClientError> {
+        let layout = &place.layout;
+        let shard_len = layout.shard_len(stripe_len);
+        if record.is_hole() {
+            return Ok(vec![0; shard_len as usize]);
+        }
+        let n = layout.segments() as usize;
+        if i >= layout.k as usize || record.sums.len() < n || place.holders.len() < n {
+            return Err(ClientError::Incomplete {
+                file: place.file_id.clone(),
+                stripe: j,
+            });
+        }
+        let holder = record.holder(place, i);
+        let unavailable = |missing: String| ClientError::Unavailable {
+            file: place.file_id.clone(),
+            stripe: j,
+            need: 1,
+            have: 0,
+            missing,
+        };
+        // The last view as it is, without asking the controller: one round trip less
+        // before the first byte. A holder that died or moved since is refused or late,
+        // and the caller falls back to the stripe read, which consults a fresh view.
+        let down = self.cached_view().is_some_and(|(view, _)| {
+            view.node(holder.node_id)
+                .is_some_and(|n| n.state != NodeState::Up)
+        });
+        if down || self.suspects.is_suspect(holder.node_id) {
+            return Err(unavailable(format!(
+                "node {} is down or late",
+                holder.node_id
+            )));
+        }
+        let fetch = self.fetch_shard(place, record, j, i, shard_len);
+        match tokio::time::timeout(HEDGE_AFTER, fetch).await {
+            Ok(Ok(shard)) => Ok(shard),
+            Ok(Err(why)) => Err(unavailable(why.to_string())),
+            Err(_) => {
+                self.suspects.mark(holder.node_id);
+                Err(unavailable(format!(
+                    "node {} did not answer within {HEDGE_AFTER:?}",
+                    holder.node_id
+                )))
+            }
+        }
     }
 
     /// Fetches stripe `j` (carrying `stripe_len` data bytes) from any k of its holders,
@@ -749,13 +814,14 @@ impl PoolClient {
             });
         }
         let shard_len = place.layout.shard_len(stripe_len);
+        // First, so the fetches below go to the holders' current addresses.
+        let skip = self
+            .unhealthy((0..n).map(|i| record.holder(place, i)))
+            .await;
         let fetched = futures::future::join_all(
             (0..n).map(|i| self.fetch_shard(place, record, j, i, shard_len)),
         )
         .await;
-        let skip = self
-            .unhealthy((0..n).map(|i| record.holder(place, i)))
-            .await;
         let bad: Vec<usize> = (0..n)
             .filter(|&i| fetched[i].is_err() && !skip[i])
             .collect();

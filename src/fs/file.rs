@@ -36,6 +36,9 @@ pub struct FileData {
     uploads: BTreeMap<u64, Upload>,
     cache: VecDeque<(u64, Arc<Vec<u8>>)>,
     prefetch: HashMap<u64, Fetch>,
+    /// The last data shard fetched alone (stripe, shard, plaintext) for a read that
+    /// needed nothing else of its stripe.
+    shard: Option<(u64, usize, Arc<Vec<u8>>)>,
     last_read: Option<u64>,
     /// A failure to store data, reported by every later flush of this file.
     failed: Option<FsError>,
@@ -56,6 +59,7 @@ impl FileData {
             uploads: BTreeMap::new(),
             cache: VecDeque::new(),
             prefetch: HashMap::new(),
+            shard: None,
             last_read: None,
             failed: None,
             changed: false,
@@ -81,6 +85,9 @@ impl FileData {
 
     fn forget_cached(&mut self, j: u64) {
         self.cache.retain(|(c, _)| *c != j);
+        if self.shard.as_ref().is_some_and(|(c, _, _)| *c == j) {
+            self.shard = None;
+        }
         if let Some(f) = self.prefetch.remove(&j) {
             f.abort();
         }
@@ -88,6 +95,7 @@ impl FileData {
 
     fn forget_all_cached(&mut self) {
         self.cache.clear();
+        self.shard = None;
         for (_, f) in self.prefetch.drain() {
             f.abort();
         }
@@ -121,14 +129,17 @@ impl FileData {
         Ok(data)
     }
 
-    fn schedule_prefetch(&mut self, j: u64) {
+    /// Prefetches the stripes after `j` for a sequential reader, and `j` itself too
+    /// when `with_j` (its read was served by one shard, the reader may want the rest).
+    fn schedule_prefetch(&mut self, j: u64, with_j: bool) {
         let sequential = matches!(self.last_read, Some(l) if j == l || j == l + 1) || j == 0;
         self.last_read = Some(j);
         if !sequential {
             return;
         }
         let count = self.manifest.place.layout.stripe_count(self.size());
-        for next in j + 1..(j + 1 + PREFETCH).min(count) {
+        let first = if with_j { j } else { j + 1 };
+        for next in first..(j + 1 + PREFETCH).min(count) {
             let known = self.dirty.contains_key(&next)
                 || self.uploads.contains_key(&next)
                 || self.prefetch.contains_key(&next)
@@ -136,6 +147,46 @@ impl FileData {
             if !known {
                 let fetch = self.spawn_fetch(next);
                 self.prefetch.insert(next, fetch);
+            }
+        }
+    }
+
+    /// For a read of bytes `from..to` of stripe `j` that lie in one data shard, when
+    /// the stripe is neither cached nor on its way: that shard alone (and where it
+    /// starts in the stripe), so the first read of a file waits for one node and 1/k
+    /// of the stripe. `None` when the whole stripe is the way (or the shard failed:
+    /// the stripe read fails over and heals).
+    async fn one_shard(&mut self, j: u64, from: usize, to: usize) -> Option<(usize, Arc<Vec<u8>>)> {
+        let layout = self.manifest.place.layout;
+        let stripe_len = self.manifest.stripe_len(j);
+        let shard_len = layout.shard_len(stripe_len) as usize;
+        if layout.k < 2 || shard_len == 0 || from / shard_len != (to - 1) / shard_len {
+            return None;
+        }
+        let i = from / shard_len;
+        if let Some((c, s, data)) = &self.shard {
+            if (*c, *s) == (j, i) {
+                return Some((i * shard_len, data.clone()));
+            }
+        }
+        if self.prefetch.contains_key(&j) || self.cache.iter().any(|(c, _)| *c == j) {
+            return None;
+        }
+        let record = self.manifest.stripe(j);
+        let place = &self.manifest.place;
+        match self
+            .client
+            .read_data_shard(place, j, stripe_len, &record, i)
+            .await
+        {
+            Ok(data) => {
+                let data = Arc::new(data);
+                self.shard = Some((j, i, data.clone()));
+                Some((i * shard_len, data))
+            }
+            Err(e) => {
+                log::debug!("reading stripe {j} whole: {e}");
+                None
             }
         }
     }
@@ -154,30 +205,33 @@ impl FileData {
             let from = (offset.max(base) - base) as usize;
             let to = (end.min(base + stripe_size) - base) as usize;
             if let Some(buf) = self.dirty.get(&j) {
-                out.extend_from_slice(&buf[from..to]);
+                extend_padded(&mut out, buf, from, to);
             } else if let Some(up) = self.uploads.get(&j) {
-                out.extend_from_slice(&up.data[from..to]);
+                extend_padded(&mut out, &up.data, from, to);
+            } else if let Some((at, shard)) = self.one_shard(j, from, to).await {
+                extend_padded(&mut out, &shard, from - at, to - at);
+                self.schedule_prefetch(j, true);
             } else {
                 let data = self.pooled_stripe(j).await?;
-                out.extend_from_slice(&data[from..to]);
-                self.schedule_prefetch(j);
+                extend_padded(&mut out, &data, from, to);
+                self.schedule_prefetch(j, false);
             }
         }
         Ok(out)
     }
 
-    /// Makes stripe `j` dirty, filled with its current bytes unless the caller is about
-    /// to overwrite all of it.
+    /// Makes stripe `j` dirty, holding its current bytes unless the caller is about to
+    /// overwrite all of it. A stripe buffer is only as long as the bytes put in it (the
+    /// rest of the stripe reads as zeros), so a small file never fills a whole stripe.
     async fn dirty_stripe(&mut self, j: u64, overwrite_all: bool) -> Result<&mut Vec<u8>, FsError> {
         if !self.dirty.contains_key(&j) {
-            let stripe_size = self.stripe_size() as usize;
-            let mut buf = vec![0u8; stripe_size];
+            let mut buf = Vec::new();
             if !overwrite_all {
                 if let Some(up) = self.uploads.get(&j) {
-                    buf[..up.data.len()].copy_from_slice(&up.data);
+                    buf.extend_from_slice(&up.data);
                 } else if !self.manifest.is_hole(j) {
                     let data = self.pooled_stripe(j).await?;
-                    buf[..data.len()].copy_from_slice(&data);
+                    buf.extend_from_slice(&data);
                 }
             }
             self.forget_cached(j);
@@ -229,7 +283,7 @@ impl FileData {
             let overwrite_all = pos == base && upto == base + stripe_size;
             let buf = self.dirty_stripe(j, overwrite_all).await?;
             let src = &data[(pos - offset) as usize..(upto - offset) as usize];
-            buf[(pos - base) as usize..(upto - base) as usize].copy_from_slice(src);
+            put_at(buf, (pos - base) as usize, src, stripe_size as usize);
             if upto > self.manifest.size {
                 self.manifest.size = upto;
             }
@@ -256,7 +310,7 @@ impl FileData {
     /// Sends dirty stripe `j` to the pool, after any earlier upload of the same stripe
     /// (so the segment ends with the newest bytes), waiting while too many are in flight.
     async fn start_upload(&mut self, j: u64) -> Result<(), FsError> {
-        let Some(buf) = self.dirty.remove(&j) else {
+        let Some(mut buf) = self.dirty.remove(&j) else {
             return Ok(());
         };
         if self.uploads.contains_key(&j) {
@@ -266,11 +320,13 @@ impl FileData {
         if len == 0 {
             return Ok(()); // wholly past the end after a truncation
         }
+        // Exactly the stripe's bytes: zeros where nothing was written.
+        buf.resize(len, 0);
         let data = Arc::new(buf);
         let client = self.client.clone();
         let place = self.manifest.place.clone();
         let bytes = data.clone();
-        let task = tokio::spawn(async move { client.write_stripe(&place, j, &bytes[..len]).await });
+        let task = tokio::spawn(async move { client.write_stripe(&place, j, &bytes).await });
         self.uploads.insert(j, Upload { data, task });
         while self.uploads.len() > self.max_uploads {
             if let Some(&oldest) = self.uploads.keys().next() {
@@ -348,7 +404,7 @@ impl FileData {
             if tail != 0 {
                 let j = new_size / stripe_size;
                 let buf = self.dirty_stripe(j, false).await?;
-                buf[tail as usize..].fill(0);
+                buf.truncate(tail as usize);
             }
             let pending: Vec<u64> = self
                 .uploads
@@ -369,8 +425,53 @@ impl FileData {
     }
 }
 
+/// Writes `src` at `at` of a stripe buffer, growing it (zeros for any gap). A buffer
+/// growing past a small file's size is given the whole stripe at once, so streaming
+/// writes neither reallocate nor zero what they are about to fill.
+fn put_at(buf: &mut Vec<u8>, at: usize, src: &[u8], stripe_size: usize) {
+    const SMALL: usize = 64 << 10;
+    let end = at + src.len();
+    if end > buf.capacity() && end > SMALL {
+        buf.reserve_exact(stripe_size.saturating_sub(buf.len()));
+    }
+    if at > buf.len() {
+        buf.resize(at, 0);
+    }
+    let inside = buf.len().min(end) - at;
+    buf[at..at + inside].copy_from_slice(&src[..inside]);
+    buf.extend_from_slice(&src[inside..]);
+}
+
+/// Appends `src[from..to]` to `out`, with zeros for the part past the end of `src`.
+fn extend_padded(out: &mut Vec<u8>, src: &[u8], from: usize, to: usize) {
+    // `from` may lie past the end of a short buffer: then it is all zeros.
+    let start = from.min(src.len());
+    let have = to.min(src.len()).max(start);
+    out.extend_from_slice(&src[start..have]);
+    out.resize(out.len() + (to - from) - (have - start), 0);
+}
+
 impl Drop for FileData {
     fn drop(&mut self) {
         self.forget_all_cached();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_buffers_read_as_zeros_past_their_end() {
+        let mut out = Vec::new();
+        extend_padded(&mut out, b"abc", 1, 5);
+        assert_eq!(out, b"bc\0\0");
+        extend_padded(&mut out, b"abc", 7, 9); // wholly past the end
+        assert_eq!(out, b"bc\0\0\0\0");
+        let mut buf = b"xy".to_vec();
+        put_at(&mut buf, 4, b"zz", 1 << 20); // a gap of zeros, then the bytes
+        assert_eq!(buf, b"xy\0\0zz");
+        put_at(&mut buf, 1, b"QQQQQQQ", 1 << 20); // over the end: overwrite and grow
+        assert_eq!(buf, b"xQQQQQQQ");
     }
 }

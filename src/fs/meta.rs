@@ -216,10 +216,10 @@ impl MetaStore {
         Ok(meta)
     }
 
-    /// Runs `f` in one write transaction. Namespace changes are written at once but
-    /// synced lazily (they survive the process dying, like a directory that was not
-    /// fsynced); `Durability::Immediate` is for committing the data of a closed or
-    /// fsynced file, and it also makes every earlier change durable.
+    /// Runs `f` in one write transaction. Namespace changes commit with
+    /// `Durability::Eventual` (on Linux redb syncs those too, so they survive the
+    /// process dying); `Durability::Immediate` is for committing the data of a closed or
+    /// fsynced file; either also makes every earlier unsynced change durable.
     fn write<T>(
         &self,
         f: impl FnOnce(
@@ -319,9 +319,32 @@ impl MetaStore {
     }
 
     /// Adds `inode` as `name` in `parent`; fails with `Exists` if the name is taken.
-    pub fn create(&self, parent: u64, name: &[u8], mut inode: Inode) -> Result<Inode, FsError> {
+    pub fn create(&self, parent: u64, name: &[u8], inode: Inode) -> Result<Inode, FsError> {
+        self.create_with(Durability::Eventual, parent, name, inode)
+    }
+
+    /// `create` without syncing: for a file created open, whose close or fsync commits
+    /// it durably (with every change before it). Until then a crash of the mount may
+    /// forget it, as a local filesystem may forget a new name whose directory was not
+    /// fsynced; but it is visible at once and costs no disk flush.
+    pub fn create_unsynced(
+        &self,
+        parent: u64,
+        name: &[u8],
+        inode: Inode,
+    ) -> Result<Inode, FsError> {
+        self.create_with(Durability::None, parent, name, inode)
+    }
+
+    fn create_with(
+        &self,
+        durability: Durability,
+        parent: u64,
+        name: &[u8],
+        mut inode: Inode,
+    ) -> Result<Inode, FsError> {
         check_name(name)?;
-        self.write(|inodes, dirents, counters| {
+        self.write_with(durability, |inodes, dirents, counters| {
             let mut d = dir(inodes, parent)?;
             if entry(dirents, parent, name)?.is_some() {
                 return Err(FsError::Exists);

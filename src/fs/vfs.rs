@@ -394,8 +394,12 @@ impl Vfs {
     ) -> Result<(Inode, u64), FsError> {
         let mut inode = Inode::new(Kind::File, (mode & 0o7777) as u16, uid, gid);
         inode.manifest = Some(self.block_on(self.client.new_file())?);
-        let inode = self.meta.create(parent, name, inode)?;
-        self.acquire(inode.ino)?;
+        // Not synced here: the file's close (or fsync) commits it durably, so a small
+        // file costs one metadata flush, not two.
+        let inode = self.meta.create_unsynced(parent, name, inode)?;
+        let open = self.acquire(inode.ino)?;
+        // Even an empty file's close must commit, to make its name durable.
+        self.block_on(open.data.lock()).changed = true;
         Ok((inode.clone(), self.new_handle(inode.ino, flags)))
     }
 
