@@ -58,17 +58,19 @@ fn args(list: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<OsString> {
 }
 
 /// Is `pid` a running poolfs process (guards against a recycled pid)?
-fn is_ours(pid: u32) -> bool {
+/// Is `pid` still a process of the pool kept in `dir`? Every process `up` starts is
+/// given a path under `dir` (its storage or state), whatever the binary is called,
+/// so a recycled pid is never mistaken for one of ours.
+fn is_ours(pid: u32, dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = dir.as_os_str().as_bytes();
     std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| {
-            c.split(|b| *b == 0)
-                .next()
-                .is_some_and(|exe| exe.ends_with(b"poolfs"))
-        })
+        .map(|c| c.split(|b| *b == 0).any(|arg| arg.starts_with(dir)))
         .unwrap_or(false)
 }
 
-fn stop(pids: &[u32]) {
+fn stop(pids: &[u32], dir: &Path) {
+    let is_ours = |pid| is_ours(pid, dir);
     for &pid in pids {
         if is_ours(pid) {
             // SAFETY: sending a signal to a process we started.
@@ -202,7 +204,7 @@ pub fn up(data: &Path, mountpoint: &Path, opts: UpOptions<'_>) -> Result<UpState
     })();
     if let Err(e) = started {
         pids.reverse();
-        stop(&pids);
+        stop(&pids, &dir);
         return Err(e);
     }
     let state = UpState {
@@ -222,7 +224,8 @@ pub fn down(data: &Path, mountpoint: &Path) -> Result<(), String> {
     let mountpoint = mountpoint
         .canonicalize()
         .map_err(|e| format!("{}: {e}", mountpoint.display()))?;
-    let state_file = state_dir(data, &mountpoint).join("up.json");
+    let dir = state_dir(data, &mountpoint);
+    let state_file = dir.join("up.json");
     let bytes = std::fs::read(&state_file).map_err(|_| {
         format!(
             "no pool was started with `poolfs up` at {}",
@@ -236,10 +239,10 @@ pub fn down(data: &Path, mountpoint: &Path) -> Result<(), String> {
     }
     // The mount process exits by itself once unmounted; then the rest.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while state.pids.first().is_some_and(|&p| is_ours(p)) && Instant::now() < deadline {
+    while state.pids.first().is_some_and(|&p| is_ours(p, &dir)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    stop(&state.pids);
+    stop(&state.pids, &dir);
     std::fs::remove_file(&state_file)
         .map_err(|e| format!("cannot remove {}: {e}", state_file.display()))?;
     Ok(())

@@ -2052,3 +2052,77 @@ fn nodes_hold_only_ciphertext() {
         }
     }
 }
+
+/// Regression: `poolfs down` recognised the pool's processes by their binary's name, so
+/// a pool started from a copy named otherwise (`poolfs-new`, say) was unmounted but its
+/// controller and nodes kept running.
+#[test]
+fn down_stops_a_pool_started_from_a_renamed_binary() {
+    if !can_mount() {
+        return;
+    }
+    let tmp = harness::test_dir("renamed");
+    let root = tmp.path().canonicalize().unwrap();
+    let bin = root.join("pf-renamed");
+    fs::copy(harness::BIN, &bin).unwrap();
+    let (mnt, data) = (root.join("mnt"), root.join("data"));
+    let up = harness::run(
+        Command::new(&bin)
+            .arg("up")
+            .arg(&mnt)
+            .arg("--data-dir")
+            .arg(&data),
+    );
+    assert!(
+        up.status.success(),
+        "up: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let running = |root: &Path| -> Vec<u32> {
+        fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    c.split(|b| *b == 0)
+                        .next()
+                        .is_some_and(|exe| exe.starts_with(root.as_os_str().as_bytes()))
+                })
+            })
+            .collect()
+    };
+    let started = running(&root);
+    assert!(
+        started.len() >= 4,
+        "expected the pool's processes: {started:?}"
+    );
+    let down = harness::run(
+        Command::new(&bin)
+            .arg("down")
+            .arg(&mnt)
+            .arg("--data-dir")
+            .arg(&data),
+    );
+    assert!(
+        down.status.success(),
+        "down: {}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    let left = || {
+        running(&root)
+            .into_iter()
+            .filter(|pid| {
+                // A zombie waiting to be reaped has stopped already.
+                !fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+            })
+            .collect::<Vec<_>>()
+    };
+    let stopped = wait_until(Duration::from_secs(10), || left().is_empty());
+    let leftover = left();
+    for pid in &leftover {
+        // SAFETY: processes this test started from its own copy of the binary.
+        unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+    }
+    assert!(stopped, "down left processes running: {leftover:?}");
+    assert!(!harness::is_mounted(&mnt), "still mounted after down");
+}
