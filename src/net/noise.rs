@@ -172,6 +172,16 @@ impl Channel {
     /// Queues plaintext; full chunks are sealed and written as they fill.
     pub async fn write_all(&mut self, mut data: &[u8]) -> std::io::Result<()> {
         while !data.is_empty() {
+            if self.out_len == 0 && data.len() >= MAX_CHUNK {
+                // A whole message sealed straight from the caller's bytes: no staging copy.
+                let n = self
+                    .noise
+                    .write_message(&data[..MAX_CHUNK], &mut self.buf[..MAX_MESSAGE])
+                    .map_err(|e| std::io::Error::other(format!("noise: {e}")))?;
+                write_message(&mut self.wr, &self.buf[..n]).await?;
+                data = &data[MAX_CHUNK..];
+                continue;
+            }
             let n = (MAX_CHUNK - self.out_len).min(data.len());
             let at = 2 * MAX_MESSAGE + self.out_len;
             self.buf[at..at + n].copy_from_slice(&data[..n]);
@@ -204,8 +214,8 @@ impl Channel {
         write_message(&mut self.wr, &self.buf[..n]).await
     }
 
-    /// Reads and decrypts the next message; a forged, replayed or reordered one fails.
-    async fn open(&mut self) -> std::io::Result<()> {
+    /// Reads the next encrypted message into the ciphertext buffer; returns its length.
+    async fn read_sealed(&mut self) -> std::io::Result<usize> {
         let mut len = [0u8; 2];
         self.rd.read_exact(&mut len).await?;
         let len = u16::from_be_bytes(len) as usize;
@@ -216,16 +226,17 @@ impl Channel {
             ));
         }
         self.rd.read_exact(&mut self.buf[..len]).await?;
+        Ok(len)
+    }
+
+    /// Reads and decrypts the next message; a forged, replayed or reordered one fails.
+    async fn open(&mut self) -> std::io::Result<()> {
+        let len = self.read_sealed().await?;
         let (cipher, rest) = self.buf.split_at_mut(MAX_MESSAGE);
         let n = self
             .noise
             .read_message(&cipher[..len], &mut rest[..MAX_MESSAGE])
-            .map_err(|_| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "message failed authentication",
-                )
-            })?;
+            .map_err(|_| failed_authentication())?;
         self.in_len = n;
         self.pos = 0;
         Ok(())
@@ -236,7 +247,17 @@ impl Channel {
         let mut filled = 0;
         while filled < buf.len() {
             if self.pos == self.in_len {
-                self.open().await?;
+                if buf.len() - filled >= MAX_CHUNK {
+                    // Room for a whole message: decrypt it straight into the caller's
+                    // buffer, no staging copy.
+                    let len = self.read_sealed().await?;
+                    filled += self
+                        .noise
+                        .read_message(&self.buf[..len], &mut buf[filled..])
+                        .map_err(|_| failed_authentication())?;
+                } else {
+                    self.open().await?;
+                }
                 continue;
             }
             let n = (self.in_len - self.pos).min(buf.len() - filled);
@@ -297,6 +318,13 @@ impl Channel {
         self.read_exact(&mut buf).await?;
         Ok(buf)
     }
+}
+
+fn failed_authentication() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        "message failed authentication",
+    )
 }
 
 async fn write_message(wr: &mut BufWriter<OwnedWriteHalf>, msg: &[u8]) -> std::io::Result<()> {
