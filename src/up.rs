@@ -108,9 +108,8 @@ pub struct UpOptions<'a> {
 /// Starts a controller, `nodes - 1` storage nodes and a mount (itself a node) on
 /// loopback, state under `data`, all proving the pool key at `key` (by default a key of
 /// the pool's own in its state directory; either is created if missing), each node
-/// holding at most `quota` bytes per member if given. Returns what was started.
-/// the pool's own in its state directory; either is created if missing); `parity` and
-/// `repair_grace` (seconds) go to the mount. Returns what was started.
+/// holding at most `quota` bytes per member if given; `parity`, `repair_grace` and
+/// `encrypt` go to the mount. Returns what was started.
 pub fn up(data: &Path, mountpoint: &Path, opts: UpOptions<'_>) -> Result<UpState, String> {
     let UpOptions {
         nodes,
@@ -156,10 +155,9 @@ pub fn up(data: &Path, mountpoint: &Path, opts: UpOptions<'_>) -> Result<UpState
             &dir.join("controller.log"),
             Duration::from_secs(10),
         )?);
-        for i in 1..nodes {
-            let storage = dir.join(format!("node-{i}"));
-            let mut node = args(&[
-                &"node",
+        // What every member, storage node or mount, is started with.
+        let member = |mut a: Vec<OsString>, storage: &Path| {
+            a.extend(args(&[
                 &"--storage",
                 &storage,
                 &"--listen",
@@ -168,27 +166,18 @@ pub fn up(data: &Path, mountpoint: &Path, opts: UpOptions<'_>) -> Result<UpState
                 &ctrl,
                 &"--key",
                 &key,
-            ]);
-            node.extend(quota_args.iter().cloned());
+            ]));
+            a.extend(quota_args.iter().cloned());
+            a
+        };
+        for i in 1..nodes {
             pids.push(spawn_ready(
-                &node,
+                &member(args(&[&"node"]), &dir.join(format!("node-{i}"))),
                 &dir.join(format!("node-{i}.log")),
                 Duration::from_secs(10),
             )?);
         }
-        let mut mount = args(&[
-            &"mount",
-            &mountpoint,
-            &"--storage",
-            &dir.join("mount"),
-            &"--listen",
-            &"127.0.0.1:0",
-            &"--controller",
-            &ctrl,
-            &"--key",
-            &key,
-        ]);
-        mount.extend(quota_args.iter().cloned());
+        let mut mount = member(args(&[&"mount", &mountpoint]), &dir.join("mount"));
         if let Some(m) = parity {
             mount.extend(args(&[&"--parity", &m.to_string()]));
         }

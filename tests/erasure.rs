@@ -166,7 +166,7 @@ fn one_data_shard_alone_is_verified_and_falls_back_when_bad() {
         let start = (j * layout.stripe_size()) as usize;
         for i in 0..layout.k as usize {
             let got = rt
-                .block_on(client.read_data_shard(&m.place, j, stripe_len, &m.stripe(j), i))
+                .block_on(client.read_data_shard(&m.place, j, stripe_len, m.stripe(j), i))
                 .unwrap_or_else(|e| panic!("stripe {j} shard {i}: {e}"));
             let from = (start + i * shard_len).min(start + stripe_len as usize);
             let to = (from + shard_len).min(start + stripe_len as usize);
@@ -186,7 +186,7 @@ fn one_data_shard_alone_is_verified_and_falls_back_when_bad() {
     fs::write(&seg, &bad).unwrap();
     let stripe_len = m.stripe_len(0);
     let err = rt
-        .block_on(client.read_data_shard(&m.place, 0, stripe_len, &m.stripe(0), 0))
+        .block_on(client.read_data_shard(&m.place, 0, stripe_len, m.stripe(0), 0))
         .expect_err("a corrupt shard must not be returned");
     assert!(err.to_string().contains("checksum"), "{err}");
     let got = rt.block_on(client.read_range(&m, 0, 100)).unwrap();

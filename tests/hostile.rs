@@ -9,7 +9,16 @@ use std::io::{ErrorKind as IoKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{noise_handshake, read_sealed_frame, seal, Cluster};
+use common::{noise_handshake, read_sealed_frame, read_until_closed, seal, Cluster};
+
+/// How long the peer took to close, counted from `start`; an error if it is still open
+/// `within` after `start`, or if it sent anything instead of closing.
+fn closed_within(s: &mut TcpStream, start: Instant, within: Duration) -> Result<Duration, String> {
+    match read_until_closed(s, start, within)? {
+        (took, 0) => Ok(took),
+        (_, n) => Err(format!("the server sent {n} bytes instead of closing")),
+    }
+}
 use poolfs::proto::{self, Request, Response, SegmentRef};
 use poolfs::trust::PoolKey;
 
@@ -36,33 +45,6 @@ fn assert_served(addr: SocketAddr, key: &PoolKey, when: &str) {
     match stat(addr, key) {
         Ok(Response::Stat(_)) => {}
         other => panic!("STAT {when} answered {other:?}"),
-    }
-}
-
-/// Reads until the peer closes (EOF or reset) and returns when; an error if it is
-/// still open `within` after `start`, or if it sends anything.
-fn closed_within(s: &mut TcpStream, start: Instant, within: Duration) -> Result<Duration, String> {
-    let mut buf = [0u8; 1024];
-    loop {
-        let left = within.saturating_sub(start.elapsed());
-        if left.is_zero() {
-            return Err(format!("still open after {within:?}"));
-        }
-        s.set_read_timeout(Some(left)).unwrap();
-        match s.read(&mut buf) {
-            Ok(0) => return Ok(start.elapsed()),
-            Ok(n) => return Err(format!("the server sent {n} bytes instead of closing")),
-            Err(e) if matches!(e.kind(), IoKind::WouldBlock | IoKind::TimedOut) => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    IoKind::ConnectionReset | IoKind::ConnectionAborted
-                ) =>
-            {
-                return Ok(start.elapsed())
-            }
-            Err(e) => return Err(format!("read: {e}")),
-        }
     }
 }
 

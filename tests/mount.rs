@@ -1704,14 +1704,7 @@ fn a_member_that_leaves_hands_off_first() {
     assert!(h.starts_with("healthy: 4 of 4"), "{h}");
 
     let spare = pool.add_node("spare");
-    assert!(
-        wait_until(Duration::from_secs(10), || member_states(pool.controller)
-            .iter()
-            .filter(|s| *s == "Up")
-            .count()
-            == 5),
-        "the spare node did not join"
-    );
+    harness::wait_members_up(pool.controller, 5, "the spare node");
     let leaver = pool.nodes[0].clone();
     // SAFETY: a pid this pool started.
     unsafe { libc::kill(leaver.pid as i32, libc::SIGTERM) };
@@ -1783,14 +1776,7 @@ fn an_unmount_hands_off_the_mounts_own_segments() {
     let want = fs::read(&src).unwrap();
     assert!(cp(&src, &pool.path("f")).status.success());
     let spare = pool.add_node("spare");
-    assert!(
-        wait_until(Duration::from_secs(10), || member_states(pool.controller)
-            .iter()
-            .filter(|s| *s == "Up")
-            .count()
-            == 5),
-        "the spare node did not join"
-    );
+    harness::wait_members_up(pool.controller, 5, "the spare node");
     assert!(segment_usage(&pool.mount_storage).0 > 0);
     pool.unmount();
     assert_eq!(
@@ -1867,14 +1853,7 @@ fn new_and_empty_files_use_nodes_that_joined_later() {
     let early = pool.path("early");
     fs::write(&early, b"").unwrap();
     pool.add_node("late");
-    assert!(
-        wait_until(Duration::from_secs(10), || member_states(pool.controller)
-            .iter()
-            .filter(|s| *s == "Up")
-            .count()
-            == 4),
-        "the late node did not join"
-    );
+    harness::wait_members_up(pool.controller, 4, "the late node");
     // The mount's view of the pool is at most a second old.
     std::thread::sleep(Duration::from_millis(1200));
     fs::write(&early, vec![7u8; 300_000]).unwrap();

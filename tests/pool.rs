@@ -3,14 +3,14 @@
 mod common;
 
 use std::fs;
-use std::io::{ErrorKind as IoKind, Read, Write};
+use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_ok, dir_bytes, noise_handshake, random_bytes, read_sealed_frame, seal, tree, wait_until,
-    Cluster,
+    assert_ok, dir_bytes, noise_handshake, random_bytes, read_sealed_frame, read_until_closed,
+    seal, tree, wait_until, Cluster,
 };
 use poolfs::client::catalog::Catalog;
 use poolfs::client::{ClientError, Manifest, PoolClient, DEFAULT_SHARD_SIZE};
@@ -671,7 +671,7 @@ impl Hostile {
         }
         let _ = sent.send(());
         drop(sent);
-        wait_closed(&mut s, start, self.deadline())
+        read_until_closed(&mut s, start, self.deadline()).map(|(took, _)| took)
     }
 }
 
@@ -704,32 +704,6 @@ fn hostile_round(addr: SocketAddr, key: &PoolKey, probe: &Request, round: u64) {
     });
     let failed: Vec<_> = results.iter().filter(|(_, r)| r.is_err()).collect();
     assert!(failed.is_empty(), "not closed properly: {failed:?}");
-}
-
-/// Reads until the peer closes (EOF or reset); an error if it is still open at `deadline`.
-fn wait_closed(s: &mut TcpStream, start: Instant, deadline: Duration) -> Result<Duration, String> {
-    let mut buf = [0u8; 4096];
-    loop {
-        let left = deadline.saturating_sub(start.elapsed());
-        if left.is_zero() {
-            return Err(format!("still open after {deadline:?}"));
-        }
-        s.set_read_timeout(Some(left)).unwrap();
-        match s.read(&mut buf) {
-            Ok(0) => return Ok(start.elapsed()),
-            Ok(_) => continue,
-            Err(e) if matches!(e.kind(), IoKind::WouldBlock | IoKind::TimedOut) => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    IoKind::ConnectionReset | IoKind::ConnectionAborted
-                ) =>
-            {
-                return Ok(start.elapsed())
-            }
-            Err(e) => return Err(format!("read: {e}")),
-        }
-    }
 }
 
 fn frame<T: serde::Serialize>(msg: &T) -> Vec<u8> {

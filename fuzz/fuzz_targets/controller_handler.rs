@@ -4,33 +4,18 @@
 //! answer that encodes; no panic; the registry must load back afterwards.
 #![no_main]
 
+#[path = "shared.rs"]
+mod shared;
+
 use libfuzzer_sys::fuzz_target;
 use poolfs::controller::ControllerService;
 use poolfs::net::{Handler, Peer, Reply};
 use poolfs::proto::{self, Request};
 
-/// One runtime for every input (building one per input would dominate the run).
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-    })
-}
 
 fuzz_target!(|data: &[u8]| {
-    let rt = runtime();
-    let base = if std::path::Path::new("/dev/shm").is_dir() {
-        "/dev/shm"
-    } else {
-        "/tmp"
-    };
-    let dir = tempfile::Builder::new()
-        .prefix("poolfs-fuzz-ctrl-")
-        .tempdir_in(base)
-        .expect("temp dir");
+    let rt = shared::runtime();
+    let dir = shared::scratch_dir("poolfs-fuzz-ctrl-");
     let service = ControllerService::standalone(dir.path()).expect("registry");
     let mut rest = data;
     rt.block_on(async {

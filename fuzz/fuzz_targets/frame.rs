@@ -3,26 +3,19 @@
 //! panic, and never allocate more than a frame's limit.
 #![no_main]
 
+#[path = "shared.rs"]
+mod shared;
+
 use libfuzzer_sys::fuzz_target;
 use poolfs::proto::{self, FrameError, Request, Response, MAX_FRAME};
 
-/// One runtime for every input (building one per input would dominate the run).
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-    })
-}
 
 fuzz_target!(|data: &[u8]| {
     // The bytes as a whole message, in both directions.
     let _ = proto::decode::<Request>(data);
     let _ = proto::decode::<Response>(data);
     // The bytes as a stream of frames, each decoded as either message.
-    let rt = runtime();
+    let rt = shared::runtime();
     rt.block_on(async {
         let mut rd = data;
         loop {

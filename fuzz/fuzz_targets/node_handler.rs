@@ -6,6 +6,9 @@
 
 use std::sync::Arc;
 
+#[path = "shared.rs"]
+mod shared;
+
 use libfuzzer_sys::fuzz_target;
 use poolfs::net::{Handler, Peer, Reply};
 use poolfs::node::{NodeService, SegmentStore};
@@ -15,29 +18,10 @@ use poolfs::trust::{Credentials, PoolKey};
 /// Capacity of the store: large enough for sparse segments past a body's size.
 const CAPACITY: u64 = 64 * 1024 * 1024;
 
-/// One runtime for every input (building one per input would dominate the run).
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-    })
-}
 
 fuzz_target!(|data: &[u8]| {
-    let rt = runtime();
-    // tmpfs when there is one: STORE syncs every write.
-    let base = if std::path::Path::new("/dev/shm").is_dir() {
-        "/dev/shm"
-    } else {
-        "/tmp"
-    };
-    let dir = tempfile::Builder::new()
-        .prefix("poolfs-fuzz-node-")
-        .tempdir_in(base)
-        .expect("temp dir");
+    let rt = shared::runtime();
+    let dir = shared::scratch_dir("poolfs-fuzz-node-");
     let storage = dir.path().join("storage");
     let store = SegmentStore::open(&storage, CAPACITY, None).expect("store");
     let creds = Arc::new(Credentials::ephemeral(&PoolKey::generate()).expect("credentials"));

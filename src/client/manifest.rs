@@ -69,6 +69,13 @@ impl StripeRecord {
     }
 }
 
+/// The record of a stripe never written.
+static HOLE: StripeRecord = StripeRecord {
+    sums: Vec::new(),
+    moved: Vec::new(),
+    seal: None,
+};
+
 /// Everything needed to read a file back from the pool.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
@@ -89,8 +96,8 @@ impl Manifest {
     }
 
     /// Stripe `j`'s record; a hole's is empty.
-    pub fn stripe(&self, j: u64) -> StripeRecord {
-        self.stripes.get(j as usize).cloned().unwrap_or_default()
+    pub fn stripe(&self, j: u64) -> &StripeRecord {
+        self.stripes.get(j as usize).unwrap_or(&HOLE)
     }
 
     /// Is stripe `j` a hole (never written, read as zeros)?

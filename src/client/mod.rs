@@ -331,12 +331,7 @@ impl PoolClient {
         // A fresh salt per write: nonces never repeat for different bytes.
         let seal = self.cfg.owner.as_ref().map(|owner| {
             let salt = rand::random();
-            let cipher = FileCipher::new(owner, &place.file_id);
-            let tags = shards
-                .iter_mut()
-                .enumerate()
-                .map(|(i, shard)| cipher.seal(&salt, j, i, shard))
-                .collect();
+            let tags = FileCipher::new(owner, &place.file_id).seal_all(&salt, j, &mut shards);
             Sealing { salt, tags }
         });
         let n = shards.len();
@@ -560,9 +555,7 @@ impl PoolClient {
             let cipher = self.cipher(place).map_err(|_| ClientError::NoOwnerKey {
                 file: place.file_id.clone(),
             })?;
-            for (i, shard) in shards.iter_mut().enumerate() {
-                cipher.seal(&seal.salt, j, i, shard);
-            }
+            cipher.seal_all(&seal.salt, j, &mut shards);
         }
         Ok(shards)
     }
@@ -790,7 +783,7 @@ impl PoolClient {
     /// Shard `i` of stripe `j`, rebuilt from whichever k shards can be read.
     async fn rebuilt_shard(&self, m: &Manifest, j: u64, i: usize) -> Result<Vec<u8>, ClientError> {
         let data = self.fetch_stripe(m, j).await?;
-        let mut shards = self.shards_as_recorded(&m.place, &m.stripe(j), j, &data)?;
+        let mut shards = self.shards_as_recorded(&m.place, m.stripe(j), j, &data)?;
         Ok(shards.swap_remove(i))
     }
 
@@ -876,7 +869,7 @@ impl PoolClient {
 
     /// Stripe `j` of a file described by its manifest.
     pub async fn fetch_stripe(&self, m: &Manifest, j: u64) -> Result<Vec<u8>, ClientError> {
-        self.read_stripe(&m.place, j, m.stripe_len(j), &m.stripe(j))
+        self.read_stripe(&m.place, j, m.stripe_len(j), m.stripe(j))
             .await
     }
 

@@ -73,13 +73,20 @@ impl FileCipher {
         Aad::from(aad)
     }
 
-    /// Encrypts shard `shard` of stripe `stripe` in place; returns its tag.
-    pub fn seal(&self, salt: &Salt, stripe: u64, shard: usize, bytes: &mut [u8]) -> SealTag {
-        let tag = self.stripe_key(salt).seal_in_place_separate_tag(
-            Self::nonce(shard),
-            self.aad(stripe, shard),
-            bytes,
-        );
+    /// Encrypts every shard of stripe `stripe` in place (shard i is `shards[i]`), with
+    /// the stripe key derived once; returns their tags.
+    pub fn seal_all(&self, salt: &Salt, stripe: u64, shards: &mut [Vec<u8>]) -> Vec<SealTag> {
+        let key = self.stripe_key(salt);
+        shards
+            .iter_mut()
+            .enumerate()
+            .map(|(i, bytes)| self.seal_with(&key, stripe, i, bytes))
+            .collect()
+    }
+
+    fn seal_with(&self, key: &LessSafeKey, stripe: u64, shard: usize, bytes: &mut [u8]) -> SealTag {
+        let tag =
+            key.seal_in_place_separate_tag(Self::nonce(shard), self.aad(stripe, shard), bytes);
         // Sealing fails only past GCM's 64 GiB message limit; shards are a few MiB.
         let mut out = [0u8; 16];
         if let Ok(tag) = tag {
@@ -123,8 +130,13 @@ mod tests {
         let c = FileCipher::new(&owner(1), "file-a");
         let salt = [9u8; 16];
         let plain: Vec<u8> = (0..4096).map(|i| (i % 251) as u8).collect();
-        let mut bytes = plain.clone();
-        let tag = c.seal(&salt, 3, 1, &mut bytes);
+        // Shard 1 of stripe 3 (shard 0 is sealed alongside and set aside).
+        let seal_shard_1 = || {
+            let mut shards = vec![plain.clone(), plain.clone()];
+            let tags = c.seal_all(&salt, 3, &mut shards);
+            (tags[1], shards.swap_remove(1))
+        };
+        let (tag, bytes) = seal_shard_1();
         assert_ne!(bytes, plain, "sealing left the bytes readable");
 
         let mut back = bytes.clone();
@@ -132,9 +144,7 @@ mod tests {
         assert_eq!(back, plain);
 
         // Same plaintext, same place: the same ciphertext (healing reveals nothing).
-        let mut again = plain.clone();
-        assert_eq!(c.seal(&salt, 3, 1, &mut again), tag);
-        assert_eq!(again, bytes);
+        assert_eq!(seal_shard_1(), (tag, bytes.clone()));
 
         let refused = |cipher: &FileCipher, salt: &Salt, j: u64, i: usize, b: &[u8]| {
             let mut b = b.to_vec();

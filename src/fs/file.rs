@@ -105,7 +105,7 @@ impl FileData {
         let client = self.client.clone();
         let place = self.manifest.place.clone();
         let len = self.manifest.stripe_len(j);
-        let record = self.manifest.stripe(j);
+        let record = self.manifest.stripe(j).clone();
         tokio::spawn(async move { client.read_stripe(&place, j, len, &record).await })
     }
 
@@ -176,7 +176,7 @@ impl FileData {
         let place = &self.manifest.place;
         match self
             .client
-            .read_data_shard(place, j, stripe_len, &record, i)
+            .read_data_shard(place, j, stripe_len, record, i)
             .await
         {
             Ok(data) => {

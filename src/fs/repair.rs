@@ -333,7 +333,7 @@ pub fn scrub_pass(vfs: &Vfs) -> Result<ScrubReport, FsError> {
         for j in 0..m.place.layout.stripe_count(m.size) {
             match vfs.run(
                 vfs.client()
-                    .scrub_stripe(&m.place, j, m.stripe_len(j), &m.stripe(j)),
+                    .scrub_stripe(&m.place, j, m.stripe_len(j), m.stripe(j)),
             ) {
                 Ok((verified, healed)) => {
                     report.verified += verified;

@@ -236,30 +236,38 @@ impl Node {
     /// segments elsewhere while it still serves them. False if there is no controller
     /// to tell: then there is no hand-off to wait for.
     pub async fn announce_leaving(&self) -> bool {
-        let (Some(node_id), Some(addr)) = (self.node_id(), self.controller()) else {
+        let Some(node_id) = self.node_id() else {
             return false;
         };
-        let pool = ConnPool::new(
-            self.shared.creds.clone(),
-            Duration::from_secs(1),
-            Duration::from_secs(2),
-        );
         let req = Request::Drain {
             node_id,
             identity: self.shared.identity,
         };
-        match pool.call(addr, &req, None).await {
-            Ok(_) => {
+        match self.tell_controller(&req).await {
+            Some(Ok(())) => {
                 log::info!("node {node_id} is leaving: waiting for its segments to move");
                 true
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 log::warn!(
                     "no hand-off: cannot tell the controller that node {node_id} leaves: {e}"
                 );
                 false
             }
+            None => false,
         }
+    }
+
+    /// Sends one membership request of this node's own (DRAIN, LEAVE) to its
+    /// controller on a short-lived connection; `None` without a controller.
+    async fn tell_controller(&self, req: &Request) -> Option<Result<(), NetError>> {
+        let addr = self.controller()?;
+        let pool = ConnPool::new(
+            self.shared.creds.clone(),
+            Duration::from_secs(1),
+            Duration::from_secs(2),
+        );
+        Some(pool.call(addr, req, None).await.map(|_| ()))
     }
 
     /// Bytes this node holds for owners other than itself.
@@ -303,27 +311,22 @@ impl Node {
 
     /// Tells the controller this node leaves, then stops serving.
     pub async fn leave(self) {
-        let id = self.node_id();
-        let controller = self.controller();
         for t in &self.tasks {
             t.abort();
         }
-        if let (Some(node_id), Some(addr)) = (id, controller) {
-            let pool = ConnPool::new(
-                self.shared.creds.clone(),
-                Duration::from_secs(1),
-                Duration::from_secs(2),
-            );
-            let req = Request::Leave {
-                node_id,
-                identity: self.shared.identity,
-            };
-            match pool.call(addr, &req, None).await {
-                Ok(_) => log::info!("node {node_id} left the pool"),
-                Err(e) => {
-                    log::warn!("could not tell the controller that node {node_id} leaves: {e}")
-                }
+        let Some(node_id) = self.node_id() else {
+            return;
+        };
+        let req = Request::Leave {
+            node_id,
+            identity: self.shared.identity,
+        };
+        match self.tell_controller(&req).await {
+            Some(Ok(())) => log::info!("node {node_id} left the pool"),
+            Some(Err(e)) => {
+                log::warn!("could not tell the controller that node {node_id} leaves: {e}")
             }
+            None => {}
         }
     }
 }

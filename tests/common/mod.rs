@@ -2,7 +2,7 @@
 #![allow(dead_code)] // each test binary uses its own subset of the helpers
 
 use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::io::{ErrorKind as IoKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -587,5 +587,38 @@ impl Cluster {
     /// own (a fresh one on every call).
     pub fn stranger_credentials(&self) -> std::sync::Arc<poolfs::trust::Credentials> {
         std::sync::Arc::new(poolfs::trust::Credentials::ephemeral(&self.pool_key()).unwrap())
+    }
+}
+
+/// Reads until the peer closes (EOF or reset). Returns how long that took from `start`
+/// and how many bytes the peer sent first; an error if it is still open `within` after
+/// `start`.
+pub fn read_until_closed(
+    s: &mut TcpStream,
+    start: Instant,
+    within: Duration,
+) -> Result<(Duration, usize), String> {
+    let mut buf = [0u8; 4096];
+    let mut received = 0;
+    loop {
+        let left = within.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return Err(format!("still open after {within:?}"));
+        }
+        s.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
+        match s.read(&mut buf) {
+            Ok(0) => return Ok((start.elapsed(), received)),
+            Ok(n) => received += n,
+            Err(e) if matches!(e.kind(), IoKind::WouldBlock | IoKind::TimedOut) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    IoKind::ConnectionReset | IoKind::ConnectionAborted
+                ) =>
+            {
+                return Ok((start.elapsed(), received))
+            }
+            Err(e) => return Err(format!("read: {e}")),
+        }
     }
 }

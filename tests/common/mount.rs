@@ -254,6 +254,19 @@ pub fn member_states(controller: SocketAddr) -> Vec<String> {
     states
 }
 
+/// Waits until `n` members of the pool are up, else fails naming `who` as missing.
+pub fn wait_members_up(controller: SocketAddr, n: usize, who: &str) {
+    assert!(
+        wait_until(Duration::from_secs(10), || member_states(controller)
+            .iter()
+            .filter(|s| *s == "Up")
+            .count()
+            == n),
+        "{who} did not join: {:?}",
+        member_states(controller)
+    );
+}
+
 /// A storage member of a pool: its storage directory and pid.
 #[derive(Debug, Clone)]
 pub struct Member {
