@@ -9,7 +9,7 @@ import json, os, shutil, statistics, subprocess, sys, tempfile, time
 binary = os.path.abspath(sys.argv[1]); runs = int(sys.argv[2]) if len(sys.argv) > 2 else 5
 big_mib = int(sys.argv[3]) if len(sys.argv) > 3 else 64
 hold = os.environ.get("HOLD")  # pause for profiling
-work = tempfile.mkdtemp(prefix="poolfs-quick-", dir="/tmp")
+work = tempfile.mkdtemp(prefix="poolfs-quick-", dir=os.environ.get("WORKDIR", "/tmp"))
 pool, data = os.path.join(work, "pool"), os.path.join(work, "data")
 def drop():
     os.sync(); open("/proc/sys/vm/drop_caches", "w").write("3\n")
