@@ -537,6 +537,27 @@ fn traversal_ids_are_refused() {
         };
         let (_, body) = conn.call(&fwd, None).await.unwrap();
         assert_eq!(body.as_deref(), Some(&b"hello"[..]));
+
+        // Several ranges in one round trip come back in the order asked; too many
+        // ranges, too many bytes, a range past the end or a bad id are refused.
+        let parts = |file: &str, parts: Vec<(u64, u32)>| Request::FwdParts {
+            segment: seg(file),
+            parts,
+        };
+        let (_, body) = conn
+            .call(&parts("fine", vec![(3, 2), (0, 1), (1, 0)]), None)
+            .await
+            .unwrap();
+        assert_eq!(body.as_deref(), Some(&b"loh"[..]));
+        for (req, kind) in [
+            (parts("fine", vec![(0, 1); 9]), ErrorKind::BadRequest),
+            (parts("fine", vec![(0, u32::MAX), (0, 2)]), ErrorKind::BadRequest),
+            (parts("fine", vec![(0, 1), (4, 2)]), ErrorKind::NotFound),
+            (parts("../planted", vec![(0, 1)]), ErrorKind::BadRequest),
+        ] {
+            let err = conn.call(&req, None).await.unwrap_err();
+            assert_eq!(err.remote_kind(), Some(kind), "{req:?}: {err}");
+        }
         assert_eq!(tree(c.dir.path()), before, "files appeared or vanished");
     });
     assert_eq!(fs::read(storage.join("planted/0.seg")).unwrap(), b"secret");

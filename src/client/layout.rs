@@ -5,9 +5,21 @@ use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
+/// Plaintext bytes per sealed chunk: an encrypted shard is sealed chunk by chunk, so a
+/// read can fetch and authenticate any chunk alone instead of the whole shard.
+pub const SEAL_CHUNK: usize = 32 * 1024;
+/// Bytes of one chunk's authentication tag (AES-GCM).
+pub const TAG_LEN: usize = 16;
+
+/// Bytes a shard of `len` plaintext bytes takes when sealed: the ciphertext (as long as
+/// the plaintext), then the tag of every chunk in order.
+pub fn sealed_len(len: usize) -> usize {
+    len + TAG_LEN * len.div_ceil(SEAL_CHUNK)
+}
+
 /// How a file is cut: stripes of `k` data shards (plus `m` parity shards) of at most
 /// `shard_size` bytes. Segment i of a file holds shard i of every stripe, stripe j at
-/// offset `j * shard_size`.
+/// `j` slots into it, a slot being room for a full shard sealed.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
     pub k: u32,
@@ -46,9 +58,11 @@ impl Layout {
         even.min(u64::from(self.shard_size)) as u32
     }
 
-    /// Where stripe `j`'s shard sits in its segment.
+    /// Where stripe `j`'s shard sits in its segment. Every stripe gets room for a
+    /// sealed shard, encrypted or not, so stripes written with and without encryption
+    /// can share a segment.
     pub fn segment_offset(&self, j: u64) -> u64 {
-        j * u64::from(self.shard_size)
+        j * sealed_len(self.shard_size as usize) as u64
     }
 
     /// File bytes of stripe `j`.
@@ -109,6 +123,16 @@ mod tests {
         assert_eq!(L.stripes_touching(24, 24, 100), 1..2);
         assert_eq!(L.stripes_touching(90, 100, 100), 3..5);
         assert_eq!(L.stripes_touching(100, 5, 100), 0..0);
-        assert_eq!(L.segment_offset(3), 24);
+        // A slot holds a sealed 8-byte shard: 8 bytes and one tag.
+        assert_eq!(L.segment_offset(3), 3 * (8 + TAG_LEN as u64));
+    }
+
+    #[test]
+    fn sealed_shards_carry_one_tag_per_chunk() {
+        assert_eq!(sealed_len(0), 0);
+        assert_eq!(sealed_len(1), 1 + TAG_LEN);
+        assert_eq!(sealed_len(SEAL_CHUNK), SEAL_CHUNK + TAG_LEN);
+        assert_eq!(sealed_len(SEAL_CHUNK + 1), SEAL_CHUNK + 1 + 2 * TAG_LEN);
+        assert_eq!(sealed_len(1 << 20), (1 << 20) + 32 * TAG_LEN);
     }
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use super::layout::Layout;
-use super::seal::{Salt, SealTag};
+use super::seal::Salt;
 use super::stripe::Checksum;
 use crate::proto::NodeId;
 
@@ -39,7 +39,8 @@ pub struct Moved {
 /// What was stored for one stripe.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 pub struct StripeRecord {
-    /// `sums[i]` is the checksum of shard i as stored; empty for a hole (zeros).
+    /// `sums[i]` is the checksum of shard i as stored in clear; empty for a sealed
+    /// stripe (its chunk tags authenticate it) and for a hole (zeros).
     pub sums: Vec<Checksum>,
     /// Shards not on their segment's holder.
     pub moved: Vec<Moved>,
@@ -47,11 +48,11 @@ pub struct StripeRecord {
     pub seal: Option<Sealing>,
 }
 
-/// The encryption of one stripe write: its nonce salt and every shard's tag.
+/// The encryption of one stripe write: the salt of its key. The chunk tags travel with
+/// the shards (see `seal`).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Sealing {
     pub salt: Salt,
-    pub tags: Vec<SealTag>,
 }
 
 impl StripeRecord {
@@ -65,7 +66,20 @@ impl StripeRecord {
 
     /// Is this stripe a hole (never written)?
     pub fn is_hole(&self) -> bool {
-        self.sums.is_empty()
+        self.sums.is_empty() && self.seal.is_none()
+    }
+
+    /// Bytes a shard of `shard_len` plaintext bytes takes on its node.
+    pub fn stored_len(&self, shard_len: usize) -> usize {
+        match self.seal {
+            Some(_) => super::layout::sealed_len(shard_len),
+            None => shard_len,
+        }
+    }
+
+    /// Can each of a stripe's `n` shards be verified: sealed, or a checksum for each?
+    pub fn verifies(&self, n: usize) -> bool {
+        self.seal.is_some() || self.sums.len() >= n
     }
 }
 

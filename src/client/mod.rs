@@ -9,6 +9,7 @@ pub mod stripe;
 mod suspects;
 
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,7 @@ use crate::net::{ConnPool, NetError};
 use crate::proto::{ErrorKind, NodeId, NodeState, PoolView, Request, Response, SegmentRef};
 use crate::trust::{Credentials, OwnerKey};
 pub use layout::Layout;
+use layout::{SEAL_CHUNK, TAG_LEN};
 pub use manifest::{Holder, Manifest, Moved, Placement, Sealing, StripeRecord};
 use seal::FileCipher;
 
@@ -331,8 +333,8 @@ impl PoolClient {
         // A fresh salt per write: nonces never repeat for different bytes.
         let seal = self.cfg.owner.as_ref().map(|owner| {
             let salt = rand::random();
-            let tags = FileCipher::new(owner, &place.file_id).seal_all(&salt, j, &mut shards);
-            Sealing { salt, tags }
+            FileCipher::new(owner, &place.file_id).seal_all(&salt, j, &mut shards);
+            Sealing { salt }
         });
         let n = shards.len();
         let needed = if layout.m == 0 {
@@ -375,8 +377,14 @@ impl PoolClient {
             }
         }
         drop(pending);
+        // Sealed shards are authenticated by their tags: a checksum would be a second
+        // pass over every byte for nothing.
+        let sums = match &seal {
+            Some(_) => Vec::new(),
+            None => shards.iter().map(|s| stripe::checksum(s)).collect(),
+        };
         let mut record = StripeRecord {
-            sums: shards.iter().map(|s| stripe::checksum(s)).collect(),
+            sums,
             moved: Vec::new(),
             seal,
         };
@@ -471,15 +479,14 @@ impl PoolClient {
         Err(last.unwrap_or(ClientError::NoNodes))
     }
 
-    /// Shard `i` of stripe `j` from wherever the record says it is, verified against
-    /// its checksum and, for an encrypted file, opened: plaintext or why not.
-    async fn fetch_shard(
+    /// Asks the node holding shard `i` of a stripe for bytes of that shard's segment
+    /// (`read` builds the request from the segment): the bytes, or why not, naming the node.
+    async fn ask_holder(
         &self,
         place: &Placement,
         record: &StripeRecord,
-        j: u64,
         i: usize,
-        shard_len: u32,
+        read: impl FnOnce(SegmentRef) -> Request,
     ) -> Result<Vec<u8>, ShardFailure> {
         let holder = record.holder(place, i);
         // Readers consulted the view just before (or, for one shard alone, chose not
@@ -488,14 +495,10 @@ impl PoolClient {
             Some((view, _)) => view.node(holder.node_id).map_or(holder.addr, |n| n.addr),
             None => self.addr_of(holder).await,
         };
-        let req = Request::Fwd {
-            segment: SegmentRef {
-                file: place.file_id.clone(),
-                index: i as u32,
-            },
-            offset: place.layout.segment_offset(j),
-            len: shard_len,
-        };
+        let req = read(SegmentRef {
+            file: place.file_id.clone(),
+            index: i as u32,
+        });
         let who = format!("node {} ({addr})", holder.node_id);
         let answer = tokio::time::timeout(READ_DEADLINE, self.conns.call(addr, &req, None))
             .await
@@ -505,22 +508,46 @@ impl PoolClient {
                 ShardFailure::Unreachable(format!("{who} did not answer within {READ_DEADLINE:?}"))
             })?
             .map_err(|e| ShardFailure::Unreachable(format!("{who}: {e}")))?;
-        let mut shard = answer
+        answer
             .1
-            .ok_or_else(|| ShardFailure::Unreachable(format!("{who} sent no data")))?;
-        if shard.len() != shard_len as usize || stripe::checksum(&shard) != record.sums[i] {
-            return Err(ShardFailure::Corrupt(format!(
-                "{who}: shard {i} fails its checksum"
-            )));
-        }
-        if let Some(seal) = &record.seal {
-            let cipher = self.cipher(place)?;
-            let tag = seal.tags.get(i).ok_or_else(|| {
-                ShardFailure::Unreachable(format!("the manifest has no tag for shard {i}"))
-            })?;
-            cipher
-                .open(&seal.salt, j, i, &mut shard, tag)
-                .map_err(|e| ShardFailure::Corrupt(format!("{who}: {e}")))?;
+            .ok_or_else(|| ShardFailure::Unreachable(format!("{who} sent no data")))
+    }
+
+    /// Shard `i` of stripe `j` from wherever the record says it is, verified against
+    /// its checksum or, for an encrypted file, opened: plaintext or why not.
+    async fn fetch_shard(
+        &self,
+        place: &Placement,
+        record: &StripeRecord,
+        j: u64,
+        i: usize,
+        shard_len: u32,
+    ) -> Result<Vec<u8>, ShardFailure> {
+        let offset = place.layout.segment_offset(j);
+        let len = record.stored_len(shard_len as usize) as u32;
+        let mut shard = self
+            .ask_holder(place, record, i, |segment| Request::Fwd {
+                segment,
+                offset,
+                len,
+            })
+            .await?;
+        let who = || format!("node {}", record.holder(place, i).node_id);
+        match &record.seal {
+            Some(seal) => self
+                .cipher(place)?
+                .open_shard(&seal.salt, j, i, shard_len as usize, &mut shard)
+                .map_err(|e| ShardFailure::Corrupt(format!("{}: {e}", who())))?,
+            None => {
+                let intact = shard.len() == shard_len as usize
+                    && record.sums.get(i) == Some(&stripe::checksum(&shard));
+                if !intact {
+                    return Err(ShardFailure::Corrupt(format!(
+                        "{}: shard {i} fails its checksum",
+                        who()
+                    )));
+                }
+            }
         }
         Ok(shard)
     }
@@ -560,26 +587,30 @@ impl PoolClient {
         Ok(shards)
     }
 
-    /// Data shard `i` of stripe `j` (the stripe's bytes from `i × shard_len`) from its
-    /// holder alone, verified against its checksum and opened: for a read that needs
-    /// nothing else of the stripe, so it waits for one node and 1/k of the bytes. It
-    /// does not fail over: on any failure (or after `HEDGE_AFTER`, a suspect or down
-    /// holder at once) the caller reads the whole stripe, which does, and heals.
-    pub async fn read_data_shard(
+    /// Bytes `want` of data shard `i` of stripe `j` (shard offsets; the stripe's bytes
+    /// from `i × shard_len`) from the shard's holder alone, authenticated: for a read
+    /// that needs nothing else of the stripe, so it waits for one node and, for a sealed
+    /// stripe, only the chunks that cover `want` (a clear shard's checksum covers the
+    /// whole shard, so it comes whole). Returns where the bytes start in the shard and
+    /// the bytes, which cover `want`. It does not fail over: on any failure (or after
+    /// `HEDGE_AFTER`, a suspect or down holder at once) the caller reads the whole
+    /// stripe, which does, and heals.
+    pub async fn read_data_range(
         &self,
         place: &Placement,
         j: u64,
         stripe_len: u64,
         record: &StripeRecord,
         i: usize,
-    ) -> Result<Vec<u8>, ClientError> {
+        want: Range<usize>,
+    ) -> Result<(usize, Vec<u8>), ClientError> {
         let layout = &place.layout;
         let shard_len = layout.shard_len(stripe_len);
         if record.is_hole() {
-            return Ok(vec![0; shard_len as usize]);
+            return Ok((0, vec![0; shard_len as usize]));
         }
         let n = layout.segments() as usize;
-        if i >= layout.k as usize || record.sums.len() < n || place.holders.len() < n {
+        if i >= layout.k as usize || !record.verifies(n) || place.holders.len() < n {
             return Err(ClientError::Incomplete {
                 file: place.file_id.clone(),
                 stripe: j,
@@ -606,9 +637,21 @@ impl PoolClient {
                 holder.node_id
             )));
         }
-        let fetch = self.fetch_shard(place, record, j, i, shard_len);
+        let fetch = async {
+            match &record.seal {
+                Some(seal) => {
+                    let chunks = seal_chunks_covering(&want, shard_len as usize);
+                    self.fetch_chunks(place, record, &seal.salt, j, i, shard_len as usize, chunks)
+                        .await
+                }
+                None => self
+                    .fetch_shard(place, record, j, i, shard_len)
+                    .await
+                    .map(|shard| (0, shard)),
+            }
+        };
         match tokio::time::timeout(HEDGE_AFTER, fetch).await {
-            Ok(Ok(shard)) => Ok(shard),
+            Ok(Ok(piece)) => Ok(piece),
             Ok(Err(why)) => Err(unavailable(why.to_string())),
             Err(_) => {
                 self.suspects.mark(holder.node_id);
@@ -618,6 +661,56 @@ impl PoolClient {
                 )))
             }
         }
+    }
+
+    /// Chunks `chunks` of sealed shard `i` of stripe `j` (`shard_len` plaintext bytes),
+    /// fetched with their tags in one round trip and opened: where they start in the
+    /// shard, and their plaintext.
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch_chunks(
+        &self,
+        place: &Placement,
+        record: &StripeRecord,
+        salt: &seal::Salt,
+        j: u64,
+        i: usize,
+        shard_len: usize,
+        chunks: Range<usize>,
+    ) -> Result<(usize, Vec<u8>), ShardFailure> {
+        let start = chunks.start * SEAL_CHUNK;
+        let len = (chunks.end * SEAL_CHUNK).min(shard_len) - start;
+        let tags_len = TAG_LEN * chunks.len();
+        let slot = place.layout.segment_offset(j);
+        let parts = vec![
+            (slot + start as u64, len as u32),
+            (
+                slot + (shard_len + TAG_LEN * chunks.start) as u64,
+                tags_len as u32,
+            ),
+        ];
+        let mut bytes = self
+            .ask_holder(place, record, i, |segment| Request::FwdParts {
+                segment,
+                parts,
+            })
+            .await?;
+        let corrupt = |why: String| {
+            let node = record.holder(place, i).node_id;
+            ShardFailure::Corrupt(format!("node {node}: {why}"))
+        };
+        if bytes.len() != len + tags_len {
+            return Err(corrupt(format!(
+                "sent {} bytes of shard {i} where {} were asked",
+                bytes.len(),
+                len + tags_len
+            )));
+        }
+        let (ciphertext, tags) = bytes.split_at_mut(len);
+        self.cipher(place)?
+            .open_chunks(salt, j, i, chunks.start, ciphertext, tags)
+            .map_err(|e| corrupt(e.to_string()))?;
+        bytes.truncate(len);
+        Ok((start, bytes))
     }
 
     /// Fetches stripe `j` (carrying `stripe_len` data bytes) from any k of its holders,
@@ -638,7 +731,7 @@ impl PoolClient {
         }
         let n = layout.segments() as usize;
         let k = layout.k as usize;
-        if record.sums.len() < n || place.holders.len() < n {
+        if !record.verifies(n) || place.holders.len() < n {
             return Err(ClientError::Incomplete {
                 file: place.file_id.clone(),
                 stripe: j,
@@ -800,7 +893,7 @@ impl PoolClient {
         if record.is_hole() {
             return Ok((0, 0));
         }
-        if record.sums.len() < n {
+        if !record.verifies(n) {
             return Err(ClientError::Incomplete {
                 file: place.file_id.clone(),
                 stripe: j,
@@ -1065,4 +1158,10 @@ async fn read_full<R: AsyncRead + Unpin>(src: &mut R, buf: &mut [u8]) -> std::io
         n += got;
     }
     Ok(n)
+}
+
+/// The sealed chunks of a shard of `shard_len` bytes that hold bytes `want` of it.
+fn seal_chunks_covering(want: &Range<usize>, shard_len: usize) -> Range<usize> {
+    let last = shard_len.div_ceil(SEAL_CHUNK);
+    (want.start / SEAL_CHUNK).min(last)..want.end.div_ceil(SEAL_CHUNK).min(last)
 }

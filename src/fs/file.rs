@@ -36,8 +36,8 @@ pub struct FileData {
     uploads: BTreeMap<u64, Upload>,
     cache: VecDeque<(u64, Arc<Vec<u8>>)>,
     prefetch: HashMap<u64, Fetch>,
-    /// The last data shard fetched alone (stripe, shard, plaintext) for a read that
-    /// needed nothing else of its stripe.
+    /// The last piece of a data shard fetched alone (stripe, where the piece starts in
+    /// the stripe, plaintext) for a read that needed nothing else of its stripe.
     shard: Option<(u64, usize, Arc<Vec<u8>>)>,
     last_read: Option<u64>,
     /// A failure to store data, reported by every later flush of this file.
@@ -152,37 +152,41 @@ impl FileData {
     }
 
     /// For a read of bytes `from..to` of stripe `j` that lie in one data shard, when
-    /// the stripe is neither cached nor on its way: that shard alone (and where it
-    /// starts in the stripe), so the first read of a file waits for one node and 1/k
-    /// of the stripe. `None` when the whole stripe is the way (or the shard failed:
-    /// the stripe read fails over and heals).
-    async fn one_shard(&mut self, j: u64, from: usize, to: usize) -> Option<(usize, Arc<Vec<u8>>)> {
+    /// the stripe is neither cached nor on its way: that part of the shard alone (and
+    /// where it starts in the stripe), so the first read of a file waits for one node
+    /// and a few sealed chunks (a clear stripe: its whole shard, 1/k of the stripe).
+    /// `None` when the whole stripe is the way (or the piece failed: the stripe read
+    /// fails over and heals).
+    async fn one_piece(&mut self, j: u64, from: usize, to: usize) -> Option<(usize, Arc<Vec<u8>>)> {
         let layout = self.manifest.place.layout;
         let stripe_len = self.manifest.stripe_len(j);
         let shard_len = layout.shard_len(stripe_len) as usize;
-        if layout.k < 2 || shard_len == 0 || from / shard_len != (to - 1) / shard_len {
+        let record = self.manifest.stripe(j);
+        // A clear stripe of one data shard would come whole anyway.
+        let worth_it = layout.k >= 2 || record.seal.is_some();
+        if !worth_it || shard_len == 0 || from / shard_len != (to - 1) / shard_len {
             return None;
         }
-        let i = from / shard_len;
-        if let Some((c, s, data)) = &self.shard {
-            if (*c, *s) == (j, i) {
-                return Some((i * shard_len, data.clone()));
+        if let Some((c, at, data)) = &self.shard {
+            if *c == j && *at <= from && to <= at + data.len() {
+                return Some((*at, data.clone()));
             }
         }
         if self.prefetch.contains_key(&j) || self.cache.iter().any(|(c, _)| *c == j) {
             return None;
         }
-        let record = self.manifest.stripe(j);
+        let i = from / shard_len;
+        let base = i * shard_len;
         let place = &self.manifest.place;
         match self
             .client
-            .read_data_shard(place, j, stripe_len, record, i)
+            .read_data_range(place, j, stripe_len, record, i, from - base..to - base)
             .await
         {
-            Ok(data) => {
+            Ok((start, data)) => {
                 let data = Arc::new(data);
-                self.shard = Some((j, i, data.clone()));
-                Some((i * shard_len, data))
+                self.shard = Some((j, base + start, data.clone()));
+                Some((base + start, data))
             }
             Err(e) => {
                 log::debug!("reading stripe {j} whole: {e}");
@@ -208,7 +212,7 @@ impl FileData {
                 extend_padded(&mut out, buf, from, to);
             } else if let Some(up) = self.uploads.get(&j) {
                 extend_padded(&mut out, &up.data, from, to);
-            } else if let Some((at, shard)) = self.one_shard(j, from, to).await {
+            } else if let Some((at, shard)) = self.one_piece(j, from, to).await {
                 extend_padded(&mut out, &shard, from - at, to - at);
                 self.schedule_prefetch(j, true);
             } else {

@@ -172,8 +172,9 @@ fn is_empty_dir(dirents: &Dirents<'_>, ino: u64) -> Result<bool, FsError> {
 }
 
 /// Version of the records kept here; bumped whenever `Inode` or `Manifest` change
-/// (2: per-stripe records with moved shards and encryption).
-const META_FORMAT: u64 = 2;
+/// (2: per-stripe records with moved shards and encryption; 3: shards sealed in chunks
+/// with their tags on the nodes, segment slots sized for them).
+const META_FORMAT: u64 = 3;
 
 /// The metadata database of one mount.
 pub struct MetaStore {

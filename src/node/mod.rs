@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::net::{self, ConnPool, Handler, NetError, Peer, Reply, ServerLimits};
 use crate::proto::{
-    Assign, ErrorKind, Identity, NodeId, NodeStat, PoolView, Request, Response, MAX_BODY,
+    Assign, ErrorKind, Identity, NodeId, NodeStat, PoolView, Request, Response, MAX_BODY, MAX_PARTS,
 };
 use crate::trust::{identity_of, Credentials, KeyError, PoolKey};
 use pin::ControllerPin;
@@ -440,6 +440,14 @@ impl NodeService {
     }
 }
 
+/// Would answering these ranges exceed what one answer may carry?
+fn parts_too_big(parts: &[(u64, u32)]) -> bool {
+    let total = parts
+        .iter()
+        .try_fold(0u32, |sum, part| sum.checked_add(part.1));
+    parts.len() > MAX_PARTS || total.is_none_or(|t| t > MAX_BODY)
+}
+
 fn store_error(e: StoreError) -> Response {
     let kind = match e {
         StoreError::NoSpace { .. } => ErrorKind::NoSpace,
@@ -504,6 +512,29 @@ impl Handler for NodeService {
                 }))
                 .await
             }
+            Request::FwdParts { parts, .. } if parts_too_big(&parts) => Response::error(
+                ErrorKind::BadRequest,
+                format!(
+                    "FWD-PARTS of {} ranges exceeds the maximum of {MAX_PARTS} ranges and \
+                     {MAX_BODY} bytes",
+                    parts.len()
+                ),
+            )
+            .into(),
+            Request::FwdParts { segment, parts } => {
+                blocking(Box::new(move || {
+                    let total: u32 = parts.iter().map(|p| p.1).sum();
+                    let mut out = Vec::with_capacity(total as usize);
+                    for (offset, len) in parts {
+                        match shared.store.fwd(&owner, &segment, offset, len) {
+                            Ok(data) => out.extend_from_slice(&data),
+                            Err(e) => return Reply::Msg(store_error(e)),
+                        }
+                    }
+                    Reply::Data(out)
+                }))
+                .await
+            }
             Request::Delete { file } => {
                 blocking(Box::new(move || match shared.store.delete(&owner, &file) {
                     Ok(_) => Reply::Msg(Response::Ok),
@@ -552,6 +583,7 @@ pub fn request_name(req: &Request) -> &'static str {
         Request::Assign(_) => "ASSIGN",
         Request::Store { .. } => "STORE",
         Request::Fwd { .. } => "FWD",
+        Request::FwdParts { .. } => "FWD-PARTS",
         Request::Delete { .. } => "DELETE",
         Request::Stat => "STAT",
         Request::Scan => "SCAN",

@@ -194,6 +194,13 @@ pub enum Request {
     Stat,
     /// Anyone to controller: sweep the LAN for nodes now; answered with `Scanned`.
     Scan,
+    /// Client to node: read a few `(offset, len)` ranges (at most `MAX_PARTS`) of one of
+    /// the sender's own segments in one round trip, such as a chunk of a sealed shard
+    /// and its tag; answered with `Data`, the ranges' bytes in order.
+    FwdParts {
+        segment: SegmentRef,
+        parts: Vec<(u64, u32)>,
+    },
 }
 
 /// Kinds of failure a peer reports, so callers can map them to errno and messages.
@@ -224,7 +231,7 @@ pub enum Response {
     Pool(PoolView),
     /// Answer to `Get`.
     Node(NodeInfo),
-    /// Answer to `Fwd`: `len` raw bytes follow.
+    /// Answer to `Fwd` and `FwdParts`: `len` raw bytes follow.
     Data { len: u32 },
     /// Answer to `Stat`.
     Stat(NodeStat),

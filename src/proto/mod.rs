@@ -11,7 +11,10 @@ pub use messages::*;
 /// Bumped whenever a message or the framing changes shape; bound into the handshake.
 /// 3: Noise channel instead of the plaintext `Hello`.
 /// 4: `ErrorKind::Quota`; segments are kept per owner.
-pub const PROTOCOL_VERSION: u16 = 6;
+/// 7: `FwdParts`, for reading one chunk of a sealed shard with its tag.
+pub const PROTOCOL_VERSION: u16 = 7;
+/// Most ranges one `FwdParts` may ask for.
+pub const MAX_PARTS: usize = 8;
 /// Bound into every handshake's prologue with the version.
 pub const MAGIC: [u8; 4] = *b"POOL";
 /// Largest control frame (a header or a small message). Bulk bytes never travel in frames.
