@@ -551,7 +551,10 @@ fn traversal_ids_are_refused() {
         assert_eq!(body.as_deref(), Some(&b"loh"[..]));
         for (req, kind) in [
             (parts("fine", vec![(0, 1); 9]), ErrorKind::BadRequest),
-            (parts("fine", vec![(0, u32::MAX), (0, 2)]), ErrorKind::BadRequest),
+            (
+                parts("fine", vec![(0, u32::MAX), (0, 2)]),
+                ErrorKind::BadRequest,
+            ),
             (parts("fine", vec![(0, 1), (4, 2)]), ErrorKind::NotFound),
             (parts("../planted", vec![(0, 1)]), ErrorKind::BadRequest),
         ] {

@@ -7,6 +7,7 @@
 //! sees the latest writes.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Range;
 use std::sync::Arc;
 
 use tokio::task::JoinHandle;
@@ -196,32 +197,42 @@ impl FileData {
     }
 
     /// Reads up to `len` bytes at `offset`.
-    pub async fn read(&mut self, offset: u64, len: u64) -> Result<Vec<u8>, FsError> {
+    pub async fn read(&mut self, offset: u64, len: u64) -> Result<ReadBytes, FsError> {
         let size = self.size();
         let end = offset.saturating_add(len).min(size);
         if offset >= end {
-            return Ok(Vec::new());
+            return Ok(ReadBytes::Owned(Vec::new()));
         }
         let stripe_size = self.stripe_size();
+        let stripes = offset / stripe_size..end.div_ceil(stripe_size);
+        let one_stripe = stripes.end - stripes.start == 1;
         let mut out = Vec::with_capacity((end - offset) as usize);
-        for j in offset / stripe_size..end.div_ceil(stripe_size) {
+        for j in stripes {
             let base = j * stripe_size;
             let from = (offset.max(base) - base) as usize;
             let to = (end.min(base + stripe_size) - base) as usize;
-            if let Some(buf) = self.dirty.get(&j) {
+            // Bytes from a fetched buffer: lent as they are when they are the whole
+            // answer (no copy on the way to the kernel), else appended.
+            let (buf, at) = if let Some(buf) = self.dirty.get(&j) {
                 extend_padded(&mut out, buf, from, to);
+                continue;
             } else if let Some(up) = self.uploads.get(&j) {
                 extend_padded(&mut out, &up.data, from, to);
-            } else if let Some((at, shard)) = self.one_piece(j, from, to).await {
-                extend_padded(&mut out, &shard, from - at, to - at);
+                continue;
+            } else if let Some((at, piece)) = self.one_piece(j, from, to).await {
                 self.schedule_prefetch(j, true);
+                (piece, at)
             } else {
                 let data = self.pooled_stripe(j).await?;
-                extend_padded(&mut out, &data, from, to);
                 self.schedule_prefetch(j, false);
+                (data, 0)
+            };
+            if one_stripe && to - at <= buf.len() {
+                return Ok(ReadBytes::Shared(buf, from - at..to - at));
             }
+            extend_padded(&mut out, &buf, from - at, to - at);
         }
-        Ok(out)
+        Ok(ReadBytes::Owned(out))
     }
 
     /// Makes stripe `j` dirty, holding its current bytes unless the caller is about to
@@ -447,6 +458,24 @@ fn put_at(buf: &mut Vec<u8>, at: usize, src: &[u8], stripe_size: usize) {
 }
 
 /// Appends `src[from..to]` to `out`, with zeros for the part past the end of `src`.
+/// The bytes a read returns: a range of a fetched buffer, lent without a copy, or bytes
+/// put together for this read.
+pub enum ReadBytes {
+    Shared(Arc<Vec<u8>>, Range<usize>),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for ReadBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            ReadBytes::Shared(buf, range) => &buf[range.clone()],
+            ReadBytes::Owned(bytes) => bytes,
+        }
+    }
+}
+
 fn extend_padded(out: &mut Vec<u8>, src: &[u8], from: usize, to: usize) {
     // `from` may lie past the end of a short buffer: then it is all zeros.
     let start = from.min(src.len());

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::runtime::Handle;
 
-use super::file::FileData;
+use super::file::{FileData, ReadBytes};
 use super::meta::{Inode, Kind, MetaStore, Time};
 use super::FsError;
 use crate::client::{Manifest, PoolClient};
@@ -427,7 +427,7 @@ impl Vfs {
     }
 
     /// Reads up to `len` bytes at `offset`.
-    pub fn read(&self, fh: u64, offset: u64, len: u32) -> Result<Vec<u8>, FsError> {
+    pub fn read(&self, fh: u64, offset: u64, len: u32) -> Result<ReadBytes, FsError> {
         let (_, open) = self.data_of(fh)?;
         self.block_on(async { open.data.lock().await.read(offset, u64::from(len)).await })
     }
