@@ -23,6 +23,7 @@ pub use layout::Layout;
 use layout::{SEAL_CHUNK, TAG_LEN};
 pub use manifest::{Holder, Manifest, Moved, Placement, Sealing, StripeRecord};
 use seal::FileCipher;
+pub use stripe::StripeData;
 
 /// Default shard size: large enough for streaming, small enough to keep memory bounded.
 pub const DEFAULT_SHARD_SIZE: u32 = 1 << 20;
@@ -717,7 +718,7 @@ impl PoolClient {
     /// healthy data holders first, moving on from a holder that fails, is corrupt or
     /// takes longer than a second, and asking one more holder each time the stripe is
     /// `HEDGE_AFTER` late. Holders that were late or failed are asked last for a while.
-    /// A stripe with no checksums is a hole: zeros.
+    /// A stripe neither sealed nor checksummed is a hole: zeros.
     pub async fn read_stripe(
         &self,
         place: &Placement,
@@ -725,9 +726,22 @@ impl PoolClient {
         stripe_len: u64,
         record: &StripeRecord,
     ) -> Result<Vec<u8>, ClientError> {
+        self.read_stripe_data(place, j, stripe_len, record)
+            .await
+            .map(|data| data.to_vec())
+    }
+
+    /// `read_stripe`, leaving the data as its k shards (no copy into one buffer).
+    pub async fn read_stripe_data(
+        &self,
+        place: &Placement,
+        j: u64,
+        stripe_len: u64,
+        record: &StripeRecord,
+    ) -> Result<StripeData, ClientError> {
         let layout = &place.layout;
         if record.is_hole() {
-            return Ok(vec![0; stripe_len as usize]);
+            return Ok(StripeData::hole(stripe_len as usize));
         }
         let n = layout.segments() as usize;
         let k = layout.k as usize;
@@ -815,9 +829,9 @@ impl PoolClient {
             stripe: j,
             message: e.to_string(),
         };
-        let data = stripe::decode(layout, stripe_len as usize, shards).map_err(codec_err)?;
+        let data = stripe::decode_shards(layout, stripe_len as usize, shards).map_err(codec_err)?;
         if !corrupt.is_empty() {
-            self.heal(place, record, j, &data, &corrupt).await;
+            self.heal(place, record, j, &data.to_vec(), &corrupt).await;
         }
         Ok(data)
     }

@@ -2,6 +2,9 @@
 //! m Reed-Solomon parity shards, each with a BLAKE3 checksum; any k of them give the
 //! stripe back. Encryption slots in here too.
 
+use std::ops::Range;
+use std::sync::Arc;
+
 use super::layout::Layout;
 
 /// BLAKE3 digest of one shard.
@@ -42,13 +45,75 @@ pub fn encode(layout: &Layout, stripe: &[u8]) -> Result<Vec<Vec<u8>>, CodecError
     Ok(shards)
 }
 
-/// Rebuilds a stripe's `stripe_len` bytes from its shards (`None` where missing);
+/// A stripe's data bytes as its k data shards, not joined: a read lends bytes from the
+/// shard that holds them instead of copying the stripe into one buffer first. Bytes past
+/// `len` (the shards' padding, or all of a hole) read as zeros.
+#[derive(Debug, Clone, Default)]
+pub struct StripeData {
+    /// The k data shards in order, each as long as the first; empty for a hole.
+    pub shards: Vec<Arc<Vec<u8>>>,
+    /// Data bytes of the stripe.
+    pub len: usize,
+}
+
+impl StripeData {
+    /// A stripe never written: `len` zeros.
+    pub fn hole(len: usize) -> Self {
+        StripeData {
+            shards: Vec::new(),
+            len,
+        }
+    }
+
+    fn shard_len(&self) -> usize {
+        self.shards.first().map_or(0, |s| s.len())
+    }
+
+    /// The shard holding bytes `from..to` of the stripe, and where they are in it, if
+    /// one shard holds them all.
+    pub fn lend(&self, from: usize, to: usize) -> Option<(Arc<Vec<u8>>, Range<usize>)> {
+        let shard_len = self.shard_len();
+        if shard_len == 0 || to > self.len || from >= to || from / shard_len != (to - 1) / shard_len
+        {
+            return None;
+        }
+        let i = from / shard_len;
+        let at = i * shard_len;
+        self.shards.get(i).map(|s| (s.clone(), from - at..to - at))
+    }
+
+    /// Appends bytes `from..to` of the stripe to `out`, zeros past its data.
+    pub fn copy_to(&self, out: &mut Vec<u8>, from: usize, to: usize) {
+        let shard_len = self.shard_len();
+        let mut at = from;
+        let data_end = to.min(self.len);
+        while at < data_end && shard_len > 0 {
+            let (i, off) = (at / shard_len, at % shard_len);
+            let Some(shard) = self.shards.get(i) else {
+                break;
+            };
+            let take = (shard_len - off).min(data_end - at);
+            out.extend_from_slice(&shard[off..off + take]);
+            at += take;
+        }
+        out.resize(out.len() + (to - at), 0);
+    }
+
+    /// The stripe's data bytes joined.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len);
+        self.copy_to(&mut out, 0, self.len);
+        out
+    }
+}
+
+/// Rebuilds a stripe's `stripe_len` data bytes from its shards (`None` where missing);
 /// needs any k of the k + m.
-pub fn decode(
+pub fn decode_shards(
     layout: &Layout,
     stripe_len: usize,
     mut shards: Vec<Option<Vec<u8>>>,
-) -> Result<Vec<u8>, CodecError> {
+) -> Result<StripeData, CodecError> {
     let k = layout.k as usize;
     let have = shards.iter().filter(|s| s.is_some()).count();
     if have < k {
@@ -68,12 +133,21 @@ pub fn decode(
             shards[i] = Some(shard);
         }
     }
-    let mut out = Vec::with_capacity(stripe_len);
-    for shard in shards[..k].iter().flatten() {
-        let take = (stripe_len - out.len()).min(shard.len());
-        out.extend_from_slice(&shard[..take]);
-    }
-    Ok(out)
+    shards.truncate(k);
+    Ok(StripeData {
+        shards: shards.into_iter().flatten().map(Arc::new).collect(),
+        len: stripe_len,
+    })
+}
+
+/// Rebuilds a stripe's `stripe_len` bytes, joined, from its shards (`None` where
+/// missing); needs any k of the k + m.
+pub fn decode(
+    layout: &Layout,
+    stripe_len: usize,
+    shards: Vec<Option<Vec<u8>>>,
+) -> Result<Vec<u8>, CodecError> {
+    decode_shards(layout, stripe_len, shards).map(|d| d.to_vec())
 }
 
 #[cfg(test)]
@@ -134,5 +208,33 @@ mod tests {
                 Err(CodecError::TooFew { have: 3, need: 4 })
             ));
         }
+    }
+
+    #[test]
+    fn stripe_data_lends_within_a_shard_and_copies_across_with_zero_padding() {
+        let layout = Layout {
+            k: 3,
+            m: 1,
+            shard_size: 16,
+        };
+        let len = 40; // shards of 14 bytes, the last holding 12 data bytes
+        let shards = encode(&layout, &data(len)).unwrap();
+        let mut partial: Vec<_> = shards.into_iter().map(Some).collect();
+        partial[1] = None; // rebuilt from parity
+        let d = decode_shards(&layout, len, partial).unwrap();
+        assert_eq!(d.to_vec(), data(len));
+        let (shard, range) = d.lend(15, 20).expect("inside shard 1");
+        assert_eq!(&shard[range], &data(len)[15..20]);
+        assert!(d.lend(10, 20).is_none(), "spans shards 0 and 1");
+        assert!(d.lend(38, 42).is_none(), "runs past the data");
+        let mut out = vec![9];
+        d.copy_to(&mut out, 10, 44);
+        let mut want = vec![9];
+        want.extend_from_slice(&data(len)[10..]);
+        want.resize(1 + 34, 0);
+        assert_eq!(out, want);
+        let mut zeros = Vec::new();
+        StripeData::hole(8).copy_to(&mut zeros, 2, 6);
+        assert_eq!(zeros, vec![0; 4]);
     }
 }

@@ -13,15 +13,15 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 
 use super::FsError;
-use crate::client::StripeRecord;
 use crate::client::{ClientError, Manifest, PoolClient};
+use crate::client::{StripeData, StripeRecord};
 
 /// Stripes fetched ahead of a sequential reader.
 const PREFETCH: u64 = 2;
 /// Fetched stripes kept for readers.
 const CACHE_STRIPES: usize = 4;
 
-type Fetch = JoinHandle<Result<Vec<u8>, ClientError>>;
+type Fetch = JoinHandle<Result<StripeData, ClientError>>;
 
 struct Upload {
     data: Arc<Vec<u8>>,
@@ -35,7 +35,7 @@ pub struct FileData {
     pub manifest: Manifest,
     dirty: BTreeMap<u64, Vec<u8>>,
     uploads: BTreeMap<u64, Upload>,
-    cache: VecDeque<(u64, Arc<Vec<u8>>)>,
+    cache: VecDeque<(u64, StripeData)>,
     prefetch: HashMap<u64, Fetch>,
     /// The last piece of a data shard fetched alone (stripe, where the piece starts in
     /// the stripe, plaintext) for a read that needed nothing else of its stripe.
@@ -107,11 +107,11 @@ impl FileData {
         let place = self.manifest.place.clone();
         let len = self.manifest.stripe_len(j);
         let record = self.manifest.stripe(j).clone();
-        tokio::spawn(async move { client.read_stripe(&place, j, len, &record).await })
+        tokio::spawn(async move { client.read_stripe_data(&place, j, len, &record).await })
     }
 
     /// Stripe `j` as stored in the pool (through the cache and prefetches).
-    async fn pooled_stripe(&mut self, j: u64) -> Result<Arc<Vec<u8>>, FsError> {
+    async fn pooled_stripe(&mut self, j: u64) -> Result<StripeData, FsError> {
         if let Some((_, data)) = self.cache.iter().find(|(c, _)| *c == j) {
             return Ok(data.clone());
         }
@@ -122,7 +122,6 @@ impl FileData {
         let data = fetch
             .await
             .map_err(|e| FsError::Meta(format!("fetch task failed: {e}")))??;
-        let data = Arc::new(data);
         self.cache.push_back((j, data.clone()));
         if self.cache.len() > CACHE_STRIPES {
             self.cache.pop_front();
@@ -211,26 +210,28 @@ impl FileData {
             let base = j * stripe_size;
             let from = (offset.max(base) - base) as usize;
             let to = (end.min(base + stripe_size) - base) as usize;
-            // Bytes from a fetched buffer: lent as they are when they are the whole
+            // Bytes from a fetched shard are lent as they are when they are the whole
             // answer (no copy on the way to the kernel), else appended.
-            let (buf, at) = if let Some(buf) = self.dirty.get(&j) {
+            if let Some(buf) = self.dirty.get(&j) {
                 extend_padded(&mut out, buf, from, to);
-                continue;
             } else if let Some(up) = self.uploads.get(&j) {
                 extend_padded(&mut out, &up.data, from, to);
-                continue;
             } else if let Some((at, piece)) = self.one_piece(j, from, to).await {
                 self.schedule_prefetch(j, true);
-                (piece, at)
+                if one_stripe && to - at <= piece.len() {
+                    return Ok(ReadBytes::Shared(piece, from - at..to - at));
+                }
+                extend_padded(&mut out, &piece, from - at, to - at);
             } else {
                 let data = self.pooled_stripe(j).await?;
                 self.schedule_prefetch(j, false);
-                (data, 0)
-            };
-            if one_stripe && to - at <= buf.len() {
-                return Ok(ReadBytes::Shared(buf, from - at..to - at));
+                match data.lend(from, to) {
+                    Some((shard, range)) if one_stripe => {
+                        return Ok(ReadBytes::Shared(shard, range))
+                    }
+                    _ => data.copy_to(&mut out, from, to),
+                }
             }
-            extend_padded(&mut out, &buf, from - at, to - at);
         }
         Ok(ReadBytes::Owned(out))
     }
@@ -246,7 +247,7 @@ impl FileData {
                     buf.extend_from_slice(&up.data);
                 } else if !self.manifest.is_hole(j) {
                     let data = self.pooled_stripe(j).await?;
-                    buf.extend_from_slice(&data);
+                    data.copy_to(&mut buf, 0, data.len);
                 }
             }
             self.forget_cached(j);
