@@ -2106,3 +2106,129 @@ fn down_stops_a_pool_started_from_a_renamed_binary() {
     assert!(stopped, "down left processes running: {leftover:?}");
     assert!(!harness::is_mounted(&mnt), "still mounted after down");
 }
+
+/// A close whose stores fail (the quota is spent on every node) returns the error and
+/// leaves the file as it was: a new file stays empty, an append to a full stripe
+/// leaves the old size and bytes, also after a remount (what is on disk in the
+/// metadata, not just what the mount remembers). The close commits the file's record
+/// while its shards are being stored, so this checks that a failed store puts the
+/// previous record back.
+#[test]
+fn a_close_whose_stores_fail_leaves_the_previous_file() {
+    if !can_mount() {
+        return;
+    }
+    // Three nodes, one parity: a stripe of 2 × (1 MiB − 512) bytes puts a shard of
+    // 1 MiB − 512 and its 32 chunk tags (512 bytes) on each node: all the quota.
+    let mut pool = Pool::up_with("closefail", 3, &["--quota", "1M"]);
+    let mut rng = Rng::new(7);
+    let full = rng.bytes(2 * (MIB - 512));
+    let mut f = File::create(pool.path("full")).unwrap();
+    f.write_all(&full).unwrap();
+    close_checked(f).expect("the file that fills the quota is stored");
+
+    let small = rng.bytes(4096);
+    let mut f = File::create(pool.path("new")).unwrap();
+    f.write_all(&small).unwrap();
+    assert_eq!(
+        errno_of(close_checked(f), "close of a new file past the quota"),
+        libc::EDQUOT
+    );
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(pool.path("full"))
+        .unwrap();
+    f.write_all(&small).unwrap();
+    assert_eq!(
+        errno_of(close_checked(f), "close of an append past the quota"),
+        libc::EDQUOT
+    );
+    for round in ["before remount", "after remount"] {
+        assert_eq!(
+            fs::metadata(pool.path("new")).unwrap().len(),
+            0,
+            "size of the new file {round}"
+        );
+        assert!(
+            read_uncached(&pool.path("new")).is_empty(),
+            "new file {round}"
+        );
+        assert_eq!(
+            fs::metadata(pool.path("full")).unwrap().len(),
+            full.len() as u64,
+            "size of the appended file {round}"
+        );
+        assert!(
+            read_uncached(&pool.path("full")) == full,
+            "bytes of the appended file {round}"
+        );
+        if round == "before remount" {
+            pool.unmount();
+            pool.remount();
+        }
+    }
+    // Once there is room again, the same small file closes and reads back.
+    fs::remove_file(pool.path("full")).unwrap();
+    let freed = wait_until(Duration::from_secs(10), || {
+        pool.storages().iter().all(|s| segment_usage(s).0 == 0)
+    });
+    assert!(freed, "segments of the removed file left behind");
+    fs::write(pool.path("new"), &small).unwrap();
+    assert!(
+        read_uncached(&pool.path("new")) == small,
+        "small file after room"
+    );
+}
+
+/// Small files of every size around the shard boundaries read back byte-exact, from
+/// the mount and after a remount (their records were committed while their shards
+/// were being stored).
+#[test]
+fn small_files_read_back_exact_after_remount() {
+    if !can_mount() {
+        return;
+    }
+    let mut pool = Pool::up("smallfiles", 3);
+    let mut rng = Rng::new(11);
+    let sizes = [
+        0usize,
+        1,
+        2,
+        3,
+        511,
+        4095,
+        4096,
+        4097,
+        65_536,
+        100_001,
+        2 * MIB + 3,
+    ];
+    let mut files = Vec::new();
+    fs::create_dir(pool.path("d")).unwrap();
+    for i in 0..110 {
+        let bytes = rng.bytes(sizes[i % sizes.len()]);
+        let name = format!("d/f{i}");
+        let mut f = File::create(pool.path(&name)).unwrap();
+        f.write_all(&bytes).unwrap();
+        close_checked(f).unwrap();
+        files.push((name, bytes));
+    }
+    for round in ["mounted", "remounted"] {
+        for (name, bytes) in &files {
+            assert_eq!(
+                fs::metadata(pool.path(name)).unwrap().len(),
+                bytes.len() as u64,
+                "size of {name} {round}"
+            );
+            assert!(
+                &read_uncached(&pool.path(name)) == bytes,
+                "bytes of {name} ({} long) {round}",
+                bytes.len()
+            );
+        }
+        if round == "mounted" {
+            pool.unmount();
+            pool.remount();
+        }
+    }
+}
