@@ -591,7 +591,9 @@ fn a_quota_bounds_each_member_on_each_node() {
     const KIB: usize = 1024;
     let quota = ["--quota", "256K"];
     let c = Cluster::with_node_args(&[quota.to_vec(), quota.to_vec()]);
-    // Two nodes, no parity: a file of 400 KiB puts 200 KiB on each node.
+    // Two nodes, no parity: a file of 400 KiB puts 200 KiB on each node, sealed: with
+    // the tag of each 32 KiB chunk.
+    let per_node = poolfs::client::layout::sealed_len(200 * KIB) as u64;
     let (first, first_data) = c.random_file("first", 400 * KIB, 71);
     assert_ok(&c.put(&first, "first"), "put first");
     let a = c.credentials();
@@ -603,7 +605,7 @@ fn a_quota_bounds_each_member_on_each_node() {
         )
     };
     let held: Vec<u64> = (0..2).map(used_by_a).collect();
-    assert_eq!(held, vec![200 * KIB as u64; 2]);
+    assert_eq!(held, vec![per_node; 2]);
 
     // A second one would take A past 256 KiB on each node: refused, clearly.
     let (second, _) = c.random_file("second", 400 * KIB, 72);
@@ -614,7 +616,7 @@ fn a_quota_bounds_each_member_on_each_node() {
     for want in [
         "over quota",
         "node ",
-        &format!("holds {}", 200 * KIB),
+        &format!("holds {per_node}"),
         &format!("quota is {}", 256 * KIB),
     ] {
         assert!(err.contains(want), "{want:?} missing from: {err}");

@@ -97,6 +97,9 @@ pub struct Manifest {
     pub size: u64,
     /// `stripes[j]` records stripe j's shard checksums and moved shards.
     pub stripes: Vec<StripeRecord>,
+    /// A small file's bytes, kept in this record instead of on the pool (then no
+    /// stripe is stored); see `fs::file::INLINE_MAX`.
+    pub inline: Option<Vec<u8>>,
 }
 
 impl Manifest {
@@ -112,6 +115,11 @@ impl Manifest {
     /// Stripe `j`'s record; a hole's is empty.
     pub fn stripe(&self, j: u64) -> &StripeRecord {
         self.stripes.get(j as usize).unwrap_or(&HOLE)
+    }
+
+    /// Does any node hold bytes of this file? Not if no stripe was ever stored.
+    pub fn stores_anything(&self) -> bool {
+        self.stripes.iter().any(|s| !s.is_hole())
     }
 
     /// Is stripe `j` a hole (never written, read as zeros)?
@@ -169,6 +177,7 @@ mod tests {
             },
             size: 100,
             stripes: Vec::new(),
+            inline: None,
         };
         m.set_stripe(
             2,

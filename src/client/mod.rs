@@ -253,6 +253,7 @@ impl PoolClient {
             },
             size: 0,
             stripes: Vec::new(),
+            inline: None,
         })
     }
 

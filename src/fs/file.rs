@@ -21,6 +21,13 @@ const PREFETCH: u64 = 2;
 /// Fetched stripes kept for readers.
 const CACHE_STRIPES: usize = 4;
 
+/// Files of at most this many bytes live in their metadata record instead of on the
+/// pool: their close costs one durable commit and no round trip, and their bytes are
+/// exactly as safe as the file's name and manifest, which live in that same record (the
+/// mount's metadata is needed to read any file back). Small enough that offloading
+/// still offloads: a manifest alone takes a few hundred bytes.
+pub const INLINE_MAX: u64 = 4096;
+
 type Fetch = JoinHandle<Result<StripeData, ClientError>>;
 
 struct Upload {
@@ -202,6 +209,11 @@ impl FileData {
         if offset >= end {
             return Ok(ReadBytes::Owned(Vec::new()));
         }
+        if let Some(bytes) = &self.manifest.inline {
+            let mut out = Vec::with_capacity((end - offset) as usize);
+            extend_padded(&mut out, bytes, offset as usize, end as usize);
+            return Ok(ReadBytes::Owned(out));
+        }
         let stripe_size = self.stripe_size();
         let stripes = offset / stripe_size..end.div_ceil(stripe_size);
         let one_stripe = stripes.end - stripes.start == 1;
@@ -280,9 +292,39 @@ impl FileData {
         Ok(())
     }
 
+    /// A small file's bytes kept in its record become its (dirty) first stripe again,
+    /// for a change; the flush that follows decides where they go.
+    fn spill_inline(&mut self) {
+        if let Some(bytes) = self.manifest.inline.take() {
+            if !bytes.is_empty() {
+                self.dirty.insert(0, bytes);
+            }
+            self.changed = true;
+        }
+    }
+
+    /// At a flush: keeps a small file's bytes in its record rather than on the pool, if
+    /// nothing of it is on the pool (a file that was stored stays stored).
+    fn keep_inline(&mut self) -> bool {
+        let small = self.size() <= INLINE_MAX
+            && self.uploads.is_empty()
+            && self.failed.is_none()
+            && !self.manifest.stores_anything()
+            && self.dirty.keys().all(|&j| j == 0);
+        if !small {
+            return false;
+        }
+        if let Some(mut bytes) = self.dirty.remove(&0) {
+            bytes.resize(self.size() as usize, 0);
+            self.manifest.inline = Some(bytes);
+        }
+        self.manifest.inline.is_some()
+    }
+
     /// Writes `data` at `offset`; full stripes start uploading at once.
     pub async fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), FsError> {
         self.check_failed()?;
+        self.spill_inline();
         self.refresh_empty_placement().await?;
         let stripe_size = self.stripe_size();
         let end = offset
@@ -377,6 +419,9 @@ impl FileData {
     /// Stores every buffered stripe and waits for all acknowledgements. Afterwards the
     /// manifest describes exactly the stored bytes, or an error says they are not.
     pub async fn flush(&mut self) -> Result<(), FsError> {
+        if self.keep_inline() {
+            return Ok(());
+        }
         let dirty: Vec<u64> = self.dirty.keys().copied().collect();
         for j in dirty {
             self.start_upload(j).await?;
@@ -393,6 +438,7 @@ impl FileData {
     /// its new length. Truncating to zero starts afresh on the current pool.
     pub async fn resize(&mut self, new_size: u64) -> Result<(), FsError> {
         self.check_failed()?;
+        self.spill_inline();
         let old_size = self.size();
         if new_size == old_size {
             return Ok(());

@@ -96,6 +96,9 @@ impl Vfs {
     }
 
     fn delete_segments(&self, m: &Manifest) {
+        if m.inline.is_some() && !m.stores_anything() {
+            return; // a small file kept in its record: nothing on the pool
+        }
         if let Err(e) = self.block_on(self.client.delete(m)) {
             // The bytes stay on that peer until it is cleaned; nothing is lost.
             log::warn!("cannot delete segments of file {}: {e}", m.place.file_id);
