@@ -1,8 +1,10 @@
 //! The storage node: serves STORE / FWD / DELETE / STAT from its segment store, and keeps
 //! its membership (join, heartbeats, the controller's signal, leave).
 
+mod handles;
 pub mod handoff;
 mod pin;
+mod segfile;
 
 pub mod store;
 

@@ -10,14 +10,20 @@
 //! mid-transfer leaves nothing behind; the write is then made durable (fdatasync)
 //! before the node acknowledges it. A machine crash in the middle of a write can still
 //! tear it, which is why every shard is checksummed by the client's manifest.
+//!
+//! Recently used segment files stay open (`handles`), and concurrent stores into one
+//! segment share their fdatasyncs (`segfile`'s group commit).
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
+use super::handles::{Handles, SegKey, DEFAULT_OPEN_SEGMENTS};
+use super::segfile::SegFile;
 use crate::proto::{Identity, SegmentRef};
 use crate::util::{decode_hex, encode_hex};
 
@@ -79,6 +85,10 @@ pub struct SegmentStore {
     quota: Option<u64>,
     // Held only while sizes are checked and reserved, never across a data write.
     usage: Mutex<Usage>,
+    // Taken alone (FWD) or inside `usage` (STORE, DELETE), never the other way round.
+    handles: Mutex<Handles>,
+    /// fdatasyncs run so far.
+    syncs: AtomicU64,
 }
 
 #[derive(Default, Clone)]
@@ -167,7 +177,30 @@ impl SegmentStore {
             capacity,
             quota,
             usage: Mutex::new(usage),
+            handles: Mutex::new(Handles::new(DEFAULT_OPEN_SEGMENTS)),
+            syncs: AtomicU64::new(0),
         })
+    }
+
+    /// Keeps at most `cap` segment files open instead of the default.
+    pub fn with_open_segments(mut self, cap: usize) -> Self {
+        self.handles = Mutex::new(Handles::new(cap));
+        self
+    }
+
+    /// fdatasyncs run since the store was opened (fewer than stores when concurrent
+    /// stores into one segment share them).
+    pub fn sync_count(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Segment files held open now.
+    pub fn open_segments(&self) -> usize {
+        self.handles_lock().len()
+    }
+
+    fn handles_lock(&self) -> std::sync::MutexGuard<'_, Handles> {
+        self.handles.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Bytes the store may hold.
@@ -219,14 +252,31 @@ impl SegmentStore {
         let end = offset
             .checked_add(data.len() as u64)
             .ok_or_else(|| StoreError::BadId("offset overflows".into()))?;
-        let file = {
+        let key = SegKey::new(owner, seg);
+        let segfile = {
             let mut usage = self.usage_lock();
             // Sizes change only under this lock, so the length seen here stays true
-            // until the reservation below.
-            let len = match fs::metadata(&path) {
-                Ok(meta) => meta.len(),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
-                Err(e) => return Err(io_err(format!("stat {}", path.display()))(e)),
+            // until the reservation below. DELETE also runs under it, so a handle found
+            // or opened here is of the file at `path` until the data write below.
+            let cached = self.handles_lock().get(&key);
+            let existing = match cached {
+                Some(segfile) => Some(segfile),
+                None => match Self::open_rw(&path) {
+                    Ok(file) => Some(
+                        self.handles_lock()
+                            .insert(key.clone(), Arc::new(SegFile::new(file))),
+                    ),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(io_err(format!("open {}", path.display()))(e)),
+                },
+            };
+            let len = match &existing {
+                Some(segfile) => segfile
+                    .file()
+                    .metadata()
+                    .map_err(io_err(format!("stat {}", path.display())))?
+                    .len(),
+                None => 0,
             };
             let need = end.saturating_sub(len);
             let used = usage.owners.get(owner).copied().unwrap_or(0);
@@ -248,19 +298,29 @@ impl SegmentStore {
                     capacity: self.capacity,
                 });
             }
-            if let Some(dir) = path.parent() {
-                fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
-            }
-            let file = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .read(true)
-                .write(true)
-                .open(&path)
-                .map_err(io_err(format!("open {}", path.display())))?;
+            let segfile = match existing {
+                Some(segfile) => segfile,
+                None => {
+                    if let Some(dir) = path.parent() {
+                        fs::create_dir_all(dir)
+                            .map_err(io_err(format!("create {}", dir.display())))?;
+                    }
+                    let file = OpenOptions::new()
+                        .create(true)
+                        .truncate(false)
+                        .read(true)
+                        .write(true)
+                        .open(&path)
+                        .map_err(io_err(format!("open {}", path.display())))?;
+                    self.handles_lock()
+                        .insert(key, Arc::new(SegFile::new(file)))
+                }
+            };
             if need > 0 {
                 // Reserve the space now so concurrent stores cannot overcommit.
-                file.set_len(end)
+                segfile
+                    .file()
+                    .set_len(end)
                     .map_err(io_err(format!("extend {}", path.display())))?;
             }
             if len == 0 {
@@ -268,13 +328,23 @@ impl SegmentStore {
             }
             usage.bytes += need;
             *usage.owners.entry(*owner).or_default() += need;
-            file
+            segfile
         };
-        file.write_all_at(data, offset)
+        segfile
+            .file()
+            .write_all_at(data, offset)
             .map_err(io_err(format!("write {}", path.display())))?;
-        file.sync_data()
+        segfile
+            .sync_writes(|| {
+                self.syncs.fetch_add(1, Ordering::Relaxed);
+            })
             .map_err(io_err(format!("sync {}", path.display())))?;
         Ok(())
+    }
+
+    /// Opens an existing segment file for reads and writes (FWD and STORE share it).
+    fn open_rw(path: &Path) -> io::Result<File> {
+        OpenOptions::new().read(true).write(true).open(path)
     }
 
     /// Reads `len` bytes at `offset` of `owner`'s segment; a range past its end is an
@@ -289,13 +359,28 @@ impl SegmentStore {
     ) -> Result<Vec<u8>, StoreError> {
         let path = self.path_of(owner, seg)?;
         let name = format!("{}/{}", seg.file, seg.index);
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::NotFound(name))
-            }
-            Err(e) => return Err(io_err(format!("open {}", path.display()))(e)),
+        let key = SegKey::new(owner, seg);
+        let (cached, epoch) = {
+            let mut handles = self.handles_lock();
+            (handles.get(&key), handles.epoch())
         };
+        let segfile = match cached {
+            Some(segfile) => segfile,
+            None => {
+                // Opened without the lock (a cold path walk is slow); cached only if no
+                // DELETE ran meanwhile, as this may be the file it removed.
+                let file = match Self::open_rw(&path) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        return Err(StoreError::NotFound(name))
+                    }
+                    Err(e) => return Err(io_err(format!("open {}", path.display()))(e)),
+                };
+                self.handles_lock()
+                    .insert_if_current(key, Arc::new(SegFile::new(file)), epoch)
+            }
+        };
+        let file = segfile.file();
         let size = file.metadata().map_err(io_err("stat segment"))?.len();
         if offset
             .checked_add(u64::from(len))
@@ -336,6 +421,9 @@ impl SegmentStore {
             }
             fs::remove_dir(&dir).map_err(io_err(format!("remove {}", dir.display())))
         })();
+        // After the removal (and even after a partial one), so no handle of a removed
+        // segment survives in the cache, nor gets in later (see `Handles::epoch`).
+        self.handles_lock().forget_file(owner, file);
         // Account for what was removed even when a later removal failed.
         usage.bytes = usage.bytes.saturating_sub(freed);
         if let Some(held) = usage.owners.get_mut(owner) {
@@ -511,5 +599,102 @@ mod tests {
             assert!(matches!(store.delete(&A, bad), Err(StoreError::BadId(_))));
         }
         assert!(!dir.path().join("x").exists());
+    }
+
+    #[test]
+    fn concurrent_stores_into_one_segment_share_syncs_and_keep_every_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SegmentStore::open(dir.path(), 1 << 30, None).unwrap();
+        let (threads, rounds, chunk) = (8usize, 16usize, 64 * 1024);
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let store = &store;
+                s.spawn(move || {
+                    for r in 0..rounds {
+                        let i = r * threads + t;
+                        store
+                            .store(&A, &seg("f", 0), (i * chunk) as u64, &vec![i as u8; chunk])
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        let stores = (threads * rounds) as u64;
+        let syncs = store.sync_count();
+        assert!(
+            syncs > 0 && syncs < stores,
+            "{syncs} syncs for {stores} stores"
+        );
+        let all = store
+            .fwd(&A, &seg("f", 0), 0, (stores as usize * chunk) as u32)
+            .unwrap();
+        for (i, part) in all.chunks(chunk).enumerate() {
+            assert!(part.iter().all(|&b| b == i as u8), "chunk {i}");
+        }
+        assert_eq!(store.usage(), (stores * chunk as u64, 1));
+    }
+
+    #[test]
+    fn a_lone_store_still_syncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SegmentStore::open(dir.path(), 1000, None).unwrap();
+        for i in 0..3 {
+            store.store(&A, &seg("f", 0), i, b"x").unwrap();
+            assert_eq!(store.sync_count(), i + 1);
+        }
+    }
+
+    #[test]
+    fn reads_after_delete_and_recreate_get_the_new_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SegmentStore::open(dir.path(), 1000, None).unwrap();
+        store.store(&A, &seg("f", 0), 0, b"old bytes").unwrap();
+        assert_eq!(store.fwd(&A, &seg("f", 0), 0, 9).unwrap(), b"old bytes");
+        assert!(store.open_segments() > 0);
+        assert_eq!(store.delete(&A, "f").unwrap(), 9);
+        assert_eq!(store.open_segments(), 0);
+        assert!(matches!(
+            store.fwd(&A, &seg("f", 0), 0, 1),
+            Err(StoreError::NotFound(_))
+        ));
+        store.store(&A, &seg("f", 0), 0, b"new").unwrap();
+        assert_eq!(store.fwd(&A, &seg("f", 0), 0, 3).unwrap(), b"new");
+        assert!(matches!(
+            store.fwd(&A, &seg("f", 0), 0, 9),
+            Err(StoreError::OutOfRange { size: 3, .. })
+        ));
+        assert_eq!(store.usage(), (3, 1));
+        assert!(dir
+            .path()
+            .join("segments")
+            .join(owner_dir_name(&A))
+            .join("f")
+            .join("0.seg")
+            .exists());
+        // Another owner's delete of the same id leaves A's handle and bytes alone.
+        assert_eq!(store.delete(&B, "f").unwrap(), 0);
+        assert_eq!(store.fwd(&A, &seg("f", 0), 0, 3).unwrap(), b"new");
+    }
+
+    #[test]
+    fn open_segment_files_stay_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SegmentStore::open(dir.path(), 1 << 20, None)
+            .unwrap()
+            .with_open_segments(16);
+        for i in 0..100u32 {
+            store
+                .store(&A, &seg(&format!("f{i}"), i % 3), 0, &i.to_le_bytes())
+                .unwrap();
+            assert!(store.open_segments() <= 16);
+        }
+        assert_eq!(store.open_segments(), 16);
+        // Evicted or not, every segment reads back.
+        for i in 0..100u32 {
+            let got = store.fwd(&A, &seg(&format!("f{i}"), i % 3), 0, 4).unwrap();
+            assert_eq!(got, i.to_le_bytes());
+        }
+        assert_eq!(store.open_segments(), 16);
+        assert_eq!(store.usage(), (400, 100));
     }
 }
