@@ -298,6 +298,7 @@ impl SegmentStore {
                     capacity: self.capacity,
                 });
             }
+            let created = existing.is_none();
             let segfile = match existing {
                 Some(segfile) => segfile,
                 None => {
@@ -323,7 +324,9 @@ impl SegmentStore {
                     .set_len(end)
                     .map_err(io_err(format!("extend {}", path.display())))?;
             }
-            if len == 0 {
+            // Counted when created (not by length: an empty segment is one too, as the
+            // measure at start counts it).
+            if created {
                 usage.segments += 1;
             }
             usage.bytes += need;
@@ -632,6 +635,19 @@ mod tests {
             assert!(part.iter().all(|&b| b == i as u8), "chunk {i}");
         }
         assert_eq!(store.usage(), (stores * chunk as u64, 1));
+    }
+
+    #[test]
+    fn an_empty_segment_counts_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SegmentStore::open(dir.path(), 1000, None).unwrap();
+        store.store(&A, &seg("e", 0), 0, b"").unwrap();
+        store.store(&A, &seg("e", 0), 0, b"").unwrap();
+        assert_eq!(store.usage(), (0, 1));
+        let again = SegmentStore::open(dir.path(), 1000, None).unwrap();
+        assert_eq!(again.usage(), (0, 1));
+        assert_eq!(store.delete(&A, "e").unwrap(), 0);
+        assert_eq!(store.usage(), (0, 0));
     }
 
     #[test]
