@@ -409,7 +409,11 @@ impl SegmentStore {
         let mut usage = self.usage_lock();
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Removed behind our back, perhaps: its handles must not outlive it.
+                self.handles_lock().forget_file(owner, file);
+                return Ok(0);
+            }
             Err(e) => return Err(io_err(format!("read {}", dir.display()))(e)),
         };
         let mut freed = 0;
@@ -689,6 +693,18 @@ mod tests {
             .exists());
         // Another owner's delete of the same id leaves A's handle and bytes alone.
         assert_eq!(store.delete(&B, "f").unwrap(), 0);
+        assert_eq!(store.fwd(&A, &seg("f", 0), 0, 3).unwrap(), b"new");
+    }
+
+    #[test]
+    fn a_delete_after_the_files_vanished_still_drops_their_handles() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SegmentStore::open(dir.path(), 1000, None).unwrap();
+        store.store(&A, &seg("f", 0), 0, b"old").unwrap();
+        fs::remove_dir_all(dir.path().join("segments").join(owner_dir_name(&A))).unwrap();
+        assert_eq!(store.delete(&A, "f").unwrap(), 0);
+        assert_eq!(store.open_segments(), 0);
+        store.store(&A, &seg("f", 0), 0, b"new").unwrap();
         assert_eq!(store.fwd(&A, &seg("f", 0), 0, 3).unwrap(), b"new");
     }
 
