@@ -1,9 +1,8 @@
-//! A bounded cache of open segment files, so STORE and FWD skip the path walk (a cold
-//! lookup costs more than a cold read on an open file) and share one group commit.
+//! A bounded cache of open segment files, so a STORE skips the path walk and stores into
+//! one segment share one group commit.
 //!
-//! Never serves a deleted file: DELETE forgets a file's handles after removing it, and
-//! bumps an epoch so a handle opened before the removal (by a FWD racing with it) is not
-//! cached afterwards.
+//! Never holds a deleted file: handles are opened and cached only under the store's usage
+//! lock, and DELETE forgets a file's handles under the same lock after removing it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,7 +35,6 @@ impl SegKey {
 pub struct Handles {
     cap: usize,
     tick: u64,
-    epoch: u64,
     open: HashMap<SegKey, (Arc<SegFile>, u64)>,
 }
 
@@ -45,7 +43,6 @@ impl Handles {
         Handles {
             cap,
             tick: 0,
-            epoch: 0,
             open: HashMap::new(),
         }
     }
@@ -58,12 +55,6 @@ impl Handles {
             *used = tick;
             seg.clone()
         })
-    }
-
-    /// Changes whenever a file is forgotten: a handle opened under an older epoch may
-    /// be of a removed file.
-    pub fn epoch(&self) -> u64 {
-        self.epoch
     }
 
     /// Caches `seg` as `key`'s handle, unless one already is (that one is returned:
@@ -91,26 +82,10 @@ impl Handles {
         seg
     }
 
-    /// As `insert`, if no file was forgotten since `epoch`; otherwise `seg` may be of a
-    /// removed file and is returned uncached.
-    pub fn insert_if_current(
-        &mut self,
-        key: SegKey,
-        seg: Arc<SegFile>,
-        epoch: u64,
-    ) -> Arc<SegFile> {
-        if epoch == self.epoch {
-            self.insert(key, seg)
-        } else {
-            seg
-        }
-    }
-
     /// Drops every handle of `owner`'s `file` (after its segments were removed).
     pub fn forget_file(&mut self, owner: &Identity, file: &str) {
         self.open
             .retain(|k, _| !(k.owner == *owner && k.file == file));
-        self.epoch += 1;
     }
 
     /// Handles cached now.
@@ -156,21 +131,14 @@ mod tests {
     }
 
     #[test]
-    fn forgetting_a_file_drops_only_its_handles_and_stale_inserts() {
+    fn forgetting_a_file_drops_only_its_handles() {
         let dir = tempfile::tempdir().unwrap();
         let mut h = Handles::new(8);
         h.insert(key(&A, "f", 0), handle(&dir));
         h.insert(key(&A, "f", 1), handle(&dir));
         h.insert(key(&B, "f", 0), handle(&dir));
-        let before = h.epoch();
         h.forget_file(&A, "f");
         assert_eq!(h.len(), 1);
         assert!(h.get(&key(&B, "f", 0)).is_some());
-        // A handle opened before the forget is not cached after it.
-        h.insert_if_current(key(&A, "f", 0), handle(&dir), before);
-        assert!(h.get(&key(&A, "f", 0)).is_none());
-        let now = h.epoch();
-        h.insert_if_current(key(&A, "f", 0), handle(&dir), now);
-        assert!(h.get(&key(&A, "f", 0)).is_some());
     }
 }
