@@ -525,15 +525,10 @@ impl Handler for NodeService {
             .into(),
             Request::FwdParts { segment, parts } => {
                 blocking(Box::new(move || {
-                    let total: u32 = parts.iter().map(|p| p.1).sum();
-                    let mut out = Vec::with_capacity(total as usize);
-                    for (offset, len) in parts {
-                        match shared.store.fwd(&owner, &segment, offset, len) {
-                            Ok(data) => out.extend_from_slice(&data),
-                            Err(e) => return Reply::Msg(store_error(e)),
-                        }
+                    match shared.store.fwd_parts(&owner, &segment, &parts) {
+                        Ok(data) => Reply::Data(data),
+                        Err(e) => Reply::Msg(store_error(e)),
                     }
-                    Reply::Data(out)
                 }))
                 .await
             }
