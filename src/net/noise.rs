@@ -1,7 +1,9 @@
 //! The Noise channel every connection runs on: an XXpsk0 handshake bound to the pool key
 //! and the protocol version, then length-prefixed encrypted messages carrying frames.
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use std::ops::Range;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
@@ -20,6 +22,10 @@ pub const TAG_LEN: usize = 16;
 pub const MAX_CHUNK: usize = MAX_MESSAGE - TAG_LEN;
 /// Handshake messages are small; anything longer is refused before it is read.
 pub const MAX_HANDSHAKE_MESSAGE: usize = 1024;
+/// Bytes moved per socket read or write: a few messages at a time.
+const SOCKET_BATCH: usize = 256 * 1024;
+/// A length prefix and a whole message.
+const FRAMED_MESSAGE: usize = 2 + MAX_MESSAGE;
 
 /// Bound into the handshake, so a peer speaking another protocol version fails it.
 pub fn prologue() -> Vec<u8> {
@@ -56,15 +62,25 @@ fn builder(creds: &Credentials) -> Result<snow::Builder<'_>, HandshakeError> {
 }
 
 /// A connection after the handshake: frames in and out, encrypted and authenticated.
+///
+/// Encrypted messages are opened straight from the buffer the socket reads into, and
+/// sealed straight into the buffer the socket writes from: each byte is copied once on
+/// its way in or out (by the cipher), besides the kernel's own copy.
 pub struct Channel {
-    rd: BufReader<OwnedReadHalf>,
-    wr: BufWriter<OwnedWriteHalf>,
+    rd: OwnedReadHalf,
+    wr: OwnedWriteHalf,
     noise: snow::TransportState,
     remote: [u8; KEY_LEN],
-    /// One allocation (so it is returned to the system when the connection ends) for
-    /// three buffers of `MAX_MESSAGE` bytes: a ciphertext message in or out, decrypted
-    /// bytes (`pos..in_len` not yet consumed), and plaintext waiting to be sealed
-    /// (`..out_len`, at most `MAX_CHUNK`).
+    /// Bytes read from the socket (`in_start..in_end` not yet consumed).
+    inbuf: Vec<u8>,
+    in_start: usize,
+    in_end: usize,
+    /// Sealed messages, each with its length prefix, waiting to be sent (`..out_end`).
+    outbuf: Vec<u8>,
+    out_end: usize,
+    /// Two buffers of `MAX_MESSAGE` bytes in one allocation: decrypted bytes
+    /// (`pos..in_len` not yet consumed), and plaintext waiting to be sealed (`..out_len`,
+    /// at most `MAX_CHUNK`), for reads and writes smaller than a message.
     buf: Vec<u8>,
     pos: usize,
     in_len: usize,
@@ -152,12 +168,22 @@ impl Channel {
             .and_then(|k| k.try_into().ok())
             .ok_or(HandshakeError::Noise(snow::Error::Input))?;
         let noise = hs.into_transport_mode().map_err(HandshakeError::Noise)?;
+        // Bytes of the first transport messages may already sit in the handshake's
+        // reader; the writer was flushed after the last handshake message.
+        let mut inbuf = vec![0u8; SOCKET_BATCH + FRAMED_MESSAGE];
+        let early = rd.buffer().len();
+        inbuf[..early].copy_from_slice(rd.buffer());
         Ok(Channel {
-            rd,
-            wr,
+            rd: rd.into_inner(),
+            wr: wr.into_inner(),
             noise,
             remote,
-            buf: vec![0u8; 3 * MAX_MESSAGE],
+            inbuf,
+            in_start: 0,
+            in_end: early,
+            outbuf: vec![0u8; SOCKET_BATCH + FRAMED_MESSAGE],
+            out_end: 0,
+            buf: vec![0u8; 2 * MAX_MESSAGE],
             pos: 0,
             in_len: 0,
             out_len: 0,
@@ -169,21 +195,23 @@ impl Channel {
         &self.remote
     }
 
-    /// Queues plaintext; full chunks are sealed and written as they fill.
+    /// Queues plaintext; full chunks are sealed as they fill and sent in batches.
     pub async fn write_all(&mut self, mut data: &[u8]) -> std::io::Result<()> {
         while !data.is_empty() {
             if self.out_len == 0 && data.len() >= MAX_CHUNK {
-                // A whole message sealed straight from the caller's bytes: no staging copy.
-                let n = self
-                    .noise
-                    .write_message(&data[..MAX_CHUNK], &mut self.buf[..MAX_MESSAGE])
-                    .map_err(|e| std::io::Error::other(format!("noise: {e}")))?;
-                write_message(&mut self.wr, &self.buf[..n]).await?;
+                // A whole message sealed straight from the caller's bytes.
+                self.make_room_to_seal().await?;
+                seal_into(
+                    &mut self.noise,
+                    &mut self.outbuf,
+                    &mut self.out_end,
+                    &data[..MAX_CHUNK],
+                )?;
                 data = &data[MAX_CHUNK..];
                 continue;
             }
             let n = (MAX_CHUNK - self.out_len).min(data.len());
-            let at = 2 * MAX_MESSAGE + self.out_len;
+            let at = MAX_MESSAGE + self.out_len;
             self.buf[at..at + n].copy_from_slice(&data[..n]);
             self.out_len += n;
             data = &data[n..];
@@ -197,45 +225,78 @@ impl Channel {
     /// Seals what is queued and sends everything.
     pub async fn flush(&mut self) -> std::io::Result<()> {
         self.seal().await?;
-        self.wr.flush().await
+        self.send_sealed().await
     }
 
+    /// Seals the queued plaintext into the outgoing buffer.
     async fn seal(&mut self) -> std::io::Result<()> {
         if self.out_len == 0 {
             return Ok(());
         }
-        let (cipher, rest) = self.buf.split_at_mut(MAX_MESSAGE);
-        let plain = &rest[MAX_MESSAGE..MAX_MESSAGE + self.out_len];
-        let n = self
-            .noise
-            .write_message(plain, cipher)
-            .map_err(|e| std::io::Error::other(format!("noise: {e}")))?;
+        self.make_room_to_seal().await?;
+        let plain = &self.buf[MAX_MESSAGE..MAX_MESSAGE + self.out_len];
+        seal_into(&mut self.noise, &mut self.outbuf, &mut self.out_end, plain)?;
         self.out_len = 0;
-        write_message(&mut self.wr, &self.buf[..n]).await
+        Ok(())
     }
 
-    /// Reads the next encrypted message into the ciphertext buffer; returns its length.
-    async fn read_sealed(&mut self) -> std::io::Result<usize> {
-        let mut len = [0u8; 2];
-        self.rd.read_exact(&mut len).await?;
-        let len = u16::from_be_bytes(len) as usize;
+    /// Sends what is sealed if another whole message might not fit after it.
+    async fn make_room_to_seal(&mut self) -> std::io::Result<()> {
+        if self.outbuf.len() - self.out_end < FRAMED_MESSAGE {
+            self.send_sealed().await?;
+        }
+        Ok(())
+    }
+
+    async fn send_sealed(&mut self) -> std::io::Result<()> {
+        self.wr.write_all(&self.outbuf[..self.out_end]).await?;
+        self.out_end = 0;
+        Ok(())
+    }
+
+    /// Makes at least `need` (at most a framed message) unread bytes available in
+    /// `inbuf`, reading as much as the socket has.
+    async fn fill(&mut self, need: usize) -> std::io::Result<()> {
+        while self.in_end - self.in_start < need {
+            if self.inbuf.len() - self.in_start < need {
+                // Move the start of a message to the front to make room for the rest.
+                self.inbuf.copy_within(self.in_start..self.in_end, 0);
+                self.in_end -= self.in_start;
+                self.in_start = 0;
+            }
+            let n = self.rd.read(&mut self.inbuf[self.in_end..]).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.in_end += n;
+        }
+        Ok(())
+    }
+
+    /// The next encrypted message, consumed: where it lies in `inbuf` (valid until the
+    /// next read from the socket).
+    async fn next_sealed(&mut self) -> std::io::Result<Range<usize>> {
+        self.fill(2).await?;
+        let at = self.in_start;
+        let len = u16::from_be_bytes([self.inbuf[at], self.inbuf[at + 1]]) as usize;
         if len < TAG_LEN {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!("encrypted message of {len} bytes is shorter than its tag"),
             ));
         }
-        self.rd.read_exact(&mut self.buf[..len]).await?;
-        Ok(len)
+        self.fill(2 + len).await?;
+        let at = self.in_start;
+        self.in_start += 2 + len;
+        Ok(at + 2..at + 2 + len)
     }
 
     /// Reads and decrypts the next message; a forged, replayed or reordered one fails.
     async fn open(&mut self) -> std::io::Result<()> {
-        let len = self.read_sealed().await?;
-        let (cipher, rest) = self.buf.split_at_mut(MAX_MESSAGE);
+        let sealed = self.next_sealed().await?;
         let n = self
             .noise
-            .read_message(&cipher[..len], &mut rest[..MAX_MESSAGE])
+            .read_message(&self.inbuf[sealed], &mut self.buf[..MAX_MESSAGE])
             .map_err(|_| failed_authentication())?;
         self.in_len = n;
         self.pos = 0;
@@ -250,10 +311,10 @@ impl Channel {
                 if buf.len() - filled >= MAX_CHUNK {
                     // Room for a whole message: decrypt it straight into the caller's
                     // buffer, no staging copy.
-                    let len = self.read_sealed().await?;
+                    let sealed = self.next_sealed().await?;
                     filled += self
                         .noise
-                        .read_message(&self.buf[..len], &mut buf[filled..])
+                        .read_message(&self.inbuf[sealed], &mut buf[filled..])
                         .map_err(|_| failed_authentication())?;
                 } else {
                     self.open().await?;
@@ -261,7 +322,7 @@ impl Channel {
                 continue;
             }
             let n = (self.in_len - self.pos).min(buf.len() - filled);
-            let at = MAX_MESSAGE + self.pos;
+            let at = self.pos;
             buf[filled..filled + n].copy_from_slice(&self.buf[at..at + n]);
             self.pos += n;
             filled += n;
@@ -271,10 +332,14 @@ impl Channel {
 
     /// Waits until the peer sends something: true, or closes cleanly: false.
     pub async fn readable(&mut self) -> std::io::Result<bool> {
-        if self.pos < self.in_len {
+        if self.pos < self.in_len || self.in_start < self.in_end {
             return Ok(true);
         }
-        Ok(!self.rd.fill_buf().await?.is_empty())
+        self.in_start = 0;
+        self.in_end = 0;
+        let n = self.rd.read(&mut self.inbuf).await?;
+        self.in_end = n;
+        Ok(n > 0)
     }
 
     /// Reads one frame (u32 length, then the message) of at most `MAX_FRAME` bytes. A
@@ -318,6 +383,24 @@ impl Channel {
         self.read_exact(&mut buf).await?;
         Ok(buf)
     }
+}
+
+/// Seals `plain` (at most `MAX_CHUNK` bytes) as the next message at the end of `out`,
+/// with its length prefix; `out` has room for a framed message there.
+fn seal_into(
+    noise: &mut snow::TransportState,
+    out: &mut [u8],
+    end: &mut usize,
+    plain: &[u8],
+) -> std::io::Result<()> {
+    let at = *end;
+    let n = noise
+        .write_message(plain, &mut out[at + 2..at + FRAMED_MESSAGE])
+        .map_err(|e| std::io::Error::other(format!("noise: {e}")))?;
+    // A message is at most MAX_MESSAGE (65535) bytes: its length fits the prefix.
+    out[at..at + 2].copy_from_slice(&(n as u16).to_be_bytes());
+    *end = at + 2 + n;
+    Ok(())
 }
 
 fn failed_authentication() -> std::io::Error {
@@ -404,6 +487,49 @@ mod tests {
             srv.read_body(MAX_BODY + 1).await,
             Err(FrameError::BodyTooLarge(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn mixed_small_and_large_writes_arrive_whole_and_in_order() {
+        let key = PoolKey::generate();
+        let (srv, cli) = pair(&key, &key).await;
+        let (mut srv, mut cli) = (srv.unwrap(), cli.unwrap());
+        // Sizes that straddle message and socket-batch boundaries, so messages are cut
+        // across reads and the receive buffer is compacted mid-message.
+        let sizes: Vec<usize> = (0..60)
+            .map(|i| [1, 7, MAX_CHUNK - 1, MAX_CHUNK, MAX_CHUNK + 1, 300_001][i % 6] + i)
+            .collect();
+        let bodies: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (0..n).map(|b| (b * 31 + i) as u8).collect())
+            .collect();
+        let send = async {
+            for (i, body) in bodies.iter().enumerate() {
+                cli.write_frame(&(body.len() as u32).to_be_bytes())
+                    .await
+                    .unwrap();
+                cli.write_all(body).await.unwrap();
+                if i % 7 == 0 {
+                    cli.flush().await.unwrap();
+                }
+            }
+            cli.flush().await.unwrap();
+        };
+        let recv = async {
+            let mut got = Vec::new();
+            for _ in 0..bodies.len() {
+                let header = srv.read_frame().await.unwrap();
+                let len = u32::from_be_bytes(header.try_into().unwrap());
+                got.push(srv.read_body(len).await.unwrap());
+            }
+            got
+        };
+        let ((), got) = tokio::join!(send, recv);
+        assert!(got == bodies, "bytes changed on the way");
+        // A clean close is seen as such.
+        drop(cli);
+        assert!(!srv.readable().await.unwrap());
     }
 
     #[tokio::test]

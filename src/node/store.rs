@@ -63,6 +63,36 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
     move |source| StoreError::Io { context, source }
 }
 
+/// Appends `len` bytes read at `offset` of `file` to `buf`, without zeroing them first
+/// (for a whole shard that memset was a few percent of a cold `cat`).
+fn pread_append(file: &File, buf: &mut Vec<u8>, len: usize, offset: u64) -> io::Result<()> {
+    buf.reserve(len);
+    let mut done = 0;
+    while done < len {
+        let at = offset + done as u64;
+        let pos = libc::off_t::try_from(at).map_err(|_| io::Error::other("offset too large"))?;
+        let spare = buf.spare_capacity_mut();
+        // SAFETY: the kernel writes at most `len - done` bytes, and at least that many
+        // are spare (reserved above, `done` of them filled since).
+        let n =
+            unsafe { libc::pread(file.as_raw_fd(), spare.as_mut_ptr().cast(), len - done, pos) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        // SAFETY: the kernel initialized these `n` bytes just past the old length.
+        unsafe { buf.set_len(buf.len() + n as usize) };
+        done += n as usize;
+    }
+    Ok(())
+}
+
 /// Accepts only short ids made of letters, digits, '-' and '_': nothing that a path
 /// could interpret ('/', '.', NUL) can reach the filesystem.
 pub fn validate_file_id(id: &str) -> Result<(), StoreError> {
@@ -412,13 +442,10 @@ impl SegmentStore {
             }
             total += len as usize;
         }
-        let mut buf = vec![0u8; total];
-        let mut at = 0;
+        let mut buf = Vec::with_capacity(total);
         for &(offset, len) in parts {
-            let part = &mut buf[at..at + len as usize];
-            file.read_exact_at(part, offset)
+            pread_append(&file, &mut buf, len as usize, offset)
                 .map_err(io_err(format!("read {}", path.display())))?;
-            at += len as usize;
         }
         Ok(buf)
     }
