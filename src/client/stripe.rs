@@ -2,10 +2,13 @@
 //! m Reed-Solomon parity shards, each with a BLAKE3 checksum; any k of them give the
 //! stripe back. Encryption slots in here too.
 
+use std::cell::RefCell;
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::layout::Layout;
+use reed_solomon_simd::ReedSolomonEncoder;
+
+use super::layout::{sealed_len, Layout};
 
 /// BLAKE3 digest of one shard.
 pub type Checksum = [u8; 32];
@@ -24,22 +27,53 @@ pub fn checksum(shard: &[u8]) -> Checksum {
     *blake3::hash(shard).as_bytes()
 }
 
+thread_local! {
+    /// Each thread's erasure encoder, reused: its working space (a few stripes' worth)
+    /// is allocated once, not for every stripe.
+    static ENCODER: RefCell<Option<ReedSolomonEncoder>> = const { RefCell::new(None) };
+}
+
 /// Cuts a stripe's bytes into `k` equal data shards (the last zero-padded) followed by
-/// `m` parity shards.
+/// `m` parity shards. Every shard has room for its seal's chunk tags, so sealing it
+/// never moves it.
 pub fn encode(layout: &Layout, stripe: &[u8]) -> Result<Vec<Vec<u8>>, CodecError> {
     let shard_len = layout.shard_len(stripe.len() as u64) as usize;
+    let room = sealed_len(shard_len);
     let mut shards: Vec<Vec<u8>> = (0..layout.k as usize)
         .map(|i| {
             let start = (i * shard_len).min(stripe.len());
             let end = ((i + 1) * shard_len).min(stripe.len());
-            let mut shard = Vec::with_capacity(shard_len);
+            let mut shard = Vec::with_capacity(room);
             shard.extend_from_slice(&stripe[start..end]);
             shard.resize(shard_len, 0);
             shard
         })
         .collect();
     if layout.m > 0 {
-        let parity = reed_solomon_simd::encode(layout.k as usize, layout.m as usize, &shards)?;
+        let parity = ENCODER.with_borrow_mut(|slot| {
+            let (k, m) = (layout.k as usize, layout.m as usize);
+            let encoder = match slot {
+                Some(encoder) => {
+                    encoder.reset(k, m, shard_len)?;
+                    encoder
+                }
+                None => slot.insert(ReedSolomonEncoder::new(k, m, shard_len)?),
+            };
+            for shard in &shards {
+                encoder.add_original_shard(shard)?;
+            }
+            let result = encoder.encode()?;
+            Ok::<_, CodecError>(
+                result
+                    .recovery_iter()
+                    .map(|p| {
+                        let mut shard = Vec::with_capacity(room);
+                        shard.extend_from_slice(p);
+                        shard
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        })?;
         shards.extend(parity);
     }
     Ok(shards)
