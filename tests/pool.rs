@@ -15,7 +15,7 @@ use common::{
 use poolfs::client::catalog::Catalog;
 use poolfs::client::{ClientError, Manifest, PoolClient, DEFAULT_SHARD_SIZE};
 use poolfs::net::Connection;
-use poolfs::proto::{self, ErrorKind, NodeId, NodeState, Request, Response, SegmentRef};
+use poolfs::proto::{self, ErrorKind, NodeId, NodeState, Request, Response, SegmentRef, MAX_BODY};
 use poolfs::trust::PoolKey;
 
 const NODES: usize = 4;
@@ -549,6 +549,22 @@ fn traversal_ids_are_refused() {
             .await
             .unwrap();
         assert_eq!(body.as_deref(), Some(&b"loh"[..]));
+        // A sealed read's bytes travel outside the encryption, and the connection goes on.
+        let sealed = |len: u32| Request::FwdSealed {
+            segment: seg("fine"),
+            offset: 1,
+            len,
+        };
+        let (resp, body) = conn.call(&sealed(3), None).await.unwrap();
+        assert_eq!(resp, Response::SealedData { len: 3 });
+        assert_eq!(body.as_deref(), Some(&b"ell"[..]));
+        for (len, kind) in [
+            (MAX_BODY + 1, ErrorKind::BadRequest),
+            (5, ErrorKind::NotFound),
+        ] {
+            let err = conn.call(&sealed(len), None).await.unwrap_err();
+            assert_eq!(err.remote_kind(), Some(kind), "{len}: {err}");
+        }
         for (req, kind) in [
             (parts("fine", vec![(0, 1); 9]), ErrorKind::BadRequest),
             (

@@ -288,6 +288,13 @@ fn request() -> impl Strategy<Value = Request> {
             proptest::collection::vec((any::<u64>(), any::<u32>()), 0..9)
         )
             .prop_map(|(segment, parts)| Request::FwdParts { segment, parts }),
+        (segment(), any::<u64>(), any::<u32>()).prop_map(|(segment, offset, len)| {
+            Request::FwdSealed {
+                segment,
+                offset,
+                len,
+            }
+        }),
         any::<String>().prop_map(|file| Request::Delete { file }),
         Just(Request::Stat),
         Just(Request::Scan),

@@ -527,11 +527,19 @@ impl PoolClient {
     ) -> Result<Vec<u8>, ShardFailure> {
         let offset = place.layout.segment_offset(j);
         let len = record.stored_len(shard_len as usize) as u32;
+        let sealed = record.seal.is_some();
         let mut shard = self
-            .ask_holder(place, record, i, |segment| Request::Fwd {
-                segment,
-                offset,
-                len,
+            .ask_holder(place, record, i, |segment| match sealed {
+                true => Request::FwdSealed {
+                    segment,
+                    offset,
+                    len,
+                },
+                false => Request::Fwd {
+                    segment,
+                    offset,
+                    len,
+                },
             })
             .await?;
         let who = || format!("node {}", record.holder(place, i).node_id);

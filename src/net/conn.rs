@@ -146,6 +146,14 @@ impl Connection {
                     .map_err(|source| NetError::Frame { addr, source })?;
                 Ok((Response::Data { len }, Some(data)))
             }
+            Response::SealedData { len } => {
+                let data = self
+                    .chan
+                    .read_raw(len)
+                    .await
+                    .map_err(|source| NetError::Frame { addr, source })?;
+                Ok((Response::SealedData { len }, Some(data)))
+            }
             other => Ok((other, None)),
         }
     }

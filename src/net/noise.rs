@@ -373,6 +373,43 @@ impl Channel {
         Ok(())
     }
 
+    /// Sends what is queued, then `data` outside the encryption: only for bytes that
+    /// are ciphertext already and that the reader authenticates by other means (a sealed
+    /// shard's chunk tags). The message before announces their length, so a peer that
+    /// adds or drops bytes desynchronises the stream and the next message fails.
+    pub async fn write_raw(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.flush().await?;
+        self.wr.write_all(data).await
+    }
+
+    /// Reads `len` bytes sent by `write_raw`, refusing oversized ones before allocating.
+    pub async fn read_raw(&mut self, len: u32) -> Result<Vec<u8>, FrameError> {
+        if len > MAX_BODY {
+            return Err(FrameError::BodyTooLarge(len));
+        }
+        if self.pos < self.in_len {
+            // Raw bytes follow a whole message, never the middle of one.
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "raw bytes announced inside an encrypted message",
+            )
+            .into());
+        }
+        let len = len as usize;
+        let mut out = Vec::with_capacity(len);
+        let early = (self.in_end - self.in_start).min(len);
+        out.extend_from_slice(&self.inbuf[self.in_start..self.in_start + early]);
+        self.in_start += early;
+        while out.len() < len {
+            // Straight from the socket into the answer, no zeroing, no staging.
+            let want = (len - out.len()) as u64;
+            if (&mut self.rd).take(want).read_buf(&mut out).await? == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+            }
+        }
+        Ok(out)
+    }
+
     /// Reads a raw body of `len` bytes that a header announced, refusing oversized ones
     /// before allocating.
     pub async fn read_body(&mut self, len: u32) -> Result<Vec<u8>, FrameError> {
@@ -530,6 +567,43 @@ mod tests {
         // A clean close is seen as such.
         drop(cli);
         assert!(!srv.readable().await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn raw_bodies_between_messages_arrive_whole_and_the_stream_goes_on() {
+        let key = PoolKey::generate();
+        let (srv, cli) = pair(&key, &key).await;
+        let (mut srv, mut cli) = (srv.unwrap(), cli.unwrap());
+        let bodies: Vec<Vec<u8>> = [0usize, 1, 5000, 3 * MAX_MESSAGE + 3, 700_000]
+            .iter()
+            .map(|&n| (0..n).map(|b| (b * 7 + n) as u8).collect())
+            .collect();
+        let send = async {
+            for body in &bodies {
+                cli.write_frame(&(body.len() as u32).to_be_bytes())
+                    .await
+                    .unwrap();
+                cli.write_raw(body).await.unwrap();
+            }
+            cli.write_frame(b"after").await.unwrap();
+            cli.flush().await.unwrap();
+        };
+        let recv = async {
+            let mut got = Vec::new();
+            for _ in 0..bodies.len() {
+                let header = srv.read_frame().await.unwrap();
+                let len = u32::from_be_bytes(header.try_into().unwrap());
+                got.push(srv.read_raw(len).await.unwrap());
+            }
+            (got, srv.read_frame().await.unwrap())
+        };
+        let ((), (got, after)) = tokio::join!(send, recv);
+        assert!(got == bodies, "raw bytes changed on the way");
+        assert_eq!(after, b"after", "the encrypted stream did not resume");
+        assert!(matches!(
+            srv.read_raw(MAX_BODY + 1).await,
+            Err(FrameError::BodyTooLarge(_))
+        ));
     }
 
     #[tokio::test]

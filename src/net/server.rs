@@ -18,6 +18,9 @@ use crate::trust::{identity_of, Credentials, KEY_LEN};
 pub enum Reply {
     Msg(Response),
     Data(Vec<u8>),
+    /// Bytes that are ciphertext already (a sealed shard), sent outside the channel's
+    /// encryption.
+    Sealed(Vec<u8>),
 }
 
 impl From<Response> for Reply {
@@ -329,6 +332,12 @@ impl Conn<'_> {
                     let len =
                         u32::try_from(bytes.len()).map_err(|_| "reply too large".to_string())?;
                     send(&mut chan, &Response::Data { len }, Some(&bytes)).await?
+                }
+                Reply::Sealed(bytes) => {
+                    let len =
+                        u32::try_from(bytes.len()).map_err(|_| "reply too large".to_string())?;
+                    send(&mut chan, &Response::SealedData { len }, None).await?;
+                    chan.write_raw(&bytes).await.map_err(|e| e.to_string())?
                 }
             }
         }

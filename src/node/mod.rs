@@ -496,11 +496,26 @@ impl Handler for NodeService {
             }
             // The answer is built in memory before it is sent: a length no reader would
             // accept must not make the node allocate it.
-            Request::Fwd { len, .. } if len > MAX_BODY => Response::error(
-                ErrorKind::BadRequest,
-                format!("FWD of {len} bytes exceeds the maximum of {MAX_BODY}"),
-            )
-            .into(),
+            Request::Fwd { len, .. } | Request::FwdSealed { len, .. } if len > MAX_BODY => {
+                Response::error(
+                    ErrorKind::BadRequest,
+                    format!("FWD of {len} bytes exceeds the maximum of {MAX_BODY}"),
+                )
+                .into()
+            }
+            Request::FwdSealed {
+                segment,
+                offset,
+                len,
+            } => {
+                blocking(Box::new(move || {
+                    match shared.store.fwd(&owner, &segment, offset, len) {
+                        Ok(data) => Reply::Sealed(data),
+                        Err(e) => Reply::Msg(store_error(e)),
+                    }
+                }))
+                .await
+            }
             Request::Fwd {
                 segment,
                 offset,
@@ -581,6 +596,7 @@ pub fn request_name(req: &Request) -> &'static str {
         Request::Store { .. } => "STORE",
         Request::Fwd { .. } => "FWD",
         Request::FwdParts { .. } => "FWD-PARTS",
+        Request::FwdSealed { .. } => "FWD-SEALED",
         Request::Delete { .. } => "DELETE",
         Request::Stat => "STAT",
         Request::Scan => "SCAN",

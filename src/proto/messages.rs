@@ -201,6 +201,15 @@ pub enum Request {
         segment: SegmentRef,
         parts: Vec<(u64, u32)>,
     },
+    /// Client to node: like `Fwd`, for bytes the client sealed itself (a shard with its
+    /// chunk tags, which the reader authenticates); answered with `SealedData`, whose
+    /// body follows outside the channel's encryption: it is ciphertext already, so
+    /// neither end spends a cipher pass on it.
+    FwdSealed {
+        segment: SegmentRef,
+        offset: u64,
+        len: u32,
+    },
 }
 
 /// Kinds of failure a peer reports, so callers can map them to errno and messages.
@@ -233,6 +242,8 @@ pub enum Response {
     Node(NodeInfo),
     /// Answer to `Fwd` and `FwdParts`: `len` raw bytes follow.
     Data { len: u32 },
+    /// Answer to `FwdSealed`: `len` bytes follow outside the channel's encryption.
+    SealedData { len: u32 },
     /// Answer to `Stat`.
     Stat(NodeStat),
     /// Answer to `Scan`: what the sweep found.

@@ -11,7 +11,7 @@ pub use messages::*;
 /// Bumped whenever a message or the framing changes shape; bound into the handshake.
 /// 3: Noise channel instead of the plaintext `Hello`.
 /// 4: `ErrorKind::Quota`; segments are kept per owner.
-/// 7: `FwdParts`, for reading one chunk of a sealed shard with its tag.
+/// 7: `FwdParts`, for reading one chunk of a sealed shard with its tag; `FwdSealed`.
 pub const PROTOCOL_VERSION: u16 = 7;
 /// Most ranges one `FwdParts` may ask for.
 pub const MAX_PARTS: usize = 8;
