@@ -42,6 +42,35 @@ pub struct ClientConfig {
     /// The owner secret that shard keys derive from; `None` stores shards in clear
     /// (benchmarks of the cost of encryption only).
     pub owner: Option<Arc<OwnerKey>>,
+    /// A node in this same process that owns `creds` (a mount's own node): its shards
+    /// are stored and read with a call instead of a round trip through loopback.
+    pub local: Option<Arc<dyn LocalNode>>,
+}
+
+impl std::fmt::Debug for dyn LocalNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LocalNode({:?})", self.node_id())
+    }
+}
+
+/// Segments of a node running in the client's own process, as the client's key owns
+/// them there. Errors are the kind and message a remote node would answer.
+pub trait LocalNode: Send + Sync {
+    /// That node's id in the pool, once it has one.
+    fn node_id(&self) -> Option<NodeId>;
+    /// STORE `data` at `offset` of `segment`: durable when it returns.
+    fn store(
+        &self,
+        segment: &SegmentRef,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), (ErrorKind, String)>;
+    /// The bytes of these ranges of `segment`, one after the other.
+    fn read(
+        &self,
+        segment: &SegmentRef,
+        parts: &[(u64, u32)],
+    ) -> Result<Vec<u8>, (ErrorKind, String)>;
 }
 
 impl ClientConfig {
@@ -59,6 +88,7 @@ impl ClientConfig {
             parity: None,
             shard_size: DEFAULT_SHARD_SIZE,
             stripes_in_flight: 4,
+            local: None,
         }
     }
 }
@@ -280,39 +310,54 @@ impl PoolClient {
         i: usize,
         shard: &[u8],
     ) -> Result<(), ClientError> {
-        let req = Request::Store {
-            segment: SegmentRef {
-                file: place.file_id.clone(),
-                index: i as u32,
-            },
-            offset: place.layout.segment_offset(j),
-            len: shard.len() as u32,
+        let segment = SegmentRef {
+            file: place.file_id.clone(),
+            index: i as u32,
         };
-        let addr = self.addr_of(holder).await;
-        self.conns
-            .call(addr, &req, Some(shard))
-            .await
-            .map(|_| ())
-            .map_err(|source| match source.remote_kind() {
-                Some(ErrorKind::NoSpace) => ClientError::NoSpace {
-                    node: holder.node_id,
-                    file: place.file_id.clone(),
-                    segment: i as u32,
-                    message: source.to_string(),
-                },
-                Some(ErrorKind::Quota) => ClientError::Quota {
-                    node: holder.node_id,
-                    file: place.file_id.clone(),
-                    segment: i as u32,
-                    message: source.to_string(),
-                },
-                _ => ClientError::Store {
-                    node: holder.node_id,
-                    file: place.file_id.clone(),
-                    segment: i as u32,
-                    source,
-                },
-            })
+        let offset = place.layout.segment_offset(j);
+        let stored = match self.local_node(holder.node_id) {
+            Some(local) => {
+                // The blocking pool, like the node's own handler: pwrite and fdatasync.
+                let data = shard.to_vec();
+                tokio::task::spawn_blocking(move || local.store(&segment, offset, &data))
+                    .await
+                    .unwrap_or_else(|e| Err((ErrorKind::Internal, format!("task failed: {e}"))))
+                    .map_err(|(kind, message)| NetError::Remote {
+                        addr: holder.addr,
+                        kind,
+                        message,
+                    })
+            }
+            None => {
+                let req = Request::Store {
+                    segment,
+                    offset,
+                    len: shard.len() as u32,
+                };
+                let addr = self.addr_of(holder).await;
+                self.conns.call(addr, &req, Some(shard)).await.map(|_| ())
+            }
+        };
+        stored.map_err(|source| match source.remote_kind() {
+            Some(ErrorKind::NoSpace) => ClientError::NoSpace {
+                node: holder.node_id,
+                file: place.file_id.clone(),
+                segment: i as u32,
+                message: source.to_string(),
+            },
+            Some(ErrorKind::Quota) => ClientError::Quota {
+                node: holder.node_id,
+                file: place.file_id.clone(),
+                segment: i as u32,
+                message: source.to_string(),
+            },
+            _ => ClientError::Store {
+                node: holder.node_id,
+                file: place.file_id.clone(),
+                segment: i as u32,
+                source,
+            },
+        })
     }
 
     /// Stores stripe `j` (its data bytes) on all holders in parallel and returns its
@@ -491,6 +536,30 @@ impl PoolClient {
         read: impl FnOnce(SegmentRef) -> Request,
     ) -> Result<Vec<u8>, ShardFailure> {
         let holder = record.holder(place, i);
+        if let Some(local) = self.local_node(holder.node_id) {
+            let segment = SegmentRef {
+                file: place.file_id.clone(),
+                index: i as u32,
+            };
+            let parts = match read(segment.clone()) {
+                Request::Fwd { offset, len, .. } | Request::FwdSealed { offset, len, .. } => {
+                    vec![(offset, len)]
+                }
+                Request::FwdParts { parts, .. } => parts,
+                other => {
+                    return Err(ShardFailure::Unreachable(format!(
+                        "{other:?} is not a read"
+                    )))
+                }
+            };
+            let node = holder.node_id;
+            return tokio::task::spawn_blocking(move || local.read(&segment, &parts))
+                .await
+                .unwrap_or_else(|e| Err((ErrorKind::Internal, format!("task failed: {e}"))))
+                .map_err(|(_, why)| {
+                    ShardFailure::Unreachable(format!("node {node} (here): {why}"))
+                });
+        }
         // Readers consulted the view just before (or, for one shard alone, chose not
         // to wait for it): its address as last seen, with no round trip of its own.
         let addr = match self.cached_view() {
@@ -560,6 +629,15 @@ impl PoolClient {
             }
         }
         Ok(shard)
+    }
+
+    /// The node in this process, if it is `node`.
+    fn local_node(&self, node: NodeId) -> Option<Arc<dyn LocalNode>> {
+        self.cfg
+            .local
+            .as_ref()
+            .filter(|local| local.node_id() == Some(node))
+            .cloned()
     }
 
     /// The cipher of a file, if this client holds an owner key.

@@ -19,7 +19,8 @@ use tokio::task::JoinHandle;
 
 use crate::net::{self, ConnPool, Handler, NetError, Peer, Reply, ServerLimits};
 use crate::proto::{
-    Assign, ErrorKind, Identity, NodeId, NodeStat, PoolView, Request, Response, MAX_BODY, MAX_PARTS,
+    Assign, ErrorKind, Identity, NodeId, NodeStat, PoolView, Request, Response, SegmentRef,
+    MAX_BODY, MAX_PARTS,
 };
 use crate::trust::{identity_of, Credentials, KeyError, PoolKey};
 use pin::ControllerPin;
@@ -198,6 +199,13 @@ impl Node {
     /// The id the controller gave this node, once it has one.
     pub fn node_id(&self) -> Option<NodeId> {
         self.shared.membership().node_id
+    }
+
+    /// This node's segment store as seen by a client in this same process that proves
+    /// this node's own static key (a mount and its node): the segments such a client
+    /// would reach over the network, without the network.
+    pub fn own_segments(&self) -> OwnSegments {
+        OwnSegments(self.shared.clone())
     }
 
     /// The last pool view this node received.
@@ -448,6 +456,56 @@ fn parts_too_big(parts: &[(u64, u32)]) -> bool {
         .iter()
         .try_fold(0u32, |sum, part| sum.checked_add(part.1));
     parts.len() > MAX_PARTS || total.is_none_or(|t| t > MAX_BODY)
+}
+
+/// See `Node::own_segments`. Errors are the kind and message a remote caller would get.
+#[derive(Clone)]
+pub struct OwnSegments(Arc<Shared>);
+
+impl OwnSegments {
+    /// The id the controller gave this node, once it has one.
+    pub fn node_id(&self) -> Option<NodeId> {
+        self.0.membership().node_id
+    }
+
+    fn owner(&self) -> Identity {
+        self.0.creds.identity()
+    }
+
+    /// As a STORE from this node's own key: durable when it returns.
+    pub fn store(
+        &self,
+        seg: &SegmentRef,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), (ErrorKind, String)> {
+        self.0
+            .store
+            .store(&self.owner(), seg, offset, data)
+            .map_err(refusal)
+    }
+
+    /// As a FWD (one range: a whole shard, with readahead) or a FWD-PARTS (a chunk and
+    /// its tag) from this node's own key.
+    pub fn read(
+        &self,
+        seg: &SegmentRef,
+        parts: &[(u64, u32)],
+    ) -> Result<Vec<u8>, (ErrorKind, String)> {
+        let owner = self.owner();
+        match parts {
+            [(offset, len)] => self.0.store.fwd(&owner, seg, *offset, *len),
+            _ => self.0.store.fwd_parts(&owner, seg, parts),
+        }
+        .map_err(refusal)
+    }
+}
+
+fn refusal(e: StoreError) -> (ErrorKind, String) {
+    match store_error(e) {
+        Response::Error { kind, message } => (kind, message),
+        other => (ErrorKind::Internal, format!("{other:?}")),
+    }
 }
 
 fn store_error(e: StoreError) -> Response {
