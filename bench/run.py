@@ -322,6 +322,29 @@ def stall_run(pools, binary, extra, src, want):
         pools.down(mnt, data)
 
 
+def disk_floor(work, runs):
+    """What the pool's own disk (where its nodes and metadata live) takes, with nothing
+    of poolfs in the way: the first byte of a file on it after dropping the caches, as
+    first_byte measures, and one 4 KiB write made durable (what any close that means
+    stored must wait for at least once)."""
+    path = os.path.join(work, "disk-floor")
+    with open(path, "wb") as f:
+        f.write(os.urandom(64 * MIB))
+    ttfb = med([first_byte(path) * 1000 for _ in range(max(runs, 5))])
+    syncs = []
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        for i in range(200):
+            os.pwrite(fd, os.urandom(4096), (i % 64) * 4096)
+            t = time.perf_counter()
+            os.fdatasync(fd)
+            syncs.append((time.perf_counter() - t) * 1000)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return {"ttfb": ttfb, "fdatasync": med(syncs)}
+
+
 def med(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
@@ -386,7 +409,7 @@ def fmt(v, ratio=None, none="n/a"):
     return s if ratio is None else f"{s} ({ratio:.3f}x)"
 
 
-def report(a, base, results, meta):
+def report(a, base, results, meta, floor=None):
     lines = [f"poolfs benchmark, commit {meta['commit']}, {meta['machine']}",
              f"{a.nodes}-node loopback pool, {a.size_mib} MiB file, {a.files} small files, "
              f"{a.rss_size_mib} MiB file for memory, medians of {a.runs} runs "
@@ -416,6 +439,11 @@ def report(a, base, results, meta):
     for n in names:
         for e in results[n]["stall_errors"]:
             lines.append(f"\n{n}: node-kill read error: {e}")
+    if floor:
+        lines += ["", "The pool's disk alone (no poolfs), for the first byte and small-file figures:",
+                  f"- first byte of a file on it, caches dropped: {fmt(floor['ttfb'])} ms",
+                  f"- one 4 KiB write made durable (fdatasync): {fmt(floor['fdatasync'])} ms, "
+                  f"so at most {1000 / floor['fdatasync']:.0f} durable closes/s one after another"]
     return "\n".join(lines)
 
 
@@ -488,10 +516,12 @@ def main(argv=None):
         base = {"dir": tmpfs, "cp": [], "cat": [], "ttfb": [], "small": []}
         results = {n: measure_config(n, a, pools, binary, src, rss_src, base) for n in a.only}
         base = {k: med(v) for k, v in base.items() if k != "dir"}
-        print(report(a, base, results, meta))
+        floor = disk_floor(work, a.runs)
+        print(report(a, base, results, meta, floor))
         if a.json:
             with open(a.json, "w") as f:
-                json.dump({"meta": meta, "args": vars(a), "tmpfs": base, "poolfs": results}, f, indent=1)
+                json.dump({"meta": meta, "args": vars(a), "tmpfs": base, "poolfs": results,
+                           "disk": floor}, f, indent=1)
     except KeyboardInterrupt:
         print("bench: interrupted, cleaning up", file=sys.stderr)
         return 130
