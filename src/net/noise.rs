@@ -526,64 +526,23 @@ mod tests {
         ));
     }
 
-    #[tokio::test]
-    async fn mixed_small_and_large_writes_arrive_whole_and_in_order() {
+    /// Sends each body after a frame holding its length (inside the encryption, or
+    /// raw), then a last frame; returns the bodies and the last frame as received.
+    async fn exchange(bodies: &[Vec<u8>], raw: bool) -> (Channel, Vec<Vec<u8>>, Vec<u8>) {
         let key = PoolKey::generate();
         let (srv, cli) = pair(&key, &key).await;
         let (mut srv, mut cli) = (srv.unwrap(), cli.unwrap());
-        // Sizes that straddle message and socket-batch boundaries, so messages are cut
-        // across reads and the receive buffer is compacted mid-message.
-        let sizes: Vec<usize> = (0..60)
-            .map(|i| [1, 7, MAX_CHUNK - 1, MAX_CHUNK, MAX_CHUNK + 1, 300_001][i % 6] + i)
-            .collect();
-        let bodies: Vec<Vec<u8>> = sizes
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| (0..n).map(|b| (b * 31 + i) as u8).collect())
-            .collect();
         let send = async {
             for (i, body) in bodies.iter().enumerate() {
-                cli.write_frame(&(body.len() as u32).to_be_bytes())
-                    .await
-                    .unwrap();
-                cli.write_all(body).await.unwrap();
+                let len = (body.len() as u32).to_be_bytes();
+                cli.write_frame(&len).await.unwrap();
+                match raw {
+                    true => cli.write_raw(body).await.unwrap(),
+                    false => cli.write_all(body).await.unwrap(),
+                }
                 if i % 7 == 0 {
                     cli.flush().await.unwrap();
                 }
-            }
-            cli.flush().await.unwrap();
-        };
-        let recv = async {
-            let mut got = Vec::new();
-            for _ in 0..bodies.len() {
-                let header = srv.read_frame().await.unwrap();
-                let len = u32::from_be_bytes(header.try_into().unwrap());
-                got.push(srv.read_body(len).await.unwrap());
-            }
-            got
-        };
-        let ((), got) = tokio::join!(send, recv);
-        assert!(got == bodies, "bytes changed on the way");
-        // A clean close is seen as such.
-        drop(cli);
-        assert!(!srv.readable().await.unwrap());
-    }
-
-    #[tokio::test]
-    async fn raw_bodies_between_messages_arrive_whole_and_the_stream_goes_on() {
-        let key = PoolKey::generate();
-        let (srv, cli) = pair(&key, &key).await;
-        let (mut srv, mut cli) = (srv.unwrap(), cli.unwrap());
-        let bodies: Vec<Vec<u8>> = [0usize, 1, 5000, 3 * MAX_MESSAGE + 3, 700_000]
-            .iter()
-            .map(|&n| (0..n).map(|b| (b * 7 + n) as u8).collect())
-            .collect();
-        let send = async {
-            for body in &bodies {
-                cli.write_frame(&(body.len() as u32).to_be_bytes())
-                    .await
-                    .unwrap();
-                cli.write_raw(body).await.unwrap();
             }
             cli.write_frame(b"after").await.unwrap();
             cli.flush().await.unwrap();
@@ -593,11 +552,42 @@ mod tests {
             for _ in 0..bodies.len() {
                 let header = srv.read_frame().await.unwrap();
                 let len = u32::from_be_bytes(header.try_into().unwrap());
-                got.push(srv.read_raw(len).await.unwrap());
+                got.push(match raw {
+                    true => srv.read_raw(len).await.unwrap(),
+                    false => srv.read_body(len).await.unwrap(),
+                });
             }
             (got, srv.read_frame().await.unwrap())
         };
         let ((), (got, after)) = tokio::join!(send, recv);
+        drop(cli);
+        (srv, got, after)
+    }
+
+    #[tokio::test]
+    async fn mixed_small_and_large_writes_arrive_whole_and_in_order() {
+        // Sizes that straddle message and socket-batch boundaries, so messages are cut
+        // across reads and the receive buffer is compacted mid-message.
+        let bodies: Vec<Vec<u8>> = (0..60)
+            .map(|i| {
+                let n = [1, 7, MAX_CHUNK - 1, MAX_CHUNK, MAX_CHUNK + 1, 300_001][i % 6] + i;
+                (0..n).map(|b| (b * 31 + i) as u8).collect()
+            })
+            .collect();
+        let (mut srv, got, after) = exchange(&bodies, false).await;
+        assert!(got == bodies, "bytes changed on the way");
+        assert_eq!(after, b"after");
+        // The sender is gone: a clean close is seen as such.
+        assert!(!srv.readable().await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn raw_bodies_between_messages_arrive_whole_and_the_stream_goes_on() {
+        let bodies: Vec<Vec<u8>> = [0usize, 1, 5000, 3 * MAX_MESSAGE + 3, 700_000]
+            .iter()
+            .map(|&n| (0..n).map(|b| (b * 7 + n) as u8).collect())
+            .collect();
+        let (mut srv, got, after) = exchange(&bodies, true).await;
         assert!(got == bodies, "raw bytes changed on the way");
         assert_eq!(after, b"after", "the encrypted stream did not resume");
         assert!(matches!(

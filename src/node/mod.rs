@@ -539,6 +539,16 @@ impl Handler for NodeService {
                 ))
             })
         };
+        // FWD and FWD-SEALED read alike; only how the bytes travel back differs.
+        let fwd = |segment: SegmentRef, offset: u64, len: u32, reply: fn(Vec<u8>) -> Reply| {
+            let shared = shared.clone();
+            blocking(Box::new(move || {
+                match shared.store.fwd(&owner, &segment, offset, len) {
+                    Ok(data) => reply(data),
+                    Err(e) => Reply::Msg(store_error(e)),
+                }
+            }))
+        };
         match req {
             Request::Store {
                 segment, offset, ..
@@ -561,32 +571,16 @@ impl Handler for NodeService {
                 )
                 .into()
             }
-            Request::FwdSealed {
-                segment,
-                offset,
-                len,
-            } => {
-                blocking(Box::new(move || {
-                    match shared.store.fwd(&owner, &segment, offset, len) {
-                        Ok(data) => Reply::Sealed(data),
-                        Err(e) => Reply::Msg(store_error(e)),
-                    }
-                }))
-                .await
-            }
             Request::Fwd {
                 segment,
                 offset,
                 len,
-            } => {
-                blocking(Box::new(move || {
-                    match shared.store.fwd(&owner, &segment, offset, len) {
-                        Ok(data) => Reply::Data(data),
-                        Err(e) => Reply::Msg(store_error(e)),
-                    }
-                }))
-                .await
-            }
+            } => fwd(segment, offset, len, Reply::Data).await,
+            Request::FwdSealed {
+                segment,
+                offset,
+                len,
+            } => fwd(segment, offset, len, Reply::Sealed).await,
             Request::FwdParts { parts, .. } if parts_too_big(&parts) => Response::error(
                 ErrorKind::BadRequest,
                 format!(
