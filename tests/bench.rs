@@ -140,7 +140,9 @@ fn interrupted_bench_stops_its_pools_and_unmounts() {
         return;
     }
     let root = test_dir("bench-int");
-    let child = bench(root.path(), &["--only", "default"])
+    // Node-kill runs make the bench last well past the first mount, so the interrupt
+    // always lands mid-run.
+    let child = bench(root.path(), &["--only", "default", "--stall-runs", "3"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -154,7 +156,8 @@ fn interrupted_bench_stops_its_pools_and_unmounts() {
     assert!(pool_mounted, "the bench never mounted a pool");
     assert!(
         !out.status.success(),
-        "an interrupted bench must not report success"
+        "an interrupted bench must not report success; stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("interrupted"),
