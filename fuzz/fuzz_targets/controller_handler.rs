@@ -12,7 +12,6 @@ use poolfs::controller::ControllerService;
 use poolfs::net::{Handler, Peer, Reply};
 use poolfs::proto::{self, Request};
 
-
 fuzz_target!(|data: &[u8]| {
     let rt = shared::runtime();
     let dir = shared::scratch_dir("poolfs-fuzz-ctrl-");
@@ -49,7 +48,9 @@ fuzz_target!(|data: &[u8]| {
                 Reply::Msg(resp) => {
                     proto::encode(&resp).expect("every answer encodes");
                 }
-                Reply::Data(_) => panic!("the controller never answers with raw bytes"),
+                Reply::Data(_) | Reply::Sealed(_) => {
+                    panic!("the controller never answers with raw bytes")
+                }
             }
         }
     });

@@ -9,7 +9,6 @@ mod shared;
 use libfuzzer_sys::fuzz_target;
 use poolfs::proto::{self, FrameError, Request, Response, MAX_FRAME};
 
-
 fuzz_target!(|data: &[u8]| {
     // The bytes as a whole message, in both directions.
     let _ = proto::decode::<Request>(data);

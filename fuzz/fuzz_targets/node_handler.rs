@@ -18,7 +18,6 @@ use poolfs::trust::{Credentials, PoolKey};
 /// Capacity of the store: large enough for sparse segments past a body's size.
 const CAPACITY: u64 = 64 * 1024 * 1024;
 
-
 fuzz_target!(|data: &[u8]| {
     let rt = shared::runtime();
     let dir = shared::scratch_dir("poolfs-fuzz-node-");
@@ -52,7 +51,9 @@ fuzz_target!(|data: &[u8]| {
                 _ => None,
             };
             match service.handle(req, body, peer).await {
-                Reply::Data(bytes) => assert!(bytes.len() <= MAX_BODY as usize),
+                Reply::Data(bytes) | Reply::Sealed(bytes) => {
+                    assert!(bytes.len() <= MAX_BODY as usize)
+                }
                 Reply::Msg(resp) => {
                     proto::encode(&resp).expect("every answer encodes");
                 }
