@@ -605,22 +605,7 @@ fn a_file_copied_into_a_mount_lands_on_the_other_hosts_and_reads_back() {
     let mount_store = lan.dir().join("mount-store");
     let ctrl = controller(&lan);
     let listen = format!("0.0.0.0:{NODE_PORT}");
-    let mount = lan.spawn_shared(
-        0,
-        "mount",
-        poolfs(),
-        &[
-            "mount",
-            &mps,
-            "--storage",
-            path_str(&mount_store),
-            "-c",
-            &ctrl,
-            "--listen",
-            &listen,
-            "--foreground",
-        ],
-    );
+    let mount = lan.spawn_mount(0, &mp, &mount_store, &ctrl, &["--listen", &listen]);
     lan.wait_log(mount, &format!("mounted {mps}"), WAIT);
     let view = wait_view(&lan, "4 members up", WAIT, |v| v.live().len() == 4);
     let mut expected: BTreeMap<SocketAddr, (NodeId, NodeState)> = (1..=3)
@@ -970,20 +955,7 @@ fn a_busy_mount_is_ended_and_detached_when_a_test_panics() {
         let mps = path_str(&mp).to_string();
         let store = lan.dir().join("mount-store");
         let ctrl = controller(&lan);
-        let mount = lan.spawn_shared(
-            1,
-            "mount",
-            poolfs(),
-            &[
-                "mount",
-                &mps,
-                "--storage",
-                path_str(&store),
-                "-c",
-                &ctrl,
-                "--foreground",
-            ],
-        );
+        let mount = lan.spawn_mount(1, &mp, &store, &ctrl, &[]);
         lan.wait_log(mount, &format!("mounted {mps}"), WAIT);
         let user = lan.spawn_shared(
             1,

@@ -145,23 +145,12 @@ fn a_link_cut_mid_read_never_stalls_a_reader() {
     let mp = lan.mount_dir("pool");
     let mps = path_str(&mp).to_string();
     let mount_store = lan.dir().join("mount-store");
-    let mount = lan.spawn_shared(
+    let mount = lan.spawn_mount(
         0,
-        "mount",
-        poolfs(),
-        &[
-            "mount",
-            &mps,
-            "--storage",
-            path_str(&mount_store),
-            "-c",
-            &ctrl,
-            "--listen",
-            &listen,
-            "--parity",
-            "1",
-            "--foreground",
-        ],
+        &mp,
+        &mount_store,
+        &ctrl,
+        &["--listen", &listen, "--parity", "1"],
     );
     lan.wait_log(mount, &format!("mounted {mps}"), WAIT);
     wait_view(&lan, &ctrl, "4 members up", |v| v.live().len() == 4);

@@ -65,12 +65,46 @@ pub trait LocalNode: Send + Sync {
         offset: u64,
         data: &[u8],
     ) -> Result<(), (ErrorKind, String)>;
-    /// The bytes of these ranges of `segment`, one after the other.
+    /// The bytes `what` names of `segment`.
     fn read(
         &self,
         segment: &SegmentRef,
-        parts: &[(u64, u32)],
+        what: &SegmentRead,
     ) -> Result<Vec<u8>, (ErrorKind, String)>;
+}
+
+/// Which bytes of a shard's segment a reader asks its holder for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SegmentRead {
+    /// One range, a whole shard (read ahead on the node). Bytes the reader sealed
+    /// itself may travel outside the channel's encryption (`FwdSealed`).
+    Range { offset: u64, len: u32, sealed: bool },
+    /// A few small ranges in one round trip, such as a chunk and its tag: their bytes
+    /// one after the other, with no readahead.
+    Parts(Vec<(u64, u32)>),
+}
+
+impl SegmentRead {
+    /// The request that asks a remote holder for these bytes of `segment`.
+    fn request(self, segment: SegmentRef) -> Request {
+        match self {
+            SegmentRead::Range {
+                offset,
+                len,
+                sealed: true,
+            } => Request::FwdSealed {
+                segment,
+                offset,
+                len,
+            },
+            SegmentRead::Range { offset, len, .. } => Request::Fwd {
+                segment,
+                offset,
+                len,
+            },
+            SegmentRead::Parts(parts) => Request::FwdParts { segment, parts },
+        }
+    }
 }
 
 impl ClientConfig {
@@ -308,7 +342,7 @@ impl PoolClient {
         holder: &Holder,
         j: u64,
         i: usize,
-        shard: &[u8],
+        shard: &Arc<Vec<u8>>,
     ) -> Result<(), ClientError> {
         let segment = SegmentRef {
             file: place.file_id.clone(),
@@ -318,7 +352,7 @@ impl PoolClient {
         let stored = match self.local_node(holder.node_id) {
             Some(local) => {
                 // The blocking pool, like the node's own handler: pwrite and fdatasync.
-                let data = shard.to_vec();
+                let data = Arc::clone(shard);
                 tokio::task::spawn_blocking(move || local.store(&segment, offset, &data))
                     .await
                     .unwrap_or_else(|e| Err((ErrorKind::Internal, format!("task failed: {e}"))))
@@ -383,6 +417,8 @@ impl PoolClient {
             FileCipher::new(owner, &place.file_id).seal_all(&salt, j, &mut shards);
             Sealing { salt }
         });
+        // Shared, so a store on this process's own node takes them without a copy.
+        let shards: Vec<Arc<Vec<u8>>> = shards.into_iter().map(Arc::new).collect();
         let n = shards.len();
         let needed = if layout.m == 0 {
             n
@@ -491,7 +527,7 @@ impl PoolClient {
         place: &Placement,
         j: u64,
         i: usize,
-        shard: &[u8],
+        shard: &Arc<Vec<u8>>,
         record: &StripeRecord,
     ) -> Result<Holder, ClientError> {
         let view = self.view().await?;
@@ -526,34 +562,23 @@ impl PoolClient {
         Err(last.unwrap_or(ClientError::NoNodes))
     }
 
-    /// Asks the node holding shard `i` of a stripe for bytes of that shard's segment
-    /// (`read` builds the request from the segment): the bytes, or why not, naming the node.
+    /// Asks the node holding shard `i` of a stripe for bytes of that shard's segment:
+    /// the bytes, or why not, naming the node.
     async fn ask_holder(
         &self,
         place: &Placement,
         record: &StripeRecord,
         i: usize,
-        read: impl FnOnce(SegmentRef) -> Request,
+        what: SegmentRead,
     ) -> Result<Vec<u8>, ShardFailure> {
         let holder = record.holder(place, i);
+        let segment = SegmentRef {
+            file: place.file_id.clone(),
+            index: i as u32,
+        };
         if let Some(local) = self.local_node(holder.node_id) {
-            let segment = SegmentRef {
-                file: place.file_id.clone(),
-                index: i as u32,
-            };
-            let parts = match read(segment.clone()) {
-                Request::Fwd { offset, len, .. } | Request::FwdSealed { offset, len, .. } => {
-                    vec![(offset, len)]
-                }
-                Request::FwdParts { parts, .. } => parts,
-                other => {
-                    return Err(ShardFailure::Unreachable(format!(
-                        "{other:?} is not a read"
-                    )))
-                }
-            };
             let node = holder.node_id;
-            return tokio::task::spawn_blocking(move || local.read(&segment, &parts))
+            return tokio::task::spawn_blocking(move || local.read(&segment, &what))
                 .await
                 .unwrap_or_else(|e| Err((ErrorKind::Internal, format!("task failed: {e}"))))
                 .map_err(|(_, why)| {
@@ -566,10 +591,7 @@ impl PoolClient {
             Some((view, _)) => view.node(holder.node_id).map_or(holder.addr, |n| n.addr),
             None => self.addr_of(holder).await,
         };
-        let req = read(SegmentRef {
-            file: place.file_id.clone(),
-            index: i as u32,
-        });
+        let req = what.request(segment);
         let who = format!("node {} ({addr})", holder.node_id);
         let answer = tokio::time::timeout(READ_DEADLINE, self.conns.call(addr, &req, None))
             .await
@@ -596,21 +618,12 @@ impl PoolClient {
     ) -> Result<Vec<u8>, ShardFailure> {
         let offset = place.layout.segment_offset(j);
         let len = record.stored_len(shard_len as usize) as u32;
-        let sealed = record.seal.is_some();
-        let mut shard = self
-            .ask_holder(place, record, i, |segment| match sealed {
-                true => Request::FwdSealed {
-                    segment,
-                    offset,
-                    len,
-                },
-                false => Request::Fwd {
-                    segment,
-                    offset,
-                    len,
-                },
-            })
-            .await?;
+        let what = SegmentRead::Range {
+            offset,
+            len,
+            sealed: record.seal.is_some(),
+        };
+        let mut shard = self.ask_holder(place, record, i, what).await?;
         let who = || format!("node {}", record.holder(place, i).node_id);
         match &record.seal {
             Some(seal) => self
@@ -777,10 +790,7 @@ impl PoolClient {
             ),
         ];
         let mut bytes = self
-            .ask_holder(place, record, i, |segment| Request::FwdParts {
-                segment,
-                parts,
-            })
+            .ask_holder(place, record, i, SegmentRead::Parts(parts))
             .await?;
         let corrupt = |why: String| {
             let node = record.holder(place, i).node_id;
@@ -940,7 +950,7 @@ impl PoolClient {
             if m.is_hole(j) {
                 continue; // a hole has no shards anywhere
             }
-            let shard = self.rebuilt_shard(m, j, i).await?;
+            let shard = Arc::new(self.rebuilt_shard(m, j, i).await?);
             self.store_shard(&moved.place, &to, j, i, &shard).await?;
             if let Some(rec) = moved.stripes.get_mut(j as usize) {
                 rec.moved.retain(|mv| mv.shard as usize != i);
@@ -962,7 +972,7 @@ impl PoolClient {
                 if down.get(i).copied().unwrap_or(true) {
                     continue;
                 }
-                let shard = self.rebuilt_shard(m, j, i).await?;
+                let shard = Arc::new(self.rebuilt_shard(m, j, i).await?);
                 self.store_shard(&m.place, &m.place.holders[i], j, i, &shard)
                     .await?;
                 if let Some(r) = out.stripes.get_mut(j as usize) {
@@ -1043,7 +1053,7 @@ impl PoolClient {
         bad: &[usize],
     ) {
         let shards = match self.shards_as_recorded(place, record, j, data) {
-            Ok(shards) => shards,
+            Ok(shards) => shards.into_iter().map(Arc::new).collect::<Vec<_>>(),
             Err(e) => {
                 log::warn!("cannot heal stripe {j} of file {}: {e}", place.file_id);
                 return;

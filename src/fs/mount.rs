@@ -11,7 +11,7 @@ use super::meta::MetaStore;
 use super::repair::{self, RepairReport};
 use super::vfs::Vfs;
 use super::FsError;
-use crate::client::{ClientConfig, LocalNode, PoolClient};
+use crate::client::{ClientConfig, LocalNode, PoolClient, SegmentRead};
 use crate::node::{Node, NodeConfig, NodeError, OwnSegments};
 use crate::proto::{ErrorKind, NodeId, SegmentRef};
 use crate::trust::{OwnerKey, PoolKey};
@@ -341,8 +341,11 @@ impl LocalNode for OwnNode {
     fn read(
         &self,
         segment: &SegmentRef,
-        parts: &[(u64, u32)],
+        what: &SegmentRead,
     ) -> Result<Vec<u8>, (ErrorKind, String)> {
-        self.0.read(segment, parts)
+        match what {
+            SegmentRead::Range { offset, len, .. } => self.0.fwd(segment, *offset, *len),
+            SegmentRead::Parts(parts) => self.0.fwd_parts(segment, parts),
+        }
     }
 }

@@ -485,19 +485,29 @@ impl OwnSegments {
             .map_err(refusal)
     }
 
-    /// As a FWD (one range: a whole shard, with readahead) or a FWD-PARTS (a chunk and
-    /// its tag) from this node's own key.
-    pub fn read(
+    /// As a FWD (one range, read ahead) from this node's own key.
+    pub fn fwd(
+        &self,
+        seg: &SegmentRef,
+        offset: u64,
+        len: u32,
+    ) -> Result<Vec<u8>, (ErrorKind, String)> {
+        self.0
+            .store
+            .fwd(&self.owner(), seg, offset, len)
+            .map_err(refusal)
+    }
+
+    /// As a FWD-PARTS (a few small ranges, no readahead) from this node's own key.
+    pub fn fwd_parts(
         &self,
         seg: &SegmentRef,
         parts: &[(u64, u32)],
     ) -> Result<Vec<u8>, (ErrorKind, String)> {
-        let owner = self.owner();
-        match parts {
-            [(offset, len)] => self.0.store.fwd(&owner, seg, *offset, *len),
-            _ => self.0.store.fwd_parts(&owner, seg, parts),
-        }
-        .map_err(refusal)
+        self.0
+            .store
+            .fwd_parts(&self.owner(), seg, parts)
+            .map_err(refusal)
     }
 }
 

@@ -382,6 +382,24 @@ impl Lan {
         self.spawn_command(i, label, command)
     }
 
+    /// Starts `poolfs mount MOUNT_POINT --storage STORAGE -c CONTROLLER EXTRA...
+    /// --foreground` on host `i`, in the LAN's shared mount namespace; returns its pid.
+    pub fn spawn_mount(
+        &self,
+        i: usize,
+        mount_point: &Path,
+        storage: &Path,
+        controller: &str,
+        extra: &[&str],
+    ) -> u32 {
+        let utf8 = |p: &Path| p.to_str().expect("test paths are UTF-8").to_string();
+        let (mp, store) = (utf8(mount_point), utf8(storage));
+        let mut args = vec!["mount", &mp, "--storage", &store, "-c", controller];
+        args.extend_from_slice(extra);
+        args.push("--foreground");
+        self.spawn_shared(i, "mount", Path::new(env!("CARGO_BIN_EXE_poolfs")), &args)
+    }
+
     fn spawn_command(&self, i: usize, label: &str, mut command: Command) -> u32 {
         let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
         let log = self.dir.path().join(format!(
