@@ -496,6 +496,9 @@ def main(argv=None):
     binary = os.path.abspath(a.bin)
     if not os.access(binary, os.X_OK):
         sys.exit(f"bench: no poolfs binary at {binary} (cargo build --release)")
+    # Both, explicitly: a shell that starts a job in the background starts it with
+    # SIGINT ignored, and Python then leaves Ctrl-C ignored too.
+    signal.signal(signal.SIGINT, interrupted)
     signal.signal(signal.SIGTERM, interrupted)
     work = tempfile.mkdtemp(prefix="poolfs-bench-")
     print(f"bench: working in {work}", file=sys.stderr)

@@ -584,11 +584,7 @@ fn root_fuse_mounts() -> String {
 /// makes the mount leave the pool and exit 0.
 #[test]
 fn a_file_copied_into_a_mount_lands_on_the_other_hosts_and_reads_back() {
-    if let Some(reason) = netns::fuse_missing() {
-        netns::skip(&format!("FUSE is not available: {reason}"));
-        return;
-    }
-    let Some(lan) = Lan::new("dsh", 8, 4) else {
+    let Some(lan) = Lan::with_fuse("dsh", 8, 4) else {
         return;
     };
     let started = Instant::now();

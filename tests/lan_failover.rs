@@ -97,11 +97,7 @@ fn timed_read(
 /// read() call stalls for a second. Then the cable is plugged back in.
 #[test]
 fn a_link_cut_mid_read_never_stalls_a_reader() {
-    if let Some(reason) = netns::fuse_missing() {
-        netns::skip(&format!("FUSE is not available: {reason}"));
-        return;
-    }
-    let Some(lan) = Lan::new("dcut", 21, 4) else {
+    let Some(lan) = Lan::with_fuse("dcut", 21, 4) else {
         return;
     };
     let names = lan.names();

@@ -146,6 +146,16 @@ fn sh_quote(s: &str) -> String {
 }
 
 impl Lan {
+    /// `Lan::new` for a test that mounts: `None`, the test skipped saying why, where
+    /// FUSE is not available.
+    pub fn with_fuse(tag: &str, net: u8, hosts: usize) -> Option<Lan> {
+        if let Some(reason) = fuse_missing() {
+            skip(&format!("FUSE is not available: {reason}"));
+            return None;
+        }
+        Lan::new(tag, net, hosts)
+    }
+
     /// Builds a LAN named `tag` (at most 8 characters, unique per test) on subnet
     /// 10.77.`net`.0/24 with `hosts` hosts. None when the machine cannot host it and
     /// CI is not set (the reason is printed); panics under CI=true.
