@@ -90,7 +90,9 @@ pub struct MountArgs {
     /// [default: 1 on pools of 3 or more nodes, else 0].
     #[arg(long)]
     pub parity: Option<u32>,
-    /// Let other users access the mount (needs user_allow_other in /etc/fuse.conf).
+    /// Let other users use the mount, with access checked against mode bits, owners
+    /// and groups as on a local filesystem (a non-root mounter needs
+    /// user_allow_other in /etc/fuse.conf).
     #[arg(long)]
     pub allow_other: bool,
     /// Seconds a node may stay down before its segments are rebuilt on other nodes
@@ -134,6 +136,10 @@ pub struct UpArgs {
     /// Store shards in clear (see `mount --no-encryption`): benchmarks only.
     #[arg(long)]
     pub no_encryption: bool,
+    /// Let other users use the pool, with access checked against mode bits, owners
+    /// and groups (on by itself when run through sudo).
+    #[arg(long)]
+    pub allow_other: bool,
 }
 
 #[derive(Args, Debug)]

@@ -150,6 +150,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Mount(args) => mount(args),
         Command::Up(args) => {
             let data = args.data_dir.unwrap_or_else(default_data_dir);
+            let invoker = poolfs::up::sudo_invoker();
             let opts = poolfs::up::UpOptions {
                 nodes: args.nodes,
                 parity: args.parity,
@@ -157,6 +158,8 @@ fn run(cli: Cli) -> Result<()> {
                 repair_grace: args.repair_grace,
                 key: args.key.as_deref(),
                 encrypt: !args.no_encryption,
+                allow_other: args.allow_other || invoker.is_some(),
+                owner: invoker,
             };
             let state =
                 poolfs::up::up(&data, &args.mountpoint, opts).map_err(anyhow::Error::msg)?;

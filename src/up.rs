@@ -103,6 +103,23 @@ pub struct UpOptions<'a> {
     pub key: Option<&'a Path>,
     /// Encrypt shards (off only to measure the cost).
     pub encrypt: bool,
+    /// Let other users use the mount (access then follows mode bits and owners).
+    pub allow_other: bool,
+    /// The user (uid, gid) the pool is for when `up` runs on their behalf as root
+    /// (through sudo): the mount's root directory becomes theirs, if root owns it.
+    pub owner: Option<(u32, u32)>,
+}
+
+/// The user who ran this process through sudo (`SUDO_UID`, `SUDO_GID`), when it runs
+/// as root: the person the pool is for.
+pub fn sudo_invoker() -> Option<(u32, u32)> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let id = |var| std::env::var(var).ok()?.parse::<u32>().ok();
+    let (uid, gid) = (id("SUDO_UID")?, id("SUDO_GID")?);
+    (uid != 0).then_some((uid, gid))
 }
 
 /// Starts a controller, `nodes - 1` storage nodes and a mount (itself a node) on
@@ -118,6 +135,8 @@ pub fn up(data: &Path, mountpoint: &Path, opts: UpOptions<'_>) -> Result<UpState
         repair_grace,
         key,
         encrypt,
+        allow_other,
+        owner,
     } = opts;
     if nodes == 0 {
         return Err("--nodes must be at least 1".into());
@@ -187,8 +206,14 @@ pub fn up(data: &Path, mountpoint: &Path, opts: UpOptions<'_>) -> Result<UpState
         if let Some(secs) = repair_grace {
             mount.extend(args(&[&"--repair-grace", &secs.to_string()]));
         }
+        if allow_other {
+            mount.extend(args(&[&"--allow-other"]));
+        }
         let pid = spawn_ready(&mount, &dir.join("mount.log"), Duration::from_secs(30))?;
         pids.insert(0, pid);
+        if let Some((uid, gid)) = owner {
+            give_root_to(&mountpoint, uid, gid)?;
+        }
         Ok::<(), String>(())
     })();
     if let Err(e) = started {
@@ -206,6 +231,19 @@ pub fn up(data: &Path, mountpoint: &Path, opts: UpOptions<'_>) -> Result<UpState
     crate::util::write_atomic(&state_file, &json)
         .map_err(|e| format!("cannot save {}: {e}", state_file.display()))?;
     Ok(state)
+}
+
+/// Makes the root directory of a fresh pool mounted at `mountpoint` owned by
+/// `uid:gid` (a pool that someone already uses keeps its owner).
+fn give_root_to(mountpoint: &Path, uid: u32, gid: u32) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(mountpoint)
+        .map_err(|e| format!("cannot stat {}: {e}", mountpoint.display()))?;
+    if meta.uid() != 0 {
+        return Ok(());
+    }
+    std::os::unix::fs::chown(mountpoint, Some(uid), Some(gid))
+        .map_err(|e| format!("cannot give {} to uid {uid}: {e}", mountpoint.display()))
 }
 
 /// Unmounts the pool started by `up` at `mountpoint` and stops its processes.

@@ -878,7 +878,7 @@ fn model_step(
     let roll = rng.below(100);
     let what;
     let mut check: Option<(u64, u64)> = None;
-    if roll < 42 {
+    if roll < 34 {
         // write at a random offset: inside, at a stripe boundary, past the end, at the end
         let off = match rng.below(4) {
             0 => rng.below(size + 1),
@@ -893,15 +893,20 @@ fn model_step(
         };
         let off = off.min(MODEL_MAX - 1);
         let len = len.min(MODEL_MAX - off);
-        let data = rng.bytes(len as usize);
-        what = format!("write {off}+{len}");
+        // Some writes are all zeros: a stripe that ends up all zeros is stored as a hole.
+        let zeros = rng.below(5) == 0;
+        let data = match zeros {
+            true => vec![0; len as usize],
+            false => rng.bytes(len as usize),
+        };
+        what = format!("write {off}+{len}{}", if zeros { " of zeros" } else { "" });
         local.f().write_all_at(&data, off).unwrap();
         mount
             .f()
             .write_all_at(&data, off)
             .unwrap_or_else(|e| panic!("{what}: {e}"));
         check = Some((off.saturating_sub(20), len + 40));
-    } else if roll < 70 {
+    } else if roll < 56 {
         let off = if rng.below(4) == 0 {
             let boundary = rng.below(size / stripe + 1) * stripe;
             boundary.saturating_sub(rng.below(3000))
@@ -919,7 +924,7 @@ fn model_step(
             unsafe { libc::posix_fadvise(mount.f().as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
         }
         check = Some((off, len));
-    } else if roll < 77 {
+    } else if roll < 62 {
         let new = match rng.below(10) {
             0 => 0,
             1..=5 => rng.below(size + 1),
@@ -932,7 +937,7 @@ fn model_step(
             .set_len(new)
             .unwrap_or_else(|e| panic!("{what}: {e}"));
         check = Some((new.saturating_sub(4096), 8192));
-    } else if roll < 80 {
+    } else if roll < 65 {
         let new = match rng.below(2) {
             0 => rng.below(size + 1),
             _ => (size + rng.below(MIB as u64)).min(MODEL_MAX),
@@ -941,7 +946,7 @@ fn model_step(
         truncate_path(&local.path(), new).unwrap();
         truncate_path(&mount.path(), new).unwrap_or_else(|e| panic!("{what}: {e}"));
         check = Some((new.saturating_sub(4096), 8192));
-    } else if roll < 85 {
+    } else if roll < 69 {
         let next = MODEL_NAMES[(MODEL_NAMES.iter().position(|n| *n == local.name).unwrap()
             + 1
             + rng.below(2) as usize)
@@ -952,7 +957,7 @@ fn model_step(
                 .unwrap_or_else(|e| panic!("{what} in {}: {e}", side.dir.display()));
             side.name = next;
         }
-    } else if roll < 88 {
+    } else if roll < 72 {
         // O_APPEND through a second descriptor.
         let n = rng.range(1, 64 * 1024) as usize;
         let data = rng.bytes(n);
@@ -968,7 +973,7 @@ fn model_step(
             }
             check = Some((size.saturating_sub(10), data.len() as u64 + 20));
         }
-    } else if roll < 95 {
+    } else if roll < 78 {
         what = "close + reopen".to_string();
         local.close().unwrap();
         mount
@@ -978,6 +983,53 @@ fn model_step(
         local.open(false);
         mount.open(false);
         model_compare_all(mount, local, &format!("step {step}: after reopen"));
+    } else if roll < 80 {
+        what = "fsync".to_string();
+        local.f().sync_all().unwrap();
+        mount
+            .f()
+            .sync_all()
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+    } else if roll < 86 && size > 0 {
+        // Through a shared writable mapping, as programs that mmap their files do.
+        let off = rng.below(size);
+        let len = rng.range(1, (size - off).min(300 * 1024) + 1);
+        let data = rng.bytes(len as usize);
+        what = format!("mmap write {off}+{len}");
+        local.f().write_all_at(&data, off).unwrap();
+        mmap_write(mount.f(), size, off, &data).unwrap_or_else(|e| panic!("{what}: {e}"));
+        check = Some((off.saturating_sub(20), len + 40));
+    } else if roll < 95 {
+        // fallocate: punch a hole, zero a range, or reserve (growing or not).
+        let off = rng.below(size + 256 * 1024).min(MODEL_MAX - 1);
+        let len = rng.range(1, 3 * MIB as u64).min(MODEL_MAX - off);
+        let (mode, name) = match rng.below(5) {
+            0 => (FALLOC_PUNCH_HOLE | FALLOC_KEEP_SIZE, "punch hole"),
+            1 => (FALLOC_ZERO_RANGE, "zero range"),
+            2 => (
+                FALLOC_ZERO_RANGE | FALLOC_KEEP_SIZE,
+                "zero range, keep size",
+            ),
+            3 => (0, "allocate"),
+            _ => (FALLOC_KEEP_SIZE, "allocate, keep size"),
+        };
+        what = format!("fallocate {name} {off}+{len}");
+        // SAFETY: a valid descriptor.
+        let r = unsafe { libc::fallocate(mount.f().as_raw_fd(), mode, off as i64, len as i64) };
+        if r != 0 {
+            panic!("{what}: {}", io::Error::last_os_error());
+        }
+        // The local side, by its meaning: zeros where punched or zeroed, a size that
+        // grows unless asked to keep it.
+        let end = off + len;
+        if mode & (FALLOC_PUNCH_HOLE | FALLOC_ZERO_RANGE) != 0 && off < size {
+            let zeros = vec![0u8; (end.min(size) - off) as usize];
+            local.f().write_all_at(&zeros, off).unwrap();
+        }
+        if mode & FALLOC_KEEP_SIZE == 0 && end > size {
+            local.f().set_len(end).unwrap();
+        }
+        check = Some((off.saturating_sub(20), len + 40));
     } else if roll < 97 {
         what = "fsync".to_string();
         local.f().sync_all().unwrap();
@@ -1004,8 +1056,10 @@ fn model_step(
         local.open(true);
         mount.open(true);
     }
-    // After every step: sizes agree (through the descriptor and by path), and the
-    // touched range reads the same.
+    // After every step: holes are where the local file has only zeros, sizes agree
+    // (through the descriptor and by path), and the touched range reads the same.
+    let probe = rng.below(local.f().metadata().unwrap().len() + 10);
+    check_holes(mount, local, probe, &format!("step {step} ({what})"));
     let want = local.f().metadata().unwrap().len();
     let got = mount.f().metadata().unwrap().len();
     assert_eq!(
@@ -1032,6 +1086,98 @@ fn model_step(
         }
     }
     what
+}
+
+const FALLOC_KEEP_SIZE: i32 = 0x01;
+const FALLOC_PUNCH_HOLE: i32 = 0x02;
+const FALLOC_ZERO_RANGE: i32 = 0x10;
+
+/// Writes `data` at `off` of a file of `size` bytes through a shared mapping, then
+/// msync(MS_SYNC) so the bytes reach the filesystem.
+fn mmap_write(f: &File, size: u64, off: u64, data: &[u8]) -> io::Result<()> {
+    let len = size as usize;
+    // SAFETY: maps `len` bytes of a valid descriptor; every access below stays inside
+    // the mapping (off + data.len() <= size), which is unmapped before returning.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        std::ptr::copy_nonoverlapping(data.as_ptr(), (p as *mut u8).add(off as usize), data.len());
+        let synced = libc::msync(p, len, libc::MS_SYNC);
+        let err = io::Error::last_os_error();
+        libc::munmap(p, len);
+        if synced != 0 {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+/// `lseek(fd, off, whence)` on the mount: the offset, or the errno.
+fn seek(f: &File, off: u64, whence: i32) -> Result<u64, i32> {
+    // SAFETY: a valid descriptor.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), off as i64, whence) };
+    if r < 0 {
+        Err(io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    } else {
+        Ok(r as u64)
+    }
+}
+
+/// What SEEK_DATA and SEEK_HOLE report from `off` on the mount agrees with the bytes:
+/// every byte they call a hole is zero in the local file.
+fn check_holes(mount: &Side, local: &Side, off: u64, what: &str) {
+    let size = local.f().metadata().unwrap().len();
+    let zero = |from: u64, to: u64| {
+        let b = pread(local.f(), from, (to - from) as usize).unwrap();
+        if let Some(i) = b.iter().position(|x| *x != 0) {
+            panic!(
+                "{what}: the mount reports a hole over {from}..{to}, but byte {} is not zero",
+                from + i as u64
+            );
+        }
+    };
+    match seek(mount.f(), off, libc::SEEK_DATA) {
+        Err(libc::ENXIO) => {
+            if off < size {
+                zero(off, size);
+            }
+        }
+        Ok(d) => {
+            assert!(
+                off < size && d >= off && d < size,
+                "{what}: SEEK_DATA {off} -> {d} (size {size})"
+            );
+            zero(off, d);
+        }
+        Err(e) => panic!("{what}: SEEK_DATA {off}: errno {e}"),
+    }
+    match seek(mount.f(), off, libc::SEEK_HOLE) {
+        Err(libc::ENXIO) => assert!(off >= size, "{what}: SEEK_HOLE {off} in a file of {size}"),
+        Ok(h) => {
+            assert!(
+                off < size && h >= off && h <= size,
+                "{what}: SEEK_HOLE {off} -> {h} (size {size})"
+            );
+            if h < size {
+                let next = match seek(mount.f(), h, libc::SEEK_DATA) {
+                    Ok(d) => d,
+                    Err(libc::ENXIO) => size,
+                    Err(e) => panic!("{what}: SEEK_DATA {h}: errno {e}"),
+                };
+                zero(h, next);
+            }
+        }
+        Err(e) => panic!("{what}: SEEK_HOLE {off}: errno {e}"),
+    }
 }
 
 /// Thousands of random operations on a file in the mount and on a plain local file,

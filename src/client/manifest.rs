@@ -1,8 +1,11 @@
-//! A file's manifest: its id, size, layout, which node holds each segment, and the
-//! checksum of every shard.
+//! A file's manifest: its id, size, layout, which node holds each segment, the record
+//! of every stored stripe, and the stripes reserved by `fallocate`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::ops::Range;
 
+use rangemap::RangeSet;
 use serde::{Deserialize, Serialize};
 
 use super::layout::Layout;
@@ -91,48 +94,97 @@ static HOLE: StripeRecord = StripeRecord {
 };
 
 /// Everything needed to read a file back from the pool.
+///
+/// Stripes are kept sparse: only stored stripes have a record, so a file of any size
+/// (up to the kernel's 2^63 - 1 bytes) costs only what was written to it, and every
+/// walk over a file's stripes visits those records, never `0..stripe_count`.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
     pub place: Placement,
     pub size: u64,
-    /// `stripes[j]` records stripe j's shard checksums and moved shards.
-    pub stripes: Vec<StripeRecord>,
+    /// Stripe index to what was stored for it; a stripe absent here is a hole (zeros).
+    pub stripes: BTreeMap<u64, StripeRecord>,
+    /// Stripes whose slots `fallocate` reserved on the holders and that no write has
+    /// filled yet: they read as zeros, count as allocated, and may lie past the end of
+    /// the file (`FALLOC_FL_KEEP_SIZE`).
+    pub reserved: RangeSet<u64>,
     /// A small file's bytes, kept in this record instead of on the pool (then no
     /// stripe is stored); see `fs::file::INLINE_MAX`.
     pub inline: Option<Vec<u8>>,
 }
 
 impl Manifest {
-    /// Records a stripe just stored.
-    pub fn set_stripe(&mut self, j: u64, record: StripeRecord) {
-        let j = j as usize;
-        if self.stripes.len() <= j {
-            self.stripes.resize(j + 1, StripeRecord::default());
+    /// An empty file placed as `place`.
+    pub fn new(place: Placement) -> Manifest {
+        Manifest {
+            place,
+            size: 0,
+            stripes: BTreeMap::new(),
+            reserved: RangeSet::new(),
+            inline: None,
         }
-        self.stripes[j] = record;
+    }
+
+    /// Records a stripe just stored (no longer merely reserved). A record that stores
+    /// nothing makes the stripe a hole.
+    pub fn set_stripe(&mut self, j: u64, record: StripeRecord) {
+        if record.is_hole() {
+            self.stripes.remove(&j);
+        } else {
+            self.reserved.remove(j..j + 1);
+            self.stripes.insert(j, record);
+        }
+    }
+
+    /// Makes stripe `j` a hole again; returns the record it had, if it was stored.
+    pub fn clear_stripe(&mut self, j: u64) -> Option<StripeRecord> {
+        self.stripes.remove(&j)
     }
 
     /// Stripe `j`'s record; a hole's is empty.
     pub fn stripe(&self, j: u64) -> &StripeRecord {
-        self.stripes.get(j as usize).unwrap_or(&HOLE)
+        self.stripes.get(&j).unwrap_or(&HOLE)
+    }
+
+    /// The stored stripes, in order: (index, record).
+    pub fn records(&self) -> impl Iterator<Item = (u64, &StripeRecord)> {
+        self.stripes.iter().map(|(j, r)| (*j, r))
+    }
+
+    /// The stored stripes in `range`, in order.
+    pub fn records_in(&self, range: Range<u64>) -> impl Iterator<Item = (u64, &StripeRecord)> {
+        self.stripes.range(range).map(|(j, r)| (*j, r))
     }
 
     /// Does any node hold bytes of this file? Not if no stripe was ever stored.
     pub fn stores_anything(&self) -> bool {
-        self.stripes.iter().any(|s| !s.is_hole())
+        !self.stripes.is_empty()
     }
 
     /// Is stripe `j` a hole (never written, read as zeros)?
     pub fn is_hole(&self, j: u64) -> bool {
-        self.stripes
-            .get(j as usize)
-            .is_none_or(StripeRecord::is_hole)
+        !self.stripes.contains_key(&j)
+    }
+
+    /// Is stripe `j` reserved by `fallocate` and not written since?
+    pub fn is_reserved(&self, j: u64) -> bool {
+        self.reserved.contains(&j)
+    }
+
+    /// Does any stripe hold shards stored away from their segment's holder?
+    pub fn has_moved(&self) -> bool {
+        self.stripes.values().any(|s| !s.moved.is_empty())
+    }
+
+    /// Shards stored away from their holders, in all.
+    pub fn moved_count(&self) -> usize {
+        self.stripes.values().map(|s| s.moved.len()).sum()
     }
 
     /// Every node that may hold bytes of this file: segment holders and moved shards.
     pub fn all_holders(&self) -> Vec<Holder> {
         let mut all: Vec<Holder> = self.place.holders.clone();
-        for mv in self.stripes.iter().flat_map(|s| &s.moved) {
+        for mv in self.stripes.values().flat_map(|s| &s.moved) {
             if !all.iter().any(|h| h.node_id == mv.to.node_id) {
                 all.push(mv.to.clone());
             }
@@ -145,10 +197,36 @@ impl Manifest {
         self.place.layout.stripe_len(self.size, j)
     }
 
-    /// Drops stripes past the end of the file (after a shrink).
-    pub fn trim_stripes(&mut self) {
-        let n = self.place.layout.stripe_count(self.size) as usize;
-        self.stripes.truncate(n);
+    /// File bytes that are allocated: the data bytes of every stored stripe (up to the
+    /// end of the file) and the whole of every reserved stripe, reserved ones past the
+    /// end included. What `st_blocks` reports, as a local filesystem counts its blocks.
+    pub fn allocated_bytes(&self) -> u64 {
+        let stored: u64 = self.stripes.keys().map(|&j| self.stripe_len(j)).sum();
+        let stripe = self.place.layout.stripe_size();
+        let reserved: u64 = self
+            .reserved
+            .iter()
+            .map(|r| (r.end - r.start).saturating_mul(stripe))
+            .sum();
+        stored.saturating_add(reserved)
+    }
+
+    /// Drops stripes past the end of the file (after a shrink), reserved ones included
+    /// (a shrink frees what `fallocate` reserved beyond the new end, as on ext4).
+    /// Returns the stripe range that was dropped, for its slots to be freed.
+    pub fn trim_stripes(&mut self) -> Range<u64> {
+        let n = self.place.layout.stripe_count(self.size);
+        let end = self
+            .stripes
+            .keys()
+            .next_back()
+            .map_or(0, |j| j + 1)
+            .max(self.reserved.iter().next_back().map_or(0, |r| r.end));
+        self.stripes.split_off(&n);
+        if n < end {
+            self.reserved.remove(n..end);
+        }
+        n..end.max(n)
     }
 }
 
@@ -165,20 +243,16 @@ mod tests {
 
     #[test]
     fn moved_shards_are_found_and_every_node_is_listed_once() {
-        let mut m = Manifest {
-            place: Placement {
-                file_id: "f".into(),
-                layout: Layout {
-                    k: 2,
-                    m: 1,
-                    shard_size: 16,
-                },
-                holders: vec![holder(1), holder(2), holder(3)],
+        let mut m = Manifest::new(Placement {
+            file_id: "f".into(),
+            layout: Layout {
+                k: 2,
+                m: 1,
+                shard_size: 16,
             },
-            size: 100,
-            stripes: Vec::new(),
-            inline: None,
-        };
+            holders: vec![holder(1), holder(2), holder(3)],
+        });
+        m.size = 100;
         m.set_stripe(
             2,
             StripeRecord {
@@ -202,5 +276,49 @@ mod tests {
         assert_eq!(at, vec![3, 4, 3]);
         let all: Vec<NodeId> = m.all_holders().iter().map(|h| h.node_id).collect();
         assert_eq!(all, vec![1, 2, 3, 4]);
+    }
+
+    fn sealed() -> StripeRecord {
+        StripeRecord {
+            sums: Vec::new(),
+            moved: Vec::new(),
+            seal: Some(Sealing { salt: [7; 16] }),
+        }
+    }
+
+    #[test]
+    fn a_huge_sparse_file_costs_only_its_stored_stripes() {
+        let mut m = Manifest::new(Placement {
+            file_id: "f".into(),
+            layout: Layout {
+                k: 2,
+                m: 1,
+                shard_size: 16,
+            },
+            holders: vec![holder(1), holder(2), holder(3)],
+        });
+        m.size = i64::MAX as u64;
+        m.set_stripe(1 << 40, sealed());
+        m.set_stripe(3, sealed());
+        assert_eq!(
+            m.records().map(|(j, _)| j).collect::<Vec<_>>(),
+            vec![3, 1 << 40]
+        );
+        assert_eq!(m.allocated_bytes(), 64, "two full stripes of 32 bytes");
+        // A reservation counts whole stripes, also past the end; writing one of them
+        // turns it into a stored stripe.
+        m.reserved.insert(10..20);
+        assert_eq!(m.allocated_bytes(), 64 + 10 * 32);
+        m.set_stripe(12, sealed());
+        assert!(!m.is_reserved(12) && m.is_reserved(11) && m.is_reserved(13));
+        assert_eq!(m.allocated_bytes(), 64 + 10 * 32);
+        // A record storing nothing is a hole; shrinking drops what lies past the end.
+        m.set_stripe(3, StripeRecord::default());
+        assert!(m.is_hole(3));
+        m.size = 11 * 32 + 5;
+        assert_eq!(m.trim_stripes(), 12..(1 << 40) + 1);
+        assert_eq!(m.records().count(), 0);
+        assert!(m.is_reserved(10) && m.is_reserved(11) && !m.is_reserved(13));
+        assert_eq!(m.allocated_bytes(), 2 * 32);
     }
 }

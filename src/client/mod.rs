@@ -299,26 +299,21 @@ impl PoolClient {
             .unwrap_or(if n >= 3 { 1 } else { 0 })
             .min(n - 1);
         let id: [u8; 16] = rand::random();
-        Ok(Manifest {
-            place: Placement {
-                file_id: crate::util::encode_hex(&id),
-                layout: Layout {
-                    k: n - m,
-                    m,
-                    shard_size: self.cfg.shard_size,
-                },
-                holders: live
-                    .iter()
-                    .map(|node| Holder {
-                        node_id: node.id,
-                        addr: node.addr,
-                    })
-                    .collect(),
+        Ok(Manifest::new(Placement {
+            file_id: crate::util::encode_hex(&id),
+            layout: Layout {
+                k: n - m,
+                m,
+                shard_size: self.cfg.shard_size,
             },
-            size: 0,
-            stripes: Vec::new(),
-            inline: None,
-        })
+            holders: live
+                .iter()
+                .map(|node| Holder {
+                    node_id: node.id,
+                    addr: node.addr,
+                })
+                .collect(),
+        }))
     }
 
     /// Which of `holders` the current view says are not up: not worth waiting on.
@@ -946,13 +941,11 @@ impl PoolClient {
     ) -> Result<Manifest, ClientError> {
         let mut moved = m.clone();
         moved.place.holders[i] = to.clone();
-        for j in 0..m.place.layout.stripe_count(m.size) {
-            if m.is_hole(j) {
-                continue; // a hole has no shards anywhere
-            }
+        // Holes have no shards anywhere: only stored stripes are rebuilt.
+        for (j, _) in m.records() {
             let shard = Arc::new(self.rebuilt_shard(m, j, i).await?);
             self.store_shard(&moved.place, &to, j, i, &shard).await?;
-            if let Some(rec) = moved.stripes.get_mut(j as usize) {
+            if let Some(rec) = moved.stripes.get_mut(&j) {
                 rec.moved.retain(|mv| mv.shard as usize != i);
             }
             tokio::time::sleep(pause).await;
@@ -965,8 +958,7 @@ impl PoolClient {
     pub async fn bring_home(&self, m: &Manifest, pause: Duration) -> Result<Manifest, ClientError> {
         let mut out = m.clone();
         let down = self.unhealthy(&m.place.holders).await;
-        for j in 0..m.place.layout.stripe_count(m.size) {
-            let rec = m.stripe(j);
+        for (j, rec) in m.records() {
             for mv in &rec.moved {
                 let i = mv.shard as usize;
                 if down.get(i).copied().unwrap_or(true) {
@@ -975,7 +967,7 @@ impl PoolClient {
                 let shard = Arc::new(self.rebuilt_shard(m, j, i).await?);
                 self.store_shard(&m.place, &m.place.holders[i], j, i, &shard)
                     .await?;
-                if let Some(r) = out.stripes.get_mut(j as usize) {
+                if let Some(r) = out.stripes.get_mut(&j) {
                     r.moved.retain(|x| x.shard != mv.shard);
                 }
                 tokio::time::sleep(pause).await;

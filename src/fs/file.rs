@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use tokio::task::JoinHandle;
 
+use super::meta::Time;
 use super::FsError;
 use crate::client::{ClientError, Manifest, PoolClient};
 use crate::client::{StripeData, StripeRecord};
@@ -52,8 +53,16 @@ pub struct FileData {
     failed: Option<FsError>,
     /// Size or data changed since the manifest was last committed.
     pub changed: bool,
+    /// When the data last changed, if after the last commit: the file's mtime and
+    /// ctime from then on (a stat of the open file shows it at once, and the commit
+    /// records it, not the time of the close).
+    pub touched: Option<Time>,
     /// Placements replaced by a truncation to zero, to delete once committed.
     pub retired: Vec<Manifest>,
+    /// Stripes this file no longer uses (punched, zeroed, cut off by a shrink) whose
+    /// slots are freed on the nodes once the manifest without them is committed: the
+    /// placement with just those records and reservations.
+    pub released: Vec<Manifest>,
 }
 
 impl FileData {
@@ -71,8 +80,116 @@ impl FileData {
             last_read: None,
             failed: None,
             changed: false,
+            touched: None,
             retired: Vec::new(),
+            released: Vec::new(),
         }
+    }
+
+    /// Makes `e` the failure every later flush and write of this file reports, unless
+    /// an earlier one already is.
+    pub fn fail(&mut self, e: FsError) {
+        if self.failed.is_none() {
+            self.failed = Some(e);
+        }
+    }
+
+    /// Notes a change of the file's bytes or size now.
+    pub fn touch(&mut self) {
+        self.changed = true;
+        self.touched = Some(Time::now());
+    }
+
+    /// Is stripe `j` data rather than a hole: stored, reserved, or holding written
+    /// bytes here? Holes read as zeros and take no space.
+    fn is_data(&self, j: u64) -> bool {
+        !self.manifest.is_hole(j)
+            || self.manifest.is_reserved(j)
+            || self.dirty.contains_key(&j)
+            || self.uploads.contains_key(&j)
+            || (j == 0 && self.manifest.inline.as_ref().is_some_and(|b| !b.is_empty()))
+    }
+
+    /// The first stripe at or after `j` that is data, if any.
+    fn next_data_stripe(&self, j: u64) -> Option<u64> {
+        let stored = self.manifest.records_in(j..u64::MAX).next().map(|(s, _)| s);
+        let reserved = self
+            .manifest
+            .reserved
+            .overlapping(&(j..u64::MAX))
+            .next()
+            .map(|r| r.start.max(j));
+        let dirty = self.dirty.range(j..).next().map(|(s, _)| *s);
+        let uploading = self.uploads.range(j..).next().map(|(s, _)| *s);
+        let inline = (j == 0 && self.is_data(0)).then_some(0);
+        [stored, reserved, dirty, uploading, inline]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// The maximal runs of hole stripes in `range` (walking only its data stripes, so
+    /// a range of any length costs what was written in it).
+    fn hole_runs(&self, range: Range<u64>) -> Vec<Range<u64>> {
+        let mut out = Vec::new();
+        let mut j = range.start;
+        while j < range.end {
+            match self.next_data_stripe(j) {
+                Some(d) if d < range.end => {
+                    if d > j {
+                        out.push(j..d);
+                    }
+                    j = d;
+                    while j < range.end && self.is_data(j) {
+                        j += 1;
+                    }
+                }
+                _ => {
+                    out.push(j..range.end);
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// `lseek(SEEK_DATA)` (`data`) or `lseek(SEEK_HOLE)` from `offset`, at the
+    /// granularity of stripes (a stripe with any byte written is data). `None` is
+    /// ENXIO: `offset` at or past the end, or no data after it.
+    pub fn seek(&self, offset: u64, data: bool) -> Option<u64> {
+        let size = self.size();
+        if offset >= size {
+            return None;
+        }
+        let stripe = self.stripe_size();
+        let j = offset / stripe;
+        if data {
+            let at = self.next_data_stripe(j)?.saturating_mul(stripe).max(offset);
+            (at < size).then_some(at)
+        } else {
+            // Runs of data are as long as what was written: walk them.
+            let mut h = j;
+            while h.saturating_mul(stripe) < size && self.is_data(h) {
+                h += 1;
+            }
+            Some(h.saturating_mul(stripe).max(offset).min(size))
+        }
+    }
+
+    /// Bytes of the file that take space: stored, reserved, or written here and not yet
+    /// stored (what `st_blocks` counts).
+    pub fn allocated_bytes(&self) -> u64 {
+        if let Some(bytes) = &self.manifest.inline {
+            return bytes.len() as u64;
+        }
+        let pending: u64 = self
+            .dirty
+            .keys()
+            .chain(self.uploads.keys())
+            .filter(|j| self.manifest.is_hole(**j) && !self.manifest.is_reserved(**j))
+            .map(|j| self.manifest.stripe_len(*j))
+            .sum();
+        self.manifest.allocated_bytes().saturating_add(pending)
     }
 
     /// Current size, including buffered writes.
@@ -273,7 +390,11 @@ impl FileData {
     /// An empty file is placed again on the pool as it is now, if its holders are no
     /// longer exactly the live nodes (one died, or nodes joined since it was created).
     async fn refresh_empty_placement(&mut self) -> Result<(), FsError> {
-        if self.size() != 0 || !self.manifest.stripes.is_empty() || !self.dirty.is_empty() {
+        if self.size() != 0
+            || self.manifest.stores_anything()
+            || !self.manifest.reserved.is_empty()
+            || !self.dirty.is_empty()
+        {
             return Ok(());
         }
         let view = self.client.view().await?;
@@ -350,7 +471,7 @@ impl FileData {
             }
             pos = upto;
         }
-        self.changed = true;
+        self.touch();
         Ok(())
     }
 
@@ -378,6 +499,12 @@ impl FileData {
         if len == 0 {
             return Ok(()); // wholly past the end after a truncation
         }
+        // A stripe of zeros is stored as a hole: nothing to send, nothing to keep, and
+        // its old shards (if any) are freed once the manifest without them commits.
+        if buf.iter().all(|&b| b == 0) {
+            self.release_stripe(j);
+            return Ok(());
+        }
         // Exactly the stripe's bytes: zeros where nothing was written.
         buf.resize(len, 0);
         let data = Arc::new(buf);
@@ -392,6 +519,17 @@ impl FileData {
             }
         }
         self.check_failed()
+    }
+
+    /// Makes stripe `j` a hole in the manifest; its shards, if it had any, are freed
+    /// on the nodes after the next commit.
+    fn release_stripe(&mut self, j: u64) {
+        if let Some(record) = self.manifest.clear_stripe(j) {
+            let mut gone = Manifest::new(self.manifest.place.clone());
+            gone.size = self.manifest.size;
+            gone.stripes.insert(j, record);
+            self.released.push(gone);
+        }
     }
 
     async fn finish_upload(&mut self, j: u64) {
@@ -433,6 +571,29 @@ impl FileData {
         self.check_failed()
     }
 
+    /// Waits for every upload in flight, recording what each stored.
+    pub async fn settle(&mut self) {
+        let pending: Vec<u64> = self.uploads.keys().copied().collect();
+        for j in pending {
+            self.finish_upload(j).await;
+        }
+    }
+
+    /// After a failed flush: forgets every change since `base` (the manifest last
+    /// committed) and returns the manifest of what had been stored for them, for its
+    /// shards to be freed. The failure stays, reported by every later flush and write
+    /// of this file until it is closed: its data is back to what was committed.
+    pub async fn roll_back(&mut self, base: Manifest) -> Manifest {
+        self.settle().await;
+        self.dirty.clear();
+        self.forget_all_cached();
+        self.retired.clear();
+        self.released.clear();
+        self.changed = false;
+        self.touched = None;
+        std::mem::replace(&mut self.manifest, base)
+    }
+
     /// Changes the size: shrinking forgets what lies beyond, growing leaves a hole that
     /// reads as zeros. The stripe holding the new end is rewritten so its shards match
     /// its new length. Truncating to zero starts afresh on the current pool.
@@ -443,7 +604,7 @@ impl FileData {
         if new_size == old_size {
             return Ok(());
         }
-        self.changed = true;
+        self.touch();
         self.forget_all_cached();
         if new_size == 0 {
             let pending: Vec<u64> = self.uploads.keys().copied().collect();
@@ -477,12 +638,105 @@ impl FileData {
             for j in pending {
                 self.finish_upload(j).await;
             }
+            let mut gone = self.manifest.clone();
             self.manifest.size = new_size;
-            self.manifest.trim_stripes();
+            let dropped = self.manifest.trim_stripes();
+            // What the shrink cut off is freed on the nodes once it is committed.
+            gone.stripes.retain(|j, _| dropped.contains(j));
+            gone.reserved = gone
+                .reserved
+                .overlapping(&dropped)
+                .map(|r| r.start.max(dropped.start)..r.end.min(dropped.end))
+                .collect();
+            gone.inline = None;
+            if !gone.stripes.is_empty() || !gone.reserved.is_empty() {
+                self.released.push(gone);
+            }
         } else {
             self.prepare_growth().await?;
             self.manifest.size = new_size;
         }
+        Ok(())
+    }
+
+    /// `fallocate` without `FALLOC_FL_PUNCH_HOLE`: reserves room on the holders for
+    /// every stripe of `offset..offset+len` that is a hole (all of them or none: a
+    /// refusal leaves the file as it was), so later writes there cannot run out of
+    /// space; unless `keep_size`, grows the file to cover the range. The reserved
+    /// stripes read as zeros. Errors: ENOSPC or EDQUOT when the pool cannot hold it.
+    pub async fn allocate(
+        &mut self,
+        offset: u64,
+        len: u64,
+        keep_size: bool,
+    ) -> Result<(), FsError> {
+        self.check_failed()?;
+        let end = offset.checked_add(len).ok_or(FsError::FileTooBig)?;
+        self.spill_inline();
+        let stripe = self.stripe_size();
+        let holes = self.hole_runs(offset / stripe..end.div_ceil(stripe));
+        let mut done = Vec::new();
+        for run in holes {
+            if let Err(e) = self.client.reserve(&self.manifest, run.clone()).await {
+                // All or nothing: free what this call reserved before the refusal.
+                for run in done {
+                    if let Err(e) = self.client.punch(&self.manifest, run).await {
+                        log::warn!("cannot free a reservation: {e}");
+                    }
+                }
+                return Err(e.into());
+            }
+            done.push(run);
+        }
+        for run in done {
+            self.manifest.reserved.insert(run);
+        }
+        if !keep_size && end > self.size() {
+            self.resize(end).await?;
+        }
+        self.touch();
+        Ok(())
+    }
+
+    /// `fallocate(FALLOC_FL_PUNCH_HOLE)`: bytes `offset..offset+len` (within the file)
+    /// read as zeros from now on. Stripes wholly inside become holes (their slots are
+    /// freed on the nodes after the commit); the parts of the stripes at either edge are
+    /// overwritten with zeros.
+    pub async fn punch(&mut self, offset: u64, len: u64) -> Result<(), FsError> {
+        self.check_failed()?;
+        let end = offset.saturating_add(len).min(self.size());
+        if offset >= end {
+            return Ok(());
+        }
+        let stripe = self.stripe_size();
+        let mut pos = offset;
+        while pos < end {
+            let j = pos / stripe;
+            let base = j * stripe;
+            let stripe_end = (base + stripe).min(self.size());
+            let upto = end.min(stripe_end);
+            if pos == base && upto == stripe_end {
+                // The whole stripe: it becomes a hole.
+                if self.uploads.contains_key(&j) {
+                    self.finish_upload(j).await;
+                }
+                self.dirty.remove(&j);
+                self.forget_cached(j);
+                self.release_stripe(j);
+                if self.manifest.is_reserved(j) {
+                    self.manifest.reserved.remove(j..j + 1);
+                    let mut gone = Manifest::new(self.manifest.place.clone());
+                    gone.reserved.insert(j..j + 1);
+                    self.released.push(gone);
+                }
+            } else if self.is_data(j) {
+                let zeros = vec![0u8; (upto - pos) as usize];
+                self.write(pos, &zeros).await?;
+            }
+            pos = upto;
+        }
+        self.check_failed()?;
+        self.touch();
         Ok(())
     }
 }

@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, IoctlFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use super::meta::{Inode, Kind, Time, NAME_MAX, ROOT};
@@ -35,6 +35,10 @@ pub const SCRUB_XATTR: &str = "user.poolfs.scrub";
 /// Extended attribute of the mount's root telling repair progress: segments rebuilt so
 /// far, pending, and the last pass (`poolfs status` shows it).
 pub const REPAIR_XATTR: &str = "user.poolfs.repair";
+/// The names the pool answers itself (the three above). They are read by name only:
+/// never listed, so programs that copy attributes (`cp -a`, `rsync -X`) neither copy
+/// them out nor try to remove them, and users cannot set or remove them (EPERM).
+const POOL_XATTR_PREFIX: &[u8] = b"user.poolfs.";
 
 /// The filesystem as fuser sees it.
 pub struct PoolFs {
@@ -45,6 +49,34 @@ impl PoolFs {
     /// Wraps the filesystem logic for mounting.
     pub fn new(vfs: Arc<Vfs>) -> Self {
         PoolFs { vfs }
+    }
+
+    /// The attributes the kernel is given for `i`.
+    fn attr(&self, i: &Inode) -> FileAttr {
+        FileAttr {
+            ino: INodeNo(i.ino),
+            size: i.size,
+            blocks: self.vfs.allocated(i).div_ceil(512),
+            atime: i.atime.into(),
+            mtime: i.mtime.into(),
+            ctime: i.ctime.into(),
+            crtime: i.ctime.into(),
+            kind: kind(i.kind),
+            perm: i.perm,
+            nlink: i.nlink,
+            uid: i.uid,
+            gid: i.gid,
+            rdev: i.rdev,
+            blksize: IO_SIZE,
+            flags: 0,
+        }
+    }
+
+    fn entry(&self, reply: ReplyEntry, r: Result<Inode, FsError>) {
+        match r {
+            Ok(i) => reply.entry(&TTL, &self.attr(&i), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 }
 
@@ -62,7 +94,11 @@ fn xattr(reply: ReplyXattr, size: u32, bytes: &[u8]) {
 fn errno(e: &FsError) -> Errno {
     if matches!(
         e,
-        FsError::Pool(_) | FsError::Meta(_) | FsError::Again { .. }
+        FsError::Pool(_)
+            | FsError::Meta(_)
+            | FsError::MetaIo(_)
+            | FsError::NoSpace(_)
+            | FsError::Again { .. }
     ) {
         log::warn!("{e}");
     }
@@ -74,41 +110,49 @@ fn kind(k: Kind) -> FileType {
         Kind::File => FileType::RegularFile,
         Kind::Dir => FileType::Directory,
         Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+        Kind::CharDev => FileType::CharDevice,
+        Kind::BlockDev => FileType::BlockDevice,
     }
 }
 
-fn attr(i: &Inode) -> FileAttr {
-    FileAttr {
-        ino: INodeNo(i.ino),
-        size: i.size,
-        blocks: i.size.div_ceil(512),
-        atime: i.atime.into(),
-        mtime: i.mtime.into(),
-        ctime: i.ctime.into(),
-        crtime: i.ctime.into(),
-        kind: kind(i.kind),
-        perm: i.perm,
-        nlink: i.nlink,
-        uid: i.uid,
-        gid: i.gid,
-        rdev: 0,
-        blksize: IO_SIZE,
-        flags: 0,
+/// A time the kernel sent. fuser turns the kernel's (seconds, nanoseconds) into a
+/// `SystemTime` as `epoch + secs + nanos` when `secs >= 0` but as
+/// `epoch - (-secs) - nanos` when `secs < 0` (fuser 0.18, `time.rs`), which is not the
+/// timespec's meaning (`nanos` counts forward from `secs`); undo that to get the
+/// kernel's exact pair back.
+fn kernel_time(t: SystemTime) -> Time {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(_) => t.into(),
+        Err(before) => {
+            let d = before.duration();
+            Time {
+                secs: i64::try_from(d.as_secs()).map_or(i64::MIN, |s| -s),
+                nanos: d.subsec_nanos(),
+            }
+        }
     }
 }
 
 fn time(t: TimeOrNow) -> Time {
     match t {
-        TimeOrNow::SpecificTime(t) => t.into(),
+        TimeOrNow::SpecificTime(t) => kernel_time(t),
         TimeOrNow::Now => SystemTime::now().into(),
     }
 }
 
-fn entry(reply: ReplyEntry, r: Result<Inode, FsError>) {
-    match r {
-        Ok(i) => reply.entry(&TTL, &attr(&i), Generation(0)),
-        Err(e) => reply.error(errno(&e)),
-    }
+/// True for the names of the attributes the pool answers itself.
+fn is_pool_xattr(name: &[u8]) -> bool {
+    name.starts_with(POOL_XATTR_PREFIX)
+}
+
+/// True for `system.*` attributes (POSIX ACLs): they have a meaning (an ACL changes
+/// the mode bits) that storing the bytes would not honour, so they are refused
+/// (EOPNOTSUPP), and `cp -a` and friends fall back to chmod, as on a filesystem
+/// without ACLs.
+fn is_system_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"system.")
 }
 
 fn empty(reply: ReplyEmpty, r: Result<(), FsError>) {
@@ -129,12 +173,18 @@ impl Filesystem for PoolFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        entry(reply, self.vfs.lookup(parent.0, name.as_bytes()))
+        self.entry(reply, self.vfs.lookup(parent.0, name.as_bytes()))
     }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.vfs.forget(ino.0, nlookup);
+    }
+
+    // batch_forget: fuser's default calls `forget` for each inode.
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.vfs.getattr(ino.0) {
-            Ok(i) => reply.attr(&TTL, &attr(&i)),
+            Ok(i) => reply.attr(&TTL, &self.attr(&i)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -166,7 +216,7 @@ impl Filesystem for PoolFs {
             mtime: mtime.map(time),
         };
         match self.vfs.setattr(ino.0, set) {
-            Ok(i) => reply.attr(&TTL, &attr(&i)),
+            Ok(i) => reply.attr(&TTL, &self.attr(&i)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -185,15 +235,16 @@ impl Filesystem for PoolFs {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
-        entry(
+        self.entry(
             reply,
             self.vfs.mknod(
                 parent.0,
                 name.as_bytes(),
                 mode & !umask,
+                rdev,
                 req.uid(),
                 req.gid(),
             ),
@@ -209,7 +260,7 @@ impl Filesystem for PoolFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        entry(
+        self.entry(
             reply,
             self.vfs.mkdir(
                 parent.0,
@@ -238,7 +289,7 @@ impl Filesystem for PoolFs {
         reply: ReplyEntry,
     ) {
         let target = target.as_os_str().as_bytes();
-        entry(
+        self.entry(
             reply,
             self.vfs
                 .symlink(parent.0, link_name.as_bytes(), target, req.uid(), req.gid()),
@@ -273,7 +324,7 @@ impl Filesystem for PoolFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        entry(reply, self.vfs.link(ino.0, newparent.0, newname.as_bytes()))
+        self.entry(reply, self.vfs.link(ino.0, newparent.0, newname.as_bytes()))
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -416,32 +467,27 @@ impl Filesystem for PoolFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        if ino.0 == ROOT && name.as_bytes() == SCRUB_XATTR.as_bytes() {
-            return xattr(reply, size, repair::last_scrub(&self.vfs).as_bytes());
-        }
-        if ino.0 == ROOT && name.as_bytes() == REPAIR_XATTR.as_bytes() {
-            return xattr(reply, size, repair::repair_progress(&self.vfs).as_bytes());
-        }
-        if name.as_bytes() != HEALTH_XATTR.as_bytes() {
-            return reply.error(Errno::from_i32(libc::ENODATA));
-        }
-        match repair::health(&self.vfs, ino.0) {
-            Ok(text) => xattr(reply, size, text.as_bytes()),
+        let name = name.as_bytes();
+        let value = if ino.0 == ROOT && name == SCRUB_XATTR.as_bytes() {
+            Ok(repair::last_scrub(&self.vfs).into_bytes())
+        } else if ino.0 == ROOT && name == REPAIR_XATTR.as_bytes() {
+            Ok(repair::repair_progress(&self.vfs).into_bytes())
+        } else if name == HEALTH_XATTR.as_bytes() {
+            repair::health(&self.vfs, ino.0).map(String::into_bytes)
+        } else if is_pool_xattr(name) || is_system_xattr(name) {
+            Err(FsError::NoData)
+        } else {
+            self.vfs.getxattr(ino.0, name)
+        };
+        match value {
+            Ok(v) => xattr(reply, size, &v),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.vfs.getattr(ino.0) {
-            Ok(i) if i.kind == Kind::File => {
-                xattr(reply, size, format!("{HEALTH_XATTR}\0").as_bytes())
-            }
-            Ok(_) if ino.0 == ROOT => xattr(
-                reply,
-                size,
-                format!("{SCRUB_XATTR}\0{REPAIR_XATTR}\0").as_bytes(),
-            ),
-            Ok(_) => xattr(reply, size, b""),
+        match self.vfs.listxattr(ino.0) {
+            Ok(names) => xattr(reply, size, &names),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -451,15 +497,61 @@ impl Filesystem for PoolFs {
         _req: &Request,
         ino: INodeNo,
         name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
+        value: &[u8],
+        flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        if ino.0 == ROOT && name.as_bytes() == SCRUB_XATTR.as_bytes() {
+        let name = name.as_bytes();
+        if ino.0 == ROOT && name == SCRUB_XATTR.as_bytes() {
             return empty(reply, repair::scrub_and_record(&self.vfs).map(|_| ()));
         }
-        reply.error(Errno::from_i32(libc::ENOTSUP));
+        if is_pool_xattr(name) {
+            return reply.error(Errno::from_i32(libc::EPERM));
+        }
+        if is_system_xattr(name) {
+            return reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+        }
+        empty(reply, self.vfs.setxattr(ino.0, name, value, flags))
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.as_bytes();
+        if is_pool_xattr(name) {
+            return reply.error(Errno::from_i32(libc::EPERM));
+        }
+        if is_system_xattr(name) {
+            return reply.error(Errno::from_i32(libc::ENODATA));
+        }
+        empty(reply, self.vfs.removexattr(ino.0, name))
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        match self.vfs.seek(fh.0, offset, whence) {
+            Ok(at) => reply.offset(at),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        empty(reply, self.vfs.fallocate(fh.0, offset, length, mode))
     }
 
     fn create(
@@ -482,7 +574,7 @@ impl Filesystem for PoolFs {
         ) {
             Ok((inode, fh)) => reply.created(
                 &TTL,
-                &attr(&inode),
+                &self.attr(&inode),
                 Generation(0),
                 FileHandle(fh),
                 FopenFlags::FOPEN_KEEP_CACHE,

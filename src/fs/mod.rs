@@ -3,6 +3,7 @@
 
 pub mod file;
 pub mod fuse;
+mod legacy;
 pub mod meta;
 pub mod mount;
 pub mod repair;
@@ -36,8 +37,22 @@ pub enum FsError {
     NotSupported,
     #[error("no such attribute")]
     NoData,
+    #[error("no data or hole at or after that offset")]
+    NoSuchOffset,
+    #[error("file too large")]
+    FileTooBig,
+    #[error("too many links")]
+    TooManyLinks,
+    #[error("attribute value too large")]
+    TooBig,
+    /// The disk (of the metadata store, or of a node) has no room: ENOSPC.
+    #[error("no space left: {0}")]
+    NoSpace(String),
     #[error("metadata store: {0}")]
     Meta(String),
+    /// The metadata store failed an I/O; it is reopened before the next operation.
+    #[error("metadata store i/o: {0}")]
+    MetaIo(String),
     #[error(transparent)]
     Pool(Box<ClientError>),
     /// An earlier failure reported again (a write that could not be stored is reported
@@ -68,7 +83,12 @@ impl FsError {
             FsError::BadHandle => libc::EBADF,
             FsError::NotSupported => libc::EOPNOTSUPP,
             FsError::NoData => libc::ENODATA,
-            FsError::Meta(_) => libc::EIO,
+            FsError::NoSuchOffset => libc::ENXIO,
+            FsError::FileTooBig => libc::EFBIG,
+            FsError::TooManyLinks => libc::EMLINK,
+            FsError::TooBig => libc::E2BIG,
+            FsError::NoSpace(_) => libc::ENOSPC,
+            FsError::Meta(_) | FsError::MetaIo(_) => libc::EIO,
             FsError::Pool(e) => e.errno(),
             FsError::Again { errno, .. } => *errno,
         }

@@ -216,17 +216,21 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
     let client = Arc::new(PoolClient::new(client_cfg));
     let vfs = Arc::new(Vfs::new(meta, client, rt.handle().clone())?);
 
-    let mut options = vec![
+    let options = vec![
         fuser::MountOption::FSName("poolfs".into()),
         fuser::MountOption::Subtype("poolfs".into()),
         fuser::MountOption::DefaultPermissions,
         fuser::MountOption::NoAtime,
     ];
-    if cfg.allow_other {
-        options.push(fuser::MountOption::CUSTOM("allow_other".into()));
-    }
     let mut config = fuser::Config::default();
     config.mount_options = options;
+    // Who the session admits: with allow_other every user, whose access the kernel
+    // then checks against mode bits, owners and groups (default_permissions). A
+    // custom "allow_other" option alone reaches the kernel but not fuser's own check,
+    // which would still turn away everyone but the mounter.
+    if cfg.allow_other {
+        config.acl = fuser::SessionACL::All;
+    }
     config.n_threads = Some(4);
     let fuse_err = |source| MountError::Fuse {
         path: mountpoint.clone(),
@@ -268,6 +272,10 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
     stop_repair.store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = repairer.join();
     served.map_err(fuse_err)?;
+    // The kernel holds no inode any more: those removed while in use go now.
+    if let Err(e) = vfs.purge_orphans() {
+        log::warn!("cannot remove files deleted while in use: {e}");
+    }
     log::info!(
         "unmounted {}; handing off, then leaving the pool",
         mountpoint.display()

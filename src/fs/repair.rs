@@ -45,11 +45,7 @@ pub fn health(vfs: &Vfs, ino: u64) -> Result<String, FsError> {
     // segment holders count as a stripe too: later writes go there first.
     let mut live = m.place.holders.iter().filter(|h| up(h)).count();
     let mut away = 0;
-    for j in 0..layout.stripe_count(m.size) {
-        let rec = m.stripe(j);
-        if rec.is_hole() {
-            continue;
-        }
+    for (_, rec) in m.records() {
         away += rec.moved.len();
         live = live.min((0..n).filter(|&i| up(rec.holder(&m.place, i))).count());
     }
@@ -193,7 +189,7 @@ pub fn repair_pass(vfs: &Vfs, grace: Duration) -> Result<RepairReport, FsError> 
                     && !needs_repair(&view, h, grace)
             })
             .count();
-        let moved = m.stripes.iter().any(|s| !s.moved.is_empty());
+        let moved = m.has_moved();
         if broken.is_empty() && !moved {
             continue;
         }
@@ -236,11 +232,11 @@ pub fn repair_pass(vfs: &Vfs, grace: Duration) -> Result<RepairReport, FsError> 
                 }
             }
         }
-        if m.stripes.iter().any(|s| !s.moved.is_empty()) {
+        if m.has_moved() {
             match vfs.run(vfs.client().bring_home(&m, STRIPE_PAUSE)) {
                 Ok(home) => {
-                    let before: usize = m.stripes.iter().map(|s| s.moved.len()).sum();
-                    let after: usize = home.stripes.iter().map(|s| s.moved.len()).sum();
+                    let before = m.moved_count();
+                    let after = home.moved_count();
                     if after < before {
                         log::info!(
                             "repair: {} shards of file {} moved back to their holders",
@@ -336,11 +332,8 @@ pub fn scrub_pass(vfs: &Vfs) -> Result<ScrubReport, FsError> {
             continue;
         }
         report.files += 1;
-        for j in 0..m.place.layout.stripe_count(m.size) {
-            match vfs.run(
-                vfs.client()
-                    .scrub_stripe(&m.place, j, m.stripe_len(j), m.stripe(j)),
-            ) {
+        for (j, rec) in m.records() {
+            match vfs.run(vfs.client().scrub_stripe(&m.place, j, m.stripe_len(j), rec)) {
                 Ok((verified, healed)) => {
                     report.verified += verified;
                     report.healed += healed;

@@ -1,14 +1,25 @@
 //! Filesystem operations over the namespace store and open-file data, with no FUSE
 //! types: callable from tests and from the thin fuser adapter alike.
+//!
+//! Access checks are the kernel's (the mount uses `default_permissions`, so mode bits,
+//! owners, groups, supplementary groups and sticky directories are enforced before a
+//! request gets here, and the kernel asks for setuid/setgid to be cleared when a
+//! non-owner writes or truncates); what is left here is the namespace itself.
+//!
+//! An inode lives while anything refers to it: a name (its link count), an open
+//! handle, or the kernel (every inode handed to the kernel counts one reference until
+//! the kernel forgets it). So a name replaced by `rename` keeps resolving to its old
+//! inode for a reader that looked it up an instant before, as on a local filesystem.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::runtime::Handle;
 
 use super::file::{FileData, ReadBytes};
-use super::meta::{Inode, Kind, MetaStore, Time};
+use super::meta::{Inode, Kind, MetaStore, Time, ROOT, XATTRS_MAX};
 use super::FsError;
 use crate::client::{Manifest, PoolClient};
 
@@ -30,6 +41,24 @@ pub struct PoolSpace {
     pub free: u64,
 }
 
+/// What `fallocate(2)` may ask (its mode bits, from linux/falloc.h).
+pub mod falloc {
+    /// Reserve without changing the size.
+    pub const KEEP_SIZE: i32 = 0x01;
+    /// Make a range read as zeros and free it (with `KEEP_SIZE` only).
+    pub const PUNCH_HOLE: i32 = 0x02;
+    /// Make a range read as zeros, reserved.
+    pub const ZERO_RANGE: i32 = 0x10;
+}
+
+/// Where `setxattr` may put an attribute (its flags, from linux/xattr.h).
+pub mod xattr_flags {
+    /// Fail with EEXIST if the attribute exists.
+    pub const CREATE: i32 = 1;
+    /// Fail with ENODATA unless the attribute exists.
+    pub const REPLACE: i32 = 2;
+}
+
 struct OpenInode {
     data: tokio::sync::Mutex<FileData>,
     users: AtomicU64,
@@ -47,6 +76,9 @@ pub struct Vfs {
     client: Arc<PoolClient>,
     rt: Handle,
     open: Mutex<HashMap<u64, Arc<OpenInode>>>,
+    /// References the kernel holds on each inode (FUSE's lookup count); taken after
+    /// `open` when both are held.
+    lookups: Mutex<HashMap<u64, u64>>,
     handles: Mutex<HashMap<u64, OpenHandle>>,
     next_fh: AtomicU64,
     max_uploads: usize,
@@ -62,30 +94,40 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Vfs {
     /// The filesystem over `meta`, storing data through `client` on runtime `rt`.
-    /// Files unlinked while open when the mount last stopped are removed now.
+    /// Inodes left without links when the mount last stopped are removed now.
     pub fn new(meta: MetaStore, client: Arc<PoolClient>, rt: Handle) -> Result<Self, FsError> {
         let vfs = Vfs {
             meta,
             client,
             rt,
             open: Mutex::new(HashMap::new()),
+            lookups: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             max_uploads: 4,
             last_scrub: Mutex::new(None),
             repair: Mutex::new(Default::default()),
         };
-        for orphan in vfs.meta.orphans()? {
-            vfs.remove_inode(&orphan);
-        }
+        vfs.purge_orphans()?;
         Ok(vfs)
+    }
+
+    /// Removes every inode with no links left (and its segments): at mount, and at
+    /// unmount once the kernel holds nothing any more.
+    pub fn purge_orphans(&self) -> Result<(), FsError> {
+        for orphan in self.meta.orphans()? {
+            self.remove_inode(&orphan);
+        }
+        Ok(())
     }
 
     fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
         self.rt.block_on(f)
     }
 
-    /// Deletes an inode with no links left, and its segments on the peers.
+    /// Deletes an inode with no links left: its segments on the peers first, so a
+    /// crash in between leaves an orphan record that the next mount cleans, never
+    /// segments nobody knows about.
     fn remove_inode(&self, inode: &Inode) {
         if let Some(m) = &inode.manifest {
             self.delete_segments(m);
@@ -105,17 +147,109 @@ impl Vfs {
         }
     }
 
+    /// Frees on the nodes the slots of the stripes and reservations `gone` lists.
+    fn free_slots(&self, gone: &Manifest) {
+        let mut runs: Vec<Range<u64>> = gone.reserved.iter().cloned().collect();
+        for (j, _) in gone.records() {
+            match runs.last_mut() {
+                Some(r) if r.end == j => r.end = j + 1,
+                _ => runs.push(j..j + 1),
+            }
+        }
+        for run in runs {
+            if let Err(e) = self.block_on(self.client.punch(gone, run)) {
+                log::warn!(
+                    "cannot free unused slots of file {}: {e}",
+                    gone.place.file_id
+                );
+            }
+        }
+    }
+
+    /// Removes `ino` if nothing refers to it any more: no name, no open handle, no
+    /// reference held by the kernel.
+    fn reap(&self, ino: u64) {
+        if ino == ROOT {
+            return;
+        }
+        {
+            let open = lock(&self.open);
+            if open.contains_key(&ino) || lock(&self.lookups).contains_key(&ino) {
+                return;
+            }
+        }
+        // Nothing can take a new reference now: the inode has no name to be looked up
+        // by, and the kernel, holding none, cannot open it.
+        match self.meta.get(ino) {
+            Ok(inode) if inode.nlink == 0 => self.remove_inode(&inode),
+            Ok(_) => {}
+            Err(FsError::NotFound) => {}
+            Err(e) => log::warn!("cannot check inode {ino} for removal: {e}"),
+        }
+    }
+
+    /// One more reference of the kernel on `inode` (every inode a lookup, create,
+    /// mknod, mkdir, symlink or link hands to it), released by `forget`.
+    fn referenced(&self, inode: Inode) -> Inode {
+        *lock(&self.lookups).entry(inode.ino).or_default() += 1;
+        inode
+    }
+
+    /// The kernel drops `n` of its references to `ino`; an inode with no name, no
+    /// opener and no reference left is removed.
+    pub fn forget(&self, ino: u64, n: u64) {
+        let last = {
+            let mut lookups = lock(&self.lookups);
+            match lookups.get_mut(&ino) {
+                Some(count) if *count > n => {
+                    *count -= n;
+                    false
+                }
+                Some(_) => {
+                    lookups.remove(&ino);
+                    true
+                }
+                None => false,
+            }
+        };
+        if last {
+            self.reap(ino);
+        }
+    }
+
     fn opened(&self, ino: u64) -> Option<Arc<OpenInode>> {
         lock(&self.open).get(&ino).cloned()
     }
 
-    /// The inode with the live size of an open file.
+    /// The inode with the live size and times of an open file.
     fn live(&self, mut inode: Inode) -> Inode {
         if let Some(open) = self.opened(inode.ino) {
             let data = self.block_on(open.data.lock());
             inode.size = data.size();
+            if let Some(t) = data.touched {
+                inode.mtime = t;
+                inode.ctime = t;
+            }
         }
         inode
+    }
+
+    /// Bytes of `inode` that take space (`st_blocks` × 512): for a file, the stripes
+    /// stored or reserved and the bytes written but not yet stored; holes take none.
+    pub fn allocated(&self, inode: &Inode) -> u64 {
+        match inode.kind {
+            Kind::File => {}
+            Kind::Symlink => return inode.size,
+            _ => return 0,
+        }
+        if let Some(open) = self.opened(inode.ino) {
+            return self.block_on(open.data.lock()).allocated_bytes();
+        }
+        match &inode.manifest {
+            Some(m) if m.inline.is_some() => inode.size,
+            Some(m) => m.allocated_bytes(),
+            None => 0,
+        }
     }
 
     /// Takes a reference on the open data of `ino`, loading it the first time.
@@ -127,8 +261,8 @@ impl Vfs {
         let mut inode = self.meta.get(ino)?;
         match inode.kind {
             Kind::Dir => return Err(FsError::IsDir),
-            Kind::Symlink => return Err(FsError::Invalid),
             Kind::File => {}
+            _ => return Err(FsError::Invalid),
         }
         let manifest = match inode.manifest.take() {
             Some(m) => m,
@@ -154,7 +288,7 @@ impl Vfs {
     }
 
     /// Drops a reference taken by `acquire`; the last one forgets the data and, for a
-    /// file unlinked meanwhile, deletes it.
+    /// file nothing else refers to, removes it.
     fn relinquish(&self, ino: u64) {
         let last = {
             let mut map = lock(&self.open);
@@ -167,31 +301,73 @@ impl Vfs {
             }
         };
         if last {
-            if let Ok(inode) = self.meta.get(ino) {
-                if inode.nlink == 0 {
-                    self.remove_inode(&inode);
-                }
-            }
+            self.reap(ino);
         }
     }
 
     /// Stores buffered data and records the manifest, so the file survives a crash.
+    /// On failure the open file goes back to what was last committed (a failed write
+    /// changes nothing), what the failed attempt stored is freed on the nodes, and the
+    /// error is reported by every later flush until the file is closed.
     fn commit(&self, ino: u64, data: &mut FileData) -> Result<(), FsError> {
-        self.block_on(data.flush())?;
+        if let Err(e) = self.block_on(data.flush()) {
+            self.roll_back(ino, data);
+            return Err(e);
+        }
         if !data.changed {
             return Ok(());
         }
-        let mut inode = self.meta.get(ino)?;
-        inode.size = data.size();
-        inode.manifest = Some(data.manifest.clone());
-        inode.mtime = Time::now();
-        inode.ctime = inode.mtime;
-        self.meta.put_durable(&inode)?;
+        let size = data.size();
+        let touched = data.touched;
+        let committed = self.meta.update(ino, true, |inode| {
+            inode.size = size;
+            inode.manifest = Some(data.manifest.clone());
+            if let Some(t) = touched {
+                inode.mtime = t;
+                inode.ctime = t;
+            }
+            Ok(())
+        });
+        if let Err(e) = committed {
+            data.fail(e.again());
+            self.roll_back(ino, data);
+            return Err(e);
+        }
         data.changed = false;
+        data.touched = None;
         for old in std::mem::take(&mut data.retired) {
             self.delete_segments(&old);
         }
+        for gone in std::mem::take(&mut data.released) {
+            self.free_slots(&gone);
+        }
         Ok(())
+    }
+
+    /// Puts an open file whose flush failed back to its committed state, and frees on
+    /// the nodes what the failed attempt stored there.
+    fn roll_back(&self, ino: u64, data: &mut FileData) {
+        let committed = self.meta.get(ino).ok().and_then(|i| i.manifest);
+        let place = data.manifest.place.clone();
+        let base = committed.unwrap_or_else(|| Manifest::new(place));
+        let abandoned = self.block_on(data.roll_back(base.clone()));
+        if abandoned.place.file_id != base.place.file_id {
+            // A placement begun by a truncation to zero: none of it was committed.
+            self.delete_segments(&abandoned);
+            return;
+        }
+        // Stripes stored by the failed attempt where the committed file has none. (A
+        // stripe the committed file also has was rewritten in its own slot: that slot
+        // is the committed one's and stays.)
+        let mut orphans = Manifest::new(abandoned.place.clone());
+        for (j, record) in abandoned.records() {
+            if base.is_hole(j) && !base.is_reserved(j) {
+                orphans.stripes.insert(j, record.clone());
+            }
+        }
+        if orphans.stores_anything() {
+            self.free_slots(&orphans);
+        }
     }
 
     fn with_data<T>(
@@ -208,9 +384,10 @@ impl Vfs {
         result
     }
 
-    /// Looks up `name` in `parent`.
+    /// Looks up `name` in `parent` (a reference for the kernel).
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Inode, FsError> {
-        self.meta.lookup(parent, name).map(|i| self.live(i))
+        let inode = self.meta.lookup(parent, name)?;
+        Ok(self.referenced(self.live(inode)))
     }
 
     /// Attributes of `ino`.
@@ -218,40 +395,55 @@ impl Vfs {
         self.meta.get(ino).map(|i| self.live(i))
     }
 
-    /// Changes attributes; a size change truncates or extends the file's data.
+    /// Changes attributes; a size change truncates or extends the file's data. Times
+    /// set here win over the time of writes made before (a `touch -d` or `cp -p` of an
+    /// open file holds), and a later write moves them again.
     pub fn setattr(&self, ino: u64, set: SetAttr) -> Result<Inode, FsError> {
-        let needs_data = set.size.is_some() || (set.mtime.is_some() && self.opened(ino).is_some());
-        if needs_data {
+        if let Some(size) = set.size {
             self.with_data(ino, |vfs, data| {
-                if let Some(size) = set.size {
-                    vfs.block_on(data.resize(size))?;
-                }
+                vfs.block_on(data.resize(size))?;
                 vfs.commit(ino, data)
             })?;
         }
-        let mut inode = self.meta.get(ino)?;
-        let now = Time::now();
-        if let Some(mode) = set.mode {
-            inode.perm = (mode & 0o7777) as u16;
-        }
-        if let Some(uid) = set.uid {
-            inode.uid = uid;
-        }
-        if let Some(gid) = set.gid {
-            inode.gid = gid;
-        }
-        if let Some(t) = set.atime {
-            inode.atime = t;
-        }
-        if let Some(t) = set.mtime {
-            inode.mtime = t;
-        }
-        inode.ctime = now;
-        self.meta.put(&inode)?;
-        Ok(self.live(inode))
+        let apply = |inode: &mut Inode| {
+            if let Some(mode) = set.mode {
+                inode.perm = (mode & 0o7777) as u16;
+            }
+            if let Some(uid) = set.uid {
+                inode.uid = uid;
+            }
+            if let Some(gid) = set.gid {
+                inode.gid = gid;
+            }
+            if let Some(t) = set.atime {
+                inode.atime = t;
+            }
+            if let Some(t) = set.mtime {
+                inode.mtime = t;
+            }
+            inode.ctime = Time::now();
+            Ok(())
+        };
+        let inode = match self.opened(ino) {
+            Some(open) => {
+                // Under the data lock, so a commit cannot slip the write time in
+                // between: the times set here are the file's from now on.
+                let mut data = self.block_on(open.data.lock());
+                let (mut inode, ()) = self.meta.update(ino, false, apply)?;
+                if set.mtime.is_some() {
+                    data.touched = None;
+                } else if let Some(t) = data.touched {
+                    inode.mtime = t;
+                }
+                inode.size = data.size();
+                inode
+            }
+            None => self.meta.update(ino, false, apply)?.0,
+        };
+        Ok(inode)
     }
 
-    /// Makes a directory.
+    /// Makes a directory (a reference for the kernel).
     pub fn mkdir(
         &self,
         parent: u64,
@@ -260,33 +452,38 @@ impl Vfs {
         uid: u32,
         gid: u32,
     ) -> Result<Inode, FsError> {
-        self.meta.create(
+        let inode = self.meta.create(
             parent,
             name,
             Inode::new(Kind::Dir, (mode & 0o7777) as u16, uid, gid),
-        )
+        )?;
+        Ok(self.referenced(inode))
     }
 
-    /// Makes an empty regular file (mknod); other node types are not supported.
+    /// Makes a regular file, FIFO, socket or device node (the type in `mode`'s
+    /// `S_IFMT` bits; device nodes get `rdev`). Only the name and attributes are
+    /// kept: the kernel carries a FIFO's or socket's bytes, and a device node is
+    /// opened (where the mount allows devices) as the device itself. A reference for
+    /// the kernel.
     pub fn mknod(
         &self,
         parent: u64,
         name: &[u8],
         mode: u32,
+        rdev: u32,
         uid: u32,
         gid: u32,
     ) -> Result<Inode, FsError> {
-        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
-            return Err(FsError::NotSupported);
+        let kind = Kind::from_mode(mode).ok_or(FsError::Invalid)?;
+        let mut inode = Inode::new(kind, (mode & 0o7777) as u16, uid, gid);
+        if matches!(kind, Kind::CharDev | Kind::BlockDev) {
+            inode.rdev = rdev;
         }
-        self.meta.create(
-            parent,
-            name,
-            Inode::new(Kind::File, (mode & 0o7777) as u16, uid, gid),
-        )
+        let inode = self.meta.create(parent, name, inode)?;
+        Ok(self.referenced(inode))
     }
 
-    /// Makes a symbolic link to `target`.
+    /// Makes a symbolic link to `target` (a reference for the kernel).
     pub fn symlink(
         &self,
         parent: u64,
@@ -298,7 +495,8 @@ impl Vfs {
         let mut inode = Inode::new(Kind::Symlink, 0o777, uid, gid);
         inode.size = target.len() as u64;
         inode.target = target.to_vec();
-        self.meta.create(parent, name, inode)
+        let inode = self.meta.create(parent, name, inode)?;
+        Ok(self.referenced(inode))
     }
 
     /// The target of a symbolic link.
@@ -310,27 +508,24 @@ impl Vfs {
         Ok(inode.target)
     }
 
-    /// A hard link.
+    /// A hard link (a reference for the kernel).
     pub fn link(&self, ino: u64, parent: u64, name: &[u8]) -> Result<Inode, FsError> {
-        self.meta.link(ino, parent, name).map(|i| self.live(i))
+        let inode = self.meta.link(ino, parent, name)?;
+        Ok(self.referenced(self.live(inode)))
     }
 
-    fn dropped_link(&self, inode: Inode) {
-        if inode.nlink == 0 && self.opened(inode.ino).is_none() {
-            self.remove_inode(&inode);
-        }
-    }
-
-    /// Removes a file name; the file goes when its last name and last opener do.
+    /// Removes a file name; the file goes when nothing refers to it any more.
     pub fn unlink(&self, parent: u64, name: &[u8]) -> Result<(), FsError> {
         let inode = self.meta.unlink(parent, name)?;
-        self.dropped_link(inode);
+        self.reap(inode.ino);
         Ok(())
     }
 
     /// Removes an empty directory.
     pub fn rmdir(&self, parent: u64, name: &[u8]) -> Result<(), FsError> {
-        self.meta.rmdir(parent, name)
+        let inode = self.meta.rmdir(parent, name)?;
+        self.reap(inode.ino);
+        Ok(())
     }
 
     /// Renames, replacing a compatible target (`RENAME_NOREPLACE` refuses to).
@@ -350,7 +545,7 @@ impl Vfs {
             .meta
             .rename(parent, name, new_parent, new_name, no_replace)?
         {
-            self.dropped_link(replaced);
+            self.reap(replaced.ino);
         }
         Ok(())
     }
@@ -385,7 +580,8 @@ impl Vfs {
             .ok_or(FsError::BadHandle)
     }
 
-    /// Creates and opens a regular file, placed on the pool's current live nodes.
+    /// Creates and opens a regular file, placed on the pool's current live nodes (a
+    /// reference for the kernel).
     pub fn create(
         &self,
         parent: u64,
@@ -399,7 +595,7 @@ impl Vfs {
         inode.manifest = Some(self.block_on(self.client.new_file())?);
         // Not synced here: the file's close (or fsync) commits it durably, so a small
         // file costs one metadata flush, not two.
-        let inode = self.meta.create_unsynced(parent, name, inode)?;
+        let inode = self.referenced(self.meta.create_unsynced(parent, name, inode)?);
         let open = self.acquire(inode.ino)?;
         // Even an empty file's close must commit, to make its name durable.
         self.block_on(open.data.lock()).changed = true;
@@ -436,6 +632,7 @@ impl Vfs {
     }
 
     /// Writes at `offset` (at the end for `O_APPEND` handles); returns bytes taken.
+    /// The file's mtime and ctime become now.
     pub fn write(&self, fh: u64, offset: u64, bytes: &[u8]) -> Result<u32, FsError> {
         let (h, open) = self.data_of(fh)?;
         self.block_on(async {
@@ -444,6 +641,58 @@ impl Vfs {
             data.write(at, bytes).await
         })?;
         Ok(bytes.len() as u32)
+    }
+
+    /// `lseek` with `SEEK_DATA` or `SEEK_HOLE` (`whence`), at the granularity of
+    /// stripes. Errors: ENXIO past the end or when no data follows; EINVAL for any
+    /// other `whence` (the kernel answers those itself).
+    pub fn seek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64, FsError> {
+        let data = match whence {
+            libc::SEEK_DATA => true,
+            libc::SEEK_HOLE => false,
+            _ => return Err(FsError::Invalid),
+        };
+        let offset = u64::try_from(offset).map_err(|_| FsError::NoSuchOffset)?;
+        let (_, open) = self.data_of(fh)?;
+        let data = self.block_on(open.data.lock()).seek(offset, data);
+        let at = data.ok_or(FsError::NoSuchOffset)?;
+        i64::try_from(at).map_err(|_| FsError::NoSuchOffset)
+    }
+
+    /// `fallocate(2)`: mode 0 reserves room on the pool for `offset..offset+len` and
+    /// grows the file to cover it; `FALLOC_FL_KEEP_SIZE` reserves without growing;
+    /// `FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE` makes the range read as zeros and
+    /// frees it; `FALLOC_FL_ZERO_RANGE` makes it read as zeros, reserved. Errors:
+    /// EOPNOTSUPP for any other mode (nothing changes), ENOSPC or EDQUOT when the pool
+    /// cannot hold the reservation (nothing changes), EINVAL for an empty range.
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<(), FsError> {
+        use falloc::{KEEP_SIZE, PUNCH_HOLE, ZERO_RANGE};
+        let supported = [
+            0,
+            KEEP_SIZE,
+            PUNCH_HOLE | KEEP_SIZE,
+            ZERO_RANGE,
+            ZERO_RANGE | KEEP_SIZE,
+        ];
+        if !supported.contains(&mode) {
+            return Err(FsError::NotSupported);
+        }
+        if len == 0 {
+            return Err(FsError::Invalid);
+        }
+        let (h, open) = self.data_of(fh)?;
+        let mut data = self.block_on(open.data.lock());
+        let keep_size = mode & KEEP_SIZE != 0;
+        let done = self.block_on(async {
+            if mode & PUNCH_HOLE != 0 {
+                return data.punch(offset, len).await;
+            }
+            if mode & ZERO_RANGE != 0 {
+                data.punch(offset, len).await?;
+            }
+            data.allocate(offset, len, keep_size).await
+        });
+        done.and_then(|()| self.commit(h.ino, &mut data))
     }
 
     /// Stores everything written through any handle of this file and records it.
@@ -460,6 +709,62 @@ impl Vfs {
             self.relinquish(h.ino);
         }
         result
+    }
+
+    /// The value of extended attribute `name` of `ino`. Errors: ENODATA if it has none.
+    pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, FsError> {
+        self.meta
+            .get(ino)?
+            .xattrs
+            .get(name)
+            .cloned()
+            .ok_or(FsError::NoData)
+    }
+
+    /// Names of the extended attributes of `ino`, each followed by a NUL, as
+    /// listxattr(2) gives them.
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        let inode = self.meta.get(ino)?;
+        let mut out = Vec::new();
+        for name in inode.xattrs.keys() {
+            out.extend_from_slice(name);
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    /// Sets extended attribute `name` of `ino` (`flags`: `xattr_flags`). Errors:
+    /// EEXIST or ENODATA as the flags ask; ENOSPC past `XATTRS_MAX` bytes per inode.
+    pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> Result<(), FsError> {
+        self.meta.update(ino, false, |inode| {
+            let exists = inode.xattrs.contains_key(name);
+            if flags & xattr_flags::CREATE != 0 && exists {
+                return Err(FsError::Exists);
+            }
+            if flags & xattr_flags::REPLACE != 0 && !exists {
+                return Err(FsError::NoData);
+            }
+            let old = inode.xattrs.get(name).map_or(0, |v| name.len() + v.len());
+            if inode.xattr_bytes() - old + name.len() + value.len() > XATTRS_MAX {
+                return Err(FsError::NoSpace(format!(
+                    "extended attributes of inode {ino} would exceed {XATTRS_MAX} bytes"
+                )));
+            }
+            inode.xattrs.insert(name.to_vec(), value.to_vec());
+            inode.ctime = Time::now();
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Removes extended attribute `name` of `ino`. Errors: ENODATA if it has none.
+    pub fn removexattr(&self, ino: u64, name: &[u8]) -> Result<(), FsError> {
+        self.meta.update(ino, false, |inode| {
+            inode.xattrs.remove(name).ok_or(FsError::NoData)?;
+            inode.ctime = Time::now();
+            Ok(())
+        })?;
+        Ok(())
     }
 
     /// The namespace store (for repair).
@@ -491,14 +796,15 @@ impl Vfs {
         if open.contains_key(&ino) {
             return Ok(false);
         }
-        let mut inode = self.meta.get(ino)?;
-        if inode.manifest.as_ref() != Some(old) {
-            return Ok(false);
-        }
-        inode.manifest = Some(new);
-        self.meta.put_durable(&inode)?;
+        let (_, swapped) = self.meta.update(ino, true, |inode| {
+            if inode.manifest.as_ref() != Some(old) {
+                return Ok(false);
+            }
+            inode.manifest = Some(new);
+            Ok(true)
+        })?;
         drop(open);
-        Ok(true)
+        Ok(swapped)
     }
 
     /// Is `ino` open right now?
@@ -506,7 +812,8 @@ impl Vfs {
         self.opened(ino).is_some()
     }
 
-    /// Total and free bytes of the live nodes.
+    /// Total and free bytes of the live nodes (free as the nodes count it: the bytes
+    /// really stored, so sparse files take only what was written).
     pub fn statfs(&self) -> Result<PoolSpace, FsError> {
         let view = self.block_on(self.client.view())?;
         let live = view.live();

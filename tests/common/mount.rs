@@ -316,6 +316,18 @@ impl Pool {
     pub fn up_with(name: &str, nodes: u32, extra: &[&str]) -> Pool {
         let tmp = test_dir(name);
         let root = tmp.path().canonicalize().expect("canonical temp dir");
+        Pool::start(Some(tmp), root, nodes, extra)
+    }
+
+    /// `poolfs up ROOT/mnt --nodes N --data-dir ROOT/data EXTRA...` in a test dir the
+    /// caller made and keeps (for example to put a small filesystem on ROOT/data
+    /// first); the caller removes it after the pool is dropped.
+    pub fn up_at(root: &Path, nodes: u32, extra: &[&str]) -> Pool {
+        let root = root.canonicalize().expect("canonical test dir");
+        Pool::start(None, root, nodes, extra)
+    }
+
+    fn start(tmp: Option<tempfile::TempDir>, root: PathBuf, nodes: u32, extra: &[&str]) -> Pool {
         let mnt = root.join("mnt");
         let data = root.join("data");
         let started = Instant::now();
@@ -331,7 +343,7 @@ impl Pool {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
         let mut pool = Pool {
-            tmp: Some(tmp),
+            tmp,
             root,
             mnt,
             data,

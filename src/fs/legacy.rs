@@ -1,0 +1,71 @@
+//! Records of metadata format 3, read once to migrate a store to the current format:
+//! format 3 had no device numbers or extended attributes, and kept every stripe of a
+//! file in a dense list (a hole was an empty record).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::meta::{Inode, Kind, Time};
+use crate::client::{Manifest, Placement, StripeRecord};
+
+/// A file's manifest as format 3 stored it.
+#[derive(Serialize, Deserialize)]
+pub struct ManifestV3 {
+    pub place: Placement,
+    pub size: u64,
+    /// `stripes[j]` is stripe j's record; an empty record is a hole.
+    pub stripes: Vec<StripeRecord>,
+    pub inline: Option<Vec<u8>>,
+}
+
+/// An inode as format 3 stored it. Format 3's kinds are the first three of `Kind`, in
+/// the same order, so they decode as `Kind`.
+#[derive(Serialize, Deserialize)]
+pub struct InodeV3 {
+    pub ino: u64,
+    pub kind: Kind,
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub size: u64,
+    pub atime: Time,
+    pub mtime: Time,
+    pub ctime: Time,
+    pub parent: u64,
+    pub target: Vec<u8>,
+    pub manifest: Option<ManifestV3>,
+}
+
+impl From<ManifestV3> for Manifest {
+    fn from(old: ManifestV3) -> Manifest {
+        let mut m = Manifest::new(old.place);
+        m.size = old.size;
+        m.inline = old.inline;
+        m.stripes = old
+            .stripes
+            .into_iter()
+            .enumerate()
+            .filter(|(_, r)| !r.is_hole())
+            .map(|(j, r)| (j as u64, r))
+            .collect::<BTreeMap<_, _>>();
+        m
+    }
+}
+
+impl From<InodeV3> for Inode {
+    fn from(old: InodeV3) -> Inode {
+        let mut inode = Inode::new(old.kind, old.perm, old.uid, old.gid);
+        inode.ino = old.ino;
+        inode.nlink = old.nlink;
+        inode.size = old.size;
+        inode.atime = old.atime;
+        inode.mtime = old.mtime;
+        inode.ctime = old.ctime;
+        inode.parent = old.parent;
+        inode.target = old.target;
+        inode.manifest = old.manifest.map(Manifest::from);
+        inode
+    }
+}
