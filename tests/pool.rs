@@ -813,3 +813,40 @@ fn a_second_node_on_the_same_storage_is_refused() {
         "put/get after the refusal",
     );
 }
+
+/// `reserve` allocates the slots of a run of stripes on every holder, or nothing: a
+/// holder without room refuses with NoSpace and the others give back what they took.
+/// `punch` frees them again.
+#[test]
+fn reserve_is_all_or_nothing_and_punch_gives_it_back() {
+    // Three nodes (k = 2, m = 1: a write needs all three); one can take only 2 MiB.
+    let c = Cluster::with_capacities(&[Some("8M"), Some("8M"), Some("2M")]);
+    let held = |c: &Cluster| -> Vec<u64> {
+        (0..3)
+            .map(|i| dir_allocated(&c.storage(i).join("segments")))
+            .collect()
+    };
+    let slot = poolfs::client::layout::sealed_len(DEFAULT_SHARD_SIZE as usize) as u64;
+    let rt = runtime();
+    rt.block_on(async {
+        let client = client(&c);
+        let m = client.new_file().await.unwrap();
+        assert_eq!(m.place.holders.len(), 3);
+        // Three slots do not fit the small node: refused, and nothing stays anywhere.
+        let err = client.reserve(&m, 0..3).await.unwrap_err();
+        assert!(matches!(err, ClientError::NoSpace { .. }), "{err}");
+        assert_eq!(err.errno(), libc::ENOSPC);
+        assert_eq!(held(&c), vec![0, 0, 0]);
+        // One slot fits every node: each holds it, in whole blocks.
+        client.reserve(&m, 4..5).await.unwrap();
+        for (i, h) in held(&c).into_iter().enumerate() {
+            assert!(h >= slot && h < slot + 64 * 1024, "node{i} holds {h}");
+        }
+        // Punched, the slot is free again everywhere.
+        client.punch(&m, 4..5).await.unwrap();
+        assert_eq!(held(&c), vec![0, 0, 0]);
+        // Nothing to do for an empty run.
+        client.reserve(&m, 2..2).await.unwrap();
+        client.punch(&m, 2..2).await.unwrap();
+    });
+}
