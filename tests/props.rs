@@ -298,6 +298,20 @@ fn request() -> impl Strategy<Value = Request> {
         any::<String>().prop_map(|file| Request::Delete { file }),
         Just(Request::Stat),
         Just(Request::Scan),
+        (segment(), any::<u64>(), any::<u64>()).prop_map(|(segment, offset, len)| {
+            Request::Reserve {
+                segment,
+                offset,
+                len,
+            }
+        }),
+        (segment(), any::<u64>(), any::<u64>()).prop_map(|(segment, offset, len)| {
+            Request::Punch {
+                segment,
+                offset,
+                len,
+            }
+        }),
     ]
 }
 

@@ -592,13 +592,17 @@ fn a_quota_bounds_each_member_on_each_node() {
     let quota = ["--quota", "256K"];
     let c = Cluster::with_node_args(&[quota.to_vec(), quota.to_vec()]);
     // Two nodes, no parity: a file of 400 KiB puts 200 KiB on each node, sealed: with
-    // the tag of each 32 KiB chunk.
-    let per_node = poolfs::client::layout::sealed_len(200 * KIB) as u64;
+    // the tag of each 32 KiB chunk, in whole blocks of the disk (what a node counts).
+    let block = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(c.storage(0)).unwrap().blksize()
+    };
+    let per_node = (poolfs::client::layout::sealed_len(200 * KIB) as u64).div_ceil(block) * block;
     let (first, first_data) = c.random_file("first", 400 * KIB, 71);
     assert_ok(&c.put(&first, "first"), "put first");
     let a = c.credentials();
     let used_by_a = |i: usize| {
-        common::dir_bytes(
+        common::dir_allocated(
             &c.storage(i)
                 .join("segments")
                 .join(poolfs::util::encode_hex(&a.identity().0)),

@@ -71,6 +71,24 @@ pub trait LocalNode: Send + Sync {
         segment: &SegmentRef,
         what: &SegmentRead,
     ) -> Result<Vec<u8>, (ErrorKind, String)>;
+    /// RESERVE bytes `offset..offset+len` of `segment`: allocated when it returns `Ok`
+    /// (the segment's length stays), nothing allocated when refused.
+    fn reserve(
+        &self,
+        segment: &SegmentRef,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), (ErrorKind, String)>;
+    /// PUNCH bytes `offset..offset+len` of `segment`: freed, reading back as zeros.
+    fn punch(&self, segment: &SegmentRef, offset: u64, len: u64)
+        -> Result<(), (ErrorKind, String)>;
+}
+
+/// What a space request does to a range of a segment (see `PoolClient::reserve`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SpaceOp {
+    Reserve,
+    Punch,
 }
 
 /// Which bytes of a shard's segment a reader asks its holder for.
@@ -367,26 +385,7 @@ impl PoolClient {
                 self.conns.call(addr, &req, Some(shard)).await.map(|_| ())
             }
         };
-        stored.map_err(|source| match source.remote_kind() {
-            Some(ErrorKind::NoSpace) => ClientError::NoSpace {
-                node: holder.node_id,
-                file: place.file_id.clone(),
-                segment: i as u32,
-                message: source.to_string(),
-            },
-            Some(ErrorKind::Quota) => ClientError::Quota {
-                node: holder.node_id,
-                file: place.file_id.clone(),
-                segment: i as u32,
-                message: source.to_string(),
-            },
-            _ => ClientError::Store {
-                node: holder.node_id,
-                file: place.file_id.clone(),
-                segment: i as u32,
-                source,
-            },
-        })
+        stored.map_err(|source| refused(holder, &place.file_id, i as u32, source))
     }
 
     /// Stores stripe `j` (its data bytes) on all holders in parallel and returns its
@@ -1108,6 +1107,183 @@ impl PoolClient {
             })
     }
 
+    /// RESERVEs or PUNCHes bytes `offset..offset+len` of segment `index` of a file on
+    /// `holder`, with a call when it is this process's own node.
+    async fn space_on(
+        &self,
+        place: &Placement,
+        holder: &Holder,
+        index: u32,
+        (offset, len): (u64, u64),
+        op: SpaceOp,
+    ) -> Result<(), ClientError> {
+        let segment = SegmentRef {
+            file: place.file_id.clone(),
+            index,
+        };
+        let done = match self.local_node(holder.node_id) {
+            Some(local) => {
+                // The blocking pool, like the node's own handler: fallocate may wait on
+                // the disk.
+                tokio::task::spawn_blocking(move || match op {
+                    SpaceOp::Reserve => local.reserve(&segment, offset, len),
+                    SpaceOp::Punch => local.punch(&segment, offset, len),
+                })
+                .await
+                .unwrap_or_else(|e| Err((ErrorKind::Internal, format!("task failed: {e}"))))
+                .map_err(|(kind, message)| NetError::Remote {
+                    addr: holder.addr,
+                    kind,
+                    message,
+                })
+            }
+            None => {
+                let req = match op {
+                    SpaceOp::Reserve => Request::Reserve {
+                        segment,
+                        offset,
+                        len,
+                    },
+                    SpaceOp::Punch => Request::Punch {
+                        segment,
+                        offset,
+                        len,
+                    },
+                };
+                let addr = self.addr_of(holder).await;
+                self.conns.call(addr, &req, None).await.map(|_| ())
+            }
+        };
+        done.map_err(|source| refused(holder, &place.file_id, index, source))
+    }
+
+    /// Reserves room for stripes `stripes` of a file on its nodes, so that writing them
+    /// later cannot fail for lack of space (what `fallocate(2)` promises): on every
+    /// holder the view says is up, in parallel, RESERVE of those stripes' slots in its
+    /// segment (with a call on this process's own node). Holders that are down or do not
+    /// answer are skipped, as writes route around them. All or nothing: if a holder
+    /// refuses for space or quota (`NoSpace`, `Quota`: ENOSPC, EDQUOT), or fewer holders
+    /// than a write's quorum (k + 1 with parity, else all) reserved, the ranges that were
+    /// reserved are punched back and the refusal (else the first failure, else
+    /// `Unavailable`) is returned.
+    ///
+    /// The caller passes only runs of stripes that are holes in `m` (nothing stored in
+    /// those slots): that is what makes punching a refused reservation back safe.
+    pub async fn reserve(&self, m: &Manifest, stripes: Range<u64>) -> Result<(), ClientError> {
+        if stripes.is_empty() {
+            return Ok(());
+        }
+        let place = &m.place;
+        let layout = &place.layout;
+        let offset = layout.segment_offset(stripes.start);
+        let range = (offset, layout.segment_offset(stripes.end) - offset);
+        let n = place.holders.len();
+        let needed = if layout.m == 0 {
+            n
+        } else {
+            layout.k as usize + 1
+        };
+        let skip = self.unhealthy(&place.holders).await;
+        let asks = (0..n).filter(|&i| !skip[i]).map(|i| async move {
+            let r = self
+                .space_on(place, &place.holders[i], i as u32, range, SpaceOp::Reserve)
+                .await;
+            (i, r)
+        });
+        let mut reserved = Vec::new();
+        let mut failures = Vec::new();
+        for (i, r) in futures::future::join_all(asks).await {
+            match r {
+                Ok(()) => reserved.push(i),
+                Err(e) => failures.push(e),
+            }
+        }
+        let refusal = failures
+            .iter()
+            .position(|e| matches!(e, ClientError::NoSpace { .. } | ClientError::Quota { .. }));
+        if refusal.is_none() && reserved.len() >= needed {
+            for e in &failures {
+                log::warn!("reserve of stripes {stripes:?} skipped a holder: {e}");
+            }
+            return Ok(());
+        }
+        let undo = reserved
+            .iter()
+            .map(|&i| self.space_on(place, &place.holders[i], i as u32, range, SpaceOp::Punch));
+        for e in futures::future::join_all(undo)
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+        {
+            log::warn!("cannot give back a reservation of stripes {stripes:?}: {e}");
+        }
+        Err(match refusal {
+            Some(pos) => failures.swap_remove(pos),
+            None if !failures.is_empty() => failures.swap_remove(0),
+            None => ClientError::Unavailable {
+                file: place.file_id.clone(),
+                stripe: stripes.start,
+                need: needed,
+                have: reserved.len(),
+                missing: "holders are down".into(),
+            },
+        })
+    }
+
+    /// Frees the slots of stripes `stripes` of a file on the nodes (PUNCH): on every
+    /// holder of every segment, and on each node a shard of one of those stripes was
+    /// moved to, in parallel (with a call on this process's own node). Best effort:
+    /// nodes the view says are down or gone are not asked (they would only make the
+    /// caller wait), and the first failure is returned for logging. A slot left
+    /// allocated costs space, never bytes: the manifest no longer points at it.
+    pub async fn punch(&self, m: &Manifest, stripes: Range<u64>) -> Result<(), ClientError> {
+        if stripes.is_empty() {
+            return Ok(());
+        }
+        let place = &m.place;
+        let layout = &place.layout;
+        // Per (node, segment): the holder, and the runs of stripes to punch there.
+        type Runs = (Holder, Vec<Range<u64>>);
+        let mut targets: std::collections::BTreeMap<(NodeId, u32), Runs> = place
+            .holders
+            .iter()
+            .enumerate()
+            .map(|(i, h)| ((h.node_id, i as u32), (h.clone(), vec![stripes.clone()])))
+            .collect();
+        for j in stripes.clone() {
+            for mv in &m.stripe(j).moved {
+                let (_, runs) = targets
+                    .entry((mv.to.node_id, mv.shard))
+                    .or_insert_with(|| (mv.to.clone(), Vec::new()));
+                match runs.last_mut() {
+                    Some(run) if run.end >= j => run.end = run.end.max(j + 1),
+                    _ => runs.push(j..j + 1),
+                }
+            }
+        }
+        let view = self.view().await.ok();
+        let away = |id: NodeId| {
+            view.as_ref()
+                .and_then(|v| v.node(id))
+                .is_some_and(|n| matches!(n.state, NodeState::Down | NodeState::Gone))
+        };
+        let punches = targets
+            .iter()
+            .filter(|((node, _), _)| !away(*node))
+            .flat_map(|((_, index), (holder, runs))| {
+                runs.iter().map(move |run| {
+                    let offset = layout.segment_offset(run.start);
+                    let range = (offset, layout.segment_offset(run.end) - offset);
+                    self.space_on(place, holder, *index, range, SpaceOp::Punch)
+                })
+            });
+        futures::future::join_all(punches)
+            .await
+            .into_iter()
+            .find_map(Result::err)
+            .map_or(Ok(()), Err)
+    }
+
     /// Removes a file's segments from every node that holds any; nodes that cannot be
     /// reached are reported, the others are cleaned.
     pub async fn delete(&self, m: &Manifest) -> Result<(), ClientError> {
@@ -1247,6 +1423,32 @@ impl std::fmt::Display for ShardFailure {
         match self {
             ShardFailure::Unreachable(why) | ShardFailure::Corrupt(why) => f.write_str(why),
         }
+    }
+}
+
+/// The error of a segment request (STORE, RESERVE, PUNCH) to `holder` that failed:
+/// a node without space or an owner over its quota are refusals the filesystem reports
+/// as ENOSPC and EDQUOT, anything else a failed store.
+fn refused(holder: &Holder, file: &str, segment: u32, source: NetError) -> ClientError {
+    match source.remote_kind() {
+        Some(ErrorKind::NoSpace) => ClientError::NoSpace {
+            node: holder.node_id,
+            file: file.into(),
+            segment,
+            message: source.to_string(),
+        },
+        Some(ErrorKind::Quota) => ClientError::Quota {
+            node: holder.node_id,
+            file: file.into(),
+            segment,
+            message: source.to_string(),
+        },
+        _ => ClientError::Store {
+            node: holder.node_id,
+            file: file.into(),
+            segment,
+            source,
+        },
     }
 }
 

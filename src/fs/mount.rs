@@ -356,4 +356,22 @@ impl LocalNode for OwnNode {
             SegmentRead::Parts(parts) => self.0.fwd_parts(segment, parts),
         }
     }
+
+    fn reserve(
+        &self,
+        segment: &SegmentRef,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), (ErrorKind, String)> {
+        self.0.reserve(segment, offset, len)
+    }
+
+    fn punch(
+        &self,
+        segment: &SegmentRef,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), (ErrorKind, String)> {
+        self.0.punch(segment, offset, len)
+    }
 }

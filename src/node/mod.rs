@@ -1,10 +1,12 @@
-//! The storage node: serves STORE / FWD / DELETE / STAT from its segment store, and keeps
-//! its membership (join, heartbeats, the controller's signal, leave).
+//! The storage node: serves STORE / FWD / RESERVE / PUNCH / DELETE / STAT from its
+//! segment store, and keeps its membership (join, heartbeats, the controller's signal,
+//! leave).
 
 mod handles;
 pub mod handoff;
 mod pin;
 mod segfile;
+mod space;
 
 pub mod store;
 
@@ -24,7 +26,7 @@ use crate::proto::{
 };
 use crate::trust::{identity_of, Credentials, KeyError, PoolKey};
 use pin::ControllerPin;
-pub use store::{SegmentStore, StoreError};
+pub use store::{SegmentStore, StoreError, MAX_SEGMENT_END};
 
 /// How often a node tells the controller it is alive.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1000);
@@ -36,10 +38,11 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// Join this controller at once; without it the node waits for the controller's signal.
     pub controller: Option<SocketAddr>,
-    /// Bytes the node offers; defaults to the free space of the storage filesystem.
+    /// Bytes the node offers (allocated on its disk); defaults to the free space of the
+    /// storage filesystem.
     pub capacity: Option<u64>,
-    /// Bytes one owner (one member's static key) may hold here; `None`: up to the
-    /// capacity.
+    /// Bytes one owner (one member's static key) may hold here, allocated; `None`: up to
+    /// the capacity.
     pub quota: Option<u64>,
     /// The pool key every connection proves.
     pub key: PoolKey,
@@ -485,6 +488,35 @@ impl OwnSegments {
             .map_err(refusal)
     }
 
+    /// As a RESERVE from this node's own key: bytes `offset..offset+len` of `seg` are
+    /// allocated when it returns `Ok`, and nothing is when it is refused.
+    pub fn reserve(
+        &self,
+        seg: &SegmentRef,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), (ErrorKind, String)> {
+        self.0
+            .store
+            .reserve(&self.owner(), seg, offset, len)
+            .map_err(refusal)
+    }
+
+    /// As a PUNCH from this node's own key: bytes `offset..offset+len` of `seg` are freed
+    /// (a segment that does not exist is fine).
+    pub fn punch(
+        &self,
+        seg: &SegmentRef,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), (ErrorKind, String)> {
+        self.0
+            .store
+            .punch(&self.owner(), seg, offset, len)
+            .map(|_| ())
+            .map_err(refusal)
+    }
+
     /// As a FWD (one range, read ahead) from this node's own key.
     pub fn fwd(
         &self,
@@ -520,14 +552,18 @@ fn refusal(e: StoreError) -> (ErrorKind, String) {
 
 fn store_error(e: StoreError) -> Response {
     let kind = match e {
-        StoreError::NoSpace { .. } => ErrorKind::NoSpace,
+        // A full disk is the node having no space, whatever its `--capacity` says: the
+        // client reports ENOSPC rather than an I/O error.
+        StoreError::NoSpace { .. } | StoreError::DiskFull { .. } => ErrorKind::NoSpace,
         StoreError::Quota { .. } => ErrorKind::Quota,
-        StoreError::BadId(_) => ErrorKind::BadRequest,
+        StoreError::BadId(_) | StoreError::BadRange { .. } => ErrorKind::BadRequest,
         StoreError::NotFound(_) | StoreError::OutOfRange { .. } => ErrorKind::NotFound,
         StoreError::Io { .. } => ErrorKind::Internal,
     };
     if kind == ErrorKind::Internal {
         log::error!("{e}");
+    } else if matches!(e, StoreError::DiskFull { .. }) {
+        log::warn!("{e}");
     }
     Response::error(kind, e.to_string())
 }
@@ -609,6 +645,32 @@ impl Handler for NodeService {
                 }))
                 .await
             }
+            Request::Reserve {
+                segment,
+                offset,
+                len,
+            } => {
+                blocking(Box::new(move || {
+                    match shared.store.reserve(&owner, &segment, offset, len) {
+                        Ok(()) => Reply::Msg(Response::Ok),
+                        Err(e) => Reply::Msg(store_error(e)),
+                    }
+                }))
+                .await
+            }
+            Request::Punch {
+                segment,
+                offset,
+                len,
+            } => {
+                blocking(Box::new(move || {
+                    match shared.store.punch(&owner, &segment, offset, len) {
+                        Ok(_) => Reply::Msg(Response::Ok),
+                        Err(e) => Reply::Msg(store_error(e)),
+                    }
+                }))
+                .await
+            }
             Request::Delete { file } => {
                 blocking(Box::new(move || match shared.store.delete(&owner, &file) {
                     Ok(_) => Reply::Msg(Response::Ok),
@@ -660,7 +722,109 @@ pub fn request_name(req: &Request) -> &'static str {
         Request::FwdParts { .. } => "FWD-PARTS",
         Request::FwdSealed { .. } => "FWD-SEALED",
         Request::Delete { .. } => "DELETE",
+        Request::Reserve { .. } => "RESERVE",
+        Request::Punch { .. } => "PUNCH",
         Request::Stat => "STAT",
         Request::Scan => "SCAN",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trust::PoolKey;
+    use std::os::unix::fs::MetadataExt;
+
+    fn seg(file: &str) -> SegmentRef {
+        SegmentRef {
+            file: file.into(),
+            index: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn reserve_and_punch_answer_as_documented() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = std::fs::metadata(dir.path()).unwrap().blksize();
+        let store = SegmentStore::open(dir.path(), 4 * b, None).unwrap();
+        let creds = Arc::new(Credentials::ephemeral(&PoolKey::generate()).unwrap());
+        let service = NodeService::standalone(store, creds);
+        let peer = Peer {
+            addr: "127.0.0.1:4000".parse().unwrap(),
+            local: "127.0.0.1:2001".parse().unwrap(),
+            key: [7; 32],
+        };
+        let ask = |req: Request| {
+            let service = &service;
+            async move {
+                match service.handle(req, None, peer).await {
+                    Reply::Msg(resp) => resp,
+                    _ => panic!("a data answer to a space request"),
+                }
+            }
+        };
+        let kind = |resp: Response| match resp {
+            Response::Error { kind, .. } => Some(kind),
+            _ => None,
+        };
+        let used = || async {
+            match ask(Request::Stat).await {
+                Response::Stat(stat) => stat.used,
+                other => panic!("{other:?}"),
+            }
+        };
+        let reserve = |file: &str, offset, len| Request::Reserve {
+            segment: seg(file),
+            offset,
+            len,
+        };
+        let punch = |file: &str, offset, len| Request::Punch {
+            segment: seg(file),
+            offset,
+            len,
+        };
+        assert_eq!(ask(reserve("f", 0, 3 * b)).await, Response::Ok);
+        assert_eq!(used().await, 3 * b);
+        // Past the capacity: NoSpace, and nothing more is allocated.
+        assert_eq!(
+            kind(ask(reserve("g", 0, 2 * b)).await),
+            Some(ErrorKind::NoSpace)
+        );
+        assert_eq!(used().await, 3 * b);
+        // Absurd ranges and bad ids are bad requests, for both verbs.
+        for req in [
+            reserve("f", u64::MAX, 2),
+            reserve("f", MAX_SEGMENT_END, 1),
+            punch("f", u64::MAX - 1, 4),
+            reserve("../f", 0, 1),
+            punch("a/b", 0, 1),
+        ] {
+            let name = request_name(&req);
+            assert_eq!(kind(ask(req).await), Some(ErrorKind::BadRequest), "{name}");
+        }
+        // A missing segment is fine to punch; a held one gives its room back.
+        assert_eq!(ask(punch("none", 0, b)).await, Response::Ok);
+        assert_eq!(ask(punch("f", 0, 2 * b)).await, Response::Ok);
+        assert_eq!(used().await, b);
+        assert_eq!(ask(reserve("g", 0, 2 * b)).await, Response::Ok);
+        assert_eq!(used().await, 3 * b);
+        assert_eq!(request_name(&punch("f", 0, 0)), "PUNCH");
+        assert_eq!(request_name(&reserve("f", 0, 0)), "RESERVE");
+    }
+
+    #[test]
+    fn a_full_disk_is_answered_no_space() {
+        let full = StoreError::DiskFull {
+            context: "write /s/segments/o/f/0.seg".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        match store_error(full) {
+            Response::Error { kind, message } => {
+                assert_eq!(kind, ErrorKind::NoSpace);
+                assert!(message.contains("0.seg"), "{message}");
+                assert!(message.contains("disk is full"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

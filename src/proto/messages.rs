@@ -210,12 +210,28 @@ pub enum Request {
         offset: u64,
         len: u32,
     },
+    /// Client to node: allocate bytes `offset..offset+len` of one of the sender's own
+    /// segments (created if missing) without changing its length, so that STOREs there
+    /// later need no room; answered with `Ok`, or `NoSpace`/`Quota` with nothing allocated.
+    Reserve {
+        segment: SegmentRef,
+        offset: u64,
+        len: u64,
+    },
+    /// Client to node: free bytes `offset..offset+len` of one of the sender's own segments
+    /// (they read back as zeros, the length stays; a missing segment frees nothing);
+    /// answered with `Ok`.
+    Punch {
+        segment: SegmentRef,
+        offset: u64,
+        len: u64,
+    },
 }
 
 /// Kinds of failure a peer reports, so callers can map them to errno and messages.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
-    /// The store is full (`--capacity`).
+    /// The store is full (`--capacity`), or the disk under it is.
     NoSpace,
     /// The sender holds its whole quota on this node (`--quota`).
     Quota,

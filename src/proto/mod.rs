@@ -12,7 +12,8 @@ pub use messages::*;
 /// 3: Noise channel instead of the plaintext `Hello`.
 /// 4: `ErrorKind::Quota`; segments are kept per owner.
 /// 7: `FwdParts`, for reading one chunk of a sealed shard with its tag; `FwdSealed`.
-pub const PROTOCOL_VERSION: u16 = 7;
+/// 8: `Reserve` and `Punch`; a node's `used` is the bytes allocated on its disk.
+pub const PROTOCOL_VERSION: u16 = 8;
 /// Most ranges one `FwdParts` may ask for.
 pub const MAX_PARTS: usize = 8;
 /// Bound into every handshake's prologue with the version.

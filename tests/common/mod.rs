@@ -80,6 +80,22 @@ pub fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
+/// Bytes the files under `dir` take on the disk (their allocated blocks), recursively
+/// (0 if it does not exist): what a node counts against its capacity and quotas.
+pub fn dir_allocated(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .map(|e| e.unwrap())
+        .map(|e| match e.file_type().unwrap().is_dir() {
+            true => dir_allocated(&e.path()),
+            false => e.metadata().unwrap().blocks() * 512,
+        })
+        .sum()
+}
+
 /// The path of segment `index` of `file` in a node's storage, whichever member owns
 /// it (segments live in `STORAGE/segments/OWNER/FILE/INDEX.seg`); None if no owner has it.
 pub fn segment_path(storage: &Path, file: &str, index: u32) -> Option<PathBuf> {
