@@ -1991,6 +1991,42 @@ fn sparse_files_stay_sparse_and_are_charged_for_what_they_hold() {
     );
 }
 
+/// Regression (found by the model test): a stripe that became a hole (written all
+/// zeros, or cut off by a shrink) and was written again before the file was committed
+/// kept its new bytes in the same slot on the nodes, and the commit then freed that
+/// slot as the hole's: the file read back with EIO.
+#[test]
+fn a_stripe_made_a_hole_and_rewritten_before_the_close_keeps_its_bytes() {
+    if !can_mount() {
+        return;
+    }
+    let pool = Pool::up("hole-reuse", 3);
+    let stripe = 2 * MIB; // 3 nodes: k = 2 data shards of 1 MiB
+    let mut rng = Rng::new(12);
+    for (name, how) in [("zeroed", "zeros"), ("shrunk", "shrink")] {
+        let p = pool.path(name);
+        let first = rng.bytes(2 * stripe);
+        fs::write(&p, &first).unwrap();
+        let again = rng.bytes(stripe);
+        let f = OpenOptions::new().write(true).open(&p).unwrap();
+        match how {
+            // A whole stripe of zeros goes out at once, as a hole.
+            "zeros" => f.write_all_at(&vec![0; stripe], stripe as u64).unwrap(),
+            // A shrink cuts the second stripe off.
+            _ => f.set_len(stripe as u64).unwrap(),
+        }
+        f.write_all_at(&again, stripe as u64).unwrap();
+        close_checked(f).unwrap_or_else(|e| panic!("{name}: close: {e}"));
+        let mut want = first[..stripe].to_vec();
+        want.extend_from_slice(&again);
+        let got = read_uncached(&p);
+        assert!(
+            got == want,
+            "{name}: the rewritten stripe does not read back"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------
 // 10. Times follow the writes
 // ---------------------------------------------------------------------------------

@@ -338,7 +338,23 @@ impl Vfs {
         for old in std::mem::take(&mut data.retired) {
             self.delete_segments(&old);
         }
-        for gone in std::mem::take(&mut data.released) {
+        for mut gone in std::mem::take(&mut data.released) {
+            // A slot written or reserved again since it was released is in use: the
+            // stripe's new shards sit in that same slot.
+            let m = &data.manifest;
+            gone.stripes
+                .retain(|j, _| m.is_hole(*j) && !m.is_reserved(*j));
+            for used in m.reserved.iter() {
+                gone.reserved.remove(used.clone());
+            }
+            let kept: Vec<u64> = gone
+                .reserved
+                .iter()
+                .flat_map(|r| m.records_in(r.clone()).map(|(j, _)| j))
+                .collect();
+            for j in kept {
+                gone.reserved.remove(j..j + 1);
+            }
             self.free_slots(&gone);
         }
         Ok(())
