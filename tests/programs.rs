@@ -632,6 +632,44 @@ fn other_users_get_access_by_mode_bits_with_allow_other() {
     assert_eq!(lstat(&p("pub/suid-t")).len(), 0);
 }
 
+/// `sudo poolfs up ~/pool` is for the user who ran sudo: the mount admits other users
+/// and the pool's root directory is theirs, so they can copy files in without sudo.
+#[test]
+fn up_through_sudo_gives_the_pool_to_the_user_who_ran_it() {
+    if !can_mount() {
+        return;
+    }
+    let pool = Pool::up_with_env(
+        "sudo",
+        2,
+        &[],
+        &[("SUDO_UID", "1000"), ("SUDO_GID", "1000")],
+    );
+    open_to_others(&pool);
+    let root = lstat(&pool.mnt);
+    assert_eq!(
+        (root.uid(), root.gid()),
+        (1000, 1000),
+        "owner of the pool's root"
+    );
+    let f = pool.path("mine");
+    user_ok(&ALICE, CREATE, &[&f], "create in the pool's root");
+    user_ok(
+        &ALICE,
+        MKDIR,
+        &[&pool.path("dir")],
+        "mkdir in the pool's root",
+    );
+    assert_eq!(lstat(&f).uid(), 1000, "owner of the file alice made");
+    user_fails(
+        &BOB,
+        CREATE,
+        &[&pool.path("bob")],
+        libc::EACCES,
+        "create in alice's pool",
+    );
+}
+
 // ---------------------------------------------------------------------------------
 // 2. FIFOs, sockets and device nodes
 // ---------------------------------------------------------------------------------

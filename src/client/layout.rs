@@ -33,6 +33,14 @@ impl Layout {
         u64::from(self.k) * u64::from(self.shard_size)
     }
 
+    /// The most bytes of a file that can be written or reserved: the end of the last
+    /// stripe whose slot a node still takes (`node::MAX_SEGMENT_END` bytes per
+    /// segment; 2 PiB for k = 2). A file may be longer (a truncate), as holes past it.
+    pub fn max_written_size(&self) -> u64 {
+        let slots = crate::node::MAX_SEGMENT_END / sealed_len(self.shard_size as usize) as u64;
+        slots.saturating_mul(self.stripe_size())
+    }
+
     /// Number of segments (and holders) of a file.
     pub fn segments(&self) -> u32 {
         self.k + self.m

@@ -450,7 +450,10 @@ impl FileData {
         let stripe_size = self.stripe_size();
         let end = offset
             .checked_add(data.len() as u64)
-            .ok_or(FsError::Invalid)?;
+            .ok_or(FsError::FileTooBig)?;
+        if end > self.manifest.place.layout.max_written_size() {
+            return Err(FsError::FileTooBig);
+        }
         if end > self.size() {
             self.prepare_growth().await?;
         }
@@ -672,6 +675,9 @@ impl FileData {
     ) -> Result<(), FsError> {
         self.check_failed()?;
         let end = offset.checked_add(len).ok_or(FsError::FileTooBig)?;
+        if end > self.manifest.place.layout.max_written_size() {
+            return Err(FsError::FileTooBig);
+        }
         self.spill_inline();
         let stripe = self.stripe_size();
         let holes = self.hole_runs(offset / stripe..end.div_ceil(stripe));

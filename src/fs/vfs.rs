@@ -612,7 +612,14 @@ impl Vfs {
         // Not synced here: the file's close (or fsync) commits it durably, so a small
         // file costs one metadata flush, not two.
         let inode = self.referenced(self.meta.create_unsynced(parent, name, inode)?);
-        let open = self.acquire(inode.ino)?;
+        let open = match self.acquire(inode.ino) {
+            Ok(open) => open,
+            Err(e) => {
+                // The kernel gets an error, not the inode: it holds no reference.
+                self.forget(inode.ino, 1);
+                return Err(e);
+            }
+        };
         // Even an empty file's close must commit, to make its name durable.
         self.block_on(open.data.lock()).changed = true;
         Ok((inode.clone(), self.new_handle(inode.ino, flags)))

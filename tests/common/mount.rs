@@ -316,7 +316,14 @@ impl Pool {
     pub fn up_with(name: &str, nodes: u32, extra: &[&str]) -> Pool {
         let tmp = test_dir(name);
         let root = tmp.path().canonicalize().expect("canonical temp dir");
-        Pool::start(Some(tmp), root, nodes, extra)
+        Pool::start(Some(tmp), root, nodes, extra, &[])
+    }
+
+    /// `up_with`, with `env` set for `poolfs up` (for example what sudo sets).
+    pub fn up_with_env(name: &str, nodes: u32, extra: &[&str], env: &[(&str, &str)]) -> Pool {
+        let tmp = test_dir(name);
+        let root = tmp.path().canonicalize().expect("canonical temp dir");
+        Pool::start(Some(tmp), root, nodes, extra, env)
     }
 
     /// `poolfs up ROOT/mnt --nodes N --data-dir ROOT/data EXTRA...` in a test dir the
@@ -324,10 +331,16 @@ impl Pool {
     /// first); the caller removes it after the pool is dropped.
     pub fn up_at(root: &Path, nodes: u32, extra: &[&str]) -> Pool {
         let root = root.canonicalize().expect("canonical test dir");
-        Pool::start(None, root, nodes, extra)
+        Pool::start(None, root, nodes, extra, &[])
     }
 
-    fn start(tmp: Option<tempfile::TempDir>, root: PathBuf, nodes: u32, extra: &[&str]) -> Pool {
+    fn start(
+        tmp: Option<tempfile::TempDir>,
+        root: PathBuf,
+        nodes: u32,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Pool {
         let mnt = root.join("mnt");
         let data = root.join("data");
         let started = Instant::now();
@@ -336,7 +349,8 @@ impl Pool {
             .args(["--nodes", &nodes.to_string()])
             .arg("--data-dir")
             .arg(&data)
-            .args(extra));
+            .args(extra)
+            .envs(env.iter().copied()));
         let state = poolfs::up::state_dir(&data, &mnt);
         // Record whatever was started before judging, so a failed `up` is cleaned too.
         let recorded: Option<poolfs::up::UpState> = std::fs::read(state.join("up.json"))
