@@ -138,7 +138,7 @@ impl Vfs {
     }
 
     fn delete_segments(&self, m: &Manifest) {
-        if m.inline.is_some() && !m.stores_anything() {
+        if m.inline.is_some() && !m.stores_anything() && m.reserved.is_empty() {
             return; // a small file kept in its record: nothing on the pool
         }
         if let Err(e) = self.block_on(self.client.delete(m)) {
@@ -361,9 +361,17 @@ impl Vfs {
     }
 
     /// Puts an open file whose flush failed back to its committed state, and frees on
-    /// the nodes what the failed attempt stored there.
+    /// the nodes what the failed attempt stored or reserved there.
     fn roll_back(&self, ino: u64, data: &mut FileData) {
-        let committed = self.meta.get(ino).ok().and_then(|i| i.manifest);
+        let committed = match self.meta.get(ino) {
+            Ok(inode) => inode.manifest,
+            Err(e) => {
+                // Without the committed state nothing can be told apart safely: keep
+                // the open file as it is (its failure stays) and free nothing.
+                log::warn!("cannot read inode {ino} back after a failed flush: {e}");
+                return;
+            }
+        };
         let place = data.manifest.place.clone();
         let base = committed.unwrap_or_else(|| Manifest::new(place));
         let abandoned = self.block_on(data.roll_back(base.clone()));
@@ -372,16 +380,26 @@ impl Vfs {
             self.delete_segments(&abandoned);
             return;
         }
-        // Stripes stored by the failed attempt where the committed file has none. (A
-        // stripe the committed file also has was rewritten in its own slot: that slot
-        // is the committed one's and stays.)
+        // Stripes stored or reserved by the failed attempt where the committed file has
+        // neither. (A stripe the committed file also has was rewritten in its own slot:
+        // that slot is the committed one's and stays.)
+        let unused = |j: u64| base.is_hole(j) && !base.is_reserved(j);
         let mut orphans = Manifest::new(abandoned.place.clone());
         for (j, record) in abandoned.records() {
-            if base.is_hole(j) && !base.is_reserved(j) {
+            if unused(j) {
                 orphans.stripes.insert(j, record.clone());
             }
         }
-        if orphans.stores_anything() {
+        orphans.reserved = abandoned.reserved.clone();
+        for used in base.reserved.iter() {
+            orphans.reserved.remove(used.clone());
+        }
+        for run in abandoned.reserved.iter() {
+            for (j, _) in base.records_in(run.clone()) {
+                orphans.reserved.remove(j..j + 1);
+            }
+        }
+        if orphans.stores_anything() || !orphans.reserved.is_empty() {
             self.free_slots(&orphans);
         }
     }
