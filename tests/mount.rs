@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use harness::{
-    assert_same_file, can_mount, drop_cache, health, is_mounted, member_states, poolfs,
+    assert_same_file, can_mount, drop_cache, health, is_mounted, member_states, mmap_write, poolfs,
     procs_under, random_file, run, run_ok, segment_usage, wait_until, Pool, Rng, MIB,
 };
 
@@ -1091,35 +1091,6 @@ fn model_step(
 const FALLOC_KEEP_SIZE: i32 = 0x01;
 const FALLOC_PUNCH_HOLE: i32 = 0x02;
 const FALLOC_ZERO_RANGE: i32 = 0x10;
-
-/// Writes `data` at `off` of a file of `size` bytes through a shared mapping, then
-/// msync(MS_SYNC) so the bytes reach the filesystem.
-fn mmap_write(f: &File, size: u64, off: u64, data: &[u8]) -> io::Result<()> {
-    let len = size as usize;
-    // SAFETY: maps `len` bytes of a valid descriptor; every access below stays inside
-    // the mapping (off + data.len() <= size), which is unmapped before returning.
-    unsafe {
-        let p = libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            f.as_raw_fd(),
-            0,
-        );
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        std::ptr::copy_nonoverlapping(data.as_ptr(), (p as *mut u8).add(off as usize), data.len());
-        let synced = libc::msync(p, len, libc::MS_SYNC);
-        let err = io::Error::last_os_error();
-        libc::munmap(p, len);
-        if synced != 0 {
-            return Err(err);
-        }
-    }
-    Ok(())
-}
 
 /// `lseek(fd, off, whence)` on the mount: the offset, or the errno.
 fn seek(f: &File, off: u64, whence: i32) -> Result<u64, i32> {

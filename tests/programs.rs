@@ -630,6 +630,25 @@ fn other_users_get_access_by_mode_bits_with_allow_other() {
     }
     assert_eq!(fs::read(p("pub/suid-w")).unwrap(), b"x123456789");
     assert_eq!(lstat(&p("pub/suid-t")).len(), 0);
+
+    // Set-group-ID without group-execute (Linux 6.x): a writer outside the file's group
+    // clears it, a member keeps it.
+    for (who, inside) in [(&ALICE, false), (&ALICE_IN_G, true)] {
+        for (op_name, op) in [("write", WRITE_BYTE), ("truncate", TRUNCATE)] {
+            let f = p(&format!("pub/sgid-{op_name}-{inside}"));
+            fs::write(&f, b"0123456789").unwrap();
+            std::os::unix::fs::chown(&f, None, Some(G)).unwrap();
+            fs::set_permissions(&f, fs::Permissions::from_mode(0o2666)).unwrap();
+            user_ok(who, op, &[&f], &format!("{op_name} of a 02666 file"));
+            let want = if inside { 0o2666 } else { 0o666 };
+            assert_eq!(
+                perm(&f),
+                want,
+                "02666 file of group {G} after a {op_name} by uid {} (in the group: {inside})",
+                who.uid
+            );
+        }
+    }
 }
 
 /// `sudo poolfs up ~/pool` is for the user who ran sudo: the mount admits other users
@@ -1361,6 +1380,179 @@ fn pool_attributes_stay_out_of_listings_and_copies() {
     );
 }
 
+/// The attribute rules of local filesystems at their edges: `trusted.*` names are
+/// listed to root only, a user's own `user.poolfs.*` attribute is an ordinary one (only
+/// the pool's three names are reserved), and a value of the kernel's largest size fits.
+#[test]
+fn attribute_names_and_sizes_follow_local_filesystems() {
+    if !can_mount() {
+        return;
+    }
+    let pool = Pool::up_with("xattr-edges", 2, &["--allow-other"]);
+    open_to_others(&pool);
+    let f = pool.path("f");
+    fs::write(&f, b"x").unwrap();
+    let set = |name: &str, value: &[u8]| {
+        let c = CString::new(name).unwrap();
+        // SAFETY: valid NUL-terminated strings and a value buffer of its length.
+        cvt(unsafe {
+            libc::setxattr(
+                cstr(&f).as_ptr(),
+                c.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        })
+    };
+    set("trusted.t", b"1").expect("trusted.t as root");
+    set("user.u", b"2").expect("user.u");
+    set("user.poolfs.note", b"mine").expect("a user's own user.poolfs.* attribute");
+    let big = vec![7u8; 65536];
+    set("user.big", &big).expect("a 64 KiB value");
+    assert_eq!(get_xattr(&f, "user.big").unwrap(), big);
+    assert_eq!(get_xattr(&f, "user.poolfs.note").unwrap(), b"mine");
+    let as_root = list_xattrs(&f).unwrap();
+    assert!(
+        as_root.contains(&"trusted.t".to_string()),
+        "root lists {as_root:?}"
+    );
+    let listed = user_ok(
+        &ALICE,
+        "print('\\n'.join(sorted(os.listxattr(sys.argv[1]))))",
+        &[&f],
+        "listxattr",
+    );
+    let listed: Vec<&str> = listed.lines().collect();
+    assert_eq!(
+        listed,
+        vec!["user.big", "user.poolfs.note", "user.u"],
+        "what another user lists"
+    );
+    assert_errno(
+        set("user.poolfs.health", b"x"),
+        libc::EPERM,
+        "setting the pool's own attribute",
+    );
+}
+
+/// `renameat2(RENAME_EXCHANGE)` swaps two names atomically, as on ext4 (some programs
+/// swap a directory or file into place this way).
+#[test]
+fn rename_exchange_swaps_two_names() {
+    if !can_mount() {
+        return;
+    }
+    let pool = Pool::up("exchange", 2);
+    fs::write(pool.path("a"), b"aaa").unwrap();
+    fs::create_dir(pool.path("d")).unwrap();
+    fs::write(pool.path("d/inner"), b"in").unwrap();
+    let exchange = |x: &str, y: &str| {
+        // SAFETY: valid NUL-terminated paths.
+        cvt(unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                cstr(&pool.path(x)).as_ptr(),
+                libc::AT_FDCWD,
+                cstr(&pool.path(y)).as_ptr(),
+                libc::RENAME_EXCHANGE,
+            )
+        })
+    };
+    exchange("a", "d").expect("exchange a file and a directory");
+    assert_eq!(fs::read(pool.path("d")).unwrap(), b"aaa");
+    assert_eq!(fs::read(pool.path("a/inner")).unwrap(), b"in");
+    assert_errno(
+        exchange("a", "missing"),
+        libc::ENOENT,
+        "exchange with a missing name",
+    );
+}
+
+/// A failed write changes nothing, not even the size seen while the file is open; and
+/// a truncate to the size a file already has still moves its mtime, as on ext4.
+#[test]
+fn a_failed_write_leaves_the_size_and_a_truncate_moves_mtime() {
+    if !can_mount() {
+        return;
+    }
+    let pool = Pool::up_with("failed-size", 3, &["--quota", "8M"]);
+    // A child process writes, so that no fork of this test process closes (and so
+    // flushes and commits) its descriptor in between. After the failure the kernel is
+    // told to drop what it cached of the file; that reaches it a moment later (not from
+    // inside the failing request, whose page locks it would wait for).
+    let writer = r#"
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+chunk = os.urandom(1 << 20)
+err = None
+for i in range(64):
+    try:
+        os.write(fd, chunk)
+    except OSError as e:
+        err = e.errno
+        break
+deadline = time.time() + 2
+while os.fstat(fd).st_size != 0 and time.time() < deadline:
+    time.sleep(0.02)
+size = os.fstat(fd).st_size
+back = len(os.pread(fd, 1 << 20, 0))
+try:
+    os.close(fd)
+except OSError:
+    pass
+print(err, size, back)
+"#;
+    let out = run_ok(
+        Command::new(python())
+            .arg("-c")
+            .arg(writer)
+            .arg(pool.path("f")),
+    );
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(
+        said,
+        format!("{} 0 0", libc::EDQUOT),
+        "errno of the failed write, then the size and the bytes read back (nothing was \
+         ever committed)"
+    );
+    fs::write(pool.path("t"), b"twelve bytes").unwrap();
+    let before = lstat(&pool.path("t")).mtime_nsec() as i128
+        + lstat(&pool.path("t")).mtime() as i128 * 1_000_000_000;
+    std::thread::sleep(Duration::from_millis(50));
+    truncate_path(&pool.path("t"), 12).unwrap();
+    let m = lstat(&pool.path("t"));
+    let after = m.mtime_nsec() as i128 + m.mtime() as i128 * 1_000_000_000;
+    assert!(after > before, "mtime after a truncate to the same size");
+}
+
+/// Pages written through a shared mapping land where they were written while another
+/// descriptor of the file appends. The kernel writes mapped pages back with the handle
+/// of some writable descriptor of the file, which may be an `O_APPEND` one; the mount
+/// places every write at the kernel's offset, never by the handle's flags.
+#[test]
+fn mmap_writes_land_in_place_while_an_appender_has_the_file_open() {
+    if !can_mount() {
+        return;
+    }
+    let pool = Pool::up("mmap-append", 2);
+    let p = pool.path("f");
+    let mut want = Rng::new(21).bytes(300_000);
+    fs::write(&p, &want).unwrap();
+    // The appender first: the kernel writes mapped pages back with the handle of the
+    // file's longest-open writable descriptor.
+    let appender = OpenOptions::new().append(true).open(&p).unwrap();
+    let f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    let patch = Rng::new(22).bytes(5000);
+    harness::mmap_write(&f, want.len() as u64, 100_000, &patch).expect("write through a mapping");
+    want[100_000..105_000].copy_from_slice(&patch);
+    drop(appender);
+    close_checked(f).unwrap();
+    let got = read_uncached(&p);
+    assert_eq!(got.len(), want.len(), "size after the mapped write");
+    assert!(got == want, "the mapped write did not land at its offset");
+}
+
 // ---------------------------------------------------------------------------------
 // 6. Atomic save
 // ---------------------------------------------------------------------------------
@@ -1666,6 +1858,98 @@ fn a_full_disk_gives_enospc_and_service_resumes_once_space_is_freed() {
         "a file stored before the disk filled"
     );
     assert_eq!(read_uncached(&d.join("after")), b"y\n");
+}
+
+/// Regression (found by a user's run): an overwrite or append that fails for lack of
+/// space (here a node quota) rewrote the stripes it reached in place, then the file
+/// went back to its committed manifest, whose shards those slots no longer held: the
+/// old bytes read back as EIO forever. Rewrites now go to the stripe's other slot.
+#[test]
+fn a_rewrite_that_runs_out_of_space_leaves_the_old_bytes_readable() {
+    if !can_mount() {
+        return;
+    }
+    let pool = Pool::up_with("full-rewrite", 3, &["--quota", "20M"]);
+    let mut rng = Rng::new(7);
+    // A child process does the writing: a descriptor of this process would also be
+    // closed (and so flushed, committing part of the rewrite) by every fork and exec of
+    // the other tests running in it.
+    let scratch = pool.scratch();
+    let (old_path, big_path) = (scratch.join("old"), scratch.join("big"));
+    let old = rng.bytes(5_000_000);
+    fs::write(&old_path, &old).unwrap();
+    fs::write(&big_path, rng.bytes(40 * MIB)).unwrap();
+    let writer = r#"
+import mmap, os, sys
+path, how = sys.argv[1], sys.argv[2]
+old, big = open(sys.argv[3], "rb").read(), open(sys.argv[4], "rb").read()
+flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | (os.O_APPEND if how == "append" else 0)
+fd = os.open(path, flags, 0o644)
+os.write(fd, old)
+os.fsync(fd)  # the old bytes are stored and committed
+try:
+    if how == "overwrite":
+        done = 0
+        while done < len(big):
+            done += os.pwrite(fd, big[done:], done)
+    elif how == "append":
+        done = 0
+        while done < len(big):
+            done += os.write(fd, big[done:])
+    else:
+        os.ftruncate(fd, len(big))
+        m = mmap.mmap(fd, len(big))
+        m[:] = big
+        m.flush()
+        m.close()
+        os.fsync(fd)
+    os.close(fd)
+    print(0)
+except OSError as e:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+    print(e.errno)
+"#;
+    for how in ["overwrite", "append", "mmap"] {
+        let p = pool.path(how);
+        let out = run_ok(
+            Command::new(python())
+                .arg("-c")
+                .arg(writer)
+                .arg(&p)
+                .arg(how)
+                .arg(&old_path)
+                .arg(&big_path),
+        );
+        let errno: i32 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{how}: the writer said {}", stderr_of(&out)));
+        let failed: io::Result<()> = match errno {
+            0 => Ok(()),
+            e => Err(io::Error::from_raw_os_error(e)),
+        };
+        let errno = errno_of(failed, &format!("{how} of 40 MiB past a 20 MiB quota"));
+        assert!(
+            errno == libc::EDQUOT || errno == libc::ENOSPC,
+            "{how}: {} instead of EDQUOT",
+            errname(errno)
+        );
+        // The mmap case truncated to 40 MiB first, which succeeded: that much of the
+        // change is the file's.
+        let mut want = old.clone();
+        if how == "mmap" {
+            want.resize(40 * MIB, 0);
+        }
+        let got = read_uncached(&p);
+        assert!(
+            got == want,
+            "{how}: the file from the pool is not the last one that was stored ({} bytes)",
+            got.len()
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------

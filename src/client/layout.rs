@@ -11,6 +11,22 @@ pub const SEAL_CHUNK: usize = 32 * 1024;
 /// Bytes of one chunk's authentication tag (AES-GCM).
 pub const TAG_LEN: usize = 16;
 
+/// The bit that turns segment index i into the index of its shadow segment. Every
+/// stripe has two slots at the same offset: slot 0 in segment i, slot 1 in segment
+/// `i | SHADOW_SEGMENT` on the same node. A stored stripe is rewritten into the slot its
+/// committed record does not use (copy-on-write), so the committed shards stay whole
+/// until the manifest that names the new ones is committed, whatever fails or crashes
+/// in between; the old slot is freed after that commit.
+pub const SHADOW_SEGMENT: u32 = 1 << 31;
+
+/// The index of the segment holding slot `slot` (0 or 1) of shard `i`'s stripes.
+pub fn segment_index(i: usize, slot: u8) -> u32 {
+    match slot {
+        0 => i as u32,
+        _ => i as u32 | SHADOW_SEGMENT,
+    }
+}
+
 /// Bytes a shard of `len` plaintext bytes takes when sealed: the ciphertext (as long as
 /// the plaintext), then the tag of every chunk in order.
 pub fn sealed_len(len: usize) -> usize {

@@ -49,6 +49,9 @@ pub struct StripeRecord {
     pub moved: Vec<Moved>,
     /// How the shards were encrypted; `None` if they were stored in clear.
     pub seal: Option<Sealing>,
+    /// Which of the stripe's two slots holds its shards (see
+    /// `layout::SHADOW_SEGMENT`): 0 in segment i, 1 in its shadow segment.
+    pub slot: u8,
 }
 
 /// The encryption of one stripe write: the salt of its key. The chunk tags travel with
@@ -59,6 +62,12 @@ pub struct Sealing {
 }
 
 impl StripeRecord {
+    /// The segment (of its holder) that shard `i` of this stripe is in: segment i, or
+    /// its shadow for slot 1.
+    pub fn segment_index(&self, i: usize) -> u32 {
+        super::layout::segment_index(i, self.slot)
+    }
+
     /// Where shard `i` of this stripe is: its segment's holder unless it was moved.
     pub fn holder<'a>(&'a self, place: &'a Placement, i: usize) -> &'a Holder {
         self.moved
@@ -91,6 +100,7 @@ static HOLE: StripeRecord = StripeRecord {
     sums: Vec::new(),
     moved: Vec::new(),
     seal: None,
+    slot: 0,
 };
 
 /// Everything needed to read a file back from the pool.
@@ -268,6 +278,7 @@ mod tests {
                     },
                 ],
                 seal: None,
+                slot: 0,
             },
         );
         assert!(m.is_hole(0) && m.is_hole(1) && !m.is_hole(2) && m.is_hole(9));
@@ -283,6 +294,7 @@ mod tests {
             sums: Vec::new(),
             moved: Vec::new(),
             seal: Some(Sealing { salt: [7; 16] }),
+            slot: 0,
         }
     }
 

@@ -347,19 +347,19 @@ impl PoolClient {
             .collect()
     }
 
-    /// Stores shard `i` of stripe `j` on `holder` (its segment's holder, or another
-    /// node standing in for it).
+    /// Stores shard `i` of stripe `j` in slot `slot` on `holder` (its segment's
+    /// holder, or another node standing in for it).
     async fn store_shard(
         &self,
         place: &Placement,
         holder: &Holder,
-        j: u64,
+        (j, slot): (u64, u8),
         i: usize,
         shard: &Arc<Vec<u8>>,
     ) -> Result<(), ClientError> {
         let segment = SegmentRef {
             file: place.file_id.clone(),
-            index: i as u32,
+            index: layout::segment_index(i, slot),
         };
         let offset = place.layout.segment_offset(j);
         let stored = match self.local_node(holder.node_id) {
@@ -388,15 +388,17 @@ impl PoolClient {
         stored.map_err(|source| refused(holder, &place.file_id, i as u32, source))
     }
 
-    /// Stores stripe `j` (its data bytes) on all holders in parallel and returns its
-    /// record for the manifest. With parity, k + 1 stored shards are enough (holders
-    /// known to be down are skipped, stragglers get a short grace); without, every
-    /// shard must be stored. Shards whose holder is down or fails go to other live
-    /// nodes instead (recorded as moved), so a write survives a node dying under it.
+    /// Stores stripe `j` (its data bytes) in slot `slot` on all holders in parallel
+    /// and returns its record for the manifest. With parity, k + 1 stored shards are
+    /// enough (holders known to be down are skipped, stragglers get a short grace);
+    /// without, every shard must be stored. Shards whose holder is down or fails go to
+    /// other live nodes instead (recorded as moved), so a write survives a node dying
+    /// under it. The caller picks a slot the file's committed manifest does not use for
+    /// this stripe (copy-on-write: see `layout::SHADOW_SEGMENT`).
     pub async fn write_stripe(
         &self,
         place: &Placement,
-        j: u64,
+        (j, slot): (u64, u8),
         data: &[u8],
     ) -> Result<StripeRecord, ClientError> {
         let layout = &place.layout;
@@ -426,7 +428,7 @@ impl PoolClient {
                 let shard = &shards[i];
                 async move {
                     let r = self
-                        .store_shard(place, &place.holders[i], j, i, shard)
+                        .store_shard(place, &place.holders[i], (j, slot), i, shard)
                         .await;
                     (i, r)
                 }
@@ -464,6 +466,7 @@ impl PoolClient {
             sums,
             moved: Vec::new(),
             seal,
+            slot,
         };
         let mut count = stored.iter().filter(|s| **s).count();
         if count < needed {
@@ -548,7 +551,10 @@ impl PoolClient {
                 node_id: node.id,
                 addr: node.addr,
             };
-            match self.store_shard(place, &to, j, i, shard).await {
+            match self
+                .store_shard(place, &to, (j, record.slot), i, shard)
+                .await
+            {
                 Ok(()) => return Ok(to),
                 Err(e) => last = Some(e),
             }
@@ -568,7 +574,7 @@ impl PoolClient {
         let holder = record.holder(place, i);
         let segment = SegmentRef {
             file: place.file_id.clone(),
-            index: i as u32,
+            index: record.segment_index(i),
         };
         if let Some(local) = self.local_node(holder.node_id) {
             let node = holder.node_id;
@@ -943,7 +949,9 @@ impl PoolClient {
         // Holes have no shards anywhere: only stored stripes are rebuilt.
         for (j, _) in m.records() {
             let shard = Arc::new(self.rebuilt_shard(m, j, i).await?);
-            self.store_shard(&moved.place, &to, j, i, &shard).await?;
+            let slot = m.stripe(j).slot;
+            self.store_shard(&moved.place, &to, (j, slot), i, &shard)
+                .await?;
             if let Some(rec) = moved.stripes.get_mut(&j) {
                 rec.moved.retain(|mv| mv.shard as usize != i);
             }
@@ -964,7 +972,7 @@ impl PoolClient {
                     continue;
                 }
                 let shard = Arc::new(self.rebuilt_shard(m, j, i).await?);
-                self.store_shard(&m.place, &m.place.holders[i], j, i, &shard)
+                self.store_shard(&m.place, &m.place.holders[i], (j, rec.slot), i, &shard)
                     .await?;
                 if let Some(r) = out.stripes.get_mut(&j) {
                     r.moved.retain(|x| x.shard != mv.shard);
@@ -1052,7 +1060,10 @@ impl PoolClient {
         };
         for &i in bad {
             let holder = record.holder(place, i);
-            match self.store_shard(place, holder, j, i, &shards[i]).await {
+            match self
+                .store_shard(place, holder, (j, record.slot), i, &shards[i])
+                .await
+            {
                 Ok(()) => log::warn!("healed shard {i} of stripe {j} of file {}", place.file_id),
                 Err(e) => log::warn!(
                     "cannot heal shard {i} of stripe {j} of file {}: {e}",
@@ -1230,12 +1241,13 @@ impl PoolClient {
         })
     }
 
-    /// Frees the slots of stripes `stripes` of a file on the nodes (PUNCH): on every
-    /// holder of every segment, and on each node a shard of one of those stripes was
-    /// moved to, in parallel (with a call on this process's own node). Best effort:
-    /// nodes the view says are down or gone are not asked (they would only make the
-    /// caller wait), and the first failure is returned for logging. A slot left
-    /// allocated costs space, never bytes: the manifest no longer points at it.
+    /// Frees the slots of stripes `stripes` of a file on the nodes (PUNCH): the slot
+    /// each stripe's record names (slot 0 for a hole or a reservation) on every holder
+    /// of every segment, and on each node a shard of one of those stripes was moved to,
+    /// in parallel (with a call on this process's own node). Best effort: nodes the
+    /// view says are down or gone are not asked (they would only make the caller
+    /// wait), and the first failure is returned for logging. A slot left allocated
+    /// costs space, never bytes: the manifest no longer points at it.
     pub async fn punch(&self, m: &Manifest, stripes: Range<u64>) -> Result<(), ClientError> {
         if stripes.is_empty() {
             return Ok(());
@@ -1244,21 +1256,37 @@ impl PoolClient {
         let layout = &place.layout;
         // Per (node, segment): the holder, and the runs of stripes to punch there.
         type Runs = (Holder, Vec<Range<u64>>);
-        let mut targets: std::collections::BTreeMap<(NodeId, u32), Runs> = place
-            .holders
-            .iter()
-            .enumerate()
-            .map(|(i, h)| ((h.node_id, i as u32), (h.clone(), vec![stripes.clone()])))
-            .collect();
-        for j in stripes.clone() {
-            for mv in &m.stripe(j).moved {
-                let (_, runs) = targets
-                    .entry((mv.to.node_id, mv.shard))
-                    .or_insert_with(|| (mv.to.clone(), Vec::new()));
-                match runs.last_mut() {
-                    Some(run) if run.end >= j => run.end = run.end.max(j + 1),
-                    _ => runs.push(j..j + 1),
-                }
+        let mut targets: std::collections::BTreeMap<(NodeId, u32), Runs> = Default::default();
+        let mut add = |holder: &Holder, index: u32, run: Range<u64>| {
+            let (_, runs) = targets
+                .entry((holder.node_id, index))
+                .or_insert_with(|| (holder.clone(), Vec::new()));
+            match runs.last_mut() {
+                Some(last) if last.end >= run.start => last.end = last.end.max(run.end),
+                _ => runs.push(run),
+            }
+        };
+        // Holes and reservations between the records: slot 0 of every segment.
+        let mut gaps = Vec::new();
+        let mut from = stripes.start;
+        for (j, rec) in m.records_in(stripes.clone()) {
+            if from < j {
+                gaps.push(from..j);
+            }
+            for (i, h) in place.holders.iter().enumerate() {
+                add(h, rec.segment_index(i), j..j + 1);
+            }
+            for mv in &rec.moved {
+                add(&mv.to, rec.segment_index(mv.shard as usize), j..j + 1);
+            }
+            from = j + 1;
+        }
+        if from < stripes.end {
+            gaps.push(from..stripes.end);
+        }
+        for run in gaps {
+            for (i, h) in place.holders.iter().enumerate() {
+                add(h, layout::segment_index(i, 0), run.clone());
             }
         }
         let view = self.view().await.ok();
@@ -1362,7 +1390,7 @@ impl PoolClient {
                     m.size += n as u64;
                     let place = m.place.clone();
                     in_flight.push_back(async move {
-                        let record = self.write_stripe(&place, j, &buf).await?;
+                        let record = self.write_stripe(&place, (j, 0), &buf).await?;
                         Ok::<_, ClientError>((j, buf.len() as u64, record))
                     });
                     j += 1;

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Range;
 use std::sync::Arc;
 
+use rangemap::RangeSet;
 use tokio::task::JoinHandle;
 
 use super::meta::Time;
@@ -57,17 +58,23 @@ pub struct FileData {
     /// ctime from then on (a stat of the open file shows it at once, and the commit
     /// records it, not the time of the close).
     pub touched: Option<Time>,
-    /// Placements replaced by a truncation to zero, to delete once committed.
-    pub retired: Vec<Manifest>,
-    /// Stripes this file no longer uses (punched, zeroed, cut off by a shrink) whose
-    /// slots are freed on the nodes once the manifest without them is committed: the
-    /// placement with just those records and reservations.
-    pub released: Vec<Manifest>,
+    /// The manifest as last committed (what a crash would leave): rewrites go to the
+    /// slots it does not use, and what it uses is freed only once a manifest without it
+    /// is committed.
+    pub committed: Manifest,
+    /// The stripes stored since the last commit, for freeing the slots the next
+    /// committed manifest does not keep (overwritten, punched or cut off again before
+    /// the commit, or all of them if the flush fails).
+    pub written: Vec<(u64, StripeRecord)>,
+    /// A roll-back discarded changes the kernel may hold in its cache, and it has not
+    /// been told to drop them yet.
+    pub discarded: bool,
 }
 
 impl FileData {
     /// Data state for a file described by `manifest`.
     pub fn new(client: Arc<PoolClient>, manifest: Manifest, max_uploads: usize) -> Self {
+        let committed = manifest.clone();
         FileData {
             client,
             max_uploads: max_uploads.max(1),
@@ -81,9 +88,15 @@ impl FileData {
             failed: None,
             changed: false,
             touched: None,
-            retired: Vec::new(),
-            released: Vec::new(),
+            committed,
+            written: Vec::new(),
+            discarded: false,
         }
+    }
+
+    /// Has a store of this file failed (reported by every flush until it is closed)?
+    pub fn has_failed(&self) -> bool {
+        self.failed.is_some()
     }
 
     /// Makes `e` the failure every later flush and write of this file reports, unless
@@ -505,7 +518,7 @@ impl FileData {
         // A stripe of zeros is stored as a hole: nothing to send, nothing to keep, and
         // its old shards (if any) are freed once the manifest without them commits.
         if buf.iter().all(|&b| b == 0) {
-            self.release_stripe(j);
+            self.manifest.clear_stripe(j);
             return Ok(());
         }
         // Exactly the stripe's bytes: zeros where nothing was written.
@@ -514,7 +527,9 @@ impl FileData {
         let client = self.client.clone();
         let place = self.manifest.place.clone();
         let bytes = data.clone();
-        let task = tokio::spawn(async move { client.write_stripe(&place, j, &bytes).await });
+        let slot = self.upload_slot(j);
+        let task =
+            tokio::spawn(async move { client.write_stripe(&place, (j, slot), &bytes).await });
         self.uploads.insert(j, Upload { data, task });
         while self.uploads.len() > self.max_uploads {
             if let Some(&oldest) = self.uploads.keys().next() {
@@ -524,14 +539,15 @@ impl FileData {
         self.check_failed()
     }
 
-    /// Makes stripe `j` a hole in the manifest; its shards, if it had any, are freed
-    /// on the nodes after the next commit.
-    fn release_stripe(&mut self, j: u64) {
-        if let Some(record) = self.manifest.clear_stripe(j) {
-            let mut gone = Manifest::new(self.manifest.place.clone());
-            gone.size = self.manifest.size;
-            gone.stripes.insert(j, record);
-            self.released.push(gone);
+    /// The slot stripe `j` is written into: the one its committed record does not use
+    /// (copy-on-write), slot 0 for a stripe the committed file does not have.
+    fn upload_slot(&self, j: u64) -> u8 {
+        if self.committed.place.file_id != self.manifest.place.file_id {
+            return 0; // a placement begun since the commit: nothing of it is committed
+        }
+        match self.committed.stripes.get(&j) {
+            Some(r) => 1 - r.slot.min(1),
+            None => 0,
         }
     }
 
@@ -544,7 +560,10 @@ impl FileData {
             Err(e) => Err(FsError::Meta(format!("upload task failed: {e}"))),
         };
         match result {
-            Ok(record) => self.manifest.set_stripe(j, record),
+            Ok(record) => {
+                self.written.push((j, record.clone()));
+                self.manifest.set_stripe(j, record);
+            }
             Err(e) => {
                 log::error!(
                     "cannot store stripe {j} of file {}: {e}",
@@ -582,19 +601,22 @@ impl FileData {
         }
     }
 
-    /// After a failed flush: forgets every change since `base` (the manifest last
-    /// committed) and returns the manifest of what had been stored for them, for its
-    /// shards to be freed. The failure stays, reported by every later flush and write
-    /// of this file until it is closed: its data is back to what was committed.
-    pub async fn roll_back(&mut self, base: Manifest) -> Manifest {
+    /// After a failed flush: forgets every change since the last commit (the file is
+    /// back to what was committed) and returns what the failed attempt left on the
+    /// nodes: the manifest it had and the stripes it stored, for their slots to be
+    /// freed. The failure stays, reported by every later flush and write of this file
+    /// until it is closed.
+    pub async fn roll_back(&mut self) -> (Manifest, Vec<(u64, StripeRecord)>) {
         self.settle().await;
+        // Something the kernel may have cached is gone (not when a roll-back finds the
+        // file as committed already, such as the next flush after a failed write).
+        self.discarded |= self.changed || !self.written.is_empty() || !self.dirty.is_empty();
         self.dirty.clear();
         self.forget_all_cached();
-        self.retired.clear();
-        self.released.clear();
         self.changed = false;
         self.touched = None;
-        std::mem::replace(&mut self.manifest, base)
+        let abandoned = std::mem::replace(&mut self.manifest, self.committed.clone());
+        (abandoned, std::mem::take(&mut self.written))
     }
 
     /// Changes the size: shrinking forgets what lies beyond, growing leaves a hole that
@@ -604,10 +626,11 @@ impl FileData {
         self.check_failed()?;
         self.spill_inline();
         let old_size = self.size();
+        // A truncate sets mtime and ctime even when the size stays (as ext4 does).
+        self.touch();
         if new_size == old_size {
             return Ok(());
         }
-        self.touch();
         self.forget_all_cached();
         if new_size == 0 {
             let pending: Vec<u64> = self.uploads.keys().copied().collect();
@@ -617,8 +640,13 @@ impl FileData {
             self.dirty.clear();
             let fresh = self.client.new_file().await?;
             let old = std::mem::replace(&mut self.manifest, fresh);
-            if !old.stripes.is_empty() {
-                self.retired.push(old);
+            // The committed placement is deleted once the new one is committed; one
+            // begun since the commit was never committed and goes now.
+            self.written.clear();
+            if old.place.file_id != self.committed.place.file_id {
+                if let Err(e) = self.client.delete(&old).await {
+                    log::warn!("cannot delete file {}: {e}", old.place.file_id);
+                }
             }
             return Ok(());
         }
@@ -641,20 +669,9 @@ impl FileData {
             for j in pending {
                 self.finish_upload(j).await;
             }
-            let mut gone = self.manifest.clone();
+            // What the shrink cuts off is freed on the nodes once it is committed.
             self.manifest.size = new_size;
-            let dropped = self.manifest.trim_stripes();
-            // What the shrink cut off is freed on the nodes once it is committed.
-            gone.stripes.retain(|j, _| dropped.contains(j));
-            gone.reserved = gone
-                .reserved
-                .overlapping(&dropped)
-                .map(|r| r.start.max(dropped.start)..r.end.min(dropped.end))
-                .collect();
-            gone.inline = None;
-            if !gone.stripes.is_empty() || !gone.reserved.is_empty() {
-                self.released.push(gone);
-            }
+            self.manifest.trim_stripes();
         } else {
             self.prepare_growth().await?;
             self.manifest.size = new_size;
@@ -728,13 +745,9 @@ impl FileData {
                 }
                 self.dirty.remove(&j);
                 self.forget_cached(j);
-                self.release_stripe(j);
-                if self.manifest.is_reserved(j) {
-                    self.manifest.reserved.remove(j..j + 1);
-                    let mut gone = Manifest::new(self.manifest.place.clone());
-                    gone.reserved.insert(j..j + 1);
-                    self.released.push(gone);
-                }
+                // Its slots are freed once the manifest without it is committed.
+                self.manifest.clear_stripe(j);
+                self.manifest.reserved.remove(j..j + 1);
             } else if self.is_data(j) {
                 let zeros = vec![0u8; (upto - pos) as usize];
                 self.write(pos, &zeros).await?;
@@ -745,6 +758,53 @@ impl FileData {
         self.touch();
         Ok(())
     }
+}
+
+/// The slots that `candidates` (stripe records) and `reserved` (reserved stripes, slot
+/// 0) take on the nodes and that `keep` does not use, as manifests of `keep`'s
+/// placement to punch (one per slot, empty ones left out): what can be freed once
+/// `keep` is the committed manifest.
+pub fn unused_slots(
+    keep: &Manifest,
+    candidates: &[(u64, StripeRecord)],
+    reserved: &RangeSet<u64>,
+) -> Vec<Manifest> {
+    let used = |j: u64, slot: u8| {
+        keep.stripes.get(&j).is_some_and(|r| r.slot == slot) || (slot == 0 && keep.is_reserved(j))
+    };
+    let mut by_slot = [
+        Manifest::new(keep.place.clone()),
+        Manifest::new(keep.place.clone()),
+    ];
+    for (j, record) in candidates {
+        if !used(*j, record.slot) {
+            by_slot[usize::from(record.slot.min(1))]
+                .stripes
+                .insert(*j, record.clone());
+        }
+    }
+    let mut free = reserved.clone();
+    for r in keep.reserved.iter() {
+        free.remove(r.clone());
+    }
+    let kept: Vec<u64> = free
+        .iter()
+        .flat_map(|r| keep.records_in(r.clone()))
+        .filter(|(_, rec)| rec.slot == 0)
+        .map(|(j, _)| j)
+        .collect();
+    for j in kept {
+        free.remove(j..j + 1);
+    }
+    // A reserved slot 0 of a stripe punched anyway needs no second punch.
+    for j in by_slot[0].stripes.keys() {
+        free.remove(*j..j + 1);
+    }
+    by_slot[0].reserved = free;
+    by_slot
+        .into_iter()
+        .filter(|m| m.stores_anything() || !m.reserved.is_empty())
+        .collect()
 }
 
 /// Writes `src` at `at` of a stripe buffer, growing it (zeros for any gap). A buffer
@@ -813,5 +873,75 @@ mod tests {
         assert_eq!(buf, b"xy\0\0zz");
         put_at(&mut buf, 1, b"QQQQQQQ", 1 << 20); // over the end: overwrite and grow
         assert_eq!(buf, b"xQQQQQQQ");
+    }
+
+    fn record(slot: u8) -> StripeRecord {
+        StripeRecord {
+            sums: Vec::new(),
+            moved: Vec::new(),
+            seal: Some(crate::client::Sealing { salt: [slot; 16] }),
+            slot,
+        }
+    }
+
+    fn manifest() -> Manifest {
+        Manifest::new(crate::client::Placement {
+            file_id: "f".into(),
+            layout: crate::client::Layout {
+                k: 2,
+                m: 1,
+                shard_size: 16,
+            },
+            holders: Vec::new(),
+        })
+    }
+
+    fn stored(ms: &[Manifest]) -> Vec<(u64, u8)> {
+        let mut out: Vec<(u64, u8)> = ms
+            .iter()
+            .flat_map(|m| m.records().map(|(j, r)| (j, r.slot)))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn only_the_slots_the_kept_manifest_does_not_use_are_freed() {
+        // Committed: stripe 0 in slot 0, stripe 1 in slot 1, stripe 2 in slot 0,
+        // stripes 10..20 reserved.
+        let mut committed = manifest();
+        committed.set_stripe(0, record(0));
+        committed.set_stripe(1, record(1));
+        committed.set_stripe(2, record(0));
+        committed.reserved.insert(10..20);
+        // Since: stripe 0 rewritten into slot 1, stripe 1 made a hole, stripe 3 written
+        // then cut off, stripe 12 written into its reservation, 15..20 punched.
+        let mut kept = committed.clone();
+        kept.set_stripe(0, record(1));
+        kept.clear_stripe(1);
+        kept.set_stripe(12, record(0));
+        kept.reserved.remove(15..20);
+        let mut candidates: Vec<(u64, StripeRecord)> =
+            committed.records().map(|(j, r)| (j, r.clone())).collect();
+        candidates.extend([(0, record(1)), (3, record(0)), (12, record(0))]);
+        let free = unused_slots(&kept, &candidates, &committed.reserved);
+        assert_eq!(stored(&free), vec![(0, 0), (1, 1), (3, 0)]);
+        let reserved: Vec<_> = free
+            .iter()
+            .flat_map(|m| m.reserved.iter().cloned())
+            .collect();
+        assert_eq!(
+            reserved,
+            vec![15..20],
+            "12 is written now, 10..15 still reserved"
+        );
+        // Rolling back instead: what the failed attempt wrote, not what is committed.
+        let written = [(0, record(1)), (3, record(0)), (2, record(0))];
+        let free = unused_slots(&committed, &written, &RangeSet::new());
+        assert_eq!(
+            stored(&free),
+            vec![(0, 1), (3, 0)],
+            "stripe 2's slot 0 is committed"
+        );
     }
 }

@@ -14,6 +14,7 @@ use fuser::{
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
+use super::caller::Caller;
 use super::meta::{Inode, Kind, Time, NAME_MAX, ROOT};
 use super::repair;
 use super::vfs::{SetAttr, Vfs};
@@ -38,7 +39,8 @@ pub const REPAIR_XATTR: &str = "user.poolfs.repair";
 /// The names the pool answers itself (the three above). They are read by name only:
 /// never listed, so programs that copy attributes (`cp -a`, `rsync -X`) neither copy
 /// them out nor try to remove them, and users cannot set or remove them (EPERM).
-const POOL_XATTR_PREFIX: &[u8] = b"user.poolfs.";
+/// Every other name, `user.poolfs.*` included, is the user's.
+const POOL_XATTRS: [&str; 3] = [HEALTH_XATTR, SCRUB_XATTR, REPAIR_XATTR];
 
 /// The filesystem as fuser sees it.
 pub struct PoolFs {
@@ -142,9 +144,14 @@ fn time(t: TimeOrNow) -> Time {
     }
 }
 
+/// The process behind `req` (for the set-group-ID rule).
+fn caller(req: &Request) -> Caller {
+    Caller::of(req.pid(), req.uid(), req.gid())
+}
+
 /// True for the names of the attributes the pool answers itself.
 fn is_pool_xattr(name: &[u8]) -> bool {
-    name.starts_with(POOL_XATTR_PREFIX)
+    POOL_XATTRS.iter().any(|n| n.as_bytes() == name)
 }
 
 /// True for `system.*` attributes (POSIX ACLs): they have a meaning (an ACL changes
@@ -191,7 +198,7 @@ impl Filesystem for PoolFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -215,7 +222,14 @@ impl Filesystem for PoolFs {
             atime: atime.map(time),
             mtime: mtime.map(time),
         };
-        match self.vfs.setattr(ino.0, set) {
+        let mut r = self.vfs.setattr(ino.0, set);
+        if size.is_some() && r.is_ok() {
+            r = self
+                .vfs
+                .drop_setgid_for(ino.0, || caller(req))
+                .and_then(|()| self.vfs.getattr(ino.0));
+        }
+        match r {
             Ok(i) => reply.attr(&TTL, &self.attr(&i)),
             Err(e) => reply.error(errno(&e)),
         }
@@ -353,8 +367,8 @@ impl Filesystem for PoolFs {
 
     fn write(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -363,7 +377,11 @@ impl Filesystem for PoolFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.vfs.write(fh.0, offset, data) {
+        let written = self.vfs.write(fh.0, offset, data).and_then(|n| {
+            self.vfs.drop_setgid_for(ino.0, || caller(req))?;
+            Ok(n)
+        });
+        match written {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e)),
         }
@@ -485,8 +503,11 @@ impl Filesystem for PoolFs {
         }
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.vfs.listxattr(ino.0) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        // `trusted.*` attributes are listed to privileged callers only, as local
+        // filesystems do (the kernel refuses others their values); uid 0 stands for
+        // CAP_SYS_ADMIN here.
+        match self.vfs.listxattr(ino.0, req.uid() == 0) {
             Ok(names) => xattr(reply, size, &names),
             Err(e) => reply.error(errno(&e)),
         }
@@ -543,15 +564,19 @@ impl Filesystem for PoolFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.vfs.fallocate(fh.0, offset, length, mode))
+        let done = self
+            .vfs
+            .fallocate(fh.0, offset, length, mode)
+            .and_then(|()| self.vfs.drop_setgid_for(ino.0, || caller(req)));
+        empty(reply, done)
     }
 
     fn create(
@@ -561,14 +586,13 @@ impl Filesystem for PoolFs {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        flags: i32,
+        _flags: i32,
         reply: ReplyCreate,
     ) {
         match self.vfs.create(
             parent.0,
             name.as_bytes(),
             mode & !umask,
-            flags,
             req.uid(),
             req.gid(),
         ) {

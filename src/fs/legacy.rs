@@ -7,7 +7,17 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::meta::{Inode, Kind, Time};
-use crate::client::{Manifest, Placement, StripeRecord};
+use crate::client::stripe::Checksum;
+use crate::client::{Manifest, Moved, Placement, Sealing, StripeRecord};
+
+/// A stripe's record as format 3 stored it: its shards always in slot 0 (rewritten in
+/// place).
+#[derive(Serialize, Deserialize, Clone, Default)]
+pub struct StripeRecordV3 {
+    pub sums: Vec<Checksum>,
+    pub moved: Vec<Moved>,
+    pub seal: Option<Sealing>,
+}
 
 /// A file's manifest as format 3 stored it.
 #[derive(Serialize, Deserialize)]
@@ -15,7 +25,7 @@ pub struct ManifestV3 {
     pub place: Placement,
     pub size: u64,
     /// `stripes[j]` is stripe j's record; an empty record is a hole.
-    pub stripes: Vec<StripeRecord>,
+    pub stripes: Vec<StripeRecordV3>,
     pub inline: Option<Vec<u8>>,
 }
 
@@ -47,8 +57,16 @@ impl From<ManifestV3> for Manifest {
             .stripes
             .into_iter()
             .enumerate()
+            .map(|(j, r)| {
+                let record = StripeRecord {
+                    sums: r.sums,
+                    moved: r.moved,
+                    seal: r.seal,
+                    slot: 0,
+                };
+                (j as u64, record)
+            })
             .filter(|(_, r)| !r.is_hole())
-            .map(|(j, r)| (j as u64, r))
             .collect::<BTreeMap<_, _>>();
         m
     }

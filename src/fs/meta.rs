@@ -19,10 +19,11 @@ use crate::proto::{decode_record, encode_record};
 pub const ROOT: u64 = 1;
 /// Longest name in a directory, as on most Linux filesystems.
 pub const NAME_MAX: usize = 255;
-/// Most bytes of extended attributes (names and values) one inode may carry: the
-/// largest single value Linux allows (`XATTR_SIZE_MAX`), so any one attribute fits,
-/// while an inode's record stays small enough to rewrite on every change.
-pub const XATTRS_MAX: usize = 64 * 1024;
+/// Most bytes of extended attributes (names and values) one inode may carry: twice the
+/// largest single value Linux allows (`XATTR_SIZE_MAX`, 64 KiB), so the largest one
+/// fits with its name and others, while an inode's record stays small enough to
+/// rewrite on every change.
+pub const XATTRS_MAX: usize = 128 * 1024;
 
 const INODES: TableDefinition<u64, &[u8]> = TableDefinition::new("inodes");
 const DIRENTS: TableDefinition<(u64, &[u8]), u64> = TableDefinition::new("dirents");
@@ -674,6 +675,74 @@ impl MetaStore {
         })
     }
 
+    /// Swaps `parent/name` and `new_parent/new_name`, which must both exist
+    /// (`RENAME_EXCHANGE`): each name then refers to the other's inode.
+    pub fn exchange(
+        &self,
+        parent: u64,
+        name: &[u8],
+        new_parent: u64,
+        new_name: &[u8],
+    ) -> Result<(), FsError> {
+        self.write(|inodes, dirents, _| {
+            dir(inodes, parent)?;
+            dir(inodes, new_parent)?;
+            let a = entry(dirents, parent, name)?.ok_or(FsError::NotFound)?;
+            let b = entry(dirents, new_parent, new_name)?.ok_or(FsError::NotFound)?;
+            if a == b {
+                return Ok(());
+            }
+            let mut ia = load(inodes, a)?;
+            let mut ib = load(inodes, b)?;
+            // Neither directory may end up below itself.
+            for (moved, dest) in [(&ia, new_parent), (&ib, parent)] {
+                if moved.kind != Kind::Dir {
+                    continue;
+                }
+                let mut up = dest;
+                loop {
+                    if up == moved.ino {
+                        return Err(FsError::Invalid);
+                    }
+                    if up == ROOT {
+                        break;
+                    }
+                    up = load(inodes, up)?.parent;
+                }
+            }
+            dirents.insert((parent, name), b).map_err(db_err)?;
+            dirents.insert((new_parent, new_name), a).map_err(db_err)?;
+            let now = Time::now();
+            if parent != new_parent {
+                let (a_dir, b_dir) = (ia.kind == Kind::Dir, ib.kind == Kind::Dir);
+                if a_dir {
+                    ia.parent = new_parent;
+                }
+                if b_dir {
+                    ib.parent = parent;
+                }
+                // A directory's ".." counts as a link of its parent.
+                let mut p = load(inodes, parent)?;
+                p.nlink = p.nlink + u32::from(b_dir) - u32::from(a_dir);
+                store(inodes, &p)?;
+                let mut np = load(inodes, new_parent)?;
+                np.nlink = np.nlink + u32::from(a_dir) - u32::from(b_dir);
+                store(inodes, &np)?;
+            }
+            ia.ctime = now;
+            ib.ctime = now;
+            store(inodes, &ia)?;
+            store(inodes, &ib)?;
+            for p in [parent, new_parent] {
+                let mut d = load(inodes, p)?;
+                d.mtime = now;
+                d.ctime = now;
+                store(inodes, &d)?;
+            }
+            Ok(())
+        })
+    }
+
     /// Reads, changes and writes back inode `ino` in one transaction, so concurrent
     /// changes of different fields never undo each other. `durable` syncs it before it
     /// returns (for the manifest of a file whose close or fsync is about to succeed).
@@ -832,6 +901,32 @@ mod tests {
     }
 
     #[test]
+    fn exchange_swaps_two_names_and_keeps_link_counts() {
+        let (_d, m) = store();
+        let d1 = m.create(ROOT, b"d1", dir_inode()).unwrap();
+        let sub = m.create(d1.ino, b"sub", dir_inode()).unwrap();
+        let f = m.create(ROOT, b"f", file()).unwrap();
+        m.exchange(d1.ino, b"sub", ROOT, b"f").unwrap();
+        assert_eq!(m.lookup(ROOT, b"f").unwrap().ino, sub.ino);
+        assert_eq!(m.lookup(d1.ino, b"sub").unwrap().ino, f.ino);
+        assert_eq!(m.get(sub.ino).unwrap().parent, ROOT);
+        // The root gained a subdirectory and d1 lost one.
+        assert_eq!(m.get(ROOT).unwrap().nlink, 4);
+        assert_eq!(m.get(d1.ino).unwrap().nlink, 2);
+        // A directory cannot be swapped below itself; a missing name is ENOENT.
+        let inner = m.create(sub.ino, b"inner", file()).unwrap();
+        assert!(matches!(
+            m.exchange(ROOT, b"f", sub.ino, b"inner"),
+            Err(FsError::Invalid)
+        ));
+        assert_eq!(m.lookup(sub.ino, b"inner").unwrap().ino, inner.ino);
+        assert!(matches!(
+            m.exchange(ROOT, b"f", ROOT, b"nothing"),
+            Err(FsError::NotFound)
+        ));
+    }
+
+    #[test]
     fn a_setgid_directory_passes_its_group_and_the_bit_on() {
         let (_d, m) = store();
         let mut shared = dir_inode();
@@ -888,13 +983,19 @@ mod tests {
     #[test]
     fn a_format_3_store_is_migrated_with_every_file_intact() {
         use crate::client::{Layout, Placement, Sealing, StripeRecord};
-        use crate::fs::legacy::{InodeV3, ManifestV3};
+        use crate::fs::legacy::{InodeV3, ManifestV3, StripeRecordV3};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("meta.redb");
+        let sealed_v3 = StripeRecordV3 {
+            sums: Vec::new(),
+            moved: Vec::new(),
+            seal: Some(Sealing { salt: [1; 16] }),
+        };
         let sealed = StripeRecord {
             sums: Vec::new(),
             moved: Vec::new(),
             seal: Some(Sealing { salt: [1; 16] }),
+            slot: 0,
         };
         let old = InodeV3 {
             ino: 9,
@@ -920,7 +1021,7 @@ mod tests {
                     holders: Vec::new(),
                 },
                 size: 5 << 20,
-                stripes: vec![sealed.clone(), StripeRecord::default(), sealed.clone()],
+                stripes: vec![sealed_v3.clone(), StripeRecordV3::default(), sealed_v3],
                 inline: None,
             }),
         };

@@ -1,6 +1,7 @@
 //! The filesystem: a namespace with manifests (meta), open-file stripe buffers (file),
 //! the operations on both (vfs), the thin fuser adapter (fuse) and the mount command.
 
+pub mod caller;
 pub mod file;
 pub mod fuse;
 mod legacy;
@@ -37,6 +38,8 @@ pub enum FsError {
     NotSupported,
     #[error("no such attribute")]
     NoData,
+    #[error("stale file handle: the inode is gone")]
+    Stale,
     #[error("no data or hole at or after that offset")]
     NoSuchOffset,
     #[error("file too large")]
@@ -83,6 +86,7 @@ impl FsError {
             FsError::BadHandle => libc::EBADF,
             FsError::NotSupported => libc::EOPNOTSUPP,
             FsError::NoData => libc::ENODATA,
+            FsError::Stale => libc::ESTALE,
             FsError::NoSuchOffset => libc::ENXIO,
             FsError::FileTooBig => libc::EFBIG,
             FsError::TooManyLinks => libc::EMLINK,

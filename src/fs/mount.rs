@@ -238,6 +238,10 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
     };
     let mut session =
         fuser::Session::new(PoolFs::new(vfs.clone()), &mountpoint, &config).map_err(fuse_err)?;
+    let notifier = session.notifier();
+    vfs.set_invalidator(Arc::new(move |ino| {
+        notifier.inval_inode(fuser::INodeNo(ino), 0, 0)
+    }));
     log::info!(
         "mounted {} (node {} at {}, controller {})",
         mountpoint.display(),

@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::runtime::Handle;
 
-use super::file::{FileData, ReadBytes};
+use super::caller::Caller;
+use super::file::{unused_slots, FileData, ReadBytes};
 use super::meta::{Inode, Kind, MetaStore, Time, ROOT, XATTRS_MAX};
 use super::FsError;
 use crate::client::{Manifest, PoolClient};
@@ -67,7 +68,6 @@ struct OpenInode {
 #[derive(Clone, Copy)]
 struct OpenHandle {
     ino: u64,
-    append: bool,
 }
 
 /// The mounted filesystem's logic.
@@ -86,6 +86,36 @@ pub struct Vfs {
     pub(super) last_scrub: Mutex<Option<String>>,
     /// Repair passes so far, for `user.poolfs.repair` on the root.
     pub(super) repair: Mutex<super::repair::RepairProgress>,
+    /// Tells the kernel to drop what it caches of an inode (its attributes and pages),
+    /// set by the mount once the FUSE session exists.
+    invalidator: std::sync::OnceLock<Invalidator>,
+    /// Invalidations running on their own threads (`Invalidate::Later`).
+    invalidating: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+/// When a roll-back may tell the kernel to drop its cache of the file.
+#[derive(Clone, Copy)]
+enum Invalidate {
+    /// Before the request returns, by its caller once it has let go of the file's
+    /// data (a concurrent WRITE may hold page locks while it waits for that): only
+    /// from requests the kernel sends holding no page lock (FLUSH, FSYNC, RELEASE).
+    Now,
+    /// From another thread: the request being handled (a WRITE, a SETATTR) may hold
+    /// the very page locks the invalidation waits for.
+    Later,
+}
+
+/// Drops the kernel's cached attributes and pages of an inode (FUSE's
+/// `notify_inval_inode`).
+pub type Invalidator = Arc<dyn Fn(u64) -> std::io::Result<()> + Send + Sync>;
+
+/// An inode the kernel refers to is missing: its handle is stale (ESTALE), not the
+/// name (ENOENT); the kernel then walks the path again.
+fn stale(e: FsError) -> FsError {
+    match e {
+        FsError::NotFound => FsError::Stale,
+        e => e,
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -107,6 +137,8 @@ impl Vfs {
             max_uploads: 4,
             last_scrub: Mutex::new(None),
             repair: Mutex::new(Default::default()),
+            invalidator: std::sync::OnceLock::new(),
+            invalidating: Mutex::new(Vec::new()),
         };
         vfs.purge_orphans()?;
         Ok(vfs)
@@ -119,6 +151,43 @@ impl Vfs {
             self.remove_inode(&orphan);
         }
         Ok(())
+    }
+
+    /// How to make the kernel forget its cache of an inode (set once, by the mount).
+    pub fn set_invalidator(&self, invalidate: Invalidator) {
+        let _ = self.invalidator.set(invalidate);
+    }
+
+    /// Makes the kernel drop its cache of `ino` (after a roll-back, its pages and size
+    /// are no longer the file's), now or from another thread a moment later.
+    fn invalidate(&self, ino: u64, when: Invalidate) {
+        let Some(invalidate) = self.invalidator.get() else {
+            return;
+        };
+        let invalidate = invalidate.clone();
+        let run = move || {
+            if let Err(e) = invalidate(ino) {
+                log::debug!("cannot invalidate the kernel's cache of inode {ino}: {e}");
+            }
+        };
+        match when {
+            Invalidate::Now => {
+                // One still pending would reach the kernel later and make it drop the
+                // fresh attributes of a GETATTR then in flight (the kernel ignores a
+                // reply older than its last invalidation), leaving the stale size: it
+                // goes first. With no page lock held here, it cannot wait long.
+                let pending = std::mem::take(&mut *lock(&self.invalidating));
+                for thread in pending {
+                    let _ = thread.join();
+                }
+                run();
+            }
+            Invalidate::Later => {
+                let mut pending = lock(&self.invalidating);
+                pending.retain(|t| !t.is_finished());
+                pending.push(std::thread::spawn(run));
+            }
+        }
     }
 
     fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
@@ -258,7 +327,7 @@ impl Vfs {
             open.users.fetch_add(1, Ordering::SeqCst);
             return Ok(open.clone());
         }
-        let mut inode = self.meta.get(ino)?;
+        let mut inode = self.meta.get(ino).map_err(stale)?;
         match inode.kind {
             Kind::Dir => return Err(FsError::IsDir),
             Kind::File => {}
@@ -309,9 +378,9 @@ impl Vfs {
     /// On failure the open file goes back to what was last committed (a failed write
     /// changes nothing), what the failed attempt stored is freed on the nodes, and the
     /// error is reported by every later flush until the file is closed.
-    fn commit(&self, ino: u64, data: &mut FileData) -> Result<(), FsError> {
+    fn commit(&self, ino: u64, data: &mut FileData, when: Invalidate) -> Result<(), FsError> {
         if let Err(e) = self.block_on(data.flush()) {
-            self.roll_back(ino, data);
+            self.roll_back(ino, data, when);
             return Err(e);
         }
         if !data.changed {
@@ -330,77 +399,47 @@ impl Vfs {
         });
         if let Err(e) = committed {
             data.fail(e.again());
-            self.roll_back(ino, data);
+            self.roll_back(ino, data, when);
             return Err(e);
         }
         data.changed = false;
         data.touched = None;
-        for old in std::mem::take(&mut data.retired) {
-            self.delete_segments(&old);
+        // The manifest just committed is the file now: free what nothing uses any more.
+        let old = std::mem::replace(&mut data.committed, data.manifest.clone());
+        let mut candidates = std::mem::take(&mut data.written);
+        let mut reserved = rangemap::RangeSet::new();
+        if old.place.file_id == data.manifest.place.file_id {
+            candidates.extend(old.records().map(|(j, r)| (j, r.clone())));
+            reserved = old.reserved;
+        } else {
+            self.delete_segments(&old); // replaced by a truncation to zero
         }
-        for mut gone in std::mem::take(&mut data.released) {
-            // A slot written or reserved again since it was released is in use: the
-            // stripe's new shards sit in that same slot.
-            let m = &data.manifest;
-            gone.stripes
-                .retain(|j, _| m.is_hole(*j) && !m.is_reserved(*j));
-            for used in m.reserved.iter() {
-                gone.reserved.remove(used.clone());
-            }
-            let kept: Vec<u64> = gone
-                .reserved
-                .iter()
-                .flat_map(|r| m.records_in(r.clone()).map(|(j, _)| j))
-                .collect();
-            for j in kept {
-                gone.reserved.remove(j..j + 1);
-            }
+        for gone in unused_slots(&data.manifest, &candidates, &reserved) {
             self.free_slots(&gone);
         }
         Ok(())
     }
 
     /// Puts an open file whose flush failed back to its committed state, and frees on
-    /// the nodes what the failed attempt stored or reserved there.
-    fn roll_back(&self, ino: u64, data: &mut FileData) {
-        let committed = match self.meta.get(ino) {
-            Ok(inode) => inode.manifest,
-            Err(e) => {
-                // Without the committed state nothing can be told apart safely: keep
-                // the open file as it is (its failure stays) and free nothing.
-                log::warn!("cannot read inode {ino} back after a failed flush: {e}");
-                return;
-            }
-        };
-        let place = data.manifest.place.clone();
-        let base = committed.unwrap_or_else(|| Manifest::new(place));
-        let abandoned = self.block_on(data.roll_back(base.clone()));
+    /// the nodes what the failed attempt stored or reserved there (never a slot the
+    /// committed manifest uses: rewrites went to the other slot).
+    fn roll_back(&self, ino: u64, data: &mut FileData, when: Invalidate) {
+        let (abandoned, written) = self.block_on(data.roll_back());
+        // Only when something was dropped: an invalidation the kernel gets while it
+        // waits for a GETATTR makes it ignore the fresh size. One from inside a WRITE
+        // may land before the kernel ends that write and grows its cached size again,
+        // so the next FLUSH makes sure (`discarded` stays set for it).
+        if let (Invalidate::Later, true) = (when, data.discarded) {
+            self.invalidate(ino, when);
+        }
+        let base = &data.committed;
         if abandoned.place.file_id != base.place.file_id {
             // A placement begun by a truncation to zero: none of it was committed.
             self.delete_segments(&abandoned);
             return;
         }
-        // Stripes stored or reserved by the failed attempt where the committed file has
-        // neither. (A stripe the committed file also has was rewritten in its own slot:
-        // that slot is the committed one's and stays.)
-        let unused = |j: u64| base.is_hole(j) && !base.is_reserved(j);
-        let mut orphans = Manifest::new(abandoned.place.clone());
-        for (j, record) in abandoned.records() {
-            if unused(j) {
-                orphans.stripes.insert(j, record.clone());
-            }
-        }
-        orphans.reserved = abandoned.reserved.clone();
-        for used in base.reserved.iter() {
-            orphans.reserved.remove(used.clone());
-        }
-        for run in abandoned.reserved.iter() {
-            for (j, _) in base.records_in(run.clone()) {
-                orphans.reserved.remove(j..j + 1);
-            }
-        }
-        if orphans.stores_anything() || !orphans.reserved.is_empty() {
-            self.free_slots(&orphans);
+        for gone in unused_slots(base, &written, &abandoned.reserved) {
+            self.free_slots(&gone);
         }
     }
 
@@ -424,9 +463,11 @@ impl Vfs {
         Ok(self.referenced(self.live(inode)))
     }
 
-    /// Attributes of `ino`.
+    /// Attributes of `ino`. An inode the kernel holds but the store no longer has (a
+    /// create lost when the store was reopened after a full disk) is ESTALE, so the
+    /// kernel looks its name up again.
     pub fn getattr(&self, ino: u64) -> Result<Inode, FsError> {
-        self.meta.get(ino).map(|i| self.live(i))
+        self.meta.get(ino).map(|i| self.live(i)).map_err(stale)
     }
 
     /// Changes attributes; a size change truncates or extends the file's data. Times
@@ -436,7 +477,7 @@ impl Vfs {
         if let Some(size) = set.size {
             self.with_data(ino, |vfs, data| {
                 vfs.block_on(data.resize(size))?;
-                vfs.commit(ino, data)
+                vfs.commit(ino, data, Invalidate::Later)
             })?;
         }
         let apply = |inode: &mut Inode| {
@@ -562,7 +603,8 @@ impl Vfs {
         Ok(())
     }
 
-    /// Renames, replacing a compatible target (`RENAME_NOREPLACE` refuses to).
+    /// Renames, replacing a compatible target (`RENAME_NOREPLACE` refuses to), or swaps
+    /// two names (`RENAME_EXCHANGE`).
     pub fn rename(
         &self,
         parent: u64,
@@ -571,8 +613,14 @@ impl Vfs {
         new_name: &[u8],
         flags: u32,
     ) -> Result<(), FsError> {
+        if flags & libc::RENAME_EXCHANGE != 0 {
+            if flags != libc::RENAME_EXCHANGE {
+                return Err(FsError::Invalid);
+            }
+            return self.meta.exchange(parent, name, new_parent, new_name);
+        }
         if flags & !libc::RENAME_NOREPLACE != 0 {
-            return Err(FsError::Invalid);
+            return Err(FsError::Invalid); // RENAME_WHITEOUT: for overlayfs only
         }
         let no_replace = flags & libc::RENAME_NOREPLACE != 0;
         if let Some(replaced) = self
@@ -600,10 +648,9 @@ impl Vfs {
         Ok(out)
     }
 
-    fn new_handle(&self, ino: u64, flags: i32) -> u64 {
+    fn new_handle(&self, ino: u64) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::SeqCst);
-        let append = flags & libc::O_APPEND != 0;
-        lock(&self.handles).insert(fh, OpenHandle { ino, append });
+        lock(&self.handles).insert(fh, OpenHandle { ino });
         fh
     }
 
@@ -621,7 +668,6 @@ impl Vfs {
         parent: u64,
         name: &[u8],
         mode: u32,
-        flags: i32,
         uid: u32,
         gid: u32,
     ) -> Result<(Inode, u64), FsError> {
@@ -640,7 +686,7 @@ impl Vfs {
         };
         // Even an empty file's close must commit, to make its name durable.
         self.block_on(open.data.lock()).changed = true;
-        Ok((inode.clone(), self.new_handle(inode.ino, flags)))
+        Ok((inode.clone(), self.new_handle(inode.ino)))
     }
 
     /// Opens a file; `O_TRUNC` empties it.
@@ -650,14 +696,14 @@ impl Vfs {
             let mut data = self.block_on(open.data.lock());
             let truncated = self
                 .block_on(data.resize(0))
-                .and_then(|_| self.commit(ino, &mut data));
+                .and_then(|_| self.commit(ino, &mut data, Invalidate::Later));
             if let Err(e) = truncated {
                 drop(data);
                 self.relinquish(ino);
                 return Err(e);
             }
         }
-        Ok(self.new_handle(ino, flags))
+        Ok(self.new_handle(ino))
     }
 
     fn data_of(&self, fh: u64) -> Result<(OpenHandle, Arc<OpenInode>), FsError> {
@@ -672,15 +718,22 @@ impl Vfs {
         self.block_on(async { open.data.lock().await.read(offset, u64::from(len)).await })
     }
 
-    /// Writes at `offset` (at the end for `O_APPEND` handles); returns bytes taken.
-    /// The file's mtime and ctime become now.
+    /// Writes at `offset`; returns bytes taken. The file's mtime and ctime become now.
+    /// The offset is the kernel's, `O_APPEND` included (it puts an appending write at
+    /// its size, under the inode's lock): the handle a write comes with may be any
+    /// writable one of the file (writeback of mmap pages picks one), so the handle's
+    /// own flags must not move it.
     pub fn write(&self, fh: u64, offset: u64, bytes: &[u8]) -> Result<u32, FsError> {
         let (h, open) = self.data_of(fh)?;
-        self.block_on(async {
-            let mut data = open.data.lock().await;
-            let at = if h.append { data.size() } else { offset };
-            data.write(at, bytes).await
-        })?;
+        let mut data = self.block_on(open.data.lock());
+        if let Err(e) = self.block_on(data.write(offset, bytes)) {
+            if data.has_failed() {
+                // A store failed: the file goes back to what was committed now, so its
+                // size does not show bytes that will never be stored.
+                self.roll_back(h.ino, &mut data, Invalidate::Later);
+            }
+            return Err(e);
+        }
         Ok(bytes.len() as u32)
     }
 
@@ -733,14 +786,22 @@ impl Vfs {
             }
             data.allocate(offset, len, keep_size).await
         });
-        done.and_then(|()| self.commit(h.ino, &mut data))
+        done.and_then(|()| self.commit(h.ino, &mut data, Invalidate::Later))
     }
 
     /// Stores everything written through any handle of this file and records it.
     pub fn flush(&self, fh: u64) -> Result<(), FsError> {
         let (h, open) = self.data_of(fh)?;
         let mut data = self.block_on(open.data.lock());
-        self.commit(h.ino, &mut data)
+        let committed = self.commit(h.ino, &mut data, Invalidate::Now);
+        let discarded = std::mem::take(&mut data.discarded);
+        drop(data);
+        if discarded {
+            // FLUSH, FSYNC and RELEASE hold no page lock: the kernel's cache of the
+            // rolled-back file is dropped before the close or fsync reports it.
+            self.invalidate(h.ino, Invalidate::Now);
+        }
+        committed
     }
 
     /// Closes a handle.
@@ -750,6 +811,34 @@ impl Vfs {
             self.relinquish(h.ino);
         }
         result
+    }
+
+    /// After a write, truncate or fallocate by `caller`: clears the file's
+    /// set-group-ID bit if it has no group-execute bit and the caller is outside the
+    /// file's group without `CAP_FSETID` (Linux 6.x `setattr_should_drop_sgid`; with
+    /// group-execute, and for set-user-ID, the kernel asks for it itself with a
+    /// SETATTR of the mode).
+    pub fn drop_setgid_for(
+        &self,
+        ino: u64,
+        caller: impl FnOnce() -> Caller,
+    ) -> Result<(), FsError> {
+        let sgid = libc::S_ISGID as u16;
+        let xgrp = libc::S_IXGRP as u16;
+        let inode = self.meta.get(ino)?;
+        if inode.perm & (sgid | xgrp) != sgid {
+            return Ok(());
+        }
+        let caller = caller();
+        if caller.in_group_or_capable(inode.gid) {
+            return Ok(());
+        }
+        self.meta.update(ino, false, |inode| {
+            inode.perm &= !sgid;
+            inode.ctime = Time::now();
+            Ok(())
+        })?;
+        Ok(())
     }
 
     /// The value of extended attribute `name` of `ino`. Errors: ENODATA if it has none.
@@ -763,11 +852,15 @@ impl Vfs {
     }
 
     /// Names of the extended attributes of `ino`, each followed by a NUL, as
-    /// listxattr(2) gives them.
-    pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+    /// listxattr(2) gives them; `trusted.*` ones only if `trusted` (a privileged
+    /// caller).
+    pub fn listxattr(&self, ino: u64, trusted: bool) -> Result<Vec<u8>, FsError> {
         let inode = self.meta.get(ino)?;
         let mut out = Vec::new();
         for name in inode.xattrs.keys() {
+            if !trusted && name.starts_with(b"trusted.") {
+                continue;
+            }
             out.extend_from_slice(name);
             out.push(0);
         }

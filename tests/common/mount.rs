@@ -583,6 +583,21 @@ impl Drop for Pool {
             }
         }
         force_unmount(&self.mnt);
+        // POOLFS_KEEP_LOGS=DIR keeps every test pool's logs there (for a failure).
+        if let Some(keep) = std::env::var_os("POOLFS_KEEP_LOGS") {
+            let to = Path::new(&keep).join(self.root.file_name().unwrap_or_default());
+            if std::fs::create_dir_all(&to).is_ok() {
+                for log in std::fs::read_dir(&self.state)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    if log.path().extension().is_some_and(|e| e == "log") {
+                        let _ = std::fs::copy(log.path(), to.join(log.file_name()));
+                    }
+                }
+            }
+        }
         let pids = self.all_pids();
         // A remounted process exits once unmounted; give it a moment, then insist.
         wait_until(Duration::from_secs(5), || {
@@ -817,4 +832,39 @@ pub fn segment_usage(storage: &Path) -> (u64, usize) {
     let mut acc = (0, 0);
     walk(&storage.join("segments"), &mut acc);
     acc
+}
+
+/// Writes `data` at `off` of a file of `size` bytes through a shared mapping, then
+/// msync(MS_SYNC) so the bytes reach the filesystem (as programs that mmap their files
+/// do).
+pub fn mmap_write(f: &std::fs::File, size: u64, off: u64, data: &[u8]) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = size as usize;
+    assert!(
+        off as usize + data.len() <= len,
+        "a mapped write past the end"
+    );
+    // SAFETY: maps `len` bytes of a valid descriptor; the copy stays inside the mapping
+    // (checked above), which is unmapped before returning.
+    unsafe {
+        let m = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        if m == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        std::ptr::copy_nonoverlapping(data.as_ptr(), (m as *mut u8).add(off as usize), data.len());
+        let synced = libc::msync(m, len, libc::MS_SYNC);
+        let err = std::io::Error::last_os_error();
+        libc::munmap(m, len);
+        if synced != 0 {
+            return Err(err);
+        }
+    }
+    Ok(())
 }
