@@ -63,6 +63,7 @@ impl Health {
 pub struct FileHealth {
     /// Path relative to the mount point.
     pub path: PathBuf,
+    /// What the attribute's first word says.
     pub health: Health,
     /// The attribute's text, or why it could not be read.
     pub detail: String,
@@ -71,6 +72,7 @@ pub struct FileHealth {
 /// The state of one mount's files.
 #[derive(Debug, Clone, Serialize)]
 pub struct MountStatus {
+    /// The mount point walked.
     pub mountpoint: PathBuf,
     /// The repair progress line (or why it could not be read).
     pub repair: String,
@@ -81,9 +83,13 @@ pub struct MountStatus {
 /// Counts per health.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Summary {
+    /// Files with every segment on a live node.
     pub healthy: usize,
+    /// Files readable with some segments missing.
     pub degraded: usize,
+    /// Files that cannot be read.
     pub unavailable: usize,
+    /// Files whose health could not be read.
     pub unknown: usize,
 }
 

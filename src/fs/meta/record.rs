@@ -20,8 +20,11 @@ pub const XATTRS_MAX: usize = 128 * 1024;
 /// What an inode is. The order is part of the stored format: new kinds go last.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// A regular file: its bytes are in the pool (or inline in its manifest).
     File,
+    /// A directory: its entries are in the `dirents` table.
     Dir,
+    /// A symbolic link: its target is in `Inode::target`.
     Symlink,
     /// A named pipe: the kernel carries its bytes; the pool stores none.
     Fifo,
@@ -52,7 +55,9 @@ impl Kind {
 /// negative, `nanos` is always in `0..1_000_000_000` and counts forward from `secs`.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Time {
+    /// Whole seconds since 1970-01-01 00:00 UTC (negative before it).
     pub secs: i64,
+    /// Nanoseconds after `secs`, in `0..1_000_000_000`.
     pub nanos: u32,
 }
 
@@ -105,16 +110,26 @@ impl From<Time> for SystemTime {
 /// One file, directory, symlink or special file.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Inode {
+    /// Inode number, given by the store and never reused (`ROOT` for the root).
     pub ino: u64,
+    /// What it is.
     pub kind: Kind,
     /// Permission bits (and setuid/setgid/sticky).
     pub perm: u16,
+    /// Owner's user id.
     pub uid: u32,
+    /// Owner's group id.
     pub gid: u32,
+    /// Names that refer to it (for a directory, 2 plus its subdirectories); 0 for an
+    /// orphan kept while something still refers to it.
     pub nlink: u32,
+    /// Length in bytes (of a symlink: of its target).
     pub size: u64,
+    /// Last access.
     pub atime: Time,
+    /// Last change of the contents.
     pub mtime: Time,
+    /// Last change of the inode.
     pub ctime: Time,
     /// For directories: the directory that contains it (to refuse moving a directory
     /// into itself).
