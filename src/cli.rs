@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use poolfs::controller::ScanTarget;
+use poolfs::util::parse_size;
 
 /// Default controller port, as in the report.
 pub const CONTROLLER_PORT: u16 = 2000;
@@ -278,8 +279,4 @@ pub struct GetArgs {
     pub catalog: CatalogOpt,
     #[command(flatten)]
     pub key: KeyOpt,
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    poolfs::util::parse_size(s)
 }

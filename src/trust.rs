@@ -10,7 +10,7 @@ use snow::params::DHChoice;
 use snow::resolvers::{CryptoResolver, DefaultResolver};
 
 use crate::proto::Identity;
-use crate::util::{decode_hex, default_data_dir, encode_hex};
+use crate::util::default_data_dir;
 
 /// Length of the pool key and of Noise static keys.
 pub const KEY_LEN: usize = 32;
@@ -130,7 +130,7 @@ pub struct Credentials {
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Credentials(public {})", encode_hex(&self.public[..8]))
+        write!(f, "Credentials(public {})", hex::encode(&self.public[..8]))
     }
 }
 
@@ -226,7 +226,8 @@ fn read_key_file(path: &Path) -> Result<[u8; KEY_LEN], KeyError> {
             );
         }
     }
-    decode_hex(text.trim())
+    hex::decode(text.trim())
+        .ok()
         .and_then(|b| <[u8; KEY_LEN]>::try_from(b).ok())
         .ok_or_else(|| KeyError::Corrupt(path.to_path_buf()))
 }
@@ -241,14 +242,14 @@ fn write_new_key_file(path: &Path, key: &[u8; KEY_LEN]) -> Result<(), KeyError> 
     }
     // Written whole under a private name, then linked into place: a reader never sees
     // a half-written key, and of two processes creating it at once exactly one wins.
-    let tmp = path.with_extension(format!("new-{}", encode_hex(&rand::random::<[u8; 8]>())));
+    let tmp = path.with_extension(format!("new-{}", hex::encode(rand::random::<[u8; 8]>())));
     let written = (|| {
         let mut f = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
-        f.write_all(format!("{}\n", encode_hex(key)).as_bytes())?;
+        f.write_all(format!("{}\n", hex::encode(key)).as_bytes())?;
         f.sync_all()?;
         fs::hard_link(&tmp, path)
     })();

@@ -1,46 +1,61 @@
-//! Small helpers shared by the binaries: sizes, hex, atomic files, disk space.
+//! Small helpers shared by the binaries: sizes, atomic files, the state lock, disk space.
 
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-/// Parses sizes like `10G`, `512M`, `4k`, `1000` (powers of 1024).
+/// Parses a size given by a person: `10G`, `512M`, `4KiB`, `1.5T`, `1000` (bytes).
+///
+/// Units are powers of 1024 whether written `K`, `KB` or `KiB` (also `M`, `G`, `T`,
+/// `P`, `E`), in any case, with or without a space before them, as `df -h` and `dd`
+/// read them. Errors: a text that is not a number and unit, an unknown unit, a
+/// fraction of a byte, or a size past `u64::MAX` bytes.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("invalid size {text:?}"))?;
-    let shift = match unit
+    if num.is_empty() {
+        return Err(format!("invalid size {text:?} (give a number, e.g. 10G)"));
+    }
+    // bytesize reads `K`, `M`... as powers of 1000; poolfs always read them as powers
+    // of 1024, so name the binary unit before handing the text over.
+    let binary = match unit
         .trim()
         .to_ascii_uppercase()
         .trim_end_matches("IB")
         .trim_end_matches('B')
     {
-        "" => 0,
-        "K" => 10,
-        "M" => 20,
-        "G" => 30,
-        "T" => 40,
-        _ => return Err(format!("invalid size unit in {text:?} (use K, M, G or T)")),
+        "" if num.contains('.') => {
+            return Err(format!("invalid size {text:?}: a byte count is whole"))
+        }
+        "" => "B",
+        "K" => "KiB",
+        "M" => "MiB",
+        "G" => "GiB",
+        "T" => "TiB",
+        "P" => "PiB",
+        "E" => "EiB",
+        _ => {
+            return Err(format!(
+                "invalid size unit in {text:?} (use K, M, G, T, P or E)"
+            ))
+        }
     };
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("size {text:?} is too large"))
+    let size: bytesize::ByteSize = format!("{num} {binary}")
+        .parse()
+        .map_err(|_| format!("invalid size {text:?} (give a number, e.g. 10G)"))?;
+    // bytesize saturates instead of failing: u64::MAX is only true when written out.
+    if size.0 == u64::MAX && num.parse::<u64>() != Ok(u64::MAX) {
+        return Err(format!("size {text:?} is too large"));
+    }
+    Ok(size.0)
 }
 
-/// Formats a byte count for people (`1.5 GiB`).
+/// Formats a byte count for people in binary units, one decimal (`1.5 GiB`, `100 B`).
 pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
+    bytesize::ByteSize(bytes).display().iec().to_string()
 }
 
 /// Writes a file atomically: temporary name, fsync, rename, fsync of the directory.
@@ -60,53 +75,27 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// Takes an exclusive lock on `dir/lock` for as long as the returned file lives;
 /// fails at once if another process holds it.
 pub fn lock_dir(dir: &Path) -> io::Result<fs::File> {
-    use std::os::fd::AsRawFd;
     let file = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(dir.join("lock"))?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() == io::ErrorKind::WouldBlock {
-            return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                format!("{} is in use by another poolfs process", dir.display()),
-            ));
-        }
-        return Err(e);
+    // std's try_lock is flock(LOCK_EX | LOCK_NB) on Linux: the lock goes with the
+    // process, and a crashed process leaves none behind.
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("{} is in use by another poolfs process", dir.display()),
+        )),
+        Err(fs::TryLockError::Error(e)) => Err(e),
     }
-    Ok(file)
-}
-
-/// Lower-case hex of `bytes`.
-pub fn encode_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Bytes of an even-length hex string, or None.
-pub fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// Bytes available to unprivileged users on the filesystem holding `path`.
 pub fn available_space(path: &Path) -> io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+    let st = rustix::fs::statvfs(path)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// Where poolfs keeps its state when no directory is given: `$XDG_DATA_HOME/poolfs`
@@ -126,15 +115,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes() {
+    fn sizes_are_read_in_powers_of_1024_whatever_the_unit_spelling() {
         assert_eq!(parse_size("10G").unwrap(), 10 << 30);
+        assert_eq!(parse_size("10 GB").unwrap(), 10 << 30);
         assert_eq!(parse_size("512m").unwrap(), 512 << 20);
         assert_eq!(parse_size("4KiB").unwrap(), 4096);
-        assert_eq!(parse_size("77").unwrap(), 77);
-        assert!(parse_size("ten").is_err());
-        assert!(parse_size("5X").is_err());
-        assert!(parse_size("99999999999T").is_err());
+        assert_eq!(parse_size("4 kb").unwrap(), 4096);
+        assert_eq!(parse_size("1.5T").unwrap(), 3 << 39);
+        assert_eq!(parse_size("2P").unwrap(), 2 << 50);
+        assert_eq!(parse_size(" 77 ").unwrap(), 77);
+        assert_eq!(parse_size("77B").unwrap(), 77);
+        assert_eq!(parse_size("18446744073709551615").unwrap(), u64::MAX);
+    }
+
+    #[test]
+    fn sizes_that_mean_nothing_are_refused_with_the_reason() {
+        let err = |t: &str| parse_size(t).unwrap_err();
+        assert!(err("ten").contains("give a number"), "{}", err("ten"));
+        assert!(err("").contains("give a number"), "{}", err(""));
+        assert!(err("-1G").contains("give a number"), "{}", err("-1G"));
+        assert!(err("5X").contains("use K, M, G"), "{}", err("5X"));
+        assert!(err("1.5").contains("whole"), "{}", err("1.5"));
+        assert!(err("99999999999T").contains("too large"));
+        assert!(err("99999999999999999999").contains("too large"));
+    }
+
+    #[test]
+    fn byte_counts_are_shown_in_binary_units() {
         assert_eq!(human_size(1536), "1.5 KiB");
+        assert_eq!(human_size(100), "100 B");
+        assert_eq!(human_size(5 << 30), "5.0 GiB");
     }
 
     #[test]

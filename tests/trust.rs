@@ -441,9 +441,7 @@ fn owner_segments(
     storage: &std::path::Path,
     owner: Identity,
 ) -> Vec<(std::path::PathBuf, Vec<u8>)> {
-    let dir = storage
-        .join("segments")
-        .join(poolfs::util::encode_hex(&owner.0));
+    let dir = storage.join("segments").join(hex::encode(owner.0));
     if !dir.exists() {
         return Vec::new();
     }
@@ -605,7 +603,7 @@ fn a_quota_bounds_each_member_on_each_node() {
         common::dir_allocated(
             &c.storage(i)
                 .join("segments")
-                .join(poolfs::util::encode_hex(&a.identity().0)),
+                .join(hex::encode(a.identity().0)),
         )
     };
     let held: Vec<u64> = (0..2).map(used_by_a).collect();

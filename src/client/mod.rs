@@ -318,7 +318,7 @@ impl PoolClient {
             .min(n - 1);
         let id: [u8; 16] = rand::random();
         Ok(Manifest::new(Placement {
-            file_id: crate::util::encode_hex(&id),
+            file_id: hex::encode(id),
             layout: Layout {
                 k: n - m,
                 m,

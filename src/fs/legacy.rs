@@ -1,6 +1,8 @@
-//! Records of metadata format 3, read once to migrate a store to the current format:
-//! format 3 had no device numbers or extended attributes, and kept every stripe of a
-//! file in a dense list (a hole was an empty record).
+//! Records of earlier layouts, read to bring a store to the current one (see
+//! `fs/meta/record.rs` for the version tags). Format 3, read once by the migration, had
+//! no device numbers or extended attributes, and kept every stripe of a file in a dense
+//! list (a hole was an empty record). When the inode record changes next, today's
+//! layout comes here as `InodeV4`, decoded by its tag.
 
 use std::collections::BTreeMap;
 

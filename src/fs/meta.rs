@@ -1,174 +1,32 @@
-//! The namespace and every file's manifest in an embedded crash-safe store (redb): one
-//! transaction per operation, so a crash leaves either the old or the new state.
+//! The metadata store of one mount: the namespace and every file's manifest in an
+//! embedded crash-safe store (redb), one transaction per operation, so a crash leaves
+//! either the old or the new state. This file opens the store (checking and migrating
+//! its format) and runs the transactions; `names` holds the namespace operations,
+//! `record` the stored records and their versions.
 
-use std::collections::BTreeMap;
+mod names;
+mod record;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{RwLock, RwLockReadGuard};
-use std::time::SystemTime;
 
 use redb::{Database, Durability, ReadableTable, TableDefinition};
-use serde::{Deserialize, Serialize};
+
+pub use record::{Inode, Kind, Time, INODE_RECORD, XATTRS_MAX};
 
 use super::legacy::InodeV3;
 use super::FsError;
-use crate::client::Manifest;
-use crate::proto::{decode_record, encode_record};
+use crate::proto::decode_record;
 
 /// Inode number of the root directory (FUSE's convention).
 pub const ROOT: u64 = 1;
 /// Longest name in a directory, as on most Linux filesystems.
 pub const NAME_MAX: usize = 255;
-/// Most bytes of extended attributes (names and values) one inode may carry: twice the
-/// largest single value Linux allows (`XATTR_SIZE_MAX`, 64 KiB), so the largest one
-/// fits with its name and others, while an inode's record stays small enough to
-/// rewrite on every change.
-pub const XATTRS_MAX: usize = 128 * 1024;
 
 const INODES: TableDefinition<u64, &[u8]> = TableDefinition::new("inodes");
 const DIRENTS: TableDefinition<(u64, &[u8]), u64> = TableDefinition::new("dirents");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
-
-/// What an inode is. The order is part of the stored format: new kinds go last.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    File,
-    Dir,
-    Symlink,
-    /// A named pipe: the kernel carries its bytes; the pool stores none.
-    Fifo,
-    /// A unix socket's name: as for a FIFO, only the name and attributes are kept.
-    Socket,
-    /// A character device node (`rdev` names the device).
-    CharDev,
-    /// A block device node (`rdev` names the device).
-    BlockDev,
-}
-
-impl Kind {
-    /// The kind a `mknod` mode asks for (its `S_IFMT` bits; none means a regular
-    /// file, as mknod(2) says), or `None` for a type that cannot be made that way.
-    pub fn from_mode(mode: u32) -> Option<Kind> {
-        match mode & libc::S_IFMT {
-            0 | libc::S_IFREG => Some(Kind::File),
-            libc::S_IFIFO => Some(Kind::Fifo),
-            libc::S_IFSOCK => Some(Kind::Socket),
-            libc::S_IFCHR => Some(Kind::CharDev),
-            libc::S_IFBLK => Some(Kind::BlockDev),
-            _ => None,
-        }
-    }
-}
-
-/// Seconds and nanoseconds since the epoch, as the kernel's timespec: `secs` may be
-/// negative, `nanos` is always in `0..1_000_000_000` and counts forward from `secs`.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Time {
-    pub secs: i64,
-    pub nanos: u32,
-}
-
-impl Time {
-    /// The current time.
-    pub fn now() -> Time {
-        SystemTime::now().into()
-    }
-}
-
-impl From<SystemTime> for Time {
-    fn from(t: SystemTime) -> Time {
-        match t.duration_since(SystemTime::UNIX_EPOCH) {
-            Ok(d) => Time {
-                secs: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-                nanos: d.subsec_nanos(),
-            },
-            Err(e) => {
-                // `d` before the epoch: -d = -(s + n/1e9) = -(s + 1) + (1e9 - n)/1e9.
-                let d = e.duration();
-                let secs = i64::try_from(d.as_secs()).map_or(i64::MIN, |s| -s);
-                match d.subsec_nanos() {
-                    0 => Time { secs, nanos: 0 },
-                    n => Time {
-                        secs: secs.saturating_sub(1),
-                        nanos: 1_000_000_000 - n,
-                    },
-                }
-            }
-        }
-    }
-}
-
-impl From<Time> for SystemTime {
-    /// Saturates at the ends of what `SystemTime` holds (the whole i64 range of
-    /// seconds on Linux, so in practice never).
-    fn from(t: Time) -> SystemTime {
-        let nanos = std::time::Duration::from_nanos(u64::from(t.nanos));
-        let base = if t.secs >= 0 {
-            SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(t.secs as u64))
-        } else {
-            SystemTime::UNIX_EPOCH
-                .checked_sub(std::time::Duration::from_secs(t.secs.unsigned_abs()))
-        };
-        base.and_then(|b| b.checked_add(nanos))
-            .unwrap_or(SystemTime::UNIX_EPOCH)
-    }
-}
-
-/// One file, directory, symlink or special file.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct Inode {
-    pub ino: u64,
-    pub kind: Kind,
-    /// Permission bits (and setuid/setgid/sticky).
-    pub perm: u16,
-    pub uid: u32,
-    pub gid: u32,
-    pub nlink: u32,
-    pub size: u64,
-    pub atime: Time,
-    pub mtime: Time,
-    pub ctime: Time,
-    /// For directories: the directory that contains it (to refuse moving a directory
-    /// into itself).
-    pub parent: u64,
-    /// For symlinks: the target.
-    pub target: Vec<u8>,
-    /// For device nodes: the device number, as `st_rdev` gives it.
-    pub rdev: u32,
-    /// Extended attributes set by programs (name, with its namespace, to value).
-    pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
-    /// For files: where the bytes live.
-    pub manifest: Option<Manifest>,
-}
-
-impl Inode {
-    /// A fresh inode of `kind` (its number is given by the store).
-    pub fn new(kind: Kind, perm: u16, uid: u32, gid: u32) -> Inode {
-        let now = Time::now();
-        Inode {
-            ino: 0,
-            kind,
-            perm,
-            uid,
-            gid,
-            nlink: 1,
-            size: 0,
-            atime: now,
-            mtime: now,
-            ctime: now,
-            parent: 0,
-            target: Vec::new(),
-            rdev: 0,
-            xattrs: BTreeMap::new(),
-            manifest: None,
-        }
-    }
-
-    /// Bytes its extended attributes take (names and values).
-    pub fn xattr_bytes(&self) -> usize {
-        self.xattrs.iter().map(|(k, v)| k.len() + v.len()).sum()
-    }
-}
 
 /// Turns a redb failure into the filesystem's error: a full disk is ENOSPC; any other
 /// I/O failure leaves redb refusing every later transaction until the database is
@@ -184,12 +42,6 @@ fn db_err(e: impl Into<redb::Error>) -> FsError {
         redb::Error::Io(_) | redb::Error::PreviousIo => FsError::MetaIo(e.to_string()),
         _ => FsError::Meta(e.to_string()),
     }
-}
-
-/// A record that does not encode or decode: the store holds something this version
-/// does not understand.
-fn rec_err(e: impl std::fmt::Display) -> FsError {
-    FsError::Meta(format!("inode record: {e}"))
 }
 
 fn check_name(name: &[u8]) -> Result<(), FsError> {
@@ -208,11 +60,11 @@ type Counters<'t> = redb::Table<'t, &'static str, u64>;
 
 fn load(inodes: &impl ReadableTable<u64, &'static [u8]>, ino: u64) -> Result<Inode, FsError> {
     let guard = inodes.get(ino).map_err(db_err)?.ok_or(FsError::NotFound)?;
-    decode_record(guard.value()).map_err(rec_err)
+    record::decode_inode(guard.value())
 }
 
 fn store(inodes: &mut Inodes<'_>, inode: &Inode) -> Result<(), FsError> {
-    let bytes = encode_record(inode).map_err(rec_err)?;
+    let bytes = record::encode_inode(inode)?;
     inodes.insert(inode.ino, bytes.as_slice()).map_err(db_err)?;
     Ok(())
 }
@@ -249,12 +101,14 @@ fn is_empty_dir(dirents: &Dirents<'_>, ino: u64) -> Result<bool, FsError> {
     })
 }
 
-/// Version of the records kept here; bumped whenever `Inode` or `Manifest` change
-/// (2: per-stripe records with moved shards and encryption; 3: shards sealed in chunks
-/// with their tags on the nodes, segment slots sized for them; 4: special files, device
-/// numbers, extended attributes, sparse stripe records and reservations). A store of
-/// format 3 is migrated when opened; older ones are refused.
-const META_FORMAT: u64 = 4;
+/// Version of the store: the shape of its tables and how their values are kept; bumped
+/// when either changes (2: per-stripe records with moved shards and encryption; 3:
+/// shards sealed in chunks with their tags on the nodes, segment slots sized for them;
+/// 4: special files, device numbers, extended attributes, sparse stripe records and
+/// reservations; 5: each inode record starts with its version tag, `INODE_RECORD`).
+/// Stores of formats 3 and 4 are migrated when opened; older ones are refused. A change
+/// of the inode record alone needs no new format: its tag says how to read it.
+const META_FORMAT: u64 = 5;
 
 /// The metadata database of one mount.
 ///
@@ -284,7 +138,11 @@ fn open_db(path: &Path) -> Result<Database, FsError> {
 
 impl MetaStore {
     /// Opens (or creates) the store at `path`, with a root directory owned by `uid:gid`.
-    /// A store of the previous format is migrated in one transaction.
+    /// A store of an earlier format is migrated in one transaction.
+    ///
+    /// Errors: `FsError::Meta` for a store in use by another process, of a format this
+    /// poolfs does not read, or with a record it cannot decode; `NoSpace` or `MetaIo`
+    /// for a disk that refuses the migration or the root's creation.
     pub fn open(path: &Path, uid: u32, gid: u32) -> Result<Self, FsError> {
         let db = open_db(path)?;
         let meta = MetaStore {
@@ -302,26 +160,31 @@ impl MetaStore {
                 counters.insert("next_ino", ROOT + 1).map_err(db_err)?;
                 counters.insert("format", META_FORMAT).map_err(db_err)?;
             }
-            // Records are bincode: a store written by another format cannot be read.
             let format = counters.get("format").map_err(db_err)?.map(|g| g.value());
-            match format {
-                Some(META_FORMAT) => Ok(()),
-                Some(3) => {
-                    migrate_v3(inodes)?;
-                    counters.insert("format", META_FORMAT).map_err(db_err)?;
-                    log::info!(
-                        "{}: metadata migrated to format {META_FORMAT}",
-                        path.display()
-                    );
-                    Ok(())
+            let migrated = match format {
+                Some(META_FORMAT) => return Ok(()),
+                Some(4) => migrate(inodes, record::decode_untagged_v4)?,
+                Some(3) => migrate(inodes, |bytes| {
+                    let old: InodeV3 = decode_record(bytes)
+                        .map_err(|e| FsError::Meta(format!("inode record of format 3: {e}")))?;
+                    Ok(Inode::from(old))
+                })?,
+                _ => {
+                    return Err(FsError::Meta(format!(
+                        "{} holds metadata of format {}, this poolfs reads formats 3 to \
+                         {META_FORMAT}; mount it with the poolfs that made it",
+                        path.display(),
+                        format.map_or("1".into(), |f| f.to_string())
+                    )))
                 }
-                _ => Err(FsError::Meta(format!(
-                    "{} holds metadata of format {}, this poolfs reads formats 3 and \
-                     {META_FORMAT}; mount it with the poolfs that made it",
-                    path.display(),
-                    format.map_or("1".into(), |f| f.to_string())
-                ))),
-            }
+            };
+            counters.insert("format", META_FORMAT).map_err(db_err)?;
+            log::info!(
+                "{}: metadata of format {} migrated to format {META_FORMAT} ({migrated} inodes)",
+                path.display(),
+                format.unwrap_or(0)
+            );
+            Ok(())
         })?;
         Ok(meta)
     }
@@ -412,337 +275,6 @@ impl MetaStore {
         self.read(|inodes, _| load(inodes, ino))
     }
 
-    /// The entry `name` of directory `parent`.
-    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Inode, FsError> {
-        if name.len() > NAME_MAX {
-            return Err(FsError::NameTooLong);
-        }
-        self.read(|inodes, dirents| {
-            let d = load(inodes, parent)?;
-            if d.kind != Kind::Dir {
-                return Err(FsError::NotDir);
-            }
-            let ino = entry(dirents, parent, name)?.ok_or(FsError::NotFound)?;
-            load(inodes, ino)
-        })
-    }
-
-    /// Entries of directory `ino`: (name, inode number, kind).
-    pub fn readdir(&self, ino: u64) -> Result<Vec<(Vec<u8>, u64, Kind)>, FsError> {
-        self.read(|inodes, dirents| {
-            let d = load(inodes, ino)?;
-            if d.kind != Kind::Dir {
-                return Err(FsError::NotDir);
-            }
-            let mut out = Vec::new();
-            for item in dirents.range((ino, &[][..])..).map_err(db_err)? {
-                let (k, v) = item.map_err(db_err)?;
-                let (parent, name) = k.value();
-                if parent != ino {
-                    break;
-                }
-                let child = v.value();
-                out.push((name.to_vec(), child, load(inodes, child)?.kind));
-            }
-            Ok(out)
-        })
-    }
-
-    /// Adds `inode` as `name` in `parent`; fails with `Exists` if the name is taken.
-    /// A directory with the setgid bit passes its group on to what is made in it, and
-    /// the bit itself to subdirectories (as Linux filesystems do; the kernel has
-    /// already cleared a requested setgid bit the creator may not set).
-    pub fn create(&self, parent: u64, name: &[u8], inode: Inode) -> Result<Inode, FsError> {
-        self.create_with(Durability::Eventual, parent, name, inode)
-    }
-
-    /// `create` without syncing: for a file created open, whose close or fsync commits
-    /// it durably (with every change before it). Until then a crash of the mount may
-    /// forget it, as a local filesystem may forget a new name whose directory was not
-    /// fsynced; but it is visible at once and costs no disk flush.
-    pub fn create_unsynced(
-        &self,
-        parent: u64,
-        name: &[u8],
-        inode: Inode,
-    ) -> Result<Inode, FsError> {
-        self.create_with(Durability::None, parent, name, inode)
-    }
-
-    fn create_with(
-        &self,
-        durability: Durability,
-        parent: u64,
-        name: &[u8],
-        mut inode: Inode,
-    ) -> Result<Inode, FsError> {
-        check_name(name)?;
-        self.write_with(durability, |inodes, dirents, counters| {
-            let mut d = dir(inodes, parent)?;
-            if entry(dirents, parent, name)?.is_some() {
-                return Err(FsError::Exists);
-            }
-            let ino = counters
-                .get("next_ino")
-                .map_err(db_err)?
-                .map(|g| g.value())
-                .unwrap_or(ROOT + 1);
-            counters.insert("next_ino", ino + 1).map_err(db_err)?;
-            inode.ino = ino;
-            if d.perm & libc::S_ISGID as u16 != 0 {
-                inode.gid = d.gid;
-                if inode.kind == Kind::Dir {
-                    inode.perm |= libc::S_ISGID as u16;
-                }
-            }
-            if inode.kind == Kind::Dir {
-                inode.parent = parent;
-                inode.nlink = 2;
-                d.nlink += 1;
-            }
-            d.mtime = Time::now();
-            d.ctime = d.mtime;
-            store(inodes, &d)?;
-            store(inodes, &inode)?;
-            dirents.insert((parent, name), ino).map_err(db_err)?;
-            Ok(inode)
-        })
-    }
-
-    /// A new name `name` in `parent` for the file `ino` (hard link).
-    pub fn link(&self, ino: u64, parent: u64, name: &[u8]) -> Result<Inode, FsError> {
-        check_name(name)?;
-        self.write(|inodes, dirents, _| {
-            let mut d = dir(inodes, parent)?;
-            let mut inode = load(inodes, ino)?;
-            if inode.kind == Kind::Dir {
-                return Err(FsError::Permission);
-            }
-            if inode.nlink == 0 {
-                return Err(FsError::NotFound); // linkat of an unlinked file
-            }
-            if entry(dirents, parent, name)?.is_some() {
-                return Err(FsError::Exists);
-            }
-            inode.nlink = inode.nlink.checked_add(1).ok_or(FsError::TooManyLinks)?;
-            inode.ctime = Time::now();
-            d.mtime = inode.ctime;
-            d.ctime = inode.ctime;
-            store(inodes, &inode)?;
-            store(inodes, &d)?;
-            dirents.insert((parent, name), ino).map_err(db_err)?;
-            Ok(inode)
-        })
-    }
-
-    /// Removes the non-directory entry `name`; returns the inode with its link count
-    /// lowered. An inode left with no links stays recorded (an orphan) until `purge`.
-    pub fn unlink(&self, parent: u64, name: &[u8]) -> Result<Inode, FsError> {
-        self.write(|inodes, dirents, _| {
-            let mut d = dir(inodes, parent)?;
-            let ino = entry(dirents, parent, name)?.ok_or(FsError::NotFound)?;
-            let mut inode = load(inodes, ino)?;
-            if inode.kind == Kind::Dir {
-                return Err(FsError::IsDir);
-            }
-            dirents.remove((parent, name)).map_err(db_err)?;
-            inode.nlink = inode.nlink.saturating_sub(1);
-            inode.ctime = Time::now();
-            d.mtime = inode.ctime;
-            d.ctime = inode.ctime;
-            store(inodes, &inode)?;
-            store(inodes, &d)?;
-            Ok(inode)
-        })
-    }
-
-    /// Removes the empty directory `name`; returns it with no links left. Like a file,
-    /// it stays recorded (an orphan) until `purge`, for a process that has it open or
-    /// as its working directory.
-    pub fn rmdir(&self, parent: u64, name: &[u8]) -> Result<Inode, FsError> {
-        if name == b"." {
-            return Err(FsError::Invalid);
-        }
-        if name == b".." {
-            return Err(FsError::NotEmpty);
-        }
-        self.write(|inodes, dirents, _| {
-            let mut d = dir(inodes, parent)?;
-            let ino = entry(dirents, parent, name)?.ok_or(FsError::NotFound)?;
-            let mut inode = load(inodes, ino)?;
-            if inode.kind != Kind::Dir {
-                return Err(FsError::NotDir);
-            }
-            if !is_empty_dir(dirents, ino)? {
-                return Err(FsError::NotEmpty);
-            }
-            dirents.remove((parent, name)).map_err(db_err)?;
-            inode.nlink = 0;
-            inode.ctime = Time::now();
-            store(inodes, &inode)?;
-            d.nlink = d.nlink.saturating_sub(1);
-            d.mtime = inode.ctime;
-            d.ctime = inode.ctime;
-            store(inodes, &d)?;
-            Ok(inode)
-        })
-    }
-
-    /// Moves `parent/name` to `new_parent/new_name`, replacing a compatible target.
-    /// Returns the replaced inode (its link count lowered), if any.
-    pub fn rename(
-        &self,
-        parent: u64,
-        name: &[u8],
-        new_parent: u64,
-        new_name: &[u8],
-        no_replace: bool,
-    ) -> Result<Option<Inode>, FsError> {
-        check_name(new_name)?;
-        self.write(|inodes, dirents, _| {
-            dir(inodes, parent)?;
-            dir(inodes, new_parent)?;
-            let ino = entry(dirents, parent, name)?.ok_or(FsError::NotFound)?;
-            let mut moved = load(inodes, ino)?;
-            if moved.kind == Kind::Dir {
-                // Refuse to move a directory below itself.
-                let mut up = new_parent;
-                loop {
-                    if up == ino {
-                        return Err(FsError::Invalid);
-                    }
-                    if up == ROOT {
-                        break;
-                    }
-                    up = load(inodes, up)?.parent;
-                }
-            }
-            let now = Time::now();
-            let mut replaced = None;
-            if let Some(target_ino) = entry(dirents, new_parent, new_name)? {
-                if target_ino == ino {
-                    return Ok(None); // same file: rename(2) does nothing
-                }
-                if no_replace {
-                    return Err(FsError::Exists);
-                }
-                let mut target = load(inodes, target_ino)?;
-                match (moved.kind == Kind::Dir, target.kind == Kind::Dir) {
-                    (true, false) => return Err(FsError::NotDir),
-                    (false, true) => return Err(FsError::IsDir),
-                    (true, true) => {
-                        if !is_empty_dir(dirents, target_ino)? {
-                            return Err(FsError::NotEmpty);
-                        }
-                        target.nlink = 0;
-                        target.ctime = now;
-                        store(inodes, &target)?;
-                        let mut np = load(inodes, new_parent)?;
-                        np.nlink = np.nlink.saturating_sub(1);
-                        store(inodes, &np)?;
-                        replaced = Some(target);
-                    }
-                    (false, false) => {
-                        target.nlink = target.nlink.saturating_sub(1);
-                        target.ctime = now;
-                        store(inodes, &target)?;
-                        replaced = Some(target);
-                    }
-                }
-            }
-            dirents.remove((parent, name)).map_err(db_err)?;
-            dirents
-                .insert((new_parent, new_name), ino)
-                .map_err(db_err)?;
-            if moved.kind == Kind::Dir && parent != new_parent {
-                moved.parent = new_parent;
-                let mut old = load(inodes, parent)?;
-                old.nlink = old.nlink.saturating_sub(1);
-                store(inodes, &old)?;
-                let mut new = load(inodes, new_parent)?;
-                new.nlink += 1;
-                store(inodes, &new)?;
-            }
-            moved.ctime = now;
-            store(inodes, &moved)?;
-            for p in [parent, new_parent] {
-                let mut d = load(inodes, p)?;
-                d.mtime = now;
-                d.ctime = now;
-                store(inodes, &d)?;
-            }
-            Ok(replaced)
-        })
-    }
-
-    /// Swaps `parent/name` and `new_parent/new_name`, which must both exist
-    /// (`RENAME_EXCHANGE`): each name then refers to the other's inode.
-    pub fn exchange(
-        &self,
-        parent: u64,
-        name: &[u8],
-        new_parent: u64,
-        new_name: &[u8],
-    ) -> Result<(), FsError> {
-        self.write(|inodes, dirents, _| {
-            dir(inodes, parent)?;
-            dir(inodes, new_parent)?;
-            let a = entry(dirents, parent, name)?.ok_or(FsError::NotFound)?;
-            let b = entry(dirents, new_parent, new_name)?.ok_or(FsError::NotFound)?;
-            if a == b {
-                return Ok(());
-            }
-            let mut ia = load(inodes, a)?;
-            let mut ib = load(inodes, b)?;
-            // Neither directory may end up below itself.
-            for (moved, dest) in [(&ia, new_parent), (&ib, parent)] {
-                if moved.kind != Kind::Dir {
-                    continue;
-                }
-                let mut up = dest;
-                loop {
-                    if up == moved.ino {
-                        return Err(FsError::Invalid);
-                    }
-                    if up == ROOT {
-                        break;
-                    }
-                    up = load(inodes, up)?.parent;
-                }
-            }
-            dirents.insert((parent, name), b).map_err(db_err)?;
-            dirents.insert((new_parent, new_name), a).map_err(db_err)?;
-            let now = Time::now();
-            if parent != new_parent {
-                let (a_dir, b_dir) = (ia.kind == Kind::Dir, ib.kind == Kind::Dir);
-                if a_dir {
-                    ia.parent = new_parent;
-                }
-                if b_dir {
-                    ib.parent = parent;
-                }
-                // A directory's ".." counts as a link of its parent.
-                let mut p = load(inodes, parent)?;
-                p.nlink = p.nlink + u32::from(b_dir) - u32::from(a_dir);
-                store(inodes, &p)?;
-                let mut np = load(inodes, new_parent)?;
-                np.nlink = np.nlink + u32::from(a_dir) - u32::from(b_dir);
-                store(inodes, &np)?;
-            }
-            ia.ctime = now;
-            ib.ctime = now;
-            store(inodes, &ia)?;
-            store(inodes, &ib)?;
-            for p in [parent, new_parent] {
-                let mut d = load(inodes, p)?;
-                d.mtime = now;
-                d.ctime = now;
-                store(inodes, &d)?;
-            }
-            Ok(())
-        })
-    }
-
     /// Reads, changes and writes back inode `ino` in one transaction, so concurrent
     /// changes of different fields never undo each other. `durable` syncs it before it
     /// returns (for the manifest of a file whose close or fsync is about to succeed).
@@ -788,7 +320,7 @@ impl MetaStore {
             let mut out = Vec::new();
             for item in inodes.iter().map_err(db_err)? {
                 let (_, v) = item.map_err(db_err)?;
-                let inode: Inode = decode_record(v.value()).map_err(rec_err)?;
+                let inode = record::decode_inode(v.value())?;
                 if keep(&inode) {
                     out.push(inode);
                 }
@@ -798,186 +330,35 @@ impl MetaStore {
     }
 }
 
-/// Rewrites every inode of a format-3 store in the current format.
-fn migrate_v3(inodes: &mut Inodes<'_>) -> Result<(), FsError> {
+/// Rewrites every inode of the store in the current record version, reading each with
+/// `old` (the decoder of the store's format); returns how many there were. One
+/// transaction: a failure leaves the store as it was.
+fn migrate(
+    inodes: &mut Inodes<'_>,
+    old: impl Fn(&[u8]) -> Result<Inode, FsError>,
+) -> Result<usize, FsError> {
     let mut all = Vec::new();
     for item in inodes.iter().map_err(db_err)? {
-        let (k, v) = item.map_err(db_err)?;
-        let old: InodeV3 = decode_record(v.value()).map_err(rec_err)?;
-        all.push((k.value(), Inode::from(old)));
+        let (_, v) = item.map_err(db_err)?;
+        all.push(old(v.value())?);
     }
-    for (_, inode) in &all {
+    for inode in &all {
         store(inodes, inode)?;
     }
-    Ok(())
+    Ok(all.len())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn store() -> (tempfile::TempDir, MetaStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let meta = MetaStore::open(&dir.path().join("meta.redb"), 0, 0).unwrap();
-        (dir, meta)
-    }
-
-    fn file() -> Inode {
-        Inode::new(Kind::File, 0o644, 0, 0)
-    }
+    use crate::proto::encode_record;
 
     fn dir_inode() -> Inode {
         Inode::new(Kind::Dir, 0o755, 0, 0)
     }
 
-    #[test]
-    fn create_lookup_readdir_unlink() {
-        let (_d, m) = store();
-        let a = m.create(ROOT, b"a", file()).unwrap();
-        assert!(matches!(m.create(ROOT, b"a", file()), Err(FsError::Exists)));
-        assert_eq!(m.lookup(ROOT, b"a").unwrap().ino, a.ino);
-        assert!(matches!(m.lookup(ROOT, b"zz"), Err(FsError::NotFound)));
-        assert!(matches!(m.lookup(a.ino, b"x"), Err(FsError::NotDir)));
-        assert!(matches!(
-            m.create(ROOT, &[b'x'; 256], file()),
-            Err(FsError::NameTooLong)
-        ));
-        let names: Vec<_> = m.readdir(ROOT).unwrap().into_iter().map(|e| e.0).collect();
-        assert_eq!(names, vec![b"a".to_vec()]);
-        let gone = m.unlink(ROOT, b"a").unwrap();
-        assert_eq!(gone.nlink, 0);
-        assert_eq!(m.orphans().unwrap().len(), 1);
-        m.purge(a.ino).unwrap();
-        assert!(m.orphans().unwrap().is_empty());
-    }
-
-    #[test]
-    fn directories_rmdir_and_rename_rules() {
-        let (_d, m) = store();
-        let d1 = m.create(ROOT, b"d1", dir_inode()).unwrap();
-        let d2 = m.create(d1.ino, b"d2", dir_inode()).unwrap();
-        m.create(d2.ino, b"f", file()).unwrap();
-        assert!(matches!(m.rmdir(ROOT, b"d1"), Err(FsError::NotEmpty)));
-        assert!(matches!(m.unlink(ROOT, b"d1"), Err(FsError::IsDir)));
-        assert!(matches!(
-            m.rename(ROOT, b"d1", d2.ino, b"x", false),
-            Err(FsError::Invalid)
-        ));
-        // file over dir, dir over file, dir over non-empty dir
-        m.create(ROOT, b"g", file()).unwrap();
-        assert!(matches!(
-            m.rename(ROOT, b"g", ROOT, b"d1", false),
-            Err(FsError::IsDir)
-        ));
-        assert!(matches!(
-            m.rename(ROOT, b"d1", ROOT, b"g", false),
-            Err(FsError::NotDir)
-        ));
-        m.create(ROOT, b"e", dir_inode()).unwrap();
-        assert!(matches!(
-            m.rename(ROOT, b"e", d1.ino, b"d2", false),
-            Err(FsError::NotEmpty)
-        ));
-        assert!(matches!(
-            m.rename(ROOT, b"g", d2.ino, b"f", true),
-            Err(FsError::Exists)
-        ));
-        // file over file replaces it; across directories
-        let replaced = m.rename(ROOT, b"g", d2.ino, b"f", false).unwrap().unwrap();
-        assert_eq!(replaced.nlink, 0);
-        assert!(matches!(m.lookup(ROOT, b"g"), Err(FsError::NotFound)));
-        // move a directory and check its parent link
-        m.rename(d1.ino, b"d2", ROOT, b"top", false).unwrap();
-        assert_eq!(m.lookup(ROOT, b"top").unwrap().parent, ROOT);
-        m.unlink(d2.ino, b"f").unwrap();
-        assert_eq!(m.rmdir(ROOT, b"top").unwrap().nlink, 0);
-        // A removed directory stays recorded until purged, but nothing can be made in it.
-        assert!(matches!(
-            m.create(d2.ino, b"x", file()),
-            Err(FsError::NotFound)
-        ));
-        m.purge(d2.ino).unwrap();
-        assert!(matches!(m.get(d2.ino), Err(FsError::NotFound)));
-    }
-
-    #[test]
-    fn exchange_swaps_two_names_and_keeps_link_counts() {
-        let (_d, m) = store();
-        let d1 = m.create(ROOT, b"d1", dir_inode()).unwrap();
-        let sub = m.create(d1.ino, b"sub", dir_inode()).unwrap();
-        let f = m.create(ROOT, b"f", file()).unwrap();
-        m.exchange(d1.ino, b"sub", ROOT, b"f").unwrap();
-        assert_eq!(m.lookup(ROOT, b"f").unwrap().ino, sub.ino);
-        assert_eq!(m.lookup(d1.ino, b"sub").unwrap().ino, f.ino);
-        assert_eq!(m.get(sub.ino).unwrap().parent, ROOT);
-        // The root gained a subdirectory and d1 lost one.
-        assert_eq!(m.get(ROOT).unwrap().nlink, 4);
-        assert_eq!(m.get(d1.ino).unwrap().nlink, 2);
-        // A directory cannot be swapped below itself; a missing name is ENOENT.
-        let inner = m.create(sub.ino, b"inner", file()).unwrap();
-        assert!(matches!(
-            m.exchange(ROOT, b"f", sub.ino, b"inner"),
-            Err(FsError::Invalid)
-        ));
-        assert_eq!(m.lookup(sub.ino, b"inner").unwrap().ino, inner.ino);
-        assert!(matches!(
-            m.exchange(ROOT, b"f", ROOT, b"nothing"),
-            Err(FsError::NotFound)
-        ));
-    }
-
-    #[test]
-    fn a_setgid_directory_passes_its_group_and_the_bit_on() {
-        let (_d, m) = store();
-        let mut shared = dir_inode();
-        shared.gid = 77;
-        shared.perm = 0o2775;
-        let shared = m.create(ROOT, b"shared", shared).unwrap();
-        let f = m
-            .create(shared.ino, b"f", Inode::new(Kind::File, 0o644, 5, 5))
-            .unwrap();
-        assert_eq!(
-            (f.gid, f.perm),
-            (77, 0o644),
-            "a file gets the group, not the bit"
-        );
-        let sub = m
-            .create(shared.ino, b"sub", Inode::new(Kind::Dir, 0o755, 5, 5))
-            .unwrap();
-        assert_eq!(
-            (sub.gid, sub.perm),
-            (77, 0o2755),
-            "a subdirectory gets both"
-        );
-        let deeper = m
-            .create(sub.ino, b"deeper", Inode::new(Kind::Dir, 0o700, 5, 5))
-            .unwrap();
-        assert_eq!((deeper.gid, deeper.perm), (77, 0o2700));
-        let plain = m
-            .create(ROOT, b"plain", Inode::new(Kind::Dir, 0o755, 5, 5))
-            .unwrap();
-        assert_eq!(
-            (plain.gid, plain.perm),
-            (5, 0o755),
-            "no setgid parent: the creator's"
-        );
-    }
-
-    #[test]
-    fn times_round_trip_across_the_whole_timespec_range() {
-        for (secs, nanos) in [
-            (0, 0),
-            (-1, 999_999_999),
-            (-2, 800_000_000),
-            (-1_000_000_000_000, 1),
-            (1_900_000_000, 123_456_789),
-            (i64::MAX, 999_999_999),
-            (i64::MIN + 1, 0),
-            (i64::MIN, 0),
-        ] {
-            let t = Time { secs, nanos };
-            assert_eq!(Time::from(SystemTime::from(t)), t, "{secs}.{nanos:09}");
-        }
+    fn file() -> Inode {
+        Inode::new(Kind::File, 0o644, 0, 0)
     }
 
     #[test]
@@ -1073,6 +454,85 @@ mod tests {
         // Opened again, it is of the current format and reads the same.
         let m = MetaStore::open(&path, 0, 0).unwrap();
         assert_eq!(m.get(9).unwrap().size, 5 << 20);
+    }
+
+    #[test]
+    fn a_format_4_store_opens_with_its_records_tagged_and_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.redb");
+        let mut root = dir_inode();
+        root.ino = ROOT;
+        root.nlink = 2;
+        root.parent = ROOT;
+        let mut f = Inode::new(Kind::Symlink, 0o777, 3, 4);
+        f.ino = 9;
+        f.target = b"elsewhere".to_vec();
+        f.xattrs.insert(b"user.note".to_vec(), b"kept".to_vec());
+        {
+            // What a format-4 poolfs wrote: untagged records.
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut inodes = txn.open_table(INODES).unwrap();
+                let mut counters = txn.open_table(COUNTERS).unwrap();
+                let mut dirents = txn.open_table(DIRENTS).unwrap();
+                for inode in [&root, &f] {
+                    let bytes = encode_record(inode).unwrap();
+                    inodes.insert(inode.ino, bytes.as_slice()).unwrap();
+                }
+                counters.insert("format", 4).unwrap();
+                counters.insert("next_ino", 10).unwrap();
+                dirents.insert((ROOT, &b"link"[..]), 9).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let m = MetaStore::open(&path, 0, 0).unwrap();
+        assert_eq!(m.lookup(ROOT, b"link").unwrap(), f);
+        assert_eq!(m.create(ROOT, b"new", file()).unwrap().ino, 10);
+        drop(m);
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let counters = txn.open_table(COUNTERS).unwrap();
+        assert_eq!(
+            counters.get("format").unwrap().unwrap().value(),
+            META_FORMAT
+        );
+        let inodes = txn.open_table(INODES).unwrap();
+        for item in inodes.iter().unwrap() {
+            let (k, v) = item.unwrap();
+            assert_eq!(v.value()[0], INODE_RECORD, "inode {} untagged", k.value());
+        }
+    }
+
+    #[test]
+    fn a_store_of_an_unknown_format_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.redb");
+        drop(MetaStore::open(&path, 0, 0).unwrap());
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(COUNTERS)
+                .unwrap()
+                .insert("format", META_FORMAT + 1)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let e = MetaStore::open(&path, 0, 0)
+            .err()
+            .expect("opened")
+            .to_string();
+        assert!(e.contains(&format!("format {}", META_FORMAT + 1)), "{e}");
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let format = txn
+            .open_table(COUNTERS)
+            .unwrap()
+            .get("format")
+            .unwrap()
+            .unwrap()
+            .value();
+        assert_eq!(format, META_FORMAT + 1);
     }
 
     #[test]

@@ -1,43 +1,21 @@
 //! `poolfs status` for a mount: every file's health and the repair progress, read from
 //! outside the mount process through the mount's extended attributes.
 
-use std::ffi::CString;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use super::fuse::{HEALTH_XATTR, REPAIR_XATTR};
 
-/// Reads the extended attribute `name` of `path` (not following a final symlink) as text.
+/// Reads the extended attribute `name` of `path` (not following a final symlink) as
+/// text, invalid UTF-8 replaced. Errors: those of lgetxattr(2); an attribute the file
+/// does not have is `ENODATA`, as the syscall reports it.
 pub fn get_xattr(path: &Path, name: &str) -> io::Result<String> {
-    let cpath = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
-    let cname = CString::new(name)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name contains NUL"))?;
-    let mut buf = vec![0u8; 1024];
-    loop {
-        // SAFETY: valid NUL-terminated strings and a writable buffer of the given length.
-        let n = unsafe {
-            libc::lgetxattr(
-                cpath.as_ptr(),
-                cname.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
-        if n >= 0 {
-            buf.truncate(n as usize);
-            return Ok(String::from_utf8_lossy(&buf).into_owned());
-        }
-        let err = io::Error::last_os_error();
-        // The value grew past the buffer: ask again with more room (bounded).
-        if err.raw_os_error() == Some(libc::ERANGE) && buf.len() < 1 << 20 {
-            buf.resize(buf.len() * 4, 0);
-            continue;
-        }
-        return Err(err);
+    match xattr::get(path, name)? {
+        Some(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+        // The crate folds ENODATA into None; callers tell "not a poolfs mount" by it.
+        None => Err(io::Error::from_raw_os_error(libc::ENODATA)),
     }
 }
 
@@ -85,6 +63,7 @@ impl Health {
 pub struct FileHealth {
     /// Path relative to the mount point.
     pub path: PathBuf,
+    /// What the attribute's first word says.
     pub health: Health,
     /// The attribute's text, or why it could not be read.
     pub detail: String,
@@ -93,6 +72,7 @@ pub struct FileHealth {
 /// The state of one mount's files.
 #[derive(Debug, Clone, Serialize)]
 pub struct MountStatus {
+    /// The mount point walked.
     pub mountpoint: PathBuf,
     /// The repair progress line (or why it could not be read).
     pub repair: String,
@@ -103,9 +83,13 @@ pub struct MountStatus {
 /// Counts per health.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Summary {
+    /// Files with every segment on a live node.
     pub healthy: usize,
+    /// Files readable with some segments missing.
     pub degraded: usize,
+    /// Files that cannot be read.
     pub unavailable: usize,
+    /// Files whose health could not be read.
     pub unknown: usize,
 }
 

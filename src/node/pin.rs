@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::trust::KEY_LEN;
-use crate::util::{decode_hex, encode_hex};
 
 /// The file holding the pinned controller key, in the node's storage.
 pub const PIN_FILE: &str = "controller.pub";
@@ -32,7 +31,8 @@ impl ControllerPin {
         let path = storage.join(PIN_FILE);
         let key = match std::fs::read_to_string(&path) {
             Ok(text) => Some(
-                decode_hex(text.trim())
+                hex::decode(text.trim())
+                    .ok()
                     .and_then(|b| <[u8; KEY_LEN]>::try_from(b).ok())
                     .ok_or_else(|| {
                         io::Error::new(
@@ -85,7 +85,7 @@ impl ControllerPin {
             )),
             (None, None) => {
                 if let Some(path) = &self.path {
-                    crate::util::write_atomic(path, encode_hex(sender).as_bytes())
+                    crate::util::write_atomic(path, hex::encode(sender).as_bytes())
                         .map_err(|e| format!("cannot pin the controller key: {e}"))?;
                 }
                 *key = Some(*sender);

@@ -35,7 +35,6 @@ use super::handles::{Handles, SegKey, DEFAULT_OPEN_SEGMENTS};
 use super::segfile::SegFile;
 use super::space::{self, ExtentMap};
 use crate::proto::{Identity, SegmentRef};
-use crate::util::{decode_hex, encode_hex};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -225,12 +224,12 @@ impl Usage {
 
 /// The directory name of an owner: its identity in hex.
 fn owner_dir_name(owner: &Identity) -> String {
-    encode_hex(&owner.0)
+    hex::encode(owner.0)
 }
 
 /// The owner a directory under `segments/` belongs to, if its name is one.
 fn owner_of_dir(name: &str) -> Option<Identity> {
-    let bytes = decode_hex(name)?;
+    let bytes = hex::decode(name).ok()?;
     Some(Identity(bytes.try_into().ok()?))
 }
 
