@@ -20,7 +20,9 @@ use pnet::packet::Packet;
 
 use super::Registry;
 use crate::net::{Connection, NetError};
-use crate::proto::{Assign, FoundNode, NodeId, NodeStat, NodeState, Request, Response, ScanReport};
+use crate::proto::{
+    Assign, FoundNode, NodeId, NodeRequest, NodeStat, NodeState, Response, ScanReport,
+};
 use crate::trust::{identity_of, Credentials};
 
 /// Default port a sweep probes for nodes (the node's default listen port).
@@ -503,7 +505,7 @@ pub async fn probe(
 ) -> Result<NodeStat, NetError> {
     let attempt = async {
         let mut conn = Connection::connect(addr, creds, timeout).await?;
-        match conn.call(&Request::Stat, None).await? {
+        match conn.call(&NodeRequest::Stat, None).await? {
             (Response::Stat(stat), _) if stat.identity != identity_of(conn.remote_key()) => {
                 Err(NetError::Unexpected {
                     addr,
@@ -761,7 +763,7 @@ impl Discovery {
             async move {
                 let sent = async {
                     let mut conn = Connection::connect(*addr, &self.creds, timeout).await?;
-                    conn.call(&Request::Assign(assign.clone()), None).await
+                    conn.call(&NodeRequest::Assign(assign.clone()), None).await
                 };
                 match sent.await {
                     Ok(_) => log::info!(

@@ -21,8 +21,8 @@ use tokio::task::JoinHandle;
 
 use crate::net::{self, ConnPool, Handler, NetError, Peer, Reply, ServerLimits};
 use crate::proto::{
-    Assign, ErrorKind, Identity, NodeId, NodeStat, PoolView, Request, Response, SegmentRef,
-    MAX_BODY, MAX_PARTS,
+    Assign, ControllerRequest, ErrorKind, Identity, NodeId, NodeRequest, NodeStat, PoolView,
+    Response, SegmentRead, SegmentRef, MAX_BODY, MAX_PARTS,
 };
 use crate::trust::{identity_of, Credentials, KeyError, PoolKey};
 use pin::ControllerPin;
@@ -252,7 +252,7 @@ impl Node {
         let Some(node_id) = self.node_id() else {
             return false;
         };
-        let req = Request::Drain {
+        let req = ControllerRequest::Drain {
             node_id,
             identity: self.shared.identity,
         };
@@ -273,7 +273,7 @@ impl Node {
 
     /// Sends one membership request of this node's own (DRAIN, LEAVE) to its
     /// controller on a short-lived connection; `None` without a controller.
-    async fn tell_controller(&self, req: &Request) -> Option<Result<(), NetError>> {
+    async fn tell_controller(&self, req: &ControllerRequest) -> Option<Result<(), NetError>> {
         let addr = self.controller()?;
         let pool = ConnPool::new(
             self.shared.creds.clone(),
@@ -330,7 +330,7 @@ impl Node {
         let Some(node_id) = self.node_id() else {
             return;
         };
-        let req = Request::Leave {
+        let req = ControllerRequest::Leave {
             node_id,
             identity: self.shared.identity,
         };
@@ -376,7 +376,7 @@ async fn membership_loop(shared: Arc<Shared>, mut controller: watch::Receiver<Op
         let node_id = shared.membership().node_id;
         let result = match (node_id, joined_with == Some(ctrl)) {
             (Some(node_id), true) => {
-                let req = Request::Heartbeat {
+                let req = ControllerRequest::Heartbeat {
                     node_id,
                     identity: shared.identity,
                     capacity,
@@ -385,7 +385,7 @@ async fn membership_loop(shared: Arc<Shared>, mut controller: watch::Receiver<Op
                 pool.call(ctrl, &req, None).await.map(|(resp, _)| resp)
             }
             _ => {
-                let req = Request::Join {
+                let req = ControllerRequest::Join {
                     identity: shared.identity,
                     listen: shared.listen,
                     capacity,
@@ -453,12 +453,18 @@ impl NodeService {
     }
 }
 
-/// Would answering these ranges exceed what one answer may carry?
-fn parts_too_big(parts: &[(u64, u32)]) -> bool {
-    let total = parts
-        .iter()
-        .try_fold(0u32, |sum, part| sum.checked_add(part.1));
-    parts.len() > MAX_PARTS || total.is_none_or(|t| t > MAX_BODY)
+/// Would answering this read exceed what one answer may carry (`MAX_BODY` bytes, and
+/// `MAX_PARTS` ranges)?
+fn fwd_too_big(what: &SegmentRead) -> bool {
+    match what {
+        SegmentRead::Range { len, .. } => *len > MAX_BODY,
+        SegmentRead::Parts(parts) => {
+            let total = parts
+                .iter()
+                .try_fold(0u32, |sum, part| sum.checked_add(part.1));
+            parts.len() > MAX_PARTS || total.is_none_or(|t| t > MAX_BODY)
+        }
+    }
 }
 
 /// See `Node::own_segments`. Errors are the kind and message a remote caller would get.
@@ -569,7 +575,9 @@ fn store_error(e: StoreError) -> Response {
 }
 
 impl Handler for NodeService {
-    async fn handle(&self, req: Request, body: Option<Vec<u8>>, peer: Peer) -> Reply {
+    type Request = NodeRequest;
+
+    async fn handle(&self, req: NodeRequest, body: Option<Vec<u8>>, peer: Peer) -> Reply {
         // Segments belong to the static key that stored them: every segment verb works
         // inside its caller's own namespace.
         let owner = identity_of(&peer.key);
@@ -585,18 +593,8 @@ impl Handler for NodeService {
                 ))
             })
         };
-        // FWD and FWD-SEALED read alike; only how the bytes travel back differs.
-        let fwd = |segment: SegmentRef, offset: u64, len: u32, reply: fn(Vec<u8>) -> Reply| {
-            let shared = shared.clone();
-            blocking(Box::new(move || {
-                match shared.store.fwd(&owner, &segment, offset, len) {
-                    Ok(data) => reply(data),
-                    Err(e) => Reply::Msg(store_error(e)),
-                }
-            }))
-        };
         match req {
-            Request::Store {
+            NodeRequest::Store {
                 segment, offset, ..
             } => {
                 let data = body.unwrap_or_default();
@@ -610,42 +608,45 @@ impl Handler for NodeService {
             }
             // The answer is built in memory before it is sent: a length no reader would
             // accept must not make the node allocate it.
-            Request::Fwd { len, .. } | Request::FwdSealed { len, .. } if len > MAX_BODY => {
+            NodeRequest::Fwd { what, .. } if fwd_too_big(&what) => {
+                let asked = match &what {
+                    SegmentRead::Range { len, .. } => format!("{len} bytes"),
+                    SegmentRead::Parts(parts) => format!("{} ranges", parts.len()),
+                };
                 Response::error(
                     ErrorKind::BadRequest,
-                    format!("FWD of {len} bytes exceeds the maximum of {MAX_BODY}"),
+                    format!(
+                        "FWD of {asked} exceeds the maximum of {MAX_PARTS} ranges and \
+                         {MAX_BODY} bytes"
+                    ),
                 )
                 .into()
             }
-            Request::Fwd {
-                segment,
-                offset,
-                len,
-            } => fwd(segment, offset, len, Reply::Data).await,
-            Request::FwdSealed {
-                segment,
-                offset,
-                len,
-            } => fwd(segment, offset, len, Reply::Sealed).await,
-            Request::FwdParts { parts, .. } if parts_too_big(&parts) => Response::error(
-                ErrorKind::BadRequest,
-                format!(
-                    "FWD-PARTS of {} ranges exceeds the maximum of {MAX_PARTS} ranges and \
-                     {MAX_BODY} bytes",
-                    parts.len()
-                ),
-            )
-            .into(),
-            Request::FwdParts { segment, parts } => {
+            NodeRequest::Fwd { segment, what } => {
                 blocking(Box::new(move || {
-                    match shared.store.fwd_parts(&owner, &segment, &parts) {
-                        Ok(data) => Reply::Data(data),
+                    // A range the reader sealed itself travels outside the channel's
+                    // encryption; anything else inside it.
+                    let (read, reply): (_, fn(Vec<u8>) -> Reply) = match &what {
+                        SegmentRead::Range {
+                            offset,
+                            len,
+                            sealed,
+                        } => (
+                            shared.store.fwd(&owner, &segment, *offset, *len),
+                            if *sealed { Reply::Sealed } else { Reply::Data },
+                        ),
+                        SegmentRead::Parts(parts) => {
+                            (shared.store.fwd_parts(&owner, &segment, parts), Reply::Data)
+                        }
+                    };
+                    match read {
+                        Ok(data) => reply(data),
                         Err(e) => Reply::Msg(store_error(e)),
                     }
                 }))
                 .await
             }
-            Request::Reserve {
+            NodeRequest::Reserve {
                 segment,
                 offset,
                 len,
@@ -658,7 +659,7 @@ impl Handler for NodeService {
                 }))
                 .await
             }
-            Request::Punch {
+            NodeRequest::Punch {
                 segment,
                 offset,
                 len,
@@ -671,15 +672,15 @@ impl Handler for NodeService {
                 }))
                 .await
             }
-            Request::Delete { file } => {
+            NodeRequest::Delete { file } => {
                 blocking(Box::new(move || match shared.store.delete(&owner, &file) {
                     Ok(_) => Reply::Msg(Response::Ok),
                     Err(e) => Reply::Msg(store_error(e)),
                 }))
                 .await
             }
-            Request::Stat => Response::Stat(shared.stat()).into(),
-            Request::Assign(assign) => {
+            NodeRequest::Stat => Response::Stat(shared.stat()).into(),
+            NodeRequest::Assign(assign) => {
                 log::info!(
                     "received ASSIGN from {peer}: node id {}, pool size {}, controller {}, epoch {}",
                     assign.node_id,
@@ -698,40 +699,14 @@ impl Handler for NodeService {
                     }
                 }
             }
-            other => Response::error(
-                ErrorKind::BadRequest,
-                format!("a node does not answer {}", request_name(&other)),
-            )
-            .into(),
         }
-    }
-}
-
-/// The verb of a request, for messages.
-pub fn request_name(req: &Request) -> &'static str {
-    match req {
-        Request::Join { .. } => "JOIN",
-        Request::Heartbeat { .. } => "HEARTBEAT",
-        Request::Leave { .. } => "LEAVE",
-        Request::Drain { .. } => "DRAIN",
-        Request::Get { .. } => "GET",
-        Request::Pool => "POOL",
-        Request::Assign(_) => "ASSIGN",
-        Request::Store { .. } => "STORE",
-        Request::Fwd { .. } => "FWD",
-        Request::FwdParts { .. } => "FWD-PARTS",
-        Request::FwdSealed { .. } => "FWD-SEALED",
-        Request::Delete { .. } => "DELETE",
-        Request::Reserve { .. } => "RESERVE",
-        Request::Punch { .. } => "PUNCH",
-        Request::Stat => "STAT",
-        Request::Scan => "SCAN",
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::ServiceRequest;
     use crate::trust::PoolKey;
     use std::os::unix::fs::MetadataExt;
 
@@ -754,7 +729,7 @@ mod tests {
             local: "127.0.0.1:2001".parse().unwrap(),
             key: [7; 32],
         };
-        let ask = |req: Request| {
+        let ask = |req: NodeRequest| {
             let service = &service;
             async move {
                 match service.handle(req, None, peer).await {
@@ -768,17 +743,17 @@ mod tests {
             _ => None,
         };
         let used = || async {
-            match ask(Request::Stat).await {
+            match ask(NodeRequest::Stat).await {
                 Response::Stat(stat) => stat.used,
                 other => panic!("{other:?}"),
             }
         };
-        let reserve = |file: &str, offset, len| Request::Reserve {
+        let reserve = |file: &str, offset, len| NodeRequest::Reserve {
             segment: seg(file),
             offset,
             len,
         };
-        let punch = |file: &str, offset, len| Request::Punch {
+        let punch = |file: &str, offset, len| NodeRequest::Punch {
             segment: seg(file),
             offset,
             len,
@@ -799,7 +774,7 @@ mod tests {
             reserve("../f", 0, 1),
             punch("a/b", 0, 1),
         ] {
-            let name = request_name(&req);
+            let name = req.verb();
             assert_eq!(kind(ask(req).await), Some(ErrorKind::BadRequest), "{name}");
         }
         // A missing segment is fine to punch; a held one gives its room back.
@@ -808,8 +783,8 @@ mod tests {
         assert_eq!(used().await, b);
         assert_eq!(ask(reserve("g", 0, 2 * b)).await, Response::Ok);
         assert_eq!(used().await, 3 * b);
-        assert_eq!(request_name(&punch("f", 0, 0)), "PUNCH");
-        assert_eq!(request_name(&reserve("f", 0, 0)), "RESERVE");
+        assert_eq!(punch("f", 0, 0).verb(), "PUNCH");
+        assert_eq!(reserve("f", 0, 0).verb(), "RESERVE");
     }
 
     #[test]
