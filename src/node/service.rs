@@ -281,6 +281,47 @@ mod tests {
         assert_eq!(reserve("f", 0, 0).verb(), "RESERVE");
     }
 
+    /// A controller verb sent to a node is refused by its service tag with a clear
+    /// error, and the node closes that connection; a fresh one is served as usual.
+    #[tokio::test]
+    async fn a_controller_verb_sent_to_a_node_is_refused_and_its_connection_closed() {
+        use crate::net::{serve, Connection, NetError, ServerLimits};
+        use crate::proto::ControllerRequest;
+        use std::time::Duration;
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = SegmentStore::open(dir.path(), 1 << 20, None).unwrap();
+        let key = PoolKey::generate();
+        let node_creds = Arc::new(Credentials::ephemeral(&key).unwrap());
+        let service = Arc::new(NodeService::standalone(store, node_creds.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve(
+            listener,
+            service,
+            ServerLimits::default(),
+            node_creds,
+        ));
+        let client = Credentials::ephemeral(&key).unwrap();
+        let timeout = Duration::from_secs(5);
+
+        let mut conn = Connection::connect(addr, &client, timeout).await.unwrap();
+        let err = conn.call(&ControllerRequest::Pool, None).await.unwrap_err();
+        assert_eq!(err.remote_kind(), Some(ErrorKind::BadRequest), "{err}");
+        assert!(
+            err.to_string()
+                .contains("a node does not answer controller requests"),
+            "{err}"
+        );
+        let closed = conn.call(&NodeRequest::Stat, None).await.unwrap_err();
+        assert!(matches!(closed, NetError::Frame { .. }), "{closed}");
+
+        let mut fresh = Connection::connect(addr, &client, timeout).await.unwrap();
+        let (answer, _) = fresh.call(&NodeRequest::Stat, None).await.unwrap();
+        assert!(matches!(answer, Response::Stat(_)), "{answer:?}");
+        server.abort();
+    }
+
     #[test]
     fn a_full_disk_is_answered_no_space() {
         let full = StoreError::DiskFull {
