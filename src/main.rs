@@ -14,7 +14,7 @@ use poolfs::controller::{Controller, DiscoveryConfig};
 use poolfs::daemon;
 use poolfs::fs::mount::MountConfig;
 use poolfs::node::{Node, NodeConfig};
-use poolfs::proto::{PoolView, Request, Response, ScanReport};
+use poolfs::proto::{ControllerRequest, PoolView, Response, ScanReport};
 use poolfs::trust::{default_key_path, Credentials, KeyError, PoolKey, CLIENT_KEY_FILE};
 use poolfs::util::{default_data_dir, human_size};
 
@@ -284,7 +284,7 @@ async fn status(args: cli::StatusArgs) -> Result<()> {
             std::time::Duration::from_secs(2),
             std::time::Duration::from_secs(5),
         );
-        match pool.call(addr, &Request::Pool, None).await {
+        match pool.call(addr, &ControllerRequest::Pool, None).await {
             Ok((Response::Pool(view), _)) => Ok(view),
             Ok((other, _)) => bail!("controller {addr} answered {other:?}"),
             Err(e) => Err(e)
@@ -370,7 +370,7 @@ async fn scan(args: cli::ScanArgs) -> Result<()> {
         std::time::Duration::from_secs(2),
         std::time::Duration::from_secs(120),
     );
-    let report = match pool.call(addr, &Request::Scan, None).await {
+    let report = match pool.call(addr, &ControllerRequest::Scan, None).await {
         Ok((Response::Scanned(report), _)) => report,
         Ok((other, _)) => bail!("controller {addr} answered {other:?}"),
         Err(e) => {

@@ -19,11 +19,11 @@ fn closed_within(s: &mut TcpStream, start: Instant, within: Duration) -> Result<
         (_, n) => Err(format!("the server sent {n} bytes instead of closing")),
     }
 }
-use poolfs::proto::{self, Request, Response, SegmentRef};
+use poolfs::proto::{self, NodeRequest, Response, SegmentRead, SegmentRef};
 use poolfs::trust::PoolKey;
 
-fn frame<T: serde::Serialize>(msg: &T) -> Vec<u8> {
-    let payload = proto::encode(msg).unwrap();
+fn frame<R: proto::ServiceRequest>(req: &R) -> Vec<u8> {
+    let payload = proto::encode_request(req).unwrap();
     [&(payload.len() as u32).to_be_bytes()[..], &payload].concat()
 }
 
@@ -36,7 +36,7 @@ fn stat(addr: SocketAddr, key: &PoolKey) -> Result<Response, String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
         .map_err(|e| format!("connect: {e}"))?;
     let mut t = noise_handshake(&mut s, key)?;
-    s.write_all(&seal(&mut t, &frame(&Request::Stat)))
+    s.write_all(&seal(&mut t, &frame(&NodeRequest::Stat)))
         .map_err(|e| format!("write: {e}"))?;
     proto::decode(&read_sealed_frame(&mut s, &mut t)?).map_err(|e| e.to_string())
 }
@@ -57,7 +57,7 @@ fn a_replayed_frame_closes_the_connection_and_others_are_served() {
     let (addr, key) = (c.nodes[0].addr, c.pool_key());
     let mut s = connect(addr);
     let mut t = noise_handshake(&mut s, &key).unwrap();
-    let msg = seal(&mut t, &frame(&Request::Stat));
+    let msg = seal(&mut t, &frame(&NodeRequest::Stat));
     s.write_all(&msg).unwrap();
     let first: Response = proto::decode(&read_sealed_frame(&mut s, &mut t).unwrap()).unwrap();
     assert!(matches!(first, Response::Stat(_)), "{first:?}");
@@ -77,8 +77,8 @@ fn a_reordered_frame_closes_the_connection_and_others_are_served() {
     let (addr, key) = (c.nodes[0].addr, c.pool_key());
     let mut s = connect(addr);
     let mut t = noise_handshake(&mut s, &key).unwrap();
-    let first = seal(&mut t, &frame(&Request::Stat));
-    let second = seal(&mut t, &frame(&Request::Stat));
+    let first = seal(&mut t, &frame(&NodeRequest::Stat));
+    let second = seal(&mut t, &frame(&NodeRequest::Stat));
     let start = Instant::now();
     s.write_all(&[second, first].concat()).unwrap();
     // Not one answer: the first message the server opens is out of order.
@@ -89,9 +89,10 @@ fn a_reordered_frame_closes_the_connection_and_others_are_served() {
     // A message that skips one (a frame dropped in between) is refused the same way.
     let mut s = connect(addr);
     let mut t = noise_handshake(&mut s, &key).unwrap();
-    let _dropped = seal(&mut t, &frame(&Request::Stat));
+    let _dropped = seal(&mut t, &frame(&NodeRequest::Stat));
     let start = Instant::now();
-    s.write_all(&seal(&mut t, &frame(&Request::Stat))).unwrap();
+    s.write_all(&seal(&mut t, &frame(&NodeRequest::Stat)))
+        .unwrap();
     closed_within(&mut s, start, Duration::from_secs(3)).expect("gap refused");
     assert_served(addr, &key, "after a dropped frame");
 }
@@ -151,7 +152,7 @@ fn slow_clients_are_cut_off_by_the_deadlines_while_others_are_served() {
         let frame_part = scope.spawn(|| {
             let mut s = connect(addr);
             let mut t = noise_handshake(&mut s, &key)?;
-            let msgs: Vec<u8> = frame(&Request::Stat)
+            let msgs: Vec<u8> = frame(&NodeRequest::Stat)
                 .iter()
                 .flat_map(|b| seal(&mut t, &[*b]))
                 .collect();
@@ -162,7 +163,7 @@ fn slow_clients_are_cut_off_by_the_deadlines_while_others_are_served() {
         let body = scope.spawn(|| {
             let mut s = connect(addr);
             let mut t = noise_handshake(&mut s, &key)?;
-            let header = frame(&Request::Store {
+            let header = frame(&NodeRequest::Store {
                 segment: SegmentRef {
                     file: "slow".into(),
                     index: 0,
@@ -335,7 +336,7 @@ fn thousands_of_idle_connections_hold_the_cap_and_members_are_still_served() {
     );
     // The newest member is still held, and answers.
     let (s, t) = members.last_mut().unwrap();
-    s.write_all(&seal(t, &frame(&Request::Stat))).unwrap();
+    s.write_all(&seal(t, &frame(&NodeRequest::Stat))).unwrap();
     let answer: Response = proto::decode(&read_sealed_frame(s, t).unwrap()).unwrap();
     assert!(matches!(answer, Response::Stat(_)), "{answer:?}");
 
@@ -378,17 +379,20 @@ fn fwd_longer_than_a_body_is_refused_before_allocating() {
         };
         // One byte far out makes a (sparse) segment longer than a body.
         let end = u64::from(MAX_BODY) * 2;
-        let store = Request::Store {
+        let store = NodeRequest::Store {
             segment: seg.clone(),
             offset: end - 1,
             len: 1,
         };
         assert_eq!(conn.call(&store, Some(b"!")).await.unwrap().0, Response::Ok);
         let rss_before = vm_rss_kib(pid);
-        let fwd = Request::Fwd {
+        let fwd = NodeRequest::Fwd {
             segment: seg.clone(),
-            offset: 0,
-            len: (end) as u32,
+            what: SegmentRead::Range {
+                offset: 0,
+                len: (end) as u32,
+                sealed: false,
+            },
         };
         let err = conn.call(&fwd, None).await.unwrap_err();
         assert_eq!(err.remote_kind(), Some(ErrorKind::BadRequest), "{err}");
@@ -402,10 +406,13 @@ fn fwd_longer_than_a_body_is_refused_before_allocating() {
             "VmRSS {rss_before} -> {rss_after} KiB"
         );
         // A typed refusal: the same connection goes on, and a body-sized FWD works.
-        let fwd = Request::Fwd {
+        let fwd = NodeRequest::Fwd {
             segment: seg,
-            offset: end - 1,
-            len: 1,
+            what: SegmentRead::Range {
+                offset: end - 1,
+                len: 1,
+                sealed: false,
+            },
         };
         let (_, body) = conn.call(&fwd, None).await.unwrap();
         assert_eq!(body.as_deref(), Some(&b"!"[..]));

@@ -15,7 +15,10 @@ use common::{
 use poolfs::client::catalog::Catalog;
 use poolfs::client::{ClientError, Manifest, PoolClient, DEFAULT_SHARD_SIZE};
 use poolfs::net::Connection;
-use poolfs::proto::{self, ErrorKind, NodeId, NodeState, Request, Response, SegmentRef, MAX_BODY};
+use poolfs::proto::{
+    self, ControllerRequest, ErrorKind, NodeId, NodeRequest, NodeState, Response, SegmentRead,
+    SegmentRef, ServiceRequest, MAX_BODY,
+};
 use poolfs::trust::PoolKey;
 
 const NODES: usize = 4;
@@ -434,7 +437,7 @@ fn store_beyond_capacity_gets_no_space() {
             index: 0,
         };
         let body = vec![7u8; 300 * 1024];
-        let store = |offset: u64, body: &[u8]| Request::Store {
+        let store = |offset: u64, body: &[u8]| NodeRequest::Store {
             segment: seg.clone(),
             offset,
             len: body.len() as u32,
@@ -479,7 +482,7 @@ fn traversal_ids_are_refused() {
             file: file.into(),
             index: 0,
         };
-        let ok = Request::Store {
+        let ok = NodeRequest::Store {
             segment: seg("fine"),
             offset: 0,
             len: 5,
@@ -502,17 +505,20 @@ fn traversal_ids_are_refused() {
             "x\0y",
             "..\\x",
         ] {
-            let store = Request::Store {
+            let store = NodeRequest::Store {
                 segment: seg(bad),
                 offset: 0,
                 len: 1,
             };
-            let fwd = Request::Fwd {
+            let fwd = NodeRequest::Fwd {
                 segment: seg(bad),
-                offset: 0,
-                len: 1,
+                what: SegmentRead::Range {
+                    offset: 0,
+                    len: 1,
+                    sealed: false,
+                },
             };
-            let delete = Request::Delete { file: bad.into() };
+            let delete = NodeRequest::Delete { file: bad.into() };
             for (req, body) in [(store, Some(&b"!"[..])), (fwd, None), (delete, None)] {
                 let err = conn.call(&req, body).await.unwrap_err();
                 assert_eq!(
@@ -522,17 +528,20 @@ fn traversal_ids_are_refused() {
                 );
             }
         }
-        let read_planted = Request::Fwd {
+        let read_planted = NodeRequest::Fwd {
             segment: seg("../planted"),
-            offset: 0,
-            len: 6,
+            what: SegmentRead::Range {
+                offset: 0,
+                len: 6,
+                sealed: false,
+            },
         };
         let err = conn.call(&read_planted, None).await.unwrap_err();
         assert_eq!(err.remote_kind(), Some(ErrorKind::BadRequest), "{err}");
         for victim in ["../planted", "../../victim"] {
             let err = conn
                 .call(
-                    &Request::Delete {
+                    &NodeRequest::Delete {
                         file: victim.into(),
                     },
                     None,
@@ -542,19 +551,22 @@ fn traversal_ids_are_refused() {
         }
 
         // The refusals were typed errors: the same connection still works.
-        let fwd = Request::Fwd {
+        let fwd = NodeRequest::Fwd {
             segment: seg("fine"),
-            offset: 0,
-            len: 5,
+            what: SegmentRead::Range {
+                offset: 0,
+                len: 5,
+                sealed: false,
+            },
         };
         let (_, body) = conn.call(&fwd, None).await.unwrap();
         assert_eq!(body.as_deref(), Some(&b"hello"[..]));
 
         // Several ranges in one round trip come back in the order asked; too many
         // ranges, too many bytes, a range past the end or a bad id are refused.
-        let parts = |file: &str, parts: Vec<(u64, u32)>| Request::FwdParts {
+        let parts = |file: &str, parts: Vec<(u64, u32)>| NodeRequest::Fwd {
             segment: seg(file),
-            parts,
+            what: SegmentRead::Parts(parts),
         };
         let (_, body) = conn
             .call(&parts("fine", vec![(3, 2), (0, 1), (1, 0)]), None)
@@ -562,10 +574,13 @@ fn traversal_ids_are_refused() {
             .unwrap();
         assert_eq!(body.as_deref(), Some(&b"loh"[..]));
         // A sealed read's bytes travel outside the encryption, and the connection goes on.
-        let sealed = |len: u32| Request::FwdSealed {
+        let sealed = |len: u32| NodeRequest::Fwd {
             segment: seg("fine"),
-            offset: 1,
-            len,
+            what: SegmentRead::Range {
+                offset: 1,
+                len,
+                sealed: true,
+            },
         };
         let (resp, body) = conn.call(&sealed(3), None).await.unwrap();
         assert_eq!(resp, Response::SealedData { len: 3 });
@@ -601,19 +616,19 @@ fn traversal_ids_are_refused() {
 #[test]
 fn hostile_input_on_the_controller_port() {
     let c = Cluster::start(2);
-    survive_hostile_input(&c, c.ctrl(), c.controller.pid(), &Request::Pool);
+    survive_hostile_input(&c, c.ctrl(), c.controller.pid(), &ControllerRequest::Pool);
 }
 
 #[test]
 fn hostile_input_on_a_node_port() {
     let c = Cluster::start(2);
-    survive_hostile_input(&c, c.nodes[0].addr, c.nodes[0].pid(), &Request::Stat);
+    survive_hostile_input(&c, c.nodes[0].addr, c.nodes[0].pid(), &NodeRequest::Stat);
 }
 
 /// Two rounds of ~200 hostile connections (the first brings buffers and allocator arenas
 /// to their steady size); each connection must be closed, the server must answer others
 /// meanwhile, and its memory must not grow across the second round.
-fn survive_hostile_input(c: &Cluster, addr: SocketAddr, pid: u32, probe: &Request) {
+fn survive_hostile_input<R: ServiceRequest>(c: &Cluster, addr: SocketAddr, pid: u32, probe: &R) {
     let key = c.pool_key();
     hostile_round(addr, &key, probe, 0);
     let before = vm_rss_kib(pid);
@@ -698,7 +713,7 @@ impl Hostile {
                 let mut t = noise_handshake(&mut s, key)?;
                 let plain = match self {
                     Hostile::HugeFrameAfterHello => vec![0xff; 4],
-                    Hostile::HugeBodyAfterHello => frame(&Request::Store {
+                    Hostile::HugeBodyAfterHello => frame(&NodeRequest::Store {
                         segment: SegmentRef {
                             file: "f".into(),
                             index: 0,
@@ -729,7 +744,7 @@ impl Hostile {
 
 /// Runs every kind of hostile connection 20 times at once, and checks that the server
 /// answers a well-formed `probe` while they are held open.
-fn hostile_round(addr: SocketAddr, key: &PoolKey, probe: &Request, round: u64) {
+fn hostile_round<R: ServiceRequest>(addr: SocketAddr, key: &PoolKey, probe: &R, round: u64) {
     const PER_KIND: u64 = 20;
     let (tx, rx) = mpsc::channel();
     let results = std::thread::scope(|s| {
@@ -758,13 +773,17 @@ fn hostile_round(addr: SocketAddr, key: &PoolKey, probe: &Request, round: u64) {
     assert!(failed.is_empty(), "not closed properly: {failed:?}");
 }
 
-fn frame<T: serde::Serialize>(msg: &T) -> Vec<u8> {
-    let payload = proto::encode(msg).unwrap();
+fn frame<R: ServiceRequest>(req: &R) -> Vec<u8> {
+    let payload = proto::encode_request(req).unwrap();
     [&(payload.len() as u32).to_be_bytes()[..], &payload].concat()
 }
 
 /// One well-formed request without a body, by hand inside the encrypted channel.
-fn raw_call(addr: SocketAddr, key: &PoolKey, req: &Request) -> Result<Response, String> {
+fn raw_call<R: ServiceRequest>(
+    addr: SocketAddr,
+    key: &PoolKey,
+    req: &R,
+) -> Result<Response, String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
         .map_err(|e| format!("connect: {e}"))?;
     let mut t = noise_handshake(&mut s, key)?;

@@ -10,8 +10,9 @@ use poolfs::node::store::validate_file_id;
 use poolfs::node::SegmentStore;
 use poolfs::proto::{
     self, Assign, ErrorKind, FoundNode, FrameError, Identity, NodeInfo, NodeStat, NodeState,
-    PoolView, Request, Response, ScanReport, SegmentRef, MAX_FRAME,
+    PoolView, Response, ScanReport, SegmentRef, MAX_FRAME,
 };
+use poolfs::proto::{ControllerRequest, MessageError, NodeRequest, SegmentRead, ServiceRequest};
 use proptest::prelude::*;
 
 // ---------------------------------------------------------------------------------------
@@ -124,7 +125,10 @@ proptest! {
     fn decoding_arbitrary_bytes_never_panics_nor_allocates_past_its_bound(
         bytes in proptest::collection::vec(any::<u8>(), 0..1024)
     ) {
-        let (_, largest) = largest_allocation(|| proto::decode::<Request>(&bytes));
+        let (_, largest) =
+            largest_allocation(|| proto::decode_request::<ControllerRequest>(&bytes));
+        prop_assert!(largest <= MAX_FRAME as usize, "request: allocated {largest} bytes");
+        let (_, largest) = largest_allocation(|| proto::decode_request::<NodeRequest>(&bytes));
         prop_assert!(largest <= MAX_FRAME as usize, "request: allocated {largest} bytes");
         let (_, largest) = largest_allocation(|| proto::decode::<Response>(&bytes));
         prop_assert!(largest <= RESPONSE_DECODE_BOUND, "response: allocated {largest} bytes");
@@ -132,19 +136,17 @@ proptest! {
 
     #[test]
     fn a_huge_length_inside_a_message_is_refused_without_allocating(
-        variant in 0u8..16, claim in (1u64 << 20)..u64::MAX, tail in proptest::collection::vec(any::<u8>(), 0..32)
+        service in 0u8..2, variant in 0u8..16, claim in (1u64 << 20)..u64::MAX, tail in proptest::collection::vec(any::<u8>(), 0..32)
     ) {
         // Variant index, then a varint length (0xfd + u64) claiming far more than a
         // frame: every string and list field is reached by some variant.
         let bytes = [&[variant, 0xfd][..], &claim.to_le_bytes(), &tail].concat();
         // Where a variant's first field is fixed-size (a Join's identity), the claimed
         // length is just bytes of it and the whole may happen to be a real message: then
-        // it must be exactly that message.
-        let (request, largest) = largest_allocation(|| proto::decode::<Request>(&bytes));
-        prop_assert!(largest <= MAX_FRAME as usize, "request: allocated {largest} bytes");
-        if let Ok(req) = request {
-            prop_assert_eq!(proto::encode(&req).unwrap(), bytes.clone());
-        }
+        // it must be exactly that message. A request travels after its service tag.
+        let tagged = [&[service][..], &bytes].concat();
+        refused_without_allocating::<ControllerRequest>(&tagged)?;
+        refused_without_allocating::<NodeRequest>(&tagged)?;
         let (response, largest) = largest_allocation(|| proto::decode::<Response>(&bytes));
         prop_assert!(largest <= RESPONSE_DECODE_BOUND, "response: allocated {largest} bytes");
         if let Ok(resp) = response {
@@ -153,13 +155,13 @@ proptest! {
     }
 
     #[test]
-    fn every_request_round_trips(req in request()) {
-        let bytes = proto::encode(&req).unwrap();
-        prop_assert_eq!(proto::decode::<Request>(&bytes).unwrap(), req);
-        // Cut short or with a byte more, it is refused, not misread.
-        prop_assert!(proto::decode::<Request>(&bytes[..bytes.len() - 1]).is_err());
-        let longer = [&bytes[..], &[0]].concat();
-        prop_assert!(proto::decode::<Request>(&longer).is_err());
+    fn every_controller_request_round_trips(req in controller_request()) {
+        round_trips(req)?;
+    }
+
+    #[test]
+    fn every_node_request_round_trips(req in node_request()) {
+        round_trips(req)?;
     }
 
     #[test]
@@ -246,10 +248,45 @@ fn assign() -> impl Strategy<Value = Assign> {
     )
 }
 
-fn request() -> impl Strategy<Value = Request> {
+/// Decoding `bytes` as an `R` allocates no more than a frame, and whatever decodes is
+/// exactly those bytes' message.
+fn refused_without_allocating<R: ServiceRequest + PartialEq>(
+    bytes: &[u8],
+) -> Result<(), TestCaseError> {
+    let (request, largest) = largest_allocation(|| proto::decode_request::<R>(bytes));
+    prop_assert!(
+        largest <= MAX_FRAME as usize,
+        "request: allocated {largest} bytes"
+    );
+    if let Ok(req) = request {
+        prop_assert_eq!(proto::encode_request(&req).unwrap(), bytes.to_vec());
+    }
+    Ok(())
+}
+
+/// `req` decodes back to itself from its bytes, and not from them cut short or with a
+/// byte more; the other service refuses it by its tag.
+fn round_trips<R: ServiceRequest + PartialEq>(req: R) -> Result<(), TestCaseError> {
+    let bytes = proto::encode_request(&req).unwrap();
+    prop_assert_eq!(proto::decode_request::<R>(&bytes).unwrap(), req);
+    prop_assert!(proto::decode_request::<R>(&bytes[..bytes.len() - 1]).is_err());
+    let longer = [&bytes[..], &[0]].concat();
+    prop_assert!(proto::decode_request::<R>(&longer).is_err());
+    let misdirected = match R::SERVICE {
+        proto::Service::Node => proto::decode_request::<ControllerRequest>(&bytes).err(),
+        proto::Service::Controller => proto::decode_request::<NodeRequest>(&bytes).err(),
+    };
+    prop_assert!(
+        matches!(misdirected, Some(MessageError::WrongService { .. })),
+        "{misdirected:?}"
+    );
+    Ok(())
+}
+
+fn controller_request() -> impl Strategy<Value = ControllerRequest> {
     prop_oneof![
         (identity(), socket_addr(), any::<u64>(), any::<u64>()).prop_map(
-            |(identity, listen, capacity, used)| Request::Join {
+            |(identity, listen, capacity, used)| ControllerRequest::Join {
                 identity,
                 listen,
                 capacity,
@@ -257,7 +294,7 @@ fn request() -> impl Strategy<Value = Request> {
             }
         ),
         (any::<u32>(), identity(), any::<u64>(), any::<u64>()).prop_map(
-            |(node_id, identity, capacity, used)| Request::Heartbeat {
+            |(node_id, identity, capacity, used)| ControllerRequest::Heartbeat {
                 node_id,
                 identity,
                 capacity,
@@ -265,48 +302,64 @@ fn request() -> impl Strategy<Value = Request> {
             }
         ),
         (any::<u32>(), identity())
-            .prop_map(|(node_id, identity)| Request::Leave { node_id, identity }),
-        any::<u32>().prop_map(|node_id| Request::Get { node_id }),
-        Just(Request::Pool),
-        assign().prop_map(Request::Assign),
+            .prop_map(|(node_id, identity)| ControllerRequest::Leave { node_id, identity }),
+        (any::<u32>(), identity())
+            .prop_map(|(node_id, identity)| ControllerRequest::Drain { node_id, identity }),
+        any::<u32>().prop_map(|node_id| ControllerRequest::Get { node_id }),
+        Just(ControllerRequest::Pool),
+        Just(ControllerRequest::Scan),
+    ]
+}
+
+fn node_request() -> impl Strategy<Value = NodeRequest> {
+    prop_oneof![
+        assign().prop_map(NodeRequest::Assign),
         (segment(), any::<u64>(), any::<u32>()).prop_map(|(segment, offset, len)| {
-            Request::Store {
+            NodeRequest::Store {
                 segment,
                 offset,
                 len,
             }
         }),
         (segment(), any::<u64>(), any::<u32>()).prop_map(|(segment, offset, len)| {
-            Request::Fwd {
+            NodeRequest::Fwd {
                 segment,
-                offset,
-                len,
+                what: SegmentRead::Range {
+                    offset,
+                    len,
+                    sealed: false,
+                },
             }
         }),
         (
             segment(),
             proptest::collection::vec((any::<u64>(), any::<u32>()), 0..9)
         )
-            .prop_map(|(segment, parts)| Request::FwdParts { segment, parts }),
+            .prop_map(|(segment, parts)| NodeRequest::Fwd {
+                segment,
+                what: SegmentRead::Parts(parts)
+            }),
         (segment(), any::<u64>(), any::<u32>()).prop_map(|(segment, offset, len)| {
-            Request::FwdSealed {
+            NodeRequest::Fwd {
+                segment,
+                what: SegmentRead::Range {
+                    offset,
+                    len,
+                    sealed: true,
+                },
+            }
+        }),
+        any::<String>().prop_map(|file| NodeRequest::Delete { file }),
+        Just(NodeRequest::Stat),
+        (segment(), any::<u64>(), any::<u64>()).prop_map(|(segment, offset, len)| {
+            NodeRequest::Reserve {
                 segment,
                 offset,
                 len,
             }
         }),
-        any::<String>().prop_map(|file| Request::Delete { file }),
-        Just(Request::Stat),
-        Just(Request::Scan),
         (segment(), any::<u64>(), any::<u64>()).prop_map(|(segment, offset, len)| {
-            Request::Reserve {
-                segment,
-                offset,
-                len,
-            }
-        }),
-        (segment(), any::<u64>(), any::<u64>()).prop_map(|(segment, offset, len)| {
-            Request::Punch {
+            NodeRequest::Punch {
                 segment,
                 offset,
                 len,

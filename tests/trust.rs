@@ -11,7 +11,8 @@ use std::time::Duration;
 use common::{assert_ok, noise_handshake, read_sealed_frame, seal, Cluster, BIN};
 use poolfs::net::{Connection, NetError};
 use poolfs::proto::{
-    self, Assign, ErrorKind, Identity, Request, Response, SegmentRef, MAGIC, PROTOCOL_VERSION,
+    self, Assign, ControllerRequest, ErrorKind, Identity, NodeRequest, Response, SegmentRead,
+    SegmentRef, ServiceRequest, MAGIC, PROTOCOL_VERSION,
 };
 use poolfs::trust::{identity_of, Credentials, PoolKey};
 
@@ -22,61 +23,75 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// One request of every verb.
-fn every_verb() -> Vec<Request> {
+/// One request of every verb of both services, each as its verb and its frame.
+fn every_verb() -> Vec<(&'static str, Vec<u8>)> {
     let seg = SegmentRef {
         file: "f".into(),
         index: 0,
     };
     let me = Identity([7; 16]);
     let listen: SocketAddr = "127.0.0.1:9".parse().unwrap();
-    vec![
-        Request::Join {
+    let controller = [
+        ControllerRequest::Join {
             identity: me,
             listen,
             capacity: 1 << 20,
             used: 0,
         },
-        Request::Heartbeat {
+        ControllerRequest::Heartbeat {
             node_id: 1,
             identity: me,
             capacity: 1 << 20,
             used: 0,
         },
-        Request::Leave {
+        ControllerRequest::Leave {
             node_id: 1,
             identity: me,
         },
-        Request::Drain {
+        ControllerRequest::Drain {
             node_id: 1,
             identity: me,
         },
-        Request::Get { node_id: 1 },
-        Request::Pool,
-        Request::Assign(Assign {
+        ControllerRequest::Get { node_id: 1 },
+        ControllerRequest::Pool,
+        ControllerRequest::Scan,
+    ];
+    let node = [
+        NodeRequest::Assign(Assign {
             controller: listen,
             node_id: 1,
             pool_size: 1,
             epoch: 1,
         }),
-        Request::Store {
+        NodeRequest::Store {
             segment: seg.clone(),
             offset: 0,
             len: 4,
         },
-        Request::Fwd {
+        NodeRequest::Fwd {
             segment: seg,
-            offset: 0,
-            len: 4,
+            what: SegmentRead::Range {
+                offset: 0,
+                len: 4,
+                sealed: false,
+            },
         },
-        Request::Delete { file: "f".into() },
-        Request::Stat,
-        Request::Scan,
-    ]
+        NodeRequest::Delete { file: "f".into() },
+        NodeRequest::Stat,
+    ];
+    let controller = controller.iter().map(|r| (r.verb(), request_frame(r)));
+    let node = node.iter().map(|r| (r.verb(), request_frame(r)));
+    controller.chain(node).collect()
 }
 
 fn frame(msg: &impl serde::Serialize) -> Vec<u8> {
     let payload = proto::encode(msg).unwrap();
+    [&(payload.len() as u32).to_be_bytes()[..], &payload].concat()
+}
+
+/// A request's frame, its service tag first, as a client sends it.
+fn request_frame<R: ServiceRequest>(req: &R) -> Vec<u8> {
+    let payload = proto::encode_request(req).unwrap();
     [&(payload.len() as u32).to_be_bytes()[..], &payload].concat()
 }
 
@@ -103,7 +118,7 @@ fn a_wrong_or_missing_key_is_refused_on_every_port_and_verb() {
     let wrong_creds = Credentials::ephemeral(&wrong).unwrap();
     let rt = runtime();
     for addr in [c.ctrl(), c.nodes[0].addr] {
-        for req in every_verb() {
+        for (verb, req) in every_verb() {
             // Wrong key, through the library: the handshake fails, no request is sent.
             let err = rt
                 .block_on(Connection::connect(
@@ -115,7 +130,7 @@ fn a_wrong_or_missing_key_is_refused_on_every_port_and_verb() {
                 .unwrap_or_else(|| panic!("{addr} accepted a wrong key"));
             assert!(
                 matches!(err, NetError::Handshake { .. }),
-                "{addr}: {err} for {req:?}"
+                "{addr}: {err} for {verb}"
             );
 
             // Wrong key, by hand: after our first message the server closes without
@@ -126,18 +141,18 @@ fn a_wrong_or_missing_key_is_refused_on_every_port_and_verb() {
                 refused.is_err(),
                 "{addr}: handshake with a wrong key passed"
             );
-            let _ = s.write_all(&frame(&req));
+            let _ = s.write_all(&req);
             assert!(drain(&mut s).is_empty(), "{addr} answered a wrong key");
 
             // No key: the plaintext protocol of old (hello, then the request).
             let mut s = TcpStream::connect(addr).unwrap();
             let hello = (MAGIC, PROTOCOL_VERSION);
-            let _ = s.write_all(&[frame(&hello), frame(&req)].concat());
+            let _ = s.write_all(&[frame(&hello), req].concat());
             let _ = s.shutdown(Shutdown::Write);
             let got = drain(&mut s);
             assert!(
                 got.is_empty(),
-                "{addr} answered plaintext {req:?} with {} bytes",
+                "{addr} answered plaintext {verb} with {} bytes",
                 got.len()
             );
         }
@@ -235,7 +250,8 @@ fn the_right_key_works_and_ids_are_bound_to_keys() {
     // By hand: handshake, then an encrypted POOL request answered with the view.
     let mut s = TcpStream::connect(c.ctrl()).unwrap();
     let mut t = noise_handshake(&mut s, &key).unwrap();
-    s.write_all(&seal(&mut t, &frame(&Request::Pool))).unwrap();
+    s.write_all(&seal(&mut t, &request_frame(&ControllerRequest::Pool)))
+        .unwrap();
     let answer: Response = proto::decode(&read_sealed_frame(&mut s, &mut t).unwrap()).unwrap();
     let Response::Pool(view) = answer else {
         panic!("POOL answered {answer:?}");
@@ -258,23 +274,23 @@ fn the_right_key_works_and_ids_are_bound_to_keys() {
         let mut n1 = Connection::connect(node1.addr, &creds, Duration::from_secs(5))
             .await
             .unwrap();
-        let (Response::Stat(stat), _) = n1.call(&Request::Stat, None).await.unwrap() else {
+        let (Response::Stat(stat), _) = n1.call(&NodeRequest::Stat, None).await.unwrap() else {
             panic!("STAT answered otherwise");
         };
         assert_eq!(stat.identity, identity_of(n1.remote_key()));
         let victim = stat.identity;
         for req in [
-            Request::Heartbeat {
+            ControllerRequest::Heartbeat {
                 node_id: 1,
                 identity: victim,
                 capacity: 1,
                 used: 0,
             },
-            Request::Leave {
+            ControllerRequest::Leave {
                 node_id: 1,
                 identity: victim,
             },
-            Request::Join {
+            ControllerRequest::Join {
                 identity: victim,
                 listen: "127.0.0.1:9".parse().unwrap(),
                 capacity: 1,
@@ -284,7 +300,7 @@ fn the_right_key_works_and_ids_are_bound_to_keys() {
             let err = conn.call(&req, None).await.unwrap_err();
             assert_eq!(err.remote_kind(), Some(ErrorKind::Unauthorized), "{err}");
         }
-        let mine = Request::Join {
+        let mine = ControllerRequest::Join {
             identity: creds.identity(),
             listen: "127.0.0.1:9".parse().unwrap(),
             capacity: 1,
@@ -294,7 +310,7 @@ fn the_right_key_works_and_ids_are_bound_to_keys() {
         assert!(matches!(answer, Response::Assigned(_)), "{answer:?}");
         let (_, _) = conn
             .call(
-                &Request::Leave {
+                &ControllerRequest::Leave {
                     node_id: match answer {
                         Response::Assigned(a) => a.node_id,
                         _ => unreachable!(),
@@ -392,7 +408,7 @@ fn bytes_on_the_wire_are_not_plaintext() {
         let mut conn = Connection::connect(tap.addr, &c.credentials(), Duration::from_secs(5))
             .await
             .unwrap();
-        let store = Request::Store {
+        let store = NodeRequest::Store {
             segment: seg.clone(),
             offset: 0,
             len: body.len() as u32,
@@ -401,10 +417,13 @@ fn bytes_on_the_wire_are_not_plaintext() {
             conn.call(&store, Some(&body)).await.unwrap().0,
             Response::Ok
         );
-        let fwd = Request::Fwd {
+        let fwd = NodeRequest::Fwd {
             segment: seg.clone(),
-            offset: 0,
-            len: body.len() as u32,
+            what: SegmentRead::Range {
+                offset: 0,
+                len: body.len() as u32,
+                sealed: false,
+            },
         };
         let (_, data) = conn.call(&fwd, None).await.unwrap();
         assert_eq!(
@@ -497,10 +516,13 @@ fn a_member_cannot_read_overwrite_or_delete_another_members_segments() {
                 file: "0123456789abcdef0123456789abcdef".into(),
                 index: i as u32,
             };
-            let fwd = |segment: &SegmentRef| Request::Fwd {
+            let fwd = |segment: &SegmentRef| NodeRequest::Fwd {
                 segment: segment.clone(),
-                offset: 0,
-                len: 1000,
+                what: SegmentRead::Range {
+                    offset: 0,
+                    len: 1000,
+                    sealed: false,
+                },
             };
             // A reads its own segment (so a refusal below is about the key, not the id).
             let mut a = Connection::connect(holder.addr, &c.credentials(), Duration::from_secs(5))
@@ -527,7 +549,7 @@ fn a_member_cannot_read_overwrite_or_delete_another_members_segments() {
                 "B learns nothing from the refusal"
             );
             // B's STORE under A's ids writes B's own segment, never A's bytes.
-            let store = Request::Store {
+            let store = NodeRequest::Store {
                 segment: seg.clone(),
                 offset: 0,
                 len: junk.len() as u32,
@@ -538,10 +560,13 @@ fn a_member_cannot_read_overwrite_or_delete_another_members_segments() {
             );
             let (_, mine) = conn
                 .call(
-                    &Request::Fwd {
+                    &NodeRequest::Fwd {
                         segment: seg.clone(),
-                        offset: 0,
-                        len: junk.len() as u32,
+                        what: SegmentRead::Range {
+                            offset: 0,
+                            len: junk.len() as u32,
+                            sealed: false,
+                        },
                     },
                     None,
                 )
@@ -553,7 +578,7 @@ fn a_member_cannot_read_overwrite_or_delete_another_members_segments() {
                 "B reads back only its own bytes"
             );
             // B's DELETE of A's file removes B's segment and nothing of A's.
-            let delete = Request::Delete {
+            let delete = NodeRequest::Delete {
                 file: m.place.file_id.clone(),
             };
             assert_eq!(conn.call(&delete, None).await.unwrap().0, Response::Ok);
@@ -634,7 +659,7 @@ fn a_quota_bounds_each_member_on_each_node() {
             .await
             .unwrap();
         let body = vec![1u8; 100 * KIB];
-        let store = Request::Store {
+        let store = NodeRequest::Store {
             segment: SegmentRef {
                 file: "rawfile".into(),
                 index: 0,
@@ -644,7 +669,7 @@ fn a_quota_bounds_each_member_on_each_node() {
         };
         let err = conn.call(&store, Some(&body)).await.unwrap_err();
         assert_eq!(err.remote_kind(), Some(ErrorKind::Quota), "{err}");
-        let (answer, _) = conn.call(&Request::Stat, None).await.unwrap();
+        let (answer, _) = conn.call(&NodeRequest::Stat, None).await.unwrap();
         assert!(matches!(answer, Response::Stat(_)), "{answer:?}");
 
         // Through the client API the refusal is a quota error (EDQUOT on a mount).
@@ -720,7 +745,7 @@ fn assign_is_pinned_to_the_first_controller() {
     let rogue = Credentials::ephemeral(&key).unwrap();
     let rt = runtime();
     let node_addr = node.addr;
-    let call = |creds: &Credentials, req: Request| {
+    let call = |creds: &Credentials, req: NodeRequest| {
         rt.block_on(async {
             let mut conn = Connection::connect(node_addr, creds, Duration::from_secs(5)).await?;
             conn.call(&req, None).await.map(|(r, _)| r)
@@ -728,14 +753,14 @@ fn assign_is_pinned_to_the_first_controller() {
     };
     // Discard-port addresses on loopback: the node's JOIN attempts go nowhere.
     let assign = |port: u16| {
-        Request::Assign(Assign {
+        NodeRequest::Assign(Assign {
             controller: SocketAddr::from(([127, 0, 0, 1], port)),
             node_id: 1,
             pool_size: 1,
             epoch: 1,
         })
     };
-    let reports_to = |port: u16| match call(&controller, Request::Stat) {
+    let reports_to = |port: u16| match call(&controller, NodeRequest::Stat) {
         Ok(Response::Stat(stat)) => {
             stat.controller == Some(SocketAddr::from(([127, 0, 0, 1], port)))
         }

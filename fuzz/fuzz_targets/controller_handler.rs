@@ -1,5 +1,5 @@
 //! Fuzz target: a sequence of arbitrary requests (each a u16 length, then bytes decoded
-//! as a `Request`) driven into the controller's request handler on a fresh registry,
+//! as a `ControllerRequest`) driven into the controller's request handler on a fresh registry,
 //! from a peer whose key owns the first identity it claims. Every request must get an
 //! answer that encodes; no panic; the registry must load back afterwards.
 #![no_main]
@@ -10,7 +10,7 @@ mod shared;
 use libfuzzer_sys::fuzz_target;
 use poolfs::controller::ControllerService;
 use poolfs::net::{Handler, Peer, Reply};
-use poolfs::proto::{self, Request};
+use poolfs::proto::{self, ControllerRequest};
 
 fuzz_target!(|data: &[u8]| {
     let rt = shared::runtime();
@@ -25,16 +25,16 @@ fuzz_target!(|data: &[u8]| {
             let n = usize::from(u16::from_be_bytes([rest[1], rest[2]])).min(rest.len() - 3);
             let (msg, tail) = rest[3..].split_at(n);
             rest = tail;
-            let Ok(mut req) = proto::decode::<Request>(msg) else {
+            let Ok(mut req) = proto::decode::<ControllerRequest>(msg) else {
                 continue;
             };
             // Make JOIN/HEARTBEAT/LEAVE reachable past the identity check half the time.
             let owned = poolfs::trust::identity_of(&key);
             if n % 2 == 0 {
                 match &mut req {
-                    Request::Join { identity, .. }
-                    | Request::Heartbeat { identity, .. }
-                    | Request::Leave { identity, .. } => *identity = owned,
+                    ControllerRequest::Join { identity, .. }
+                    | ControllerRequest::Heartbeat { identity, .. }
+                    | ControllerRequest::Leave { identity, .. } => *identity = owned,
                     _ => {}
                 }
             }

@@ -1,5 +1,5 @@
 //! Fuzz target: a sequence of arbitrary requests (each a u16 length, then bytes decoded
-//! as a `Request`, then for STORE the rest of its body) driven into a node's request
+//! as a `NodeRequest`, then for STORE the rest of its body) driven into a node's request
 //! handler on a fresh, small segment store. Every request must get an answer; no panic,
 //! no file outside the store, no answer larger than a body may be.
 #![no_main]
@@ -12,7 +12,7 @@ mod shared;
 use libfuzzer_sys::fuzz_target;
 use poolfs::net::{Handler, Peer, Reply};
 use poolfs::node::{NodeService, SegmentStore};
-use poolfs::proto::{self, Request, MAX_BODY};
+use poolfs::proto::{self, NodeRequest, MAX_BODY};
 use poolfs::trust::{Credentials, PoolKey};
 
 /// Capacity of the store: large enough for sparse segments past a body's size.
@@ -36,12 +36,12 @@ fuzz_target!(|data: &[u8]| {
             let n = usize::from(u16::from_be_bytes([rest[0], rest[1]])).min(rest.len() - 2);
             let (msg, tail) = rest[2..].split_at(n);
             rest = tail;
-            let Ok(mut req) = proto::decode::<Request>(msg) else {
+            let Ok(mut req) = proto::decode::<NodeRequest>(msg) else {
                 continue;
             };
             // The server reads exactly the announced body before calling the handler.
             let body = match &mut req {
-                Request::Store { len, .. } => {
+                NodeRequest::Store { len, .. } => {
                     let take = (*len as usize).min(rest.len()).min(64 * 1024);
                     let (b, tail) = rest.split_at(take);
                     rest = tail;

@@ -17,7 +17,10 @@ use futures::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::net::{ConnPool, NetError};
-use crate::proto::{ErrorKind, NodeId, NodeState, PoolView, Request, Response, SegmentRef};
+pub use crate::proto::SegmentRead;
+use crate::proto::{
+    ControllerRequest, ErrorKind, NodeId, NodeRequest, NodeState, PoolView, Response, SegmentRef,
+};
 use crate::trust::{Credentials, OwnerKey};
 pub use layout::Layout;
 use layout::{SEAL_CHUNK, TAG_LEN};
@@ -89,40 +92,6 @@ pub trait LocalNode: Send + Sync {
 enum SpaceOp {
     Reserve,
     Punch,
-}
-
-/// Which bytes of a shard's segment a reader asks its holder for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SegmentRead {
-    /// One range, a whole shard (read ahead on the node). Bytes the reader sealed
-    /// itself may travel outside the channel's encryption (`FwdSealed`).
-    Range { offset: u64, len: u32, sealed: bool },
-    /// A few small ranges in one round trip, such as a chunk and its tag: their bytes
-    /// one after the other, with no readahead.
-    Parts(Vec<(u64, u32)>),
-}
-
-impl SegmentRead {
-    /// The request that asks a remote holder for these bytes of `segment`.
-    fn request(self, segment: SegmentRef) -> Request {
-        match self {
-            SegmentRead::Range {
-                offset,
-                len,
-                sealed: true,
-            } => Request::FwdSealed {
-                segment,
-                offset,
-                len,
-            },
-            SegmentRead::Range { offset, len, .. } => Request::Fwd {
-                segment,
-                offset,
-                len,
-            },
-            SegmentRead::Parts(parts) => Request::FwdParts { segment, parts },
-        }
-    }
 }
 
 impl ClientConfig {
@@ -271,7 +240,7 @@ impl PoolClient {
         }
         match self
             .conns
-            .call(self.cfg.controller, &Request::Pool, None)
+            .call(self.cfg.controller, &ControllerRequest::Pool, None)
             .await
         {
             Ok((Response::Pool(view), _)) => {
@@ -376,7 +345,7 @@ impl PoolClient {
                     })
             }
             None => {
-                let req = Request::Store {
+                let req = NodeRequest::Store {
                     segment,
                     offset,
                     len: shard.len() as u32,
@@ -591,7 +560,7 @@ impl PoolClient {
             Some((view, _)) => view.node(holder.node_id).map_or(holder.addr, |n| n.addr),
             None => self.addr_of(holder).await,
         };
-        let req = what.request(segment);
+        let req = NodeRequest::Fwd { segment, what };
         let who = format!("node {} ({addr})", holder.node_id);
         let answer = tokio::time::timeout(READ_DEADLINE, self.conns.call(addr, &req, None))
             .await
@@ -1105,7 +1074,7 @@ impl PoolClient {
 
     /// Removes this client's segments of `file` from one node.
     pub async fn delete_on(&self, holder: &Holder, file: &str) -> Result<(), ClientError> {
-        let req = Request::Delete { file: file.into() };
+        let req = NodeRequest::Delete { file: file.into() };
         self.conns
             .call(self.addr_of(holder).await, &req, None)
             .await
@@ -1150,12 +1119,12 @@ impl PoolClient {
             }
             None => {
                 let req = match op {
-                    SpaceOp::Reserve => Request::Reserve {
+                    SpaceOp::Reserve => NodeRequest::Reserve {
                         segment,
                         offset,
                         len,
                     },
-                    SpaceOp::Punch => Request::Punch {
+                    SpaceOp::Punch => NodeRequest::Punch {
                         segment,
                         offset,
                         len,
@@ -1318,7 +1287,7 @@ impl PoolClient {
         let place = &m.place;
         let holders = m.all_holders();
         let deletes = holders.iter().enumerate().map(|(i, holder)| async move {
-            let req = Request::Delete {
+            let req = NodeRequest::Delete {
                 file: place.file_id.clone(),
             };
             self.conns

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::net::{self, Handler, Peer, Reply, ServerLimits};
-use crate::proto::{Assign, ErrorKind, Identity, Request, Response};
+use crate::proto::{Assign, ControllerRequest, ErrorKind, Identity, Response};
 use crate::trust::{Credentials, KeyError, PoolKey};
 pub use discovery::{Discovery, DiscoveryConfig, DiscoveryError, ScanTarget};
 pub use registry::{Registry, RegistryError};
@@ -209,14 +209,24 @@ fn impostor(peer: &Peer, identity: Identity) -> Response {
 }
 
 impl Handler for ControllerService {
-    async fn handle(&self, req: Request, _body: Option<Vec<u8>>, peer: Peer) -> Reply {
-        if matches!(req, Request::Scan) {
-            return self.scan().await.into();
+    type Request = ControllerRequest;
+
+    async fn handle(&self, req: ControllerRequest, _body: Option<Vec<u8>>, peer: Peer) -> Reply {
+        match req {
+            // A sweep takes seconds: it runs without the registry locked.
+            ControllerRequest::Scan => self.scan().await.into(),
+            req => self.membership(req, &peer).into(),
         }
+    }
+}
+
+impl ControllerService {
+    /// The answer to a membership request, from the registry.
+    fn membership(&self, req: ControllerRequest, peer: &Peer) -> Response {
         let now = Instant::now();
         let mut reg = self.0.registry();
-        let resp = match req {
-            Request::Join {
+        match req {
+            ControllerRequest::Join {
                 identity,
                 listen,
                 capacity,
@@ -224,7 +234,7 @@ impl Handler for ControllerService {
             } => 'join: {
                 // An id is bound to the static key its node proved in the handshake.
                 if !peer.owns(identity) {
-                    break 'join impostor(&peer, identity);
+                    break 'join impostor(peer, identity);
                 }
                 // A node bound to 0.0.0.0 is reached at the address it connected from.
                 let addr = if listen.ip().is_unspecified() {
@@ -241,10 +251,10 @@ impl Handler for ControllerService {
                     epoch: reg.view(now).epoch,
                 })
             }
-            Request::Heartbeat { identity, .. } if !peer.owns(identity) => {
-                impostor(&peer, identity)
+            ControllerRequest::Heartbeat { identity, .. } if !peer.owns(identity) => {
+                impostor(peer, identity)
             }
-            Request::Heartbeat {
+            ControllerRequest::Heartbeat {
                 node_id,
                 identity,
                 capacity,
@@ -253,29 +263,30 @@ impl Handler for ControllerService {
                 Ok(()) => Response::Pool(reg.view(now)),
                 Err(e) => registry_error(e),
             },
-            Request::Leave { identity, .. } if !peer.owns(identity) => impostor(&peer, identity),
-            Request::Leave { node_id, identity } => match reg.leave(node_id, identity) {
+            ControllerRequest::Leave { identity, .. } if !peer.owns(identity) => {
+                impostor(peer, identity)
+            }
+            ControllerRequest::Leave { node_id, identity } => match reg.leave(node_id, identity) {
                 Ok(()) => Response::Ok,
                 Err(e) => registry_error(e),
             },
-            Request::Drain { identity, .. } if !peer.owns(identity) => impostor(&peer, identity),
-            Request::Drain { node_id, identity } => match reg.drain(node_id, identity) {
+            ControllerRequest::Drain { identity, .. } if !peer.owns(identity) => {
+                impostor(peer, identity)
+            }
+            ControllerRequest::Drain { node_id, identity } => match reg.drain(node_id, identity) {
                 Ok(()) => Response::Ok,
                 Err(e) => registry_error(e),
             },
-            Request::Get { node_id } => match reg.view(now).node(node_id) {
+            ControllerRequest::Get { node_id } => match reg.view(now).node(node_id) {
                 Some(info) => Response::Node(info.clone()),
                 None => registry_error(RegistryError::Unknown(node_id)),
             },
-            Request::Pool => Response::Pool(reg.view(now)),
-            other => Response::error(
-                ErrorKind::BadRequest,
-                format!(
-                    "the controller does not answer {}",
-                    crate::node::request_name(&other)
-                ),
+            ControllerRequest::Pool => Response::Pool(reg.view(now)),
+            // `handle` answers SCAN itself, with a sweep.
+            ControllerRequest::Scan => Response::error(
+                ErrorKind::Internal,
+                "SCAN is answered by a sweep, not from the registry",
             ),
-        };
-        resp.into()
+        }
     }
 }

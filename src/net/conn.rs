@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use super::noise::{Channel, HandshakeError};
-use crate::proto::{self, ErrorKind, Request, Response};
+use crate::proto::{self, ErrorKind, Response, ServiceRequest};
 use crate::trust::{Credentials, KEY_LEN};
 
 /// Why a request to a peer failed.
@@ -33,7 +33,7 @@ pub enum NetError {
     #[error("{addr} sent a malformed message: {source}")]
     Codec {
         addr: SocketAddr,
-        source: proto::CodecError,
+        source: proto::MessageError,
     },
     #[error("{addr} answered {kind:?}: {message}")]
     Remote {
@@ -95,13 +95,14 @@ impl Connection {
         self.chan.remote_key()
     }
 
-    async fn send<T: serde::Serialize>(
+    async fn send<R: ServiceRequest>(
         &mut self,
-        msg: &T,
+        req: &R,
         body: Option<&[u8]>,
     ) -> Result<(), NetError> {
         let addr = self.addr;
-        let bytes = proto::encode(msg).map_err(|source| NetError::Codec { addr, source })?;
+        let bytes =
+            proto::encode_request(req).map_err(|source| NetError::Codec { addr, source })?;
         let frame_err = |source| NetError::Frame { addr, source };
         self.chan.write_frame(&bytes).await.map_err(frame_err)?;
         if let Some(body) = body {
@@ -125,9 +126,9 @@ impl Connection {
 
     /// Sends a request (and its body, for STORE) and returns the answer; an error
     /// answer becomes `NetError::Remote`. A `Data` answer's body is read and returned.
-    pub async fn call(
+    pub async fn call<R: ServiceRequest>(
         &mut self,
-        req: &Request,
+        req: &R,
         body: Option<&[u8]>,
     ) -> Result<(Response, Option<Vec<u8>>), NetError> {
         self.send(req, body).await?;

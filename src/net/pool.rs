@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{Connection, NetError};
-use crate::proto::{Request, Response};
+use crate::proto::{Response, ServiceRequest};
 use crate::trust::Credentials;
 
 /// Idle connections kept per peer; more may be open while busy.
@@ -58,10 +58,10 @@ impl ConnPool {
 
     /// One request to `addr`. A reused connection that turns out stale is retried once
     /// on a fresh one; a connection that failed is never put back.
-    pub async fn call(
+    pub async fn call<R: ServiceRequest>(
         &self,
         addr: SocketAddr,
-        req: &Request,
+        req: &R,
         body: Option<&[u8]>,
     ) -> Result<(Response, Option<Vec<u8>>), NetError> {
         let timeout = self.call_timeout;

@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, TryAcquireError};
 
 use super::noise::Channel;
-use crate::proto::{self, Request, Response};
+use crate::proto::{self, ErrorKind, MessageError, Response, ServiceRequest};
 use crate::trust::{identity_of, Credentials, KEY_LEN};
 
 /// What a handler answers: a message, or raw bytes sent as `Data` + body.
@@ -47,9 +47,15 @@ impl Peer {
 
 /// A service: turns one request (with its body, for STORE) into one reply.
 pub trait Handler: Send + Sync + 'static {
+    /// The request type this service answers; a request of another service's type is
+    /// refused before the handler sees it.
+    type Request: ServiceRequest;
+
+    /// The answer to `req`, sent by `peer`; `body` holds the raw bytes its
+    /// `body_len` announced (a STORE's), read in full before the call.
     fn handle(
         &self,
-        req: Request,
+        req: Self::Request,
         body: Option<Vec<u8>>,
         peer: Peer,
     ) -> impl Future<Output = Reply> + Send;
@@ -316,15 +322,25 @@ impl Conn<'_> {
                 .await
                 .map_err(|_| "frame not completed in time".to_string())?
                 .map_err(|e| e.to_string())?;
-            let req: Request = proto::decode(&frame).map_err(|e| e.to_string())?;
-            let body = match &req {
-                Request::Store { len, .. } => Some(
-                    tokio::time::timeout(limits.body_timeout, chan.read_body(*len))
+            let req: H::Request = match proto::decode_request(&frame) {
+                Ok(req) => req,
+                Err(e @ MessageError::WrongService { .. }) => {
+                    // Well-formed but misdirected: say so, then close as for any
+                    // request this server cannot read.
+                    let refusal = Response::error(ErrorKind::BadRequest, e.to_string());
+                    send(&mut chan, &refusal, None).await?;
+                    return Err(e.to_string());
+                }
+                Err(e) => return Err(e.to_string()),
+            };
+            let body = match req.body_len() {
+                Some(len) => Some(
+                    tokio::time::timeout(limits.body_timeout, chan.read_body(len))
                         .await
                         .map_err(|_| "body not sent in time".to_string())?
                         .map_err(|e| e.to_string())?,
                 ),
-                _ => None,
+                None => None,
             };
             match handler.handle(req, body, peer).await {
                 Reply::Msg(resp) => send(&mut chan, &resp, None).await?,

@@ -1,11 +1,13 @@
-//! The storage node: serves STORE / FWD / RESERVE / PUNCH / DELETE / STAT from its
-//! segment store, and keeps its membership (join, heartbeats, the controller's signal,
-//! leave).
+//! The storage node: `Node` starts one (storage lock, identity, segment store, listener)
+//! and leaves; `service` answers STORE / FWD / RESERVE / PUNCH / DELETE / STAT / ASSIGN
+//! from the segment store (`store`), `membership` joins and heartbeats.
 
 mod handles;
 pub mod handoff;
+mod membership;
 mod pin;
 mod segfile;
+mod service;
 mod space;
 
 pub mod store;
@@ -19,13 +21,16 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::net::{self, ConnPool, Handler, NetError, Peer, Reply, ServerLimits};
+use crate::net::{self, ConnPool, NetError, ServerLimits};
 use crate::proto::{
-    Assign, ErrorKind, Identity, NodeId, NodeStat, PoolView, Request, Response, SegmentRef,
-    MAX_BODY, MAX_PARTS,
+    Assign, ControllerRequest, ErrorKind, Identity, NodeId, NodeStat, PoolView, Response,
+    SegmentRef,
 };
-use crate::trust::{identity_of, Credentials, KeyError, PoolKey};
+use crate::trust::{Credentials, KeyError, PoolKey};
+use membership::membership_loop;
 use pin::ControllerPin;
+use service::store_error;
+pub use service::NodeService;
 pub use store::{SegmentStore, StoreError, MAX_SEGMENT_END};
 
 /// How often a node tells the controller it is alive.
@@ -252,7 +257,7 @@ impl Node {
         let Some(node_id) = self.node_id() else {
             return false;
         };
-        let req = Request::Drain {
+        let req = ControllerRequest::Drain {
             node_id,
             identity: self.shared.identity,
         };
@@ -273,7 +278,7 @@ impl Node {
 
     /// Sends one membership request of this node's own (DRAIN, LEAVE) to its
     /// controller on a short-lived connection; `None` without a controller.
-    async fn tell_controller(&self, req: &Request) -> Option<Result<(), NetError>> {
+    async fn tell_controller(&self, req: &ControllerRequest) -> Option<Result<(), NetError>> {
         let addr = self.controller()?;
         let pool = ConnPool::new(
             self.shared.creds.clone(),
@@ -330,7 +335,7 @@ impl Node {
         let Some(node_id) = self.node_id() else {
             return;
         };
-        let req = Request::Leave {
+        let req = ControllerRequest::Leave {
             node_id,
             identity: self.shared.identity,
         };
@@ -350,115 +355,6 @@ impl Drop for Node {
             t.abort();
         }
     }
-}
-
-/// Joins when a controller is known, then heartbeats; rejoins when the controller
-/// forgets us; keeps the last view while the controller is unreachable.
-async fn membership_loop(shared: Arc<Shared>, mut controller: watch::Receiver<Option<SocketAddr>>) {
-    let pool = ConnPool::new(
-        shared.creds.clone(),
-        Duration::from_millis(800),
-        Duration::from_secs(2),
-    );
-    let mut joined_with: Option<SocketAddr> = None;
-    let mut warned = false;
-    loop {
-        let Some(ctrl) = *controller.borrow_and_update() else {
-            if controller.changed().await.is_err() {
-                return;
-            }
-            continue;
-        };
-        let (capacity, used) = {
-            let stat = shared.stat();
-            (stat.capacity, stat.used)
-        };
-        let node_id = shared.membership().node_id;
-        let result = match (node_id, joined_with == Some(ctrl)) {
-            (Some(node_id), true) => {
-                let req = Request::Heartbeat {
-                    node_id,
-                    identity: shared.identity,
-                    capacity,
-                    used,
-                };
-                pool.call(ctrl, &req, None).await.map(|(resp, _)| resp)
-            }
-            _ => {
-                let req = Request::Join {
-                    identity: shared.identity,
-                    listen: shared.listen,
-                    capacity,
-                    used,
-                };
-                pool.call(ctrl, &req, None).await.map(|(resp, _)| resp)
-            }
-        };
-        match result {
-            Ok(Response::Assigned(assign)) => {
-                joined_with = Some(ctrl);
-                warned = false;
-                shared.accept_assign(assign);
-                continue; // fetch the view at once with a heartbeat
-            }
-            Ok(Response::Pool(view)) => {
-                warned = false;
-                shared.membership().view = view;
-            }
-            Ok(other) => log::warn!("controller {ctrl} answered {other:?} to a heartbeat"),
-            Err(e @ NetError::Remote { .. })
-                if matches!(
-                    e.remote_kind(),
-                    Some(ErrorKind::NotFound | ErrorKind::Unauthorized)
-                ) =>
-            {
-                log::warn!("controller {ctrl} does not know us ({e}); joining again");
-                joined_with = None;
-            }
-            Err(e) => {
-                if !warned {
-                    log::warn!(
-                        "controller {ctrl} unreachable ({e}); serving with the last pool view"
-                    );
-                    warned = true;
-                }
-                // A restarted controller must see a fresh join to learn our address.
-                joined_with = None;
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(HEARTBEAT_INTERVAL) => {}
-            _ = controller.changed() => {}
-        }
-    }
-}
-
-/// A node's request handler (what `Node::start` serves).
-pub struct NodeService(Arc<Shared>);
-
-impl NodeService {
-    /// The handler on `store` alone, without a listener or membership: requests can be
-    /// driven straight into it (fuzzing, tests).
-    pub fn standalone(store: SegmentStore, creds: Arc<Credentials>) -> NodeService {
-        let (controller, _) = watch::channel(None);
-        NodeService(Arc::new(Shared {
-            store,
-            pin: ControllerPin::ephemeral(),
-            identity: creds.identity(),
-            creds,
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            membership: Mutex::new(Membership::default()),
-            controller,
-        }))
-    }
-}
-
-/// Would answering these ranges exceed what one answer may carry?
-fn parts_too_big(parts: &[(u64, u32)]) -> bool {
-    let total = parts
-        .iter()
-        .try_fold(0u32, |sum, part| sum.checked_add(part.1));
-    parts.len() > MAX_PARTS || total.is_none_or(|t| t > MAX_BODY)
 }
 
 /// See `Node::own_segments`. Errors are the kind and message a remote caller would get.
@@ -547,284 +443,5 @@ fn refusal(e: StoreError) -> (ErrorKind, String) {
     match store_error(e) {
         Response::Error { kind, message } => (kind, message),
         other => (ErrorKind::Internal, format!("{other:?}")),
-    }
-}
-
-fn store_error(e: StoreError) -> Response {
-    let kind = match e {
-        // A full disk is the node having no space, whatever its `--capacity` says: the
-        // client reports ENOSPC rather than an I/O error.
-        StoreError::NoSpace { .. } | StoreError::DiskFull { .. } => ErrorKind::NoSpace,
-        StoreError::Quota { .. } => ErrorKind::Quota,
-        StoreError::BadId(_) | StoreError::BadRange { .. } => ErrorKind::BadRequest,
-        StoreError::NotFound(_) | StoreError::OutOfRange { .. } => ErrorKind::NotFound,
-        StoreError::Io { .. } => ErrorKind::Internal,
-    };
-    if kind == ErrorKind::Internal {
-        log::error!("{e}");
-    } else if matches!(e, StoreError::DiskFull { .. }) {
-        log::warn!("{e}");
-    }
-    Response::error(kind, e.to_string())
-}
-
-impl Handler for NodeService {
-    async fn handle(&self, req: Request, body: Option<Vec<u8>>, peer: Peer) -> Reply {
-        // Segments belong to the static key that stored them: every segment verb works
-        // inside its caller's own namespace.
-        let owner = identity_of(&peer.key);
-        let sender_key = peer.key;
-        let peer = peer.addr;
-        let shared = self.0.clone();
-        // Disk work runs on the blocking pool so slow disks never stall the reactor.
-        let blocking = |f: Box<dyn FnOnce() -> Reply + Send>| async move {
-            tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-                Reply::Msg(Response::error(
-                    ErrorKind::Internal,
-                    format!("task failed: {e}"),
-                ))
-            })
-        };
-        // FWD and FWD-SEALED read alike; only how the bytes travel back differs.
-        let fwd = |segment: SegmentRef, offset: u64, len: u32, reply: fn(Vec<u8>) -> Reply| {
-            let shared = shared.clone();
-            blocking(Box::new(move || {
-                match shared.store.fwd(&owner, &segment, offset, len) {
-                    Ok(data) => reply(data),
-                    Err(e) => Reply::Msg(store_error(e)),
-                }
-            }))
-        };
-        match req {
-            Request::Store {
-                segment, offset, ..
-            } => {
-                let data = body.unwrap_or_default();
-                blocking(Box::new(move || {
-                    match shared.store.store(&owner, &segment, offset, &data) {
-                        Ok(()) => Reply::Msg(Response::Ok),
-                        Err(e) => Reply::Msg(store_error(e)),
-                    }
-                }))
-                .await
-            }
-            // The answer is built in memory before it is sent: a length no reader would
-            // accept must not make the node allocate it.
-            Request::Fwd { len, .. } | Request::FwdSealed { len, .. } if len > MAX_BODY => {
-                Response::error(
-                    ErrorKind::BadRequest,
-                    format!("FWD of {len} bytes exceeds the maximum of {MAX_BODY}"),
-                )
-                .into()
-            }
-            Request::Fwd {
-                segment,
-                offset,
-                len,
-            } => fwd(segment, offset, len, Reply::Data).await,
-            Request::FwdSealed {
-                segment,
-                offset,
-                len,
-            } => fwd(segment, offset, len, Reply::Sealed).await,
-            Request::FwdParts { parts, .. } if parts_too_big(&parts) => Response::error(
-                ErrorKind::BadRequest,
-                format!(
-                    "FWD-PARTS of {} ranges exceeds the maximum of {MAX_PARTS} ranges and \
-                     {MAX_BODY} bytes",
-                    parts.len()
-                ),
-            )
-            .into(),
-            Request::FwdParts { segment, parts } => {
-                blocking(Box::new(move || {
-                    match shared.store.fwd_parts(&owner, &segment, &parts) {
-                        Ok(data) => Reply::Data(data),
-                        Err(e) => Reply::Msg(store_error(e)),
-                    }
-                }))
-                .await
-            }
-            Request::Reserve {
-                segment,
-                offset,
-                len,
-            } => {
-                blocking(Box::new(move || {
-                    match shared.store.reserve(&owner, &segment, offset, len) {
-                        Ok(()) => Reply::Msg(Response::Ok),
-                        Err(e) => Reply::Msg(store_error(e)),
-                    }
-                }))
-                .await
-            }
-            Request::Punch {
-                segment,
-                offset,
-                len,
-            } => {
-                blocking(Box::new(move || {
-                    match shared.store.punch(&owner, &segment, offset, len) {
-                        Ok(_) => Reply::Msg(Response::Ok),
-                        Err(e) => Reply::Msg(store_error(e)),
-                    }
-                }))
-                .await
-            }
-            Request::Delete { file } => {
-                blocking(Box::new(move || match shared.store.delete(&owner, &file) {
-                    Ok(_) => Reply::Msg(Response::Ok),
-                    Err(e) => Reply::Msg(store_error(e)),
-                }))
-                .await
-            }
-            Request::Stat => Response::Stat(shared.stat()).into(),
-            Request::Assign(assign) => {
-                log::info!(
-                    "received ASSIGN from {peer}: node id {}, pool size {}, controller {}, epoch {}",
-                    assign.node_id,
-                    assign.pool_size,
-                    assign.controller,
-                    assign.epoch
-                );
-                match shared.pin.admit(&sender_key, assign.controller) {
-                    Ok(()) => {
-                        shared.accept_assign(assign);
-                        Response::Ok.into()
-                    }
-                    Err(why) => {
-                        log::warn!("refused ASSIGN from {peer}: {why}");
-                        Response::error(ErrorKind::Unauthorized, why).into()
-                    }
-                }
-            }
-            other => Response::error(
-                ErrorKind::BadRequest,
-                format!("a node does not answer {}", request_name(&other)),
-            )
-            .into(),
-        }
-    }
-}
-
-/// The verb of a request, for messages.
-pub fn request_name(req: &Request) -> &'static str {
-    match req {
-        Request::Join { .. } => "JOIN",
-        Request::Heartbeat { .. } => "HEARTBEAT",
-        Request::Leave { .. } => "LEAVE",
-        Request::Drain { .. } => "DRAIN",
-        Request::Get { .. } => "GET",
-        Request::Pool => "POOL",
-        Request::Assign(_) => "ASSIGN",
-        Request::Store { .. } => "STORE",
-        Request::Fwd { .. } => "FWD",
-        Request::FwdParts { .. } => "FWD-PARTS",
-        Request::FwdSealed { .. } => "FWD-SEALED",
-        Request::Delete { .. } => "DELETE",
-        Request::Reserve { .. } => "RESERVE",
-        Request::Punch { .. } => "PUNCH",
-        Request::Stat => "STAT",
-        Request::Scan => "SCAN",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::trust::PoolKey;
-    use std::os::unix::fs::MetadataExt;
-
-    fn seg(file: &str) -> SegmentRef {
-        SegmentRef {
-            file: file.into(),
-            index: 0,
-        }
-    }
-
-    #[tokio::test]
-    async fn reserve_and_punch_answer_as_documented() {
-        let dir = tempfile::tempdir().unwrap();
-        let b = std::fs::metadata(dir.path()).unwrap().blksize();
-        let store = SegmentStore::open(dir.path(), 4 * b, None).unwrap();
-        let creds = Arc::new(Credentials::ephemeral(&PoolKey::generate()).unwrap());
-        let service = NodeService::standalone(store, creds);
-        let peer = Peer {
-            addr: "127.0.0.1:4000".parse().unwrap(),
-            local: "127.0.0.1:2001".parse().unwrap(),
-            key: [7; 32],
-        };
-        let ask = |req: Request| {
-            let service = &service;
-            async move {
-                match service.handle(req, None, peer).await {
-                    Reply::Msg(resp) => resp,
-                    _ => panic!("a data answer to a space request"),
-                }
-            }
-        };
-        let kind = |resp: Response| match resp {
-            Response::Error { kind, .. } => Some(kind),
-            _ => None,
-        };
-        let used = || async {
-            match ask(Request::Stat).await {
-                Response::Stat(stat) => stat.used,
-                other => panic!("{other:?}"),
-            }
-        };
-        let reserve = |file: &str, offset, len| Request::Reserve {
-            segment: seg(file),
-            offset,
-            len,
-        };
-        let punch = |file: &str, offset, len| Request::Punch {
-            segment: seg(file),
-            offset,
-            len,
-        };
-        assert_eq!(ask(reserve("f", 0, 3 * b)).await, Response::Ok);
-        assert_eq!(used().await, 3 * b);
-        // Past the capacity: NoSpace, and nothing more is allocated.
-        assert_eq!(
-            kind(ask(reserve("g", 0, 2 * b)).await),
-            Some(ErrorKind::NoSpace)
-        );
-        assert_eq!(used().await, 3 * b);
-        // Absurd ranges and bad ids are bad requests, for both verbs.
-        for req in [
-            reserve("f", u64::MAX, 2),
-            reserve("f", MAX_SEGMENT_END, 1),
-            punch("f", u64::MAX - 1, 4),
-            reserve("../f", 0, 1),
-            punch("a/b", 0, 1),
-        ] {
-            let name = request_name(&req);
-            assert_eq!(kind(ask(req).await), Some(ErrorKind::BadRequest), "{name}");
-        }
-        // A missing segment is fine to punch; a held one gives its room back.
-        assert_eq!(ask(punch("none", 0, b)).await, Response::Ok);
-        assert_eq!(ask(punch("f", 0, 2 * b)).await, Response::Ok);
-        assert_eq!(used().await, b);
-        assert_eq!(ask(reserve("g", 0, 2 * b)).await, Response::Ok);
-        assert_eq!(used().await, 3 * b);
-        assert_eq!(request_name(&punch("f", 0, 0)), "PUNCH");
-        assert_eq!(request_name(&reserve("f", 0, 0)), "RESERVE");
-    }
-
-    #[test]
-    fn a_full_disk_is_answered_no_space() {
-        let full = StoreError::DiskFull {
-            context: "write /s/segments/o/f/0.seg".into(),
-            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
-        };
-        match store_error(full) {
-            Response::Error { kind, message } => {
-                assert_eq!(kind, ErrorKind::NoSpace);
-                assert!(message.contains("0.seg"), "{message}");
-                assert!(message.contains("disk is full"), "{message}");
-            }
-            other => panic!("{other:?}"),
-        }
     }
 }

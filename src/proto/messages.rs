@@ -1,4 +1,5 @@
-//! Every request and response of the pool, one enum each, with the types they carry.
+//! The types requests and responses carry, and the one response enum both services
+//! answer with (the requests, one enum per service, are in `rpc.rs`).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -145,89 +146,6 @@ pub struct ScanReport {
     pub errors: Vec<String>,
 }
 
-/// Every request, to the controller or to a node.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub enum Request {
-    /// Node to controller: admit me (or give me back my id); answered with `Assigned`.
-    Join {
-        identity: Identity,
-        listen: SocketAddr,
-        capacity: u64,
-        used: u64,
-    },
-    /// Node to controller, every second: still alive; answered with `Pool`.
-    Heartbeat {
-        node_id: NodeId,
-        identity: Identity,
-        capacity: u64,
-        used: u64,
-    },
-    /// Node to controller: I am leaving the pool now; answered with `Ok`.
-    Leave { node_id: NodeId, identity: Identity },
-    /// Node to controller: I am about to leave; mark me leaving so owners move my
-    /// segments elsewhere first (the hand-off); answered with `Ok`.
-    Drain { node_id: NodeId, identity: Identity },
-    /// Anyone to controller: address of node `node_id`; answered with `Node`.
-    Get { node_id: NodeId },
-    /// Anyone to controller: the whole membership view; answered with `Pool`.
-    Pool,
-    /// Controller to node: the controller's signal; answered with `Ok`.
-    Assign(Assign),
-    /// Client to node: write `len` bytes at `offset` of one of the sender's own segments
-    /// (owned by its static key); the bytes follow the header as a raw body; answered
-    /// with `Ok` once they are durable.
-    Store {
-        segment: SegmentRef,
-        offset: u64,
-        len: u32,
-    },
-    /// Client to node: read `len` bytes at `offset` of one of the sender's own segments;
-    /// answered with `Data`.
-    Fwd {
-        segment: SegmentRef,
-        offset: u64,
-        len: u32,
-    },
-    /// Client to node: drop every segment the sender holds of a file; answered with `Ok`.
-    Delete { file: String },
-    /// Anyone to node: capacity and usage; answered with `Stat`.
-    Stat,
-    /// Anyone to controller: sweep the LAN for nodes now; answered with `Scanned`.
-    Scan,
-    /// Client to node: read a few `(offset, len)` ranges (at most `MAX_PARTS`) of one of
-    /// the sender's own segments in one round trip, such as a chunk of a sealed shard
-    /// and its tag; answered with `Data`, the ranges' bytes in order.
-    FwdParts {
-        segment: SegmentRef,
-        parts: Vec<(u64, u32)>,
-    },
-    /// Client to node: like `Fwd`, for bytes the client sealed itself (a shard with its
-    /// chunk tags, which the reader authenticates); answered with `SealedData`, whose
-    /// body follows outside the channel's encryption: it is ciphertext already, so
-    /// neither end spends a cipher pass on it.
-    FwdSealed {
-        segment: SegmentRef,
-        offset: u64,
-        len: u32,
-    },
-    /// Client to node: allocate bytes `offset..offset+len` of one of the sender's own
-    /// segments (created if missing) without changing its length, so that STOREs there
-    /// later need no room; answered with `Ok`, or `NoSpace`/`Quota` with nothing allocated.
-    Reserve {
-        segment: SegmentRef,
-        offset: u64,
-        len: u64,
-    },
-    /// Client to node: free bytes `offset..offset+len` of one of the sender's own segments
-    /// (they read back as zeros, the length stays; a missing segment frees nothing);
-    /// answered with `Ok`.
-    Punch {
-        segment: SegmentRef,
-        offset: u64,
-        len: u64,
-    },
-}
-
 /// Kinds of failure a peer reports, so callers can map them to errno and messages.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -245,7 +163,8 @@ pub enum ErrorKind {
     Internal,
 }
 
-/// Every response.
+/// Every response, of either service (one enum, so a connection reads errors and raw
+/// bodies alike whichever service it talks to).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum Response {
     /// Done.
@@ -256,9 +175,10 @@ pub enum Response {
     Pool(PoolView),
     /// Answer to `Get`.
     Node(NodeInfo),
-    /// Answer to `Fwd` and `FwdParts`: `len` raw bytes follow.
+    /// Answer to `Fwd`: `len` raw bytes follow (inside the channel's encryption).
     Data { len: u32 },
-    /// Answer to `FwdSealed`: `len` bytes follow outside the channel's encryption.
+    /// Answer to `Fwd` of a sealed `SegmentRead::Range`: `len` bytes follow outside the
+    /// channel's encryption.
     SealedData { len: u32 },
     /// Answer to `Stat`.
     Stat(NodeStat),

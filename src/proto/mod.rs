@@ -3,18 +3,24 @@
 mod codec;
 mod frame;
 mod messages;
+mod rpc;
 
-pub use codec::{decode, decode_record, encode, encode_record, CodecError};
+pub use codec::{
+    decode, decode_record, decode_request, encode, encode_record, encode_request, MessageError,
+};
 pub use frame::{read_body, read_frame, write_frame, FrameError};
 pub use messages::*;
+pub use rpc::{ControllerRequest, NodeRequest, SegmentRead, Service, ServiceRequest};
 
 /// Bumped whenever a message or the framing changes shape; bound into the handshake.
 /// 3: Noise channel instead of the plaintext `Hello`.
 /// 4: `ErrorKind::Quota`; segments are kept per owner.
 /// 7: `FwdParts`, for reading one chunk of a sealed shard with its tag; `FwdSealed`.
 /// 8: `Reserve` and `Punch`; a node's `used` is the bytes allocated on its disk.
-pub const PROTOCOL_VERSION: u16 = 8;
-/// Most ranges one `FwdParts` may ask for.
+/// 9: one request enum per service, each request tagged with its service; `Fwd`,
+///    `FwdParts` and `FwdSealed` folded into one `Fwd { segment, what }`.
+pub const PROTOCOL_VERSION: u16 = 9;
+/// Most ranges one FWD of `SegmentRead::Parts` may ask for.
 pub const MAX_PARTS: usize = 8;
 /// Bound into every handshake's prologue with the version.
 pub const MAGIC: [u8; 4] = *b"POOL";

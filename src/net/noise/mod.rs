@@ -1,65 +1,27 @@
-//! The Noise channel every connection runs on: an XXpsk0 handshake bound to the pool key
-//! and the protocol version, then length-prefixed encrypted messages carrying frames.
+//! The Noise channel every connection runs on: after the handshake (`handshake`),
+//! length-prefixed encrypted messages carrying frames, bodies and raw sealed bytes.
+
+mod handshake;
 
 use std::ops::Range;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 
-use crate::proto::{FrameError, MAGIC, MAX_BODY, MAX_FRAME, PROTOCOL_VERSION};
-use crate::trust::{Credentials, KEY_LEN};
+use crate::proto::{FrameError, MAX_BODY, MAX_FRAME};
+use crate::trust::KEY_LEN;
+pub use handshake::{prologue, HandshakeError, MAX_HANDSHAKE_MESSAGE, NOISE_PARAMS};
 
-/// The handshake: mutual static keys (XX), the pool key mixed in before the first
-/// message (psk0) so a peer without it is refused at its first message and learns
-/// nothing, not even the responder's static key.
-pub const NOISE_PARAMS: &str = "Noise_XXpsk0_25519_AESGCM_BLAKE2s";
 /// Largest Noise message.
 pub const MAX_MESSAGE: usize = 65535;
 /// Authentication tag added to every encrypted message.
 pub const TAG_LEN: usize = 16;
 /// Largest plaintext carried by one message.
 pub const MAX_CHUNK: usize = MAX_MESSAGE - TAG_LEN;
-/// Handshake messages are small; anything longer is refused before it is read.
-pub const MAX_HANDSHAKE_MESSAGE: usize = 1024;
 /// Bytes moved per socket read or write: a few messages at a time.
 const SOCKET_BATCH: usize = 256 * 1024;
 /// A length prefix and a whole message.
 const FRAMED_MESSAGE: usize = 2 + MAX_MESSAGE;
-
-/// Bound into the handshake, so a peer speaking another protocol version fails it.
-pub fn prologue() -> Vec<u8> {
-    let mut p = b"poolfs-noise/".to_vec();
-    p.extend_from_slice(&MAGIC);
-    p.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
-    p
-}
-
-/// Why a handshake failed.
-#[derive(Debug, thiserror::Error)]
-pub enum HandshakeError {
-    #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("the peer does not hold this pool's key or speaks another protocol version ({0})")]
-    Refused(snow::Error),
-    #[error(
-        "the peer closed the connection during the handshake: one of us does not hold this \
-         pool's key, it speaks another protocol version, or all its connections are busy"
-    )]
-    Closed,
-    #[error("handshake message of {0} bytes exceeds {MAX_HANDSHAKE_MESSAGE}")]
-    TooLarge(usize),
-    #[error("noise: {0}")]
-    Noise(snow::Error),
-}
-
-fn builder(creds: &Credentials) -> Result<snow::Builder<'_>, HandshakeError> {
-    let params = NOISE_PARAMS.parse().map_err(HandshakeError::Noise)?;
-    snow::Builder::new(params)
-        .local_private_key(creds.private_key())
-        .and_then(|b| b.psk(0, creds.psk()))
-        .map_err(HandshakeError::Noise)
-}
 
 /// A connection after the handshake: frames in and out, encrypted and authenticated.
 ///
@@ -88,108 +50,6 @@ pub struct Channel {
 }
 
 impl Channel {
-    fn split(stream: TcpStream) -> (BufReader<OwnedReadHalf>, BufWriter<OwnedWriteHalf>) {
-        // Headers are small and latency matters more than packet count.
-        let _ = stream.set_nodelay(true);
-        let (rd, wr) = stream.into_split();
-        (
-            BufReader::with_capacity(256 * 1024, rd),
-            BufWriter::with_capacity(256 * 1024, wr),
-        )
-    }
-
-    /// Runs the initiator's side of the handshake on `stream`.
-    pub async fn initiate(stream: TcpStream, creds: &Credentials) -> Result<Self, HandshakeError> {
-        Channel::initiate_with(stream, creds, &prologue()).await
-    }
-
-    async fn initiate_with(
-        stream: TcpStream,
-        creds: &Credentials,
-        prologue: &[u8],
-    ) -> Result<Self, HandshakeError> {
-        let (mut rd, mut wr) = Channel::split(stream);
-        let mut hs = builder(creds)?
-            .prologue(prologue)
-            .and_then(|b| b.build_initiator())
-            .map_err(HandshakeError::Noise)?;
-        let mut buf = vec![0u8; MAX_HANDSHAKE_MESSAGE];
-        let mut payload = vec![0u8; MAX_HANDSHAKE_MESSAGE];
-        // -> psk, e
-        let n = hs
-            .write_message(&[], &mut buf)
-            .map_err(HandshakeError::Noise)?;
-        write_message(&mut wr, &buf[..n]).await?;
-        wr.flush().await?;
-        // <- e, ee, s, es
-        let n = read_handshake_message(&mut rd, &mut buf).await?;
-        hs.read_message(&buf[..n], &mut payload)
-            .map_err(HandshakeError::Refused)?;
-        // -> s, se
-        let n = hs
-            .write_message(&[], &mut buf)
-            .map_err(HandshakeError::Noise)?;
-        write_message(&mut wr, &buf[..n]).await?;
-        wr.flush().await?;
-        Channel::finish(rd, wr, hs)
-    }
-
-    /// Runs the responder's side of the handshake on `stream`.
-    pub async fn respond(stream: TcpStream, creds: &Credentials) -> Result<Self, HandshakeError> {
-        let (mut rd, mut wr) = Channel::split(stream);
-        let prologue = prologue();
-        let mut hs = builder(creds)?
-            .prologue(&prologue)
-            .and_then(|b| b.build_responder())
-            .map_err(HandshakeError::Noise)?;
-        let mut buf = vec![0u8; MAX_HANDSHAKE_MESSAGE];
-        let mut payload = vec![0u8; MAX_HANDSHAKE_MESSAGE];
-        let n = read_handshake_message(&mut rd, &mut buf).await?;
-        hs.read_message(&buf[..n], &mut payload)
-            .map_err(HandshakeError::Refused)?;
-        let n = hs
-            .write_message(&[], &mut buf)
-            .map_err(HandshakeError::Noise)?;
-        write_message(&mut wr, &buf[..n]).await?;
-        wr.flush().await?;
-        let n = read_handshake_message(&mut rd, &mut buf).await?;
-        hs.read_message(&buf[..n], &mut payload)
-            .map_err(HandshakeError::Refused)?;
-        Channel::finish(rd, wr, hs)
-    }
-
-    fn finish(
-        rd: BufReader<OwnedReadHalf>,
-        wr: BufWriter<OwnedWriteHalf>,
-        hs: snow::HandshakeState,
-    ) -> Result<Self, HandshakeError> {
-        let remote: [u8; KEY_LEN] = hs
-            .get_remote_static()
-            .and_then(|k| k.try_into().ok())
-            .ok_or(HandshakeError::Noise(snow::Error::Input))?;
-        let noise = hs.into_transport_mode().map_err(HandshakeError::Noise)?;
-        // Bytes of the first transport messages may already sit in the handshake's
-        // reader; the writer was flushed after the last handshake message.
-        let mut inbuf = vec![0u8; SOCKET_BATCH + FRAMED_MESSAGE];
-        let early = rd.buffer().len();
-        inbuf[..early].copy_from_slice(rd.buffer());
-        Ok(Channel {
-            rd: rd.into_inner(),
-            wr: wr.into_inner(),
-            noise,
-            remote,
-            inbuf,
-            in_start: 0,
-            in_end: early,
-            outbuf: vec![0u8; SOCKET_BATCH + FRAMED_MESSAGE],
-            out_end: 0,
-            buf: vec![0u8; 2 * MAX_MESSAGE],
-            pos: 0,
-            in_len: 0,
-            out_len: 0,
-        })
-    }
-
     /// The peer's static public key, proven by the handshake.
     pub fn remote_key(&self) -> &[u8; KEY_LEN] {
         &self.remote
@@ -447,60 +307,11 @@ fn failed_authentication() -> std::io::Error {
     )
 }
 
-async fn write_message(wr: &mut BufWriter<OwnedWriteHalf>, msg: &[u8]) -> std::io::Result<()> {
-    let len =
-        u16::try_from(msg.len()).map_err(|_| std::io::Error::other("noise message too large"))?;
-    wr.write_all(&len.to_be_bytes()).await?;
-    wr.write_all(msg).await
-}
-
-async fn read_handshake_message(
-    rd: &mut BufReader<OwnedReadHalf>,
-    buf: &mut [u8],
-) -> Result<usize, HandshakeError> {
-    let closed = |e: std::io::Error| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof
-        | std::io::ErrorKind::ConnectionReset
-        | std::io::ErrorKind::ConnectionAborted => HandshakeError::Closed,
-        _ => HandshakeError::Io(e),
-    };
-    let mut len = [0u8; 2];
-    rd.read_exact(&mut len).await.map_err(closed)?;
-    let len = u16::from_be_bytes(len) as usize;
-    if len > buf.len() {
-        return Err(HandshakeError::TooLarge(len));
-    }
-    rd.read_exact(&mut buf[..len]).await.map_err(closed)?;
-    Ok(len)
-}
-
 #[cfg(test)]
 mod tests {
+    use super::handshake::tests::pair;
     use super::*;
     use crate::trust::PoolKey;
-    use tokio::net::TcpListener;
-
-    async fn pair(
-        server_key: &PoolKey,
-        client_key: &PoolKey,
-    ) -> (
-        Result<Channel, HandshakeError>,
-        Result<Channel, HandshakeError>,
-    ) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = Credentials::ephemeral(server_key).unwrap();
-        let client = Credentials::ephemeral(client_key).unwrap();
-        let accept = async {
-            let (s, _) = listener.accept().await.unwrap();
-            Channel::respond(s, &server).await
-        };
-        let connect = async {
-            let s = TcpStream::connect(addr).await.unwrap();
-            Channel::initiate(s, &client).await
-        };
-        tokio::join!(accept, connect)
-    }
 
     #[tokio::test]
     async fn same_key_carries_frames_and_large_bodies() {
@@ -594,38 +405,5 @@ mod tests {
             srv.read_raw(MAX_BODY + 1).await,
             Err(FrameError::BodyTooLarge(_))
         ));
-    }
-
-    #[tokio::test]
-    async fn another_protocol_version_fails_the_handshake() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let key = PoolKey::generate();
-        let creds = Credentials::ephemeral(&key).unwrap();
-        let accept = async {
-            let (s, _) = listener.accept().await.unwrap();
-            Channel::respond(s, &creds).await
-        };
-        let mut old = prologue();
-        let last = old.len() - 1;
-        old[last] ^= 1;
-        let connect = async {
-            let s = TcpStream::connect(addr).await.unwrap();
-            Channel::initiate_with(s, &creds, &old).await
-        };
-        let (srv, cli) = tokio::join!(accept, connect);
-        assert!(matches!(srv, Err(HandshakeError::Refused(_))));
-        assert!(matches!(cli, Err(HandshakeError::Closed)));
-    }
-
-    #[tokio::test]
-    async fn wrong_key_fails_the_handshake() {
-        let (srv, cli) = pair(&PoolKey::generate(), &PoolKey::generate()).await;
-        assert!(
-            matches!(srv, Err(HandshakeError::Refused(_))),
-            "{:?}",
-            srv.err()
-        );
-        assert!(cli.is_err());
     }
 }

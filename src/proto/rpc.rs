@@ -1,0 +1,170 @@
+//! The requests of the pool, one enum per service (the controller's membership verbs, a
+//! node's segment verbs), as garage has one typed RPC enum per endpoint; and the service
+//! tag that travels before each request so a server refuses another service's verbs.
+
+use std::fmt::Debug;
+use std::net::SocketAddr;
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use super::{Assign, Identity, NodeId, SegmentRef};
+
+/// Which service a request is for. It is encoded before the request (see
+/// `proto::encode_request`), so a node sent a controller verb, or the reverse, refuses it
+/// by its tag instead of misreading it as one of its own verbs.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// The controller: membership (JOIN, HEARTBEAT, LEAVE, DRAIN, GET, POOL, SCAN).
+    Controller,
+    /// A storage node: segment bytes and space (STORE, FWD, RESERVE, PUNCH, DELETE,
+    /// STAT) and the controller's signal (ASSIGN).
+    Node,
+}
+
+impl std::fmt::Display for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Service::Controller => "controller",
+            Service::Node => "node",
+        })
+    }
+}
+
+/// A request of one service: what the client side sends and the server side decodes.
+pub trait ServiceRequest: Serialize + DeserializeOwned + Debug + Send + 'static {
+    /// The service that answers this request type.
+    const SERVICE: Service;
+    /// The verb, as the report names it (JOIN, STORE, FWD, ...), for messages.
+    fn verb(&self) -> &'static str;
+    /// Bytes of raw body that follow this request's header (STORE's `len`), if any.
+    fn body_len(&self) -> Option<u32> {
+        None
+    }
+}
+
+/// Every request the controller answers. No file bytes ever pass through it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum ControllerRequest {
+    /// Node to controller: admit me (or give me back my id); answered with `Assigned`.
+    Join {
+        identity: Identity,
+        listen: SocketAddr,
+        capacity: u64,
+        used: u64,
+    },
+    /// Node to controller, every second: still alive; answered with `Pool`.
+    Heartbeat {
+        node_id: NodeId,
+        identity: Identity,
+        capacity: u64,
+        used: u64,
+    },
+    /// Node to controller: I am leaving the pool now; answered with `Ok`.
+    Leave { node_id: NodeId, identity: Identity },
+    /// Node to controller: I am about to leave; mark me leaving so owners move my
+    /// segments elsewhere first (the hand-off); answered with `Ok`.
+    Drain { node_id: NodeId, identity: Identity },
+    /// Anyone to controller: address of node `node_id`; answered with `Node`.
+    Get { node_id: NodeId },
+    /// Anyone to controller: the whole membership view; answered with `Pool`.
+    Pool,
+    /// Anyone to controller: sweep the LAN for nodes now; answered with `Scanned`.
+    Scan,
+}
+
+impl ServiceRequest for ControllerRequest {
+    const SERVICE: Service = Service::Controller;
+
+    fn verb(&self) -> &'static str {
+        match self {
+            ControllerRequest::Join { .. } => "JOIN",
+            ControllerRequest::Heartbeat { .. } => "HEARTBEAT",
+            ControllerRequest::Leave { .. } => "LEAVE",
+            ControllerRequest::Drain { .. } => "DRAIN",
+            ControllerRequest::Get { .. } => "GET",
+            ControllerRequest::Pool => "POOL",
+            ControllerRequest::Scan => "SCAN",
+        }
+    }
+}
+
+/// Which bytes of a segment a FWD asks its holder for.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum SegmentRead {
+    /// One range of `len` bytes at `offset` (at most `MAX_BODY`), such as a whole shard;
+    /// the node reads ahead. With `sealed`, the bytes are ones the reader sealed itself
+    /// (a shard with its chunk tags, which the reader authenticates): they travel back
+    /// outside the channel's encryption (`SealedData`), since they are ciphertext
+    /// already, so neither end spends a cipher pass on them.
+    Range { offset: u64, len: u32, sealed: bool },
+    /// A few small `(offset, len)` ranges (at most `MAX_PARTS`, `MAX_BODY` bytes in all)
+    /// in one round trip, such as a chunk of a sealed shard and its tag: their bytes one
+    /// after the other, with no readahead.
+    Parts(Vec<(u64, u32)>),
+}
+
+/// Every request a storage node answers. Segment verbs work inside the namespace of the
+/// static key the connection proved: a sender reaches only the segments it stored.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum NodeRequest {
+    /// Controller to node: the controller's signal; answered with `Ok`.
+    Assign(Assign),
+    /// Client to node: write `len` bytes at `offset` of one of the sender's own segments;
+    /// the bytes follow the header as a raw body; answered with `Ok` once they are
+    /// durable.
+    Store {
+        segment: SegmentRef,
+        offset: u64,
+        len: u32,
+    },
+    /// Client to node: read a byte range of one of the sender's own segments, `what`
+    /// says which; answered with `Data` (or `SealedData` for a sealed range), the bytes
+    /// in order.
+    Fwd {
+        segment: SegmentRef,
+        what: SegmentRead,
+    },
+    /// Client to node: drop every segment the sender holds of a file; answered with `Ok`.
+    Delete { file: String },
+    /// Anyone to node: capacity and usage; answered with `Stat`.
+    Stat,
+    /// Client to node: allocate bytes `offset..offset+len` of one of the sender's own
+    /// segments (created if missing) without changing its length, so that STOREs there
+    /// later need no room; answered with `Ok`, or `NoSpace`/`Quota` with nothing allocated.
+    Reserve {
+        segment: SegmentRef,
+        offset: u64,
+        len: u64,
+    },
+    /// Client to node: free bytes `offset..offset+len` of one of the sender's own segments
+    /// (they read back as zeros, the length stays; a missing segment frees nothing);
+    /// answered with `Ok`.
+    Punch {
+        segment: SegmentRef,
+        offset: u64,
+        len: u64,
+    },
+}
+
+impl ServiceRequest for NodeRequest {
+    const SERVICE: Service = Service::Node;
+
+    fn verb(&self) -> &'static str {
+        match self {
+            NodeRequest::Assign(_) => "ASSIGN",
+            NodeRequest::Store { .. } => "STORE",
+            NodeRequest::Fwd { .. } => "FWD",
+            NodeRequest::Delete { .. } => "DELETE",
+            NodeRequest::Stat => "STAT",
+            NodeRequest::Reserve { .. } => "RESERVE",
+            NodeRequest::Punch { .. } => "PUNCH",
+        }
+    }
+
+    fn body_len(&self) -> Option<u32> {
+        match self {
+            NodeRequest::Store { len, .. } => Some(*len),
+            _ => None,
+        }
+    }
+}
