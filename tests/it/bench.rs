@@ -1,13 +1,10 @@
 //! Smoke test of the benchmark script (issue 7): `bench/run.py --quick` prints every figure of the target table for every configuration, and leaves no pool, mount, process or temp dir behind, also when interrupted.
 
-#[path = "common/mount.rs"]
-mod harness;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use harness::{can_mount, procs_under, test_dir, wait_until, BIN};
+use crate::harness::mount::{can_mount, procs_under, test_dir, wait_until, BIN};
 
 /// Whether python3 runs here; the bench is a Python script and CI installs nothing for it.
 fn have_python() -> bool {

@@ -3,13 +3,13 @@
 //! connections. Each is refused (its connection closed), others are served meanwhile,
 //! and the server's memory and descriptors stay bounded.
 
-mod common;
-
+use crate::harness;
 use std::io::{ErrorKind as IoKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{noise_handshake, read_sealed_frame, read_until_closed, seal, Cluster};
+use crate::harness::cluster::Cluster;
+use crate::harness::wire::{frame, noise_handshake, read_sealed_frame, read_until_closed, seal};
 
 /// How long the peer took to close, counted from `start`; an error if it is still open
 /// `within` after `start`, or if it sent anything instead of closing.
@@ -21,11 +21,6 @@ fn closed_within(s: &mut TcpStream, start: Instant, within: Duration) -> Result<
 }
 use poolfs::proto::{self, Request, Response, SegmentRef};
 use poolfs::trust::PoolKey;
-
-fn frame<T: serde::Serialize>(msg: &T) -> Vec<u8> {
-    let payload = proto::encode(msg).unwrap();
-    [&(payload.len() as u32).to_be_bytes()[..], &payload].concat()
-}
 
 fn connect(addr: SocketAddr) -> TcpStream {
     TcpStream::connect_timeout(&addr, Duration::from_secs(3)).expect("connect")
@@ -342,7 +337,7 @@ fn thousands_of_idle_connections_hold_the_cap_and_members_are_still_served() {
     drop(members);
     drop(idle);
     // Everything is let go: descriptors return to where they were.
-    common::wait_until("descriptors released", Duration::from_secs(5), || {
+    harness::cluster::wait_until("descriptors released", Duration::from_secs(5), || {
         (open_fds(pid) <= fds_before + 2).then_some(())
     });
     let (src, data) = c.random_file("after-idle", 200_003, 5);

@@ -1,19 +1,18 @@
 //! Failover on a LAN of namespaces: a mount on one host reads a file while another
 //! host's cable is pulled, and no read() waits a second for the missing host.
 //!
-//! Every packet stays inside namespaces the test creates (see `common::netns`). The
+//! Every packet stays inside namespaces the test creates (see `harness::lan`). The
 //! mount lives in the LAN's private mount namespace; the test reads it through
 //! `/proc/SUPERVISOR/root`, so every read(2) is timed here, in the test process.
 
-mod common;
-
+use crate::harness;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::netns::{self, Lan};
+use crate::harness::lan::Lan;
 use poolfs::proto::{NodeState, PoolView};
 
 const NODE_PORT: u16 = 2001;
@@ -161,7 +160,7 @@ fn a_link_cut_mid_read_never_stalls_a_reader() {
     // the LAN's mount namespace. Every byte still goes through the FUSE daemon on host 0.
     let file: PathBuf = PathBuf::from(format!("/proc/{}/root{mps}/big.bin", lan.supervisor_pid()));
     let size = 96 * MIB + 12345;
-    let data = common::random_bytes(size, 0xc07);
+    let data = harness::cluster::random_bytes(size, 0xc07);
     let want = blake3::hash(&data);
     let t = Instant::now();
     {
@@ -264,5 +263,5 @@ fn a_link_cut_mid_read_never_stalls_a_reader() {
         .unwrap_or_else(|| panic!("the mount still runs 30 s after umount"));
     assert!(status.success(), "the mount exited with {status}:\n{log}");
     drop(lan);
-    netns::assert_root_clean(&names);
+    harness::lan::assert_root_clean(&names);
 }

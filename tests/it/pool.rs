@@ -1,17 +1,15 @@
 //! The pool over TCP (issue 2): real controller and node processes on 127.0.0.1.
 
-mod common;
-
 use std::fs;
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{
-    assert_ok, dir_allocated, dir_bytes, noise_handshake, random_bytes, read_sealed_frame,
-    read_until_closed, seal, tree, wait_until, Cluster,
+use crate::harness::cluster::{
+    assert_ok, dir_allocated, dir_bytes, random_bytes, tree, wait_until, Cluster,
 };
+use crate::harness::wire::{frame, noise_handshake, read_sealed_frame, read_until_closed, seal};
 use poolfs::client::catalog::Catalog;
 use poolfs::client::{ClientError, Manifest, PoolClient, DEFAULT_SHARD_SIZE};
 use poolfs::net::Connection;
@@ -756,11 +754,6 @@ fn hostile_round(addr: SocketAddr, key: &PoolKey, probe: &Request, round: u64) {
     });
     let failed: Vec<_> = results.iter().filter(|(_, r)| r.is_err()).collect();
     assert!(failed.is_empty(), "not closed properly: {failed:?}");
-}
-
-fn frame<T: serde::Serialize>(msg: &T) -> Vec<u8> {
-    let payload = proto::encode(msg).unwrap();
-    [&(payload.len() as u32).to_be_bytes()[..], &payload].concat()
 }
 
 /// One well-formed request without a body, by hand inside the encrypted channel.

@@ -1,5 +1,4 @@
 //! Real-mount harness: a whole pool from `poolfs up` in a private temp dir, torn down by `poolfs down` (or lazy unmount and kill by pid) even when the test panics.
-#![allow(dead_code)]
 
 use std::ffi::OsStr;
 use std::io::Read;
