@@ -1,4 +1,7 @@
-//! Real kernel mounts of poolfs (issue 3): cp/cat/dd round trips, POSIX operations and their errno, a randomized model test, persistence, spreading, up/down, mount -t poolfs, mount errors and failing closes.
+//! Real kernel mounts of poolfs (issue 3): cp/cat/dd round trips, POSIX operations and
+//! their errno, a randomized model test, persistence, spreading, up/down, mount -t
+//! poolfs, mount errors, nodes that fail, and what the nodes hold. This file holds the
+//! helpers the capability modules share.
 
 use crate::harness;
 use std::ffi::CString;

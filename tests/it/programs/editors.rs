@@ -122,7 +122,7 @@ fn mmap_writes_land_in_place_while_an_appender_has_the_file_open() {
 }
 
 // ---------------------------------------------------------------------------------
-// 6. Atomic save
+// Atomic save
 // ---------------------------------------------------------------------------------
 
 /// Version `i` of the saved file: its number, then padding of a varying length.

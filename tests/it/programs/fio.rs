@@ -2,10 +2,6 @@
 
 use super::*;
 
-// ---------------------------------------------------------------------------------
-// A verifying random-I/O run
-// ---------------------------------------------------------------------------------
-
 /// fio's random reads and writes of mixed sizes (4 KiB to 1 MiB) from two processes,
 /// with an fsync every 64 writes, verified with crc32c: every byte it wrote comes back.
 #[test]

@@ -3,10 +3,6 @@
 
 use super::*;
 
-// ---------------------------------------------------------------------------------
-// 7. A full disk
-// ---------------------------------------------------------------------------------
-
 /// A tmpfs mounted by the test; unmounted on drop, even after a panic.
 struct Tmpfs {
     path: PathBuf,

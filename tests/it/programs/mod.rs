@@ -7,6 +7,9 @@
 //!
 //! Tests that act as another user run `setpriv` (util-linux) with uids 1000 and 1001 and
 //! the made-up group 4242; they need no entry in /etc/passwd.
+//!
+//! This file holds what the capability modules share: syscalls with their errno and
+//! running code as another user.
 
 use crate::harness;
 use std::ffi::{CStr, CString};

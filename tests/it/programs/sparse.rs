@@ -3,10 +3,6 @@
 
 use super::*;
 
-// ---------------------------------------------------------------------------------
-// 4. fallocate
-// ---------------------------------------------------------------------------------
-
 const FALLOC_FL_COLLAPSE_RANGE: libc::c_int = 0x08;
 const FALLOC_FL_ZERO_RANGE: libc::c_int = 0x10;
 const FALLOC_FL_INSERT_RANGE: libc::c_int = 0x20;
@@ -152,7 +148,7 @@ fn fallocate_reserves_punches_and_refuses_what_it_cannot_do() {
 }
 
 // ---------------------------------------------------------------------------------
-// 9. Sparse files
+// Sparse files
 // ---------------------------------------------------------------------------------
 
 /// Issue 12, item 9 (/work/shared/cases/37-qemu-sparse-image.sh,

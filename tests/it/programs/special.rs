@@ -2,10 +2,6 @@
 
 use super::*;
 
-// ---------------------------------------------------------------------------------
-// 2. FIFOs, sockets and device nodes
-// ---------------------------------------------------------------------------------
-
 /// What a special file must look like: type bits, permission bits, rdev.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Special {

@@ -3,10 +3,6 @@
 
 use super::*;
 
-// ---------------------------------------------------------------------------------
-// 8. Attributes exactly as set
-// ---------------------------------------------------------------------------------
-
 /// Times the kernel accepts at the ends of its range and around the usual boundaries.
 const EXTREME_TIMES: &[(i64, u32)] = &[
     (0, 0),
@@ -237,7 +233,7 @@ fn attributes_stat_back_exactly_as_set_across_a_remount() {
 }
 
 // ---------------------------------------------------------------------------------
-// 10. Times follow the writes
+// Times follow the writes
 // ---------------------------------------------------------------------------------
 
 /// 2020-01-15 12:34:56.123456789 UTC.

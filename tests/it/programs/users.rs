@@ -3,10 +3,6 @@
 
 use super::*;
 
-// ---------------------------------------------------------------------------------
-// 1. Other users
-// ---------------------------------------------------------------------------------
-
 /// Issue 12, item 1. Without `--allow-other` another uid is refused (EACCES); with it,
 /// access follows the mode bits, owner, group and supplementary groups, sticky
 /// directories protect other users' entries, and a write or truncate by a non-owner
@@ -247,7 +243,7 @@ fn up_through_sudo_gives_the_pool_to_the_user_who_ran_it() {
 }
 
 // ---------------------------------------------------------------------------------
-// 3. Setgid directories
+// Setgid directories
 // ---------------------------------------------------------------------------------
 
 /// Issue 12, item 3, as root (/work/shared/cases/13-setgid-dir.sh). In a directory of

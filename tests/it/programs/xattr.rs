@@ -3,10 +3,6 @@
 
 use super::*;
 
-// ---------------------------------------------------------------------------------
-// 5. The pool's own attributes
-// ---------------------------------------------------------------------------------
-
 /// Issue 12, item 5 (/work/shared/cases/23-internal-xattr-rsync-X-cp-a.sh). listxattr
 /// lists no `user.poolfs.*` name (they stay readable by name); rsync -aX into the mount
 /// exits 0; copies out with cp -a, rsync -aX and shutil.copy2 carry no pool attribute; a
