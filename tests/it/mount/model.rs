@@ -199,7 +199,8 @@ fn model_step(
     } else if roll < 86 && size > 0 {
         // Through a shared writable mapping, as programs that mmap their files do.
         let off = rng.below(size);
-        let len = rng.range(1, (size - off).min(300 * 1024) + 1);
+        // `range` is inclusive: at most the bytes left before the end.
+        let len = rng.range(1, (size - off).min(300 * 1024));
         let data = rng.bytes(len as usize);
         what = format!("mmap write {off}+{len}");
         local.f().write_all_at(&data, off).unwrap();
