@@ -5,7 +5,7 @@ mod frame;
 mod messages;
 
 pub use codec::{decode, decode_record, encode, encode_record, CodecError};
-pub use frame::{read_body, read_frame, write_frame, FrameError};
+pub use frame::FrameError;
 pub use messages::*;
 
 /// Bumped whenever a message or the framing changes shape; bound into the handshake.

@@ -8,6 +8,7 @@ mod harness;
 mod bench;
 mod discovery;
 mod erasure;
+mod fuzz;
 mod hostile;
 mod lan_failover;
 mod mount;

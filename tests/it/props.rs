@@ -1,6 +1,7 @@
-//! Property tests on hostile input: the frame reader and the message codec on arbitrary
-//! bytes (no panic, no allocation beyond a frame), round trips of arbitrary messages,
-//! and file ids that could name a path.
+//! Property tests on hostile input: the Noise channel's frame reader (the one the server
+//! and the client read with) and the message codec on arbitrary bytes (no panic, no
+//! allocation beyond a frame), round trips of arbitrary messages, and file ids that
+//! could name a path.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -13,6 +14,9 @@ use poolfs::proto::{
     PoolView, Request, Response, ScanReport, SegmentRef, MAX_FRAME,
 };
 use proptest::prelude::*;
+
+use crate::fuzz::bodies::frame::{send_and_read, Path};
+use crate::fuzz::bodies::shared;
 
 // ---------------------------------------------------------------------------------------
 // The largest single allocation made by the current thread, so a test can tell that
@@ -89,19 +93,13 @@ proptest! {
     fn the_frame_reader_never_panics_nor_allocates_past_its_limit(
         bytes in prop_oneof![framed_bytes(), proptest::collection::vec(any::<u8>(), 0..64)]
     ) {
-        let (frames, largest) = largest_allocation(|| {
-            futures::executor::block_on(async {
-                let mut rd = &bytes[..];
-                let mut frames = Vec::new();
-                loop {
-                    match proto::read_frame(&mut rd).await {
-                        Ok(f) => frames.push(f),
-                        Err(e) => return (frames, e),
-                    }
-                }
-            })
+        // The channel's two ends are made first: their buffers are the connection's,
+        // not the reader's.
+        let rt = shared::runtime();
+        let (server, peer) = rt.block_on(shared::channel_pair());
+        let ((frames, end), largest) = largest_allocation(|| {
+            rt.block_on(send_and_read(server, peer, Path::Sealed, &bytes))
         });
-        let (frames, end) = frames;
         prop_assert!(largest <= MAX_FRAME as usize, "allocated {largest} bytes");
         let consumed: usize = frames.iter().map(|f| 4 + f.len()).sum();
         prop_assert!(consumed <= bytes.len());
@@ -246,7 +244,7 @@ fn assign() -> impl Strategy<Value = Assign> {
     )
 }
 
-fn request() -> impl Strategy<Value = Request> {
+pub(crate) fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
         (identity(), socket_addr(), any::<u64>(), any::<u64>()).prop_map(
             |(identity, listen, capacity, used)| Request::Join {
