@@ -942,7 +942,7 @@ fn the_lan_is_torn_down_even_when_a_test_panics() {
 #[test]
 fn a_busy_mount_is_ended_and_detached_when_a_test_panics() {
     if let Some(reason) = harness::lan::fuse_missing() {
-        harness::lan::skip(&format!("FUSE is not available: {reason}"));
+        harness::skip(&format!("FUSE is not available: {reason}"));
         return;
     }
     type Seen = (Vec<String>, u32, u32, u32, PathBuf);

@@ -9,12 +9,7 @@ fn fio_random_mixed_io_finds_every_byte_it_wrote() {
     if !can_mount() {
         return;
     }
-    if Command::new("fio").arg("--version").output().is_err() {
-        assert!(
-            !harness::mount::in_ci(),
-            "CI=true but fio is missing (.ci/run installs it)"
-        );
-        eprintln!("SKIPPED: fio is not installed");
+    if !harness::have_program("fio", "the workload and its verification") {
         return;
     }
     let pool = Pool::up("fio", 3);
