@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::harness::lan::Lan;
+use crate::harness::mount::wait_until;
 use poolfs::proto::{NodeState, PoolView};
 
 const NODE_PORT: u16 = 2001;
@@ -246,8 +247,16 @@ fn a_link_cut_mid_read_never_stalls_a_reader() {
         v.live().len() == 4
     });
     // The mount sees the controller's view up to half a second late (its client
-    // caches it): until then the node still counts as down and is read around.
-    std::thread::sleep(Duration::from_millis(1500));
+    // caches it): until then the node still counts as down and is read around. The
+    // file's health is computed from the mount's own view, fetched again once stale:
+    // wait until it no longer names the node missing.
+    let missing = format!("node {cut_id} ");
+    assert!(
+        wait_until(Duration::from_secs(10), || !harness::mount::health(&file)
+            .contains(&missing)),
+        "the mount still counts node {cut_id} out: {}",
+        harness::mount::health(&file)
+    );
     let before = sent_by(&lan);
     check("read after the cable came back", read_all(&mut |_| {}));
     let sent = delta(&before, &sent_by(&lan));

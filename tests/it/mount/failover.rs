@@ -279,8 +279,19 @@ fn new_and_empty_files_use_nodes_that_joined_later() {
     fs::write(&early, b"").unwrap();
     pool.add_node("late");
     harness::mount::wait_members_up(pool.controller, 4, "the late node");
-    // The mount's view of the pool is at most a second old.
-    std::thread::sleep(Duration::from_millis(1200));
+    // The mount caches the pool view (half a second): wait until it places a new file
+    // on all four nodes, so the files below are written with a view that has the late
+    // node (a probe, removed before they are written).
+    let probe = pool.path("probe");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            fs::write(&probe, vec![1u8; 300_000]).unwrap();
+            let placed_on_all = health(&probe).starts_with("healthy: 4 of 4");
+            fs::remove_file(&probe).unwrap();
+            placed_on_all
+        }),
+        "the mount never placed a file on the late node"
+    );
     fs::write(&early, vec![7u8; 300_000]).unwrap();
     let fresh = pool.path("fresh");
     fs::write(&fresh, vec![9u8; 300_000]).unwrap();

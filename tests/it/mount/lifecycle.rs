@@ -446,7 +446,7 @@ fn mount_refuses_bad_targets_and_unreachable_controllers() {
     );
     assert!(err.contains("in use"), "stderr: {err}");
     assert!(!is_mounted(&empty));
-    std::thread::sleep(Duration::from_millis(700)); // past the client's view cache
+    // `status` asks the controller afresh (no cache), and the refused mount has exited.
     assert_eq!(view(), before, "a refused mount changed the pool view");
     let src = pool.scratch().join("src");
     random_file(&src, 3 * MIB + 3);
