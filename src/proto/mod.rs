@@ -8,7 +8,7 @@ mod rpc;
 pub use codec::{
     decode, decode_record, decode_request, encode, encode_record, encode_request, MessageError,
 };
-pub use frame::{read_body, read_frame, write_frame, FrameError};
+pub use frame::FrameError;
 pub use messages::*;
 pub use rpc::{ControllerRequest, NodeRequest, SegmentRead, Service, ServiceRequest};
 

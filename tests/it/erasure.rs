@@ -1,11 +1,10 @@
 //! No data lost: Reed-Solomon parity lets files survive dead nodes and flipped bytes.
 
-mod common;
-
+use crate::harness;
 use std::fs;
 use std::time::{Duration, Instant};
 
-use common::{assert_ok, wait_until, Cluster};
+use crate::harness::cluster::{assert_ok, wait_until, Cluster};
 use poolfs::client::catalog::Catalog;
 use poolfs::client::PoolClient;
 use poolfs::proto::NodeState;
@@ -118,7 +117,7 @@ fn flipped_bytes_are_never_returned_and_the_shard_is_healed() {
     // Corrupt segment 0 (a data shard) on whichever node holds it.
     let holder = m.place.holders[0].node_id;
     let i = (0..3).find(|&i| c.node_id(i) == holder).unwrap();
-    let seg = common::segment_path(&c.storage(i), &m.place.file_id, 0).unwrap();
+    let seg = harness::cluster::segment_path(&c.storage(i), &m.place.file_id, 0).unwrap();
     let good = fs::read(&seg).unwrap();
     let mut bad = good.clone();
     for b in bad.iter_mut().skip(1000).step_by(4096) {
@@ -195,7 +194,7 @@ fn part_of_one_data_shard_alone_is_verified_and_falls_back_when_bad() {
     // and a read of the stripe gets the right bytes from the others and heals it.
     let holder = m.place.holders[0].node_id;
     let n = (0..3).find(|&n| c.node_id(n) == holder).unwrap();
-    let seg = common::segment_path(&c.storage(n), &m.place.file_id, 0).unwrap();
+    let seg = harness::cluster::segment_path(&c.storage(n), &m.place.file_id, 0).unwrap();
     let good = fs::read(&seg).unwrap();
     let mut bad = good.clone();
     bad[10] ^= 0x5a;

@@ -1,16 +1,16 @@
 //! The pool over TCP (issue 2): real controller and node processes on 127.0.0.1.
 
-mod common;
-
 use std::fs;
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{
-    assert_ok, dir_allocated, dir_bytes, noise_handshake, random_bytes, read_sealed_frame,
-    read_until_closed, seal, tree, wait_until, Cluster,
+use crate::harness::cluster::{
+    assert_ok, dir_allocated, dir_bytes, random_bytes, tree, wait_until, Cluster,
+};
+use crate::harness::wire::{
+    noise_handshake, read_sealed_frame, read_until_closed, request_frame, seal,
 };
 use poolfs::client::catalog::Catalog;
 use poolfs::client::{ClientError, Manifest, PoolClient, DEFAULT_SHARD_SIZE};
@@ -713,7 +713,7 @@ impl Hostile {
                 let mut t = noise_handshake(&mut s, key)?;
                 let plain = match self {
                     Hostile::HugeFrameAfterHello => vec![0xff; 4],
-                    Hostile::HugeBodyAfterHello => frame(&NodeRequest::Store {
+                    Hostile::HugeBodyAfterHello => request_frame(&NodeRequest::Store {
                         segment: SegmentRef {
                             file: "f".into(),
                             index: 0,
@@ -773,11 +773,6 @@ fn hostile_round<R: ServiceRequest>(addr: SocketAddr, key: &PoolKey, probe: &R, 
     assert!(failed.is_empty(), "not closed properly: {failed:?}");
 }
 
-fn frame<R: ServiceRequest>(req: &R) -> Vec<u8> {
-    let payload = proto::encode_request(req).unwrap();
-    [&(payload.len() as u32).to_be_bytes()[..], &payload].concat()
-}
-
 /// One well-formed request without a body, by hand inside the encrypted channel.
 fn raw_call<R: ServiceRequest>(
     addr: SocketAddr,
@@ -787,7 +782,7 @@ fn raw_call<R: ServiceRequest>(
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
         .map_err(|e| format!("connect: {e}"))?;
     let mut t = noise_handshake(&mut s, key)?;
-    s.write_all(&seal(&mut t, &frame(req)))
+    s.write_all(&seal(&mut t, &request_frame(req)))
         .map_err(|e| format!("write: {e}"))?;
     proto::decode(&read_sealed_frame(&mut s, &mut t)?).map_err(|e| e.to_string())
 }

@@ -1,19 +1,19 @@
 //! Failover on a LAN of namespaces: a mount on one host reads a file while another
 //! host's cable is pulled, and no read() waits a second for the missing host.
 //!
-//! Every packet stays inside namespaces the test creates (see `common::netns`). The
+//! Every packet stays inside namespaces the test creates (see `harness::lan`). The
 //! mount lives in the LAN's private mount namespace; the test reads it through
 //! `/proc/SUPERVISOR/root`, so every read(2) is timed here, in the test process.
 
-mod common;
-
+use crate::harness;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::netns::{self, Lan};
+use crate::harness::lan::Lan;
+use crate::harness::mount::wait_until;
 use poolfs::proto::{NodeState, PoolView};
 
 const NODE_PORT: u16 = 2001;
@@ -161,7 +161,7 @@ fn a_link_cut_mid_read_never_stalls_a_reader() {
     // the LAN's mount namespace. Every byte still goes through the FUSE daemon on host 0.
     let file: PathBuf = PathBuf::from(format!("/proc/{}/root{mps}/big.bin", lan.supervisor_pid()));
     let size = 96 * MIB + 12345;
-    let data = common::random_bytes(size, 0xc07);
+    let data = harness::cluster::random_bytes(size, 0xc07);
     let want = blake3::hash(&data);
     let t = Instant::now();
     {
@@ -247,8 +247,16 @@ fn a_link_cut_mid_read_never_stalls_a_reader() {
         v.live().len() == 4
     });
     // The mount sees the controller's view up to half a second late (its client
-    // caches it): until then the node still counts as down and is read around.
-    std::thread::sleep(Duration::from_millis(1500));
+    // caches it): until then the node still counts as down and is read around. The
+    // file's health is computed from the mount's own view, fetched again once stale:
+    // wait until it no longer names the node missing.
+    let missing = format!("node {cut_id} ");
+    assert!(
+        wait_until(Duration::from_secs(10), || !harness::mount::health(&file)
+            .contains(&missing)),
+        "the mount still counts node {cut_id} out: {}",
+        harness::mount::health(&file)
+    );
     let before = sent_by(&lan);
     check("read after the cable came back", read_all(&mut |_| {}));
     let sent = delta(&before, &sent_by(&lan));
@@ -264,5 +272,5 @@ fn a_link_cut_mid_read_never_stalls_a_reader() {
         .unwrap_or_else(|| panic!("the mount still runs 30 s after umount"));
     assert!(status.success(), "the mount exited with {status}:\n{log}");
     drop(lan);
-    netns::assert_root_clean(&names);
+    harness::lan::assert_root_clean(&names);
 }

@@ -1,11 +1,10 @@
 //! Discovery on a LAN of namespaces: ARP sweep, port probe, ASSIGN, re-sweeps, link cuts, controller restarts, and a FUSE mount whose files land on the other hosts.
 //!
-//! Every packet stays inside namespaces the test creates (see `common::netns`); the
+//! Every packet stays inside namespaces the test creates (see `harness::lan`); the
 //! controller sweeps the `eth0` of its own host namespace and nothing else. Mounts are
 //! made in the LAN's private mount namespace, never the machine's.
 
-mod common;
-
+use crate::harness;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -14,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::netns::{self, Lan};
+use crate::harness::lan::Lan;
 use poolfs::client::Manifest;
 use poolfs::proto::{NodeId, NodeState, PoolView, ScanReport};
 
@@ -323,7 +322,7 @@ fn sweep_finds_exactly_the_nodes_and_numbers_them() {
 
     drop(foreign);
     drop(lan);
-    netns::assert_root_clean(&names);
+    harness::lan::assert_root_clean(&names);
 }
 
 /// (b) A node that starts after the first sweep is found by the next periodic sweep and
@@ -376,7 +375,7 @@ fn a_node_started_later_is_found_by_the_next_sweep() {
     assert!(third.epoch > second.epoch);
 
     drop(lan);
-    netns::assert_root_clean(&names);
+    harness::lan::assert_root_clean(&names);
 }
 
 /// (c) Cutting a node's cable gets it marked down within a few seconds; plugging it back
@@ -421,7 +420,7 @@ fn a_cut_link_marks_the_node_down_and_restoring_it_brings_it_back() {
     assert_eq!(members(&back), members(&before), "same ids, same addresses");
 
     drop(lan);
-    netns::assert_root_clean(&names);
+    harness::lan::assert_root_clean(&names);
 }
 
 /// (d) With the controller killed, nodes keep serving reads of stored files; once it is
@@ -466,7 +465,7 @@ fn nodes_serve_reads_while_the_controller_is_down_and_ids_survive_its_restart() 
     assert!(get(&lan, 2, "f1").expect("get after the restart") == data);
 
     drop(lan);
-    netns::assert_root_clean(&names);
+    harness::lan::assert_root_clean(&names);
 }
 
 /// (e) `put` on one host places segment i on node i, each on its own host, over the
@@ -504,7 +503,7 @@ fn put_from_one_host_lands_segments_on_the_nodes_of_other_hosts() {
     let mut total = 0;
     for h in 1..=4usize {
         let store = lan.dir().join(format!("store{h}-{NODE_PORT}"));
-        let seg: PathBuf = common::segment_path(&store, &m.place.file_id, h as u32 - 1)
+        let seg: PathBuf = harness::cluster::segment_path(&store, &m.place.file_id, h as u32 - 1)
             .unwrap_or_else(|| panic!("host {h} lacks segment {}", h - 1));
         let len = std::fs::metadata(&seg)
             .unwrap_or_else(|e| panic!("host {h} lacks segment {}: {e}", h - 1))
@@ -532,7 +531,7 @@ fn put_from_one_host_lands_segments_on_the_nodes_of_other_hosts() {
     assert!(get(&lan, 3, "spread").expect("get from host 3") == data);
 
     drop(lan);
-    netns::assert_root_clean(&names);
+    harness::lan::assert_root_clean(&names);
 }
 
 /// The pool view's member with this id.
@@ -635,7 +634,7 @@ fn a_file_copied_into_a_mount_lands_on_the_other_hosts_and_reads_back() {
 
     // Copy a random file in with cp, inside host 0.
     let size = (6 << 20) + 1000;
-    let data = common::random_bytes(size, 0xd5f);
+    let data = harness::cluster::random_bytes(size, 0xd5f);
     let input = lan.dir().join("input.bin");
     std::fs::write(&input, &data).expect("write the input");
     let inside = format!("{mps}/big.bin");
@@ -771,8 +770,11 @@ fn a_file_copied_into_a_mount_lands_on_the_other_hosts_and_reads_back() {
     );
 
     drop(lan);
-    netns::assert_root_clean(&names);
-    assert!(!netns::process_running(mount, "poolfs"), "the mount ended");
+    harness::lan::assert_root_clean(&names);
+    assert!(
+        !harness::lan::process_running(mount, "poolfs"),
+        "the mount ended"
+    );
     let root = root_fuse_mounts();
     assert!(mount_line(&root, &mp).is_none(), "{root}");
 }
@@ -846,7 +848,7 @@ fn sweep_errors_name_their_cause() {
     let user_state = open.path().join("state");
     // The unprivileged user gets a copy of the pool key it can read.
     let user_key = open.path().join("pool.key");
-    std::fs::copy(common::test_key(), &user_key).expect("copy the pool key");
+    std::fs::copy(harness::cluster::test_key(), &user_key).expect("copy the pool key");
     std::os::unix::fs::chown(&user_key, Some(65534), Some(65534)).expect("chown the key");
     let (st, _, err) = lan.run(
         0,
@@ -894,7 +896,7 @@ fn sweep_errors_name_their_cause() {
     assert!(err.contains("started without --scan"), "{err}");
 
     drop(lan);
-    netns::assert_root_clean(&names);
+    harness::lan::assert_root_clean(&names);
 }
 
 fn set_mode(path: &Path, mode: u32) {
@@ -921,13 +923,16 @@ fn the_lan_is_torn_down_even_when_a_test_panics() {
         return; // skipped: no LAN here
     };
     assert!(outcome.is_err(), "the closure panicked");
-    assert!(!netns::process_running(sleeper, "sleep"), "sleeper ended");
-    assert!(!netns::process_running(node, "poolfs"), "node ended");
     assert!(
-        !netns::process_running(supervisor, "sh"),
+        !harness::lan::process_running(sleeper, "sleep"),
+        "sleeper ended"
+    );
+    assert!(!harness::lan::process_running(node, "poolfs"), "node ended");
+    assert!(
+        !harness::lan::process_running(supervisor, "sh"),
         "supervisor ended"
     );
-    netns::assert_root_clean(&names);
+    harness::lan::assert_root_clean(&names);
 }
 
 /// A test that panics with a mount up, busy (a process has its working directory in it
@@ -936,8 +941,8 @@ fn the_lan_is_torn_down_even_when_a_test_panics() {
 /// nor any name shows up on the machine.
 #[test]
 fn a_busy_mount_is_ended_and_detached_when_a_test_panics() {
-    if let Some(reason) = netns::fuse_missing() {
-        netns::skip(&format!("FUSE is not available: {reason}"));
+    if let Some(reason) = harness::lan::fuse_missing() {
+        harness::skip(&format!("FUSE is not available: {reason}"));
         return;
     }
     type Seen = (Vec<String>, u32, u32, u32, PathBuf);
@@ -971,13 +976,19 @@ fn a_busy_mount_is_ended_and_detached_when_a_test_panics() {
         return; // skipped: no LAN here
     };
     assert!(outcome.is_err(), "the closure panicked");
-    assert!(!netns::process_running(mount, "poolfs"), "the mount ended");
-    assert!(!netns::process_running(user, "sleep"), "its user ended");
     assert!(
-        !netns::process_running(supervisor, "sh"),
+        !harness::lan::process_running(mount, "poolfs"),
+        "the mount ended"
+    );
+    assert!(
+        !harness::lan::process_running(user, "sleep"),
+        "its user ended"
+    );
+    assert!(
+        !harness::lan::process_running(supervisor, "sh"),
         "supervisor ended"
     );
     let root = root_fuse_mounts();
     assert!(mount_line(&root, &mp).is_none(), "{root}");
-    netns::assert_root_clean(&names);
+    harness::lan::assert_root_clean(&names);
 }

@@ -1,6 +1,7 @@
-//! Property tests on hostile input: the frame reader and the message codec on arbitrary
-//! bytes (no panic, no allocation beyond a frame), round trips of arbitrary messages,
-//! and file ids that could name a path.
+//! Property tests on hostile input: the Noise channel's frame reader (the one the server
+//! and the client read with) and the message codec on arbitrary bytes (no panic, no
+//! allocation beyond a frame), round trips of arbitrary messages, and file ids that
+//! could name a path.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -14,6 +15,9 @@ use poolfs::proto::{
 };
 use poolfs::proto::{ControllerRequest, MessageError, NodeRequest, SegmentRead, ServiceRequest};
 use proptest::prelude::*;
+
+use crate::fuzz::bodies::frame::{send_and_read, Path};
+use crate::fuzz::bodies::shared;
 
 // ---------------------------------------------------------------------------------------
 // The largest single allocation made by the current thread, so a test can tell that
@@ -90,19 +94,13 @@ proptest! {
     fn the_frame_reader_never_panics_nor_allocates_past_its_limit(
         bytes in prop_oneof![framed_bytes(), proptest::collection::vec(any::<u8>(), 0..64)]
     ) {
-        let (frames, largest) = largest_allocation(|| {
-            futures::executor::block_on(async {
-                let mut rd = &bytes[..];
-                let mut frames = Vec::new();
-                loop {
-                    match proto::read_frame(&mut rd).await {
-                        Ok(f) => frames.push(f),
-                        Err(e) => return (frames, e),
-                    }
-                }
-            })
+        // The channel's two ends are made first: their buffers are the connection's,
+        // not the reader's.
+        let rt = shared::runtime();
+        let (server, peer) = rt.block_on(shared::channel_pair());
+        let ((frames, end), largest) = largest_allocation(|| {
+            rt.block_on(send_and_read(server, peer, Path::Sealed, &bytes))
         });
-        let (frames, end) = frames;
         prop_assert!(largest <= MAX_FRAME as usize, "allocated {largest} bytes");
         let consumed: usize = frames.iter().map(|f| 4 + f.len()).sum();
         prop_assert!(consumed <= bytes.len());
@@ -281,6 +279,15 @@ fn round_trips<R: ServiceRequest + PartialEq>(req: R) -> Result<(), TestCaseErro
         "{misdirected:?}"
     );
     Ok(())
+}
+
+/// Any request of either service, encoded as a client sends it (its service tag first):
+/// the seed corpus of the fuzz targets' tests draws from it too.
+pub(crate) fn encoded_request() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        controller_request().prop_map(|r| proto::encode_request(&r).expect("a request encodes")),
+        node_request().prop_map(|r| proto::encode_request(&r).expect("a request encodes")),
+    ]
 }
 
 fn controller_request() -> impl Strategy<Value = ControllerRequest> {

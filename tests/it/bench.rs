@@ -1,27 +1,11 @@
 //! Smoke test of the benchmark script (issue 7): `bench/run.py --quick` prints every figure of the target table for every configuration, and leaves no pool, mount, process or temp dir behind, also when interrupted.
 
-#[path = "common/mount.rs"]
-mod harness;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use harness::{can_mount, procs_under, test_dir, wait_until, BIN};
-
-/// Whether python3 runs here; the bench is a Python script and CI installs nothing for it.
-fn have_python() -> bool {
-    let ok = Command::new("python3")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("SKIPPED: python3 not found (the benchmark script needs it)");
-    }
-    ok
-}
+use crate::harness;
+use crate::harness::mount::{can_mount, procs_under, test_dir, wait_until, BIN};
 
 /// `python3 bench/run.py --quick ARGS` with its temp dirs under `root`.
 fn bench(root: &Path, args: &[&str]) -> Command {
@@ -77,7 +61,7 @@ fn figure(json: &serde_json::Value, name: &str, key: &str) -> f64 {
 
 #[test]
 fn quick_bench_prints_every_figure_and_cleans_up() {
-    if !can_mount() || !have_python() {
+    if !can_mount() || !harness::have_program("python3", "the benchmark script runs on it") {
         return;
     }
     let root = test_dir("bench");
@@ -136,7 +120,7 @@ fn quick_bench_prints_every_figure_and_cleans_up() {
 
 #[test]
 fn interrupted_bench_stops_its_pools_and_unmounts() {
-    if !can_mount() || !have_python() {
+    if !can_mount() || !harness::have_program("python3", "the benchmark script runs on it") {
         return;
     }
     let root = test_dir("bench-int");

@@ -3,13 +3,15 @@
 //! connections. Each is refused (its connection closed), others are served meanwhile,
 //! and the server's memory and descriptors stay bounded.
 
-mod common;
-
+use crate::harness;
 use std::io::{ErrorKind as IoKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{noise_handshake, read_sealed_frame, read_until_closed, seal, Cluster};
+use crate::harness::cluster::Cluster;
+use crate::harness::wire::{
+    noise_handshake, read_sealed_frame, read_until_closed, request_frame, seal,
+};
 
 /// How long the peer took to close, counted from `start`; an error if it is still open
 /// `within` after `start`, or if it sent anything instead of closing.
@@ -22,11 +24,6 @@ fn closed_within(s: &mut TcpStream, start: Instant, within: Duration) -> Result<
 use poolfs::proto::{self, NodeRequest, Response, SegmentRead, SegmentRef};
 use poolfs::trust::PoolKey;
 
-fn frame<R: proto::ServiceRequest>(req: &R) -> Vec<u8> {
-    let payload = proto::encode_request(req).unwrap();
-    [&(payload.len() as u32).to_be_bytes()[..], &payload].concat()
-}
-
 fn connect(addr: SocketAddr) -> TcpStream {
     TcpStream::connect_timeout(&addr, Duration::from_secs(3)).expect("connect")
 }
@@ -36,7 +33,7 @@ fn stat(addr: SocketAddr, key: &PoolKey) -> Result<Response, String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
         .map_err(|e| format!("connect: {e}"))?;
     let mut t = noise_handshake(&mut s, key)?;
-    s.write_all(&seal(&mut t, &frame(&NodeRequest::Stat)))
+    s.write_all(&seal(&mut t, &request_frame(&NodeRequest::Stat)))
         .map_err(|e| format!("write: {e}"))?;
     proto::decode(&read_sealed_frame(&mut s, &mut t)?).map_err(|e| e.to_string())
 }
@@ -57,7 +54,7 @@ fn a_replayed_frame_closes_the_connection_and_others_are_served() {
     let (addr, key) = (c.nodes[0].addr, c.pool_key());
     let mut s = connect(addr);
     let mut t = noise_handshake(&mut s, &key).unwrap();
-    let msg = seal(&mut t, &frame(&NodeRequest::Stat));
+    let msg = seal(&mut t, &request_frame(&NodeRequest::Stat));
     s.write_all(&msg).unwrap();
     let first: Response = proto::decode(&read_sealed_frame(&mut s, &mut t).unwrap()).unwrap();
     assert!(matches!(first, Response::Stat(_)), "{first:?}");
@@ -77,8 +74,8 @@ fn a_reordered_frame_closes_the_connection_and_others_are_served() {
     let (addr, key) = (c.nodes[0].addr, c.pool_key());
     let mut s = connect(addr);
     let mut t = noise_handshake(&mut s, &key).unwrap();
-    let first = seal(&mut t, &frame(&NodeRequest::Stat));
-    let second = seal(&mut t, &frame(&NodeRequest::Stat));
+    let first = seal(&mut t, &request_frame(&NodeRequest::Stat));
+    let second = seal(&mut t, &request_frame(&NodeRequest::Stat));
     let start = Instant::now();
     s.write_all(&[second, first].concat()).unwrap();
     // Not one answer: the first message the server opens is out of order.
@@ -89,9 +86,9 @@ fn a_reordered_frame_closes_the_connection_and_others_are_served() {
     // A message that skips one (a frame dropped in between) is refused the same way.
     let mut s = connect(addr);
     let mut t = noise_handshake(&mut s, &key).unwrap();
-    let _dropped = seal(&mut t, &frame(&NodeRequest::Stat));
+    let _dropped = seal(&mut t, &request_frame(&NodeRequest::Stat));
     let start = Instant::now();
-    s.write_all(&seal(&mut t, &frame(&NodeRequest::Stat)))
+    s.write_all(&seal(&mut t, &request_frame(&NodeRequest::Stat)))
         .unwrap();
     closed_within(&mut s, start, Duration::from_secs(3)).expect("gap refused");
     assert_served(addr, &key, "after a dropped frame");
@@ -152,7 +149,7 @@ fn slow_clients_are_cut_off_by_the_deadlines_while_others_are_served() {
         let frame_part = scope.spawn(|| {
             let mut s = connect(addr);
             let mut t = noise_handshake(&mut s, &key)?;
-            let msgs: Vec<u8> = frame(&NodeRequest::Stat)
+            let msgs: Vec<u8> = request_frame(&NodeRequest::Stat)
                 .iter()
                 .flat_map(|b| seal(&mut t, &[*b]))
                 .collect();
@@ -163,7 +160,7 @@ fn slow_clients_are_cut_off_by_the_deadlines_while_others_are_served() {
         let body = scope.spawn(|| {
             let mut s = connect(addr);
             let mut t = noise_handshake(&mut s, &key)?;
-            let header = frame(&NodeRequest::Store {
+            let header = request_frame(&NodeRequest::Store {
                 segment: SegmentRef {
                     file: "slow".into(),
                     index: 0,
@@ -336,14 +333,15 @@ fn thousands_of_idle_connections_hold_the_cap_and_members_are_still_served() {
     );
     // The newest member is still held, and answers.
     let (s, t) = members.last_mut().unwrap();
-    s.write_all(&seal(t, &frame(&NodeRequest::Stat))).unwrap();
+    s.write_all(&seal(t, &request_frame(&NodeRequest::Stat)))
+        .unwrap();
     let answer: Response = proto::decode(&read_sealed_frame(s, t).unwrap()).unwrap();
     assert!(matches!(answer, Response::Stat(_)), "{answer:?}");
 
     drop(members);
     drop(idle);
     // Everything is let go: descriptors return to where they were.
-    common::wait_until("descriptors released", Duration::from_secs(5), || {
+    harness::cluster::wait_until("descriptors released", Duration::from_secs(5), || {
         (open_fds(pid) <= fds_before + 2).then_some(())
     });
     let (src, data) = c.random_file("after-idle", 200_003, 5);

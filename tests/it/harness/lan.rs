@@ -29,10 +29,8 @@
 //! Host `i` is `{tag}{i}` with address `10.77.{net}.{i+1}/24` on its `eth0`; its cable is
 //! the bridge port `v{tag}{i}`.
 
-#![allow(dead_code)]
-
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -79,7 +77,6 @@ pub struct Host {
 struct Proc {
     pid: u32,
     host: usize,
-    label: String,
     child: Child,
     log: PathBuf,
 }
@@ -87,7 +84,6 @@ struct Proc {
 /// A bridge with hosts, inside namespaces of the test's own.
 pub struct Lan {
     tag: String,
-    net: u8,
     supervisor: Child,
     keep_alive: Option<ChildStdin>,
     hosts: Vec<Host>,
@@ -99,17 +95,8 @@ pub struct Lan {
 /// The capability is missing: under `CI=true` that fails the test, elsewhere the test is
 /// skipped with the reason printed.
 fn unavailable(reason: String) -> Option<Lan> {
-    skip(&format!("the namespace LAN cannot run here: {reason}"));
+    super::skip(&format!("the namespace LAN cannot run here: {reason}"));
     None
-}
-
-/// Skips the calling test with `reason` printed; under `CI=true` fails it instead.
-pub fn skip(reason: &str) {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{reason}, and CI=true forbids skipping");
-    }
-    // Straight to the stream, past the test harness's capture, so the reason is seen.
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {reason}");
 }
 
 /// Why a FUSE mount cannot be made here, if it cannot: no `/dev/fuse` character device
@@ -150,7 +137,7 @@ impl Lan {
     /// FUSE is not available.
     pub fn with_fuse(tag: &str, net: u8, hosts: usize) -> Option<Lan> {
         if let Some(reason) = fuse_missing() {
-            skip(&format!("FUSE is not available: {reason}"));
+            super::skip(&format!("FUSE is not available: {reason}"));
             return None;
         }
         Lan::new(tag, net, hosts)
@@ -210,7 +197,6 @@ impl Lan {
             .collect();
         let lan = Lan {
             tag: tag.to_string(),
-            net,
             supervisor,
             keep_alive,
             hosts,
@@ -259,16 +245,6 @@ impl Lan {
         names
     }
 
-    /// The LAN's subnet, 10.77.`net`.0/24.
-    pub fn subnet(&self) -> String {
-        format!("10.77.{}.0/24", self.net)
-    }
-
-    /// Host `i`.
-    pub fn host(&self, i: usize) -> &Host {
-        &self.hosts[i]
-    }
-
     /// Address of host `i`.
     pub fn ip(&self, i: usize) -> Ipv4Addr {
         self.hosts[i].ip
@@ -314,22 +290,13 @@ impl Lan {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Runs a shell script inside host `i`; panics if it fails. Returns its stdout.
-    pub fn host_sh(&self, i: usize, script: &str) -> String {
-        self.lan_sh(&format!(
-            "exec ip netns exec {} sh -c {}",
-            self.hosts[i].name,
-            sh_quote(script)
-        ))
-    }
-
     fn host_command(&self, i: usize, program: &Path, args: &[&str]) -> Command {
         let mut c = self.enter();
         c.args(["ip", "netns", "exec", &self.hosts[i].name])
             .arg(program)
             .args(args)
             .env_remove("POOLFS_CONTROLLER")
-            .env("POOLFS_KEY", super::test_key())
+            .env("POOLFS_KEY", super::cluster::test_key())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null());
         c
@@ -351,7 +318,7 @@ impl Lan {
             .arg(program)
             .args(args)
             .env_remove("POOLFS_CONTROLLER")
-            .env("POOLFS_KEY", super::test_key())
+            .env("POOLFS_KEY", super::cluster::test_key())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null());
         c
@@ -428,7 +395,6 @@ impl Lan {
         procs.push(Proc {
             pid,
             host: i,
-            label: label.to_string(),
             child,
             log,
         });
@@ -565,29 +531,6 @@ impl Lan {
         }
     }
 
-    /// Stops process `pid` with SIGTERM (SIGKILL after 10 s) and reaps it; returns its
-    /// exit status and log.
-    pub fn terminate(&self, pid: u32) -> (Option<ExitStatus>, String) {
-        let mut p = self.take(pid);
-        // SAFETY: the child is ours and not yet reaped, so the pid is still its own.
-        unsafe { libc::kill(p.pid as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            match p.child.try_wait() {
-                Ok(Some(s)) => break Some(s),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                _ => {
-                    let _ = p.child.kill();
-                    let _ = p.child.wait();
-                    break None;
-                }
-            }
-        };
-        (status, std::fs::read_to_string(&p.log).unwrap_or_default())
-    }
-
     /// Kills every process started with `spawn` on host `i` (SIGKILL, by pid); returns
     /// their pids.
     pub fn kill_host(&self, i: usize) -> Vec<u32> {
@@ -603,12 +546,6 @@ impl Lan {
             self.kill(*pid);
         }
         pids
-    }
-
-    /// Pids of the processes started with `spawn` that are still held.
-    pub fn pids(&self) -> Vec<u32> {
-        let procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
-        procs.iter().map(|p| p.pid).collect()
     }
 
     /// The supervisor's pid.

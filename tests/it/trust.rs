@@ -1,14 +1,14 @@
 //! Trust (issue 6): only holders of the pool key get in, a member's id is bound to its
 //! static key, and every byte on the wire is encrypted.
 
-mod common;
-
+use crate::harness;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{assert_ok, noise_handshake, read_sealed_frame, seal, Cluster, BIN};
+use crate::harness::cluster::{assert_ok, Cluster, BIN};
+use crate::harness::wire::{frame, noise_handshake, read_sealed_frame, request_frame, seal};
 use poolfs::net::{Connection, NetError};
 use poolfs::proto::{
     self, Assign, ControllerRequest, ErrorKind, Identity, NodeRequest, Response, SegmentRead,
@@ -82,17 +82,6 @@ fn every_verb() -> Vec<(&'static str, Vec<u8>)> {
     let controller = controller.iter().map(|r| (r.verb(), request_frame(r)));
     let node = node.iter().map(|r| (r.verb(), request_frame(r)));
     controller.chain(node).collect()
-}
-
-fn frame(msg: &impl serde::Serialize) -> Vec<u8> {
-    let payload = proto::encode(msg).unwrap();
-    [&(payload.len() as u32).to_be_bytes()[..], &payload].concat()
-}
-
-/// A request's frame, its service tag first, as a client sends it.
-fn request_frame<R: ServiceRequest>(req: &R) -> Vec<u8> {
-    let payload = proto::encode_request(req).unwrap();
-    [&(payload.len() as u32).to_be_bytes()[..], &payload].concat()
 }
 
 /// Everything the server sends until it closes (bounded by a deadline).
@@ -464,7 +453,7 @@ fn owner_segments(
     if !dir.exists() {
         return Vec::new();
     }
-    let mut out: Vec<_> = common::tree(&dir)
+    let mut out: Vec<_> = harness::cluster::tree(&dir)
         .into_iter()
         .filter(|p| p.is_file())
         .map(|p| {
@@ -625,7 +614,7 @@ fn a_quota_bounds_each_member_on_each_node() {
     assert_ok(&c.put(&first, "first"), "put first");
     let a = c.credentials();
     let used_by_a = |i: usize| {
-        common::dir_allocated(
+        harness::cluster::dir_allocated(
             &c.storage(i)
                 .join("segments")
                 .join(hex::encode(a.identity().0)),
@@ -693,7 +682,7 @@ fn a_quota_bounds_each_member_on_each_node() {
                 [0x5b; 32],
             ))),
         ));
-        let data = common::random_bytes(400 * KIB, 73);
+        let data = harness::cluster::random_bytes(400 * KIB, 73);
         let m = b
             .put(&data[..], |_| {})
             .await
@@ -730,17 +719,18 @@ fn assign_is_pinned_to_the_first_controller() {
     let key_path = dir.path().join("pool.key");
     let key = PoolKey::create(&key_path).unwrap();
     let storage = dir.path().join("node");
-    let mut node = common::Daemon::spawn("lonely", dir.path().join("node.log"), &[], |addr| {
-        vec![
-            "node".into(),
-            "--storage".into(),
-            storage.display().to_string(),
-            "--listen".into(),
-            addr.to_string(),
-            "--key".into(),
-            key_path.display().to_string(),
-        ]
-    });
+    let mut node =
+        harness::cluster::Daemon::spawn("lonely", dir.path().join("node.log"), &[], |addr| {
+            vec![
+                "node".into(),
+                "--storage".into(),
+                storage.display().to_string(),
+                "--listen".into(),
+                addr.to_string(),
+                "--key".into(),
+                key_path.display().to_string(),
+            ]
+        });
     let controller = Credentials::ephemeral(&key).unwrap();
     let rogue = Credentials::ephemeral(&key).unwrap();
     let rt = runtime();

@@ -1,0 +1,48 @@
+//! What the tests stand on: a pool on loopback (`cluster`), a LAN of network
+//! namespaces (`lan`), a whole pool mounted with `poolfs up` (`mount`), the wire by
+//! hand (`wire`), and the one rule for a missing prerequisite (`skip`).
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+pub mod cluster;
+pub mod lan;
+pub mod mount;
+pub mod wire;
+
+/// Whether this is a CI run (`CI` set, and not empty, `false` or `0`): there every
+/// prerequisite is installed (`.ci/run`), so a missing one fails the test.
+pub fn in_ci() -> bool {
+    matches!(std::env::var("CI").as_deref(), Ok(v) if !v.is_empty() && v != "false" && v != "0")
+}
+
+/// Skips the calling test for want of a prerequisite (`reason` says which); under CI
+/// fails it instead (panics). The caller returns right after.
+///
+/// libtest cannot mark a test ignored once it runs, so a skipped test still reports
+/// `ok`; the `SKIPPED <test>: <reason>` line, written past libtest's output capture, is
+/// what tells it apart, and CI, where nothing may be skipped, never reports one.
+pub fn skip(reason: &str) {
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("a test");
+    if in_ci() {
+        panic!("CI=true forbids skipping {test}: {reason}");
+    }
+    // Straight to the stream, past the capture, so the line is seen with the results.
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
+}
+
+/// Whether `program` runs here (`program --version` exits 0); if not, the test is
+/// skipped (see `skip`) with `why` it was needed.
+pub fn have_program(program: &str, why: &str) -> bool {
+    let ok = Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        skip(&format!("{program} is not installed ({why})"));
+    }
+    ok
+}

@@ -1,0 +1,552 @@
+//! A pool's life: persistence across remounts and kill -9, spreading over the nodes,
+//! `up`/`down`, `mount -t poolfs`, and mounts refused with a clear error.
+
+use super::*;
+
+/// Files are there after an unmount and remount, and after kill -9 of the mount
+/// process (once their close returned success), a lazy unmount and a remount.
+#[test]
+fn files_survive_remount_and_kill_9() {
+    if !can_mount() {
+        return;
+    }
+    let mut pool = Pool::up("persist", 3);
+    let scratch = pool.scratch();
+    let m = pool.mnt.clone();
+    let big = scratch.join("big");
+    random_file(&big, 7 * MIB + 3);
+    assert!(cp(&big, &m.join("big")).status.success());
+    fs::create_dir_all(m.join("d/e")).unwrap();
+    fs::write(m.join("d/e/small"), b"small file").unwrap();
+    fs::write(m.join("empty"), b"").unwrap();
+    std::os::unix::fs::symlink("d/e/small", m.join("sym")).unwrap();
+
+    let check_first = |m: &Path| {
+        assert_same_file(&big, &m.join("big"));
+        assert_eq!(fs::read(m.join("d/e/small")).unwrap(), b"small file");
+        assert_eq!(fs::metadata(m.join("empty")).unwrap().len(), 0);
+        assert_eq!(fs::read(m.join("sym")).unwrap(), b"small file");
+    };
+    pool.unmount();
+    assert_eq!(
+        names(&m),
+        Vec::<String>::new(),
+        "mountpoint empty once unmounted"
+    );
+    pool.remount();
+    check_first(&m);
+
+    // Writes whose close returned success; one more made durable by fsync and still
+    // open; then kill -9.
+    let mut after = File::create(m.join("after")).unwrap();
+    let bytes = Rng::new(99).bytes(3 * MIB + 11);
+    after.write_all(&bytes).unwrap();
+    close_checked(after).expect("close of a stored file");
+    let f = OpenOptions::new().write(true).open(m.join("big")).unwrap();
+    f.write_all_at(b"PATCHED", 4 * MIB as u64).unwrap();
+    close_checked(f).expect("close after an overwrite");
+    let mut patched = fs::read(&big).unwrap();
+    patched[4 * MIB..4 * MIB + 7].copy_from_slice(b"PATCHED");
+    fs::write(&big, &patched).unwrap();
+    let mut synced = File::create(m.join("synced")).unwrap();
+    synced.write_all(b"fsynced but open").unwrap();
+    synced.sync_all().expect("fsync");
+    // Unlinked while open when the mount dies: its segments go at the next mount.
+    assert!(cp(&big, &m.join("orphan")).status.success());
+    let orphan = File::open(m.join("orphan")).unwrap();
+    fs::remove_file(m.join("orphan")).unwrap();
+    let with_orphan = total_segments(&pool);
+
+    pool.kill_mount();
+    drop(synced);
+    drop(orphan);
+    pool.remount();
+    assert!(
+        wait_until(Duration::from_secs(5), || total_segments(&pool).0
+            <= with_orphan.0 - 7 * MIB as u64),
+        "segments of a file unlinked while open at kill -9 remain after remount: {:?} \
+         (before: {with_orphan:?})",
+        total_segments(&pool)
+    );
+    check_first(&m);
+    assert_eq!(
+        fs::read(m.join("after")).unwrap(),
+        bytes,
+        "file closed before kill -9"
+    );
+    assert_eq!(fs::read(m.join("synced")).unwrap(), b"fsynced but open");
+    assert_eq!(names(&m), ["after", "big", "d", "empty", "sym", "synced"]);
+}
+
+/// After a 32 MiB copy into a 4-node pool (k = 3 data + 1 parity segment) each node
+/// holds about a third of it, and the mounting node does not hold the whole file.
+#[test]
+fn bytes_are_spread_over_the_nodes() {
+    if !can_mount() {
+        return;
+    }
+    let pool = Pool::up("spread", 4);
+    let src = pool.scratch().join("src");
+    let size = 32 * MIB as u64;
+    random_file(&src, size as usize);
+    let before: Vec<u64> = pool.storages().iter().map(|s| segment_usage(s).0).collect();
+    assert!(cp(&src, &pool.path("big")).status.success());
+    let share = size as f64 / 3.0;
+    for (i, s) in pool.storages().iter().enumerate() {
+        let held = (segment_usage(s).0 - before[i]) as f64;
+        assert!(
+            (held - share).abs() <= share * 0.15,
+            "{} holds {held} bytes of a {size}-byte file; expected about {share}",
+            s.display()
+        );
+    }
+    let mine = segment_usage(&pool.mount_storage).0 - before[0];
+    assert!(
+        mine < size / 2,
+        "the mounting node holds {mine} of {size} bytes"
+    );
+    assert_same_file(&src, &pool.path("big"));
+}
+
+/// `poolfs up` mounts a pool one can cp into at once; `poolfs down` unmounts it and
+/// stops every process; a second `up` finds the files again.
+#[test]
+fn up_and_down_end_to_end() {
+    if !can_mount() {
+        return;
+    }
+    let mut pool = Pool::up("updown", 3);
+    assert_eq!(pool.pids.len(), 4, "mount + 2 nodes + controller");
+    // A second `up` on the same mount point is refused and leaves the pool alone.
+    let again = run(harness::mount::poolfs(["up"])
+        .arg(&pool.mnt)
+        .arg("--data-dir")
+        .arg(&pool.data));
+    assert!(
+        !again.status.success(),
+        "a second up on a live mount succeeded"
+    );
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already up"),
+        "stderr: {}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let src = pool.scratch().join("src");
+    random_file(&src, 5 * MIB + 1);
+    assert!(cp(&src, &pool.path("f")).status.success());
+    assert_same_file(&src, &pool.path("f"));
+
+    // down while a file is open: refused (like umount), and the pool keeps working.
+    let busy = File::open(pool.path("f")).unwrap();
+    let out = pool.down();
+    assert!(!out.status.success(), "down succeeded with a file open");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("could not unmount"),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(is_mounted(&pool.mnt));
+    assert!(
+        pool.any_alive().len() == 4,
+        "down stopped processes of a busy pool"
+    );
+    assert_eq!(pread(&busy, 0, 10).unwrap(), fs::read(&src).unwrap()[..10]);
+    drop(busy);
+    assert_same_file(&src, &pool.path("f"));
+
+    let out = pool.down();
+    assert!(
+        out.status.success(),
+        "poolfs down failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!is_mounted(&pool.mnt), "still mounted after down");
+    assert!(
+        pool.any_alive().is_empty(),
+        "alive after down: {:?}",
+        pool.any_alive()
+    );
+    assert!(
+        procs_under(&pool.root).is_empty(),
+        "a poolfs process is left"
+    );
+    assert!(
+        !pool.state.join("up.json").exists(),
+        "up.json left after down"
+    );
+    assert_eq!(
+        names(&pool.mnt),
+        Vec::<String>::new(),
+        "files visible after down"
+    );
+    let twice = pool.down();
+    assert!(!twice.status.success(), "a second down succeeded");
+
+    // Up again with the same data dir, this time without a key given: `up` makes one of
+    // its own for the pool, and the files are still there.
+    let own_key = pool.state.join("pool.key");
+    assert!(!own_key.exists(), "up made a key although it was given one");
+    let out = run(harness::mount::poolfs(["up"])
+        .arg(&pool.mnt)
+        .args(["--nodes", "3", "--data-dir"])
+        .arg(&pool.data)
+        .env_remove("POOLFS_KEY"));
+    let state: Option<poolfs::up::UpState> = fs::read(pool.state.join("up.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    if let Some(s) = &state {
+        pool.pids = s.pids.clone();
+        pool.mount_pid = s.pids[0];
+        pool.controller = s.controller;
+    }
+    pool.mark_up();
+    assert!(
+        out.status.success(),
+        "second up failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_file(&src, &pool.path("f"));
+    let mode = fs::metadata(&own_key)
+        .expect("up's own key")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "up's key is private");
+    // Its key opens the pool; the key of the first run no longer does.
+    let ctrl = pool.controller.to_string();
+    let status =
+        |key: &Path| run(harness::mount::poolfs(["status", "-c", &ctrl, "--key"]).arg(key));
+    assert!(status(&own_key).status.success(), "status with up's key");
+    let old = status(harness::mount::test_key());
+    assert!(!old.status.success(), "status with another key succeeded");
+    assert!(old.stdout.is_empty(), "the view leaked: {:?}", old.stdout);
+}
+
+/// `mount -t poolfs CONTROLLER DIR -o storage=...` through mount-helper/mount.poolfs,
+/// and `umount DIR`; the helper refuses a missing storage= option with a clear message.
+#[test]
+fn mount_t_poolfs_through_the_helper() {
+    if !can_mount() {
+        return;
+    }
+    let tmp = harness::mount::test_dir("helper");
+    let root = tmp.path().canonicalize().unwrap();
+    let helper = Path::new(env!("CARGO_MANIFEST_DIR")).join("mount-helper/mount.poolfs");
+    let installed = Path::new("/sbin/mount.poolfs");
+    let _link = HelperLink::install(installed, &helper);
+
+    let ctrl =
+        harness::mount::ControllerProc::start(&root.join("controller"), &root.join("ctrl.log"));
+    let mnt = root.join("mnt");
+    let storage = root.join("storage");
+    fs::create_dir(&mnt).unwrap();
+    let _guard = harness::mount::MountGuard {
+        mnt: mnt.clone(),
+        root: root.clone(),
+    };
+
+    // Without storage=: refused, with a message that names the option.
+    let out = run(Command::new("mount")
+        .args(["-t", "poolfs", &ctrl.addr.to_string()])
+        .arg(&mnt)
+        .args(["-o", "listen=127.0.0.1:0"])
+        .env("POOLFS_BIN", harness::mount::BIN)
+        .env("POOLFS_KEY", harness::mount::test_key()));
+    assert!(!out.status.success(), "mount without storage= succeeded");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("storage=PATH option is required"),
+        "stderr: {err}"
+    );
+    assert!(!is_mounted(&mnt));
+
+    let out = run(Command::new("mount")
+        .args(["-t", "poolfs", &ctrl.addr.to_string()])
+        .arg(&mnt)
+        .arg("-o")
+        .arg(format!(
+            "storage={},listen=127.0.0.1:0,_netdev",
+            storage.display()
+        ))
+        .env("POOLFS_BIN", harness::mount::BIN)
+        .env("POOLFS_KEY", harness::mount::test_key()));
+    assert!(
+        out.status.success(),
+        "mount -t poolfs failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        is_mounted(&mnt),
+        "mount -t poolfs returned but nothing is mounted"
+    );
+    let mounts = fs::read_to_string("/proc/mounts").unwrap();
+    let line = mounts
+        .lines()
+        .find(|l| l.contains(mnt.to_str().unwrap()))
+        .unwrap();
+    assert!(line.contains("fuse"), "{line}");
+
+    let src = root.join("src");
+    random_file(&src, 3 * MIB + 17);
+    assert!(cp(&src, &mnt.join("f")).status.success());
+    drop_cache(&mnt.join("f"));
+    let cat = run_ok(Command::new("cat").arg(mnt.join("f")));
+    assert!(
+        cat.stdout == fs::read(&src).unwrap(),
+        "cat through mount -t poolfs"
+    );
+    assert!(
+        storage.join("meta.redb").exists(),
+        "the namespace lives in storage="
+    );
+
+    let mount_procs = || {
+        procs_under(&root)
+            .into_iter()
+            .filter(|&p| p != ctrl.pid())
+            .collect::<Vec<_>>()
+    };
+    let pids = mount_procs();
+    assert_eq!(pids.len(), 1, "one mount process: {pids:?}");
+    run_ok(Command::new("umount").arg(&mnt));
+    assert!(!is_mounted(&mnt), "still mounted after umount");
+    assert!(
+        wait_until(Duration::from_secs(10), || mount_procs().is_empty()),
+        "the mount process did not exit after umount: {pids:?}"
+    );
+    assert_eq!(
+        harness::mount::member_states(ctrl.addr),
+        ["Gone"],
+        "umount makes the node leave the pool"
+    );
+    drop(ctrl);
+}
+
+/// Installs /sbin/mount.poolfs -> the repo's helper only if absent; removes it again
+/// on drop if it was ours.
+struct HelperLink {
+    path: PathBuf,
+    created: bool,
+}
+
+impl HelperLink {
+    fn install(path: &Path, target: &Path) -> HelperLink {
+        let created = if fs::symlink_metadata(path).is_ok() {
+            eprintln!("{} exists already; using it", path.display());
+            false
+        } else {
+            std::os::unix::fs::symlink(target, path)
+                .unwrap_or_else(|e| panic!("cannot install {}: {e}", path.display()));
+            true
+        };
+        HelperLink {
+            path: path.to_path_buf(),
+            created,
+        }
+    }
+}
+
+impl Drop for HelperLink {
+    fn drop(&mut self) {
+        if self.created {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Mounting over a non-empty directory, over a mounted one, or with no reachable
+/// controller fails with a clear message, and leaves nothing mounted or running.
+#[test]
+fn mount_refuses_bad_targets_and_unreachable_controllers() {
+    if !can_mount() {
+        return;
+    }
+    let pool = Pool::up("mounterr", 2);
+    let pool_procs = pool.any_alive();
+    let leftovers = || {
+        procs_under(&pool.root)
+            .into_iter()
+            .filter(|p| !pool_procs.contains(p))
+            .collect::<Vec<_>>()
+    };
+    let mount = |mnt: &Path, controller: &str, storage: &str| {
+        let started = Instant::now();
+        let out = run(harness::mount::poolfs(["mount"])
+            .arg(mnt)
+            .arg("--storage")
+            .arg(pool.root.join(storage))
+            .args(["-c", controller, "--listen", "127.0.0.1:0"]));
+        (out, started.elapsed())
+    };
+    let ctrl = pool.controller.to_string();
+
+    // Non-empty directory.
+    let full = pool.root.join("full");
+    fs::create_dir(&full).unwrap();
+    fs::write(full.join("keep"), b"mine").unwrap();
+    let (out, _) = mount(&full, &ctrl, "s1");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "mount over a non-empty dir succeeded"
+    );
+    assert!(err.contains("not empty"), "stderr: {err}");
+    assert!(!is_mounted(&full));
+    assert_eq!(fs::read(full.join("keep")).unwrap(), b"mine");
+
+    // Already mounted (the pool's own mount point).
+    let (out, _) = mount(&pool.mnt, &ctrl, "s2");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "mount over a mounted dir succeeded");
+    assert!(err.contains("already mounted"), "stderr: {err}");
+    fs::write(pool.path("still-works"), b"ok").unwrap();
+    assert_eq!(fs::read(pool.path("still-works")).unwrap(), b"ok");
+
+    // No controller listening there.
+    let empty = pool.root.join("empty");
+    fs::create_dir(&empty).unwrap();
+    let nobody = format!("127.0.0.1:{}", harness::mount::free_port());
+    let (out, took) = mount(&empty, &nobody, "s3");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "mount with no controller succeeded");
+    assert!(
+        err.contains("no reachable controller") && err.contains(&nobody),
+        "stderr: {err}"
+    );
+    assert!(took < Duration::from_secs(20), "took {took:?} to give up");
+    assert!(!is_mounted(&empty));
+
+    // The storage of the running mount: refused before the pool hears of it (the
+    // node's address in the pool view stays the running mount's), and the pool keeps
+    // working.
+    let view = || {
+        let out = run_ok(&mut harness::mount::poolfs([
+            "status", "--json", "-c", &ctrl,
+        ]));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+        let mut addrs: Vec<String> = v["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .map(|n| format!("{} {}", n["id"], n["addr"]))
+            .collect();
+        addrs.sort();
+        addrs
+    };
+    let before = view();
+    let out = run(harness::mount::poolfs(["mount"])
+        .arg(&empty)
+        .arg("--storage")
+        .arg(&pool.mount_storage)
+        .args(["-c", &ctrl, "--listen", "127.0.0.1:0"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "second mount of one storage dir succeeded"
+    );
+    assert!(err.contains("in use"), "stderr: {err}");
+    assert!(!is_mounted(&empty));
+    // `status` asks the controller afresh (no cache), and the refused mount has exited.
+    assert_eq!(view(), before, "a refused mount changed the pool view");
+    let src = pool.scratch().join("src");
+    random_file(&src, 3 * MIB + 3);
+    let out = cp(&src, &pool.path("after-refusal"));
+    assert!(
+        out.status.success(),
+        "the pool stopped storing after a refused mount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_file(&src, &pool.path("after-refusal"));
+
+    // Not a directory at all.
+    let (out, _) = mount(&full.join("keep"), &ctrl, "s4");
+    assert!(!out.status.success(), "mount on a file succeeded");
+
+    assert!(
+        wait_until(Duration::from_secs(5), || leftovers().is_empty()),
+        "processes left behind by failed mounts: {:?}",
+        leftovers()
+    );
+    assert!(
+        harness::mount::fuse_mounts_under(&pool.root).len() == 1,
+        "mounts: {:?}",
+        harness::mount::fuse_mounts_under(&pool.root)
+    );
+}
+
+/// Regression: `poolfs down` recognised the pool's processes by their binary's name, so
+/// a pool started from a copy named otherwise (`poolfs-new`, say) was unmounted but its
+/// controller and nodes kept running.
+#[test]
+fn down_stops_a_pool_started_from_a_renamed_binary() {
+    if !can_mount() {
+        return;
+    }
+    let tmp = harness::mount::test_dir("renamed");
+    let root = tmp.path().canonicalize().unwrap();
+    let bin = root.join("pf-renamed");
+    fs::copy(harness::mount::BIN, &bin).unwrap();
+    let (mnt, data) = (root.join("mnt"), root.join("data"));
+    let up = harness::mount::run(
+        Command::new(&bin)
+            .arg("up")
+            .arg(&mnt)
+            .arg("--data-dir")
+            .arg(&data),
+    );
+    assert!(
+        up.status.success(),
+        "up: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let running = |root: &Path| -> Vec<u32> {
+        fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    c.split(|b| *b == 0)
+                        .next()
+                        .is_some_and(|exe| exe.starts_with(root.as_os_str().as_bytes()))
+                })
+            })
+            .collect()
+    };
+    let started = running(&root);
+    assert!(
+        started.len() >= 4,
+        "expected the pool's processes: {started:?}"
+    );
+    let down = harness::mount::run(
+        Command::new(&bin)
+            .arg("down")
+            .arg(&mnt)
+            .arg("--data-dir")
+            .arg(&data),
+    );
+    assert!(
+        down.status.success(),
+        "down: {}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    let left = || {
+        running(&root)
+            .into_iter()
+            .filter(|pid| {
+                // A zombie waiting to be reaped has stopped already.
+                !fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+            })
+            .collect::<Vec<_>>()
+    };
+    let stopped = wait_until(Duration::from_secs(10), || left().is_empty());
+    let leftover = left();
+    for pid in &leftover {
+        // SAFETY: processes this test started from its own copy of the binary.
+        unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+    }
+    assert!(stopped, "down left processes running: {leftover:?}");
+    assert!(
+        !harness::mount::is_mounted(&mnt),
+        "still mounted after down"
+    );
+}
