@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod layout;
 pub mod manifest;
 pub mod seal;
+pub mod segments;
 pub mod stripe;
 mod suspects;
 
@@ -17,12 +18,14 @@ use futures::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::net::{ConnPool, NetError};
-use crate::proto::{ErrorKind, NodeId, NodeState, PoolView, Request, Response, SegmentRef};
+use crate::node::OwnSegments;
+use crate::proto::{ErrorKind, NodeId, NodeState, PoolView, SegmentRef};
 use crate::trust::{Credentials, OwnerKey};
 pub use layout::Layout;
 use layout::{SEAL_CHUNK, TAG_LEN};
 pub use manifest::{Holder, Manifest, Moved, Placement, Sealing, StripeRecord};
 use seal::FileCipher;
+pub use segments::{MemSegments, SegmentError, SegmentIo, SegmentRead, ViewSource};
 pub use stripe::StripeData;
 
 /// Default shard size: large enough for streaming, small enough to keep memory bounded.
@@ -44,83 +47,31 @@ pub struct ClientConfig {
     pub owner: Option<Arc<OwnerKey>>,
     /// A node in this same process that owns `creds` (a mount's own node): its shards
     /// are stored and read with a call instead of a round trip through loopback.
-    pub local: Option<Arc<dyn LocalNode>>,
+    pub own: Option<OwnSegments>,
 }
 
-impl std::fmt::Debug for dyn LocalNode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "LocalNode({:?})", self.node_id())
-    }
+/// How a client lays out and seals files, whatever carries its segments.
+#[derive(Clone, Debug)]
+pub struct DataConfig {
+    /// Parity shards per stripe; `None` chooses: 1 on pools of 3 or more nodes, else 0.
+    pub parity: Option<u32>,
+    /// Bytes per shard of a full stripe.
+    pub shard_size: u32,
+    /// Stripes stored or fetched concurrently by one stream.
+    pub stripes_in_flight: usize,
+    /// The owner secret that shard keys derive from; `None` stores shards in clear.
+    pub owner: Option<Arc<OwnerKey>>,
 }
 
-/// Segments of a node running in the client's own process, as the client's key owns
-/// them there. Errors are the kind and message a remote node would answer.
-pub trait LocalNode: Send + Sync {
-    /// That node's id in the pool, once it has one.
-    fn node_id(&self) -> Option<NodeId>;
-    /// STORE `data` at `offset` of `segment`: durable when it returns.
-    fn store(
-        &self,
-        segment: &SegmentRef,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<(), (ErrorKind, String)>;
-    /// The bytes `what` names of `segment`.
-    fn read(
-        &self,
-        segment: &SegmentRef,
-        what: &SegmentRead,
-    ) -> Result<Vec<u8>, (ErrorKind, String)>;
-    /// RESERVE bytes `offset..offset+len` of `segment`: allocated when it returns `Ok`
-    /// (the segment's length stays), nothing allocated when refused.
-    fn reserve(
-        &self,
-        segment: &SegmentRef,
-        offset: u64,
-        len: u64,
-    ) -> Result<(), (ErrorKind, String)>;
-    /// PUNCH bytes `offset..offset+len` of `segment`: freed, reading back as zeros.
-    fn punch(&self, segment: &SegmentRef, offset: u64, len: u64)
-        -> Result<(), (ErrorKind, String)>;
-}
-
-/// What a space request does to a range of a segment (see `PoolClient::reserve`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SpaceOp {
-    Reserve,
-    Punch,
-}
-
-/// Which bytes of a shard's segment a reader asks its holder for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SegmentRead {
-    /// One range, a whole shard (read ahead on the node). Bytes the reader sealed
-    /// itself may travel outside the channel's encryption (`FwdSealed`).
-    Range { offset: u64, len: u32, sealed: bool },
-    /// A few small ranges in one round trip, such as a chunk and its tag: their bytes
-    /// one after the other, with no readahead.
-    Parts(Vec<(u64, u32)>),
-}
-
-impl SegmentRead {
-    /// The request that asks a remote holder for these bytes of `segment`.
-    fn request(self, segment: SegmentRef) -> Request {
-        match self {
-            SegmentRead::Range {
-                offset,
-                len,
-                sealed: true,
-            } => Request::FwdSealed {
-                segment,
-                offset,
-                len,
-            },
-            SegmentRead::Range { offset, len, .. } => Request::Fwd {
-                segment,
-                offset,
-                len,
-            },
-            SegmentRead::Parts(parts) => Request::FwdParts { segment, parts },
+impl DataConfig {
+    /// The defaults (parity by pool size, `DEFAULT_SHARD_SIZE`, 4 stripes in flight),
+    /// sealing with keys from `owner`.
+    pub fn new(owner: Option<Arc<OwnerKey>>) -> Self {
+        DataConfig {
+            parity: None,
+            shard_size: DEFAULT_SHARD_SIZE,
+            stripes_in_flight: 4,
+            owner,
         }
     }
 }
@@ -140,7 +91,17 @@ impl ClientConfig {
             parity: None,
             shard_size: DEFAULT_SHARD_SIZE,
             stripes_in_flight: 4,
-            local: None,
+            own: None,
+        }
+    }
+
+    /// The layout and sealing part of this configuration.
+    pub fn data(&self) -> DataConfig {
+        DataConfig {
+            parity: self.parity,
+            shard_size: self.shard_size,
+            stripes_in_flight: self.stripes_in_flight,
+            owner: self.owner.clone(),
         }
     }
 }
@@ -171,7 +132,7 @@ pub enum ClientError {
         node: NodeId,
         file: String,
         segment: u32,
-        source: NetError,
+        source: SegmentError,
     },
     #[error(
         "shard {segment} of stripe {stripe} of file {file} from node {node} fails its checksum"
@@ -217,6 +178,13 @@ impl ClientError {
     }
 }
 
+/// What a space request does to a range of a segment (see `PoolClient::reserve`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SpaceOp {
+    Reserve,
+    Punch,
+}
+
 /// A shard fetch slower than this is routed around (another holder is asked).
 pub const READ_DEADLINE: Duration = Duration::from_millis(1000);
 /// A stripe read still short of k shards after this long asks one more holder (hedging),
@@ -231,30 +199,51 @@ const VIEW_TTL: Duration = Duration::from_millis(500);
 
 /// A handle on the pool for storing and fetching files.
 pub struct PoolClient {
-    cfg: ClientConfig,
-    conns: ConnPool,
+    cfg: DataConfig,
+    /// The segment verbs on any holder (network, own node, or in memory).
+    io: Arc<dyn SegmentIo>,
+    /// Where the pool view comes from (the controller, or an in-memory pool).
+    views: Arc<dyn ViewSource>,
     view: Mutex<Option<(PoolView, Instant)>>,
     /// Holders recently late or failing: asked last until they answer or expire.
     suspects: suspects::Suspects,
 }
 
 impl PoolClient {
-    /// A client of the pool run by the controller in `cfg`.
+    /// A client of the pool run by the controller in `cfg`, over the network (and by
+    /// call on `cfg.own`, the node in this process, if any).
     pub fn new(cfg: ClientConfig) -> Self {
+        let conns = Arc::new(ConnPool::new(
+            cfg.creds.clone(),
+            Duration::from_secs(2),
+            Duration::from_secs(30),
+        ));
+        let net = Arc::new(segments::NetSegments::new(conns.clone()));
+        let own = cfg.own.clone().map(|o| Arc::new(o) as Arc<dyn SegmentIo>);
+        let io = Arc::new(segments::Router::new(own, net));
+        let views = Arc::new(segments::ControllerView::new(conns, cfg.controller));
+        PoolClient::over(cfg.data(), io, views)
+    }
+
+    /// A client that lays out files as `cfg` says, moves segments with `io` and learns
+    /// the pool from `views`.
+    pub fn over(cfg: DataConfig, io: Arc<dyn SegmentIo>, views: Arc<dyn ViewSource>) -> Self {
         PoolClient {
-            conns: ConnPool::new(
-                cfg.creds.clone(),
-                Duration::from_secs(2),
-                Duration::from_secs(30),
-            ),
+            cfg,
+            io,
+            views,
             view: Mutex::new(None),
             suspects: Default::default(),
-            cfg,
         }
     }
 
-    /// The configuration this client was made with.
-    pub fn config(&self) -> &ClientConfig {
+    /// A client of the in-memory pool `mem` (tests: no sockets, no controller).
+    pub fn in_memory(mem: Arc<MemSegments>, cfg: DataConfig) -> Self {
+        PoolClient::over(cfg, mem.clone(), mem)
+    }
+
+    /// How this client lays out and seals files.
+    pub fn config(&self) -> &DataConfig {
         &self.cfg
     }
 
@@ -262,34 +251,33 @@ impl PoolClient {
         self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// The pool view, fresh from the controller when it answers, else the last one.
+    /// The pool view, fresh from its source when it answers, else the last one; a view
+    /// younger than `VIEW_TTL` is reused without asking.
     pub async fn view(&self) -> Result<PoolView, ClientError> {
         if let Some((view, at)) = self.cached_view() {
             if at.elapsed() < VIEW_TTL {
                 return Ok(view);
             }
         }
-        match self
-            .conns
-            .call(self.cfg.controller, &Request::Pool, None)
-            .await
-        {
-            Ok((Response::Pool(view), _)) => {
+        self.refresh_view().await
+    }
+
+    /// The pool view fresh from its source (the controller), whatever the cache holds;
+    /// the last one when the source does not answer (the controller being down must not
+    /// stop reads and writes). Errors: `Controller` when there is no view at all.
+    pub async fn refresh_view(&self) -> Result<PoolView, ClientError> {
+        match self.views.fetch().await {
+            Ok(view) => {
                 *self.view.lock().unwrap_or_else(|p| p.into_inner()) =
                     Some((view.clone(), Instant::now()));
                 Ok(view)
             }
-            Ok((other, _)) => Err(ClientError::Controller(NetError::Unexpected {
-                addr: self.cfg.controller,
-                what: format!("{other:?}"),
-            })),
             Err(e) => match self.cached_view() {
-                // The controller being down must not stop reads and writes.
                 Some((view, _)) => {
                     log::debug!("controller unreachable ({e}); using the last pool view");
                     Ok(view)
                 }
-                None => Err(ClientError::Controller(e)),
+                None => Err(e),
             },
         }
     }
@@ -362,30 +350,11 @@ impl PoolClient {
             index: layout::segment_index(i, slot),
         };
         let offset = place.layout.segment_offset(j);
-        let stored = match self.local_node(holder.node_id) {
-            Some(local) => {
-                // The blocking pool, like the node's own handler: pwrite and fdatasync.
-                let data = Arc::clone(shard);
-                tokio::task::spawn_blocking(move || local.store(&segment, offset, &data))
-                    .await
-                    .unwrap_or_else(|e| Err((ErrorKind::Internal, format!("task failed: {e}"))))
-                    .map_err(|(kind, message)| NetError::Remote {
-                        addr: holder.addr,
-                        kind,
-                        message,
-                    })
-            }
-            None => {
-                let req = Request::Store {
-                    segment,
-                    offset,
-                    len: shard.len() as u32,
-                };
-                let addr = self.addr_of(holder).await;
-                self.conns.call(addr, &req, Some(shard)).await.map(|_| ())
-            }
-        };
-        stored.map_err(|source| refused(holder, &place.file_id, i as u32, source))
+        let to = self.reach(holder).await;
+        self.io
+            .store(&to, segment, offset, Arc::clone(shard))
+            .await
+            .map_err(|source| refused(holder, &place.file_id, i as u32, source))
     }
 
     /// Stores stripe `j` (its data bytes) in slot `slot` on all holders in parallel
@@ -576,34 +545,25 @@ impl PoolClient {
             file: place.file_id.clone(),
             index: record.segment_index(i),
         };
-        if let Some(local) = self.local_node(holder.node_id) {
-            let node = holder.node_id;
-            return tokio::task::spawn_blocking(move || local.read(&segment, &what))
-                .await
-                .unwrap_or_else(|e| Err((ErrorKind::Internal, format!("task failed: {e}"))))
-                .map_err(|(_, why)| {
-                    ShardFailure::Unreachable(format!("node {node} (here): {why}"))
-                });
-        }
         // Readers consulted the view just before (or, for one shard alone, chose not
         // to wait for it): its address as last seen, with no round trip of its own.
         let addr = match self.cached_view() {
             Some((view, _)) => view.node(holder.node_id).map_or(holder.addr, |n| n.addr),
             None => self.addr_of(holder).await,
         };
-        let req = what.request(segment);
+        let to = Holder {
+            node_id: holder.node_id,
+            addr,
+        };
         let who = format!("node {} ({addr})", holder.node_id);
-        let answer = tokio::time::timeout(READ_DEADLINE, self.conns.call(addr, &req, None))
+        tokio::time::timeout(READ_DEADLINE, self.io.read(&to, segment, what))
             .await
             .map_err(|_| {
-                // Its idle connections are likely as dead as this one: start afresh.
-                self.conns.drop_peer(addr);
+                // What it keeps for that holder is likely as dead: start afresh.
+                self.io.abandon(&to);
                 ShardFailure::Unreachable(format!("{who} did not answer within {READ_DEADLINE:?}"))
             })?
-            .map_err(|e| ShardFailure::Unreachable(format!("{who}: {e}")))?;
-        answer
-            .1
-            .ok_or_else(|| ShardFailure::Unreachable(format!("{who} sent no data")))
+            .map_err(|e| ShardFailure::Unreachable(format!("{who}: {e}")))
     }
 
     /// Shard `i` of stripe `j` from wherever the record says it is, verified against
@@ -644,13 +604,13 @@ impl PoolClient {
         Ok(shard)
     }
 
-    /// The node in this process, if it is `node`.
-    fn local_node(&self, node: NodeId) -> Option<Arc<dyn LocalNode>> {
-        self.cfg
-            .local
-            .as_ref()
-            .filter(|local| local.node_id() == Some(node))
-            .cloned()
+    /// `holder` as reachable now: at the address the pool view gives it (a node that
+    /// restarted on another port), else the one recorded at placement.
+    async fn reach(&self, holder: &Holder) -> Holder {
+        Holder {
+            node_id: holder.node_id,
+            addr: self.addr_of(holder).await,
+        }
     }
 
     /// The cipher of a file, if this client holds an owner key.
@@ -1105,11 +1065,10 @@ impl PoolClient {
 
     /// Removes this client's segments of `file` from one node.
     pub async fn delete_on(&self, holder: &Holder, file: &str) -> Result<(), ClientError> {
-        let req = Request::Delete { file: file.into() };
-        self.conns
-            .call(self.addr_of(holder).await, &req, None)
+        let to = self.reach(holder).await;
+        self.io
+            .delete(&to, file)
             .await
-            .map(|_| ())
             .map_err(|source| ClientError::Store {
                 node: holder.node_id,
                 file: file.into(),
@@ -1132,38 +1091,10 @@ impl PoolClient {
             file: place.file_id.clone(),
             index,
         };
-        let done = match self.local_node(holder.node_id) {
-            Some(local) => {
-                // The blocking pool, like the node's own handler: fallocate may wait on
-                // the disk.
-                tokio::task::spawn_blocking(move || match op {
-                    SpaceOp::Reserve => local.reserve(&segment, offset, len),
-                    SpaceOp::Punch => local.punch(&segment, offset, len),
-                })
-                .await
-                .unwrap_or_else(|e| Err((ErrorKind::Internal, format!("task failed: {e}"))))
-                .map_err(|(kind, message)| NetError::Remote {
-                    addr: holder.addr,
-                    kind,
-                    message,
-                })
-            }
-            None => {
-                let req = match op {
-                    SpaceOp::Reserve => Request::Reserve {
-                        segment,
-                        offset,
-                        len,
-                    },
-                    SpaceOp::Punch => Request::Punch {
-                        segment,
-                        offset,
-                        len,
-                    },
-                };
-                let addr = self.addr_of(holder).await;
-                self.conns.call(addr, &req, None).await.map(|_| ())
-            }
+        let to = self.reach(holder).await;
+        let done = match op {
+            SpaceOp::Reserve => self.io.reserve(&to, segment, offset, len).await,
+            SpaceOp::Punch => self.io.punch(&to, segment, offset, len).await,
         };
         done.map_err(|source| refused(holder, &place.file_id, index, source))
     }
@@ -1318,11 +1249,9 @@ impl PoolClient {
         let place = &m.place;
         let holders = m.all_holders();
         let deletes = holders.iter().enumerate().map(|(i, holder)| async move {
-            let req = Request::Delete {
-                file: place.file_id.clone(),
-            };
-            self.conns
-                .call(self.addr_of(holder).await, &req, None)
+            let to = self.reach(holder).await;
+            self.io
+                .delete(&to, &place.file_id)
                 .await
                 .map_err(|source| ClientError::Store {
                     node: holder.node_id,
@@ -1457,8 +1386,8 @@ impl std::fmt::Display for ShardFailure {
 /// The error of a segment request (STORE, RESERVE, PUNCH) to `holder` that failed:
 /// a node without space or an owner over its quota are refusals the filesystem reports
 /// as ENOSPC and EDQUOT, anything else a failed store.
-fn refused(holder: &Holder, file: &str, segment: u32, source: NetError) -> ClientError {
-    match source.remote_kind() {
+fn refused(holder: &Holder, file: &str, segment: u32, source: SegmentError) -> ClientError {
+    match source.kind() {
         Some(ErrorKind::NoSpace) => ClientError::NoSpace {
             node: holder.node_id,
             file: file.into(),
