@@ -164,3 +164,164 @@ where
     }
     got
 }
+
+#[cfg(test)]
+mod tests {
+    //! On a paused tokio clock: time moves only when every task waits, so the waits
+    //! below are exact.
+    use std::time::Duration;
+
+    use tokio::time::{sleep, Instant};
+
+    use super::*;
+
+    /// A store of shard `i` that answers `ok` after `after` (`None`: never).
+    async fn store(i: usize, after: Option<u64>, ok: bool) -> (usize, Result<(), String>) {
+        match after {
+            Some(ms) => sleep(Duration::from_millis(ms)).await,
+            None => futures::future::pending().await,
+        }
+        (
+            i,
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("shard {i} refused"))
+            },
+        )
+    }
+
+    #[test]
+    fn the_write_quorum_is_k_plus_one_with_parity_and_everything_without() {
+        let table = [
+            ((2, 1), 3),
+            ((3, 1), 4),
+            ((1, 1), 2),
+            ((4, 2), 5),
+            ((1, 0), 1),
+            ((3, 0), 3),
+        ];
+        for ((k, m), want) in table {
+            let layout = Layout {
+                k,
+                m,
+                shard_size: 4096,
+            };
+            assert_eq!(write_quorum(&layout), want, "k={k} m={m}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_holder_delays_a_write_by_the_grace_only() {
+        let t = Instant::now();
+        let stores = vec![
+            store(0, Some(0), true),
+            store(1, Some(10), true),
+            store(2, None, true),
+        ];
+        let (stored, failures) = gather_stores(stores, 3, 2).await;
+        assert_eq!(stored, vec![true, true, false]);
+        assert!(failures.is_empty());
+        assert_eq!(t.elapsed(), Duration::from_millis(10) + STRAGGLER_GRACE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_straggler_answering_within_the_grace_is_counted() {
+        let t = Instant::now();
+        let stores = vec![
+            store(0, Some(0), true),
+            store(1, Some(0), true),
+            store(2, Some(300), true),
+        ];
+        let (stored, _) = gather_stores(stores, 3, 2).await;
+        assert_eq!(stored, vec![true, true, true]);
+        assert_eq!(t.elapsed(), Duration::from_millis(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn short_of_the_quorum_a_write_waits_for_every_holder() {
+        let t = Instant::now();
+        let stores = vec![
+            store(0, Some(0), true),
+            store(1, Some(5), false),
+            store(2, Some(4000), true),
+        ];
+        let (stored, failures) = gather_stores(stores, 3, 3).await;
+        assert_eq!(stored, vec![true, false, true]);
+        assert_eq!(failures, vec!["shard 1 refused".to_string()]);
+        assert_eq!(t.elapsed(), Duration::from_millis(4000));
+    }
+
+    /// A fetch of shard `i` per `plan[i]`: after so many ms (`None`: never), its index,
+    /// or a failure (`Err(true)`: corrupt).
+    async fn fetch(
+        i: usize,
+        plan: &[(Option<u64>, Result<(), bool>)],
+    ) -> (usize, Result<usize, ShardFailure>) {
+        let (after, outcome) = &plan[i];
+        match after {
+            Some(ms) => sleep(Duration::from_millis(*ms)).await,
+            None => futures::future::pending().await,
+        }
+        let r = match outcome {
+            Ok(()) => Ok(i),
+            Err(true) => Err(ShardFailure::Corrupt(format!("shard {i} is corrupt"))),
+            Err(false) => Err(ShardFailure::Unreachable(format!("shard {i} is away"))),
+        };
+        (i, r)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_stripe_read_asks_one_more_holder_after_the_hedge_delay() {
+        let plan = [(None, Ok(())), (Some(0), Ok(())), (Some(0), Ok(()))];
+        let suspects = Suspects::default();
+        let t = Instant::now();
+        let got = hedged_read(
+            vec![0, 1, 2],
+            3,
+            2,
+            |i| fetch(i, &plan),
+            &suspects,
+            |i| i as NodeId + 1,
+        )
+        .await;
+        assert_eq!(got.have, 2);
+        assert_eq!(got.shards, vec![None, Some(1), Some(2)]);
+        assert_eq!(t.elapsed(), HEDGE_AFTER);
+        assert!(
+            suspects.is_suspect(1),
+            "the silent holder is asked last for a while"
+        );
+        assert!(!suspects.is_suspect(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_shard_is_replaced_at_once_and_a_corrupt_one_noted_for_healing() {
+        let plan = [
+            (Some(0), Err(true)),
+            (Some(1), Err(false)),
+            (Some(2), Ok(())),
+            (Some(3), Ok(())),
+        ];
+        let suspects = Suspects::default();
+        let t = Instant::now();
+        let got = hedged_read(
+            vec![0, 1, 2, 3],
+            4,
+            2,
+            |i| fetch(i, &plan),
+            &suspects,
+            |i| i as NodeId + 1,
+        )
+        .await;
+        assert_eq!((got.have, got.corrupt.clone()), (2, vec![0]));
+        assert_eq!(got.failures.len(), 2);
+        assert!(
+            t.elapsed() < HEDGE_AFTER,
+            "no hedge wait: {:?}",
+            t.elapsed()
+        );
+        assert!(!suspects.is_suspect(1), "a corrupt shard's holder answered");
+        assert!(suspects.is_suspect(2), "an unreachable holder is suspect");
+    }
+}

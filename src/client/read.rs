@@ -31,6 +31,15 @@ impl PoolClient {
             file: place.file_id.clone(),
             index: record.segment_index(i),
         };
+        if self.io.by_call(holder.node_id) {
+            // This process's own node: nothing to route around, no deadline.
+            let node = holder.node_id;
+            return self
+                .io
+                .read(holder, segment, what)
+                .await
+                .map_err(|e| ShardFailure::Unreachable(format!("node {node} (here): {e}")));
+        }
         // Readers consulted the view just before (or, for one shard alone, chose not
         // to wait for it): its address as last seen, with no round trip of its own.
         let addr = match self.cached_view() {
@@ -331,7 +340,7 @@ fn seal_chunks_covering(want: &Range<usize>, shard_len: usize) -> Range<usize> {
 #[cfg(test)]
 mod tests {
     use super::super::testkit::{bytes, pool, put, SHARD};
-    use super::super::{ClientError, Fault};
+    use super::super::{ClientError, Fault, READ_DEADLINE};
 
     #[tokio::test]
     async fn any_byte_range_reads_back_clear_or_sealed() {
@@ -427,5 +436,23 @@ mod tests {
                 data[at + 100 - start..at + 200 - start]
             );
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_holder_fails_a_read_after_the_read_deadline() {
+        let (mem, client) = pool(2, false);
+        let m = put(&client, &bytes(1000, 6)).await;
+        mem.set_fault(2, Some(Fault::Silent));
+        let t = tokio::time::Instant::now();
+        let err = client
+            .read_range(&m, 0, 1000)
+            .await
+            .expect_err("k = 2 of 2, one silent");
+        assert_eq!(t.elapsed(), READ_DEADLINE);
+        assert!(
+            matches!(err, ClientError::Unavailable { have: 1, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("did not answer within"), "{err}");
     }
 }

@@ -118,6 +118,11 @@ impl SegmentRead {
 pub trait SegmentIo: Send + Sync {
     /// Can this implementation reach `node`? (The router asks its own-node part.)
     fn serves(&self, node: NodeId) -> bool;
+    /// Is `node` reached by a call in this process (the mount's own node)? Such a read
+    /// is not given up after `READ_DEADLINE`: there is no other path to wait on.
+    fn by_call(&self, _node: NodeId) -> bool {
+        false
+    }
     /// STORE `data` at byte `offset` of `segment`: durable on the holder when `Ok`.
     fn store<'a>(
         &'a self,
@@ -190,6 +195,10 @@ impl Router {
 impl SegmentIo for Router {
     fn serves(&self, node: NodeId) -> bool {
         self.to(node).serves(node)
+    }
+
+    fn by_call(&self, node: NodeId) -> bool {
+        self.to(node).by_call(node)
     }
 
     fn store<'a>(

@@ -36,6 +36,10 @@ impl SegmentIo for OwnSegments {
         self.node_id() == Some(node)
     }
 
+    fn by_call(&self, node: NodeId) -> bool {
+        self.serves(node)
+    }
+
     fn store<'a>(
         &'a self,
         holder: &'a Holder,
