@@ -42,7 +42,8 @@ struct MemNode {
     fault: Option<Fault>,
     /// Segment bytes per (file id, segment index).
     segments: BTreeMap<(String, u32), Vec<u8>>,
-    /// Bytes reserved per segment, beyond what is stored.
+    /// Bytes reserved per segment, beyond what is stored: counted, not tracked by
+    /// range (a PUNCH gives back up to its length), which is all the space checks need.
     reserved: BTreeMap<(String, u32), u64>,
 }
 
