@@ -244,7 +244,7 @@ impl FileData {
         let place = self.manifest.place.clone();
         let len = self.manifest.stripe_len(j);
         let record = self.manifest.stripe(j).clone();
-        tokio::spawn(async move { client.read_stripe_data(&place, j, len, &record).await })
+        tokio::spawn(async move { client.read_stripe(&place, j, len, &record).await })
     }
 
     /// Stripe `j` as stored in the pool (through the cache and prefetches).
@@ -400,30 +400,21 @@ impl FileData {
             .ok_or_else(|| FsError::Meta("stripe buffer vanished".into()))
     }
 
-    /// An empty file is placed again on the pool as it is now, if its holders are no
-    /// longer exactly the live nodes (one died, or nodes joined since it was created).
-    async fn refresh_empty_placement(&mut self) -> Result<(), FsError> {
-        if self.size() != 0
-            || self.manifest.stores_anything()
-            || !self.manifest.reserved.is_empty()
-            || !self.dirty.is_empty()
-        {
-            return Ok(());
-        }
-        let view = self.client.view().await?;
-        let live: Vec<_> = view.live().iter().map(|n| n.id).collect();
-        let holders: Vec<_> = self
-            .manifest
-            .place
-            .holders
-            .iter()
-            .map(|h| h.node_id)
-            .collect();
-        if live != holders {
-            self.manifest = self.client.new_file().await?;
-            self.changed = true;
-        }
-        Ok(())
+    /// Does this file hold nothing yet (no bytes, nothing stored or reserved, nothing
+    /// buffered)? Its placement may then still change at no cost: the caller places it
+    /// again, before a write, if the pool changed since (`PoolClient::place_again`).
+    pub fn holds_nothing(&self) -> bool {
+        self.size() == 0
+            && !self.manifest.stores_anything()
+            && self.manifest.reserved.is_empty()
+            && self.dirty.is_empty()
+    }
+
+    /// Takes `fresh` (a new placement, from `PoolClient::place_again`) as the placement
+    /// of this file, which `holds_nothing`.
+    pub fn replace_placement(&mut self, fresh: Manifest) {
+        self.manifest = fresh;
+        self.changed = true;
     }
 
     /// A small file's bytes kept in its record become its (dirty) first stripe again,
@@ -459,7 +450,6 @@ impl FileData {
     pub async fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), FsError> {
         self.check_failed()?;
         self.spill_inline();
-        self.refresh_empty_placement().await?;
         let stripe_size = self.stripe_size();
         let end = offset
             .checked_add(data.len() as u64)

@@ -10,6 +10,8 @@ pub mod mount;
 pub mod repair;
 pub mod status;
 pub mod vfs;
+#[cfg(test)]
+mod vfs_tests;
 
 use crate::client::ClientError;
 

@@ -11,9 +11,8 @@ use super::meta::MetaStore;
 use super::repair::{self, RepairReport};
 use super::vfs::Vfs;
 use super::FsError;
-use crate::client::{ClientConfig, LocalNode, PoolClient, SegmentRead};
-use crate::node::{Node, NodeConfig, NodeError, OwnSegments};
-use crate::proto::{ErrorKind, NodeId, SegmentRef};
+use crate::client::{ClientConfig, PoolClient};
+use crate::node::{Node, NodeConfig, NodeError};
 use crate::trust::{OwnerKey, PoolKey};
 
 /// How to mount.
@@ -212,7 +211,7 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
     };
     let mut client_cfg = ClientConfig::new(cfg.controller, node.credentials(), owner);
     client_cfg.parity = cfg.parity;
-    client_cfg.local = Some(Arc::new(OwnNode(node.own_segments())));
+    client_cfg.own = Some(node.own_segments());
     let client = Arc::new(PoolClient::new(client_cfg));
     let vfs = Arc::new(Vfs::new(meta, client, rt.handle().clone())?);
 
@@ -297,8 +296,10 @@ fn hand_off_own_files(rt: &tokio::runtime::Runtime, node: &Node, vfs: &Vfs, grac
     if node.own_bytes() == 0 || !rt.block_on(node.announce_leaving()) {
         return;
     }
-    // The client's cached pool view must show this node leaving before a pass.
-    std::thread::sleep(Duration::from_millis(700));
+    // The client's pool view must show this node leaving before a pass.
+    if let Err(e) = rt.block_on(vfs.client().refresh_view()) {
+        log::warn!("hand-off: cannot refresh the pool view: {e}");
+    }
     loop {
         match repair::repair_pass(vfs, grace) {
             Ok(r) if r.rebuilt > 0 && node.own_bytes() > 0 => continue,
@@ -330,52 +331,4 @@ pub fn scrub(mountpoint: &Path) -> std::io::Result<String> {
         return Err(std::io::Error::last_os_error());
     }
     super::status::get_xattr(mountpoint, super::fuse::SCRUB_XATTR)
-}
-
-/// The mount's own node, reached by its client with a call: a third of every stripe
-/// (on a 3-node pool) then skips loopback TCP and two cipher passes each way.
-struct OwnNode(OwnSegments);
-
-impl LocalNode for OwnNode {
-    fn node_id(&self) -> Option<NodeId> {
-        self.0.node_id()
-    }
-
-    fn store(
-        &self,
-        segment: &SegmentRef,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<(), (ErrorKind, String)> {
-        self.0.store(segment, offset, data)
-    }
-
-    fn read(
-        &self,
-        segment: &SegmentRef,
-        what: &SegmentRead,
-    ) -> Result<Vec<u8>, (ErrorKind, String)> {
-        match what {
-            SegmentRead::Range { offset, len, .. } => self.0.fwd(segment, *offset, *len),
-            SegmentRead::Parts(parts) => self.0.fwd_parts(segment, parts),
-        }
-    }
-
-    fn reserve(
-        &self,
-        segment: &SegmentRef,
-        offset: u64,
-        len: u64,
-    ) -> Result<(), (ErrorKind, String)> {
-        self.0.reserve(segment, offset, len)
-    }
-
-    fn punch(
-        &self,
-        segment: &SegmentRef,
-        offset: u64,
-        len: u64,
-    ) -> Result<(), (ErrorKind, String)> {
-        self.0.punch(segment, offset, len)
-    }
 }

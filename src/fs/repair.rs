@@ -1,13 +1,12 @@
 //! Keeping files whole: per-file health, and rebuilding the segments of nodes that left
 //! or stayed down onto live nodes, in the background and rate-limited.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use super::meta::Kind;
 use super::vfs::Vfs;
 use super::FsError;
-use crate::client::Holder;
+use crate::client::{placement, Holder};
 use crate::proto::{NodeState, PoolView};
 
 /// Pause between rebuilt stripes, so repair leaves bandwidth to users.
@@ -166,7 +165,6 @@ pub fn repair_progress(vfs: &Vfs) -> String {
 /// pass; a segment with no spare node to go to stays pending.
 pub fn repair_pass(vfs: &Vfs, grace: Duration) -> Result<RepairReport, FsError> {
     let view = vfs.run(vfs.client().view())?;
-    let live: Vec<_> = view.live().into_iter().cloned().collect();
     let mut report = RepairReport::default();
     for inode in vfs.meta().files()? {
         let Some(mut m) = inode.manifest.clone() else {
@@ -198,27 +196,19 @@ pub fn repair_pass(vfs: &Vfs, grace: Duration) -> Result<RepairReport, FsError> 
             continue;
         }
         for i in broken {
-            let used: HashSet<_> = m.place.holders.iter().map(|h| h.node_id).collect();
             // The emptiest live node that holds nothing of this file yet.
-            let Some(target) = live
-                .iter()
-                .filter(|n| !used.contains(&n.id))
-                .max_by_key(|n| n.capacity.saturating_sub(n.used))
-            else {
+            let Some(to) = placement::rebuild_target(&view, &m.place) else {
                 report.pending += 1;
                 continue;
             };
-            let to = Holder {
-                node_id: target.id,
-                addr: target.addr,
-            };
+            let target = to.clone();
             let from = m.place.holders[i].node_id;
             match vfs.run(vfs.client().rebuild_segment(&m, i, to, STRIPE_PAUSE)) {
                 Ok(moved) => {
                     log::info!(
                         "repair: segment {i} of file {} rebuilt from node {from} onto node {}",
                         m.place.file_id,
-                        target.id
+                        target.node_id
                     );
                     m = moved;
                     report.rebuilt += 1;

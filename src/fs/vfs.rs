@@ -726,6 +726,14 @@ impl Vfs {
     pub fn write(&self, fh: u64, offset: u64, bytes: &[u8]) -> Result<u32, FsError> {
         let (h, open) = self.data_of(fh)?;
         let mut data = self.block_on(open.data.lock());
+        // Placement is decided before the data path: a file that holds nothing yet is
+        // placed again on the pool as it is now, if its holders are no longer exactly
+        // the live nodes (one died, or nodes joined since it was created).
+        if !data.has_failed() && data.holds_nothing() {
+            if let Some(fresh) = self.block_on(self.client.place_again(&data.manifest))? {
+                data.replace_placement(fresh);
+            }
+        }
         if let Err(e) = self.block_on(data.write(offset, bytes)) {
             if data.has_failed() {
                 // A store failed: the file goes back to what was committed now, so its

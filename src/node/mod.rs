@@ -357,9 +357,39 @@ impl Drop for Node {
     }
 }
 
-/// See `Node::own_segments`. Errors are the kind and message a remote caller would get.
+/// Why this node refused a call on its own segments: the kind and message a remote
+/// caller would get in its `Response::Error` for the same request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    /// How a client should take it (`NoSpace` is ENOSPC, `Quota` EDQUOT, ...).
+    pub kind: ErrorKind,
+    /// The store's own description, naming the segment and the cause.
+    pub message: String,
+}
+
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Self {
+        match store_error(e) {
+            Response::Error { kind, message } => Refusal { kind, message },
+            other => Refusal {
+                kind: ErrorKind::Internal,
+                message: format!("{other:?}"),
+            },
+        }
+    }
+}
+
+/// See `Node::own_segments`. Every call is blocking disk work (callers run it on the
+/// blocking pool) and fails with the `Refusal` a remote caller would get.
 #[derive(Clone)]
 pub struct OwnSegments(Arc<Shared>);
+
+impl std::fmt::Debug for OwnSegments {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "OwnSegments(node {:?})", self.node_id())
+    }
+}
 
 impl OwnSegments {
     /// The id the controller gave this node, once it has one.
@@ -372,76 +402,39 @@ impl OwnSegments {
     }
 
     /// As a STORE from this node's own key: durable when it returns.
-    pub fn store(
-        &self,
-        seg: &SegmentRef,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<(), (ErrorKind, String)> {
-        self.0
-            .store
-            .store(&self.owner(), seg, offset, data)
-            .map_err(refusal)
+    pub fn store(&self, seg: &SegmentRef, offset: u64, data: &[u8]) -> Result<(), Refusal> {
+        Ok(self.0.store.store(&self.owner(), seg, offset, data)?)
     }
 
     /// As a RESERVE from this node's own key: bytes `offset..offset+len` of `seg` are
     /// allocated when it returns `Ok`, and nothing is when it is refused.
-    pub fn reserve(
-        &self,
-        seg: &SegmentRef,
-        offset: u64,
-        len: u64,
-    ) -> Result<(), (ErrorKind, String)> {
-        self.0
-            .store
-            .reserve(&self.owner(), seg, offset, len)
-            .map_err(refusal)
+    pub fn reserve(&self, seg: &SegmentRef, offset: u64, len: u64) -> Result<(), Refusal> {
+        Ok(self.0.store.reserve(&self.owner(), seg, offset, len)?)
     }
 
     /// As a PUNCH from this node's own key: bytes `offset..offset+len` of `seg` are freed
     /// (a segment that does not exist is fine).
-    pub fn punch(
-        &self,
-        seg: &SegmentRef,
-        offset: u64,
-        len: u64,
-    ) -> Result<(), (ErrorKind, String)> {
-        self.0
-            .store
-            .punch(&self.owner(), seg, offset, len)
-            .map(|_| ())
-            .map_err(refusal)
+    pub fn punch(&self, seg: &SegmentRef, offset: u64, len: u64) -> Result<(), Refusal> {
+        self.0.store.punch(&self.owner(), seg, offset, len)?;
+        Ok(())
     }
 
-    /// As a FWD (one range, read ahead) from this node's own key.
-    pub fn fwd(
-        &self,
-        seg: &SegmentRef,
-        offset: u64,
-        len: u32,
-    ) -> Result<Vec<u8>, (ErrorKind, String)> {
-        self.0
-            .store
-            .fwd(&self.owner(), seg, offset, len)
-            .map_err(refusal)
+    /// As a FWD (one range of `len` bytes from `offset`, read ahead) from this node's
+    /// own key.
+    pub fn fwd(&self, seg: &SegmentRef, offset: u64, len: u32) -> Result<Vec<u8>, Refusal> {
+        Ok(self.0.store.fwd(&self.owner(), seg, offset, len)?)
     }
 
-    /// As a FWD-PARTS (a few small ranges, no readahead) from this node's own key.
-    pub fn fwd_parts(
-        &self,
-        seg: &SegmentRef,
-        parts: &[(u64, u32)],
-    ) -> Result<Vec<u8>, (ErrorKind, String)> {
-        self.0
-            .store
-            .fwd_parts(&self.owner(), seg, parts)
-            .map_err(refusal)
+    /// As a FWD-PARTS (a few small `(offset, len)` ranges, no readahead) from this
+    /// node's own key: their bytes one after the other.
+    pub fn fwd_parts(&self, seg: &SegmentRef, parts: &[(u64, u32)]) -> Result<Vec<u8>, Refusal> {
+        Ok(self.0.store.fwd_parts(&self.owner(), seg, parts)?)
     }
-}
 
-fn refusal(e: StoreError) -> (ErrorKind, String) {
-    match store_error(e) {
-        Response::Error { kind, message } => (kind, message),
-        other => (ErrorKind::Internal, format!("{other:?}")),
+    /// As a DELETE from this node's own key: every segment of `file` is removed
+    /// (an unknown file is fine).
+    pub fn delete(&self, file: &str) -> Result<(), Refusal> {
+        self.0.store.delete(&self.owner(), file)?;
+        Ok(())
     }
 }

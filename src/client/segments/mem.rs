@@ -1,0 +1,396 @@
+//! `MemSegments`: an in-memory pool of N nodes for tests, with its own pool view and
+//! fault injection (a node down, refusing, full, corrupting what it sends, slow, or
+//! silent). No sockets, no controller, no disk: a `PoolClient` over it runs in process.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+
+use super::{IoFuture, SegmentError, SegmentIo, SegmentRead, ViewSource};
+use crate::client::{ClientError, Holder};
+use crate::net::NetError;
+use crate::proto::{ErrorKind, NodeId, NodeInfo, NodeState, PoolView, SegmentRef};
+
+/// Bytes each in-memory node may hold unless told otherwise (`set_capacity`).
+pub const MEM_CAPACITY: u64 = 1 << 30;
+
+/// How an in-memory node misbehaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Unreachable: every call fails as a refused connection would.
+    Down,
+    /// Answers every call with an `Internal` error.
+    Refuse,
+    /// Refuses every STORE and RESERVE with `NoSpace` (a full disk).
+    Full,
+    /// Flips the first byte of everything it sends back.
+    Corrupt,
+    /// Answers correctly, after this long (tokio time: a paused clock skips it).
+    Slow(Duration),
+    /// Never answers (a pulled cable: no reset, no reply).
+    Silent,
+}
+
+#[derive(Default)]
+struct MemNode {
+    state: Option<NodeState>,
+    capacity: u64,
+    fault: Option<Fault>,
+    /// Segment bytes per (file id, segment index).
+    segments: BTreeMap<(String, u32), Vec<u8>>,
+    /// Bytes reserved per segment, beyond what is stored: counted, not tracked by
+    /// range (a PUNCH gives back up to its length), which is all the space checks need.
+    reserved: BTreeMap<(String, u32), u64>,
+}
+
+impl MemNode {
+    fn used(&self) -> u64 {
+        let stored: u64 = self.segments.values().map(|s| s.len() as u64).sum();
+        stored + self.reserved.values().sum::<u64>()
+    }
+}
+
+/// An in-memory pool: nodes `1..=n`, their segments, and the view of them.
+pub struct MemSegments {
+    nodes: Mutex<BTreeMap<NodeId, MemNode>>,
+    epoch: Mutex<u64>,
+}
+
+impl MemSegments {
+    /// A pool of `n` live nodes with ids `1..=n`, each holding up to `MEM_CAPACITY`.
+    pub fn new(n: usize) -> Arc<Self> {
+        let nodes = (1..=n as NodeId)
+            .map(|id| {
+                let node = MemNode {
+                    state: Some(NodeState::Up),
+                    capacity: MEM_CAPACITY,
+                    ..Default::default()
+                };
+                (id, node)
+            })
+            .collect();
+        Arc::new(MemSegments {
+            nodes: Mutex::new(nodes),
+            epoch: Mutex::new(1),
+        })
+    }
+
+    /// The made-up address of node `id`: in TEST-NET-1 (RFC 5737), never contacted.
+    pub fn addr_of(id: NodeId) -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, (id % 250) as u8 + 1], 2001))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<NodeId, MemNode>> {
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn changed(&self) {
+        *self.epoch.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+    }
+
+    /// Makes node `id` misbehave as `fault` says (`None`: behave).
+    pub fn set_fault(&self, id: NodeId, fault: Option<Fault>) {
+        if let Some(node) = self.lock().get_mut(&id) {
+            node.fault = fault;
+        }
+    }
+
+    /// Sets what the view says of node `id` (`None`: not a member any more).
+    pub fn set_state(&self, id: NodeId, state: Option<NodeState>) {
+        if let Some(node) = self.lock().get_mut(&id) {
+            node.state = state;
+        }
+        self.changed();
+    }
+
+    /// Node `id` dies: unreachable, and the view says it is down.
+    pub fn kill(&self, id: NodeId) {
+        self.set_fault(id, Some(Fault::Down));
+        self.set_state(id, Some(NodeState::Down));
+    }
+
+    /// Sets how many bytes node `id` may hold.
+    pub fn set_capacity(&self, id: NodeId, bytes: u64) {
+        if let Some(node) = self.lock().get_mut(&id) {
+            node.capacity = bytes;
+        }
+        self.changed();
+    }
+
+    /// A new live node joins; returns its id.
+    pub fn add_node(&self) -> NodeId {
+        let mut nodes = self.lock();
+        let id = nodes.keys().next_back().copied().unwrap_or(0) + 1;
+        nodes.insert(
+            id,
+            MemNode {
+                state: Some(NodeState::Up),
+                capacity: MEM_CAPACITY,
+                ..Default::default()
+            },
+        );
+        drop(nodes);
+        self.changed();
+        id
+    }
+
+    /// The bytes node `id` holds of segment `index` of `file`, if any.
+    pub fn segment(&self, id: NodeId, file: &str, index: u32) -> Option<Vec<u8>> {
+        self.lock()
+            .get(&id)?
+            .segments
+            .get(&(file.to_string(), index))
+            .cloned()
+    }
+
+    /// Overwrites byte `at` of a stored segment with its complement (bit rot on disk);
+    /// false if there is no such byte.
+    pub fn rot(&self, id: NodeId, file: &str, index: u32, at: usize) -> bool {
+        let mut nodes = self.lock();
+        let byte = nodes
+            .get_mut(&id)
+            .and_then(|n| n.segments.get_mut(&(file.to_string(), index)))
+            .and_then(|s| s.get_mut(at));
+        match byte {
+            Some(b) => {
+                *b = !*b;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Bytes node `id` holds or has reserved, over all files.
+    pub fn used(&self, id: NodeId) -> u64 {
+        self.lock().get(&id).map_or(0, MemNode::used)
+    }
+
+    /// How many segments node `id` holds of `file`.
+    pub fn segments_of(&self, id: NodeId, file: &str) -> usize {
+        self.lock()
+            .get(&id)
+            .map_or(0, |n| n.segments.keys().filter(|(f, _)| f == file).count())
+    }
+
+    /// The pool view now: every member in id order.
+    pub fn view(&self) -> PoolView {
+        let epoch = *self.epoch.lock().unwrap_or_else(|p| p.into_inner());
+        let nodes = self
+            .lock()
+            .iter()
+            .filter_map(|(&id, n)| {
+                Some(NodeInfo {
+                    id,
+                    addr: Self::addr_of(id),
+                    state: n.state?,
+                    capacity: n.capacity,
+                    used: n.used(),
+                    last_seen_ms: 0,
+                })
+            })
+            .collect();
+        PoolView { epoch, nodes }
+    }
+
+    /// Waits out node `holder`'s fault, if it has one that acts before the call:
+    /// `Err` for a node that does not answer usefully.
+    async fn arrive(&self, holder: &Holder) -> Result<(), SegmentError> {
+        let fault = match self.lock().get(&holder.node_id) {
+            None => return Err(refused_connection(holder)),
+            Some(node) => node.fault,
+        };
+        match fault {
+            Some(Fault::Down) => Err(refused_connection(holder)),
+            Some(Fault::Refuse) => Err(refusal(holder, ErrorKind::Internal, "refuses (test)")),
+            Some(Fault::Slow(d)) => {
+                tokio::time::sleep(d).await;
+                Ok(())
+            }
+            Some(Fault::Silent) => futures::future::pending().await,
+            Some(Fault::Full) | Some(Fault::Corrupt) | None => Ok(()),
+        }
+    }
+
+    /// Runs `f` on node `holder`'s state.
+    fn with_node<T>(
+        &self,
+        holder: &Holder,
+        f: impl FnOnce(&mut MemNode) -> Result<T, SegmentError>,
+    ) -> Result<T, SegmentError> {
+        let mut nodes = self.lock();
+        let node = nodes
+            .get_mut(&holder.node_id)
+            .ok_or_else(|| refused_connection(holder))?;
+        f(node)
+    }
+}
+
+fn refused_connection(holder: &Holder) -> SegmentError {
+    SegmentError::Net(NetError::Connect {
+        addr: holder.addr,
+        source: std::io::ErrorKind::ConnectionRefused.into(),
+    })
+}
+
+fn refusal(holder: &Holder, kind: ErrorKind, message: &str) -> SegmentError {
+    SegmentError::Refused {
+        addr: holder.addr,
+        kind,
+        message: message.to_string(),
+    }
+}
+
+/// Checks that `node` may grow by `more` bytes.
+fn room(holder: &Holder, node: &MemNode, more: u64) -> Result<(), SegmentError> {
+    if node.fault == Some(Fault::Full) || node.used().saturating_add(more) > node.capacity {
+        return Err(refusal(holder, ErrorKind::NoSpace, "no space left (test)"));
+    }
+    Ok(())
+}
+
+fn key(segment: &SegmentRef) -> (String, u32) {
+    (segment.file.clone(), segment.index)
+}
+
+/// Bytes `offset..offset+len` of `seg`, or `NotFound` past its end.
+fn range(holder: &Holder, seg: &[u8], offset: u64, len: u32) -> Result<Vec<u8>, SegmentError> {
+    let end = offset.saturating_add(len as u64);
+    if end > seg.len() as u64 {
+        return Err(refusal(
+            holder,
+            ErrorKind::NotFound,
+            "range past the segment's end",
+        ));
+    }
+    Ok(seg[offset as usize..end as usize].to_vec())
+}
+
+impl SegmentIo for MemSegments {
+    fn serves(&self, node: NodeId) -> bool {
+        self.lock().contains_key(&node)
+    }
+
+    fn store<'a>(
+        &'a self,
+        holder: &'a Holder,
+        segment: SegmentRef,
+        offset: u64,
+        data: Arc<Vec<u8>>,
+    ) -> IoFuture<'a, ()> {
+        async move {
+            self.arrive(holder).await?;
+            self.with_node(holder, |node| {
+                let k = key(&segment);
+                let end = offset as usize + data.len();
+                let have = node.segments.get(&k).map_or(0, Vec::len);
+                room(holder, node, end.saturating_sub(have) as u64)?;
+                let seg = node.segments.entry(k).or_default();
+                if seg.len() < end {
+                    seg.resize(end, 0);
+                }
+                seg[offset as usize..end].copy_from_slice(&data);
+                Ok(())
+            })
+        }
+        .boxed()
+    }
+
+    fn read<'a>(
+        &'a self,
+        holder: &'a Holder,
+        segment: SegmentRef,
+        what: SegmentRead,
+    ) -> IoFuture<'a, Vec<u8>> {
+        async move {
+            self.arrive(holder).await?;
+            self.with_node(holder, |node| {
+                let seg = node
+                    .segments
+                    .get(&key(&segment))
+                    .ok_or_else(|| refusal(holder, ErrorKind::NotFound, "no such segment"))?;
+                let mut out = match &what {
+                    SegmentRead::Range { offset, len, .. } => range(holder, seg, *offset, *len)?,
+                    SegmentRead::Parts(parts) => {
+                        let mut out = Vec::new();
+                        for &(offset, len) in parts {
+                            out.extend(range(holder, seg, offset, len)?);
+                        }
+                        out
+                    }
+                };
+                if node.fault == Some(Fault::Corrupt) {
+                    if let Some(b) = out.first_mut() {
+                        *b = !*b;
+                    }
+                }
+                Ok(out)
+            })
+        }
+        .boxed()
+    }
+
+    fn reserve<'a>(
+        &'a self,
+        holder: &'a Holder,
+        segment: SegmentRef,
+        _offset: u64,
+        len: u64,
+    ) -> IoFuture<'a, ()> {
+        async move {
+            self.arrive(holder).await?;
+            self.with_node(holder, |node| {
+                room(holder, node, len)?;
+                *node.reserved.entry(key(&segment)).or_default() += len;
+                Ok(())
+            })
+        }
+        .boxed()
+    }
+
+    fn punch<'a>(
+        &'a self,
+        holder: &'a Holder,
+        segment: SegmentRef,
+        offset: u64,
+        len: u64,
+    ) -> IoFuture<'a, ()> {
+        async move {
+            self.arrive(holder).await?;
+            self.with_node(holder, |node| {
+                let k = key(&segment);
+                if let Some(r) = node.reserved.get_mut(&k) {
+                    *r = r.saturating_sub(len);
+                }
+                if let Some(seg) = node.segments.get_mut(&k) {
+                    let from = (offset as usize).min(seg.len());
+                    let to = (offset.saturating_add(len) as usize).min(seg.len());
+                    seg[from..to].fill(0);
+                }
+                Ok(())
+            })
+        }
+        .boxed()
+    }
+
+    fn delete<'a>(&'a self, holder: &'a Holder, file: &'a str) -> IoFuture<'a, ()> {
+        async move {
+            self.arrive(holder).await?;
+            self.with_node(holder, |node| {
+                node.segments.retain(|(f, _), _| f != file);
+                node.reserved.retain(|(f, _), _| f != file);
+                Ok(())
+            })
+        }
+        .boxed()
+    }
+}
+
+impl ViewSource for MemSegments {
+    fn fetch(&self) -> BoxFuture<'_, Result<PoolView, ClientError>> {
+        futures::future::ready(Ok(self.view())).boxed()
+    }
+}

@@ -1,0 +1,277 @@
+//! The write side: placing a new file, and storing a stripe (encode, seal, one shard
+//! to each holder in parallel under the write quorum, stand-ins for holders that fail).
+
+use std::sync::Arc;
+
+use super::{fanout, layout, placement, refused, stripe};
+use super::{ClientError, Holder, Manifest, Moved, PoolClient, Sealing, StripeRecord};
+use super::{FileCipher, Placement};
+use crate::proto::SegmentRef;
+
+impl PoolClient {
+    /// An empty manifest for a new file, placed by `placement::place_new` on the pool
+    /// as the view shows it now. Errors: `NoNodes` when no node is live; `Controller`
+    /// when there is no view.
+    pub async fn new_file(&self) -> Result<Manifest, ClientError> {
+        let view = self.view().await?;
+        let id: [u8; 16] = rand::random();
+        let file_id = hex::encode(id);
+        placement::place_new(&view, self.cfg.parity, self.cfg.shard_size, file_id)
+            .map(Manifest::new)
+            .ok_or(ClientError::NoNodes)
+    }
+
+    /// The placement an empty file (nothing stored, nothing reserved) should have now:
+    /// `Some` fresh manifest when its holders are no longer exactly the live nodes
+    /// (`placement::is_stale`), `None` when `m` may stay as it is.
+    pub async fn place_again(&self, m: &Manifest) -> Result<Option<Manifest>, ClientError> {
+        let view = self.view().await?;
+        if !placement::is_stale(&m.place, &view) {
+            return Ok(None);
+        }
+        self.new_file().await.map(Some)
+    }
+
+    /// Stores shard `i` of stripe `j` in slot `slot` on `holder` (its segment's
+    /// holder, or another node standing in for it).
+    pub(super) async fn store_shard(
+        &self,
+        place: &Placement,
+        holder: &Holder,
+        (j, slot): (u64, u8),
+        i: usize,
+        shard: &Arc<Vec<u8>>,
+    ) -> Result<(), ClientError> {
+        let segment = SegmentRef {
+            file: place.file_id.clone(),
+            index: layout::segment_index(i, slot),
+        };
+        let offset = place.layout.segment_offset(j);
+        let to = self.reach(holder).await;
+        self.io
+            .store(&to, segment, offset, Arc::clone(shard))
+            .await
+            .map_err(|source| refused(holder, &place.file_id, i as u32, source))
+    }
+
+    /// Stores stripe `j` (its data bytes) in slot `slot` on all holders in parallel
+    /// and returns its record for the manifest. With parity, k + 1 stored shards are
+    /// enough (holders known to be down are skipped, stragglers get a short grace);
+    /// without, every shard must be stored. Shards whose holder is down or fails go to
+    /// other live nodes instead (recorded as moved), so a write survives a node dying
+    /// under it. The caller picks a slot the file's committed manifest does not use for
+    /// this stripe (copy-on-write: see `layout::SHADOW_SEGMENT`).
+    pub async fn write_stripe(
+        &self,
+        place: &Placement,
+        (j, slot): (u64, u8),
+        data: &[u8],
+    ) -> Result<StripeRecord, ClientError> {
+        let layout = &place.layout;
+        let mut shards = stripe::encode(layout, data).map_err(|e| ClientError::Codec {
+            file: place.file_id.clone(),
+            stripe: j,
+            message: e.to_string(),
+        })?;
+        // A fresh salt per write: nonces never repeat for different bytes.
+        let seal = self.cfg.owner.as_ref().map(|owner| {
+            let salt = rand::random();
+            FileCipher::new(owner, &place.file_id).seal_all(&salt, j, &mut shards);
+            Sealing { salt }
+        });
+        // Shared, so a store on this process's own node takes them without a copy.
+        let shards: Vec<Arc<Vec<u8>>> = shards.into_iter().map(Arc::new).collect();
+        let n = shards.len();
+        let needed = fanout::write_quorum(layout);
+        let skip = self.unhealthy(&place.holders).await;
+        let stores = (0..n).filter(|i| !skip[*i]).map(|i| {
+            let shard = &shards[i];
+            async move {
+                let r = self
+                    .store_shard(place, &place.holders[i], (j, slot), i, shard)
+                    .await;
+                (i, r)
+            }
+        });
+        let (stored, mut failures) = fanout::gather_stores(stores, n, needed).await;
+        // Sealed shards are authenticated by their tags: a checksum would be a second
+        // pass over every byte for nothing.
+        let sums = match &seal {
+            Some(_) => Vec::new(),
+            None => shards.iter().map(|s| stripe::checksum(s)).collect(),
+        };
+        let mut record = StripeRecord {
+            sums,
+            moved: Vec::new(),
+            seal,
+            slot,
+        };
+        let mut count = stored.iter().filter(|s| **s).count();
+        if count < needed {
+            let unplaced: Vec<usize> = (0..n).filter(|&i| !stored[i]).collect();
+            for i in unplaced {
+                if count >= needed {
+                    break;
+                }
+                match self.store_elsewhere(place, j, i, &shards[i], &record).await {
+                    Ok(to) => {
+                        record.moved.push(Moved {
+                            shard: i as u32,
+                            to,
+                        });
+                        count += 1;
+                    }
+                    Err(e) => failures.push(e),
+                }
+            }
+        }
+        if count < needed {
+            // A full node or a spent quota is the most useful thing to report; any
+            // failure otherwise.
+            let pos = failures
+                .iter()
+                .position(|e| matches!(e, ClientError::NoSpace { .. } | ClientError::Quota { .. }))
+                .unwrap_or(0);
+            return Err(if failures.is_empty() {
+                ClientError::Unavailable {
+                    file: place.file_id.clone(),
+                    stripe: j,
+                    need: needed,
+                    have: count,
+                    missing: "holders are down".into(),
+                }
+            } else {
+                failures.swap_remove(pos)
+            });
+        }
+        if count < n || !record.moved.is_empty() {
+            log::warn!(
+                "stripe {j} of file {} stored {count} of {n} shards ({} away from their \
+                 holders); it needs repair",
+                place.file_id,
+                record.moved.len()
+            );
+        }
+        Ok(record)
+    }
+
+    /// Stores shard `i` of stripe `j` on a live node other than its holder, preferring
+    /// nodes that hold no other shard of the stripe (`placement::stand_ins`). Returns
+    /// where it went.
+    async fn store_elsewhere(
+        &self,
+        place: &Placement,
+        j: u64,
+        i: usize,
+        shard: &Arc<Vec<u8>>,
+        record: &StripeRecord,
+    ) -> Result<Holder, ClientError> {
+        let view = self.view().await?;
+        let candidates = placement::stand_ins(&view, place, record, i);
+        let mut last = None;
+        for to in candidates {
+            match self
+                .store_shard(place, &to, (j, record.slot), i, shard)
+                .await
+            {
+                Ok(()) => return Ok(to),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(ClientError::NoNodes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::{bytes, pool, put, SHARD};
+    use super::super::{ClientError, Fault};
+    use crate::proto::NodeState;
+
+    #[tokio::test]
+    async fn a_new_file_spans_the_live_nodes_with_one_parity_segment_on_three() {
+        let (mem, client) = pool(4, false);
+        mem.set_state(2, Some(NodeState::Down));
+        client.refresh_view().await.expect("view");
+        let m = client.new_file().await.expect("new file");
+        let holders: Vec<_> = m.place.holders.iter().map(|h| h.node_id).collect();
+        assert_eq!(holders, vec![1, 3, 4]);
+        assert_eq!((m.place.layout.k, m.place.layout.m), (2, 1));
+        assert_eq!(m.place.layout.shard_size, SHARD);
+    }
+
+    #[tokio::test]
+    async fn a_stripe_goes_one_shard_to_each_holder() {
+        let (mem, client) = pool(3, false);
+        let m = put(&client, &bytes(100, 1)).await;
+        for h in &m.place.holders {
+            assert_eq!(
+                mem.segments_of(h.node_id, &m.place.file_id),
+                1,
+                "node {}",
+                h.node_id
+            );
+        }
+        assert!(m.stripe(0).moved.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_shard_whose_holder_is_down_is_stored_on_a_stand_in_and_recorded() {
+        let (mem, client) = pool(4, false);
+        let place = client.new_file().await.expect("new file").place;
+        // Node 2 dies after placement, unseen by the view: its store fails.
+        mem.set_fault(2, Some(Fault::Down));
+        let record = client
+            .write_stripe(&place, (0, 0), &bytes(500, 2))
+            .await
+            .expect("a write survives one dead holder");
+        // k + 1 = 4 of 4 shards are the quorum: shard 1 went to a stand-in, the live
+        // node with the fewest shards of the stripe and the most room (node 1 on ties).
+        assert_eq!(record.moved.len(), 1);
+        assert_eq!((record.moved[0].shard, record.moved[0].to.node_id), (1, 1));
+        assert_eq!(mem.segments_of(1, &place.file_id), 2);
+    }
+
+    #[tokio::test]
+    async fn a_full_pool_fails_the_write_with_no_space() {
+        let (mem, client) = pool(2, false);
+        let place = client.new_file().await.expect("new file").place;
+        mem.set_fault(1, Some(Fault::Full));
+        mem.set_fault(2, Some(Fault::Full));
+        let err = client
+            .write_stripe(&place, (0, 0), &bytes(500, 4))
+            .await
+            .expect_err("nowhere to store");
+        assert!(matches!(err, ClientError::NoSpace { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_last_live_node_takes_every_shard_of_a_stripe() {
+        let (mem, client) = pool(3, false);
+        let place = client.new_file().await.expect("new file").place;
+        mem.kill(2);
+        mem.kill(3);
+        client.refresh_view().await.expect("view");
+        let record = client
+            .write_stripe(&place, (0, 0), &bytes(500, 5))
+            .await
+            .expect("a stand-in takes the shards of the dead holders");
+        let to: Vec<_> = record
+            .moved
+            .iter()
+            .map(|mv| (mv.shard, mv.to.node_id))
+            .collect();
+        assert_eq!(to, vec![(1, 1), (2, 1)]);
+    }
+
+    #[tokio::test]
+    async fn a_write_with_no_live_node_fails() {
+        let (mem, client) = pool(2, false);
+        let place = client.new_file().await.expect("new file").place;
+        mem.kill(1);
+        mem.kill(2);
+        client.refresh_view().await.expect("view");
+        let err = client.write_stripe(&place, (0, 0), &bytes(500, 6)).await;
+        assert!(matches!(err, Err(ClientError::NoNodes)), "{err:?}");
+    }
+}
