@@ -14,6 +14,9 @@ pub enum CatalogError {
     Missing(String, PathBuf),
     #[error("catalog entry {path}: {message}")]
     Corrupt { path: PathBuf, message: String },
+    /// The catalog's owner key (`owner.key`) could not be read or made.
+    #[error("catalog owner key: {0}")]
+    Key(#[from] crate::trust::KeyError),
     #[error("catalog {path}: {source}")]
     Io {
         path: PathBuf,
@@ -80,10 +83,7 @@ impl Catalog {
             path: self.dir.clone(),
             source,
         })?;
-        crate::trust::OwnerKey::load_or_create(&self.dir).map_err(|e| CatalogError::Corrupt {
-            path: self.dir.join(crate::trust::OWNER_KEY_FILE),
-            message: e.to_string(),
-        })
+        Ok(crate::trust::OwnerKey::load_or_create(&self.dir)?)
     }
 
     /// Removes the entry `name`.
