@@ -110,17 +110,6 @@ pub enum ClientError {
     Io(#[from] std::io::Error),
 }
 
-impl ClientError {
-    /// The errno a filesystem should report for this failure.
-    pub fn errno(&self) -> i32 {
-        match self {
-            ClientError::NoSpace { .. } => libc::ENOSPC,
-            ClientError::Quota { .. } => libc::EDQUOT,
-            _ => libc::EIO,
-        }
-    }
-}
-
 /// The error of a segment request (STORE, RESERVE, PUNCH) to `holder` that failed:
 /// a node without space (`NoSpace`) or an owner over its quota (`Quota`) are refusals,
 /// anything else a failed store.
