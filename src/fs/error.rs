@@ -23,16 +23,18 @@
 //!
 //! **Where errno is decided.** Only in the FUSE adapter's table (`fs/fuse/errno.rs`):
 //! nothing else in the crate makes an errno, so every errno a user sees can be read off
-//! one `match`, and a new variant cannot compile without its entry. Reading another
-//! error's errno (a syscall's `io::Error`) is not making one.
+//! one `match`, and a new variant cannot compile without its entry. Reading the errno
+//! of a syscall's `io::Error` (or restoring one a crate folded away, as
+//! `status::get_xattr` does) is not making one: what counts is what the mount answers.
 //!
 //! **What is logged, at which level.** The answers a program expects and probes with
 //! (ENOENT, EEXIST, ENODATA, ENOTTY, ...) are not logged. Failures of the pool, the
 //! metadata store, the disk or a task are logged once at `warn` by the table when they
-//! reach the kernel; the layer that first sees a failure it will not return (a
-//! background upload, a clean-up) logs it at `error`, or at `warn` when it is
-//! expected to heal (a holder down). A node logs its own failures (`Internal`) at
-//! `error` and a full disk at `warn`; refusals of a request are the caller's to report.
+//! reach the kernel. A failure that is not returned to anyone is logged where it is
+//! dropped: at `error` when bytes are at stake (a stripe that could not be stored), at
+//! `warn` when nothing is lost (a delete that leaves segments behind, a clean-up after
+//! a failed `put`). A node logs its own failures (`Internal`) at `error` and a full
+//! disk at `warn`; its refusals of a request are the caller's to report.
 
 use std::sync::Arc;
 
