@@ -17,10 +17,17 @@ pub type Checksum = [u8; 32];
 /// messages and records that cannot be encoded or decoded.)
 #[derive(Debug, thiserror::Error)]
 pub enum ErasureError {
+    /// reed-solomon-simd refused the shards (sizes that do not match the layout).
     #[error("erasure coding: {0}")]
     Erasure(#[from] reed_solomon_simd::Error),
+    /// Fewer than k shards to rebuild the stripe from.
     #[error("only {have} of the {need} shards needed to rebuild the stripe")]
-    TooFew { have: usize, need: usize },
+    TooFew {
+        /// Shards given.
+        have: usize,
+        /// Shards needed (k).
+        need: usize,
+    },
 }
 
 /// Checksum of a shard as stored.
