@@ -8,15 +8,31 @@ use super::Manifest;
 /// Why a catalog entry could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
+    /// A name that is not 1 to 200 letters, digits, '.', '-' or '_' (not starting with
+    /// '.'): names become file names in the catalog directory.
     #[error("invalid name {0:?}: use letters, digits, '.', '-' and '_' (not starting with '.')")]
     BadName(String),
+    /// No entry of that name (the name, the catalog directory).
     #[error("no file named {0:?} in the catalog {1}")]
     Missing(String, PathBuf),
+    /// An entry that is not a manifest (serde_json's reason), or a manifest that
+    /// cannot be written as one.
     #[error("catalog entry {path}: {message}")]
-    Corrupt { path: PathBuf, message: String },
+    Corrupt {
+        /// The entry's file.
+        path: PathBuf,
+        /// serde_json's reason.
+        message: String,
+    },
+    /// The catalog's owner key (`owner.key`) could not be read or made.
+    #[error("catalog owner key: {0}")]
+    Key(#[from] crate::trust::KeyError),
+    /// Reading, writing or removing a file of the catalog failed.
     #[error("catalog {path}: {source}")]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
 }
@@ -80,10 +96,7 @@ impl Catalog {
             path: self.dir.clone(),
             source,
         })?;
-        crate::trust::OwnerKey::load_or_create(&self.dir).map_err(|e| CatalogError::Corrupt {
-            path: self.dir.join(crate::trust::OWNER_KEY_FILE),
-            message: e.to_string(),
-        })
+        Ok(crate::trust::OwnerKey::load_or_create(&self.dir)?)
     }
 
     /// Removes the entry `name`.

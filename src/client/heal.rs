@@ -19,7 +19,7 @@ impl PoolClient {
         j: u64,
         data: &[u8],
     ) -> Result<Vec<Vec<u8>>, ClientError> {
-        let mut shards = stripe::encode(&place.layout, data).map_err(|e| ClientError::Codec {
+        let mut shards = stripe::encode(&place.layout, data).map_err(|e| ClientError::Erasure {
             file: place.file_id.clone(),
             stripe: j,
             message: e.to_string(),
@@ -135,7 +135,7 @@ impl PoolClient {
         }
         let shards: Vec<Option<Vec<u8>>> = fetched.into_iter().map(Result::ok).collect();
         let data = stripe::decode(&place.layout, stripe_len as usize, shards).map_err(|e| {
-            ClientError::Codec {
+            ClientError::Erasure {
                 file: place.file_id.clone(),
                 stripe: j,
                 message: e.to_string(),

@@ -4,6 +4,7 @@
 //! (put, get), `view` (the pool view), over `segments` (the segment I/O trait).
 
 pub mod catalog;
+mod error;
 pub mod fanout;
 mod heal;
 pub mod layout;
@@ -26,10 +27,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::net::{ConnPool, NetError};
+use crate::net::ConnPool;
 use crate::node::OwnSegments;
-use crate::proto::{ErrorKind, NodeId, PoolView};
+use crate::proto::PoolView;
 use crate::trust::{Credentials, OwnerKey};
+use error::refused;
+pub use error::ClientError;
 pub use fanout::READ_DEADLINE;
 pub use layout::Layout;
 pub use manifest::{Holder, Manifest, Moved, Placement, Sealing, StripeRecord};
@@ -115,78 +118,6 @@ impl ClientConfig {
     }
 }
 
-/// Why a pool operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("the pool has no live nodes")]
-    NoNodes,
-    #[error("cannot reach the controller: {0}")]
-    Controller(NetError),
-    #[error("node {node} has no space for segment {segment} of file {file}: {message}")]
-    NoSpace {
-        node: NodeId,
-        file: String,
-        segment: u32,
-        message: String,
-    },
-    #[error("node {node} refuses segment {segment} of file {file}: {message}")]
-    Quota {
-        node: NodeId,
-        file: String,
-        segment: u32,
-        message: String,
-    },
-    #[error("storing segment {segment} of file {file} on node {node} failed: {source}")]
-    Store {
-        node: NodeId,
-        file: String,
-        segment: u32,
-        source: SegmentError,
-    },
-    #[error(
-        "shard {segment} of stripe {stripe} of file {file} from node {node} fails its checksum"
-    )]
-    Corrupt {
-        node: NodeId,
-        file: String,
-        stripe: u64,
-        segment: u32,
-    },
-    #[error(
-        "stripe {stripe} of file {file} needs {need} shards, only {have} could be read: {missing}"
-    )]
-    Unavailable {
-        file: String,
-        stripe: u64,
-        need: usize,
-        have: usize,
-        missing: String,
-    },
-    #[error("stripe {stripe} of file {file}: {message}")]
-    Codec {
-        file: String,
-        stripe: u64,
-        message: String,
-    },
-    #[error("file {file} is encrypted and this client has no owner key to read it")]
-    NoOwnerKey { file: String },
-    #[error("file {file} has no checksums for stripe {stripe}: the manifest is incomplete")]
-    Incomplete { file: String, stripe: u64 },
-    #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
-}
-
-impl ClientError {
-    /// The errno a filesystem should report for this failure.
-    pub fn errno(&self) -> i32 {
-        match self {
-            ClientError::NoSpace { .. } => libc::ENOSPC,
-            ClientError::Quota { .. } => libc::EDQUOT,
-            _ => libc::EIO,
-        }
-    }
-}
-
 /// A handle on the pool for storing and fetching files.
 pub struct PoolClient {
     cfg: DataConfig,
@@ -235,31 +166,5 @@ impl PoolClient {
     /// How this client lays out and seals files.
     pub fn config(&self) -> &DataConfig {
         &self.cfg
-    }
-}
-
-/// The error of a segment request (STORE, RESERVE, PUNCH) to `holder` that failed:
-/// a node without space or an owner over its quota are refusals the filesystem reports
-/// as ENOSPC and EDQUOT, anything else a failed store.
-fn refused(holder: &Holder, file: &str, segment: u32, source: SegmentError) -> ClientError {
-    match source.kind() {
-        Some(ErrorKind::NoSpace) => ClientError::NoSpace {
-            node: holder.node_id,
-            file: file.into(),
-            segment,
-            message: source.to_string(),
-        },
-        Some(ErrorKind::Quota) => ClientError::Quota {
-            node: holder.node_id,
-            file: file.into(),
-            segment,
-            message: source.to_string(),
-        },
-        _ => ClientError::Store {
-            node: holder.node_id,
-            file: file.into(),
-            segment,
-            source,
-        },
     }
 }

@@ -289,7 +289,7 @@ impl PoolClient {
                 missing,
             });
         }
-        let codec_err = |e: stripe::CodecError| ClientError::Codec {
+        let codec_err = |e: stripe::ErasureError| ClientError::Erasure {
             file: place.file_id.clone(),
             stripe: j,
             message: e.to_string(),

@@ -182,15 +182,14 @@ impl PoolClient {
     pub async fn delete(&self, m: &Manifest) -> Result<(), ClientError> {
         let place = &m.place;
         let holders = m.all_holders();
-        let deletes = holders.iter().enumerate().map(|(i, holder)| async move {
+        let deletes = holders.iter().map(|holder| async move {
             let to = self.reach(holder).await;
             self.io
                 .delete(&to, &place.file_id)
                 .await
-                .map_err(|source| ClientError::Store {
+                .map_err(|source| ClientError::Delete {
                     node: holder.node_id,
                     file: place.file_id.clone(),
-                    segment: i as u32,
                     source,
                 })
         });
@@ -207,10 +206,9 @@ impl PoolClient {
         self.io
             .delete(&to, file)
             .await
-            .map_err(|source| ClientError::Store {
+            .map_err(|source| ClientError::Delete {
                 node: holder.node_id,
                 file: file.into(),
-                segment: 0,
                 source,
             })
     }

@@ -13,13 +13,21 @@ use super::layout::{sealed_len, Layout};
 /// BLAKE3 digest of one shard.
 pub type Checksum = [u8; 32];
 
-/// The erasure codec refused the shards.
+/// The erasure code refused the shards. (Not `proto::MessageError`, which is about
+/// messages and records that cannot be encoded or decoded.)
 #[derive(Debug, thiserror::Error)]
-pub enum CodecError {
+pub enum ErasureError {
+    /// reed-solomon-simd refused the shards (sizes that do not match the layout).
     #[error("erasure coding: {0}")]
     Erasure(#[from] reed_solomon_simd::Error),
+    /// Fewer than k shards to rebuild the stripe from.
     #[error("only {have} of the {need} shards needed to rebuild the stripe")]
-    TooFew { have: usize, need: usize },
+    TooFew {
+        /// Shards given.
+        have: usize,
+        /// Shards needed (k).
+        need: usize,
+    },
 }
 
 /// Checksum of a shard as stored.
@@ -36,7 +44,7 @@ thread_local! {
 /// Cuts a stripe's bytes into `k` equal data shards (the last zero-padded) followed by
 /// `m` parity shards. Every shard has room for its seal's chunk tags, so sealing it
 /// never moves it.
-pub fn encode(layout: &Layout, stripe: &[u8]) -> Result<Vec<Vec<u8>>, CodecError> {
+pub fn encode(layout: &Layout, stripe: &[u8]) -> Result<Vec<Vec<u8>>, ErasureError> {
     let shard_len = layout.shard_len(stripe.len() as u64) as usize;
     let room = sealed_len(shard_len);
     let mut shards: Vec<Vec<u8>> = (0..layout.k as usize)
@@ -63,7 +71,7 @@ pub fn encode(layout: &Layout, stripe: &[u8]) -> Result<Vec<Vec<u8>>, CodecError
                 encoder.add_original_shard(shard)?;
             }
             let result = encoder.encode()?;
-            Ok::<_, CodecError>(
+            Ok::<_, ErasureError>(
                 result
                     .recovery_iter()
                     .map(|p| {
@@ -147,11 +155,11 @@ pub fn decode_shards(
     layout: &Layout,
     stripe_len: usize,
     mut shards: Vec<Option<Vec<u8>>>,
-) -> Result<StripeData, CodecError> {
+) -> Result<StripeData, ErasureError> {
     let k = layout.k as usize;
     let have = shards.iter().filter(|s| s.is_some()).count();
     if have < k {
-        return Err(CodecError::TooFew { have, need: k });
+        return Err(ErasureError::TooFew { have, need: k });
     }
     if shards[..k].iter().any(Option::is_none) {
         let originals = shards[..k]
@@ -180,7 +188,7 @@ pub fn decode(
     layout: &Layout,
     stripe_len: usize,
     shards: Vec<Option<Vec<u8>>>,
-) -> Result<Vec<u8>, CodecError> {
+) -> Result<Vec<u8>, ErasureError> {
     decode_shards(layout, stripe_len, shards).map(|d| d.to_vec())
 }
 
@@ -239,7 +247,7 @@ mod tests {
                 .collect();
             assert!(matches!(
                 decode(&layout, len, three_lost),
-                Err(CodecError::TooFew { have: 3, need: 4 })
+                Err(ErasureError::TooFew { have: 3, need: 4 })
             ));
         }
     }

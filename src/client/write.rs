@@ -68,7 +68,7 @@ impl PoolClient {
         data: &[u8],
     ) -> Result<StripeRecord, ClientError> {
         let layout = &place.layout;
-        let mut shards = stripe::encode(layout, data).map_err(|e| ClientError::Codec {
+        let mut shards = stripe::encode(layout, data).map_err(|e| ClientError::Erasure {
             file: place.file_id.clone(),
             stripe: j,
             message: e.to_string(),

@@ -256,9 +256,7 @@ impl FileData {
             Some(f) => f,
             None => self.spawn_fetch(j),
         };
-        let data = fetch
-            .await
-            .map_err(|e| FsError::Meta(format!("fetch task failed: {e}")))??;
+        let data = fetch.await.map_err(|e| FsError::task("fetch", e))??;
         self.cache.push_back((j, data.clone()));
         if self.cache.len() > CACHE_STRIPES {
             self.cache.pop_front();
@@ -547,7 +545,7 @@ impl FileData {
         };
         let result = match up.task.await {
             Ok(r) => r.map_err(FsError::from),
-            Err(e) => Err(FsError::Meta(format!("upload task failed: {e}"))),
+            Err(e) => Err(FsError::task("upload", e)),
         };
         match result {
             Ok(record) => {

@@ -888,9 +888,10 @@ impl Vfs {
             }
             let old = inode.xattrs.get(name).map_or(0, |v| name.len() + v.len());
             if inode.xattr_bytes() - old + name.len() + value.len() > XATTRS_MAX {
-                return Err(FsError::NoSpace(format!(
-                    "extended attributes of inode {ino} would exceed {XATTRS_MAX} bytes"
-                )));
+                return Err(FsError::XattrsFull {
+                    ino,
+                    max: XATTRS_MAX,
+                });
             }
             inode.xattrs.insert(name.to_vec(), value.to_vec());
             inode.ctime = Time::now();

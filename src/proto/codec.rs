@@ -6,7 +6,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use super::{Service, ServiceRequest, MAX_FRAME};
 
 /// A message or record could not be encoded, or the bytes were not a valid one.
-/// (Not to be confused with `client::stripe::MessageError`, the erasure code's.)
+/// (Not `client::stripe::ErasureError`, the erasure code's.)
 #[derive(Debug, thiserror::Error)]
 pub enum MessageError {
     /// The value cannot be encoded (bincode's reason).

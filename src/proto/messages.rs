@@ -146,7 +146,9 @@ pub struct ScanReport {
     pub errors: Vec<String>,
 }
 
-/// Kinds of failure a peer reports, so callers can map them to errno and messages.
+/// Kinds of failure a peer reports. The client tells refusals (`NoSpace`, `Quota`)
+/// from failures by them (`client::refused`); errno is decided only by the filesystem's
+/// table (`fs/fuse/errno.rs`).
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     /// The store is full (`--capacity`), or the disk under it is.

@@ -848,8 +848,8 @@ fn reserve_is_all_or_nothing_and_punch_gives_it_back() {
         assert_eq!(m.place.holders.len(), 3);
         // Three slots do not fit the small node: refused, and nothing stays anywhere.
         let err = client.reserve(&m, 0..3).await.unwrap_err();
+        // (A mount reports it as ENOSPC: fs::fuse's errno table, unit-tested there.)
         assert!(matches!(err, ClientError::NoSpace { .. }), "{err}");
-        assert_eq!(err.errno(), libc::ENOSPC);
         assert_eq!(held(&c), vec![0, 0, 0]);
         // One slot fits every node: each holds it, in whole blocks.
         client.reserve(&m, 4..5).await.unwrap();

@@ -1,5 +1,9 @@
-//! The thin fuser adapter: maps kernel requests onto `Vfs` and turns errors into errno
-//! here and nowhere else.
+//! The thin fuser adapter: maps kernel requests onto `Vfs`; its errno table
+//! (`errno`) is the only place a failure becomes an errno.
+
+mod convert;
+mod errno;
+mod xattr;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -8,17 +12,20 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, IoctlFlags,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, IoctlFlags, KernelConfig,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
 };
 
-use super::caller::Caller;
-use super::meta::{Inode, Kind, Time, NAME_MAX, ROOT};
+use super::meta::{Inode, NAME_MAX, ROOT};
 use super::repair;
 use super::vfs::{SetAttr, Vfs};
 use super::FsError;
+use convert::{caller, kind, time};
+use errno::errno;
+use xattr::{is_pool_xattr, is_system_xattr};
+pub use xattr::{HEALTH_XATTR, REPAIR_XATTR, SCRUB_XATTR};
 
 /// Only this mount changes its namespace, so the kernel may cache answers briefly.
 const TTL: Duration = Duration::from_secs(1);
@@ -27,20 +34,6 @@ const BLOCK: u32 = 4096;
 /// then hand the kernel one `max_write` per call, so a stripe takes 2 write requests
 /// instead of 16.
 const IO_SIZE: u32 = 1 << 20;
-
-/// Extended attribute that tells a file's health (`getfattr -n user.poolfs.health`).
-pub const HEALTH_XATTR: &str = "user.poolfs.health";
-/// Extended attribute of the mount's root: setting it runs a scrub pass now, reading it
-/// tells the outcome of the last one (`poolfs scrub MOUNTPOINT` does both).
-pub const SCRUB_XATTR: &str = "user.poolfs.scrub";
-/// Extended attribute of the mount's root telling repair progress: segments rebuilt so
-/// far, pending, and the last pass (`poolfs status` shows it).
-pub const REPAIR_XATTR: &str = "user.poolfs.repair";
-/// The names the pool answers itself (the three above). They are read by name only:
-/// never listed, so programs that copy attributes (`cp -a`, `rsync -X`) neither copy
-/// them out nor try to remove them, and users cannot set or remove them (EPERM).
-/// Every other name, `user.poolfs.*` included, is the user's.
-const POOL_XATTRS: [&str; 3] = [HEALTH_XATTR, SCRUB_XATTR, REPAIR_XATTR];
 
 /// The filesystem as fuser sees it.
 pub struct PoolFs {
@@ -80,86 +73,6 @@ impl PoolFs {
             Err(e) => reply.error(errno(&e)),
         }
     }
-}
-
-/// Answers an xattr request: the size when asked for it, else the bytes if they fit.
-fn xattr(reply: ReplyXattr, size: u32, bytes: &[u8]) {
-    if size == 0 {
-        reply.size(bytes.len() as u32);
-    } else if bytes.len() > size as usize {
-        reply.error(Errno::from_i32(libc::ERANGE));
-    } else {
-        reply.data(bytes);
-    }
-}
-
-fn errno(e: &FsError) -> Errno {
-    if matches!(
-        e,
-        FsError::Pool(_)
-            | FsError::Meta(_)
-            | FsError::MetaIo(_)
-            | FsError::NoSpace(_)
-            | FsError::Again { .. }
-    ) {
-        log::warn!("{e}");
-    }
-    Errno::from_i32(e.errno())
-}
-
-fn kind(k: Kind) -> FileType {
-    match k {
-        Kind::File => FileType::RegularFile,
-        Kind::Dir => FileType::Directory,
-        Kind::Symlink => FileType::Symlink,
-        Kind::Fifo => FileType::NamedPipe,
-        Kind::Socket => FileType::Socket,
-        Kind::CharDev => FileType::CharDevice,
-        Kind::BlockDev => FileType::BlockDevice,
-    }
-}
-
-/// A time the kernel sent. fuser turns the kernel's (seconds, nanoseconds) into a
-/// `SystemTime` as `epoch + secs + nanos` when `secs >= 0` but as
-/// `epoch - (-secs) - nanos` when `secs < 0` (fuser 0.18, `time.rs`), which is not the
-/// timespec's meaning (`nanos` counts forward from `secs`); undo that to get the
-/// kernel's exact pair back.
-fn kernel_time(t: SystemTime) -> Time {
-    match t.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(_) => t.into(),
-        Err(before) => {
-            let d = before.duration();
-            Time {
-                secs: i64::try_from(d.as_secs()).map_or(i64::MIN, |s| -s),
-                nanos: d.subsec_nanos(),
-            }
-        }
-    }
-}
-
-fn time(t: TimeOrNow) -> Time {
-    match t {
-        TimeOrNow::SpecificTime(t) => kernel_time(t),
-        TimeOrNow::Now => SystemTime::now().into(),
-    }
-}
-
-/// The process behind `req` (for the set-group-ID rule).
-fn caller(req: &Request) -> Caller {
-    Caller::of(req.pid(), req.uid(), req.gid())
-}
-
-/// True for the names of the attributes the pool answers itself.
-fn is_pool_xattr(name: &[u8]) -> bool {
-    POOL_XATTRS.iter().any(|n| n.as_bytes() == name)
-}
-
-/// True for `system.*` attributes (POSIX ACLs): they have a meaning (an ACL changes
-/// the mode bits) that storing the bytes would not honour, so they are refused
-/// (EOPNOTSUPP), and `cp -a` and friends fall back to chmod, as on a filesystem
-/// without ACLs.
-fn is_system_xattr(name: &[u8]) -> bool {
-    name.starts_with(b"system.")
 }
 
 fn empty(reply: ReplyEmpty, r: Result<(), FsError>) {
@@ -435,7 +348,7 @@ impl Filesystem for PoolFs {
         _out_size: u32,
         reply: ReplyIoctl,
     ) {
-        reply.error(Errno::from_i32(libc::ENOTTY));
+        reply.error(errno(&FsError::NoIoctl));
     }
 
     fn readdir(
@@ -498,7 +411,7 @@ impl Filesystem for PoolFs {
             self.vfs.getxattr(ino.0, name)
         };
         match value {
-            Ok(v) => xattr(reply, size, &v),
+            Ok(v) => xattr::answer(reply, size, &v),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -508,7 +421,7 @@ impl Filesystem for PoolFs {
         // filesystems do (the kernel refuses others their values); uid 0 stands for
         // CAP_SYS_ADMIN here.
         match self.vfs.listxattr(ino.0, req.uid() == 0) {
-            Ok(names) => xattr(reply, size, &names),
+            Ok(names) => xattr::answer(reply, size, &names),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -528,10 +441,10 @@ impl Filesystem for PoolFs {
             return empty(reply, repair::scrub_and_record(&self.vfs).map(|_| ()));
         }
         if is_pool_xattr(name) {
-            return reply.error(Errno::from_i32(libc::EPERM));
+            return empty(reply, Err(FsError::Permission));
         }
         if is_system_xattr(name) {
-            return reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+            return empty(reply, Err(FsError::NotSupported));
         }
         empty(reply, self.vfs.setxattr(ino.0, name, value, flags))
     }
@@ -539,10 +452,10 @@ impl Filesystem for PoolFs {
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name.as_bytes();
         if is_pool_xattr(name) {
-            return reply.error(Errno::from_i32(libc::EPERM));
+            return empty(reply, Err(FsError::Permission));
         }
         if is_system_xattr(name) {
-            return reply.error(Errno::from_i32(libc::ENODATA));
+            return empty(reply, Err(FsError::NoData));
         }
         empty(reply, self.vfs.removexattr(ino.0, name))
     }
