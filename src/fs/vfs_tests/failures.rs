@@ -77,7 +77,15 @@ fn a_close_that_finds_the_nodes_full_reports_enospc_and_rolls_back() {
         .write(fh, old.len() as u64, &pattern(3000, 7))
         .expect("buffered append");
     break_all(&f, Some(Fault::Full));
-    let e = f.vfs.release(fh).expect_err("the close fails");
+    let e = f.vfs.flush(fh).expect_err("the flush of the close fails");
+    assert_eq!(errno(&e), libc::ENOSPC, "{e}");
+    // Rolled back at once: the open file is its committed self again.
+    assert_eq!(f.vfs.getattr(ino).expect("getattr").size, old.len() as u64);
+    assert_eq!(f.read_fh(fh), old, "read through the handle that failed");
+    let e = f
+        .vfs
+        .release(fh)
+        .expect_err("the failure is reported again");
     assert_eq!(errno(&e), libc::ENOSPC, "{e}");
     break_all(&f, None);
     assert_eq!(f.contents(ino), old, "the old contents read back");

@@ -69,3 +69,15 @@ fn a_removed_directory_lives_until_forgotten() {
     f.vfs.forget(dir.ino, 1);
     assert!(matches!(f.vfs.getattr(dir.ino), Err(FsError::Stale)));
 }
+
+#[test]
+fn an_unlinked_file_nothing_refers_to_is_removed_at_once() {
+    let f = fixture(3);
+    let ino = f.file(ROOT, b"f", &pattern(2 * STRIPE as usize, 4));
+    let file = f.manifest(ino).place.file_id;
+    f.vfs.forget(ino, 1); // the kernel lets go of the create's reference
+    assert!(f.segments(&file) > 0, "a name keeps it");
+    f.vfs.unlink(ROOT, b"f").expect("unlink");
+    assert!(matches!(f.vfs.getattr(ino), Err(FsError::Stale)));
+    assert_eq!(f.segments(&file), 0, "its segments are freed");
+}
