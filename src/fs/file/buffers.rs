@@ -124,37 +124,56 @@ impl FileData {
         Ok(())
     }
 
-    /// Changes the size: shrinking forgets what lies beyond, growing leaves a hole that
-    /// reads as zeros. The stripe holding the new end is rewritten so its shards match
-    /// its new length. Truncating to zero starts afresh on the current pool.
-    pub async fn resize(&mut self, new_size: u64) -> Result<(), FsError> {
+    /// Truncates to zero onto `fresh`, a new placement on the pool as it is now
+    /// (`PoolClient::new_file`, chosen by the caller before the data path): the old
+    /// placement is deleted once the empty file is committed, or now if it was begun
+    /// since the last commit. Errors: the failure of an earlier store of this file.
+    pub async fn start_afresh(&mut self, fresh: Manifest) -> Result<(), FsError> {
+        if !self.size_changes(0)? {
+            return Ok(());
+        }
+        let pending: Vec<u64> = self.uploads.keys().copied().collect();
+        for j in pending {
+            self.finish_upload(j).await;
+        }
+        self.dirty.clear();
+        let old = std::mem::replace(&mut self.manifest, fresh);
+        // The committed placement is deleted once the new one is committed; one
+        // begun since the commit was never committed and goes now.
+        self.written.clear();
+        if old.place.file_id != self.committed.place.file_id {
+            if let Err(e) = self.client.delete(&old).await {
+                log::warn!("cannot delete file {}: {e}", old.place.file_id);
+            }
+        }
+        Ok(())
+    }
+
+    /// The start of every size change: an earlier failure is reported, a small file's
+    /// bytes come out of its record, and the times move (a truncate sets mtime and
+    /// ctime even when the size stays, as ext4 does). False if the size is already
+    /// `new_size`.
+    fn size_changes(&mut self, new_size: u64) -> Result<bool, FsError> {
         self.check_failed()?;
         self.spill_inline();
         let old_size = self.size();
-        // A truncate sets mtime and ctime even when the size stays (as ext4 does).
         self.touch();
         if new_size == old_size {
-            return Ok(());
+            return Ok(false);
         }
         self.forget_all_cached();
-        if new_size == 0 {
-            let pending: Vec<u64> = self.uploads.keys().copied().collect();
-            for j in pending {
-                self.finish_upload(j).await;
-            }
-            self.dirty.clear();
-            let fresh = self.client.new_file().await?;
-            let old = std::mem::replace(&mut self.manifest, fresh);
-            // The committed placement is deleted once the new one is committed; one
-            // begun since the commit was never committed and goes now.
-            self.written.clear();
-            if old.place.file_id != self.committed.place.file_id {
-                if let Err(e) = self.client.delete(&old).await {
-                    log::warn!("cannot delete file {}: {e}", old.place.file_id);
-                }
-            }
+        Ok(true)
+    }
+
+    /// Changes the size: shrinking forgets what lies beyond, growing leaves a hole that
+    /// reads as zeros. The stripe holding the new end is rewritten so its shards match
+    /// its new length. A file emptied here keeps its placement; the `Vfs` starts a
+    /// truncation to zero on a fresh placement instead (`start_afresh`).
+    pub async fn resize(&mut self, new_size: u64) -> Result<(), FsError> {
+        if !self.size_changes(new_size)? {
             return Ok(());
         }
+        let old_size = self.size();
         let stripe_size = self.stripe_size();
         if new_size < old_size {
             let keep = new_size.div_ceil(stripe_size);

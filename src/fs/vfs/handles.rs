@@ -84,6 +84,18 @@ impl Vfs {
         }
     }
 
+    /// Sets the size of an open file's data. Placement is decided here, before the
+    /// data path, as `write` does for an empty file: a truncation to zero starts the
+    /// file afresh on the pool as it is now (`FileData::start_afresh`). Errors: an
+    /// earlier failed store of the file; no live node to place on.
+    pub(super) fn resize(&self, data: &mut FileData, size: u64) -> Result<(), FsError> {
+        if size == 0 && data.size() != 0 && !data.has_failed() {
+            let fresh = self.block_on(self.client.new_file())?;
+            return self.block_on(data.start_afresh(fresh));
+        }
+        self.block_on(data.resize(size))
+    }
+
     pub(super) fn with_data<T>(
         &self,
         ino: u64,
@@ -145,7 +157,7 @@ impl Vfs {
         if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
             let mut data = self.block_on(open.data.lock());
             let truncated = self
-                .block_on(data.resize(0))
+                .resize(&mut data, 0)
                 .and_then(|_| self.commit(ino, &mut data, Invalidate::Later));
             if let Err(e) = truncated {
                 drop(data);

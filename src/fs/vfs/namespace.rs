@@ -25,7 +25,7 @@ impl Vfs {
     pub fn setattr(&self, ino: u64, set: SetAttr) -> Result<Inode, FsError> {
         if let Some(size) = set.size {
             self.with_data(ino, |vfs, data| {
-                vfs.block_on(data.resize(size))?;
+                vfs.resize(data, size)?;
                 vfs.commit(ino, data, Invalidate::Later)
             })?;
         }

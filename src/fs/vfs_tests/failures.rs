@@ -5,6 +5,8 @@
 use super::{errno, fixture, pattern, Fixture, STRIPE};
 use crate::client::Fault;
 use crate::fs::meta::ROOT;
+use crate::fs::vfs::SetAttr;
+use crate::proto::NodeState;
 
 /// Breaks every node of the fixture's pool as `fault` says.
 fn break_all(f: &Fixture, fault: Option<Fault>) {
@@ -141,4 +143,37 @@ fn a_fallocate_the_nodes_cannot_hold_is_enospc_and_reserves_nothing() {
     f.vfs.release(fh).expect("close");
     assert_eq!(f.vfs.getattr(ino).expect("getattr").size, data.len() as u64);
     assert_eq!(f.contents(ino), data);
+}
+
+#[test]
+fn a_truncation_to_zero_with_no_live_node_to_place_on_fails_and_changes_nothing() {
+    let f = fixture(3);
+    let old = pattern(2 * STRIPE as usize, 12);
+    let ino = f.file(ROOT, b"f", &old);
+    for id in 1..=3 {
+        f.mem.kill(id);
+    }
+    f.vfs
+        .run(f.vfs.client().refresh_view())
+        .expect("the pool view");
+    let set = SetAttr {
+        size: Some(0),
+        ..Default::default()
+    };
+    let e = f
+        .vfs
+        .setattr(ino, set)
+        .expect_err("nowhere to place the file");
+    assert_eq!(errno(&e), libc::EIO, "{e}");
+    let e = f
+        .vfs
+        .open(ino, libc::O_WRONLY | libc::O_TRUNC)
+        .expect_err("nowhere to place the file");
+    assert_eq!(errno(&e), libc::EIO, "{e}");
+    for id in 1..=3 {
+        f.mem.set_fault(id, None);
+        f.mem.set_state(id, Some(NodeState::Up));
+    }
+    assert_eq!(f.vfs.getattr(ino).expect("getattr").size, old.len() as u64);
+    assert_eq!(f.contents(ino), old);
 }
