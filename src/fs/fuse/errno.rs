@@ -17,7 +17,7 @@ pub(super) fn errno(e: &FsError) -> Errno {
 
 /// The table. No wildcard on `FsError`: a new variant does not compile until it has
 /// its errno here.
-fn code(e: &FsError) -> i32 {
+pub(crate) fn code(e: &FsError) -> i32 {
     match e {
         FsError::NotFound => libc::ENOENT,
         FsError::Exists => libc::EEXIST,

@@ -2,7 +2,7 @@
 //! (`errno`) is the only place a failure becomes an errno.
 
 mod convert;
-mod errno;
+pub(crate) mod errno;
 mod xattr;
 
 use std::ffi::OsStr;

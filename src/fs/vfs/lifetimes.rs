@@ -1,0 +1,194 @@
+//! Inode lifetimes: the references that keep an inode alive (names, open data, the
+//! kernel's lookup count) and its removal, with its segments, when the last goes.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::{lock, stale, OpenInode, Vfs};
+use crate::client::Manifest;
+use crate::fs::file::FileData;
+use crate::fs::meta::{Inode, Kind, ROOT};
+use crate::fs::FsError;
+
+impl Vfs {
+    /// Deletes an inode with no links left: its segments on the peers first, so a
+    /// crash in between leaves an orphan record that the next mount cleans, never
+    /// segments nobody knows about.
+    pub(super) fn remove_inode(&self, inode: &Inode) {
+        if let Some(m) = &inode.manifest {
+            self.delete_segments(m);
+        }
+        if let Err(e) = self.meta.purge(inode.ino) {
+            log::error!("cannot forget inode {}: {e}", inode.ino);
+        }
+    }
+
+    pub(super) fn delete_segments(&self, m: &Manifest) {
+        if m.inline.is_some() && !m.stores_anything() && m.reserved.is_empty() {
+            return; // a small file kept in its record: nothing on the pool
+        }
+        if let Err(e) = self.block_on(self.client.delete(m)) {
+            // The bytes stay on that peer until it is cleaned; nothing is lost.
+            log::warn!("cannot delete segments of file {}: {e}", m.place.file_id);
+        }
+    }
+
+    /// Frees on the nodes the slots of the stripes and reservations `gone` lists.
+    pub(super) fn free_slots(&self, gone: &Manifest) {
+        let mut runs: Vec<Range<u64>> = gone.reserved.iter().cloned().collect();
+        for (j, _) in gone.records() {
+            match runs.last_mut() {
+                Some(r) if r.end == j => r.end = j + 1,
+                _ => runs.push(j..j + 1),
+            }
+        }
+        for run in runs {
+            if let Err(e) = self.block_on(self.client.punch(gone, run)) {
+                log::warn!(
+                    "cannot free unused slots of file {}: {e}",
+                    gone.place.file_id
+                );
+            }
+        }
+    }
+
+    /// Removes `ino` if nothing refers to it any more: no name, no open handle, no
+    /// reference held by the kernel.
+    pub(super) fn reap(&self, ino: u64) {
+        if ino == ROOT {
+            return;
+        }
+        {
+            let open = lock(&self.open);
+            if open.contains_key(&ino) || lock(&self.lookups).contains_key(&ino) {
+                return;
+            }
+        }
+        // Nothing can take a new reference now: the inode has no name to be looked up
+        // by, and the kernel, holding none, cannot open it.
+        match self.meta.get(ino) {
+            Ok(inode) if inode.nlink == 0 => self.remove_inode(&inode),
+            Ok(_) => {}
+            Err(FsError::NotFound) => {}
+            Err(e) => log::warn!("cannot check inode {ino} for removal: {e}"),
+        }
+    }
+
+    /// One more reference of the kernel on `inode` (every inode a lookup, create,
+    /// mknod, mkdir, symlink or link hands to it), released by `forget`.
+    pub(super) fn referenced(&self, inode: Inode) -> Inode {
+        *lock(&self.lookups).entry(inode.ino).or_default() += 1;
+        inode
+    }
+
+    /// The kernel drops `n` of its references to `ino`; an inode with no name, no
+    /// opener and no reference left is removed.
+    pub fn forget(&self, ino: u64, n: u64) {
+        let last = {
+            let mut lookups = lock(&self.lookups);
+            match lookups.get_mut(&ino) {
+                Some(count) if *count > n => {
+                    *count -= n;
+                    false
+                }
+                Some(_) => {
+                    lookups.remove(&ino);
+                    true
+                }
+                None => false,
+            }
+        };
+        if last {
+            self.reap(ino);
+        }
+    }
+
+    pub(super) fn opened(&self, ino: u64) -> Option<Arc<OpenInode>> {
+        lock(&self.open).get(&ino).cloned()
+    }
+
+    /// The inode with the live size and times of an open file.
+    pub(super) fn live(&self, mut inode: Inode) -> Inode {
+        if let Some(open) = self.opened(inode.ino) {
+            let data = self.block_on(open.data.lock());
+            inode.size = data.size();
+            if let Some(t) = data.touched {
+                inode.mtime = t;
+                inode.ctime = t;
+            }
+        }
+        inode
+    }
+
+    /// Bytes of `inode` that take space (`st_blocks` × 512): for a file, the stripes
+    /// stored or reserved and the bytes written but not yet stored; holes take none.
+    pub fn allocated(&self, inode: &Inode) -> u64 {
+        match inode.kind {
+            Kind::File => {}
+            Kind::Symlink => return inode.size,
+            _ => return 0,
+        }
+        if let Some(open) = self.opened(inode.ino) {
+            return self.block_on(open.data.lock()).allocated_bytes();
+        }
+        match &inode.manifest {
+            Some(m) if m.inline.is_some() => inode.size,
+            Some(m) => m.allocated_bytes(),
+            None => 0,
+        }
+    }
+
+    /// Takes a reference on the open data of `ino`, loading it the first time.
+    pub(super) fn acquire(&self, ino: u64) -> Result<Arc<OpenInode>, FsError> {
+        if let Some(open) = lock(&self.open).get(&ino) {
+            open.users.fetch_add(1, Ordering::SeqCst);
+            return Ok(open.clone());
+        }
+        let mut inode = self.meta.get(ino).map_err(stale)?;
+        match inode.kind {
+            Kind::Dir => return Err(FsError::IsDir),
+            Kind::File => {}
+            _ => return Err(FsError::Invalid),
+        }
+        let manifest = match inode.manifest.take() {
+            Some(m) => m,
+            None => self.block_on(self.client.new_file())?,
+        };
+        let mut map = lock(&self.open);
+        // Another thread may have opened it meanwhile; its state wins.
+        let open = map
+            .entry(ino)
+            .or_insert_with(|| {
+                Arc::new(OpenInode {
+                    data: tokio::sync::Mutex::new(FileData::new(
+                        self.client.clone(),
+                        manifest,
+                        self.max_uploads,
+                    )),
+                    users: AtomicU64::new(0),
+                })
+            })
+            .clone();
+        open.users.fetch_add(1, Ordering::SeqCst);
+        Ok(open)
+    }
+
+    /// Drops a reference taken by `acquire`; the last one forgets the data and, for a
+    /// file nothing else refers to, removes it.
+    pub(super) fn relinquish(&self, ino: u64) {
+        let last = {
+            let mut map = lock(&self.open);
+            match map.get(&ino) {
+                Some(open) if open.users.fetch_sub(1, Ordering::SeqCst) == 1 => {
+                    map.remove(&ino);
+                    true
+                }
+                _ => false,
+            }
+        };
+        if last {
+            self.reap(ino);
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! Inode lifetimes: an unlinked file lives while it is open or the kernel holds a
+//! reference to it (FUSE's lookup count), and its segments are freed when the last
+//! reference goes.
+
+use super::{fixture, pattern, STRIPE};
+use crate::fs::meta::ROOT;
+use crate::fs::FsError;
+
+#[test]
+fn an_unlinked_open_file_stays_readable_until_its_release_then_its_segments_go() {
+    let f = fixture(3);
+    let data = pattern(3 * STRIPE as usize, 1);
+    let ino = f.file(ROOT, b"f", &data);
+    let file = f.manifest(ino).place.file_id;
+    let fh = f.vfs.open(ino, libc::O_RDONLY).expect("open");
+    f.vfs.forget(ino, 1); // the kernel's reference from the create
+    f.vfs.unlink(ROOT, b"f").expect("unlink");
+    assert!(matches!(f.vfs.lookup(ROOT, b"f"), Err(FsError::NotFound)));
+    assert_eq!(
+        f.read_fh(fh),
+        data,
+        "still readable through the open handle"
+    );
+    assert!(f.segments(&file) > 0, "its segments stay while it is open");
+    f.vfs.release(fh).expect("close");
+    assert_eq!(f.segments(&file), 0, "the last release frees its segments");
+    assert!(matches!(f.vfs.getattr(ino), Err(FsError::Stale)));
+}
+
+#[test]
+fn an_unlinked_inode_lives_until_the_kernel_forgets_it() {
+    let f = fixture(3);
+    let ino = f.file(ROOT, b"f", &pattern(2 * STRIPE as usize, 2));
+    let file = f.manifest(ino).place.file_id;
+    // References: the create's, and a lookup's.
+    assert_eq!(f.vfs.lookup(ROOT, b"f").expect("lookup").ino, ino);
+    f.vfs.unlink(ROOT, b"f").expect("unlink");
+    let attr = f.vfs.getattr(ino).expect("the kernel still refers to it");
+    assert_eq!(attr.nlink, 0);
+    f.vfs.forget(ino, 1);
+    assert!(f.vfs.getattr(ino).is_ok(), "one reference left");
+    assert!(f.segments(&file) > 0);
+    f.vfs.forget(ino, 1);
+    assert!(matches!(f.vfs.getattr(ino), Err(FsError::Stale)));
+    assert_eq!(f.segments(&file), 0, "its segments are freed");
+}
+
+#[test]
+fn a_file_with_a_second_name_survives_the_unlink_of_the_first() {
+    let f = fixture(3);
+    let data = pattern(STRIPE as usize + 9, 3);
+    let ino = f.file(ROOT, b"a", &data);
+    f.vfs.link(ino, ROOT, b"b").expect("link");
+    f.vfs.unlink(ROOT, b"a").expect("unlink");
+    f.vfs.forget(ino, 2);
+    assert_eq!(f.vfs.lookup(ROOT, b"b").expect("lookup").ino, ino);
+    assert_eq!(f.contents(ino), data);
+}
+
+#[test]
+fn a_removed_directory_lives_until_forgotten() {
+    let f = fixture(3);
+    let dir = f.vfs.mkdir(ROOT, b"d", 0o755, 1000, 1000).expect("mkdir");
+    f.vfs.rmdir(ROOT, b"d").expect("rmdir");
+    assert!(
+        f.vfs.getattr(dir.ino).is_ok(),
+        "the kernel still refers to it"
+    );
+    f.vfs.forget(dir.ino, 1);
+    assert!(matches!(f.vfs.getattr(dir.ino), Err(FsError::Stale)));
+}
+
+#[test]
+fn an_unlinked_file_nothing_refers_to_is_removed_at_once() {
+    let f = fixture(3);
+    let ino = f.file(ROOT, b"f", &pattern(2 * STRIPE as usize, 4));
+    let file = f.manifest(ino).place.file_id;
+    f.vfs.forget(ino, 1); // the kernel lets go of the create's reference
+    assert!(f.segments(&file) > 0, "a name keeps it");
+    f.vfs.unlink(ROOT, b"f").expect("unlink");
+    assert!(matches!(f.vfs.getattr(ino), Err(FsError::Stale)));
+    assert_eq!(f.segments(&file), 0, "its segments are freed");
+}
