@@ -43,9 +43,12 @@ pub const DEFAULT_SHARD_SIZE: u32 = 1 << 20;
 /// How the client places and moves files.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
+    /// The controller asked for the pool view (and so for where to place files).
     pub controller: SocketAddr,
     /// Parity shards per stripe; `None` chooses: 1 on pools of 3 or more nodes, else 0.
     pub parity: Option<u32>,
+    /// Largest shard in bytes (`DEFAULT_SHARD_SIZE` by default); fixed per file when
+    /// it is placed.
     pub shard_size: u32,
     /// Stripes stored or fetched concurrently by one stream.
     pub stripes_in_flight: usize,

@@ -30,7 +30,9 @@ const STRIPE_KEY_CONTEXT: &str = "poolfs 2026-11 shard key for one stripe write,
 #[derive(Debug, thiserror::Error)]
 #[error("shard {shard} of stripe {stripe} fails authentication (tampered, or not ours)")]
 pub struct OpenError {
+    /// The stripe the shard belongs to.
     pub stripe: u64,
+    /// The shard's index in its stripe.
     pub shard: usize,
 }
 

@@ -18,15 +18,22 @@ use crate::trust::{OwnerKey, PoolKey};
 /// How to mount.
 #[derive(Clone, Debug)]
 pub struct MountConfig {
+    /// Where the filesystem appears.
     pub mountpoint: PathBuf,
+    /// The mount's storage directory: its node's segments and keys, and the metadata
+    /// store (`meta.redb`).
     pub storage: PathBuf,
+    /// The controller to join.
     pub controller: SocketAddr,
+    /// Where the mount's own node listens for other members.
     pub listen: SocketAddr,
+    /// Bytes the mount's node offers; `None`: the free space of the storage filesystem.
     pub capacity: Option<u64>,
     /// Bytes one member may hold on this machine's node; `None`: up to the capacity.
     pub quota: Option<u64>,
     /// Parity segments per file; `None`: 1 on pools of 3 or more nodes, else 0.
     pub parity: Option<u32>,
+    /// Admit every user, not only the mounter (fuser's session ACL, `--allow-other`).
     pub allow_other: bool,
     /// How long a node may stay down before its segments are rebuilt elsewhere.
     pub repair_grace: Duration,

@@ -280,9 +280,13 @@ pub fn repair_pass(vfs: &Vfs, grace: Duration) -> Result<RepairReport, FsError> 
 /// What one scrub pass found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ScrubReport {
+    /// Files walked.
     pub files: usize,
+    /// Shards read and verified (checksum or chunk tags).
     pub verified: usize,
+    /// Shards found missing or corrupt and stored again.
     pub healed: usize,
+    /// Stripes with fewer than `k` good shards: they could not be healed.
     pub unreadable: usize,
 }
 

@@ -39,7 +39,10 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1000);
 /// How a node is started.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
+    /// The node's storage directory: segments, its static key (`node.key`) and the
+    /// pinned controller key.
     pub storage: PathBuf,
+    /// Where the node listens for requests.
     pub listen: SocketAddr,
     /// Join this controller at once; without it the node waits for the controller's signal.
     pub controller: Option<SocketAddr>,

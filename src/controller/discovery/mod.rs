@@ -149,12 +149,17 @@ async fn probe_all(
 /// How the controller sweeps.
 #[derive(Clone, Debug)]
 pub struct DiscoveryConfig {
+    /// What to sweep: interfaces and CIDRs (`--scan`); empty sweeps nothing.
     pub targets: Vec<ScanTarget>,
     /// Port probed on every responder.
     pub node_port: u16,
     /// Time between sweeps; None sweeps only at start and on request.
     pub rescan_interval: Option<Duration>,
+    /// How long to listen for ARP replies after the last request is sent
+    /// (`DEFAULT_ARP_WAIT`, 1 s).
     pub arp_wait: Duration,
+    /// How long a responder has to answer the node port's STAT
+    /// (`DEFAULT_PROBE_TIMEOUT`, 1 s).
     pub probe_timeout: Duration,
 }
 
