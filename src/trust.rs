@@ -26,19 +26,35 @@ pub const CLIENT_KEY_FILE: &str = "client.key";
 /// Why a key file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
+    /// No pool key at this path.
     #[error(
         "no pool key at {0}: run `poolfs init` to create one (or copy the pool's key there \
          from another member, or pass --key FILE)"
     )]
     Missing(PathBuf),
+    /// `init` found a pool key at this path already.
     #[error("a pool key already exists at {0}; remove it first to make a new pool")]
     Exists(PathBuf),
+    /// The file at this path is not a key file.
     #[error("{0} is not a key file (expected 64 hex digits)")]
     Corrupt(PathBuf),
+    /// A key file could not be read.
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: io::Error },
+    Read {
+        /// The key file.
+        path: PathBuf,
+        /// The failure.
+        source: io::Error,
+    },
+    /// A key file could not be written.
     #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: io::Error },
+    Write {
+        /// The key file.
+        path: PathBuf,
+        /// The failure.
+        source: io::Error,
+    },
+    /// The crypto library cannot make a Curve25519 keypair.
     #[error("no Curve25519 support in the crypto library")]
     Crypto,
 }

@@ -8,15 +8,27 @@ use super::Manifest;
 /// Why a catalog entry could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
+    /// A name that is not a plain file name.
     #[error("invalid name {0:?}: use letters, digits, '.', '-' and '_' (not starting with '.')")]
     BadName(String),
+    /// No entry of this name (the name, then the catalog directory).
     #[error("no file named {0:?} in the catalog {1}")]
     Missing(String, PathBuf),
+    /// An entry that cannot be encoded or decoded as JSON (today also the catalog's
+    /// owner key failing to load).
     #[error("catalog entry {path}: {message}")]
-    Corrupt { path: PathBuf, message: String },
+    Corrupt {
+        /// The entry's file (or the owner key file).
+        path: PathBuf,
+        /// Why it cannot be read.
+        message: String,
+    },
+    /// Reading or writing the catalog failed.
     #[error("catalog {path}: {source}")]
     Io {
+        /// The file being read or written.
         path: PathBuf,
+        /// The failure.
         source: std::io::Error,
     },
 }

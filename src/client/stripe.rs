@@ -16,10 +16,17 @@ pub type Checksum = [u8; 32];
 /// The erasure codec refused the shards.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
+    /// reed-solomon-simd refused the shards (wrong count or sizes).
     #[error("erasure coding: {0}")]
     Erasure(#[from] reed_solomon_simd::Error),
+    /// Fewer than `k` shards are left, so the stripe cannot be decoded.
     #[error("only {have} of the {need} shards needed to rebuild the stripe")]
-    TooFew { have: usize, need: usize },
+    TooFew {
+        /// Shards at hand.
+        have: usize,
+        /// Shards needed (`k`).
+        need: usize,
+    },
 }
 
 /// Checksum of a shard as stored.

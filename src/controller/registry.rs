@@ -13,8 +13,10 @@ use crate::proto::{Identity, NodeId, NodeInfo, NodeState, PoolView};
 /// Why the registry refused a request.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RegistryError {
+    /// No member has this id.
     #[error("node {0} is not a member")]
     Unknown(NodeId),
+    /// The id is bound to another identity than the sender's.
     #[error("node {0} belongs to another identity")]
     Impostor(NodeId),
 }

@@ -46,21 +46,36 @@ pub struct MountConfig {
 /// Why a mount failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
+    /// The mount point cannot be used: missing, not a directory, mounted already or not
+    /// empty.
     #[error("mount point {path}: {why}")]
-    Mountpoint { path: PathBuf, why: String },
+    Mountpoint {
+        /// The mount point.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The mount's own node could not start.
     #[error(transparent)]
     Node(#[from] NodeError),
+    /// No controller answered at this address.
     #[error("no reachable controller at {0} (is `poolfs controller` running there?)")]
     NoController(SocketAddr),
+    /// The metadata store could not be opened.
     #[error("metadata: {0}")]
     Meta(#[from] FsError),
+    /// The owner secret (`owner.key`) could not be loaded or made.
     #[error("owner key: {0}")]
     Owner(String),
+    /// The kernel mount failed.
     #[error("cannot mount {path}: {source}")]
     Fuse {
+        /// The mount point.
         path: PathBuf,
+        /// The failure.
         source: std::io::Error,
     },
+    /// The tokio runtime could not be built.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
 }

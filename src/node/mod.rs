@@ -59,20 +59,29 @@ pub struct NodeConfig {
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    /// The storage directory could not be made or read.
     #[error("storage {path}: {source}")]
     Storage {
+        /// The path involved.
         path: PathBuf,
+        /// The failure.
         source: std::io::Error,
     },
+    /// The segment store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The node port could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
+        /// The address asked for.
         addr: SocketAddr,
+        /// The failure.
         source: std::io::Error,
     },
+    /// The pool key or the node's static key could not be loaded.
     #[error("node key: {0}")]
     Key(#[from] KeyError),
+    /// A `POOLFS_*` limit variable (`LIMIT_VARS`) holds a value that cannot be used.
     #[error("server limits: {0}")]
     Limits(String),
 }

@@ -27,17 +27,23 @@ pub fn prologue() -> Vec<u8> {
 /// Why a handshake failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
+    /// The socket failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// A handshake message failed to decrypt: the peer holds another pool key or protocol
+    /// version.
     #[error("the peer does not hold this pool's key or speaks another protocol version ({0})")]
     Refused(snow::Error),
+    /// The peer closed the connection mid-handshake.
     #[error(
         "the peer closed the connection during the handshake: one of us does not hold this \
          pool's key, it speaks another protocol version, or all its connections are busy"
     )]
     Closed,
+    /// A handshake message announced more than `MAX_HANDSHAKE_MESSAGE` bytes.
     #[error("handshake message of {0} bytes exceeds {MAX_HANDSHAKE_MESSAGE}")]
     TooLarge(usize),
+    /// snow failed otherwise.
     #[error("noise: {0}")]
     Noise(snow::Error),
 }
