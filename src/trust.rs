@@ -1,5 +1,6 @@
-//! The pool's secrets: the shared pool key (a file every member holds) and each member's
-//! Noise static keypair (its persistent identity).
+//! The pool's secrets: the shared pool key (a file every member holds), each member's
+//! Noise static keypair (its persistent identity), and the owner secret that shard keys
+//! derive from (`owner.key`, never sent).
 
 use std::fs;
 use std::io::{self, Write};

@@ -1,4 +1,5 @@
-//! Small helpers shared by the binaries: sizes, atomic files, the state lock, disk space.
+//! Small helpers outside the pool's core: sizes (parsed and printed), atomic file
+//! writes, the state directory's lock, free disk space, the default data directory.
 
 use std::fs;
 use std::io::{self, Write};

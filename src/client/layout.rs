@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 /// Plaintext bytes per sealed chunk: an encrypted shard is sealed chunk by chunk, so a
 /// read can fetch and authenticate any chunk alone instead of the whole shard.
 pub const SEAL_CHUNK: usize = 32 * 1024;
-/// Bytes of one chunk's authentication tag (AES-GCM).
+/// Bytes of one chunk's authentication tag (AES-256-GCM's 128-bit tag, through ring).
 pub const TAG_LEN: usize = 16;
 
 /// The bit that turns segment index i into the index of its shadow segment. Every

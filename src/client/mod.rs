@@ -1,7 +1,10 @@
 //! The client engine: `PoolClient`, its configuration and errors. What it does lives in
 //! one module per concern: `placement` (where segments go: pure), `fanout` (quorum,
 //! grace, hedging), `write`, `read`, `heal`, `space` (reserve, punch, delete), `stream`
-//! (put, get), `view` (the pool view), over `segments` (the segment I/O trait).
+//! (put, get), `view` (the pool view), over `segments` (the segment I/O trait). The
+//! stages and records they share: `layout` (stripe arithmetic), `stripe` (erasure
+//! coding), `seal` (encryption), `manifest`, `suspects` (late holders), and `catalog`
+//! (the manifests of `put` files).
 
 pub mod catalog;
 pub mod fanout;
@@ -37,7 +40,8 @@ use seal::FileCipher;
 pub use segments::{Fault, MemSegments, SegmentError, SegmentIo, SegmentRead, ViewSource};
 pub use stripe::StripeData;
 
-/// Default shard size: large enough for streaming, small enough to keep memory bounded.
+/// Default shard size, 1 MiB: large enough for streaming, small enough to keep memory
+/// bounded.
 pub const DEFAULT_SHARD_SIZE: u32 = 1 << 20;
 
 /// How the client places and moves files.

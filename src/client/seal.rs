@@ -105,6 +105,9 @@ impl FileCipher {
 
     /// Opens a whole sealed shard of `plain_len` bytes in place, leaving the plaintext,
     /// or refuses it unless every chunk is intact.
+    ///
+    /// Errors: `OpenError` if `bytes` is not `sealed_len(plain_len)` long or any chunk
+    /// fails AES-GCM authentication (`bytes` must then not be used).
     pub fn open_shard(
         &self,
         salt: &Salt,
@@ -125,6 +128,9 @@ impl FileCipher {
     /// Opens, in place, consecutive chunks of a sealed shard starting at chunk `first`:
     /// `ciphertext` is their bytes (every chunk whole but the shard's last) and `tags`
     /// their tags, in order.
+    ///
+    /// Errors: `OpenError` if the tags do not match the chunk count or a chunk fails
+    /// authentication.
     pub fn open_chunks(
         &self,
         salt: &Salt,

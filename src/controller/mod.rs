@@ -1,5 +1,7 @@
-//! The controller: membership registry, liveness, and the GET / POOL answers. No file
-//! bytes ever pass through it.
+//! The controller, the pool's membership service: it answers JOIN / HEARTBEAT / DRAIN /
+//! LEAVE / GET / POOL / SCAN from its registry (`registry`), marks a node silent for
+//! `DOWN_AFTER` down, and sweeps the LAN for nodes (`discovery`). No file bytes ever
+//! pass through it.
 
 pub mod discovery;
 pub mod registry;
@@ -18,7 +20,8 @@ use crate::trust::{Credentials, KeyError, PoolKey};
 pub use discovery::{Discovery, DiscoveryConfig, DiscoveryError, ScanTarget};
 pub use registry::{Registry, RegistryError};
 
-/// A node silent for this long is marked down.
+/// A node silent for this long is marked down: three missed heartbeats
+/// (`node::HEARTBEAT_INTERVAL`).
 pub const DOWN_AFTER: Duration = Duration::from_millis(3000);
 
 /// Why the controller could not start.

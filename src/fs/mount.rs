@@ -1,5 +1,6 @@
 //! `poolfs mount`: run a node inside the mounting process, mount the filesystem, serve
-//! until unmounted, then leave the pool.
+//! it with repair and scrub passes in the background until unmounted, then hand off the
+//! node's segments and leave the pool.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,7 @@
-//! Keeping files whole: per-file health, and rebuilding the segments of nodes that left
-//! or stayed down onto live nodes, in the background and rate-limited.
+//! Keeping files whole: per-file health, rebuilding the segments of nodes that left or
+//! stayed down onto live nodes (in the background and rate-limited), and the scrub that
+//! verifies every shard; each pass records its outcome for the pool's attributes
+//! (`user.poolfs.repair`, `user.poolfs.scrub`).
 
 use std::time::{Duration, Instant};
 

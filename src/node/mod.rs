@@ -1,6 +1,7 @@
 //! The storage node: `Node` starts one (storage lock, identity, segment store, listener)
 //! and leaves; `service` answers STORE / FWD / RESERVE / PUNCH / DELETE / STAT / ASSIGN
-//! from the segment store (`store`), `membership` joins and heartbeats.
+//! from the segment store (`store`), `membership` joins and heartbeats, `pin` decides whom
+//! it takes ASSIGN from, and `handoff` waits for owners to move segments before a leave.
 
 mod handles;
 pub mod handoff;

@@ -1,5 +1,6 @@
-//! The single place that turns messages into bytes and back (bincode 2 via serde), kept
-//! behind a few functions so the codec can be swapped without touching callers.
+//! The single place that turns messages and stored records into bytes and back
+//! (bincode 2 via serde), kept behind a few functions so the codec can be swapped
+//! without touching callers.
 
 use serde::{de::DeserializeOwned, Serialize};
 

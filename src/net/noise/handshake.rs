@@ -11,7 +11,9 @@ use crate::trust::{Credentials, KEY_LEN};
 
 /// The handshake: mutual static keys (XX), the pool key mixed in before the first
 /// message (psk0) so a peer without it is refused at its first message and learns
-/// nothing, not even the responder's static key.
+/// nothing, not even the responder's static key. The name follows the Noise Protocol
+/// Framework (noiseprotocol.org: pattern XX with the psk0 modifier, Curve25519,
+/// AES-256-GCM, BLAKE2s); snow runs it, with ring's AES-GCM.
 pub const NOISE_PARAMS: &str = "Noise_XXpsk0_25519_AESGCM_BLAKE2s";
 /// Handshake messages are small; anything longer is refused before it is read.
 pub const MAX_HANDSHAKE_MESSAGE: usize = 1024;
