@@ -59,7 +59,10 @@ impl Catalog {
         Ok(self.dir.join(format!("{name}.manifest.json")))
     }
 
-    /// Saves a manifest under `name`, replacing any earlier one atomically.
+    /// Saves a manifest under `name` (as JSON), replacing any earlier one atomically.
+    ///
+    /// Errors: `CatalogError::BadName` for a name that is not a plain file name, `Io` if
+    /// it cannot be written.
     pub fn save(&self, name: &str, m: &Manifest) -> Result<(), CatalogError> {
         let path = self.path(name)?;
         let bytes = serde_json::to_vec(m).map_err(|e| CatalogError::Corrupt {
@@ -70,6 +73,9 @@ impl Catalog {
     }
 
     /// Loads the manifest saved under `name`.
+    ///
+    /// Errors: `CatalogError::BadName`, `Missing` if there is no such entry, `Io` if it
+    /// cannot be read, `Corrupt` if it is not a manifest.
     pub fn load(&self, name: &str) -> Result<Manifest, CatalogError> {
         let path = self.path(name)?;
         let bytes = match std::fs::read(&path) {
@@ -99,6 +105,8 @@ impl Catalog {
     }
 
     /// Removes the entry `name`.
+    ///
+    /// Errors: `CatalogError::BadName`, or `Io` (a missing entry included).
     pub fn remove(&self, name: &str) -> Result<(), CatalogError> {
         let path = self.path(name)?;
         std::fs::remove_file(&path).map_err(|source| CatalogError::Io { path, source })

@@ -91,6 +91,8 @@ pub struct Connection {
 
 impl Connection {
     /// Connects and performs the handshake with `creds`, all within `timeout`.
+    ///
+    /// Errors: `NetError::Connect`, `Timeout` or `Handshake`.
     pub async fn connect(
         addr: SocketAddr,
         creds: &Credentials,
