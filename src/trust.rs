@@ -1,5 +1,6 @@
-//! The pool's secrets: the shared pool key (a file every member holds) and each member's
-//! Noise static keypair (its persistent identity).
+//! The pool's secrets: the shared pool key (a file every member holds), each member's
+//! Noise static keypair (its persistent identity), and the owner secret that shard keys
+//! derive from (`owner.key`, never sent).
 
 use std::fs;
 use std::io::{self, Write};
@@ -26,19 +27,35 @@ pub const CLIENT_KEY_FILE: &str = "client.key";
 /// Why a key file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
+    /// No pool key at this path.
     #[error(
         "no pool key at {0}: run `poolfs init` to create one (or copy the pool's key there \
          from another member, or pass --key FILE)"
     )]
     Missing(PathBuf),
+    /// `init` found a pool key at this path already.
     #[error("a pool key already exists at {0}; remove it first to make a new pool")]
     Exists(PathBuf),
+    /// The file at this path is not a key file.
     #[error("{0} is not a key file (expected 64 hex digits)")]
     Corrupt(PathBuf),
+    /// A key file could not be read.
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: io::Error },
+    Read {
+        /// The key file.
+        path: PathBuf,
+        /// The failure.
+        source: io::Error,
+    },
+    /// A key file could not be written.
     #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: io::Error },
+    Write {
+        /// The key file.
+        path: PathBuf,
+        /// The failure.
+        source: io::Error,
+    },
+    /// The crypto library cannot make a Curve25519 keypair.
     #[error("no Curve25519 support in the crypto library")]
     Crypto,
 }
@@ -69,12 +86,18 @@ impl PoolKey {
         &self.0
     }
 
-    /// Loads the key kept at `path`.
+    /// Loads the key kept at `path` (64 hex digits).
+    ///
+    /// Errors: `KeyError::Missing` if there is no file, `Corrupt` if it is not a key
+    /// file, `Read` for any other failure.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
         read_key_file(path).map(PoolKey)
     }
 
     /// Creates a new random key at `path` (mode 0600); never overwrites one.
+    ///
+    /// Errors: `KeyError::Exists` if a key is there already, `Write` if it cannot be
+    /// written.
     pub fn create(path: &Path) -> Result<Self, KeyError> {
         let key = PoolKey::generate();
         write_new_key_file(path, &key.0)?;
@@ -82,6 +105,7 @@ impl PoolKey {
     }
 
     /// Loads the key at `path`, creating it first if there is none (for `poolfs up`).
+    /// Errors as `load` and `create`.
     pub fn load_or_create(path: &Path) -> Result<Self, KeyError> {
         load_or_create_key_file(path).map(PoolKey)
     }
@@ -105,6 +129,7 @@ impl std::fmt::Debug for OwnerKey {
 
 impl OwnerKey {
     /// The owner secret kept in `dir/owner.key`, created (mode 0600) the first time.
+    /// Errors as `PoolKey::load_or_create`.
     pub fn load_or_create(dir: &Path) -> Result<Self, KeyError> {
         load_or_create_key_file(&dir.join(OWNER_KEY_FILE)).map(OwnerKey)
     }
@@ -137,23 +162,28 @@ impl std::fmt::Debug for Credentials {
 impl Credentials {
     /// The pool key with a fresh static keypair: for clients that need no persistent
     /// identity and store nothing (status, scan).
+    ///
+    /// Errors: `KeyError::Crypto` if snow's resolver offers no Curve25519.
     pub fn ephemeral(key: &PoolKey) -> Result<Self, KeyError> {
         Credentials::with_private(key, rand::random())
     }
 
     /// The pool key with the persistent keypair kept in `dir/node.key` (created, mode
-    /// 0600, the first time): a member's identity.
+    /// 0600, the first time): a member's identity. Errors as `PoolKey::load_or_create`,
+    /// and `KeyError::Crypto`.
     pub fn persistent(key: &PoolKey, dir: &Path) -> Result<Self, KeyError> {
         Credentials::persistent_at(key, &dir.join(NODE_KEY_FILE))
     }
 
     /// The pool key with the persistent keypair kept in the file `path` (created, mode
-    /// 0600, the first time). Segments a node stores belong to this keypair.
+    /// 0600, the first time). Segments a node stores belong to this keypair. Errors as
+    /// `persistent`.
     pub fn persistent_at(key: &PoolKey, path: &Path) -> Result<Self, KeyError> {
         Credentials::with_private(key, load_or_create_key_file(path)?)
     }
 
-    /// The pool key with the keypair kept in the file `path`, which must exist.
+    /// The pool key with the keypair kept in the file `path`, which must exist. Errors
+    /// as `PoolKey::load`, and `KeyError::Crypto`.
     pub fn load_at(key: &PoolKey, path: &Path) -> Result<Self, KeyError> {
         Credentials::with_private(key, read_key_file(path)?)
     }

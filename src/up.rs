@@ -14,7 +14,9 @@ use crate::fs::mount::is_mountpoint;
 /// What `up` started, kept so `down` can stop exactly those processes.
 #[derive(Serialize, Deserialize, Debug)]
 pub struct UpState {
+    /// The mount's mount point.
     pub mountpoint: PathBuf,
+    /// The controller's address.
     pub controller: SocketAddr,
     /// The mount process first, then the controller, then the storage nodes.
     pub pids: Vec<u32>,
@@ -94,6 +96,7 @@ fn stop(pids: &[u32], dir: &Path) {
 pub struct UpOptions<'a> {
     /// Members of the pool, the mount included.
     pub nodes: u32,
+    /// Parity shards per stripe; `None`: 1 on pools of 3 or more nodes, else 0.
     pub parity: Option<u32>,
     /// Most bytes one member may store on each node.
     pub quota: Option<u64>,

@@ -1,4 +1,5 @@
-//! Small helpers shared by the binaries: sizes, atomic files, the state lock, disk space.
+//! Small helpers outside the pool's core: sizes (parsed and printed), atomic file
+//! writes, the state directory's lock, free disk space, the default data directory.
 
 use std::fs;
 use std::io::{self, Write};
@@ -58,7 +59,8 @@ pub fn human_size(bytes: u64) -> String {
     bytesize::ByteSize(bytes).display().iec().to_string()
 }
 
-/// Writes a file atomically: temporary name, fsync, rename, fsync of the directory.
+/// Writes a file atomically: temporary name (`path` with extension `tmp`), fsync,
+/// rename, fsync of the directory (made if missing). Errors: the first I/O failure.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
@@ -73,7 +75,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// Takes an exclusive lock on `dir/lock` for as long as the returned file lives;
-/// fails at once if another process holds it.
+/// fails at once if another process holds it (`io::ErrorKind::AddrInUse`, naming the
+/// directory).
 pub fn lock_dir(dir: &Path) -> io::Result<fs::File> {
     let file = fs::OpenOptions::new()
         .create(true)
@@ -92,7 +95,8 @@ pub fn lock_dir(dir: &Path) -> io::Result<fs::File> {
     }
 }
 
-/// Bytes available to unprivileged users on the filesystem holding `path`.
+/// Bytes available to unprivileged users on the filesystem holding `path`
+/// (statvfs(2) `f_bavail * f_frsize`, through rustix). Errors: statvfs's.
 pub fn available_space(path: &Path) -> io::Result<u64> {
     let st = rustix::fs::statvfs(path)?;
     Ok(st.f_bavail.saturating_mul(st.f_frsize))

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 /// Plaintext bytes per sealed chunk: an encrypted shard is sealed chunk by chunk, so a
 /// read can fetch and authenticate any chunk alone instead of the whole shard.
 pub const SEAL_CHUNK: usize = 32 * 1024;
-/// Bytes of one chunk's authentication tag (AES-GCM).
+/// Bytes of one chunk's authentication tag (AES-256-GCM's 128-bit tag, through ring).
 pub const TAG_LEN: usize = 16;
 
 /// The bit that turns segment index i into the index of its shadow segment. Every
@@ -38,8 +38,13 @@ pub fn sealed_len(len: usize) -> usize {
 /// `j` slots into it, a slot being room for a full shard sealed.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
+    /// Data shards per stripe.
     pub k: u32,
+    /// Reed-Solomon parity shards per stripe (0 for none); a stripe survives the loss of
+    /// any `m` of its `k + m` shards.
     pub m: u32,
+    /// Largest shard in bytes, before sealing (`DEFAULT_SHARD_SIZE`, 1 MiB, unless
+    /// configured); the last stripe's shards may be shorter.
     pub shard_size: u32,
 }
 

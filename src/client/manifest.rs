@@ -16,6 +16,7 @@ use crate::proto::NodeId;
 /// The node holding one segment of a file.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Holder {
+    /// The node's pool id, the one stable name of the holder.
     pub node_id: NodeId,
     /// Address when the file was placed; the live view's address wins if it changed.
     pub addr: SocketAddr,
@@ -24,7 +25,10 @@ pub struct Holder {
 /// Where a file's segments live: fixed when the file is placed.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
+    /// The file's id in the pool (1 to 64 letters, digits, `-` or `_`): what its
+    /// segments are named by on the nodes.
     pub file_id: String,
+    /// How the file is cut into stripes and shards.
     pub layout: Layout,
     /// `holders[i]` stores segment i.
     pub holders: Vec<Holder>,
@@ -36,6 +40,7 @@ pub struct Placement {
 pub struct Moved {
     /// Which shard of the stripe (the segment index).
     pub shard: u32,
+    /// The node that holds this shard instead.
     pub to: Holder,
 }
 
@@ -58,6 +63,7 @@ pub struct StripeRecord {
 /// the shards (see `seal`).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Sealing {
+    /// The random salt the stripe key was derived with (see `seal`).
     pub salt: Salt,
 }
 
@@ -110,7 +116,9 @@ static HOLE: StripeRecord = StripeRecord {
 /// walk over a file's stripes visits those records, never `0..stripe_count`.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
+    /// Where the file's segments live.
     pub place: Placement,
+    /// The file's length in bytes.
     pub size: u64,
     /// Stripe index to what was stored for it; a stripe absent here is a hole (zeros).
     pub stripes: BTreeMap<u64, StripeRecord>,

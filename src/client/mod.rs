@@ -1,7 +1,10 @@
 //! The client engine: `PoolClient`, its configuration and errors. What it does lives in
 //! one module per concern: `placement` (where segments go: pure), `fanout` (quorum,
 //! grace, hedging), `write`, `read`, `heal`, `space` (reserve, punch, delete), `stream`
-//! (put, get), `view` (the pool view), over `segments` (the segment I/O trait).
+//! (put, get), `view` (the pool view), over `segments` (the segment I/O trait). The
+//! stages and records they share: `layout` (stripe arithmetic), `stripe` (erasure
+//! coding), `seal` (encryption), `manifest`, `suspects` (late holders), and `catalog`
+//! (the manifests of `put` files).
 
 pub mod catalog;
 mod error;
@@ -40,15 +43,19 @@ use seal::FileCipher;
 pub use segments::{Fault, MemSegments, SegmentError, SegmentIo, SegmentRead, ViewSource};
 pub use stripe::StripeData;
 
-/// Default shard size: large enough for streaming, small enough to keep memory bounded.
+/// Default shard size, 1 MiB: large enough for streaming, small enough to keep memory
+/// bounded.
 pub const DEFAULT_SHARD_SIZE: u32 = 1 << 20;
 
 /// How the client places and moves files.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
+    /// The controller asked for the pool view (and so for where to place files).
     pub controller: SocketAddr,
     /// Parity shards per stripe; `None` chooses: 1 on pools of 3 or more nodes, else 0.
     pub parity: Option<u32>,
+    /// Largest shard in bytes (`DEFAULT_SHARD_SIZE` by default); fixed per file when
+    /// it is placed.
     pub shard_size: u32,
     /// Stripes stored or fetched concurrently by one stream.
     pub stripes_in_flight: usize,

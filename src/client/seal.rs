@@ -30,7 +30,9 @@ const STRIPE_KEY_CONTEXT: &str = "poolfs 2026-11 shard key for one stripe write,
 #[derive(Debug, thiserror::Error)]
 #[error("shard {shard} of stripe {stripe} fails authentication (tampered, or not ours)")]
 pub struct OpenError {
+    /// The stripe the shard belongs to.
     pub stripe: u64,
+    /// The shard's index in its stripe.
     pub shard: usize,
 }
 
@@ -103,6 +105,9 @@ impl FileCipher {
 
     /// Opens a whole sealed shard of `plain_len` bytes in place, leaving the plaintext,
     /// or refuses it unless every chunk is intact.
+    ///
+    /// Errors: `OpenError` if `bytes` is not `sealed_len(plain_len)` long or any chunk
+    /// fails AES-GCM authentication (`bytes` must then not be used).
     pub fn open_shard(
         &self,
         salt: &Salt,
@@ -123,6 +128,9 @@ impl FileCipher {
     /// Opens, in place, consecutive chunks of a sealed shard starting at chunk `first`:
     /// `ciphertext` is their bytes (every chunk whole but the shard's last) and `tags`
     /// their tags, in order.
+    ///
+    /// Errors: `OpenError` if the tags do not match the chunk count or a chunk fails
+    /// authentication.
     pub fn open_chunks(
         &self,
         salt: &Salt,

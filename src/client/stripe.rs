@@ -1,6 +1,6 @@
 //! The stripe pipeline's codec stage: one stripe of file bytes becomes k data shards and
-//! m Reed-Solomon parity shards, each with a BLAKE3 checksum; any k of them give the
-//! stripe back. Encryption slots in here too.
+//! m Reed-Solomon parity shards (reed-solomon-simd), each with a BLAKE3 checksum; any k
+//! of them give the stripe back. Encryption is the next stage, in `seal`, not here.
 
 use std::cell::RefCell;
 use std::ops::Range;
@@ -43,7 +43,9 @@ thread_local! {
 
 /// Cuts a stripe's bytes into `k` equal data shards (the last zero-padded) followed by
 /// `m` parity shards. Every shard has room for its seal's chunk tags, so sealing it
-/// never moves it.
+/// never moves it. Parity is Reed-Solomon over GF(2^16) by reed-solomon-simd.
+///
+/// Errors: `ErasureError::Erasure` if reed-solomon-simd refuses the shard count or length.
 pub fn encode(layout: &Layout, stripe: &[u8]) -> Result<Vec<Vec<u8>>, ErasureError> {
     let shard_len = layout.shard_len(stripe.len() as u64) as usize;
     let room = sealed_len(shard_len);
@@ -150,7 +152,11 @@ impl StripeData {
 }
 
 /// Rebuilds a stripe's `stripe_len` data bytes from its shards (`None` where missing);
-/// needs any k of the k + m.
+/// needs any k of the k + m, and decodes (reed-solomon-simd) only if a data shard is
+/// missing.
+///
+/// Errors: `ErasureError::TooFew` with fewer than k shards, `ErasureError::Erasure` if
+/// reed-solomon-simd refuses the ones given.
 pub fn decode_shards(
     layout: &Layout,
     stripe_len: usize,
@@ -183,7 +189,7 @@ pub fn decode_shards(
 }
 
 /// Rebuilds a stripe's `stripe_len` bytes, joined, from its shards (`None` where
-/// missing); needs any k of the k + m.
+/// missing); needs any k of the k + m. Errors as `decode_shards`.
 pub fn decode(
     layout: &Layout,
     stripe_len: usize,

@@ -1,5 +1,7 @@
-//! The controller: membership registry, liveness, and the GET / POOL answers. No file
-//! bytes ever pass through it.
+//! The controller, the pool's membership service: it answers JOIN / HEARTBEAT / DRAIN /
+//! LEAVE / GET / POOL / SCAN from its registry (`registry`), marks a node silent for
+//! `DOWN_AFTER` down, and sweeps the LAN for nodes (`discovery`). No file bytes ever
+//! pass through it.
 
 pub mod discovery;
 pub mod registry;
@@ -18,26 +20,36 @@ use crate::trust::{Credentials, KeyError, PoolKey};
 pub use discovery::{Discovery, DiscoveryConfig, DiscoveryError, ScanTarget};
 pub use registry::{Registry, RegistryError};
 
-/// A node silent for this long is marked down.
+/// A node silent for this long is marked down: three missed heartbeats
+/// (`node::HEARTBEAT_INTERVAL`).
 pub const DOWN_AFTER: Duration = Duration::from_millis(3000);
 
 /// Why the controller could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
+    /// The state directory (`registry.json`) could not be made, read or written.
     #[error("state directory {path}: {source}")]
     State {
+        /// The path involved.
         path: PathBuf,
+        /// The failure.
         source: std::io::Error,
     },
+    /// The controller port could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
+        /// The address asked for.
         addr: SocketAddr,
+        /// The failure.
         source: std::io::Error,
     },
+    /// The `--scan` targets cannot be swept (checked before the controller starts).
     #[error("cannot sweep the LAN: {0}")]
     Discovery(DiscoveryError),
+    /// The pool key or the controller's static key could not be loaded.
     #[error("controller key: {0}")]
     Key(#[from] KeyError),
+    /// A `POOLFS_*` limit variable (`LIMIT_VARS`) holds a value that cannot be used.
     #[error("server limits: {0}")]
     Limits(String),
 }

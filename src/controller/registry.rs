@@ -13,8 +13,10 @@ use crate::proto::{Identity, NodeId, NodeInfo, NodeState, PoolView};
 /// Why the registry refused a request.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RegistryError {
+    /// No member has this id.
     #[error("node {0} is not a member")]
     Unknown(NodeId),
+    /// The id is bound to another identity than the sender's.
     #[error("node {0} belongs to another identity")]
     Impostor(NodeId),
 }
@@ -63,6 +65,8 @@ impl Registry {
 
     /// Loads `state/registry.json` (or starts empty). Every known member starts down
     /// until it is heard from again.
+    ///
+    /// Errors: the read's I/O error, or `InvalidData` for a file that is not a registry.
     pub fn load(state: &Path) -> std::io::Result<Self> {
         let path = state.join("registry.json");
         let persisted: Persisted = match std::fs::read(&path) {
@@ -185,7 +189,11 @@ impl Registry {
         Ok(m)
     }
 
-    /// Records a heartbeat; a down or departed member comes back up.
+    /// Records a heartbeat (`capacity` and `used` in bytes); a down or departed member
+    /// comes back up, a leaving one stays leaving.
+    ///
+    /// Errors: `RegistryError::Unknown` for an id no member has, `Impostor` if the id
+    /// belongs to another identity.
     pub fn heartbeat(
         &mut self,
         id: NodeId,
@@ -212,7 +220,7 @@ impl Registry {
         Ok(())
     }
 
-    /// Marks a member gone at once.
+    /// Marks a member gone at once. Errors as `heartbeat`.
     pub fn leave(&mut self, id: NodeId, identity: Identity) -> Result<(), RegistryError> {
         let m = self.member_of(id, identity)?;
         m.state = NodeState::Gone;
@@ -224,7 +232,7 @@ impl Registry {
     }
 
     /// Marks a member as leaving: it stays readable, but nothing new is placed on it
-    /// and owners move its segments away.
+    /// and owners move its segments away. Errors as `heartbeat`.
     pub fn drain(&mut self, id: NodeId, identity: Identity) -> Result<(), RegistryError> {
         let m = self.member_of(id, identity)?;
         if m.state != NodeState::Leaving {

@@ -12,7 +12,9 @@ const CAP_FSETID: u32 = 4;
 /// The process that sent a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
+    /// Effective user id.
     pub uid: u32,
+    /// Effective group id.
     pub gid: u32,
     /// Supplementary groups.
     pub groups: Vec<u32>,

@@ -1,5 +1,6 @@
 //! `poolfs mount`: run a node inside the mounting process, mount the filesystem, serve
-//! until unmounted, then leave the pool.
+//! it with repair and scrub passes in the background until unmounted, then hand off the
+//! node's segments and leave the pool.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,15 +19,22 @@ use crate::trust::{OwnerKey, PoolKey};
 /// How to mount.
 #[derive(Clone, Debug)]
 pub struct MountConfig {
+    /// Where the filesystem appears.
     pub mountpoint: PathBuf,
+    /// The mount's storage directory: its node's segments and keys, and the metadata
+    /// store (`meta.redb`).
     pub storage: PathBuf,
+    /// The controller to join.
     pub controller: SocketAddr,
+    /// Where the mount's own node listens for other members.
     pub listen: SocketAddr,
+    /// Bytes the mount's node offers; `None`: the free space of the storage filesystem.
     pub capacity: Option<u64>,
     /// Bytes one member may hold on this machine's node; `None`: up to the capacity.
     pub quota: Option<u64>,
     /// Parity segments per file; `None`: 1 on pools of 3 or more nodes, else 0.
     pub parity: Option<u32>,
+    /// Admit every user, not only the mounter (fuser's session ACL, `--allow-other`).
     pub allow_other: bool,
     /// How long a node may stay down before its segments are rebuilt elsewhere.
     pub repair_grace: Duration,
@@ -39,21 +47,36 @@ pub struct MountConfig {
 /// Why a mount failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
+    /// The mount point cannot be used: missing, not a directory, mounted already or not
+    /// empty.
     #[error("mount point {path}: {why}")]
-    Mountpoint { path: PathBuf, why: String },
+    Mountpoint {
+        /// The mount point.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The mount's own node could not start.
     #[error(transparent)]
     Node(#[from] NodeError),
+    /// No controller answered at this address.
     #[error("no reachable controller at {0} (is `poolfs controller` running there?)")]
     NoController(SocketAddr),
+    /// The metadata store could not be opened.
     #[error("metadata: {0}")]
     Meta(#[from] FsError),
+    /// The owner secret (`owner.key`) could not be loaded or made.
     #[error("owner key: {0}")]
     Owner(String),
+    /// The kernel mount failed.
     #[error("cannot mount {path}: {source}")]
     Fuse {
+        /// The mount point.
         path: PathBuf,
+        /// The failure.
         source: std::io::Error,
     },
+    /// The tokio runtime could not be built.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
 }

@@ -1,5 +1,7 @@
-//! Keeping files whole: per-file health, and rebuilding the segments of nodes that left
-//! or stayed down onto live nodes, in the background and rate-limited.
+//! Keeping files whole: per-file health, rebuilding the segments of nodes that left or
+//! stayed down onto live nodes (in the background and rate-limited), and the scrub that
+//! verifies every shard; each pass records its outcome for the pool's attributes
+//! (`user.poolfs.repair`, `user.poolfs.scrub`).
 
 use std::time::{Duration, Instant};
 
@@ -280,9 +282,13 @@ pub fn repair_pass(vfs: &Vfs, grace: Duration) -> Result<RepairReport, FsError> 
 /// What one scrub pass found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ScrubReport {
+    /// Files walked.
     pub files: usize,
+    /// Shards read and verified (checksum or chunk tags).
     pub verified: usize,
+    /// Shards found missing or corrupt and stored again.
     pub healed: usize,
+    /// Stripes with fewer than `k` good shards: they could not be healed.
     pub unreadable: usize,
 }
 

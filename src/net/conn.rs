@@ -13,36 +13,64 @@ use crate::trust::{Credentials, KEY_LEN};
 /// Why a request to a peer failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
+    /// The TCP connection could not be made.
     #[error("cannot connect to {addr}: {source}")]
     Connect {
+        /// The peer.
         addr: SocketAddr,
+        /// The failure.
         source: std::io::Error,
     },
+    /// The peer did not answer in time.
     #[error("{addr} did not answer within {secs:.1}s")]
-    Timeout { addr: SocketAddr, secs: f64 },
+    Timeout {
+        /// The peer.
+        addr: SocketAddr,
+        /// The time allowed, in seconds.
+        secs: f64,
+    },
+    /// The Noise handshake failed (wrong pool key, protocol version, ...).
     #[error("handshake with {addr} failed: {source}")]
     Handshake {
+        /// The peer.
         addr: SocketAddr,
+        /// The failure.
         source: HandshakeError,
     },
+    /// A frame or body could not be read or written on the channel.
     #[error("connection to {addr} failed: {source}")]
     Frame {
+        /// The peer.
         addr: SocketAddr,
+        /// The failure.
         source: proto::FrameError,
     },
+    /// The peer's response could not be decoded.
     #[error("{addr} sent a malformed message: {source}")]
     Codec {
+        /// The peer.
         addr: SocketAddr,
+        /// The failure.
         source: proto::MessageError,
     },
+    /// The peer answered `Response::Error`.
     #[error("{addr} answered {kind:?}: {message}")]
     Remote {
+        /// The peer.
         addr: SocketAddr,
+        /// The kind it reported.
         kind: ErrorKind,
+        /// Its message.
         message: String,
     },
+    /// The peer answered with a response the request does not take.
     #[error("{addr} answered out of protocol: {what}")]
-    Unexpected { addr: SocketAddr, what: String },
+    Unexpected {
+        /// The peer.
+        addr: SocketAddr,
+        /// What it answered.
+        what: String,
+    },
 }
 
 impl NetError {
@@ -63,6 +91,8 @@ pub struct Connection {
 
 impl Connection {
     /// Connects and performs the handshake with `creds`, all within `timeout`.
+    ///
+    /// Errors: `NetError::Connect`, `Timeout` or `Handshake`.
     pub async fn connect(
         addr: SocketAddr,
         creds: &Credentials,

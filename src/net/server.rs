@@ -16,7 +16,10 @@ use crate::trust::{identity_of, Credentials, KEY_LEN};
 
 /// What a handler answers: a message, or raw bytes sent as `Data` + body.
 pub enum Reply {
+    /// A response message.
     Msg(Response),
+    /// Bytes sent as `Response::Data` followed by the raw body, inside the channel's
+    /// encryption.
     Data(Vec<u8>),
     /// Bytes that are ciphertext already (a sealed shard), sent outside the channel's
     /// encryption.
@@ -33,8 +36,11 @@ impl From<Response> for Reply {
 /// proved in the handshake.
 #[derive(Clone, Copy, Debug)]
 pub struct Peer {
+    /// The peer's address.
     pub addr: SocketAddr,
+    /// The local address the peer connected to (which of our addresses it reached).
     pub local: SocketAddr,
+    /// The peer's static Noise public key (X25519), proved in the handshake.
     pub key: [u8; KEY_LEN],
 }
 
@@ -67,10 +73,14 @@ pub struct ServerLimits {
     /// Connections held at once; at the cap a newcomer takes the place of the
     /// connection that has waited longest without a request in progress (see `serve`).
     pub max_connections: usize,
+    /// The Noise handshake must finish within this (5 s; `POOLFS_HANDSHAKE_TIMEOUT_MS`).
     pub handshake_timeout: Duration,
+    /// A connection with no request begun for this long is closed (300 s;
+    /// `POOLFS_IDLE_TIMEOUT_MS`).
     pub idle_timeout: Duration,
     /// Once a request frame has begun, the rest of it must arrive within this.
     pub frame_timeout: Duration,
+    /// A STORE's body must arrive in full within this (30 s; `POOLFS_BODY_TIMEOUT_MS`).
     pub body_timeout: Duration,
 }
 

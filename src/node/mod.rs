@@ -1,6 +1,7 @@
 //! The storage node: `Node` starts one (storage lock, identity, segment store, listener)
 //! and leaves; `service` answers STORE / FWD / RESERVE / PUNCH / DELETE / STAT / ASSIGN
-//! from the segment store (`store`), `membership` joins and heartbeats.
+//! from the segment store (`store`), `membership` joins and heartbeats, `pin` decides whom
+//! it takes ASSIGN from, and `handoff` waits for owners to move segments before a leave.
 
 mod handles;
 pub mod handoff;
@@ -39,7 +40,10 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1000);
 /// How a node is started.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
+    /// The node's storage directory: segments, its static key (`node.key`) and the
+    /// pinned controller key.
     pub storage: PathBuf,
+    /// Where the node listens for requests.
     pub listen: SocketAddr,
     /// Join this controller at once; without it the node waits for the controller's signal.
     pub controller: Option<SocketAddr>,
@@ -56,20 +60,29 @@ pub struct NodeConfig {
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    /// The storage directory could not be made or read.
     #[error("storage {path}: {source}")]
     Storage {
+        /// The path involved.
         path: PathBuf,
+        /// The failure.
         source: std::io::Error,
     },
+    /// The segment store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The node port could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
+        /// The address asked for.
         addr: SocketAddr,
+        /// The failure.
         source: std::io::Error,
     },
+    /// The pool key or the node's static key could not be loaded.
     #[error("node key: {0}")]
     Key(#[from] KeyError),
+    /// A `POOLFS_*` limit variable (`LIMIT_VARS`) holds a value that cannot be used.
     #[error("server limits: {0}")]
     Limits(String),
 }

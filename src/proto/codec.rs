@@ -1,5 +1,6 @@
-//! The single place that turns messages into bytes and back (bincode 2 via serde), kept
-//! behind a few functions so the codec can be swapped without touching callers.
+//! The single place that turns messages and stored records into bytes and back
+//! (bincode 2 via serde), kept behind a few functions so the codec can be swapped
+//! without touching callers.
 
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -36,12 +37,17 @@ const CONFIG: bincode::config::Configuration<
     bincode::config::Limit<{ MAX_FRAME as usize }>,
 > = bincode::config::standard().with_limit::<{ MAX_FRAME as usize }>();
 
-/// Encodes one message.
+/// Encodes one message (bincode 2, standard config: little-endian varints).
+///
+/// Errors: `MessageError::Encode` if serde or bincode refuses the value.
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, MessageError> {
     bincode::serde::encode_to_vec(msg, CONFIG).map_err(|e| MessageError::Encode(e.to_string()))
 }
 
 /// Decodes one message that must fill `bytes` exactly.
+///
+/// Errors: `MessageError::Decode` for bytes that are not such a message (or would
+/// claim more than `MAX_FRAME` bytes), `Trailing` for bytes left over.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, MessageError> {
     let (msg, used) = bincode::serde::decode_from_slice(bytes, CONFIG)
         .map_err(|e| MessageError::Decode(e.to_string()))?;
@@ -51,13 +57,15 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, MessageError> {
     Ok(msg)
 }
 
-/// Encodes one request with its service tag before it (see `Service`).
+/// Encodes one request with its service tag before it (see `Service`). Errors as
+/// `encode`.
 pub fn encode_request<R: ServiceRequest>(req: &R) -> Result<Vec<u8>, MessageError> {
     encode(&(R::SERVICE, req))
 }
 
 /// Decodes one request written by `encode_request` that must fill `bytes` exactly; a
 /// request for another service than `R`'s is `WrongService`, whatever follows its tag.
+/// Other errors as `decode`.
 pub fn decode_request<R: ServiceRequest>(bytes: &[u8]) -> Result<R, MessageError> {
     let (sent, used): (Service, usize) = bincode::serde::decode_from_slice(bytes, CONFIG)
         .map_err(|e| MessageError::Decode(e.to_string()))?;
@@ -75,12 +83,16 @@ pub fn decode_request<R: ServiceRequest>(bytes: &[u8]) -> Result<R, MessageError
 const RECORD_CONFIG: bincode::config::Configuration = bincode::config::standard();
 
 /// Encodes a record for local storage (no size limit).
+///
+/// Errors: `MessageError::Encode` if serde or bincode refuses the value.
 pub fn encode_record<T: Serialize>(msg: &T) -> Result<Vec<u8>, MessageError> {
     bincode::serde::encode_to_vec(msg, RECORD_CONFIG)
         .map_err(|e| MessageError::Encode(e.to_string()))
 }
 
-/// Decodes a record written by `encode_record`.
+/// Decodes a record written by `encode_record`; bytes after it are ignored.
+///
+/// Errors: `MessageError::Decode` for bytes that are not such a record.
 pub fn decode_record<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, MessageError> {
     let (msg, _) = bincode::serde::decode_from_slice(bytes, RECORD_CONFIG)
         .map_err(|e| MessageError::Decode(e.to_string()))?;

@@ -7,12 +7,16 @@ use super::{MAX_BODY, MAX_FRAME};
 /// Why a frame or body could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
+    /// The peer closed the connection before a frame began.
     #[error("connection closed")]
     Closed,
+    /// A frame announced more than `MAX_FRAME` bytes.
     #[error("frame of {0} bytes exceeds the maximum of {MAX_FRAME}")]
     FrameTooLarge(u32),
+    /// A body announced more than `MAX_BODY` bytes.
     #[error("body of {0} bytes exceeds the maximum of {MAX_BODY}")]
     BodyTooLarge(u32),
+    /// The socket failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }

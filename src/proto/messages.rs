@@ -50,10 +50,15 @@ impl std::fmt::Display for NodeState {
 /// One member of the pool.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct NodeInfo {
+    /// The member's pool id.
     pub id: NodeId,
+    /// Where its node listens.
     pub addr: SocketAddr,
+    /// Whether it is up, down, leaving or gone.
     pub state: NodeState,
+    /// Bytes it offers.
     pub capacity: u64,
+    /// Bytes allocated by its segments, as it last reported.
     pub used: u64,
     /// Milliseconds since the controller last heard from the node.
     pub last_seen_ms: u64,
@@ -62,7 +67,9 @@ pub struct NodeInfo {
 /// The whole membership; `epoch` grows on every change.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 pub struct PoolView {
+    /// Grows by one on every membership change (and on a controller restart).
     pub epoch: u64,
+    /// Every member the controller knows, whatever its state.
     pub nodes: Vec<NodeInfo>,
 }
 
@@ -87,9 +94,13 @@ impl PoolView {
 /// The controller's signal to a node: "controller address, your id, pool size".
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Assign {
+    /// Where the controller listens, as the node should reach it.
     pub controller: SocketAddr,
+    /// The id the node now has.
     pub node_id: NodeId,
+    /// Members in the pool, the node included.
     pub pool_size: u32,
+    /// Epoch of the pool view at the assignment.
     pub epoch: u64,
 }
 
@@ -98,26 +109,34 @@ pub struct Assign {
 pub struct SegmentRef {
     /// File id; validated by the node before it touches the disk.
     pub file: String,
+    /// The segment's index: which shard of every stripe it holds (`SHADOW_SEGMENT` set
+    /// for a shadow segment).
     pub index: u32,
 }
 
 /// What a node reports about itself.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct NodeStat {
+    /// The node's pool id; `None` before it was assigned one.
     pub node_id: Option<NodeId>,
     /// The node's persistent identity, so a sweep can bind it to its id before ASSIGN.
     pub identity: Identity,
     /// The controller the node reports to, if it has one.
     pub controller: Option<SocketAddr>,
+    /// Bytes the node offers.
     pub capacity: u64,
+    /// Bytes allocated by all its segments.
     pub used: u64,
+    /// Segment files it holds.
     pub segments: u64,
 }
 
 /// A node a sweep found on the LAN.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct FoundNode {
+    /// The node's pool id.
     pub id: NodeId,
+    /// Its node-port address.
     pub addr: SocketAddr,
     /// The id was handed out by this sweep (the node was not a member before).
     pub new: bool,
@@ -178,16 +197,27 @@ pub enum Response {
     /// Answer to `Get`.
     Node(NodeInfo),
     /// Answer to `Fwd`: `len` raw bytes follow (inside the channel's encryption).
-    Data { len: u32 },
+    Data {
+        /// Bytes of the raw body that follows.
+        len: u32,
+    },
     /// Answer to `Fwd` of a sealed `SegmentRead::Range`: `len` bytes follow outside the
     /// channel's encryption.
-    SealedData { len: u32 },
+    SealedData {
+        /// Bytes that follow outside the channel's encryption.
+        len: u32,
+    },
     /// Answer to `Stat`.
     Stat(NodeStat),
     /// Answer to `Scan`: what the sweep found.
     Scanned(ScanReport),
     /// The request failed.
-    Error { kind: ErrorKind, message: String },
+    Error {
+        /// What kind of failure, for the caller to act on.
+        kind: ErrorKind,
+        /// What failed, for people.
+        message: String,
+    },
 }
 
 impl Response {

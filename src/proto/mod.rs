@@ -1,4 +1,6 @@
-//! Wire protocol: typed messages, framing and the one codec every process speaks.
+//! Wire protocol: typed messages (one request enum per service), the limits of frames
+//! and bodies, and the one codec every process speaks. Frames travel in the Noise
+//! channel (`net::noise`), which reads and writes them.
 
 mod codec;
 mod frame;

@@ -47,25 +47,46 @@ pub trait ServiceRequest: Serialize + DeserializeOwned + Debug + Send + 'static 
 pub enum ControllerRequest {
     /// Node to controller: admit me (or give me back my id); answered with `Assigned`.
     Join {
+        /// The node's identity (from its static key); must be the connection's.
         identity: Identity,
+        /// Where the node listens.
         listen: SocketAddr,
+        /// Bytes the node offers.
         capacity: u64,
+        /// Bytes its segments have allocated.
         used: u64,
     },
     /// Node to controller, every second: still alive; answered with `Pool`.
     Heartbeat {
+        /// The id the controller gave the node.
         node_id: NodeId,
+        /// The node's identity; must be the connection's and own `node_id`.
         identity: Identity,
+        /// Bytes the node offers.
         capacity: u64,
+        /// Bytes its segments have allocated.
         used: u64,
     },
     /// Node to controller: I am leaving the pool now; answered with `Ok`.
-    Leave { node_id: NodeId, identity: Identity },
+    Leave {
+        /// The leaving node's id.
+        node_id: NodeId,
+        /// Its identity; must be the connection's and own `node_id`.
+        identity: Identity,
+    },
     /// Node to controller: I am about to leave; mark me leaving so owners move my
     /// segments elsewhere first (the hand-off); answered with `Ok`.
-    Drain { node_id: NodeId, identity: Identity },
+    Drain {
+        /// The draining node's id.
+        node_id: NodeId,
+        /// Its identity; must be the connection's and own `node_id`.
+        identity: Identity,
+    },
     /// Anyone to controller: address of node `node_id`; answered with `Node`.
-    Get { node_id: NodeId },
+    Get {
+        /// The node asked about.
+        node_id: NodeId,
+    },
     /// Anyone to controller: the whole membership view; answered with `Pool`.
     Pool,
     /// Anyone to controller: sweep the LAN for nodes now; answered with `Scanned`.
@@ -96,7 +117,14 @@ pub enum SegmentRead {
     /// (a shard with its chunk tags, which the reader authenticates): they travel back
     /// outside the channel's encryption (`SealedData`), since they are ciphertext
     /// already, so neither end spends a cipher pass on them.
-    Range { offset: u64, len: u32, sealed: bool },
+    Range {
+        /// First byte, in bytes from the segment's start.
+        offset: u64,
+        /// Bytes to read.
+        len: u32,
+        /// The bytes are a sealed shard: send them outside the channel's encryption.
+        sealed: bool,
+    },
     /// A few small `(offset, len)` ranges (at most `MAX_PARTS`, `MAX_BODY` bytes in all)
     /// in one round trip, such as a chunk of a sealed shard and its tag: their bytes one
     /// after the other, with no readahead.
@@ -113,35 +141,49 @@ pub enum NodeRequest {
     /// the bytes follow the header as a raw body; answered with `Ok` once they are
     /// durable.
     Store {
+        /// Which segment of the sender's.
         segment: SegmentRef,
+        /// Byte offset in the segment.
         offset: u64,
+        /// Bytes in the raw body that follows (at most `MAX_BODY`).
         len: u32,
     },
     /// Client to node: read a byte range of one of the sender's own segments, `what`
     /// says which; answered with `Data` (or `SealedData` for a sealed range), the bytes
     /// in order.
     Fwd {
+        /// Which segment of the sender's.
         segment: SegmentRef,
+        /// Which bytes of it.
         what: SegmentRead,
     },
     /// Client to node: drop every segment the sender holds of a file; answered with `Ok`.
-    Delete { file: String },
+    Delete {
+        /// The file id whose segments go.
+        file: String,
+    },
     /// Anyone to node: capacity and usage; answered with `Stat`.
     Stat,
     /// Client to node: allocate bytes `offset..offset+len` of one of the sender's own
     /// segments (created if missing) without changing its length, so that STOREs there
     /// later need no room; answered with `Ok`, or `NoSpace`/`Quota` with nothing allocated.
     Reserve {
+        /// Which segment of the sender's.
         segment: SegmentRef,
+        /// First byte to allocate.
         offset: u64,
+        /// Bytes to allocate.
         len: u64,
     },
     /// Client to node: free bytes `offset..offset+len` of one of the sender's own segments
     /// (they read back as zeros, the length stays; a missing segment frees nothing);
     /// answered with `Ok`.
     Punch {
+        /// Which segment of the sender's.
         segment: SegmentRef,
+        /// First byte to free.
         offset: u64,
+        /// Bytes to free.
         len: u64,
     },
 }

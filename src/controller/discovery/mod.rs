@@ -40,49 +40,81 @@ const PROBE_CONCURRENCY: usize = 256;
 /// Why a sweep could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
+    /// `--scan` names an interface this machine lacks.
     #[error("no network interface named {name:?} (interfaces here: {available})")]
-    NoInterface { name: String, available: String },
-    #[error("interface {0} is the loopback interface: there is no LAN to sweep on it")]
-    Loopback(String),
-    #[error("interface {0} is down")]
-    Down(String),
-    #[error("interface {0} has no Ethernet address, so it cannot send ARP requests")]
-    NoMac(String),
-    #[error("interface {0} has no IPv4 subnet to sweep")]
-    NoIpv4(String),
-    #[error("no interface is on a subnet that overlaps {cidr} (subnets here: {available})")]
-    NoRoute {
-        cidr: Ipv4Network,
+    NoInterface {
+        /// The name given.
+        name: String,
+        /// The interfaces of this machine, for the message.
         available: String,
     },
+    /// The named interface is the loopback one.
+    #[error("interface {0} is the loopback interface: there is no LAN to sweep on it")]
+    Loopback(String),
+    /// The named interface is down.
+    #[error("interface {0} is down")]
+    Down(String),
+    /// The named interface has no Ethernet address.
+    #[error("interface {0} has no Ethernet address, so it cannot send ARP requests")]
+    NoMac(String),
+    /// The named interface has no IPv4 address.
+    #[error("interface {0} has no IPv4 subnet to sweep")]
+    NoIpv4(String),
+    /// No interface's subnet overlaps the CIDR given.
+    #[error("no interface is on a subnet that overlaps {cidr} (subnets here: {available})")]
+    NoRoute {
+        /// The CIDR given.
+        cidr: Ipv4Network,
+        /// The subnets of this machine, for the message.
+        available: String,
+    },
+    /// The range holds more than `MAX_SWEEP_HOSTS` addresses.
     #[error(
         "{range} has {hosts} addresses; a sweep covers at most {MAX_SWEEP_HOSTS} \
          (pass --scan with a smaller CIDR)"
     )]
-    TooLarge { range: Ipv4Network, hosts: usize },
+    TooLarge {
+        /// The range to sweep.
+        range: Ipv4Network,
+        /// Addresses in it.
+        hosts: usize,
+    },
+    /// The raw socket was refused for lack of `CAP_NET_RAW`.
     #[error(
         "cannot open a raw socket on {iface}: {source} (an ARP sweep needs root or \
          CAP_NET_RAW; run the controller as root or `setcap cap_net_raw+ep` its binary)"
     )]
     NotPermitted {
+        /// The interface.
         iface: String,
+        /// The refusal.
         source: std::io::Error,
     },
+    /// The raw socket could not be opened for another reason.
     #[error("cannot open a raw socket on {iface}: {source}")]
     Channel {
+        /// The interface.
         iface: String,
+        /// The failure.
         source: std::io::Error,
     },
+    /// pnet offered a channel that is not Ethernet.
     #[error("interface {0} does not offer an Ethernet channel")]
     NotEthernet(String),
+    /// Sending an ARP request failed.
     #[error("sending ARP requests on {iface} failed: {source}")]
     Send {
+        /// The interface.
         iface: String,
+        /// The failure.
         source: std::io::Error,
     },
+    /// Reading ARP replies failed.
     #[error("reading ARP replies on {iface} failed: {source}")]
     Receive {
+        /// The interface.
         iface: String,
+        /// The failure.
         source: std::io::Error,
     },
 }
@@ -149,12 +181,17 @@ async fn probe_all(
 /// How the controller sweeps.
 #[derive(Clone, Debug)]
 pub struct DiscoveryConfig {
+    /// What to sweep: interfaces and CIDRs (`--scan`); empty sweeps nothing.
     pub targets: Vec<ScanTarget>,
     /// Port probed on every responder.
     pub node_port: u16,
     /// Time between sweeps; None sweeps only at start and on request.
     pub rescan_interval: Option<Duration>,
+    /// How long to listen for ARP replies after the last request is sent
+    /// (`DEFAULT_ARP_WAIT`, 1 s).
     pub arp_wait: Duration,
+    /// How long a responder has to answer the node port's STAT
+    /// (`DEFAULT_PROBE_TIMEOUT`, 1 s).
     pub probe_timeout: Duration,
 }
 

@@ -14,7 +14,9 @@ use super::{DiscoveryError, MAX_SWEEP_HOSTS};
 /// interface whose subnet overlaps it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ScanTarget {
+    /// An interface by name (`eth0`): sweep its IPv4 subnet.
     Interface(String),
+    /// A CIDR (`192.168.1.0/24`): sweep the part of it on an interface's subnet.
     Cidr(Ipv4Network),
 }
 
@@ -88,12 +90,17 @@ pub fn host_addresses(net: Ipv4Network) -> Vec<Ipv4Addr> {
 /// A network interface as discovery sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Interface {
+    /// Its name (`eth0`).
     pub name: String,
+    /// The kernel's interface index.
     pub index: u32,
+    /// Its Ethernet address; `None` if it has none (or all zeros).
     pub mac: Option<[u8; 6]>,
     /// Its IPv4 addresses with their prefixes (10.0.0.7/24).
     pub ipv4: Vec<Ipv4Network>,
+    /// Whether it is administratively up.
     pub up: bool,
+    /// Whether it is a loopback interface.
     pub loopback: bool,
 }
 
@@ -130,8 +137,11 @@ pub fn local_interfaces() -> Vec<Interface> {
 /// One sweep to run: where to send from and which addresses to ask.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SweepPlan {
+    /// The interface to send from, by name.
     pub iface: String,
+    /// Its kernel interface index.
     pub index: u32,
+    /// Its Ethernet address (the ARP sender hardware address).
     pub mac: [u8; 6],
     /// Our address on the swept subnet (the ARP sender address, never swept).
     pub our_ip: Ipv4Addr,

@@ -11,7 +11,9 @@ use crate::trust::{Credentials, KEY_LEN};
 
 /// The handshake: mutual static keys (XX), the pool key mixed in before the first
 /// message (psk0) so a peer without it is refused at its first message and learns
-/// nothing, not even the responder's static key.
+/// nothing, not even the responder's static key. The name follows the Noise Protocol
+/// Framework (noiseprotocol.org: pattern XX with the psk0 modifier, Curve25519,
+/// AES-256-GCM, BLAKE2s); snow runs it, with ring's AES-GCM.
 pub const NOISE_PARAMS: &str = "Noise_XXpsk0_25519_AESGCM_BLAKE2s";
 /// Handshake messages are small; anything longer is refused before it is read.
 pub const MAX_HANDSHAKE_MESSAGE: usize = 1024;
@@ -27,17 +29,23 @@ pub fn prologue() -> Vec<u8> {
 /// Why a handshake failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
+    /// The socket failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// A handshake message failed to decrypt: the peer holds another pool key or protocol
+    /// version.
     #[error("the peer does not hold this pool's key or speaks another protocol version ({0})")]
     Refused(snow::Error),
+    /// The peer closed the connection mid-handshake.
     #[error(
         "the peer closed the connection during the handshake: one of us does not hold this \
          pool's key, it speaks another protocol version, or all its connections are busy"
     )]
     Closed,
+    /// A handshake message announced more than `MAX_HANDSHAKE_MESSAGE` bytes.
     #[error("handshake message of {0} bytes exceeds {MAX_HANDSHAKE_MESSAGE}")]
     TooLarge(usize),
+    /// snow failed otherwise.
     #[error("noise: {0}")]
     Noise(snow::Error),
 }

@@ -9,16 +9,27 @@ use crate::proto::{Identity, SegmentRef};
 pub enum StoreError {
     /// The bytes not yet allocated in the range exceed the free capacity.
     #[error("no space: {need} more bytes needed, {free} of {capacity} free")]
-    NoSpace { need: u64, free: u64, capacity: u64 },
+    NoSpace {
+        /// Bytes the request would allocate.
+        need: u64,
+        /// Bytes of the capacity not allocated.
+        free: u64,
+        /// The node's capacity in bytes.
+        capacity: u64,
+    },
     #[error(
         "over quota: owner {owner:?} holds {used} bytes here and needs {need} more, \
          its quota is {quota}"
     )]
     /// The owner's allocated bytes here would exceed its quota.
     Quota {
+        /// The owner (identity of the static key that stores).
         owner: Identity,
+        /// Bytes it has allocated here.
         used: u64,
+        /// More bytes the request would allocate.
         need: u64,
+        /// Its quota in bytes.
         quota: u64,
     },
     /// A file id that is not 1 to 64 letters, digits, '-' or '_' (cut to 80 chars).
@@ -30,9 +41,13 @@ pub enum StoreError {
     /// A read past the end (`size` bytes) of the segment.
     #[error("range {offset}+{len} is beyond the end ({size}) of segment {segment}")]
     OutOfRange {
+        /// The segment, as `FILE/INDEX`.
         segment: String,
+        /// First byte asked for.
         offset: u64,
+        /// Bytes asked for.
         len: u32,
+        /// The segment's length in bytes.
         size: u64,
     },
     #[error(
@@ -41,16 +56,29 @@ pub enum StoreError {
     )]
     /// A range ending past `MAX_SEGMENT_END`, or whose end overflows a u64.
     BadRange {
+        /// The segment, as `FILE/INDEX`.
         segment: String,
+        /// First byte of the range.
         offset: u64,
+        /// Bytes in the range.
         len: u64,
     },
     /// The disk under the store is full (ENOSPC or EDQUOT), whatever the capacity says.
     #[error("{context}: the node's disk is full ({source})")]
-    DiskFull { context: String, source: io::Error },
+    DiskFull {
+        /// What was being done, and to which file.
+        context: String,
+        /// The ENOSPC or EDQUOT.
+        source: io::Error,
+    },
     /// Any other I/O failure, with what was being done.
     #[error("{context}: {source}")]
-    Io { context: String, source: io::Error },
+    Io {
+        /// What was being done, and to which file.
+        context: String,
+        /// The failure.
+        source: io::Error,
+    },
 }
 
 /// Largest end (offset + length, in bytes) of a range a segment may hold: 2^50 bytes

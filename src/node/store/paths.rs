@@ -10,7 +10,9 @@ use super::StoreError;
 use crate::proto::Identity;
 
 /// Accepts only short ids made of letters, digits, '-' and '_': nothing that a path
-/// could interpret ('/', '.', NUL) can reach the filesystem.
+/// could interpret ('/', '.', NUL) can reach the filesystem: 1 to 64 bytes.
+///
+/// Errors: `StoreError::BadId` naming the id (cut to 80 characters).
 pub fn validate_file_id(id: &str) -> Result<(), StoreError> {
     let ok = !id.is_empty()
         && id.len() <= 64
