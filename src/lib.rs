@@ -1,5 +1,8 @@
 //! poolfs: a storage pool for the machines of one LAN, mounted as a FUSE filesystem.
 
+// Every public item says what it is, in which units, and how it fails (CI denies warnings).
+#![warn(missing_docs)]
+
 pub mod client;
 pub mod controller;
 pub mod daemon;

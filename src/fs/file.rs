@@ -51,6 +51,8 @@ struct Upload {
 pub struct FileData {
     client: Arc<PoolClient>,
     max_uploads: usize,
+    /// The file's manifest as this open file sees it: its size and the stripes stored
+    /// so far, ahead of the committed one until the next commit.
     pub manifest: Manifest,
     dirty: BTreeMap<u64, Vec<u8>>,
     uploads: BTreeMap<u64, Upload>,
@@ -161,7 +163,9 @@ fn put_at(buf: &mut Vec<u8>, at: usize, src: &[u8], stripe_size: usize) {
 /// The bytes a read returns: a range of a fetched buffer, lent without a copy, or bytes
 /// put together for this read.
 pub enum ReadBytes {
+    /// Bytes `range` of a shared buffer (a cached stripe).
     Shared(Arc<Vec<u8>>, Range<usize>),
+    /// Bytes of this read's own.
     Owned(Vec<u8>),
 }
 

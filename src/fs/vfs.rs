@@ -35,18 +35,26 @@ mod xattrs;
 /// Attribute changes requested by setattr; `None` leaves a field alone.
 #[derive(Default, Debug, Clone)]
 pub struct SetAttr {
+    /// New permission bits (the low 12 bits of `st_mode`: rwx, setuid, setgid, sticky).
     pub mode: Option<u32>,
+    /// New owner (uid).
     pub uid: Option<u32>,
+    /// New group (gid).
     pub gid: Option<u32>,
+    /// New size in bytes: a truncate or an extension with zeros.
     pub size: Option<u64>,
+    /// New access time, to the nanosecond.
     pub atime: Option<Time>,
+    /// New modification time, to the nanosecond.
     pub mtime: Option<Time>,
 }
 
 /// Capacity of the pool as `statfs` reports it.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolSpace {
+    /// Bytes of capacity of the live nodes, summed.
     pub total: u64,
+    /// Bytes of that capacity not yet allocated on them, summed.
     pub free: u64,
 }
 
