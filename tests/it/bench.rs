@@ -60,6 +60,10 @@ fn figure(json: &serde_json::Value, name: &str, key: &str) -> f64 {
 }
 
 #[test]
+#[cfg_attr(
+    any(poolfs_no_mount, poolfs_no_python3),
+    ignore = "needs root, /dev/fuse read-write and fusermount3; python3"
+)]
 fn quick_bench_prints_every_figure_and_cleans_up() {
     if !can_mount() || !harness::have_program("python3", "the benchmark script runs on it") {
         return;
@@ -119,6 +123,10 @@ fn quick_bench_prints_every_figure_and_cleans_up() {
 }
 
 #[test]
+#[cfg_attr(
+    any(poolfs_no_mount, poolfs_no_python3),
+    ignore = "needs root, /dev/fuse read-write and fusermount3; python3"
+)]
 fn interrupted_bench_stops_its_pools_and_unmounts() {
     if !can_mount() || !harness::have_program("python3", "the benchmark script runs on it") {
         return;

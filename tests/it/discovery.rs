@@ -254,6 +254,10 @@ impl Drop for ForeignService {
 /// a foreign service on the node port. The sweep finds exactly the four nodes, numbered
 /// 1..4 in address order, and each logs the ASSIGN it received.
 #[test]
+#[cfg_attr(
+    poolfs_no_netns,
+    ignore = "needs root and ip, unshare, nsenter (network namespaces)"
+)]
 fn sweep_finds_exactly_the_nodes_and_numbers_them() {
     let Some(lan) = Lan::new("dsa", 1, 7) else {
         return;
@@ -329,6 +333,10 @@ fn sweep_finds_exactly_the_nodes_and_numbers_them() {
 /// by `poolfs scan`; it gets the next id even though its address is lower; the others
 /// keep theirs and the epoch grows.
 #[test]
+#[cfg_attr(
+    poolfs_no_netns,
+    ignore = "needs root and ip, unshare, nsenter (network namespaces)"
+)]
 fn a_node_started_later_is_found_by_the_next_sweep() {
     let Some(lan) = Lan::new("dsb", 2, 6) else {
         return;
@@ -381,6 +389,10 @@ fn a_node_started_later_is_found_by_the_next_sweep() {
 /// (c) Cutting a node's cable gets it marked down within a few seconds; plugging it back
 /// brings it back up with the same id.
 #[test]
+#[cfg_attr(
+    poolfs_no_netns,
+    ignore = "needs root and ip, unshare, nsenter (network namespaces)"
+)]
 fn a_cut_link_marks_the_node_down_and_restoring_it_brings_it_back() {
     let Some(lan) = Lan::new("dsc", 3, 4) else {
         return;
@@ -426,6 +438,10 @@ fn a_cut_link_marks_the_node_down_and_restoring_it_brings_it_back() {
 /// (d) With the controller killed, nodes keep serving reads of stored files; once it is
 /// back (same state directory), the view is rebuilt with the same ids.
 #[test]
+#[cfg_attr(
+    poolfs_no_netns,
+    ignore = "needs root and ip, unshare, nsenter (network namespaces)"
+)]
 fn nodes_serve_reads_while_the_controller_is_down_and_ids_survive_its_restart() {
     let Some(lan) = Lan::new("dsd", 4, 6) else {
         return;
@@ -471,6 +487,10 @@ fn nodes_serve_reads_while_the_controller_is_down_and_ids_survive_its_restart() 
 /// (e) `put` on one host places segment i on node i, each on its own host, over the
 /// bridge: the other hosts' segment files hold the bytes and their bridge ports carried them.
 #[test]
+#[cfg_attr(
+    poolfs_no_netns,
+    ignore = "needs root and ip, unshare, nsenter (network namespaces)"
+)]
 fn put_from_one_host_lands_segments_on_the_nodes_of_other_hosts() {
     let Some(lan) = Lan::new("dse", 5, 5) else {
         return;
@@ -582,6 +602,10 @@ fn root_fuse_mounts() -> String {
 /// after the page cache is dropped fetches them back over the bridge, bit-exact; `umount`
 /// makes the mount leave the pool and exit 0.
 #[test]
+#[cfg_attr(
+    any(poolfs_no_netns, poolfs_no_fuse),
+    ignore = "needs root and ip, unshare, nsenter (network namespaces); a /dev/fuse device and the kernel fuse filesystem"
+)]
 fn a_file_copied_into_a_mount_lands_on_the_other_hosts_and_reads_back() {
     let Some(lan) = Lan::with_fuse("dsh", 8, 4) else {
         return;
@@ -782,6 +806,10 @@ fn a_file_copied_into_a_mount_lands_on_the_other_hosts_and_reads_back() {
 /// Sweeps that cannot run say why: unknown interface, a subnet not on any interface,
 /// loopback, no permission for raw sockets; `poolfs scan` without `--scan` says so too.
 #[test]
+#[cfg_attr(
+    poolfs_no_netns,
+    ignore = "needs root and ip, unshare, nsenter (network namespaces)"
+)]
 fn sweep_errors_name_their_cause() {
     let Some(lan) = Lan::new("dsf", 6, 2) else {
         return;
@@ -907,6 +935,10 @@ fn set_mode(path: &Path, mode: u32) {
 /// A test that panics still leaves nothing behind: its processes are ended, the
 /// supervisor exits, and no name shows up in the root namespace.
 #[test]
+#[cfg_attr(
+    poolfs_no_netns,
+    ignore = "needs root and ip, unshare, nsenter (network namespaces)"
+)]
 fn the_lan_is_torn_down_even_when_a_test_panics() {
     type Seen = (Vec<String>, u32, u32, u32);
     let seen: Mutex<Option<Seen>> = Mutex::new(None);
@@ -940,6 +972,10 @@ fn the_lan_is_torn_down_even_when_a_test_panics() {
 /// are ended by pid, the mount is detached, the supervisor exits, and neither the mount
 /// nor any name shows up on the machine.
 #[test]
+#[cfg_attr(
+    any(poolfs_no_netns, poolfs_no_fuse),
+    ignore = "needs root and ip, unshare, nsenter (network namespaces); a /dev/fuse device and the kernel fuse filesystem"
+)]
 fn a_busy_mount_is_ended_and_detached_when_a_test_panics() {
     if let Some(reason) = harness::lan::fuse_missing() {
         harness::skip(&format!("FUSE is not available: {reason}"));

@@ -96,6 +96,10 @@ fn timed_read(
 /// 2's cable is pulled a quarter of the way through: the bytes are the same, and no
 /// read() call stalls for a second. Then the cable is plugged back in.
 #[test]
+#[cfg_attr(
+    any(poolfs_no_netns, poolfs_no_fuse),
+    ignore = "needs root and ip, unshare, nsenter (network namespaces); a /dev/fuse device and the kernel fuse filesystem"
+)]
 fn a_link_cut_mid_read_never_stalls_a_reader() {
     let Some(lan) = Lan::with_fuse("dcut", 21, 4) else {
         return;

@@ -19,9 +19,12 @@ pub fn in_ci() -> bool {
 /// Skips the calling test for want of a prerequisite (`reason` says which); under CI
 /// fails it instead (panics). The caller returns right after.
 ///
-/// libtest cannot mark a test ignored once it runs, so a skipped test still reports
-/// `ok`; the `SKIPPED <test>: <reason>` line, written past libtest's output capture, is
-/// what tells it apart, and CI, where nothing may be skipped, never reports one.
+/// The fallback only: build.rs finds the missing prerequisites at build time and the
+/// tests that need one are marked `#[cfg_attr(poolfs_no_*, ignore = "needs ...")]`, so
+/// they report `ignored`. Reaching here means a check the build script does not make
+/// failed (say `unshare` refused to run); libtest cannot ignore a running test, so it
+/// reports `ok`, and the `SKIPPED <test>: <reason>` line, written past libtest's output
+/// capture, is what tells it apart. CI, where nothing may be skipped, never reports one.
 pub fn skip(reason: &str) {
     let thread = std::thread::current();
     let test = thread.name().unwrap_or("a test");

@@ -11,6 +11,10 @@ use super::*;
 /// their stripes on the live nodes, read back bit-exact, and report that they need
 /// repair.
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn writes_route_around_a_dead_node() {
     if !can_mount() {
         return;
@@ -69,6 +73,10 @@ fn writes_route_around_a_dead_node() {
 /// Shards of the dead holder now go to the live nodes: the copy completes, the bytes
 /// are right, and the file reports what is not yet back home.
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn a_node_killed_mid_cp_does_not_fail_the_copy() {
     if !can_mount() {
         return;
@@ -114,6 +122,10 @@ fn a_node_killed_mid_cp_does_not_fail_the_copy() {
 /// it is needed, so the pool is never less redundant than before. Then another holder
 /// can die and the file still reads.
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn a_member_that_leaves_hands_off_first() {
     if !can_mount() {
         return;
@@ -190,6 +202,10 @@ fn a_member_that_leaves_hands_off_first() {
 /// Unmounting is leaving: the mount moves its own files' segments off its node before
 /// its node goes; remounted later, the files read even with another node dead.
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn an_unmount_hands_off_the_mounts_own_segments() {
     if !can_mount() {
         return;
@@ -227,6 +243,10 @@ fn an_unmount_hands_off_the_mounts_own_segments() {
 /// A holder killed in the middle of a sequential read: the read completes with the right
 /// bytes and no single read() call stalls for a second.
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn a_node_killed_mid_read_never_stalls_a_reader() {
     use std::io::Read;
     if !can_mount() {
@@ -270,6 +290,10 @@ fn a_node_killed_mid_read_never_stalls_a_reader() {
 /// Files use the pool as it is when their data is first written: a node that joins
 /// later is used by new files and by files that were still empty.
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn new_and_empty_files_use_nodes_that_joined_later() {
     if !can_mount() {
         return;
@@ -304,6 +328,10 @@ fn new_and_empty_files_use_nodes_that_joined_later() {
 
 /// A parity shard that no read touches is verified and healed by `poolfs scrub`.
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn scrub_heals_a_corrupt_parity_shard() {
     if !can_mount() {
         return;

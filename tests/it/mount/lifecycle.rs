@@ -6,6 +6,10 @@ use super::*;
 /// Files are there after an unmount and remount, and after kill -9 of the mount
 /// process (once their close returned success), a lazy unmount and a remount.
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn files_survive_remount_and_kill_9() {
     if !can_mount() {
         return;
@@ -81,6 +85,10 @@ fn files_survive_remount_and_kill_9() {
 /// After a 32 MiB copy into a 4-node pool (k = 3 data + 1 parity segment) each node
 /// holds about a third of it, and the mounting node does not hold the whole file.
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn bytes_are_spread_over_the_nodes() {
     if !can_mount() {
         return;
@@ -111,6 +119,10 @@ fn bytes_are_spread_over_the_nodes() {
 /// `poolfs up` mounts a pool one can cp into at once; `poolfs down` unmounts it and
 /// stops every process; a second `up` finds the files again.
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn up_and_down_end_to_end() {
     if !can_mount() {
         return;
@@ -224,6 +236,10 @@ fn up_and_down_end_to_end() {
 /// `mount -t poolfs CONTROLLER DIR -o storage=...` through mount-helper/mount.poolfs,
 /// and `umount DIR`; the helper refuses a missing storage= option with a clear message.
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn mount_t_poolfs_through_the_helper() {
     if !can_mount() {
         return;
@@ -357,6 +373,10 @@ impl Drop for HelperLink {
 /// Mounting over a non-empty directory, over a mounted one, or with no reachable
 /// controller fails with a clear message, and leaves nothing mounted or running.
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn mount_refuses_bad_targets_and_unreachable_controllers() {
     if !can_mount() {
         return;
@@ -478,6 +498,10 @@ fn mount_refuses_bad_targets_and_unreachable_controllers() {
 /// a pool started from a copy named otherwise (`poolfs-new`, say) was unmounted but its
 /// controller and nodes kept running.
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn down_stops_a_pool_started_from_a_renamed_binary() {
     if !can_mount() {
         return;

@@ -362,6 +362,10 @@ fn check_holes(mount: &Side, local: &Side, off: u64, what: &str) {
 /// compared after every step. A failure prints the seed; `POOLFS_SEED=N` replays it
 /// (`POOLFS_STEPS=N` changes the length, `POOLFS_MODEL_NODES=N` the pool size).
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn random_operations_match_a_local_file() {
     if !can_mount() {
         return;

@@ -6,6 +6,10 @@ use super::*;
 /// mkdir/rmdir/readdir nested, rename (over a file, across directories, directories),
 /// chmod/chown/utimes, symlink/readlink, hard links, statfs; kept across a remount.
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn namespace_attributes_links_and_statfs() {
     if !can_mount() {
         return;
@@ -167,6 +171,10 @@ fn namespace_attributes_links_and_statfs() {
 
 /// The errno of each failure case a program relies on.
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn failures_report_the_right_errno() {
     if !can_mount() {
         return;

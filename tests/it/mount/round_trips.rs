@@ -7,6 +7,10 @@ use super::*;
 /// MiB in a 3-node pool), and 100 MiB, then cmp, cat, dd-style random reads; all again
 /// after an unmount and remount.
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn cp_cmp_cat_and_random_reads_survive_remount() {
     if !can_mount() {
         return;
@@ -104,6 +108,10 @@ fn cp_cmp_cat_and_random_reads_survive_remount() {
 /// create, O_EXCL, O_TRUNC, O_APPEND, overwrite in the middle, append, truncate and
 /// ftruncate (grow and shrink), each checked against an in-memory model.
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn open_flags_overwrite_append_and_truncate() {
     if !can_mount() {
         return;
@@ -263,6 +271,10 @@ fn open_flags_overwrite_append_and_truncate() {
 /// unlink: the name goes, and the segment files on every node are removed (also for a
 /// file unlinked while open, once it is closed); a replaced rename target likewise.
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn unlink_and_replace_remove_segments_on_the_nodes() {
     if !can_mount() {
         return;

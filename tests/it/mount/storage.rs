@@ -7,6 +7,10 @@ use super::*;
 /// fails with EDQUOT ("Disk quota exceeded"), not a crash or a silent loss; removing it
 /// leaves no segment behind and gives the quota back.
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn cp_past_the_quota_fails_with_edquot() {
     if !can_mount() {
         return;
@@ -66,6 +70,10 @@ fn entropy(bytes: &[u8]) -> f64 {
 /// random. The control pool, with `--no-encryption`, shows the marker on its nodes,
 /// so the scan does find plaintext where there is some.
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn nodes_hold_only_ciphertext() {
     if !can_mount() {
         return;
@@ -126,6 +134,10 @@ fn nodes_hold_only_ciphertext() {
 /// while its shards are being stored, so this checks that a failed store puts the
 /// previous record back.
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn a_close_whose_stores_fail_leaves_the_previous_file() {
     if !can_mount() {
         return;
@@ -196,6 +208,10 @@ fn a_close_whose_stores_fail_leaves_the_previous_file() {
 /// the mount and after a remount (their records were committed while their shards
 /// were being stored).
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn small_files_read_back_exact_after_remount() {
     if !can_mount() {
         return;
@@ -246,6 +262,10 @@ fn small_files_read_back_exact_after_remount() {
 }
 
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn small_files_live_in_the_metadata_until_they_grow() {
     if !can_mount() {
         return;

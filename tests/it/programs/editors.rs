@@ -6,6 +6,10 @@ use super::*;
 /// `renameat2(RENAME_EXCHANGE)` swaps two names atomically, as on ext4 (some programs
 /// swap a directory or file into place this way).
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn rename_exchange_swaps_two_names() {
     if !can_mount() {
         return;
@@ -39,6 +43,10 @@ fn rename_exchange_swaps_two_names() {
 /// A failed write changes nothing, not even the size seen while the file is open; and
 /// a truncate to the size a file already has still moves its mtime, as on ext4.
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn a_failed_write_leaves_the_size_and_a_truncate_moves_mtime() {
     if !can_mount() {
         return;
@@ -98,6 +106,10 @@ print(err, size, back)
 /// of some writable descriptor of the file, which may be an `O_APPEND` one; the mount
 /// places every write at the kernel's offset, never by the handle's flags.
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn mmap_writes_land_in_place_while_an_appender_has_the_file_open() {
     if !can_mount() {
         return;
@@ -159,6 +171,10 @@ print(json.dumps({"reads": n, "errors": errors, "bad": bad, "examples": examples
 /// rename over it, another that stats, opens and reads the name never gets ENOENT nor a
 /// torn or empty file; a reader holding the old file open reads all its old bytes.
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn atomic_saves_never_show_readers_a_missing_or_torn_file() {
     if !can_mount() {
         return;

@@ -5,6 +5,10 @@ use super::*;
 /// fio's random reads and writes of mixed sizes (4 KiB to 1 MiB) from two processes,
 /// with an fsync every 64 writes, verified with crc32c: every byte it wrote comes back.
 #[test]
+#[cfg_attr(
+    any(poolfs_no_mount, poolfs_no_fio),
+    ignore = "needs root, /dev/fuse read-write and fusermount3; fio"
+)]
 fn fio_random_mixed_io_finds_every_byte_it_wrote() {
     if !can_mount() {
         return;

@@ -81,6 +81,10 @@ fn fill(path: &Path) -> i32 {
 /// was stored before all work without a remount; the failed file is absent or empty,
 /// never a name whose read fails, and its bytes are not left on the nodes.
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn a_full_disk_gives_enospc_and_service_resumes_once_space_is_freed() {
     if !can_mount() {
         return;
@@ -197,6 +201,10 @@ fn a_full_disk_gives_enospc_and_service_resumes_once_space_is_freed() {
 /// went back to its committed manifest, whose shards those slots no longer held: the
 /// old bytes read back as EIO forever. Rewrites now go to the stripe's other slot.
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn a_rewrite_that_runs_out_of_space_leaves_the_old_bytes_readable() {
     if !can_mount() {
         return;

@@ -14,6 +14,10 @@ const FALLOC_FL_INSERT_RANGE: libc::c_int = 0x20;
 /// and no effect; a fallocate past the pool's room fails with ENOSPC or EDQUOT and leaves
 /// size and bytes.
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn fallocate_reserves_punches_and_refuses_what_it_cannot_do() {
     if !can_mount() {
         return;
@@ -157,6 +161,10 @@ fn fallocate_reserves_punches_and_refuses_what_it_cannot_do() {
 /// cp out of the mount makes a sparse, equal copy; a 1-byte write far beyond the pool's
 /// free space succeeds, reads back and hardly moves df's used space.
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn sparse_files_stay_sparse_and_are_charged_for_what_they_hold() {
     if !can_mount() {
         return;
@@ -280,6 +288,10 @@ fn sparse_files_stay_sparse_and_are_charged_for_what_they_hold() {
 /// kept its new bytes in the same slot on the nodes, and the commit then freed that
 /// slot as the hole's: the file read back with EIO.
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn a_stripe_made_a_hole_and_rewritten_before_the_close_keeps_its_bytes() {
     if !can_mount() {
         return;

@@ -45,6 +45,10 @@ fn make_special_tree(dir: &Path) {
 /// FIFO carries bytes between processes; tar and cp -a of a tree holding them succeed and
 /// reproduce them; the char device cannot be opened on the (nodev) mount.
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn fifos_sockets_and_device_nodes_are_created_listed_and_kept() {
     if !can_mount() {
         return;

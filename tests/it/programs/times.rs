@@ -187,6 +187,10 @@ fn link_name(p: &Path, k: u64) -> PathBuf {
 /// stat back exactly as set, at once and after a remount. The seed is printed; set
 /// POOLFS_PROP_SEED to replay one.
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn attributes_stat_back_exactly_as_set_across_a_remount() {
     if !can_mount() {
         return;
@@ -262,6 +266,10 @@ fn stat_elsewhere(p: &Path) -> (i128, i128) {
 /// flushes; a write after it moves mtime to now; reads and chmod leave mtime alone; files
 /// written 30 ms apart sort by mtime; an in-place rewrite of a file held open shows.
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn times_follow_the_writes_not_the_close() {
     if !can_mount() {
         return;

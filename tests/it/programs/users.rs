@@ -8,6 +8,10 @@ use super::*;
 /// directories protect other users' entries, and a write or truncate by a non-owner
 /// clears setuid and setgid. (Needs `poolfs up --allow-other`.)
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn other_users_get_access_by_mode_bits_with_allow_other() {
     if !can_mount() {
         return;
@@ -207,6 +211,10 @@ fn other_users_get_access_by_mode_bits_with_allow_other() {
 /// `sudo poolfs up ~/pool` is for the user who ran sudo: the mount admits other users
 /// and the pool's root directory is theirs, so they can copy files in without sudo.
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn up_through_sudo_gives_the_pool_to_the_user_who_ran_it() {
     if !can_mount() {
         return;
@@ -250,6 +258,10 @@ fn up_through_sudo_gives_the_pool_to_the_user_who_ran_it() {
 /// group G with mode 2775, a file, a subdirectory, a symlink and a fifo get group G, and
 /// subdirectories keep the setgid bit, recursively.
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn new_entries_in_a_setgid_directory_take_its_group() {
     if !can_mount() {
         return;
@@ -315,6 +327,10 @@ fn new_entries_in_a_setgid_directory_take_its_group() {
 /// in G who creates a file with mode 02755 in a 2777 dir of group G gets group G but
 /// not the setgid bit.
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn setgid_directories_work_for_other_users_with_allow_other() {
     if !can_mount() {
         return;

@@ -8,6 +8,10 @@ use super::*;
 /// exits 0; copies out with cp -a, rsync -aX and shutil.copy2 carry no pool attribute; a
 /// user attribute is listed, read, copied out, kept across a remount and removable.
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn pool_attributes_stay_out_of_listings_and_copies() {
     if !can_mount() {
         return;
@@ -175,6 +179,10 @@ fn pool_attributes_stay_out_of_listings_and_copies() {
 /// listed to root only, a user's own `user.poolfs.*` attribute is an ordinary one (only
 /// the pool's three names are reserved), and a value of the kernel's largest size fits.
 #[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
 fn attribute_names_and_sizes_follow_local_filesystems() {
     if !can_mount() {
         return;
