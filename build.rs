@@ -27,7 +27,8 @@ fn main() {
     if ci {
         return;
     }
-    let root = unsafe { libc_geteuid() } == 0;
+    // SAFETY: geteuid(2) takes nothing and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
     let fuse_rw = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -45,12 +46,6 @@ fn main() {
             println!("cargo::rustc-cfg={cfg}");
         }
     }
-}
-
-extern "C" {
-    // libc is not a build dependency; geteuid is in every libc.
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
 }
 
 fn on_path(program: &str) -> bool {
