@@ -13,3 +13,4 @@ pub mod proto;
 pub mod trust;
 pub mod up;
 pub mod util;
+pub mod versioned;

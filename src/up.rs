@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 use crate::daemon::spawn_ready;
 use crate::fs::mount::is_mountpoint;
 
+/// The version of `up.json` this poolfs writes (see `crate::versioned`; files from
+/// before the tag read as 1).
+const UP_STATE_VERSION: u32 = 1;
+
 /// What `up` started, kept so `down` can stop exactly those processes.
 #[derive(Serialize, Deserialize, Debug)]
 pub struct UpState {
@@ -31,11 +35,33 @@ pub fn list(data: &Path) -> Vec<UpState> {
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("up.json")).ok())
-        .filter_map(|b| serde_json::from_slice(&b).ok())
+        .filter_map(|e| read_state(&e.path().join("up.json")).ok().flatten())
         .collect();
     found.sort_by(|a, b| a.mountpoint.cmp(&b.mountpoint));
     found
+}
+
+/// Reads an `up.json`; a missing one is reported as `None` (no pool started there).
+///
+/// Errors: a file that cannot be read, is not a state, or is of a version newer than
+/// `UP_STATE_VERSION`, with the file named.
+fn read_state(file: &Path) -> Result<Option<UpState>, String> {
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", file.display())),
+    };
+    crate::versioned::decode(&bytes, UP_STATE_VERSION, file)
+        .map(|(_, state)| Some(state))
+        .map_err(|e| e.to_string())
+}
+
+/// Writes `state` to `file` atomically, tagged with `UP_STATE_VERSION`.
+fn write_state(file: &Path, state: &UpState) -> Result<(), String> {
+    let json =
+        crate::versioned::encode(state, UP_STATE_VERSION, file).map_err(|e| e.to_string())?;
+    crate::util::write_atomic(file, &json)
+        .map_err(|e| format!("cannot save {}: {e}", file.display()))
 }
 
 /// Where `up` keeps the state of the pool mounted at `mountpoint`.
@@ -230,9 +256,7 @@ pub fn up(data: &Path, mountpoint: &Path, opts: UpOptions<'_>) -> Result<UpState
         pids,
         key: Some(key),
     };
-    let json = serde_json::to_vec_pretty(&state).map_err(|e| e.to_string())?;
-    crate::util::write_atomic(&state_file, &json)
-        .map_err(|e| format!("cannot save {}: {e}", state_file.display()))?;
+    write_state(&state_file, &state)?;
     Ok(state)
 }
 
@@ -256,14 +280,12 @@ pub fn down(data: &Path, mountpoint: &Path) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", mountpoint.display()))?;
     let dir = state_dir(data, &mountpoint);
     let state_file = dir.join("up.json");
-    let bytes = std::fs::read(&state_file).map_err(|_| {
+    let state = read_state(&state_file)?.ok_or_else(|| {
         format!(
             "no pool was started with `poolfs up` at {}",
             mountpoint.display()
         )
     })?;
-    let state: UpState = serde_json::from_slice(&bytes)
-        .map_err(|e| format!("{} is corrupt: {e}", state_file.display()))?;
     if is_mountpoint(&mountpoint) {
         unmount(&mountpoint)?;
     }
@@ -293,4 +315,66 @@ pub fn unmount(mountpoint: &Path) -> Result<(), String> {
         }
     }
     Err("no unmount tool found (install fuse3)".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An `up.json` in the place `up` keeps it for `mountpoint` under `data`.
+    fn state_file(data: &Path, mountpoint: &str) -> PathBuf {
+        let dir = state_dir(data, Path::new(mountpoint));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("up.json")
+    }
+
+    #[test]
+    fn an_up_state_saved_before_versions_is_still_listed() {
+        let data = tempfile::tempdir().unwrap();
+        // up.json as poolfs wrote it before the version tag (and before the key).
+        let old = r#"{"mountpoint": "/mnt/pool", "controller": "127.0.0.1:7000",
+            "pids": [11, 12, 13]}"#;
+        std::fs::write(state_file(data.path(), "/mnt/pool"), old).unwrap();
+        let found = list(data.path());
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].mountpoint, Path::new("/mnt/pool"));
+        assert_eq!(found[0].pids, [11, 12, 13]);
+        assert_eq!(found[0].key, None);
+    }
+
+    #[test]
+    fn a_saved_up_state_carries_its_version_and_reads_back() {
+        let data = tempfile::tempdir().unwrap();
+        let file = state_file(data.path(), "/mnt/pool");
+        let state = UpState {
+            mountpoint: "/mnt/pool".into(),
+            controller: "127.0.0.1:7000".parse().unwrap(),
+            pids: vec![1, 2],
+            key: Some("/k/pool.key".into()),
+        };
+        write_state(&file, &state).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        assert_eq!(json["version"], UP_STATE_VERSION);
+        let back = read_state(&file).unwrap().expect("the state was written");
+        assert_eq!(back.controller, state.controller);
+        assert_eq!(back.pids, state.pids);
+        assert_eq!(back.key, state.key);
+    }
+
+    #[test]
+    fn an_up_state_of_a_newer_version_is_refused_and_kept() {
+        let data = tempfile::tempdir().unwrap();
+        let file = state_file(data.path(), "/mnt/pool");
+        let newer = format!(r#"{{"version": {}, "pools": []}}"#, UP_STATE_VERSION + 1);
+        std::fs::write(&file, &newer).unwrap();
+        let err = read_state(&file).expect_err("a newer state must be refused");
+        assert!(err.contains(&file.display().to_string()), "{err}");
+        assert!(
+            err.contains(&format!("version {}", UP_STATE_VERSION + 1)),
+            "{err}"
+        );
+        assert!(list(data.path()).is_empty());
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), newer);
+    }
 }

@@ -31,6 +31,10 @@ struct MemberRecord {
     gone: bool,
 }
 
+/// The version of `registry.json` this poolfs writes (see `crate::versioned`; files
+/// from before the tag read as 1).
+const REGISTRY_VERSION: u32 = 1;
+
 #[derive(Serialize, Deserialize, Default)]
 struct Persisted {
     next_id: NodeId,
@@ -66,16 +70,16 @@ impl Registry {
     /// Loads `state/registry.json` (or starts empty). Every known member starts down
     /// until it is heard from again.
     ///
-    /// Errors: the read's I/O error, or `InvalidData` for a file that is not a registry.
+    /// Errors: the read's I/O error, or `InvalidData` for a file that is not a registry
+    /// or is of a version newer than `REGISTRY_VERSION` (the file is left as it is).
     pub fn load(state: &Path) -> std::io::Result<Self> {
         let path = state.join("registry.json");
         let persisted: Persisted = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("{} is corrupt: {e}", path.display()),
-                )
-            })?,
+            Ok(bytes) => {
+                crate::versioned::decode(&bytes, REGISTRY_VERSION, &path)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?
+                    .1
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted::default(),
             Err(e) => return Err(e),
         };
@@ -115,7 +119,7 @@ impl Registry {
             epoch: self.epoch,
             members: self.members.values().map(|m| m.record.clone()).collect(),
         };
-        let result = serde_json::to_vec_pretty(&persisted)
+        let result = crate::versioned::encode(&persisted, REGISTRY_VERSION, path)
             .map_err(std::io::Error::other)
             .and_then(|bytes| crate::util::write_atomic(path, &bytes));
         if let Err(e) = result {
@@ -326,6 +330,51 @@ mod tests {
         assert_eq!(view.node(1).unwrap().addr, addr(3));
         assert_eq!(r.join(b, addr(2), 10, 0, now), 2);
         assert_eq!(r.join(Identity([3; 16]), addr(4), 10, 0, now), 3);
+    }
+
+    #[test]
+    fn a_registry_saved_before_versions_opens_as_version_1() {
+        let dir = tempfile::tempdir().unwrap();
+        // registry.json as poolfs wrote it before the version tag.
+        let old = r#"{"next_id": 3, "epoch": 7, "members": [{"id": 2,
+            "identity": [2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2], "addr": "127.0.0.1:9",
+            "capacity": 10, "used": 4, "gone": false}]}"#;
+        std::fs::write(dir.path().join("registry.json"), old).unwrap();
+        let mut r = Registry::load(dir.path()).unwrap();
+        let now = Instant::now();
+        assert_eq!(r.view(now).node(2).unwrap().addr, addr(9));
+        assert_eq!(r.join(Identity([2; 16]), addr(9), 10, 4, now), 2);
+        assert_eq!(r.join(Identity([5; 16]), addr(5), 10, 0, now), 3);
+    }
+
+    #[test]
+    fn a_saved_registry_carries_its_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Registry::load(dir.path()).unwrap();
+        r.join(Identity([1; 16]), addr(1), 10, 0, Instant::now());
+        let bytes = std::fs::read(dir.path().join("registry.json")).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["version"], REGISTRY_VERSION);
+        let r = Registry::load(dir.path()).unwrap();
+        assert!(r.view(Instant::now()).node(1).is_some());
+    }
+
+    #[test]
+    fn a_registry_of_a_newer_version_is_refused_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.json");
+        let newer = format!(r#"{{"version": {}, "nodes": {{}}}}"#, REGISTRY_VERSION + 1);
+        std::fs::write(&path, &newer).unwrap();
+        let err = Registry::load(dir.path())
+            .err()
+            .expect("a newer registry must be refused");
+        let text = err.to_string();
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        assert!(
+            text.contains(&format!("version {}", REGISTRY_VERSION + 1)),
+            "{text}"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), newer);
     }
 
     #[test]
