@@ -26,6 +26,21 @@ impl NetSegments {
     async fn call(&self, addr: SocketAddr, req: NodeRequest, body: Option<&[u8]>) -> CallResult {
         self.conns.call(addr, &req, body).await
     }
+
+    /// Sends `req` (with `body`) to `holder` for a verb whose only answer is `Ok`.
+    fn acked<'a>(
+        &'a self,
+        holder: &'a Holder,
+        req: NodeRequest,
+        body: Option<Arc<Vec<u8>>>,
+    ) -> IoFuture<'a, ()> {
+        async move {
+            self.call(holder.addr, req, body.as_deref().map(Vec::as_slice))
+                .await?;
+            Ok(())
+        }
+        .boxed()
+    }
 }
 
 type CallResult = Result<(Response, Option<Vec<u8>>), NetError>;
@@ -42,16 +57,12 @@ impl SegmentIo for NetSegments {
         offset: u64,
         data: Arc<Vec<u8>>,
     ) -> IoFuture<'a, ()> {
-        async move {
-            let req = NodeRequest::Store {
-                segment,
-                offset,
-                len: data.len() as u32,
-            };
-            self.call(holder.addr, req, Some(&data)).await?;
-            Ok(())
-        }
-        .boxed()
+        let req = NodeRequest::Store {
+            segment,
+            offset,
+            len: data.len() as u32,
+        };
+        self.acked(holder, req, Some(data))
     }
 
     fn read<'a>(
@@ -76,16 +87,12 @@ impl SegmentIo for NetSegments {
         offset: u64,
         len: u64,
     ) -> IoFuture<'a, ()> {
-        async move {
-            let req = NodeRequest::Reserve {
-                segment,
-                offset,
-                len,
-            };
-            self.call(holder.addr, req, None).await?;
-            Ok(())
-        }
-        .boxed()
+        let req = NodeRequest::Reserve {
+            segment,
+            offset,
+            len,
+        };
+        self.acked(holder, req, None)
     }
 
     fn punch<'a>(
@@ -95,25 +102,16 @@ impl SegmentIo for NetSegments {
         offset: u64,
         len: u64,
     ) -> IoFuture<'a, ()> {
-        async move {
-            let req = NodeRequest::Punch {
-                segment,
-                offset,
-                len,
-            };
-            self.call(holder.addr, req, None).await?;
-            Ok(())
-        }
-        .boxed()
+        let req = NodeRequest::Punch {
+            segment,
+            offset,
+            len,
+        };
+        self.acked(holder, req, None)
     }
 
     fn delete<'a>(&'a self, holder: &'a Holder, file: &'a str) -> IoFuture<'a, ()> {
-        async move {
-            let req = NodeRequest::Delete { file: file.into() };
-            self.call(holder.addr, req, None).await?;
-            Ok(())
-        }
-        .boxed()
+        self.acked(holder, NodeRequest::Delete { file: file.into() }, None)
     }
 
     fn abandon(&self, holder: &Holder) {
