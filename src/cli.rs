@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use poolfs::client::placement::Redundancy;
 use poolfs::controller::ScanTarget;
 use poolfs::util::parse_size;
 
@@ -87,10 +88,10 @@ pub struct MountArgs {
     /// [default: no limit but the capacity].
     #[arg(long, value_parser = parse_size)]
     pub quota: Option<u64>,
-    /// Parity segments per file: how many nodes may fail without losing a file
-    /// [default: 1 on pools of 3 or more nodes, else 0].
-    #[arg(long)]
-    pub parity: Option<u32>,
+    #[command(flatten)]
+    pub redundancy: RedundancyOpt,
+    #[command(flatten)]
+    pub machine: MachineOpt,
     /// Let other users use the mount, with access checked against mode bits, owners
     /// and groups as on a local filesystem (a non-root mounter needs
     /// user_allow_other in /etc/fuse.conf).
@@ -118,9 +119,8 @@ pub struct UpArgs {
     /// Members of the pool, the mount included.
     #[arg(long, default_value_t = 3)]
     pub nodes: u32,
-    /// Parity segments per file.
-    #[arg(long)]
-    pub parity: Option<u32>,
+    #[command(flatten)]
+    pub redundancy: RedundancyOpt,
     /// Most bytes one member may store on each node, e.g. 2G [default: no limit].
     #[arg(long, value_parser = parse_size)]
     pub quota: Option<u64>,
@@ -206,6 +206,8 @@ pub struct NodeArgs {
     #[arg(long, value_parser = parse_size)]
     pub quota: Option<u64>,
     #[command(flatten)]
+    pub machine: MachineOpt,
+    #[command(flatten)]
     pub key: KeyOpt,
 }
 
@@ -252,10 +254,8 @@ pub struct CatalogOpt {
 pub struct PutArgs {
     /// The local file to offload.
     pub file: PathBuf,
-    /// Parity segments: how many nodes may fail without losing the file
-    /// [default: 1 on pools of 3 or more nodes, else 0].
-    #[arg(long)]
-    pub parity: Option<u32>,
+    #[command(flatten)]
+    pub redundancy: RedundancyOpt,
     /// Name in the catalog [default: the file's name].
     #[arg(long)]
     pub name: Option<String>,
@@ -279,4 +279,67 @@ pub struct GetArgs {
     pub catalog: CatalogOpt,
     #[command(flatten)]
     pub key: KeyOpt,
+}
+
+/// The shape of new files: `--redundancy K+M` or `--tolerate F` (`--parity M`, hidden,
+/// is the old name of `--tolerate`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct RedundancyOpt {
+    /// Shape of new files: K data and M parity shards per stripe, on K + M distinct
+    /// machines where the pool has them, such as 4+2 [default: by pool size: one segment
+    /// per node up to 5 nodes (one of them parity from 3), 4+2 on 6, 4+3 on 7, 4+4 from 8].
+    #[arg(long, value_name = "K+M", conflicts_with = "tolerate")]
+    pub redundancy: Option<Redundancy>,
+    /// Machines that may be off at once with every new file still readable: F parity
+    /// shards and up to 4 data shards per stripe.
+    #[arg(long, value_name = "F", alias = "parity", value_parser = parse_tolerate)]
+    pub tolerate: Option<Redundancy>,
+}
+
+impl RedundancyOpt {
+    /// The policy asked for: `Auto` when neither option is given.
+    pub fn policy(&self) -> Redundancy {
+        self.redundancy.or(self.tolerate).unwrap_or_default()
+    }
+}
+
+/// `--tolerate F`: a number of machines, small enough for a stripe.
+fn parse_tolerate(s: &str) -> Result<Redundancy, String> {
+    let f: u32 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number of machines such as 2"))?;
+    Redundancy::tolerate(f).map_err(|e| e.to_string())
+}
+
+/// The machine a node runs on (`--machine`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct MachineOpt {
+    /// Name of the machine this node runs on: no two shards of a stripe go to nodes of
+    /// one machine while other machines have room. Give nodes that share a machine
+    /// (or a disk, or a power supply) the same name [default: the host name and the
+    /// first 8 hex digits of a BLAKE3 hash of /etc/machine-id; the host name alone
+    /// without it].
+    #[arg(long, value_name = "NAME", value_parser = parse_machine)]
+    pub machine: Option<String>,
+}
+
+impl MachineOpt {
+    /// The name given, or this host's default name.
+    pub fn name(&self) -> String {
+        self.machine
+            .clone()
+            .unwrap_or_else(poolfs::node::default_machine_name)
+    }
+}
+
+/// `--machine NAME`: 1 to 64 printable characters.
+fn parse_machine(s: &str) -> Result<String, String> {
+    let name = s.trim();
+    if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+        return Err(format!(
+            "{s:?}: a machine name is 1 to 64 printable characters"
+        ));
+    }
+    Ok(name.to_string())
 }

@@ -132,6 +132,7 @@ fn run(cli: Cli) -> Result<()> {
                 capacity: args.capacity,
                 quota: args.quota,
                 key,
+                machine: args.machine.name(),
             })
             .await;
             daemon::notify(started.as_ref().map(|_| ()).map_err(|e| e.to_string()));
@@ -153,7 +154,7 @@ fn run(cli: Cli) -> Result<()> {
             let invoker = poolfs::up::sudo_invoker();
             let opts = poolfs::up::UpOptions {
                 nodes: args.nodes,
-                parity: args.parity,
+                redundancy: args.redundancy.policy(),
                 quota: args.quota,
                 repair_grace: args.repair_grace,
                 key: args.key.as_deref(),
@@ -204,7 +205,8 @@ fn mount(args: cli::MountArgs) -> Result<()> {
         listen: args.listen,
         capacity: args.capacity,
         quota: args.quota,
-        parity: args.parity,
+        redundancy: args.redundancy.policy(),
+        machine: args.machine.name(),
         allow_other: args.allow_other,
         repair_grace: std::time::Duration::from_secs(args.repair_grace),
         key,
@@ -339,7 +341,7 @@ async fn status(args: cli::StatusArgs) -> Result<()> {
 
 fn format_status(view: &PoolView) -> String {
     let mut out = format!(
-        "pool epoch {}: {} of {} nodes up\n{:>4}  {:<22} {:<6} {:>23}  {}\n",
+        "pool epoch {}: {} of {} nodes up\n{:>4}  {:<22} {:<6} {:>23}  {:<12}  {}\n",
         view.epoch,
         view.live().len(),
         view.nodes.len(),
@@ -347,16 +349,22 @@ fn format_status(view: &PoolView) -> String {
         "ADDRESS",
         "STATE",
         "USED / CAPACITY",
-        "LAST SEEN"
+        "LAST SEEN",
+        "MACHINE"
     );
     for n in &view.nodes {
         out.push_str(&format!(
-            "{:>4}  {:<22} {:<6} {:>23}  {:.1}s ago\n",
+            "{:>4}  {:<22} {:<6} {:>23}  {:<12}  {}\n",
             n.id,
             n.addr.to_string(),
             n.state.to_string(),
             format!("{} / {}", human_size(n.used), human_size(n.capacity)),
-            n.last_seen_ms as f64 / 1000.0
+            format!("{:.1}s ago", n.last_seen_ms as f64 / 1000.0),
+            if n.machine.is_empty() {
+                "?"
+            } else {
+                &n.machine
+            }
         ));
     }
     out
@@ -459,7 +467,7 @@ async fn put(args: cli::PutArgs) -> Result<()> {
     let len = src.metadata().await.map(|m| m.len()).unwrap_or(0);
     let owner = std::sync::Arc::new(catalog.owner_key()?);
     let mut cfg = ClientConfig::new(args.controller.controller, creds, Some(owner));
-    cfg.parity = args.parity;
+    cfg.redundancy = args.redundancy.policy();
     let client = PoolClient::new(cfg);
     let bar = progress_bar(len);
     let started = Instant::now();

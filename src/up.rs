@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::client::Redundancy;
 use crate::daemon::spawn_ready;
 use crate::fs::mount::is_mountpoint;
 
@@ -122,8 +123,8 @@ fn stop(pids: &[u32], dir: &Path) {
 pub struct UpOptions<'a> {
     /// Members of the pool, the mount included.
     pub nodes: u32,
-    /// Parity shards per stripe; `None`: 1 on pools of 3 or more nodes, else 0.
-    pub parity: Option<u32>,
+    /// The shape of new files, passed to the mount (`--redundancy`, `--tolerate`).
+    pub redundancy: Redundancy,
     /// Most bytes one member may store on each node.
     pub quota: Option<u64>,
     /// Seconds a node may stay down before the mount rebuilds its segments.
@@ -154,12 +155,12 @@ pub fn sudo_invoker() -> Option<(u32, u32)> {
 /// Starts a controller, `nodes - 1` storage nodes and a mount (itself a node) on
 /// loopback, state under `data`, all proving the pool key at `key` (by default a key of
 /// the pool's own in its state directory; either is created if missing), each node
-/// holding at most `quota` bytes per member if given; `parity`, `repair_grace` and
+/// holding at most `quota` bytes per member if given; `redundancy`, `repair_grace` and
 /// `encrypt` go to the mount. Returns what was started.
 pub fn up(data: &Path, mountpoint: &Path, opts: UpOptions<'_>) -> Result<UpState, String> {
     let UpOptions {
         nodes,
-        parity,
+        redundancy,
         quota,
         repair_grace,
         key,
@@ -226,8 +227,12 @@ pub fn up(data: &Path, mountpoint: &Path, opts: UpOptions<'_>) -> Result<UpState
             )?);
         }
         let mut mount = member(args(&[&"mount", &mountpoint]), &dir.join("mount"));
-        if let Some(m) = parity {
-            mount.extend(args(&[&"--parity", &m.to_string()]));
+        match redundancy {
+            Redundancy::Auto => {}
+            Redundancy::Tolerate(f) => mount.extend(args(&[&"--tolerate", &f.to_string()])),
+            Redundancy::Exact { .. } => {
+                mount.extend(args(&[&"--redundancy", &redundancy.to_string()]))
+            }
         }
         if !encrypt {
             mount.extend(args(&[&"--no-encryption"]));

@@ -39,6 +39,7 @@ pub use error::ClientError;
 pub use fanout::READ_DEADLINE;
 pub use layout::Layout;
 pub use manifest::{Holder, Manifest, Moved, Placement, Sealing, StripeRecord};
+pub use placement::Redundancy;
 use seal::FileCipher;
 pub use segments::{Fault, MemSegments, SegmentError, SegmentIo, SegmentRead, ViewSource};
 pub use stripe::StripeData;
@@ -52,8 +53,8 @@ pub const DEFAULT_SHARD_SIZE: u32 = 1 << 20;
 pub struct ClientConfig {
     /// The controller asked for the pool view (and so for where to place files).
     pub controller: SocketAddr,
-    /// Parity shards per stripe; `None` chooses: 1 on pools of 3 or more nodes, else 0.
-    pub parity: Option<u32>,
+    /// The shape of new files (`placement::shape` turns it into k + m by pool size).
+    pub redundancy: Redundancy,
     /// Largest shard in bytes (`DEFAULT_SHARD_SIZE` by default); fixed per file when
     /// it is placed.
     pub shard_size: u32,
@@ -72,8 +73,8 @@ pub struct ClientConfig {
 /// How a client lays out and seals files, whatever carries its segments.
 #[derive(Clone, Debug)]
 pub struct DataConfig {
-    /// Parity shards per stripe; `None` chooses: 1 on pools of 3 or more nodes, else 0.
-    pub parity: Option<u32>,
+    /// The shape of new files (`placement::shape` turns it into k + m by pool size).
+    pub redundancy: Redundancy,
     /// Bytes per shard of a full stripe.
     pub shard_size: u32,
     /// Stripes stored or fetched concurrently by one stream.
@@ -83,11 +84,11 @@ pub struct DataConfig {
 }
 
 impl DataConfig {
-    /// The defaults (parity by pool size, `DEFAULT_SHARD_SIZE`, 4 stripes in flight),
+    /// The defaults (shape by pool size, `DEFAULT_SHARD_SIZE`, 4 stripes in flight),
     /// sealing with keys from `owner`.
     pub fn new(owner: Option<Arc<OwnerKey>>) -> Self {
         DataConfig {
-            parity: None,
+            redundancy: Redundancy::Auto,
             shard_size: DEFAULT_SHARD_SIZE,
             stripes_in_flight: 4,
             owner,
@@ -107,7 +108,7 @@ impl ClientConfig {
             controller,
             creds,
             owner,
-            parity: None,
+            redundancy: Redundancy::Auto,
             shard_size: DEFAULT_SHARD_SIZE,
             stripes_in_flight: 4,
             own: None,
@@ -117,7 +118,7 @@ impl ClientConfig {
     /// The layout and sealing part of this configuration.
     pub fn data(&self) -> DataConfig {
         DataConfig {
-            parity: self.parity,
+            redundancy: self.redundancy,
             shard_size: self.shard_size,
             stripes_in_flight: self.stripes_in_flight,
             owner: self.owner.clone(),

@@ -216,7 +216,8 @@ impl PoolClient {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testkit::{bytes, pool, pool_with_parity, put};
+    use super::super::testkit::{bytes, pool, pool_with, put};
+    use super::super::Redundancy;
     use super::super::{ClientError, Fault};
 
     #[tokio::test]
@@ -245,7 +246,7 @@ mod tests {
     #[tokio::test]
     async fn a_reservation_skips_a_dead_holder_but_not_below_the_quorum() {
         // k = 2, m = 2: a quorum of k + 1 = 3 holders of 4.
-        let (mem, client) = pool_with_parity(4, false, Some(2));
+        let (mem, client) = pool_with(4, false, Redundancy::Tolerate(2));
         let m = client.new_file().await.expect("new file");
         let stripe = m.place.layout.segment_offset(1);
         mem.set_fault(4, Some(Fault::Down));

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{DataConfig, Manifest, MemSegments, PoolClient};
+use super::{DataConfig, Manifest, MemSegments, PoolClient, Redundancy};
 use crate::trust::OwnerKey;
 
 /// Shard size of test files: small, so a few KiB span several stripes, and not a
@@ -11,22 +11,18 @@ use crate::trust::OwnerKey;
 pub const SHARD: u32 = 4000;
 
 /// A client over a fresh in-memory pool of `n` nodes, sealing shards when `sealed`,
-/// with the default parity.
+/// with the default shape.
 pub fn pool(n: usize, sealed: bool) -> (Arc<MemSegments>, PoolClient) {
-    pool_with_parity(n, sealed, None)
+    pool_with(n, sealed, Redundancy::Auto)
 }
 
-/// `pool`, with `parity` parity shards per stripe (`None`: the default).
-pub fn pool_with_parity(
-    n: usize,
-    sealed: bool,
-    parity: Option<u32>,
-) -> (Arc<MemSegments>, PoolClient) {
+/// `pool`, with new files shaped by `redundancy`.
+pub fn pool_with(n: usize, sealed: bool, redundancy: Redundancy) -> (Arc<MemSegments>, PoolClient) {
     let mem = MemSegments::new(n);
     let owner = sealed.then(|| Arc::new(OwnerKey::from_bytes([7; 32])));
     let mut cfg = DataConfig::new(owner);
     cfg.shard_size = SHARD;
-    cfg.parity = parity;
+    cfg.redundancy = redundancy;
     (mem.clone(), PoolClient::in_memory(mem, cfg))
 }
 

@@ -16,17 +16,20 @@ impl PoolClient {
         let view = self.view().await?;
         let id: [u8; 16] = rand::random();
         let file_id = hex::encode(id);
-        placement::place_new(&view, self.cfg.parity, self.cfg.shard_size, file_id)
+        placement::place_new(&view, self.cfg.redundancy, self.cfg.shard_size, file_id)
             .map(Manifest::new)
             .ok_or(ClientError::NoNodes)
     }
 
     /// The placement an empty file (nothing stored, nothing reserved) should have now:
-    /// `Some` fresh manifest when its holders are no longer exactly the live nodes
-    /// (`placement::is_stale`), `None` when `m` may stay as it is.
+    /// `Some` fresh manifest when a holder is lost while a spare live node could take
+    /// its place (`placement::is_stale`) or the pool changed the shape new files get
+    /// (`placement::reshaped`), `None` when `m` may stay as it is.
     pub async fn place_again(&self, m: &Manifest) -> Result<Option<Manifest>, ClientError> {
         let view = self.view().await?;
-        if !placement::is_stale(&m.place, &view) {
+        if !placement::is_stale(&m.place, &view)
+            && !placement::reshaped(&m.place, &view, self.cfg.redundancy)
+        {
             return Ok(None);
         }
         self.new_file().await.map(Some)
@@ -189,14 +192,16 @@ mod tests {
     use crate::proto::NodeState;
 
     #[tokio::test]
-    async fn a_new_file_spans_the_live_nodes_with_one_parity_segment_on_three() {
+    async fn a_new_file_on_four_nodes_is_3_plus_1_with_a_down_member_holding_parity() {
         let (mem, client) = pool(4, false);
         mem.set_state(2, Some(NodeState::Down));
         client.refresh_view().await.expect("view");
         let m = client.new_file().await.expect("new file");
+        // The down member may come back: it counts for the shape, and holds the parity
+        // segment (its shards go to stand-ins until it returns).
         let holders: Vec<_> = m.place.holders.iter().map(|h| h.node_id).collect();
-        assert_eq!(holders, vec![1, 3, 4]);
-        assert_eq!((m.place.layout.k, m.place.layout.m), (2, 1));
+        assert_eq!(holders, vec![1, 3, 4, 2]);
+        assert_eq!((m.place.layout.k, m.place.layout.m), (3, 1));
         assert_eq!(m.place.layout.shard_size, SHARD);
     }
 
@@ -225,11 +230,13 @@ mod tests {
             .write_stripe(&place, (0, 0), &bytes(500, 2))
             .await
             .expect("a write survives one dead holder");
-        // k + 1 = 4 of 4 shards are the quorum: shard 1 went to a stand-in, the live
-        // node with the fewest shards of the stripe and the most room (node 1 on ties).
+        // k + 1 = 4 of 4 shards are the quorum: shard 1 went to a stand-in, a live
+        // node (each holds one shard of the stripe: the file's rendezvous order picks).
         assert_eq!(record.moved.len(), 1);
-        assert_eq!((record.moved[0].shard, record.moved[0].to.node_id), (1, 1));
-        assert_eq!(mem.segments_of(1, &place.file_id), 2);
+        let to = record.moved[0].to.node_id;
+        assert_eq!(record.moved[0].shard, 1);
+        assert!([1, 3, 4].contains(&to), "stand-in {to}");
+        assert_eq!(mem.segments_of(to, &place.file_id), 2);
     }
 
     #[tokio::test]

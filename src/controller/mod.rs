@@ -243,6 +243,7 @@ impl ControllerService {
                 listen,
                 capacity,
                 used,
+                machine,
             } => 'join: {
                 // An id is bound to the static key its node proved in the handshake.
                 if !peer.owns(identity) {
@@ -254,7 +255,7 @@ impl ControllerService {
                 } else {
                     listen
                 };
-                let node_id = reg.join(identity, addr, capacity, used, now);
+                let node_id = reg.join(identity, addr, (capacity, used), &machine, now);
                 log::info!("node {node_id} joined from {addr}");
                 Response::Assigned(Assign {
                     controller: peer.local,
@@ -271,7 +272,8 @@ impl ControllerService {
                 identity,
                 capacity,
                 used,
-            } => match reg.heartbeat(node_id, identity, capacity, used, now) {
+                machine,
+            } => match reg.heartbeat(node_id, identity, (capacity, used), &machine, now) {
                 Ok(()) => Response::Pool(reg.view(now)),
                 Err(e) => registry_error(e),
             },

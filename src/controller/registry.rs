@@ -29,6 +29,10 @@ struct MemberRecord {
     capacity: u64,
     used: u64,
     gone: bool,
+    /// The machine the node names (`NodeInfo::machine`); files from before machine
+    /// names read as empty until the node's next heartbeat.
+    #[serde(default)]
+    machine: String,
 }
 
 /// The version of `registry.json` this poolfs writes (see `crate::versioned`; files
@@ -131,13 +135,15 @@ impl Registry {
         self.epoch += 1;
     }
 
-    /// Admits a node, or recognises it by identity and gives its old id back.
+    /// Admits a node, or recognises it by identity and gives its old id back; records
+    /// its address, `capacity` and `used` bytes, and the `machine` it runs on (`""`:
+    /// not known, the one recorded stays).
     pub fn join(
         &mut self,
         identity: Identity,
         addr: SocketAddr,
-        capacity: u64,
-        used: u64,
+        (capacity, used): (u64, u64),
+        machine: &str,
         now: Instant,
     ) -> NodeId {
         let existing = self
@@ -157,6 +163,7 @@ impl Registry {
                     capacity,
                     used,
                     gone: false,
+                    machine: machine.to_string(),
                 };
                 self.members.insert(
                     id,
@@ -174,6 +181,10 @@ impl Registry {
             m.record.capacity = capacity;
             m.record.used = used;
             m.record.gone = false;
+            // "" (a sweep, which does not learn the machine) keeps the one known.
+            if !machine.is_empty() && m.record.machine != machine {
+                m.record.machine = machine.to_string();
+            }
             m.state = NodeState::Up;
             m.last_seen = now;
         }
@@ -193,8 +204,8 @@ impl Registry {
         Ok(m)
     }
 
-    /// Records a heartbeat (`capacity` and `used` in bytes); a down or departed member
-    /// comes back up, a leaving one stays leaving.
+    /// Records a heartbeat (`capacity` and `used` in bytes, the `machine` the node runs
+    /// on); a down or departed member comes back up, a leaving one stays leaving.
     ///
     /// Errors: `RegistryError::Unknown` for an id no member has, `Impostor` if the id
     /// belongs to another identity.
@@ -202,14 +213,19 @@ impl Registry {
         &mut self,
         id: NodeId,
         identity: Identity,
-        capacity: u64,
-        used: u64,
+        (capacity, used): (u64, u64),
+        machine: &str,
         now: Instant,
     ) -> Result<(), RegistryError> {
         let m = self.member_of(id, identity)?;
         m.last_seen = now;
         m.record.capacity = capacity;
         m.record.used = used;
+        // A renamed machine changes where files are placed: a new view, kept on disk.
+        let renamed = m.record.machine != machine;
+        if renamed {
+            m.record.machine = machine.to_string();
+        }
         let was = m.state;
         // A leaving member keeps heartbeating while it hands its segments off.
         if was != NodeState::Up && was != NodeState::Leaving {
@@ -220,6 +236,10 @@ impl Registry {
             if was == NodeState::Gone {
                 self.save();
             }
+        }
+        if renamed {
+            self.bump();
+            self.save();
         }
         Ok(())
     }
@@ -299,6 +319,7 @@ impl Registry {
                     capacity: m.record.capacity,
                     used: m.record.used,
                     last_seen_ms: now.duration_since(m.last_seen).as_millis() as u64,
+                    machine: m.record.machine.clone(),
                 })
                 .collect(),
         }
@@ -320,16 +341,20 @@ mod tests {
         let (a, b) = (Identity([1; 16]), Identity([2; 16]));
         {
             let mut r = Registry::load(dir.path()).unwrap();
-            assert_eq!(r.join(a, addr(1), 10, 0, now), 1);
-            assert_eq!(r.join(b, addr(2), 10, 0, now), 2);
-            assert_eq!(r.join(a, addr(3), 10, 0, now), 1, "a rejoin keeps the id");
+            assert_eq!(r.join(a, addr(1), (10, 0), "m", now), 1);
+            assert_eq!(r.join(b, addr(2), (10, 0), "m", now), 2);
+            assert_eq!(
+                r.join(a, addr(3), (10, 0), "m", now),
+                1,
+                "a rejoin keeps the id"
+            );
         }
         let mut r = Registry::load(dir.path()).unwrap();
         let view = r.view(now);
         assert!(view.nodes.iter().all(|n| n.state == NodeState::Down));
         assert_eq!(view.node(1).unwrap().addr, addr(3));
-        assert_eq!(r.join(b, addr(2), 10, 0, now), 2);
-        assert_eq!(r.join(Identity([3; 16]), addr(4), 10, 0, now), 3);
+        assert_eq!(r.join(b, addr(2), (10, 0), "m", now), 2);
+        assert_eq!(r.join(Identity([3; 16]), addr(4), (10, 0), "m", now), 3);
     }
 
     #[test]
@@ -343,15 +368,40 @@ mod tests {
         let mut r = Registry::load(dir.path()).unwrap();
         let now = Instant::now();
         assert_eq!(r.view(now).node(2).unwrap().addr, addr(9));
-        assert_eq!(r.join(Identity([2; 16]), addr(9), 10, 4, now), 2);
-        assert_eq!(r.join(Identity([5; 16]), addr(5), 10, 0, now), 3);
+        assert_eq!(
+            r.view(now).node(2).unwrap().machine,
+            "",
+            "no machine named yet"
+        );
+        assert_eq!(r.join(Identity([2; 16]), addr(9), (10, 4), "m", now), 2);
+        assert_eq!(r.view(now).node(2).unwrap().machine, "m");
+        assert_eq!(r.join(Identity([5; 16]), addr(5), (10, 0), "m", now), 3);
+    }
+
+    #[test]
+    fn the_machine_a_node_names_is_shown_and_kept_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Instant::now();
+        let a = Identity([1; 16]);
+        {
+            let mut r = Registry::load(dir.path()).unwrap();
+            let id = r.join(a, addr(1), (10, 0), "desk-1a2b3c4d", now);
+            assert_eq!(r.view(now).node(id).unwrap().machine, "desk-1a2b3c4d");
+            let epoch = r.view(now).epoch;
+            // Renamed (`--machine`) and restarted without a new join: a new view.
+            r.heartbeat(id, a, (10, 0), "desk", now).unwrap();
+            assert_eq!(r.view(now).node(id).unwrap().machine, "desk");
+            assert!(r.view(now).epoch > epoch);
+        }
+        let r = Registry::load(dir.path()).unwrap();
+        assert_eq!(r.view(now).node(1).unwrap().machine, "desk");
     }
 
     #[test]
     fn a_saved_registry_carries_its_version() {
         let dir = tempfile::tempdir().unwrap();
         let mut r = Registry::load(dir.path()).unwrap();
-        r.join(Identity([1; 16]), addr(1), 10, 0, Instant::now());
+        r.join(Identity([1; 16]), addr(1), (10, 0), "m", Instant::now());
         let bytes = std::fs::read(dir.path().join("registry.json")).unwrap();
         let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(json["version"], REGISTRY_VERSION);
@@ -382,21 +432,21 @@ mod tests {
         let mut r = Registry::in_memory();
         let t0 = Instant::now();
         let a = Identity([1; 16]);
-        let id = r.join(a, addr(1), 10, 0, t0);
+        let id = r.join(a, addr(1), (10, 0), "m", t0);
         let e0 = r.view(t0).epoch;
         assert!(!r.sweep(t0 + Duration::from_secs(1), Duration::from_secs(3)));
         assert!(r.sweep(t0 + Duration::from_secs(4), Duration::from_secs(3)));
         assert_eq!(r.view(t0).nodes[0].state, NodeState::Down);
         assert!(r.view(t0).epoch > e0);
         assert_eq!(
-            r.heartbeat(id, Identity([9; 16]), 10, 0, t0),
+            r.heartbeat(id, Identity([9; 16]), (10, 0), "m", t0),
             Err(RegistryError::Impostor(id))
         );
         assert_eq!(
-            r.heartbeat(77, a, 10, 0, t0),
+            r.heartbeat(77, a, (10, 0), "m", t0),
             Err(RegistryError::Unknown(77))
         );
-        r.heartbeat(id, a, 10, 5, t0 + Duration::from_secs(5))
+        r.heartbeat(id, a, (10, 5), "m", t0 + Duration::from_secs(5))
             .unwrap();
         assert_eq!(
             r.view(t0 + Duration::from_secs(5)).nodes[0].state,
@@ -413,13 +463,13 @@ mod tests {
         let t0 = Instant::now();
         let a = Identity([1; 16]);
         let mut r = Registry::load(dir.path()).unwrap();
-        let id = r.join(a, addr(1), 10, 0, t0);
+        let id = r.join(a, addr(1), (10, 0), "m", t0);
         assert!(r.drain(id, Identity([9; 16])).is_err(), "another identity");
         r.drain(id, a).unwrap();
         let state = |r: &Registry, t| r.view(t).node(id).unwrap().state;
         assert_eq!(state(&r, t0), NodeState::Leaving);
         let t1 = t0 + Duration::from_secs(1);
-        r.heartbeat(id, a, 10, 0, t1).unwrap();
+        r.heartbeat(id, a, (10, 0), "m", t1).unwrap();
         assert_eq!(
             state(&r, t1),
             NodeState::Leaving,
@@ -434,7 +484,7 @@ mod tests {
         assert_eq!(state(&r, t1), NodeState::Gone);
         // A leaving member that falls silent is down, like any other.
         let b = Identity([2; 16]);
-        let id_b = r.join(b, addr(2), 10, 0, t1);
+        let id_b = r.join(b, addr(2), (10, 0), "m", t1);
         r.drain(id_b, b).unwrap();
         assert!(r.sweep(t1 + Duration::from_secs(10), Duration::from_secs(3)));
         assert_eq!(state(&r, t1), NodeState::Gone);

@@ -12,7 +12,7 @@ use super::meta::MetaStore;
 use super::repair::{self, RepairReport};
 use super::vfs::Vfs;
 use super::FsError;
-use crate::client::{ClientConfig, PoolClient};
+use crate::client::{ClientConfig, PoolClient, Redundancy};
 use crate::node::{Node, NodeConfig, NodeError};
 use crate::trust::{OwnerKey, PoolKey};
 
@@ -32,8 +32,10 @@ pub struct MountConfig {
     pub capacity: Option<u64>,
     /// Bytes one member may hold on this machine's node; `None`: up to the capacity.
     pub quota: Option<u64>,
-    /// Parity segments per file; `None`: 1 on pools of 3 or more nodes, else 0.
-    pub parity: Option<u32>,
+    /// The shape of new files (`--redundancy`, `--tolerate`).
+    pub redundancy: Redundancy,
+    /// The machine this mount's node runs on (`--machine`).
+    pub machine: String,
     /// Admit every user, not only the mounter (fuser's session ACL, `--allow-other`).
     pub allow_other: bool,
     /// How long a node may stay down before its segments are rebuilt elsewhere.
@@ -217,6 +219,7 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
         capacity: cfg.capacity,
         quota: cfg.quota,
         key: cfg.key.clone(),
+        machine: cfg.machine.clone(),
     }))?;
     if rt
         .block_on(node.wait_joined(Duration::from_secs(5)))
@@ -233,7 +236,7 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
         false => None,
     };
     let mut client_cfg = ClientConfig::new(cfg.controller, node.credentials(), owner);
-    client_cfg.parity = cfg.parity;
+    client_cfg.redundancy = cfg.redundancy;
     client_cfg.own = Some(node.own_segments());
     let client = Arc::new(PoolClient::new(client_cfg));
     let vfs = Arc::new(Vfs::new(meta, client, rt.handle().clone())?);

@@ -198,8 +198,8 @@ pub fn repair_pass(vfs: &Vfs, grace: Duration) -> Result<RepairReport, FsError> 
             continue;
         }
         for i in broken {
-            // The emptiest live node that holds nothing of this file yet.
-            let Some(to) = placement::rebuild_target(&view, &m.place) else {
+            // A live node that holds nothing of this file yet, on another machine if any.
+            let Some(to) = placement::rebuild_target(&view, &m.place, i) else {
                 report.pending += 1;
                 continue;
             };

@@ -43,6 +43,7 @@ pub(super) async fn membership_loop(
                     identity: shared.identity,
                     capacity,
                     used,
+                    machine: shared.machine.clone(),
                 };
                 pool.call(ctrl, &req, None).await.map(|(resp, _)| resp)
             }
@@ -52,6 +53,7 @@ pub(super) async fn membership_loop(
                     listen: shared.listen,
                     capacity,
                     used,
+                    machine: shared.machine.clone(),
                 };
                 pool.call(ctrl, &req, None).await.map(|(resp, _)| resp)
             }

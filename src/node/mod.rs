@@ -5,6 +5,7 @@
 
 mod handles;
 pub mod handoff;
+mod machine;
 mod membership;
 mod pin;
 mod segfile;
@@ -28,6 +29,7 @@ use crate::proto::{
     SegmentRef,
 };
 use crate::trust::{Credentials, KeyError, PoolKey};
+pub use machine::default_machine_name;
 use membership::membership_loop;
 use pin::ControllerPin;
 use service::store_error;
@@ -55,6 +57,10 @@ pub struct NodeConfig {
     pub quota: Option<u64>,
     /// The pool key every connection proves.
     pub key: PoolKey,
+    /// The machine this node runs on, sent in JOIN and HEARTBEAT so that placement puts
+    /// no two shards of a stripe on one machine (`--machine`; by default
+    /// `default_machine_name`).
+    pub machine: String,
 }
 
 /// Why a node could not start.
@@ -101,6 +107,8 @@ struct Shared {
     pin: ControllerPin,
     creds: Arc<Credentials>,
     listen: SocketAddr,
+    /// The machine this node runs on (`NodeConfig::machine`).
+    machine: String,
     membership: Mutex<Membership>,
     controller: watch::Sender<Option<SocketAddr>>,
 }
@@ -189,6 +197,7 @@ impl Node {
             pin,
             creds: creds.clone(),
             listen: addr,
+            machine: cfg.machine.clone(),
             membership: Mutex::new(Membership::default()),
             controller,
         });

@@ -26,6 +26,8 @@ impl NodeService {
             identity: creds.identity(),
             creds,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            // Never joins a pool: no machine to name.
+            machine: String::new(),
             membership: Mutex::new(Membership::default()),
             controller,
         }))

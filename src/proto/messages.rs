@@ -62,6 +62,10 @@ pub struct NodeInfo {
     pub used: u64,
     /// Milliseconds since the controller last heard from the node.
     pub last_seen_ms: u64,
+    /// The machine the node runs on, as it names itself (`node --machine`; by default
+    /// the host name and a hash of /etc/machine-id): placement puts no two shards of a
+    /// stripe on one machine while others have room. Empty for a node that sent none.
+    pub machine: String,
 }
 
 /// The whole membership; `epoch` grows on every change.

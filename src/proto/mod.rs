@@ -21,7 +21,8 @@ pub use rpc::{ControllerRequest, NodeRequest, SegmentRead, Service, ServiceReque
 /// 8: `Reserve` and `Punch`; a node's `used` is the bytes allocated on its disk.
 /// 9: one request enum per service, each request tagged with its service; `Fwd`,
 ///    `FwdParts` and `FwdSealed` folded into one `Fwd { segment, what }`.
-pub const PROTOCOL_VERSION: u16 = 9;
+/// 10: `machine` in `Join`, `Heartbeat` and `NodeInfo`.
+pub const PROTOCOL_VERSION: u16 = 10;
 /// Most ranges one FWD of `SegmentRead::Parts` may ask for.
 pub const MAX_PARTS: usize = 8;
 /// Bound into every handshake's prologue with the version.

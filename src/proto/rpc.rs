@@ -55,6 +55,8 @@ pub enum ControllerRequest {
         capacity: u64,
         /// Bytes its segments have allocated.
         used: u64,
+        /// The machine the node runs on (see `NodeInfo::machine`).
+        machine: String,
     },
     /// Node to controller, every second: still alive; answered with `Pool`.
     Heartbeat {
@@ -66,6 +68,8 @@ pub enum ControllerRequest {
         capacity: u64,
         /// Bytes its segments have allocated.
         used: u64,
+        /// The machine the node runs on (see `NodeInfo::machine`).
+        machine: String,
     },
     /// Node to controller: I am leaving the pool now; answered with `Ok`.
     Leave {

@@ -292,22 +292,38 @@ pub(crate) fn encoded_request() -> impl Strategy<Value = Vec<u8>> {
 
 fn controller_request() -> impl Strategy<Value = ControllerRequest> {
     prop_oneof![
-        (identity(), socket_addr(), any::<u64>(), any::<u64>()).prop_map(
-            |(identity, listen, capacity, used)| ControllerRequest::Join {
-                identity,
-                listen,
-                capacity,
-                used
-            }
-        ),
-        (any::<u32>(), identity(), any::<u64>(), any::<u64>()).prop_map(
-            |(node_id, identity, capacity, used)| ControllerRequest::Heartbeat {
-                node_id,
-                identity,
-                capacity,
-                used
-            }
-        ),
+        (
+            identity(),
+            socket_addr(),
+            any::<u64>(),
+            any::<u64>(),
+            ".{0,20}"
+        )
+            .prop_map(|(identity, listen, capacity, used, machine)| {
+                ControllerRequest::Join {
+                    identity,
+                    listen,
+                    capacity,
+                    used,
+                    machine,
+                }
+            }),
+        (
+            any::<u32>(),
+            identity(),
+            any::<u64>(),
+            any::<u64>(),
+            ".{0,20}"
+        )
+            .prop_map(|(node_id, identity, capacity, used, machine)| {
+                ControllerRequest::Heartbeat {
+                    node_id,
+                    identity,
+                    capacity,
+                    used,
+                    machine,
+                }
+            }),
         (any::<u32>(), identity())
             .prop_map(|(node_id, identity)| ControllerRequest::Leave { node_id, identity }),
         (any::<u32>(), identity())
@@ -391,15 +407,19 @@ fn node_info() -> impl Strategy<Value = NodeInfo> {
         any::<u64>(),
         any::<u64>(),
         any::<u64>(),
+        ".{0,20}",
     )
-        .prop_map(|(id, addr, state, capacity, used, last_seen_ms)| NodeInfo {
-            id,
-            addr,
-            state,
-            capacity,
-            used,
-            last_seen_ms,
-        })
+        .prop_map(
+            |(id, addr, state, capacity, used, last_seen_ms, machine)| NodeInfo {
+                id,
+                addr,
+                state,
+                capacity,
+                used,
+                last_seen_ms,
+                machine,
+            },
+        )
 }
 
 fn pool_view() -> impl Strategy<Value = PoolView> {

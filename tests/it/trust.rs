@@ -37,12 +37,14 @@ fn every_verb() -> Vec<(&'static str, Vec<u8>)> {
             listen,
             capacity: 1 << 20,
             used: 0,
+            machine: "test".into(),
         },
         ControllerRequest::Heartbeat {
             node_id: 1,
             identity: me,
             capacity: 1 << 20,
             used: 0,
+            machine: "test".into(),
         },
         ControllerRequest::Leave {
             node_id: 1,
@@ -274,6 +276,7 @@ fn the_right_key_works_and_ids_are_bound_to_keys() {
                 identity: victim,
                 capacity: 1,
                 used: 0,
+                machine: "test".into(),
             },
             ControllerRequest::Leave {
                 node_id: 1,
@@ -284,6 +287,7 @@ fn the_right_key_works_and_ids_are_bound_to_keys() {
                 listen: "127.0.0.1:9".parse().unwrap(),
                 capacity: 1,
                 used: 0,
+                machine: "test".into(),
             },
         ] {
             let err = conn.call(&req, None).await.unwrap_err();
@@ -294,6 +298,7 @@ fn the_right_key_works_and_ids_are_bound_to_keys() {
             listen: "127.0.0.1:9".parse().unwrap(),
             capacity: 1,
             used: 0,
+            machine: "test".into(),
         };
         let (answer, _) = conn.call(&mine, None).await.unwrap();
         assert!(matches!(answer, Response::Assigned(_)), "{answer:?}");

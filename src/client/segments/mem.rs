@@ -190,6 +190,8 @@ impl MemSegments {
                     capacity: n.capacity,
                     used: n.used(),
                     last_seen_ms: 0,
+                    // Every in-memory node on a machine of its own.
+                    machine: format!("mem-{id}"),
                 })
             })
             .collect();

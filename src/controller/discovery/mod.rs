@@ -365,7 +365,8 @@ impl Discovery {
                         continue;
                     }
                 }
-                let id = reg.join(stat.identity, *addr, stat.capacity, stat.used, now);
+                // STAT does not name the machine: the node's own JOIN or heartbeat will.
+                let id = reg.join(stat.identity, *addr, (stat.capacity, stat.used), "", now);
                 if known.is_none() {
                     log::info!("sweep found a new node at {addr}: id {id}");
                 } else {
@@ -436,6 +437,7 @@ mod tests {
             capacity: Some(1 << 20),
             quota: None,
             key: key.clone(),
+            machine: "test".into(),
         })
         .await
         .unwrap();
@@ -449,6 +451,7 @@ mod tests {
             capacity: Some(1 << 20),
             quota: None,
             key: key.clone(),
+            machine: "test".into(),
         })
         .await
         .unwrap();
