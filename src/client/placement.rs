@@ -69,8 +69,9 @@ pub fn stand_ins(
 
 /// Where a segment of the file placed as `place` is rebuilt when its holder is lost:
 /// the live node with the most free space (the highest id among equals) that holds no
-/// segment of the file yet. `None` when every live node already holds one.
-pub fn rebuild_target(view: &PoolView, place: &Placement) -> Option<Holder> {
+/// segment of the file yet. `None` when every live node already holds one. `_i` is the
+/// segment being rebuilt (unused by this policy).
+pub fn rebuild_target(view: &PoolView, place: &Placement, _i: usize) -> Option<Holder> {
     view.live()
         .into_iter()
         .filter(|n| !place.holders.iter().any(|h| h.node_id == n.id))
@@ -255,7 +256,7 @@ mod tests {
             ),
         ];
         for (nodes, want) in table {
-            let got = rebuild_target(&view(nodes), &place).map(|h| h.node_id);
+            let got = rebuild_target(&view(nodes), &place, 1).map(|h| h.node_id);
             assert_eq!(got, *want, "nodes {nodes:?}");
         }
     }

@@ -1,18 +1,36 @@
-//! Keeping files whole: per-file health, rebuilding the segments of nodes that left or
-//! stayed down onto live nodes (in the background and rate-limited), and the scrub that
-//! verifies every shard; each pass records its outcome for the pool's attributes
-//! (`user.poolfs.repair`, `user.poolfs.scrub`).
+//! Keeping files whole: per-file health, the repair passes' record (`user.poolfs.repair`)
+//! and which holders repair gives up on; the pass itself (rebuild, re-encode, bring
+//! home) is in `pass`, the scrub that verifies every shard in `scrub`.
 
 use std::time::{Duration, Instant};
 
 use super::meta::Kind;
 use super::vfs::Vfs;
 use super::FsError;
-use crate::client::{placement, Holder};
+use crate::client::{Holder, Pace};
 use crate::proto::{NodeState, PoolView};
 
-/// Pause between rebuilt stripes, so repair leaves bandwidth to users.
-const STRIPE_PAUSE: Duration = Duration::from_millis(5);
+mod pass;
+mod scrub;
+
+pub use pass::{repair_pass, COMMIT_EVERY};
+pub use scrub::{last_scrub, scrub_and_record, scrub_pass, ScrubReport};
+
+/// Least pause between two stores of repair, so it leaves turns to users' requests.
+pub const STRIPE_PAUSE: Duration = Duration::from_millis(5);
+
+/// Repair's bandwidth budget: 32 MiB/s, about a quarter of a gigabit link, so a node
+/// rebuilding a large file leaves most of its link and disk to users. A 1 GiB segment
+/// takes some 32 s to rebuild at this rate.
+pub const REPAIR_BYTES_PER_SEC: u64 = 32 << 20;
+
+/// How repair paces its stores: `REPAIR_BYTES_PER_SEC`, at least `STRIPE_PAUSE` apart.
+pub fn pace() -> Pace {
+    Pace {
+        bytes_per_sec: REPAIR_BYTES_PER_SEC,
+        floor: STRIPE_PAUSE,
+    }
+}
 
 /// One-line health of a file: how many of its segments sit on live nodes and whether
 /// that is enough to read it (`getfattr -n user.poolfs.health FILE`).
@@ -70,8 +88,25 @@ pub fn health(vfs: &Vfs, ino: u64) -> Result<String, FsError> {
     Ok(text)
 }
 
+/// `view` with every node repair gives up on (`needs_repair`) marked gone: what new
+/// placements and rebuild targets are chosen over, so a node away for good counts
+/// neither as a place for shards nor in the pool's size.
+pub fn repair_view(view: &PoolView, grace: Duration) -> PoolView {
+    let mut out = view.clone();
+    for node in &mut out.nodes {
+        let holder = Holder {
+            node_id: node.id,
+            addr: node.addr,
+        };
+        if needs_repair(view, &holder, grace) {
+            node.state = NodeState::Gone;
+        }
+    }
+    out
+}
+
 /// Is this holder's node gone, or down for longer than `grace`?
-fn needs_repair(view: &PoolView, holder: &Holder, grace: Duration) -> bool {
+pub fn needs_repair(view: &PoolView, holder: &Holder, grace: Duration) -> bool {
     match view.node(holder.node_id) {
         None => true,
         Some(n) => match n.state {
@@ -85,8 +120,12 @@ fn needs_repair(view: &PoolView, holder: &Holder, grace: Duration) -> bool {
 /// What one repair pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RepairReport {
-    /// Segments rebuilt onto a live node in this pass.
+    /// Segments rebuilt onto a live node in this pass, and shards brought home.
     pub rebuilt: usize,
+    /// Files re-encoded in a narrower shape (no live node held none of them).
+    pub reencoded: usize,
+    /// Bytes repair stored on nodes in this pass.
+    pub bytes: u64,
     /// Segments that need rebuilding but could not be (file open, no spare node, error).
     pub pending: usize,
     /// Segments on nodes that are down but still within the grace period.
@@ -100,6 +139,13 @@ pub struct RepairProgress {
     pub passes: u64,
     /// Segments rebuilt since the mount started.
     pub rebuilt_total: u64,
+    /// Files re-encoded since the mount started.
+    pub reencoded_total: u64,
+    /// Bytes repair stored on nodes since the mount started (its traffic).
+    pub bytes_total: u64,
+    /// The grace the passes run with (`None` before the first): how long a holder
+    /// may stay down before its segments are rebuilt elsewhere.
+    pub grace: Option<Duration>,
     /// When the last pass ended, and what it did (or why it could not run).
     pub last: Option<(Instant, Result<RepairReport, String>)>,
 }
@@ -117,6 +163,12 @@ impl RepairProgress {
                     "repair: {} segments rebuilt so far, {} pending",
                     self.rebuilt_total, r.pending
                 );
+                if self.reencoded_total > 0 {
+                    text.push_str(&format!(
+                        ", {} files re-encoded narrower",
+                        self.reencoded_total
+                    ));
+                }
                 if r.waiting > 0 {
                     text.push_str(&format!(
                         ", {} waiting for their node (down, within the grace period)",
@@ -124,15 +176,16 @@ impl RepairProgress {
                     ));
                 }
                 text.push_str(&format!(
-                    "; last pass {ago:.1}s ago rebuilt {} ({} passes)",
-                    r.rebuilt, self.passes
+                    "; last pass {ago:.1}s ago rebuilt {} ({} passes); {} bytes written by \
+                     repair",
+                    r.rebuilt, self.passes, self.bytes_total
                 ));
                 text
             }
             Err(e) => format!(
                 "repair: {} segments rebuilt so far; last pass {ago:.1}s ago failed: {e} \
-                 ({} passes)",
-                self.rebuilt_total, self.passes
+                 ({} passes); {} bytes written by repair",
+                self.rebuilt_total, self.passes, self.bytes_total
             ),
         }
     }
@@ -143,8 +196,11 @@ pub fn repair_and_record(vfs: &Vfs, grace: Duration) -> Result<RepairReport, FsE
     let result = repair_pass(vfs, grace);
     let mut progress = vfs.repair.lock().unwrap_or_else(|p| p.into_inner());
     progress.passes += 1;
+    progress.grace = Some(grace);
     if let Ok(r) = &result {
         progress.rebuilt_total += r.rebuilt as u64;
+        progress.reencoded_total += r.reencoded as u64;
+        progress.bytes_total += r.bytes;
     }
     let outcome = match &result {
         Ok(r) => Ok(*r),
@@ -160,187 +216,4 @@ pub fn repair_progress(vfs: &Vfs) -> String {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .describe()
-}
-
-/// Rebuilds every segment held by a node that left (or is down longer than `grace`)
-/// onto a live node that holds no segment of that file. Open files wait for a later
-/// pass; a segment with no spare node to go to stays pending.
-pub fn repair_pass(vfs: &Vfs, grace: Duration) -> Result<RepairReport, FsError> {
-    let view = vfs.run(vfs.client().view())?;
-    let mut report = RepairReport::default();
-    for inode in vfs.meta().files()? {
-        let Some(mut m) = inode.manifest.clone() else {
-            continue;
-        };
-        if m.inline.is_some() && !m.stores_anything() {
-            continue; // a small file kept in its record: nothing on the pool to repair
-        }
-        let original = m.clone();
-        let broken: Vec<usize> = (0..m.place.holders.len())
-            .filter(|&i| needs_repair(&view, &m.place.holders[i], grace))
-            .collect();
-        report.waiting += m
-            .place
-            .holders
-            .iter()
-            .filter(|h| {
-                view.node(h.node_id)
-                    .is_some_and(|n| n.state == NodeState::Down)
-                    && !needs_repair(&view, h, grace)
-            })
-            .count();
-        let moved = m.has_moved();
-        if broken.is_empty() && !moved {
-            continue;
-        }
-        if vfs.is_open(inode.ino) {
-            report.pending += broken.len();
-            continue;
-        }
-        for i in broken {
-            // The emptiest live node that holds nothing of this file yet.
-            let Some(to) = placement::rebuild_target(&view, &m.place) else {
-                report.pending += 1;
-                continue;
-            };
-            let target = to.clone();
-            let from = m.place.holders[i].node_id;
-            match vfs.run(vfs.client().rebuild_segment(&m, i, to, STRIPE_PAUSE)) {
-                Ok(moved) => {
-                    log::info!(
-                        "repair: segment {i} of file {} rebuilt from node {from} onto node {}",
-                        m.place.file_id,
-                        target.node_id
-                    );
-                    m = moved;
-                    report.rebuilt += 1;
-                }
-                Err(e) => {
-                    log::warn!(
-                        "repair: cannot rebuild segment {i} of file {}: {e}",
-                        m.place.file_id
-                    );
-                    report.pending += 1;
-                }
-            }
-        }
-        if m.has_moved() {
-            match vfs.run(vfs.client().bring_home(&m, STRIPE_PAUSE)) {
-                Ok(home) => {
-                    let before = m.moved_count();
-                    let after = home.moved_count();
-                    if after < before {
-                        log::info!(
-                            "repair: {} shards of file {} moved back to their holders",
-                            before - after,
-                            m.place.file_id
-                        );
-                        report.rebuilt += before - after;
-                    }
-                    report.pending += after;
-                    m = home;
-                }
-                Err(e) => {
-                    log::warn!(
-                        "repair: cannot move shards of file {} home: {e}",
-                        m.place.file_id
-                    );
-                }
-            }
-        }
-        if m == original {
-            continue;
-        }
-        let kept = m.all_holders();
-        if !vfs.swap_manifest(inode.ino, &original, m)? {
-            log::info!(
-                "repair: file {} changed meanwhile; it will be looked at again",
-                original.place.file_id
-            );
-            continue;
-        }
-        // The hand-off of a leaving node ends with its copy deleted: it may go once
-        // it holds nothing the pool still needs.
-        for old in original.all_holders() {
-            let leaving = view
-                .node(old.node_id)
-                .is_some_and(|n| n.state == NodeState::Leaving);
-            if leaving && !kept.iter().any(|h| h.node_id == old.node_id) {
-                if let Err(e) = vfs.run(vfs.client().delete_on(&old, &original.place.file_id)) {
-                    log::warn!(
-                        "repair: cannot delete the handed-off segments of file {} on node {}: {e}",
-                        original.place.file_id,
-                        old.node_id
-                    );
-                }
-            }
-        }
-    }
-    Ok(report)
-}
-
-/// What one scrub pass found.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct ScrubReport {
-    /// Files walked.
-    pub files: usize,
-    /// Shards read and verified (checksum or chunk tags).
-    pub verified: usize,
-    /// Shards found missing or corrupt and stored again.
-    pub healed: usize,
-    /// Stripes with fewer than `k` good shards: they could not be healed.
-    pub unreadable: usize,
-}
-
-impl std::fmt::Display for ScrubReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "scrubbed {} files: {} shards verified, {} healed, {} stripes unreadable",
-            self.files, self.verified, self.healed, self.unreadable
-        )
-    }
-}
-
-/// Runs a scrub pass and records its outcome for `user.poolfs.scrub`.
-pub fn scrub_and_record(vfs: &Vfs) -> Result<ScrubReport, FsError> {
-    let report = scrub_pass(vfs)?;
-    log::info!("{report}");
-    *vfs.last_scrub.lock().unwrap_or_else(|p| p.into_inner()) = Some(report.to_string());
-    Ok(report)
-}
-
-/// The outcome of the last scrub pass.
-pub fn last_scrub(vfs: &Vfs) -> String {
-    vfs.last_scrub
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone()
-        .unwrap_or_else(|| "no scrub yet".into())
-}
-
-/// Reads and verifies every shard of every closed file, rewriting the bad ones.
-pub fn scrub_pass(vfs: &Vfs) -> Result<ScrubReport, FsError> {
-    let mut report = ScrubReport::default();
-    for inode in vfs.meta().files()? {
-        let Some(m) = &inode.manifest else { continue };
-        if vfs.is_open(inode.ino) {
-            continue;
-        }
-        report.files += 1;
-        for (j, rec) in m.records() {
-            match vfs.run(vfs.client().scrub_stripe(&m.place, j, m.stripe_len(j), rec)) {
-                Ok((verified, healed)) => {
-                    report.verified += verified;
-                    report.healed += healed;
-                }
-                Err(e) => {
-                    log::error!("scrub: {e}");
-                    report.unreadable += 1;
-                }
-            }
-            std::thread::sleep(STRIPE_PAUSE);
-        }
-    }
-    Ok(report)
 }
