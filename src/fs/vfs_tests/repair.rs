@@ -8,6 +8,7 @@ use super::{fixture, pattern, Fixture, SHARD, STRIPE};
 use crate::client::Fault;
 use crate::fs::meta::ROOT;
 use crate::fs::repair::{self, COMMIT_EVERY};
+use crate::fs::status;
 use crate::proto::NodeId;
 
 /// Node `id` is gone for good: unreachable, and no longer a member of the pool.
@@ -171,4 +172,104 @@ fn a_file_written_while_a_holder_is_down_is_back_on_its_holders_once_it_returns(
     f.mem.kill(1);
     f.vfs.run(f.vfs.client().refresh_view()).expect("view");
     assert_eq!(f.contents(ino), data);
+}
+
+#[test]
+fn status_says_how_many_machines_may_be_off_and_the_live_bytes_each_node_holds() {
+    let f = fixture(4);
+    let ino = f.file(ROOT, b"f", &pattern(2 * 3 * SHARD, 7));
+    f.vfs.run(f.vfs.client().refresh_view()).expect("view");
+    let risk = status::pool_risk(&f.vfs).expect("risk");
+    assert_eq!(risk.machines_off, Some(1), "3 + 1 over 4 machines");
+    assert_eq!((risk.files, risk.degraded), (1, 0));
+    let m = f.manifest(ino);
+    for n in &risk.nodes {
+        // Two full stripes: two shards on each holder.
+        assert_eq!(n.live, 2 * SHARD as u64, "node {}", n.id);
+        assert_eq!(n.held, f.mem.used(n.id), "node {}", n.id);
+    }
+    assert_eq!(risk.nodes.len(), m.place.holders.len());
+    let text = risk.render();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0],
+        "  risk: any 1 machine may be off at once with every file still readable"
+    );
+    assert_eq!(lines[1], "  0 of 1 files degraded");
+    assert_eq!(
+        lines[2],
+        format!(
+            "  node   1 up      holds {} bytes for {} bytes of live data",
+            f.mem.used(1),
+            2 * SHARD
+        )
+    );
+}
+
+#[test]
+fn status_says_why_each_degraded_file_is_degraded_and_when_it_will_be_whole() {
+    let f = fixture(4);
+    f.file(ROOT, b"closed", &pattern(3 * SHARD, 8));
+    let open = f.file(ROOT, b"open", &pattern(3 * SHARD, 9));
+    let fh = f.vfs.open(open, libc::O_RDONLY).expect("open");
+    f.mem.kill(4);
+    f.vfs.run(f.vfs.client().refresh_view()).expect("view");
+    repair::repair_and_record(&f.vfs, Duration::from_secs(60)).expect("repair pass");
+    let risk = status::pool_risk(&f.vfs).expect("risk");
+    assert_eq!(risk.machines_off, Some(0), "no parity left");
+    assert_eq!(risk.degraded, 2);
+    let why: Vec<(&str, &str)> = risk
+        .degraded_files
+        .iter()
+        .map(|d| (d.path.as_str(), d.why.as_str()))
+        .collect();
+    assert_eq!(
+        why,
+        vec![
+            (
+                "closed",
+                "node 4 down 0 s, rebuilt after the grace (in 60 s)"
+            ),
+            (
+                "open",
+                "open: repaired after close; node 4 down 0 s, rebuilt after the grace (in 60 s)"
+            ),
+        ]
+    );
+    f.vfs.release(fh).expect("close");
+    // Gone for good, and every live node holds a segment already.
+    gone(&f, 4);
+    f.vfs.run(f.vfs.client().refresh_view()).expect("view");
+    let risk = status::pool_risk(&f.vfs).expect("risk");
+    assert_eq!(
+        risk.degraded_files[0].why,
+        "no node holds none of it: re-encoding to 2+1 queued"
+    );
+    let text = risk.render();
+    assert!(
+        text.contains("  2 of 2 files degraded\n    closed: no node holds none of it"),
+        "{text}"
+    );
+    // Once repaired, nothing is degraded and one machine may be off again.
+    repair_now(&f);
+    let risk = status::pool_risk(&f.vfs).expect("risk");
+    assert_eq!((risk.degraded, risk.machines_off), (0, Some(1)), "{risk:?}");
+}
+
+#[test]
+fn status_names_degraded_files_up_to_a_limit_then_counts_them() {
+    let f = fixture(3);
+    for i in 0..status::DEGRADED_LIMIT + 2 {
+        f.file(ROOT, format!("f{i:02}").as_bytes(), &pattern(2 * SHARD, 1));
+    }
+    f.mem.kill(2);
+    f.vfs.run(f.vfs.client().refresh_view()).expect("view");
+    let risk = status::pool_risk(&f.vfs).expect("risk");
+    assert_eq!(risk.degraded, status::DEGRADED_LIMIT + 2);
+    assert_eq!(risk.degraded_files.len(), status::DEGRADED_LIMIT);
+    assert!(
+        risk.render().contains("    and 2 more degraded files\n"),
+        "{}",
+        risk.render()
+    );
 }
