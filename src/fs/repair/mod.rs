@@ -13,7 +13,7 @@ use crate::proto::{NodeState, PoolView};
 mod pass;
 mod scrub;
 
-pub use pass::{repair_pass, COMMIT_EVERY};
+pub use pass::{reencode_gains, repair_pass, COMMIT_EVERY};
 pub use scrub::{last_scrub, scrub_and_record, scrub_pass, ScrubReport};
 
 /// Least pause between two stores of repair, so it leaves turns to users' requests.

@@ -195,6 +195,12 @@ impl FileRepair<'_> {
             self.report.pending += 1;
             return Ok(());
         };
+        if !reencode_gains(&old, rview, place.layout.m) {
+            // A narrower shape with no more parity than the file has left would cost
+            // the traffic and keep a later joiner from restoring the shape it has.
+            self.report.pending += 1;
+            return Ok(());
+        }
         let shape = (place.layout.k, place.layout.m);
         let done = self.vfs.run(self.client().reencode(&old, place, self.pace));
         let (new, bytes) = match done {
@@ -273,6 +279,30 @@ impl FileRepair<'_> {
         );
         Ok(())
     }
+}
+
+/// Does re-encoding `m` with `m_new` parity shards (all on live nodes) leave it more
+/// redundant than it is in `view`: more parity than the spare shards its weakest
+/// stripe has on up nodes?
+pub fn reencode_gains(m: &Manifest, view: &PoolView, m_new: u32) -> bool {
+    let n = m.place.layout.segments() as usize;
+    let k = m.place.layout.k as i64;
+    let spare = m
+        .records()
+        .map(|(_, rec)| {
+            let missing: Vec<usize> = rec.missing(&m.place).collect();
+            let live = (0..n)
+                .filter(|i| !missing.contains(i))
+                .filter(|&i| {
+                    view.node(rec.holder(&m.place, i).node_id)
+                        .is_some_and(|node| node.state == NodeState::Up)
+                })
+                .count() as i64;
+            live - k
+        })
+        .min()
+        .unwrap_or(0);
+    i64::from(m_new) > spare
 }
 
 /// The node segment `i` of `m` was being rebuilt on when a repair stopped part way:

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::client::{placement, Manifest};
 use crate::fs::meta::{Kind, ROOT};
-use crate::fs::repair::{needs_repair, repair_view};
+use crate::fs::repair::{needs_repair, reencode_gains, repair_view};
 use crate::fs::vfs::Vfs;
 use crate::fs::FsError;
 use crate::proto::{NodeId, NodeState, PoolView};
@@ -246,11 +246,16 @@ fn why_degraded(
                     let shape = vfs
                         .client()
                         .placement_for(&rview, m.place.layout.shard_size)
-                        .map(|p| format!("{}+{}", p.layout.k, p.layout.m));
+                        .map(|p| (p.layout.k, p.layout.m));
                     why.push(match shape {
-                        Some(shape) => {
-                            format!("no node holds none of it: re-encoding to {shape} queued")
+                        Some((k, p)) if reencode_gains(m, &rview, p) => {
+                            format!("no node holds none of it: re-encoding to {k}+{p} queued")
                         }
+                        Some(_) => format!(
+                            "node {} {state}: no node holds none of it and a narrower shape \
+                             would not add parity: waits for a node to join",
+                            h.node_id
+                        ),
                         None => "no node holds none of it and none is live: waits for nodes".into(),
                     });
                 }

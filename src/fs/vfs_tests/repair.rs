@@ -273,3 +273,32 @@ fn status_names_degraded_files_up_to_a_limit_then_counts_them() {
         risk.render()
     );
 }
+
+#[test]
+fn a_file_a_narrower_shape_would_not_protect_better_waits_for_a_node_to_join() {
+    let f = fixture(3);
+    let data = pattern(3 * STRIPE as usize, 10);
+    let ino = f.file(ROOT, b"f", &data);
+    let old = f.manifest(ino);
+    gone(&f, 3);
+    // 2 + 1 with one holder gone has no spare shard; 2 + 0 on the two left has none
+    // either: re-encoding would only cost traffic.
+    let report = repair_now(&f);
+    assert_eq!((report.reencoded, report.pending), (0, 1), "{report:?}");
+    assert_eq!(f.manifest(ino), old);
+    let risk = status::pool_risk(&f.vfs).expect("risk");
+    assert!(
+        risk.degraded_files[0]
+            .why
+            .ends_with("waits for a node to join"),
+        "{:?}",
+        risk.degraded_files
+    );
+    let spare = f.mem.add_node();
+    let report = repair_now(&f);
+    assert_eq!(report.rebuilt, 1, "{report:?}");
+    assert_eq!(holders(&f, ino), vec![1, 2, spare]);
+    f.mem.kill(1);
+    f.vfs.run(f.vfs.client().refresh_view()).expect("view");
+    assert_eq!(f.contents(ino), data);
+}
