@@ -62,6 +62,7 @@ pub fn repair_pass(vfs: &Vfs, grace: Duration) -> Result<RepairReport, FsError> 
         };
         match file.run(&broken, &rview) {
             Ok(()) => delete_handed_off(vfs, &view, &m, &file.committed),
+            Err(Stop::Changed) => log::info!("repair: file {}: {}", m.place.file_id, Stop::Changed),
             Err(e) => log::warn!("repair: file {}: {e}", m.place.file_id),
         }
     }
