@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::{needs_repair, pace, repair_view, RepairReport};
 use crate::client::{adopt_holder, placement, Holder, Manifest, Pace, PoolClient};
+use crate::fs::status::stripe_machines_off;
 use crate::fs::vfs::Vfs;
 use crate::fs::FsError;
 use crate::proto::{NodeState, PoolView};
@@ -282,28 +283,17 @@ impl FileRepair<'_> {
     }
 }
 
-/// Does re-encoding `m` with `m_new` parity shards (all on live nodes) leave it more
-/// redundant than it is in `view`: more parity than the spare shards its weakest
-/// stripe has on up nodes?
+/// Does re-encoding `m` with `m_new` parity shards (on as many machines, all live)
+/// leave it more redundant than it is in `view`: may more machines be off then than
+/// its weakest stripe allows now (`status::stripe_machines_off`, which counts a machine
+/// holding two shards of a stripe, on a stand-in, as two)?
 pub fn reencode_gains(m: &Manifest, view: &PoolView, m_new: u32) -> bool {
-    let n = m.place.layout.segments() as usize;
-    let k = m.place.layout.k as i64;
-    let spare = m
+    let now = m
         .records()
-        .map(|(_, rec)| {
-            let missing: Vec<usize> = rec.missing(&m.place).collect();
-            let live = (0..n)
-                .filter(|i| !missing.contains(i))
-                .filter(|&i| {
-                    view.node(rec.holder(&m.place, i).node_id)
-                        .is_some_and(|node| node.state == NodeState::Up)
-                })
-                .count() as i64;
-            live - k
-        })
+        .map(|(_, rec)| stripe_machines_off(m, rec, view).map_or(-1, |t| t as i64))
         .min()
         .unwrap_or(0);
-    i64::from(m_new) > spare
+    i64::from(m_new) > now
 }
 
 /// The node segment `i` of `m` was being rebuilt on when a repair stopped part way:

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::client::{placement, Manifest};
+use crate::client::{placement, Manifest, StripeRecord};
 use crate::fs::meta::{Kind, ROOT};
 use crate::fs::repair::{needs_repair, reencode_gains, repair_view};
 use crate::fs::vfs::Vfs;
@@ -181,8 +181,25 @@ fn is_up(view: &PoolView, id: NodeId) -> bool {
     view.node(id).is_some_and(|n| n.state == NodeState::Up)
 }
 
-/// The least machine tolerance over the stored stripes of `m`; adds each stored
-/// shard's bytes to `live` under the node that holds it.
+/// How many machines may be off at once with the stripe recorded as `rec` of the file
+/// `m` still readable in `view` (`stripe_tolerance` over its shards on up nodes, per
+/// machine); `None` when it is unreadable now.
+pub fn stripe_machines_off(m: &Manifest, rec: &StripeRecord, view: &PoolView) -> Option<usize> {
+    let n = m.place.layout.segments() as usize;
+    let missing: Vec<usize> = rec.missing(&m.place).collect();
+    let mut per_machine: HashMap<String, usize> = HashMap::new();
+    for i in (0..n).filter(|i| !missing.contains(i)) {
+        let at = rec.holder(&m.place, i).node_id;
+        if is_up(view, at) {
+            *per_machine.entry(machine_of(view, at)).or_default() += 1;
+        }
+    }
+    let counts: Vec<usize> = per_machine.into_values().collect();
+    stripe_tolerance(m.place.layout.k as usize, &counts)
+}
+
+/// The least machine tolerance over the stored stripes of `m` (0 when one is
+/// unreadable); adds each stored shard's bytes to `live` under the node that holds it.
 fn file_tolerance(m: &Manifest, view: &PoolView, live: &mut BTreeMap<NodeId, u64>) -> usize {
     let layout = m.place.layout;
     let n = layout.segments() as usize;
@@ -190,17 +207,10 @@ fn file_tolerance(m: &Manifest, view: &PoolView, live: &mut BTreeMap<NodeId, u64
     for (j, rec) in m.records() {
         let missing: Vec<usize> = rec.missing(&m.place).collect();
         let shard = rec.stored_len(layout.shard_len(m.stripe_len(j)) as usize) as u64;
-        let mut per_machine: HashMap<String, usize> = HashMap::new();
         for i in (0..n).filter(|i| !missing.contains(i)) {
-            let at = rec.holder(&m.place, i).node_id;
-            *live.entry(at).or_default() += shard;
-            if is_up(view, at) {
-                *per_machine.entry(machine_of(view, at)).or_default() += 1;
-            }
+            *live.entry(rec.holder(&m.place, i).node_id).or_default() += shard;
         }
-        let counts: Vec<usize> = per_machine.into_values().collect();
-        let t = stripe_tolerance(layout.k as usize, &counts).unwrap_or(0);
-        least = least.min(t);
+        least = least.min(stripe_machines_off(m, rec, view).unwrap_or(0));
     }
     if least == usize::MAX {
         0

@@ -302,3 +302,29 @@ fn a_file_a_narrower_shape_would_not_protect_better_waits_for_a_node_to_join() {
     f.vfs.run(f.vfs.client().refresh_view()).expect("view");
     assert_eq!(f.contents(ino), data);
 }
+
+#[test]
+fn a_file_written_whole_on_stand_ins_is_re_encoded_when_its_holder_never_returns() {
+    let f = fixture(4);
+    let (inode, fh) = f.vfs.create(ROOT, b"f", 0o644, 1000, 1000).expect("create");
+    // The file is placed (3 + 1 on nodes 1 to 4); node 4 dies before its first byte.
+    f.vfs.write(fh, 0, b"x").expect("placed");
+    f.mem.kill(4);
+    f.vfs.run(f.vfs.client().refresh_view()).expect("view");
+    let data = pattern(3 * 3 * SHARD + 5, 11);
+    f.vfs.write(fh, 0, &data).expect("write");
+    f.vfs.release(fh).expect("close");
+    let m = f.manifest(inode.ino);
+    assert_eq!(m.place.holders.len(), 4, "placed while node 4 was up");
+    // Every stripe has 4 shards, two of them on one node: losing it loses the file.
+    let risk = status::pool_risk(&f.vfs).expect("risk");
+    assert_eq!(risk.machines_off, Some(0), "{risk:?}");
+    gone(&f, 4);
+    let report = repair_now(&f);
+    assert_eq!(report.reencoded, 1, "{report:?}");
+    let risk = status::pool_risk(&f.vfs).expect("risk");
+    assert_eq!((risk.machines_off, risk.degraded), (Some(1), 0), "{risk:?}");
+    f.mem.kill(3);
+    f.vfs.run(f.vfs.client().refresh_view()).expect("view");
+    assert_eq!(f.contents(inode.ino), data);
+}
