@@ -5,8 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Placement;
-use super::{stripe, ClientError, Holder, Manifest, PoolClient, StripeRecord};
+use super::{placement, Placement};
+use super::{stripe, ClientError, Holder, Manifest, Moved, PoolClient, StripeRecord};
+use crate::proto::PoolView;
 
 impl PoolClient {
     /// Stripe `j`'s shards as its record says they were stored: erasure coded from
@@ -33,31 +34,122 @@ impl PoolClient {
         Ok(shards)
     }
 
-    /// Rebuilds segment `i` of a file on `to` (a node that is not yet a holder), stripe
-    /// by stripe from the other segments, pausing `pause` between stripes so repair
-    /// does not crowd out users. Returns the manifest with the new holder; shards of
-    /// segment i that had been moved elsewhere come home to it too.
-    pub async fn rebuild_segment(
+    /// Rebuilds shard `i` of the stripes `js` of the file `m` onto `to` (a live node
+    /// that is not the segment's holder), each from whichever k shards can be read,
+    /// and records each as moved to `to`: a manifest committed after any prefix of the
+    /// work reads right, so a rebuild cut short resumes where it stopped. `pace` spaces
+    /// the stores out. Returns the manifest and the bytes stored on `to`.
+    ///
+    /// Once no stripe is left on the lost holder, `adopt_holder` makes `to` segment
+    /// i's holder. Errors: a stripe that cannot be read (fewer than k shards) or a
+    /// store `to` refuses; the stripes done before are in no returned manifest then.
+    pub async fn rebuild_onto(
         &self,
         m: &Manifest,
         i: usize,
-        to: Holder,
-        pause: Duration,
-    ) -> Result<Manifest, ClientError> {
-        let mut moved = m.clone();
-        moved.place.holders[i] = to.clone();
-        // Holes have no shards anywhere: only stored stripes are rebuilt.
-        for (j, _) in m.records() {
+        to: &Holder,
+        js: &[u64],
+        pace: Pace,
+    ) -> Result<(Manifest, u64), ClientError> {
+        let mut out = m.clone();
+        let mut bytes = 0u64;
+        for &j in js {
+            if m.is_hole(j) {
+                continue; // holes have no shards anywhere
+            }
             let shard = Arc::new(self.rebuilt_shard(m, j, i).await?);
             let slot = m.stripe(j).slot;
-            self.store_shard(&moved.place, &to, (j, slot), i, &shard)
-                .await?;
-            if let Some(rec) = moved.stripes.get_mut(&j) {
+            self.store_shard(&m.place, to, (j, slot), i, &shard).await?;
+            bytes += shard.len() as u64;
+            if let Some(rec) = out.stripes.get_mut(&j) {
                 rec.moved.retain(|mv| mv.shard as usize != i);
+                rec.moved.push(Moved {
+                    shard: i as u32,
+                    to: to.clone(),
+                });
             }
-            tokio::time::sleep(pause).await;
+            tokio::time::sleep(pace.after(shard.len() as u64)).await;
         }
-        Ok(moved)
+        Ok((out, bytes))
+    }
+
+    /// A fresh placement for a file re-encoded by repair, over the live nodes of `view`
+    /// (repair passes one where nodes away for good are gone), in the shape this
+    /// client's policy gives that pool, with a new file id (its segments must not mix
+    /// with the old ones on a node holding both). `None` when no node is live.
+    pub fn placement_for(&self, view: &PoolView, shard_size: u32) -> Option<Placement> {
+        let id: [u8; 16] = rand::random();
+        placement::place_new(view, self.cfg.parity, shard_size, hex::encode(id))
+    }
+
+    /// Re-encodes the file `m` onto `place` (a fresh placement, with a file id of its
+    /// own, usually narrower: see `fs::repair`): every stored stripe's bytes are read
+    /// and written again in `place`'s stripes. Reservations (`fallocate`) are kept as
+    /// the new stripes covering them, unreserved on the nodes. Returns the new manifest
+    /// and the bytes stored; on an error, what was stored of the new copy is deleted.
+    pub async fn reencode(
+        &self,
+        m: &Manifest,
+        place: Placement,
+        pace: Pace,
+    ) -> Result<(Manifest, u64), ClientError> {
+        let mut out = Manifest::new(place);
+        out.size = m.size;
+        out.inline = m.inline.clone();
+        let result = self.reencode_into(m, &mut out, pace).await;
+        if result.is_err() {
+            if let Err(e) = self.delete(&out).await {
+                log::warn!(
+                    "repair: cannot delete the partial copy {} of file {}: {e}",
+                    out.place.file_id,
+                    m.place.file_id
+                );
+            }
+        }
+        result.map(|bytes| (out, bytes))
+    }
+
+    async fn reencode_into(
+        &self,
+        m: &Manifest,
+        out: &mut Manifest,
+        pace: Pace,
+    ) -> Result<u64, ClientError> {
+        let old = m.place.layout.stripe_size().max(1);
+        let new = out.place.layout.stripe_size().max(1);
+        // The new stripes that cover a byte of an old stored stripe (below the size).
+        let mut js = std::collections::BTreeSet::new();
+        for (j, _) in m.records() {
+            let start = j.saturating_mul(old);
+            let end = start.saturating_add(old).min(m.size);
+            if start < end {
+                js.extend(start / new..=(end - 1) / new);
+            }
+        }
+        let n = out.place.layout.segments() as u64;
+        let mut bytes = 0u64;
+        for j in js {
+            let len = out.stripe_len(j);
+            let data = self.read_range(m, j * new, len).await?;
+            let record = self.write_stripe(&out.place, (j, 0), &data).await?;
+            let shard = record.stored_len(out.place.layout.shard_len(len) as usize) as u64;
+            let stored = n - record.missing(&out.place).count() as u64;
+            bytes += shard * stored;
+            out.set_stripe(j, record);
+            tokio::time::sleep(pace.after(shard * stored)).await;
+        }
+        for r in m.reserved.iter() {
+            let (start, end) = (r.start.saturating_mul(old), r.end.saturating_mul(old));
+            if start < end {
+                let covering = start / new..(end - 1) / new + 1;
+                out.reserved.insert(covering.clone());
+                let stored: Vec<u64> = out.records_in(covering).map(|(j, _)| j).collect();
+                for j in stored {
+                    out.reserved.remove(j..j + 1);
+                }
+            }
+        }
+        Ok(bytes)
     }
 
     /// Moves shards that were stored away from their holders back home, where the
@@ -177,6 +269,42 @@ impl PoolClient {
     }
 }
 
+/// The file `m` with `to` as the holder of segment `i`: shards of segment i recorded as
+/// moved to `to` are home then. Called once no stripe's shard i is left on the old
+/// holder (see `PoolClient::rebuild_onto`).
+pub fn adopt_holder(m: &Manifest, i: usize, to: &Holder) -> Manifest {
+    let mut out = m.clone();
+    out.place.holders[i] = to.clone();
+    for rec in out.stripes.values_mut() {
+        rec.moved
+            .retain(|mv| !(mv.shard as usize == i && mv.to.node_id == to.node_id));
+    }
+    out
+}
+
+/// Repair's bandwidth budget: a store of `b` bytes is followed by a pause of
+/// `b / bytes_per_sec`, and never less than `floor`, so that repair leaves most of a
+/// node's link and disk to its users and its traffic is bounded whatever the shard
+/// size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pace {
+    /// Bytes per second repair may store, over all its stores (0: only the floor).
+    pub bytes_per_sec: u64,
+    /// The least pause after each store.
+    pub floor: Duration,
+}
+
+impl Pace {
+    /// The pause after storing `bytes` bytes.
+    pub fn after(&self, bytes: u64) -> Duration {
+        if self.bytes_per_sec == 0 {
+            return self.floor;
+        }
+        let budget = Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
+        budget.max(self.floor)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -217,10 +345,24 @@ mod tests {
             node_id: new,
             addr: MemSegments::addr_of(new),
         };
-        let rebuilt = client
-            .rebuild_segment(&m, 1, to, Duration::ZERO)
+        let js: Vec<u64> = m.records().map(|(j, _)| j).collect();
+        // Cut in two, as a repair committing part way and resuming does it.
+        let pace = super::Pace {
+            bytes_per_sec: 0,
+            floor: Duration::ZERO,
+        };
+        let (half, bytes) = client
+            .rebuild_onto(&m, 1, &to, &js[..2], pace)
             .await
-            .expect("rebuild");
+            .expect("rebuild the first stripes");
+        assert_eq!(bytes, 2 * SHARD as u64);
+        assert_eq!(half.stripe(0).holder(&half.place, 1).node_id, new);
+        let (all, _) = client
+            .rebuild_onto(&half, 1, &to, &js[2..], pace)
+            .await
+            .expect("rebuild the rest");
+        let rebuilt = super::adopt_holder(&all, 1, &to);
+        assert!(!rebuilt.has_moved());
         assert_eq!(rebuilt.place.holders[1].node_id, new);
         assert_eq!(mem.segments_of(new, &m.place.file_id), 1);
         mem.kill(1); // the rebuilt segment now carries the reads

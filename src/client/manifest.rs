@@ -36,6 +36,11 @@ pub struct Placement {
 
 /// A shard stored away from its segment's holder, because that holder was down or
 /// failed when the stripe was written. Repair moves it home once it can.
+///
+/// A record whose `to` is the segment's own holder marks a shard stored nowhere: the
+/// stripe was written degraded because no live node could take it
+/// (`StripeRecord::missing`). Repair stores it on its holder when that is back, as it
+/// brings a moved shard home.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Moved {
     /// Which shard of the stripe (the segment index).
@@ -80,6 +85,28 @@ impl StripeRecord {
             .iter()
             .find(|mv| mv.shard as usize == i)
             .map_or(&place.holders[i], |mv| &mv.to)
+    }
+
+    /// Records shard `i` as stored nowhere (see `Moved`), replacing any move of it.
+    pub fn set_missing(&mut self, place: &Placement, i: usize) {
+        self.moved.retain(|mv| mv.shard as usize != i);
+        self.moved.push(Moved {
+            shard: i as u32,
+            to: place.holders[i].clone(),
+        });
+    }
+
+    /// The shards of this stripe stored nowhere (written degraded), in record order.
+    pub fn missing<'a>(&'a self, place: &'a Placement) -> impl Iterator<Item = usize> + 'a {
+        self.moved
+            .iter()
+            .filter(|mv| {
+                place
+                    .holders
+                    .get(mv.shard as usize)
+                    .is_some_and(|h| h.node_id == mv.to.node_id)
+            })
+            .map(|mv| mv.shard as usize)
     }
 
     /// Is this stripe a hole (never written)?

@@ -37,6 +37,7 @@ use crate::trust::{Credentials, OwnerKey};
 use error::refused;
 pub use error::ClientError;
 pub use fanout::READ_DEADLINE;
+pub use heal::{adopt_holder, Pace};
 pub use layout::Layout;
 pub use manifest::{Holder, Manifest, Moved, Placement, Sealing, StripeRecord};
 pub use placement::Redundancy;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::{fanout, layout, placement, refused, stripe};
 use super::{ClientError, Holder, Manifest, Moved, PoolClient, Sealing, StripeRecord};
 use super::{FileCipher, Placement};
-use crate::proto::SegmentRef;
+use crate::proto::{NodeId, SegmentRef};
 
 impl PoolClient {
     /// An empty manifest for a new file, placed by `placement::place_new` on the pool
@@ -58,12 +58,20 @@ impl PoolClient {
     }
 
     /// Stores stripe `j` (its data bytes) in slot `slot` on all holders in parallel
-    /// and returns its record for the manifest. With parity, k + 1 stored shards are
-    /// enough (holders known to be down are skipped, stragglers get a short grace);
-    /// without, every shard must be stored. Shards whose holder is down or fails go to
-    /// other live nodes instead (recorded as moved), so a write survives a node dying
-    /// under it. The caller picks a slot the file's committed manifest does not use for
-    /// this stripe (copy-on-write: see `layout::SHADOW_SEGMENT`).
+    /// and returns its record for the manifest.
+    ///
+    /// Full redundancy: every one of the k + m shards is stored somewhere whenever a live
+    /// node can take it. Holders known to be down are skipped, the others get until the
+    /// write quorum (`fanout::write_quorum`) plus `fanout::STRAGGLER_GRACE`; then each
+    /// shard not stored yet (its holder down, failed or late) goes to a stand-in
+    /// (`placement::stand_ins`) and is recorded as moved. A shard no stand-in takes is
+    /// recorded as missing (see `StripeRecord::missing`): the stripe is written
+    /// degraded and repair stores that shard on its holder when the holder is back.
+    ///
+    /// Errors: fewer than the write quorum of shards stored anywhere (a full node or a
+    /// spent quota reported first, any other failure else; `Unavailable` when every
+    /// holder was known down). The caller picks a slot the file's committed manifest
+    /// does not use for this stripe (copy-on-write: see `layout::SHADOW_SEGMENT`).
     pub async fn write_stripe(
         &self,
         place: &Placement,
@@ -110,21 +118,27 @@ impl PoolClient {
             slot,
         };
         let mut count = stored.iter().filter(|s| **s).count();
-        if count < needed {
-            let unplaced: Vec<usize> = (0..n).filter(|&i| !stored[i]).collect();
-            for i in unplaced {
-                if count >= needed {
-                    break;
+        // Holders that did not store their own shard: no use as stand-ins either.
+        let mut failed: Vec<NodeId> = (0..n)
+            .filter(|&i| !stored[i])
+            .map(|i| place.holders[i].node_id)
+            .collect();
+        let mut missing = Vec::new();
+        for i in (0..n).filter(|&i| !stored[i]) {
+            match self
+                .store_elsewhere(place, j, i, &shards[i], &record, &mut failed)
+                .await
+            {
+                Ok(to) => {
+                    record.moved.push(Moved {
+                        shard: i as u32,
+                        to,
+                    });
+                    count += 1;
                 }
-                match self.store_elsewhere(place, j, i, &shards[i], &record).await {
-                    Ok(to) => {
-                        record.moved.push(Moved {
-                            shard: i as u32,
-                            to,
-                        });
-                        count += 1;
-                    }
-                    Err(e) => failures.push(e),
+                Err(e) => {
+                    failures.push(e);
+                    missing.push(i);
                 }
             }
         }
@@ -147,10 +161,19 @@ impl PoolClient {
                 failures.swap_remove(pos)
             });
         }
-        if count < n || !record.moved.is_empty() {
+        for &i in &missing {
+            record.set_missing(place, i);
+        }
+        if !missing.is_empty() {
             log::warn!(
-                "stripe {j} of file {} stored {count} of {n} shards ({} away from their \
-                 holders); it needs repair",
+                "stripe {j} of file {} written degraded: {count} of {n} shards stored, no \
+                 live node could take shards {missing:?}; repair stores them when their \
+                 holders are back",
+                place.file_id
+            );
+        } else if !record.moved.is_empty() {
+            log::info!(
+                "stripe {j} of file {}: {} of {n} shards on stand-ins; repair moves them home",
                 place.file_id,
                 record.moved.len()
             );
@@ -158,9 +181,10 @@ impl PoolClient {
         Ok(record)
     }
 
-    /// Stores shard `i` of stripe `j` on a live node other than its holder, preferring
-    /// nodes that hold no other shard of the stripe (`placement::stand_ins`). Returns
-    /// where it went.
+    /// Stores shard `i` of stripe `j` on a live node other than its holder, in the order
+    /// of `placement::stand_ins` (nodes holding no other shard of the stripe first),
+    /// skipping nodes in `failed` and adding to it those that refuse. Returns where it
+    /// went; `NoNodes` when no candidate was left, else the last refusal.
     async fn store_elsewhere(
         &self,
         place: &Placement,
@@ -168,17 +192,28 @@ impl PoolClient {
         i: usize,
         shard: &Arc<Vec<u8>>,
         record: &StripeRecord,
+        failed: &mut Vec<NodeId>,
     ) -> Result<Holder, ClientError> {
         let view = self.view().await?;
         let candidates = placement::stand_ins(&view, place, record, i);
         let mut last = None;
         for to in candidates {
+            if failed.contains(&to.node_id) {
+                continue;
+            }
             match self
                 .store_shard(place, &to, (j, record.slot), i, shard)
                 .await
             {
                 Ok(()) => return Ok(to),
-                Err(e) => last = Some(e),
+                Err(e) => {
+                    // A full node may still have taken its own shard: only refusals
+                    // other than space mark the node as failed for this stripe.
+                    if !matches!(e, ClientError::NoSpace { .. } | ClientError::Quota { .. }) {
+                        failed.push(to.node_id);
+                    }
+                    last = Some(e);
+                }
             }
         }
         Err(last.unwrap_or(ClientError::NoNodes))
@@ -187,7 +222,9 @@ impl PoolClient {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testkit::{bytes, pool, put, SHARD};
+    use std::time::Duration;
+
+    use super::super::testkit::{bytes, pool, pool_with_parity, put, SHARD};
     use super::super::{ClientError, Fault};
     use crate::proto::NodeState;
 
@@ -280,5 +317,86 @@ mod tests {
         client.refresh_view().await.expect("view");
         let err = client.write_stripe(&place, (0, 0), &bytes(500, 6)).await;
         assert!(matches!(err, Err(ClientError::NoNodes)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_holder_failing_mid_write_leaves_every_later_stripe_with_all_its_shards() {
+        // 3 + 2: the quorum is 4 of 5, so before full redundancy a stripe whose holder
+        // died was left with 4 shards and one more loss from unreadable.
+        let (mem, client) = pool_with_parity(5, false, Some(2));
+        let place = client.new_file().await.expect("new file").place;
+        let stripe = 3 * SHARD as usize;
+        client
+            .write_stripe(&place, (0, 0), &bytes(stripe, 0))
+            .await
+            .expect("first stripe");
+        // Node 5 dies under the writer, unseen by the view.
+        mem.set_fault(5, Some(Fault::Down));
+        let mut records = Vec::new();
+        for j in 1..=3u64 {
+            let record = client
+                .write_stripe(&place, (j, 0), &bytes(stripe, j as u8))
+                .await
+                .expect("a write survives a dead holder");
+            assert_eq!(record.moved.len(), 1, "stripe {j}: {:?}", record.moved);
+            assert_eq!(record.missing(&place).count(), 0);
+            records.push((j, record));
+        }
+        // Two more nodes go, neither one the stand-ins: 3 = k shards are left of each
+        // stripe, enough only if all 5 were stored.
+        let stand_ins: Vec<_> = records.iter().map(|(_, r)| r.moved[0].to.node_id).collect();
+        let doomed: Vec<_> = (1..=4)
+            .filter(|id| !stand_ins.contains(id))
+            .take(2)
+            .collect();
+        assert_eq!(doomed.len(), 2, "stand-ins {stand_ins:?}");
+        for id in doomed {
+            mem.kill(id);
+        }
+        mem.kill(5);
+        client.refresh_view().await.expect("view");
+        for (j, record) in &records {
+            let got = client
+                .read_stripe(&place, *j, stripe as u64, record)
+                .await
+                .expect("the stripe is readable with 3 of 5 nodes lost");
+            assert_eq!(got.to_vec(), bytes(stripe, *j as u8), "stripe {j}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stripe_no_live_node_can_complete_is_written_degraded_and_made_whole_on_return() {
+        let (mem, client) = pool_with_parity(5, false, Some(2));
+        let place = client.new_file().await.expect("new file").place;
+        mem.kill(5);
+        client.refresh_view().await.expect("view");
+        // Each live node has room for its own shard only: none can stand in for node 5.
+        for id in 1..=4 {
+            mem.set_capacity(id, SHARD as u64);
+        }
+        let stripe = 3 * SHARD as usize;
+        let data = bytes(stripe, 9);
+        let record = client
+            .write_stripe(&place, (0, 0), &data)
+            .await
+            .expect("4 of 5 shards meet the quorum");
+        assert_eq!(record.missing(&place).collect::<Vec<_>>(), vec![4]);
+        assert_eq!(mem.segments_of(5, &place.file_id), 0);
+        // Node 5 is back: repair stores the missing shard on it.
+        mem.set_fault(5, None);
+        mem.set_state(5, Some(NodeState::Up));
+        client.refresh_view().await.expect("view");
+        let mut m = super::super::Manifest::new(place.clone());
+        m.size = stripe as u64;
+        m.set_stripe(0, record);
+        let whole = client.bring_home(&m, Duration::ZERO).await.expect("repair");
+        assert!(!whole.has_moved(), "{:?}", whole.stripe(0).moved);
+        assert_eq!(mem.segments_of(5, &place.file_id), 1);
+        // Whole again: any two nodes may go.
+        mem.kill(1);
+        mem.kill(2);
+        client.refresh_view().await.expect("view");
+        let got = client.read_range(&whole, 0, stripe as u64).await;
+        assert_eq!(got.expect("read with 2 of 5 nodes lost"), data);
     }
 }

@@ -6,7 +6,14 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::fuse::{HEALTH_XATTR, REPAIR_XATTR};
+use super::fuse::{HEALTH_XATTR, REPAIR_XATTR, RISK_XATTR};
+
+mod risk;
+
+pub use risk::{
+    held_bytes, machine_of, pool_risk, stripe_machines_off, stripe_tolerance, DegradedFile,
+    NodeSpace, PoolRisk, DEGRADED_LIMIT,
+};
 
 /// Reads the extended attribute `name` of `path` (not following a final symlink) as
 /// text, invalid UTF-8 replaced. Errors: those of lgetxattr(2); an attribute the file
@@ -76,6 +83,12 @@ pub struct MountStatus {
     pub mountpoint: PathBuf,
     /// The repair progress line (or why it could not be read).
     pub repair: String,
+    /// The pool's risk as the mount sees it (`None` from a mount that does not tell
+    /// it); `risk_error` says why it could not be read.
+    pub risk: Option<PoolRisk>,
+    /// Why `risk` could not be read, if it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub risk_error: Option<String>,
     /// Every regular file, sorted by path.
     pub files: Vec<FileHealth>,
 }
@@ -104,12 +117,21 @@ pub fn mount_status(mountpoint: &Path) -> io::Result<MountStatus> {
         };
         io::Error::new(e.kind(), format!("{}: {why}", mountpoint.display()))
     })?;
+    let (risk, risk_error) = match get_xattr(mountpoint, RISK_XATTR) {
+        Ok(text) => match serde_json::from_str::<PoolRisk>(&text) {
+            Ok(risk) => (Some(risk), None),
+            Err(e) => (None, Some(format!("unreadable risk report: {e}"))),
+        },
+        Err(e) => (None, Some(format!("cannot read the risk report: {e}"))),
+    };
     let mut files = Vec::new();
     walk(mountpoint, Path::new(""), &mut files)?;
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(MountStatus {
         mountpoint: mountpoint.to_path_buf(),
         repair,
+        risk,
+        risk_error,
         files,
     })
 }
@@ -172,6 +194,11 @@ impl MountStatus {
         }
         out.push('\n');
         out.push_str(&format!("  {}\n", self.repair));
+        match (&self.risk, &self.risk_error) {
+            (Some(risk), _) => out.push_str(&risk.render()),
+            (None, Some(e)) => out.push_str(&format!("  risk: {e}\n")),
+            (None, None) => {}
+        }
         let width = self
             .files
             .iter()
@@ -228,6 +255,8 @@ mod tests {
         let st = MountStatus {
             mountpoint: "/mnt/pool".into(),
             repair: "repair: 2 segments rebuilt so far, 0 pending".into(),
+            risk: None,
+            risk_error: None,
             files: vec![
                 file("a", "healthy: 4 of 4"),
                 file("dir/b", "degraded (readable, repair pending): 3 of 4"),

@@ -14,6 +14,7 @@ mod data;
 mod failures;
 mod lifetimes;
 mod namespace;
+mod repair;
 mod xattrs;
 
 /// Shard size of the fixture's files: with 3 nodes (k = 2, m = 1) a stripe holds

@@ -25,7 +25,7 @@ use super::FsError;
 use convert::{caller, kind, time};
 use errno::errno;
 use xattr::{is_pool_xattr, is_system_xattr};
-pub use xattr::{HEALTH_XATTR, REPAIR_XATTR, SCRUB_XATTR};
+pub use xattr::{HEALTH_XATTR, REPAIR_XATTR, RISK_XATTR, SCRUB_XATTR};
 
 /// Only this mount changes its namespace, so the kernel may cache answers briefly.
 const TTL: Duration = Duration::from_secs(1);
@@ -403,6 +403,11 @@ impl Filesystem for PoolFs {
             Ok(repair::last_scrub(&self.vfs).into_bytes())
         } else if ino.0 == ROOT && name == REPAIR_XATTR.as_bytes() {
             Ok(repair::repair_progress(&self.vfs).into_bytes())
+        } else if ino.0 == ROOT && name == RISK_XATTR.as_bytes() {
+            crate::fs::status::pool_risk(&self.vfs).and_then(|risk| {
+                serde_json::to_vec(&risk)
+                    .map_err(|e| FsError::Task(format!("cannot encode the risk report: {e}")))
+            })
         } else if name == HEALTH_XATTR.as_bytes() {
             repair::health(&self.vfs, ino.0).map(String::into_bytes)
         } else if is_pool_xattr(name) || is_system_xattr(name) {

@@ -1,0 +1,366 @@
+//! One repair pass over the mount's closed files: a segment whose holder is away past
+//! the grace is rebuilt on a node holding none of the file (`placement::rebuild_target`),
+//! committed every few stripes so a killed mount resumes where it was; when no such node
+//! exists the file is re-encoded onto the live nodes in a narrower shape; shards stored
+//! away from their holders (or not at all, by a degraded write) are brought home.
+
+use std::time::Duration;
+
+use super::{needs_repair, pace, repair_view, RepairReport};
+use crate::client::{adopt_holder, placement, Holder, Manifest, Pace, PoolClient};
+use crate::fs::status::stripe_machines_off;
+use crate::fs::vfs::Vfs;
+use crate::fs::FsError;
+use crate::proto::{NodeState, PoolView};
+
+/// Stripes rebuilt between two commits of the file's manifest: what a mount killed in
+/// the middle of a rebuild does again at most (8 stripes of 4 MiB shards: 32 MiB).
+pub const COMMIT_EVERY: usize = 8;
+
+/// Repairs every closed file that needs it: segments of holders that left (or are down
+/// longer than `grace`) rebuilt onto a live node that holds no segment of that file, or
+/// the file re-encoded onto the live nodes when there is none; shards stored away from
+/// (or missing on) holders that are up brought home. Open files wait for a later pass
+/// (they are repaired after they close). Errors: only when there is no pool view or no
+/// metadata; a file that cannot be repaired now counts as pending.
+pub fn repair_pass(vfs: &Vfs, grace: Duration) -> Result<RepairReport, FsError> {
+    let view = vfs.run(vfs.client().view())?;
+    let rview = repair_view(&view, grace);
+    let mut report = RepairReport::default();
+    for inode in vfs.meta().files()? {
+        let Some(m) = inode.manifest.clone() else {
+            continue;
+        };
+        if m.inline.is_some() && !m.stores_anything() {
+            continue; // a small file kept in its record: nothing on the pool to repair
+        }
+        let broken: Vec<usize> = (0..m.place.holders.len())
+            .filter(|&i| needs_repair(&view, &m.place.holders[i], grace))
+            .collect();
+        report.waiting += m
+            .place
+            .holders
+            .iter()
+            .filter(|h| {
+                view.node(h.node_id)
+                    .is_some_and(|n| n.state == NodeState::Down)
+                    && !needs_repair(&view, h, grace)
+            })
+            .count();
+        if broken.is_empty() && !m.has_moved() {
+            continue;
+        }
+        if vfs.is_open(inode.ino) {
+            report.pending += broken.len();
+            continue;
+        }
+        let mut file = FileRepair {
+            vfs,
+            ino: inode.ino,
+            committed: m.clone(),
+            report: &mut report,
+            pace: pace(),
+        };
+        match file.run(&broken, &rview) {
+            Ok(()) => delete_handed_off(vfs, &view, &m, &file.committed),
+            Err(Stop::Changed) => log::info!("repair: file {}: {}", m.place.file_id, Stop::Changed),
+            Err(e) => log::warn!("repair: file {}: {e}", m.place.file_id),
+        }
+    }
+    Ok(report)
+}
+
+/// The repair of one closed file, committing its manifest as it goes.
+struct FileRepair<'a> {
+    vfs: &'a Vfs,
+    ino: u64,
+    /// The manifest as last committed (by the writer or by this repair).
+    committed: Manifest,
+    report: &'a mut RepairReport,
+    pace: Pace,
+}
+
+/// Why a file's repair stopped early.
+#[derive(Debug)]
+enum Stop {
+    /// The file changed (or was opened) meanwhile: a later pass looks again.
+    Changed,
+    /// The metadata store failed.
+    Meta(FsError),
+}
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stop::Changed => f.write_str("changed meanwhile; it will be looked at again"),
+            Stop::Meta(e) => write!(f, "cannot commit its manifest: {e}"),
+        }
+    }
+}
+
+impl FileRepair<'_> {
+    fn client(&self) -> &PoolClient {
+        self.vfs.client()
+    }
+
+    fn file_id(&self) -> &str {
+        &self.committed.place.file_id
+    }
+
+    /// Commits `next` in place of the manifest last committed, unless the file changed.
+    fn commit(&mut self, next: Manifest) -> Result<(), Stop> {
+        match self
+            .vfs
+            .swap_manifest(self.ino, &self.committed, next.clone())
+        {
+            Ok(true) => {
+                self.committed = next;
+                Ok(())
+            }
+            Ok(false) => Err(Stop::Changed),
+            Err(e) => Err(Stop::Meta(e)),
+        }
+    }
+
+    fn run(&mut self, broken: &[usize], rview: &PoolView) -> Result<(), Stop> {
+        let mut incomplete = false;
+        for &i in broken {
+            let target = resume_target(rview, &self.committed, i)
+                .or_else(|| placement::rebuild_target(rview, &self.committed.place, i));
+            let Some(to) = target else {
+                // Every live node holds a segment of the file already: no rebuild can
+                // give it back its redundancy, a narrower shape over the live nodes can.
+                return self.reencode(rview);
+            };
+            if !self.rebuild(i, &to)? {
+                self.report.pending += 1;
+                incomplete = true;
+            }
+        }
+        // Shards of a segment still being rebuilt are recorded as moved to the new
+        // node: they are not to be brought "home" to the lost holder.
+        if !incomplete && self.committed.has_moved() {
+            self.bring_home()?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds segment `i` onto `to`, `COMMIT_EVERY` stripes per commit, then makes
+    /// `to` its holder. False if a stripe could not be rebuilt (left for a later pass).
+    fn rebuild(&mut self, i: usize, to: &Holder) -> Result<bool, Stop> {
+        let lost = self.committed.place.holders[i].node_id;
+        let m = &self.committed;
+        let js: Vec<u64> = m
+            .records()
+            .filter(|(_, r)| r.holder(&m.place, i).node_id == lost)
+            .map(|(j, _)| j)
+            .collect();
+        for chunk in js.chunks(COMMIT_EVERY) {
+            let rebuilt =
+                self.vfs.run(
+                    self.client()
+                        .rebuild_onto(&self.committed, i, to, chunk, self.pace),
+                );
+            let (next, bytes) = match rebuilt {
+                Ok(done) => done,
+                Err(e) => {
+                    log::warn!(
+                        "repair: cannot rebuild segment {i} of file {} on node {}: {e}",
+                        self.file_id(),
+                        to.node_id
+                    );
+                    return Ok(false);
+                }
+            };
+            self.report.bytes += bytes;
+            self.commit(next)?;
+        }
+        self.commit(adopt_holder(&self.committed, i, to))?;
+        log::info!(
+            "repair: segment {i} of file {} rebuilt from node {lost} onto node {}",
+            self.file_id(),
+            to.node_id
+        );
+        self.report.rebuilt += 1;
+        Ok(true)
+    }
+
+    /// Re-encodes the file onto a new placement over the live nodes of `rview`, swaps
+    /// the manifest, and deletes the old segments; the new copy is dropped if the file
+    /// changed meanwhile.
+    fn reencode(&mut self, rview: &PoolView) -> Result<(), Stop> {
+        let old = self.committed.clone();
+        let Some(place) = self
+            .client()
+            .placement_for(rview, old.place.layout.shard_size)
+        else {
+            self.report.pending += 1;
+            return Ok(());
+        };
+        if !reencode_gains(&old, rview, place.layout.m) {
+            // A narrower shape with no more parity than the file has left would cost
+            // the traffic and keep a later joiner from restoring the shape it has.
+            self.report.pending += 1;
+            return Ok(());
+        }
+        let shape = (place.layout.k, place.layout.m);
+        let done = self.vfs.run(self.client().reencode(&old, place, self.pace));
+        let (new, bytes) = match done {
+            Ok(done) => done,
+            Err(e) => {
+                log::warn!("repair: cannot re-encode file {}: {e}", old.place.file_id);
+                self.report.pending += 1;
+                return Ok(());
+            }
+        };
+        self.report.bytes += bytes;
+        if let Err(stop) = self.commit(new.clone()) {
+            if let Err(e) = self.vfs.run(self.client().delete(&new)) {
+                log::warn!(
+                    "repair: cannot delete the unused copy {} of file {}: {e}",
+                    new.place.file_id,
+                    old.place.file_id
+                );
+            }
+            return Err(stop);
+        }
+        log::info!(
+            "repair: file {} re-encoded as {}+{} onto nodes {:?} (now {})",
+            old.place.file_id,
+            shape.0,
+            shape.1,
+            new.place
+                .holders
+                .iter()
+                .map(|h| h.node_id)
+                .collect::<Vec<_>>(),
+            new.place.file_id
+        );
+        self.report.reencoded += 1;
+        // Nodes that are away keep their old segments until the space sweep finds
+        // that no manifest names them.
+        if let Err(e) = self.vfs.run(self.client().delete(&old)) {
+            log::info!(
+                "repair: old segments of file {} not all deleted yet: {e}",
+                old.place.file_id
+            );
+        }
+        Ok(())
+    }
+
+    /// Stores shards kept away from their holders (or missing on them) on those of
+    /// their holders that are up.
+    fn bring_home(&mut self) -> Result<(), Stop> {
+        let m = self.committed.clone();
+        let shard = m.place.layout.shard_size as u64;
+        let pause = self.pace.after(shard);
+        let home = match self.vfs.run(self.client().bring_home(&m, pause)) {
+            Ok(home) => home,
+            Err(e) => {
+                log::warn!(
+                    "repair: cannot move shards of file {} home: {e}",
+                    self.file_id()
+                );
+                self.report.pending += m.moved_count();
+                return Ok(());
+            }
+        };
+        let before = m.moved_count();
+        let after = home.moved_count();
+        self.report.pending += after;
+        if after >= before {
+            return Ok(());
+        }
+        self.report.bytes += moved_home_bytes(&m, &home);
+        self.report.rebuilt += before - after;
+        self.commit(home)?;
+        log::info!(
+            "repair: {} shards of file {} moved back to their holders",
+            before - after,
+            self.file_id()
+        );
+        Ok(())
+    }
+}
+
+/// Does re-encoding `m` with `m_new` parity shards (on as many machines, all live)
+/// leave it more redundant than it is in `view`: may more machines be off then than
+/// its weakest stripe allows now (`status::stripe_machines_off`, which counts a machine
+/// holding two shards of a stripe, on a stand-in, as two)?
+pub fn reencode_gains(m: &Manifest, view: &PoolView, m_new: u32) -> bool {
+    let now = m
+        .records()
+        .map(|(_, rec)| stripe_machines_off(m, rec, view).map_or(-1, |t| t as i64))
+        .min()
+        .unwrap_or(0);
+    i64::from(m_new) > now
+}
+
+/// The node segment `i` of `m` was being rebuilt on when a repair stopped part way:
+/// the live node most of its stripes' shard i are recorded as moved to, if it holds
+/// no segment of the file. `None` when there is none.
+fn resume_target(view: &PoolView, m: &Manifest, i: usize) -> Option<Holder> {
+    let mut counts: Vec<(Holder, usize)> = Vec::new();
+    for (_, rec) in m.records() {
+        for mv in rec.moved.iter().filter(|mv| mv.shard as usize == i) {
+            match counts.iter_mut().find(|(h, _)| h.node_id == mv.to.node_id) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((mv.to.clone(), 1)),
+            }
+        }
+    }
+    counts
+        .into_iter()
+        .filter(|(h, _)| {
+            view.node(h.node_id)
+                .is_some_and(|n| n.state == NodeState::Up)
+                && !m.place.holders.iter().any(|x| x.node_id == h.node_id)
+        })
+        .max_by_key(|(_, n)| *n)
+        .map(|(h, _)| h)
+}
+
+/// Bytes stored by a bring-home that turned `before` into `after`: one shard for each
+/// moved record that is gone.
+fn moved_home_bytes(before: &Manifest, after: &Manifest) -> u64 {
+    let layout = before.place.layout;
+    before
+        .records()
+        .map(|(j, rec)| {
+            let left = after.stripe(j);
+            let home = rec
+                .moved
+                .iter()
+                .filter(|mv| !left.moved.contains(mv))
+                .count() as u64;
+            let shard = layout.shard_len(before.stripe_len(j)) as usize;
+            home * rec.stored_len(shard) as u64
+        })
+        .sum()
+}
+
+/// The hand-off of a leaving node ends with its copy deleted: it may go once it holds
+/// nothing the pool still needs (`before` → `after` is what repair committed).
+fn delete_handed_off(vfs: &Vfs, view: &PoolView, before: &Manifest, after: &Manifest) {
+    if before == after {
+        return;
+    }
+    let kept = after.all_holders();
+    let same_file = before.place.file_id == after.place.file_id;
+    for old in before.all_holders() {
+        let leaving = view
+            .node(old.node_id)
+            .is_some_and(|n| n.state == NodeState::Leaving);
+        // A re-encoded file has new segment names: its old ones all go.
+        let still_used = same_file && kept.iter().any(|h| h.node_id == old.node_id);
+        if leaving && !still_used {
+            if let Err(e) = vfs.run(vfs.client().delete_on(&old, &before.place.file_id)) {
+                log::warn!(
+                    "repair: cannot delete the handed-off segments of file {} on node {}: {e}",
+                    before.place.file_id,
+                    old.node_id
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! The pool's risk as this mount sees it (computed inside the mount, served as JSON by
+//! the root's `user.poolfs.risk` attribute): how many machines may be off at once with
+//! every file still readable, which files are degraded, why and when they will be whole
+//! again, and per node the bytes held against the bytes of live data.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::client::{placement, Manifest, StripeRecord};
+use crate::fs::meta::{Kind, ROOT};
+use crate::fs::repair::{needs_repair, reencode_gains, repair_view};
+use crate::fs::vfs::Vfs;
+use crate::fs::FsError;
+use crate::proto::{NodeId, NodeState, PoolView};
+
+/// Degraded files listed by name; past this many only their number is given.
+pub const DEGRADED_LIMIT: usize = 20;
+
+/// The pool's risk for one mount's files.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolRisk {
+    /// Machines that may be off at once, whichever they are, with every stored stripe
+    /// still readable; `None` when no stripe is stored. 0 with a file unreadable now.
+    pub machines_off: Option<usize>,
+    /// Files with data on the pool.
+    pub files: usize,
+    /// Of those, files with a shard away from its place or on a node that is not up.
+    pub degraded: usize,
+    /// The first `DEGRADED_LIMIT` degraded files, by path.
+    pub degraded_files: Vec<DegradedFile>,
+    /// Per member of the pool, by id.
+    pub nodes: Vec<NodeSpace>,
+}
+
+/// A degraded file and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DegradedFile {
+    /// Path relative to the mount point.
+    pub path: String,
+    /// Why it is degraded and when it will be whole again, one clause per cause.
+    pub why: String,
+}
+
+/// One node's space as this mount sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSpace {
+    /// The node's pool id.
+    pub id: NodeId,
+    /// Its state in the pool view.
+    pub state: String,
+    /// Bytes the node holds (`held_bytes`).
+    pub held: u64,
+    /// Bytes of shards this mount's manifests place on the node.
+    pub live: u64,
+}
+
+impl PoolRisk {
+    /// The report for a person: the machines line, the degraded files with their
+    /// causes (then how many more), and one line per node of bytes held and live.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        match self.machines_off {
+            Some(0) => out
+                .push_str("  risk: no machine may be off: one more loss makes a file unreadable\n"),
+            Some(n) => out.push_str(&format!(
+                "  risk: any {n} machine{} may be off at once with every file still readable\n",
+                if n == 1 { "" } else { "s" }
+            )),
+            None => out.push_str("  risk: no file data on the pool\n"),
+        }
+        out.push_str(&format!(
+            "  {} of {} files degraded\n",
+            self.degraded, self.files
+        ));
+        for f in &self.degraded_files {
+            out.push_str(&format!("    {}: {}\n", f.path, f.why));
+        }
+        let more = self.degraded.saturating_sub(self.degraded_files.len());
+        if more > 0 {
+            out.push_str(&format!("    and {more} more degraded files\n"));
+        }
+        for n in &self.nodes {
+            out.push_str(&format!(
+                "  node {:>3} {:<7} holds {} bytes for {} bytes of live data\n",
+                n.id, n.state, n.held, n.live
+            ));
+        }
+        out
+    }
+}
+
+/// Bytes node `id` holds, as the pool view reports them (its USED). The space sweep's
+/// per-node `held` (fs/sweep.rs) is the better source once it exists: switch here.
+pub fn held_bytes(view: &PoolView, id: NodeId) -> u64 {
+    view.node(id).map_or(0, |n| n.used)
+}
+
+/// The machine node `id` runs on. Until the pool view names each node's machine, every
+/// node counts as a machine of its own: switch to `placement::machine_of` here.
+pub fn machine_of(_view: &PoolView, id: NodeId) -> String {
+    format!("node {id}")
+}
+
+/// How many machines may be off at once with a stripe still readable: `shards` are the
+/// counts of its shards on live nodes per machine, `k` how many it needs. Machines are
+/// removed most shards first (the worst case). `None` when fewer than `k` are live.
+pub fn stripe_tolerance(k: usize, shards: &[usize]) -> Option<usize> {
+    let mut counts = shards.to_vec();
+    counts.sort_unstable_by(|a, b| b.cmp(a));
+    let mut left: usize = counts.iter().sum();
+    if left < k {
+        return None;
+    }
+    let mut off = 0;
+    for c in counts {
+        if left - c < k {
+            break;
+        }
+        left -= c;
+        off += 1;
+    }
+    Some(off)
+}
+
+/// The risk for the files of the mount behind `vfs`, over the pool as it is now.
+/// Errors: no pool view, or the metadata store failing.
+pub fn pool_risk(vfs: &Vfs) -> Result<PoolRisk, FsError> {
+    let view = vfs.run(vfs.client().view())?;
+    let grace = vfs.repair.lock().unwrap_or_else(|p| p.into_inner()).grace;
+    let mut risk = PoolRisk::default();
+    let mut live: BTreeMap<NodeId, u64> = BTreeMap::new();
+    let mut degraded: Vec<(u64, String)> = Vec::new();
+    for inode in vfs.meta().files()? {
+        let Some(m) = &inode.manifest else { continue };
+        if !m.stores_anything() {
+            continue;
+        }
+        risk.files += 1;
+        let tolerance = file_tolerance(m, &view, &mut live);
+        risk.machines_off = Some(risk.machines_off.map_or(tolerance, |t| t.min(tolerance)));
+        let why = if is_degraded(m, &view) {
+            Some(why_degraded(vfs, m, &view, grace, vfs.is_open(inode.ino)))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            risk.degraded += 1;
+            if degraded.len() < DEGRADED_LIMIT {
+                degraded.push((inode.ino, why));
+            }
+        }
+    }
+    let paths = paths_of(vfs, degraded.iter().map(|(ino, _)| *ino).collect())?;
+    risk.degraded_files = degraded
+        .into_iter()
+        .map(|(ino, why)| DegradedFile {
+            path: paths
+                .get(&ino)
+                .cloned()
+                .unwrap_or_else(|| format!("(inode {ino}, no name)")),
+            why,
+        })
+        .collect();
+    risk.degraded_files.sort_by(|a, b| a.path.cmp(&b.path));
+    risk.nodes = view
+        .nodes
+        .iter()
+        .map(|n| NodeSpace {
+            id: n.id,
+            state: n.state.to_string(),
+            held: held_bytes(&view, n.id),
+            live: live.get(&n.id).copied().unwrap_or(0),
+        })
+        .collect();
+    Ok(risk)
+}
+
+fn is_up(view: &PoolView, id: NodeId) -> bool {
+    view.node(id).is_some_and(|n| n.state == NodeState::Up)
+}
+
+/// How many machines may be off at once with the stripe recorded as `rec` of the file
+/// `m` still readable in `view` (`stripe_tolerance` over its shards on up nodes, per
+/// machine); `None` when it is unreadable now.
+pub fn stripe_machines_off(m: &Manifest, rec: &StripeRecord, view: &PoolView) -> Option<usize> {
+    let n = m.place.layout.segments() as usize;
+    let missing: Vec<usize> = rec.missing(&m.place).collect();
+    let mut per_machine: HashMap<String, usize> = HashMap::new();
+    for i in (0..n).filter(|i| !missing.contains(i)) {
+        let at = rec.holder(&m.place, i).node_id;
+        if is_up(view, at) {
+            *per_machine.entry(machine_of(view, at)).or_default() += 1;
+        }
+    }
+    let counts: Vec<usize> = per_machine.into_values().collect();
+    stripe_tolerance(m.place.layout.k as usize, &counts)
+}
+
+/// The least machine tolerance over the stored stripes of `m` (0 when one is
+/// unreadable); adds each stored shard's bytes to `live` under the node that holds it.
+fn file_tolerance(m: &Manifest, view: &PoolView, live: &mut BTreeMap<NodeId, u64>) -> usize {
+    let layout = m.place.layout;
+    let n = layout.segments() as usize;
+    let mut least = usize::MAX;
+    for (j, rec) in m.records() {
+        let missing: Vec<usize> = rec.missing(&m.place).collect();
+        let shard = rec.stored_len(layout.shard_len(m.stripe_len(j)) as usize) as u64;
+        for i in (0..n).filter(|i| !missing.contains(i)) {
+            *live.entry(rec.holder(&m.place, i).node_id).or_default() += shard;
+        }
+        least = least.min(stripe_machines_off(m, rec, view).unwrap_or(0));
+    }
+    if least == usize::MAX {
+        0
+    } else {
+        least
+    }
+}
+
+/// Has `m` a shard away from its place, stored nowhere, or on a node that is not up?
+fn is_degraded(m: &Manifest, view: &PoolView) -> bool {
+    m.has_moved() || m.all_holders().iter().any(|h| !is_up(view, h.node_id))
+}
+
+/// Why `m` is degraded and when it will be whole again, one clause per cause.
+fn why_degraded(
+    vfs: &Vfs,
+    m: &Manifest,
+    view: &PoolView,
+    grace: Option<Duration>,
+    open: bool,
+) -> String {
+    let mut why: Vec<String> = Vec::new();
+    if open {
+        why.push("open: repaired after close".into());
+    }
+    // Before the first repair pass the grace is not known: only gone nodes are past it.
+    let grace_or_max = grace.unwrap_or(Duration::MAX);
+    let rview = repair_view(view, grace_or_max);
+    for (i, h) in m.place.holders.iter().enumerate() {
+        if is_up(view, h.node_id) {
+            continue;
+        }
+        let node = view.node(h.node_id);
+        let state = node.map_or("gone".to_string(), |n| n.state.to_string());
+        let away = node.map_or(0, |n| n.last_seen_ms / 1000);
+        if needs_repair(view, h, grace_or_max) {
+            match placement::rebuild_target(&rview, &m.place, i) {
+                Some(to) => why.push(format!(
+                    "node {} {state}: segment {i} being rebuilt on node {}",
+                    h.node_id, to.node_id
+                )),
+                None => {
+                    let shape = vfs
+                        .client()
+                        .placement_for(&rview, m.place.layout.shard_size)
+                        .map(|p| (p.layout.k, p.layout.m));
+                    why.push(match shape {
+                        Some((k, p)) if reencode_gains(m, &rview, p) => {
+                            format!("no node holds none of it: re-encoding to {k}+{p} queued")
+                        }
+                        Some(_) => format!(
+                            "node {} {state}: no node holds none of it and a narrower shape \
+                             would not add parity: waits for a node to join",
+                            h.node_id
+                        ),
+                        None => "no node holds none of it and none is live: waits for nodes".into(),
+                    });
+                }
+            }
+        } else {
+            let when = match grace {
+                Some(g) => {
+                    let left = g.as_secs().saturating_sub(away);
+                    format!("rebuilt after the grace (in {left} s)")
+                }
+                None => "rebuilt after the grace".into(),
+            };
+            why.push(format!("node {} {state} {away} s, {when}", h.node_id));
+        }
+    }
+    // Shards stored nowhere (a degraded write), and shards on stand-ins.
+    let mut waiting_for: Vec<NodeId> = Vec::new();
+    let mut missing_up = 0;
+    let mut away_up = 0;
+    for (_, rec) in m.records() {
+        let missing: Vec<usize> = rec.missing(&m.place).collect();
+        for mv in &rec.moved {
+            let holder = m.place.holders[mv.shard as usize].node_id;
+            let up = is_up(view, holder);
+            if missing.contains(&(mv.shard as usize)) {
+                if up {
+                    missing_up += 1;
+                } else if !waiting_for.contains(&holder) {
+                    waiting_for.push(holder);
+                }
+            } else if up {
+                away_up += 1;
+            }
+        }
+    }
+    if !waiting_for.is_empty() {
+        why.push(format!(
+            "written degraded: waits for {} more live nodes",
+            waiting_for.len()
+        ));
+    }
+    if missing_up > 0 {
+        why.push(format!(
+            "written degraded: {missing_up} missing shards stored by the next repair pass"
+        ));
+    }
+    if away_up > 0 {
+        why.push(format!(
+            "{away_up} shards on stand-ins: moved home by the next repair pass"
+        ));
+    }
+    let stand_ins_down: Vec<NodeId> = m
+        .all_holders()
+        .iter()
+        .filter(|h| !m.place.holders.iter().any(|x| x.node_id == h.node_id))
+        .filter(|h| !is_up(view, h.node_id))
+        .map(|h| h.node_id)
+        .collect();
+    for id in stand_ins_down {
+        why.push(format!(
+            "stand-in node {id} not up: its shards are rebuilt on their holders"
+        ));
+    }
+    why.join("; ")
+}
+
+/// The paths (relative to the mount point) of the inodes `want`, found by walking the
+/// namespace from the root; an inode with several names gets the first one found.
+fn paths_of(vfs: &Vfs, mut want: Vec<u64>) -> Result<HashMap<u64, String>, FsError> {
+    let mut found = HashMap::new();
+    let mut dirs = vec![(ROOT, String::new())];
+    while let Some((dir, prefix)) = dirs.pop() {
+        if want.is_empty() {
+            break;
+        }
+        for (name, ino, kind) in vfs.meta().readdir(dir)? {
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let path = format!("{prefix}{}", String::from_utf8_lossy(&name));
+            if kind == Kind::Dir {
+                dirs.push((ino, format!("{path}/")));
+            } else if let Some(pos) = want.iter().position(|w| *w == ino) {
+                want.swap_remove(pos);
+                found.insert(ino, path);
+            }
+        }
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machines_with_most_shards_are_counted_off_first() {
+        // (k, shards per machine) -> machines that may be off
+        let table: &[(usize, &[usize], Option<usize>)] = &[
+            (2, &[1, 1, 1], Some(1)),
+            (3, &[1, 1, 1, 1], Some(1)),
+            (4, &[1, 1, 1, 1, 1, 1, 1, 1], Some(4)),
+            // One machine with two shards: losing it costs two.
+            (2, &[2, 1, 1], Some(1)),
+            (2, &[2, 2], Some(1)),
+            (3, &[2, 1, 1], Some(0)),
+            (3, &[2, 1, 1, 1], Some(1)),
+            (3, &[3], Some(0)),
+            (2, &[1, 1], Some(0)),
+            (3, &[1, 1], None),
+            (1, &[], None),
+        ];
+        for (k, shards, want) in table {
+            assert_eq!(stripe_tolerance(*k, shards), *want, "k={k} {shards:?}");
+        }
+    }
+}
