@@ -2,7 +2,8 @@
 //! `STORAGE/segments/OWNER/FILE/INDEX.seg`, with capacity and per-owner quota accounting
 //! and strict id validation. Its parts: `error` (what fails, and how ranges are
 //! checked), `paths` (ids and owner directories, measured at open), `alloc` (making and
-//! freeing room: STORE's allocation, RESERVE, PUNCH), `read` (FWD).
+//! freeing room: STORE's allocation, RESERVE, PUNCH), `read` (FWD), `reclaim` (LIST
+//! and the conditional per-segment DELETE of an owner's sweep).
 //!
 //! Usage is the bytes really allocated on the disk (`st_blocks * 512`), not apparent
 //! lengths: a shard written far into a sparse segment costs its own blocks. A STORE
@@ -28,6 +29,9 @@ mod alloc;
 mod error;
 mod paths;
 mod read;
+mod reclaim;
+#[cfg(test)]
+mod reclaim_tests;
 #[cfg(test)]
 mod space_tests;
 #[cfg(test)]
