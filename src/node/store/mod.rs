@@ -103,6 +103,18 @@ impl Usage {
         *self.owners.entry(*owner).or_default() += bytes;
     }
 
+    /// The owner holds no segment here any more (its directory is gone): whatever its
+    /// count still says is drift (the filesystem may free extent-tree blocks of a file
+    /// on its own, after they were counted), and goes from both counts.
+    fn owner_emptied(&mut self, owner: &Identity) {
+        if let Some(residue) = self.owners.remove(owner) {
+            if residue > 0 {
+                log::debug!("usage of {owner:?} was {residue} bytes off; reset");
+            }
+            self.bytes = self.bytes.saturating_sub(residue);
+        }
+    }
+
     fn sub(&mut self, owner: &Identity, bytes: u64) {
         self.bytes = self.bytes.saturating_sub(bytes);
         if let Some(held) = self.owners.get_mut(owner) {
@@ -284,7 +296,9 @@ impl SegmentStore {
         usage.sub(owner, freed);
         if let Some(owner_dir) = dir.parent() {
             // Gone once the owner holds nothing here; fails harmlessly otherwise.
-            let _ = fs::remove_dir(owner_dir);
+            if fs::remove_dir(owner_dir).is_ok() {
+                usage.owner_emptied(owner);
+            }
         }
         result.map(|()| freed)
     }

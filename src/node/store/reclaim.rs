@@ -146,7 +146,9 @@ impl SegmentStore {
         if let Some(file_dir) = path.parent() {
             if fs::remove_dir(file_dir).is_ok() {
                 if let Some(owner_dir) = file_dir.parent() {
-                    let _ = fs::remove_dir(owner_dir);
+                    if fs::remove_dir(owner_dir).is_ok() {
+                        usage.owner_emptied(owner);
+                    }
                 }
             }
         }
