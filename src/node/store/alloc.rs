@@ -120,7 +120,7 @@ impl SegmentStore {
         }
         let freed = before.saturating_sub(Self::allocated(file, &path)?);
         usage.sub(owner, freed);
-        Self::touch(file, &path)?;
+        Self::touch(file, &path);
         Ok(freed)
     }
 
@@ -249,7 +249,7 @@ impl SegmentStore {
         usage.add(owner, counted);
         // Marked written now, under the lock and before the caller writes: a sweep's
         // conditional DELETE keeps it (see `reclaim`).
-        Self::touch(segfile.file(), path)?;
+        Self::touch(segfile.file(), path);
         Ok(Allocated { segfile, estimated })
     }
 

@@ -47,9 +47,13 @@ fn names(dir: &Path) -> Result<Vec<String>, StoreError> {
 impl SegmentStore {
     /// Marks `file` (a segment of `path`) as written now, so a sweep's conditional
     /// DELETE keeps it. Called under the usage lock by every STORE, RESERVE and PUNCH.
-    pub(super) fn touch(file: &fs::File, path: &Path) -> Result<(), StoreError> {
-        file.set_modified(SystemTime::now())
-            .map_err(io_err(format!("touch {}", path.display())))
+    /// A filesystem that refuses is reported, not fatal: the write itself still sets
+    /// the mtime a moment later, and an owner's open files and manifests keep their
+    /// segments whatever their age.
+    pub(super) fn touch(file: &fs::File, path: &Path) {
+        if let Err(e) = file.set_modified(SystemTime::now()) {
+            log::warn!("cannot set the mtime of {}: {e}", path.display());
+        }
     }
 
     /// Up to `limit` of `owner`'s segments that come after `after` in (file id, index)
