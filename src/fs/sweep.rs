@@ -24,7 +24,8 @@
 //!
 //! Bound: a dead segment last written at T is reclaimed by the first pass that starts
 //! after T + grace with its node up: by T + grace + interval + one pass (for a node
-//! that was away, counted from its return).
+//! that was away, counted from its return; a repair pass running then, in the same
+//! thread, delays it by its length).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
