@@ -101,6 +101,13 @@ pub struct MountArgs {
     /// (a node that leaves is repaired at once).
     #[arg(long, default_value_t = 60)]
     pub repair_grace: u64,
+    /// Seconds a segment of this mount's that no live file names (a crashed copy's,
+    /// a rebuild's that failed, an old copy on a node that came back) stays on its node
+    /// before the mount's sweep removes it. The sweep runs every quarter of this (at
+    /// least every second), so such a segment is gone within reclaim-after × 1.25 plus
+    /// one pass of its last write (for a node that was away, of its return).
+    #[arg(long, default_value_t = poolfs::fs::sweep::DEFAULT_RECLAIM_AFTER_SECS)]
+    pub reclaim_after: u64,
     /// Store shards in clear, readable by the nodes that hold them: only to measure
     /// what encryption costs.
     #[arg(long)]
@@ -128,6 +135,13 @@ pub struct UpArgs {
     /// [default: the mount's, 60].
     #[arg(long)]
     pub repair_grace: Option<u64>,
+    /// Seconds a segment of this mount's that no live file names (a crashed copy's,
+    /// a rebuild's that failed, an old copy on a node that came back) stays on its node
+    /// before the mount's sweep removes it. The sweep runs every quarter of this (at
+    /// least every second), so such a segment is gone within reclaim-after × 1.25 plus
+    /// one pass of its last write (for a node that was away, of its return) [default: the mount's, 600].
+    #[arg(long)]
+    pub reclaim_after: Option<u64>,
     /// Where the pool's state lives [default: DATA_DIR].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,

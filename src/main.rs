@@ -157,6 +157,7 @@ fn run(cli: Cli) -> Result<()> {
                 redundancy: args.redundancy.policy(),
                 quota: args.quota,
                 repair_grace: args.repair_grace,
+                reclaim_after: args.reclaim_after,
                 key: args.key.as_deref(),
                 encrypt: !args.no_encryption,
                 allow_other: args.allow_other || invoker.is_some(),
@@ -209,6 +210,7 @@ fn mount(args: cli::MountArgs) -> Result<()> {
         machine: args.machine.name(),
         allow_other: args.allow_other,
         repair_grace: std::time::Duration::from_secs(args.repair_grace),
+        reclaim_after: std::time::Duration::from_secs(args.reclaim_after),
         key,
         encrypt: !args.no_encryption,
     };

@@ -129,6 +129,8 @@ pub struct UpOptions<'a> {
     pub quota: Option<u64>,
     /// Seconds a node may stay down before the mount rebuilds its segments.
     pub repair_grace: Option<u64>,
+    /// Seconds a segment no live file names stays before the mount's sweep removes it.
+    pub reclaim_after: Option<u64>,
     /// The pool key file; `None`: a key of the pool's own in its state directory.
     pub key: Option<&'a Path>,
     /// Encrypt shards (off only to measure the cost).
@@ -163,6 +165,7 @@ pub fn up(data: &Path, mountpoint: &Path, opts: UpOptions<'_>) -> Result<UpState
         redundancy,
         quota,
         repair_grace,
+        reclaim_after,
         key,
         encrypt,
         allow_other,
@@ -239,6 +242,9 @@ pub fn up(data: &Path, mountpoint: &Path, opts: UpOptions<'_>) -> Result<UpState
         }
         if let Some(secs) = repair_grace {
             mount.extend(args(&[&"--repair-grace", &secs.to_string()]));
+        }
+        if let Some(secs) = reclaim_after {
+            mount.extend(args(&[&"--reclaim-after", &secs.to_string()]));
         }
         if allow_other {
             mount.extend(args(&[&"--allow-other"]));

@@ -1,11 +1,14 @@
 //! Space on the holders: reserving stripes ahead of writes (`fallocate`), punching
-//! freed stripes, and deleting a file's segments.
+//! freed stripes, deleting a file's segments, and the sweep's verbs (listing this
+//! client's segments on a node, removing one that stayed unwritten long enough).
 
 use std::ops::Range;
+use std::time::Duration;
 
+use super::segments::SegmentError;
 use super::Placement;
 use super::{fanout, layout, refused, ClientError, Holder, Manifest, PoolClient};
-use crate::proto::{NodeId, NodeState, SegmentRef};
+use crate::proto::{NodeId, NodeState, Reclaim, SegmentInfo, SegmentRef, MAX_LIST_PAGE};
 
 /// What a space request does to a range of a segment (see `PoolClient::reserve`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,6 +201,35 @@ impl PoolClient {
             .into_iter()
             .find_map(Result::err)
             .map_or(Ok(()), Err)
+    }
+
+    /// Every segment this client holds on `holder` (LIST, page after page of
+    /// `MAX_LIST_PAGE`), in (file id, index) order. Errors: the first failed page's.
+    pub async fn list_segments(&self, holder: &Holder) -> Result<Vec<SegmentInfo>, SegmentError> {
+        let to = self.reach(holder).await;
+        let mut all: Vec<SegmentInfo> = Vec::new();
+        loop {
+            let after = all.last().map(|info| info.segment.clone());
+            let page = self.io.list(&to, after, MAX_LIST_PAGE).await?;
+            let more = page.more && !page.segments.is_empty();
+            all.extend(page.segments);
+            if !more {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// Removes this client's `segment` on `holder` unless it was written in the last
+    /// `older_than` (the node checks, under its store's lock); says which happened.
+    pub async fn reclaim_segment(
+        &self,
+        holder: &Holder,
+        segment: SegmentRef,
+        older_than: Duration,
+    ) -> Result<Reclaim, SegmentError> {
+        let to = self.reach(holder).await;
+        let ms = older_than.as_millis().min(u64::MAX as u128) as u64;
+        self.io.delete_segment(&to, segment, ms).await
     }
 
     /// Removes this client's segments of `file` from one node.

@@ -11,6 +11,7 @@ pub mod meta;
 pub mod mount;
 pub mod repair;
 pub mod status;
+pub mod sweep;
 pub mod vfs;
 #[cfg(test)]
 mod vfs_tests;

@@ -1,5 +1,5 @@
 //! `poolfs mount`: run a node inside the mounting process, mount the filesystem, serve
-//! it with repair and scrub passes in the background until unmounted, then hand off the
+//! it with repair, sweep and scrub passes in the background until unmounted, then hand off the
 //! node's segments and leave the pool.
 
 use std::net::SocketAddr;
@@ -10,6 +10,7 @@ use std::time::Duration;
 use super::fuse::PoolFs;
 use super::meta::MetaStore;
 use super::repair::{self, RepairReport};
+use super::sweep;
 use super::vfs::Vfs;
 use super::FsError;
 use crate::client::{ClientConfig, PoolClient, Redundancy};
@@ -40,6 +41,9 @@ pub struct MountConfig {
     pub allow_other: bool,
     /// How long a node may stay down before its segments are rebuilt elsewhere.
     pub repair_grace: Duration,
+    /// How long a segment of this mount that no live file names stays on its node
+    /// before the sweep removes it (`--reclaim-after`; see `sweep`).
+    pub reclaim_after: Duration,
     /// The pool key.
     pub key: PoolKey,
     /// Encrypt shards (the default; off only to measure what encryption costs).
@@ -140,15 +144,20 @@ const SCRUB_INTERVAL: Duration = Duration::from_secs(6 * 3600);
 /// How often the mount looks for segments to rebuild.
 const REPAIR_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Runs repair passes in the background until `stop` is set.
+/// Runs repair passes, and a sweep every `sweep::interval_for(reclaim_after)`, in the
+/// background until `stop` is set. One thread for both: a sweep never runs while a
+/// repair is writing segments it has not recorded yet.
 fn spawn_repair(
     vfs: Arc<Vfs>,
     grace: Duration,
+    reclaim_after: Duration,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut last = RepairReport::default();
         let mut next_scrub = std::time::Instant::now() + SCRUB_INTERVAL;
+        let sweep_every = sweep::interval_for(reclaim_after);
+        let mut next_sweep = std::time::Instant::now() + sweep_every;
         while !stop.load(std::sync::atomic::Ordering::SeqCst) {
             if std::time::Instant::now() >= next_scrub {
                 if let Err(e) = repair::scrub_and_record(&vfs) {
@@ -168,6 +177,19 @@ fn spawn_repair(
                 }
                 Ok(_) => {}
                 Err(e) => log::debug!("repair pass skipped: {e}"),
+            }
+            if std::time::Instant::now() >= next_sweep {
+                match sweep::sweep_pass(&vfs, reclaim_after) {
+                    Ok(r) if r.reclaimed > 0 => log::info!(
+                        "sweep: {} segments reclaimed ({} bytes), {} waiting out the grace",
+                        r.reclaimed,
+                        r.freed,
+                        r.waiting
+                    ),
+                    Ok(r) => log::debug!("sweep: {r:?}"),
+                    Err(e) => log::warn!("sweep pass skipped: {e}"),
+                }
+                next_sweep = std::time::Instant::now() + sweep_every;
             }
             let until = std::time::Instant::now() + REPAIR_INTERVAL;
             while std::time::Instant::now() < until
@@ -296,7 +318,12 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
         }
     });
     let stop_repair = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let repairer = spawn_repair(vfs.clone(), cfg.repair_grace, stop_repair.clone());
+    let repairer = spawn_repair(
+        vfs.clone(),
+        cfg.repair_grace,
+        cfg.reclaim_after,
+        stop_repair.clone(),
+    );
     let served = session.run();
     stop_repair.store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = repairer.join();

@@ -255,6 +255,20 @@ impl Vfs {
         self.opened(ino).is_some()
     }
 
+    /// The file ids of every open file, as last committed and as being written (a
+    /// truncation to zero gives an open file a new one): the sweep keeps all their
+    /// segments. Waits for each file's data, as a stat of an open file does.
+    pub(super) fn open_file_ids(&self) -> Vec<String> {
+        let open: Vec<Arc<OpenInode>> = lock(&self.open).values().cloned().collect();
+        let mut ids = Vec::new();
+        for inode in open {
+            let data = self.block_on(inode.data.lock());
+            ids.push(data.manifest.place.file_id.clone());
+            ids.push(data.committed.place.file_id.clone());
+        }
+        ids
+    }
+
     /// Total and free bytes of the live nodes (free as the nodes count it: the bytes
     /// really stored, so sparse files take only what was written).
     pub fn statfs(&self) -> Result<PoolSpace, FsError> {

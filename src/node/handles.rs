@@ -88,6 +88,11 @@ impl Handles {
             .retain(|k, _| !(k.owner == *owner && k.file == file));
     }
 
+    /// Drops the handle of one segment (after it was removed).
+    pub fn forget(&mut self, key: &SegKey) {
+        self.open.remove(key);
+    }
+
     /// Handles cached now.
     pub fn len(&self) -> usize {
         self.open.len()

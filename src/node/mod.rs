@@ -25,8 +25,8 @@ use tokio::task::JoinHandle;
 
 use crate::net::{self, ConnPool, NetError, ServerLimits};
 use crate::proto::{
-    Assign, ControllerRequest, ErrorKind, Identity, NodeId, NodeStat, PoolView, Response,
-    SegmentRef,
+    Assign, ControllerRequest, ErrorKind, Identity, NodeId, NodeStat, PoolView, Reclaim, Response,
+    SegmentPage, SegmentRef,
 };
 use crate::trust::{Credentials, KeyError, PoolKey};
 pub use machine::default_machine_name;
@@ -458,5 +458,26 @@ impl OwnSegments {
     pub fn delete(&self, file: &str) -> Result<(), Refusal> {
         self.0.store.delete(&self.owner(), file)?;
         Ok(())
+    }
+
+    /// As a LIST from this node's own key: up to `limit` (1 to `MAX_LIST_PAGE`, else
+    /// `BadRequest`) of its segments after `after`.
+    pub fn list(&self, after: Option<&SegmentRef>, limit: u32) -> Result<SegmentPage, Refusal> {
+        if limit == 0 || limit > crate::proto::MAX_LIST_PAGE {
+            return Err(Refusal {
+                kind: ErrorKind::BadRequest,
+                message: format!("LIST of {limit} segments"),
+            });
+        }
+        Ok(self.0.store.list(&self.owner(), after, limit as usize)?)
+    }
+
+    /// As a DELETE-SEGMENT from this node's own key: `seg` goes unless written in the
+    /// last `older_than_ms` milliseconds.
+    pub fn delete_segment(&self, seg: &SegmentRef, older_than_ms: u64) -> Result<Reclaim, Refusal> {
+        Ok(self
+            .0
+            .store
+            .delete_segment(&self.owner(), seg, older_than_ms)?)
     }
 }

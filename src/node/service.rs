@@ -9,7 +9,9 @@ use tokio::sync::watch;
 use super::pin::ControllerPin;
 use super::{Membership, SegmentStore, Shared, StoreError};
 use crate::net::{Handler, Peer, Reply};
-use crate::proto::{ErrorKind, NodeRequest, Response, SegmentRead, MAX_BODY, MAX_PARTS};
+use crate::proto::{
+    ErrorKind, NodeRequest, Response, SegmentRead, MAX_BODY, MAX_LIST_PAGE, MAX_PARTS,
+};
 use crate::trust::{identity_of, Credentials};
 
 /// A node's request handler (what `Node::start` serves).
@@ -173,6 +175,34 @@ impl Handler for NodeService {
                 }))
                 .await
             }
+            NodeRequest::List { limit, .. } if limit == 0 || limit > MAX_LIST_PAGE => {
+                Response::error(
+                    ErrorKind::BadRequest,
+                    format!("LIST of {limit} segments: a page holds 1 to {MAX_LIST_PAGE}"),
+                )
+                .into()
+            }
+            NodeRequest::List { after, limit } => {
+                blocking(Box::new(move || {
+                    match shared.store.list(&owner, after.as_ref(), limit as usize) {
+                        Ok(page) => Reply::Msg(Response::Segments(page)),
+                        Err(e) => Reply::Msg(store_error(e)),
+                    }
+                }))
+                .await
+            }
+            NodeRequest::DeleteSegment {
+                segment,
+                older_than_ms,
+            } => {
+                blocking(Box::new(move || {
+                    match shared.store.delete_segment(&owner, &segment, older_than_ms) {
+                        Ok(outcome) => Reply::Msg(Response::Reclaimed(outcome)),
+                        Err(e) => Reply::Msg(store_error(e)),
+                    }
+                }))
+                .await
+            }
             NodeRequest::Stat => Response::Stat(shared.stat()).into(),
             NodeRequest::Assign(assign) => {
                 log::info!(
@@ -281,6 +311,107 @@ mod tests {
         assert_eq!(used().await, 3 * b);
         assert_eq!(punch("f", 0, 0).verb(), "PUNCH");
         assert_eq!(reserve("f", 0, 0).verb(), "RESERVE");
+    }
+
+    /// LIST pages and refuses a page past the frame's bound; DELETE-SEGMENT answers
+    /// what it did; both only in the caller's own namespace.
+    #[tokio::test]
+    async fn list_and_delete_segment_answer_in_the_caller_s_namespace() {
+        use crate::proto::{encode, Reclaim, SegmentInfo, SegmentPage, MAX_FRAME};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SegmentStore::open(dir.path(), 1 << 30, None).unwrap();
+        let creds = Arc::new(Credentials::ephemeral(&PoolKey::generate()).unwrap());
+        let service = NodeService::standalone(store, creds);
+        let peer = |key: u8| Peer {
+            addr: "127.0.0.1:4000".parse().unwrap(),
+            local: "127.0.0.1:2001".parse().unwrap(),
+            key: [key; 32],
+        };
+        let ask = |req: NodeRequest, who: u8| {
+            let service = &service;
+            async move {
+                match service.handle(req, Some(b"abc".to_vec()), peer(who)).await {
+                    Reply::Msg(resp) => resp,
+                    _ => panic!("a data answer"),
+                }
+            }
+        };
+        for index in 0..3 {
+            let store = NodeRequest::Store {
+                segment: SegmentRef {
+                    file: "f".into(),
+                    index,
+                },
+                offset: 0,
+                len: 3,
+            };
+            assert_eq!(ask(store, 1).await, Response::Ok);
+        }
+        let list = |after, limit| NodeRequest::List { after, limit };
+        let Response::Segments(page) = ask(list(None, 2), 1).await else {
+            panic!("no page");
+        };
+        assert_eq!(page.segments.len(), 2);
+        assert!(page.more);
+        let Response::Segments(rest) =
+            ask(list(page.segments[1].segment.clone().into(), 2), 1).await
+        else {
+            panic!("no page");
+        };
+        assert_eq!(rest.segments.len(), 1);
+        assert!(!rest.more);
+        assert_eq!(
+            ask(list(None, 2), 2).await,
+            Response::Segments(Default::default())
+        );
+        for limit in [0, MAX_LIST_PAGE + 1] {
+            let answer = ask(list(None, limit), 1).await;
+            assert!(
+                matches!(
+                    answer,
+                    Response::Error {
+                        kind: ErrorKind::BadRequest,
+                        ..
+                    }
+                ),
+                "{answer:?}"
+            );
+        }
+        // A whole page of the longest ids fits in one frame.
+        let info = SegmentInfo {
+            segment: SegmentRef {
+                file: "x".repeat(64),
+                index: u32::MAX,
+            },
+            allocated: u64::MAX,
+            age_ms: u64::MAX,
+        };
+        let full = Response::Segments(SegmentPage {
+            segments: vec![info; MAX_LIST_PAGE as usize],
+            more: true,
+        });
+        assert!(encode(&full).unwrap().len() < MAX_FRAME as usize);
+        let delete = |older_than_ms| NodeRequest::DeleteSegment {
+            segment: SegmentRef {
+                file: "f".into(),
+                index: 0,
+            },
+            older_than_ms,
+        };
+        assert!(matches!(
+            ask(delete(600_000), 1).await,
+            Response::Reclaimed(Reclaim::Young { .. })
+        ));
+        assert_eq!(
+            ask(delete(0), 2).await,
+            Response::Reclaimed(Reclaim::Missing)
+        );
+        assert!(matches!(
+            ask(delete(0), 1).await,
+            Response::Reclaimed(Reclaim::Deleted { freed }) if freed > 0
+        ));
+        assert_eq!(delete(0).verb(), "DELETE-SEGMENT");
+        assert_eq!(list(None, 1).verb(), "LIST");
     }
 
     /// A controller verb sent to a node is refused by its service tag with a clear

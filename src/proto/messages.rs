@@ -118,6 +118,45 @@ pub struct SegmentRef {
     pub index: u32,
 }
 
+/// One of the sender's segments as LIST reports it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// Which segment.
+    pub segment: SegmentRef,
+    /// Bytes it takes on the node's disk (`st_blocks * 512`).
+    pub allocated: u64,
+    /// Milliseconds since it was last written (STORE, RESERVE or PUNCH), from its file's
+    /// mtime; 0 if that lies in the future.
+    pub age_ms: u64,
+}
+
+/// One page of a LIST: the sender's segments after the cursor, in (file id, index)
+/// order.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct SegmentPage {
+    /// At most the page limit asked for.
+    pub segments: Vec<SegmentInfo>,
+    /// More segments follow the last one here (ask again with it as the cursor).
+    pub more: bool,
+}
+
+/// What a conditional segment DELETE (`DeleteSegment`) did.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reclaim {
+    /// Removed; this many bytes were freed on the disk.
+    Deleted {
+        /// Bytes freed (`st_blocks * 512` of the file).
+        freed: u64,
+    },
+    /// Kept: written within the last `older_than_ms` (it is `age_ms` old).
+    Young {
+        /// Milliseconds since its last write.
+        age_ms: u64,
+    },
+    /// No such segment of the sender's (already gone).
+    Missing,
+}
+
 /// What a node reports about itself.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct NodeStat {
@@ -215,6 +254,10 @@ pub enum Response {
     Stat(NodeStat),
     /// Answer to `Scan`: what the sweep found.
     Scanned(ScanReport),
+    /// Answer to `List`: one page of the sender's segments.
+    Segments(SegmentPage),
+    /// Answer to `DeleteSegment`: whether the segment went.
+    Reclaimed(Reclaim),
     /// The request failed.
     Error {
         /// What kind of failure, for the caller to act on.

@@ -21,8 +21,12 @@ pub use rpc::{ControllerRequest, NodeRequest, SegmentRead, Service, ServiceReque
 /// 8: `Reserve` and `Punch`; a node's `used` is the bytes allocated on its disk.
 /// 9: one request enum per service, each request tagged with its service; `Fwd`,
 ///    `FwdParts` and `FwdSealed` folded into one `Fwd { segment, what }`.
-/// 10: `machine` in `Join`, `Heartbeat` and `NodeInfo`.
+/// 10: `machine` in `Join`, `Heartbeat` and `NodeInfo`; `List` and `DeleteSegment`
+///     (the owner's sweep of its segments).
 pub const PROTOCOL_VERSION: u16 = 10;
+/// Most segments one LIST answer may carry: an entry is at most about 100 bytes (a
+/// 64-byte id, an index, two varints), so a full page stays far under `MAX_FRAME`.
+pub const MAX_LIST_PAGE: u32 = 1024;
 /// Most ranges one FWD of `SegmentRead::Parts` may ask for.
 pub const MAX_PARTS: usize = 8;
 /// Bound into every handshake's prologue with the version.

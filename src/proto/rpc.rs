@@ -17,7 +17,7 @@ pub enum Service {
     /// The controller: membership (JOIN, HEARTBEAT, LEAVE, DRAIN, GET, POOL, SCAN).
     Controller,
     /// A storage node: segment bytes and space (STORE, FWD, RESERVE, PUNCH, DELETE,
-    /// STAT) and the controller's signal (ASSIGN).
+    /// LIST, DELETE-SEGMENT, STAT) and the controller's signal (ASSIGN).
     Node,
 }
 
@@ -190,6 +190,25 @@ pub enum NodeRequest {
         /// Bytes to free.
         len: u64,
     },
+    /// Client to node: one page of the sender's own segments after `after` (from the
+    /// first if `None`), each with its allocated bytes and age; answered with
+    /// `Segments`. `limit` is 1 to `MAX_LIST_PAGE`, else `BadRequest`.
+    List {
+        /// The last segment of the previous page.
+        after: Option<SegmentRef>,
+        /// Most segments to answer with.
+        limit: u32,
+    },
+    /// Client to node: remove one of the sender's segments only if it was not written
+    /// (STORE, RESERVE, PUNCH) in the last `older_than_ms`, checked under the store's
+    /// lock so a shard stored after the sender listed it stays; answered with
+    /// `Reclaimed`.
+    DeleteSegment {
+        /// Which segment of the sender's.
+        segment: SegmentRef,
+        /// Minimum age, in milliseconds since its last write, for it to go.
+        older_than_ms: u64,
+    },
 }
 
 impl ServiceRequest for NodeRequest {
@@ -204,6 +223,8 @@ impl ServiceRequest for NodeRequest {
             NodeRequest::Stat => "STAT",
             NodeRequest::Reserve { .. } => "RESERVE",
             NodeRequest::Punch { .. } => "PUNCH",
+            NodeRequest::List { .. } => "LIST",
+            NodeRequest::DeleteSegment { .. } => "DELETE-SEGMENT",
         }
     }
 

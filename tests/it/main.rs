@@ -15,4 +15,5 @@ mod mount;
 mod pool;
 mod programs;
 mod props;
+mod reclaim;
 mod trust;

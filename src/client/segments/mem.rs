@@ -1,9 +1,11 @@
 //! `MemSegments`: an in-memory pool of N nodes for tests, with its own pool view and
 //! fault injection (a node down, refusing, full, corrupting what it sends, slow, or
-//! silent). No sockets, no controller, no disk: a `PoolClient` over it runs in process.
+//! silent), and a clock of its own that tests move (`advance`) to age segments for the
+//! sweep. No sockets, no controller, no disk: a `PoolClient` over it runs in process.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -13,7 +15,9 @@ use futures::FutureExt;
 use super::{IoFuture, SegmentError, SegmentIo, SegmentRead, ViewSource};
 use crate::client::{ClientError, Holder};
 use crate::net::NetError;
-use crate::proto::{ErrorKind, NodeId, NodeInfo, NodeState, PoolView, SegmentRef};
+use crate::proto::{
+    ErrorKind, NodeId, NodeInfo, NodeState, PoolView, Reclaim, SegmentInfo, SegmentPage, SegmentRef,
+};
 
 /// Bytes each in-memory node may hold unless told otherwise (`set_capacity`).
 pub const MEM_CAPACITY: u64 = 1 << 30;
@@ -45,6 +49,9 @@ struct MemNode {
     /// Bytes reserved per segment, beyond what is stored: counted, not tracked by
     /// range (a PUNCH gives back up to its length), which is all the space checks need.
     reserved: BTreeMap<(String, u32), u64>,
+    /// When each segment was last written (STORE, RESERVE, PUNCH), in ms of the pool's
+    /// clock.
+    written: BTreeMap<(String, u32), u64>,
 }
 
 impl MemNode {
@@ -52,12 +59,26 @@ impl MemNode {
         let stored: u64 = self.segments.values().map(|s| s.len() as u64).sum();
         stored + self.reserved.values().sum::<u64>()
     }
+
+    /// Bytes segment `k` takes: its stored length and its reservation.
+    fn allocated(&self, k: &(String, u32)) -> u64 {
+        self.segments.get(k).map_or(0, |s| s.len() as u64)
+            + self.reserved.get(k).copied().unwrap_or(0)
+    }
+
+    fn forget(&mut self, k: &(String, u32)) {
+        self.segments.remove(k);
+        self.reserved.remove(k);
+        self.written.remove(k);
+    }
 }
 
 /// An in-memory pool: nodes `1..=n`, their segments, and the view of them.
 pub struct MemSegments {
     nodes: Mutex<BTreeMap<NodeId, MemNode>>,
     epoch: Mutex<u64>,
+    /// The pool's clock in ms: segment ages are measured on it.
+    clock: AtomicU64,
 }
 
 impl MemSegments {
@@ -76,6 +97,31 @@ impl MemSegments {
         Arc::new(MemSegments {
             nodes: Mutex::new(nodes),
             epoch: Mutex::new(1),
+            clock: AtomicU64::new(0),
+        })
+    }
+
+    /// Moves the pool's clock on by `ms`: every segment is that much older.
+    pub fn advance(&self, ms: u64) {
+        self.clock.fetch_add(ms, Ordering::SeqCst);
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.load(Ordering::SeqCst)
+    }
+
+    /// The segments node `id` holds (stored or reserved), as (file id, index).
+    pub fn segment_refs(&self, id: NodeId) -> Vec<(String, u32)> {
+        self.lock().get(&id).map_or(Vec::new(), |n| {
+            let mut keys: Vec<_> = n
+                .segments
+                .keys()
+                .chain(n.reserved.keys())
+                .cloned()
+                .collect();
+            keys.sort();
+            keys.dedup();
+            keys
         })
     }
 
@@ -290,6 +336,7 @@ impl SegmentIo for MemSegments {
                 let end = offset as usize + data.len();
                 let have = node.segments.get(&k).map_or(0, Vec::len);
                 room(holder, node, end.saturating_sub(have) as u64)?;
+                node.written.insert(k.clone(), self.now());
                 let seg = node.segments.entry(k).or_default();
                 if seg.len() < end {
                     seg.resize(end, 0);
@@ -346,6 +393,7 @@ impl SegmentIo for MemSegments {
             self.arrive(holder).await?;
             self.with_node(holder, |node| {
                 room(holder, node, len)?;
+                node.written.insert(key(&segment), self.now());
                 *node.reserved.entry(key(&segment)).or_default() += len;
                 Ok(())
             })
@@ -364,6 +412,9 @@ impl SegmentIo for MemSegments {
             self.arrive(holder).await?;
             self.with_node(holder, |node| {
                 let k = key(&segment);
+                if node.segments.contains_key(&k) || node.reserved.contains_key(&k) {
+                    node.written.insert(k.clone(), self.now());
+                }
                 if let Some(r) = node.reserved.get_mut(&k) {
                     *r = r.saturating_sub(len);
                 }
@@ -384,7 +435,74 @@ impl SegmentIo for MemSegments {
             self.with_node(holder, |node| {
                 node.segments.retain(|(f, _), _| f != file);
                 node.reserved.retain(|(f, _), _| f != file);
+                node.written.retain(|(f, _), _| f != file);
                 Ok(())
+            })
+        }
+        .boxed()
+    }
+
+    fn list<'a>(
+        &'a self,
+        holder: &'a Holder,
+        after: Option<SegmentRef>,
+        limit: u32,
+    ) -> IoFuture<'a, SegmentPage> {
+        async move {
+            self.arrive(holder).await?;
+            if limit == 0 || limit > crate::proto::MAX_LIST_PAGE {
+                return Err(refusal(holder, ErrorKind::BadRequest, "LIST limit (test)"));
+            }
+            let refs = self.segment_refs(holder.node_id);
+            let now = self.now();
+            self.with_node(holder, |node| {
+                let mut page = SegmentPage::default();
+                let after = after.map(|a| key(&a));
+                for k in refs
+                    .into_iter()
+                    .filter(|k| after.as_ref().is_none_or(|a| k > a))
+                {
+                    if page.segments.len() == limit as usize {
+                        page.more = true;
+                        break;
+                    }
+                    let written = node.written.get(&k).copied().unwrap_or(0);
+                    page.segments.push(SegmentInfo {
+                        allocated: node.allocated(&k),
+                        age_ms: now.saturating_sub(written),
+                        segment: SegmentRef {
+                            file: k.0,
+                            index: k.1,
+                        },
+                    });
+                }
+                Ok(page)
+            })
+        }
+        .boxed()
+    }
+
+    fn delete_segment<'a>(
+        &'a self,
+        holder: &'a Holder,
+        segment: SegmentRef,
+        older_than_ms: u64,
+    ) -> IoFuture<'a, Reclaim> {
+        async move {
+            self.arrive(holder).await?;
+            let now = self.now();
+            self.with_node(holder, |node| {
+                let k = key(&segment);
+                if !node.segments.contains_key(&k) && !node.reserved.contains_key(&k) {
+                    return Ok(Reclaim::Missing);
+                }
+                let age_ms = now.saturating_sub(node.written.get(&k).copied().unwrap_or(0));
+                if age_ms < older_than_ms {
+                    return Ok(Reclaim::Young { age_ms });
+                }
+                let freed = node.allocated(&k);
+                node.forget(&k);
+                Ok(Reclaim::Deleted { freed })
             })
         }
         .boxed()

@@ -1,5 +1,5 @@
 //! Segment I/O: the verbs a client sends to one holder of a file's segments (STORE,
-//! FWD a byte range, RESERVE, PUNCH, DELETE), as one trait with three implementations:
+//! FWD a byte range, RESERVE, PUNCH, DELETE, and the sweep's LIST and DELETE-SEGMENT), as one trait with three implementations:
 //! the network (`NetSegments`), the mount's own node by call (`OwnSegments`), and an
 //! in-memory pool for tests (`MemSegments`). `Router` sends each call to the right one.
 //!
@@ -21,7 +21,7 @@ pub use net::{ControllerView, NetSegments};
 
 use super::{ClientError, Holder};
 use crate::net::NetError;
-use crate::proto::{ErrorKind, NodeId, PoolView, SegmentRef};
+use crate::proto::{ErrorKind, NodeId, PoolView, Reclaim, SegmentPage, SegmentRef};
 
 /// The future a `SegmentIo` call returns.
 pub type IoFuture<'a, T> = BoxFuture<'a, Result<T, SegmentError>>;
@@ -126,6 +126,23 @@ pub trait SegmentIo: Send + Sync {
     ) -> IoFuture<'a, ()>;
     /// DELETE every segment of `file` on the holder.
     fn delete<'a>(&'a self, holder: &'a Holder, file: &'a str) -> IoFuture<'a, ()>;
+    /// LIST: up to `limit` (1 to `MAX_LIST_PAGE`) of the caller's segments on the
+    /// holder after `after` (from the first if `None`), in (file id, index) order, with
+    /// their allocated bytes and ages.
+    fn list<'a>(
+        &'a self,
+        holder: &'a Holder,
+        after: Option<SegmentRef>,
+        limit: u32,
+    ) -> IoFuture<'a, SegmentPage>;
+    /// DELETE-SEGMENT: removes `segment` unless it was written in the last
+    /// `older_than_ms` milliseconds; says which happened.
+    fn delete_segment<'a>(
+        &'a self,
+        holder: &'a Holder,
+        segment: SegmentRef,
+        older_than_ms: u64,
+    ) -> IoFuture<'a, Reclaim>;
     /// The caller gave up waiting on `holder` (a read past its deadline): whatever the
     /// implementation keeps for it (idle connections) is likely as dead; forget it.
     fn abandon(&self, _holder: &Holder) {}
@@ -211,6 +228,25 @@ impl SegmentIo for Router {
 
     fn delete<'a>(&'a self, holder: &'a Holder, file: &'a str) -> IoFuture<'a, ()> {
         self.to(holder.node_id).delete(holder, file)
+    }
+
+    fn list<'a>(
+        &'a self,
+        holder: &'a Holder,
+        after: Option<SegmentRef>,
+        limit: u32,
+    ) -> IoFuture<'a, SegmentPage> {
+        self.to(holder.node_id).list(holder, after, limit)
+    }
+
+    fn delete_segment<'a>(
+        &'a self,
+        holder: &'a Holder,
+        segment: SegmentRef,
+        older_than_ms: u64,
+    ) -> IoFuture<'a, Reclaim> {
+        self.to(holder.node_id)
+            .delete_segment(holder, segment, older_than_ms)
     }
 
     fn abandon(&self, holder: &Holder) {

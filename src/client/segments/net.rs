@@ -10,7 +10,9 @@ use futures::FutureExt;
 use super::{IoFuture, SegmentError, SegmentIo, SegmentRead, ViewSource};
 use crate::client::{ClientError, Holder};
 use crate::net::{ConnPool, NetError};
-use crate::proto::{ControllerRequest, NodeId, NodeRequest, PoolView, Response, SegmentRef};
+use crate::proto::{
+    ControllerRequest, NodeId, NodeRequest, PoolView, Reclaim, Response, SegmentPage, SegmentRef,
+};
 
 /// Every holder, reached over the network.
 pub struct NetSegments {
@@ -44,6 +46,14 @@ impl NetSegments {
 }
 
 type CallResult = Result<(Response, Option<Vec<u8>>), NetError>;
+
+/// A holder answered with a response that is not the verb's.
+fn unexpected(holder: &Holder, answer: Response) -> SegmentError {
+    SegmentError::Net(NetError::Unexpected {
+        addr: holder.addr,
+        what: format!("{answer:?}"),
+    })
+}
 
 impl SegmentIo for NetSegments {
     fn serves(&self, _node: NodeId) -> bool {
@@ -112,6 +122,43 @@ impl SegmentIo for NetSegments {
 
     fn delete<'a>(&'a self, holder: &'a Holder, file: &'a str) -> IoFuture<'a, ()> {
         self.acked(holder, NodeRequest::Delete { file: file.into() }, None)
+    }
+
+    fn list<'a>(
+        &'a self,
+        holder: &'a Holder,
+        after: Option<SegmentRef>,
+        limit: u32,
+    ) -> IoFuture<'a, SegmentPage> {
+        async move {
+            match self
+                .call(holder.addr, NodeRequest::List { after, limit }, None)
+                .await?
+            {
+                (Response::Segments(page), _) => Ok(page),
+                (other, _) => Err(unexpected(holder, other)),
+            }
+        }
+        .boxed()
+    }
+
+    fn delete_segment<'a>(
+        &'a self,
+        holder: &'a Holder,
+        segment: SegmentRef,
+        older_than_ms: u64,
+    ) -> IoFuture<'a, Reclaim> {
+        async move {
+            let req = NodeRequest::DeleteSegment {
+                segment,
+                older_than_ms,
+            };
+            match self.call(holder.addr, req, None).await? {
+                (Response::Reclaimed(outcome), _) => Ok(outcome),
+                (other, _) => Err(unexpected(holder, other)),
+            }
+        }
+        .boxed()
     }
 
     fn abandon(&self, holder: &Holder) {

@@ -8,7 +8,7 @@ use futures::FutureExt;
 use super::{IoFuture, SegmentError, SegmentIo, SegmentRead};
 use crate::client::Holder;
 use crate::node::{OwnSegments, Refusal};
-use crate::proto::{ErrorKind, NodeId, SegmentRef};
+use crate::proto::{ErrorKind, NodeId, Reclaim, SegmentPage, SegmentRef};
 
 /// Runs `call` on the blocking pool, as the node's own handler does (pwrite, fdatasync
 /// and fallocate may wait on the disk), and reports a refusal as a remote node would.
@@ -90,5 +90,25 @@ impl SegmentIo for OwnSegments {
     fn delete<'a>(&'a self, holder: &'a Holder, file: &'a str) -> IoFuture<'a, ()> {
         let (own, file) = (self.clone(), file.to_string());
         blocking(holder, move || own.delete(&file)).boxed()
+    }
+
+    fn list<'a>(
+        &'a self,
+        holder: &'a Holder,
+        after: Option<SegmentRef>,
+        limit: u32,
+    ) -> IoFuture<'a, SegmentPage> {
+        let own = self.clone();
+        blocking(holder, move || own.list(after.as_ref(), limit)).boxed()
+    }
+
+    fn delete_segment<'a>(
+        &'a self,
+        holder: &'a Holder,
+        segment: SegmentRef,
+        older_than_ms: u64,
+    ) -> IoFuture<'a, Reclaim> {
+        let own = self.clone();
+        blocking(holder, move || own.delete_segment(&segment, older_than_ms)).boxed()
     }
 }

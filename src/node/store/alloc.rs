@@ -120,6 +120,7 @@ impl SegmentStore {
         }
         let freed = before.saturating_sub(Self::allocated(file, &path)?);
         usage.sub(owner, freed);
+        Self::touch(file, &path);
         Ok(freed)
     }
 
@@ -246,6 +247,9 @@ impl SegmentStore {
             segfile
         };
         usage.add(owner, counted);
+        // Marked written now, under the lock and before the caller writes: a sweep's
+        // conditional DELETE keeps it (see `reclaim`).
+        Self::touch(segfile.file(), path);
         Ok(Allocated { segfile, estimated })
     }
 

@@ -2,7 +2,8 @@
 //! `STORAGE/segments/OWNER/FILE/INDEX.seg`, with capacity and per-owner quota accounting
 //! and strict id validation. Its parts: `error` (what fails, and how ranges are
 //! checked), `paths` (ids and owner directories, measured at open), `alloc` (making and
-//! freeing room: STORE's allocation, RESERVE, PUNCH), `read` (FWD).
+//! freeing room: STORE's allocation, RESERVE, PUNCH), `read` (FWD), `reclaim` (LIST
+//! and the conditional per-segment DELETE of an owner's sweep).
 //!
 //! Usage is the bytes really allocated on the disk (`st_blocks * 512`), not apparent
 //! lengths: a shard written far into a sparse segment costs its own blocks. A STORE
@@ -28,6 +29,9 @@ mod alloc;
 mod error;
 mod paths;
 mod read;
+mod reclaim;
+#[cfg(test)]
+mod reclaim_tests;
 #[cfg(test)]
 mod space_tests;
 #[cfg(test)]
@@ -97,6 +101,18 @@ impl Usage {
     fn add(&mut self, owner: &Identity, bytes: u64) {
         self.bytes += bytes;
         *self.owners.entry(*owner).or_default() += bytes;
+    }
+
+    /// The owner holds no segment here any more (its directory is gone): whatever its
+    /// count still says is drift (the filesystem may free extent-tree blocks of a file
+    /// on its own, after they were counted), and goes from both counts.
+    fn owner_emptied(&mut self, owner: &Identity) {
+        if let Some(residue) = self.owners.remove(owner) {
+            if residue > 0 {
+                log::debug!("usage of {owner:?} was {residue} bytes off; reset");
+            }
+            self.bytes = self.bytes.saturating_sub(residue);
+        }
     }
 
     fn sub(&mut self, owner: &Identity, bytes: u64) {
@@ -280,7 +296,9 @@ impl SegmentStore {
         usage.sub(owner, freed);
         if let Some(owner_dir) = dir.parent() {
             // Gone once the owner holds nothing here; fails harmlessly otherwise.
-            let _ = fs::remove_dir(owner_dir);
+            if fs::remove_dir(owner_dir).is_ok() {
+                usage.owner_emptied(owner);
+            }
         }
         result.map(|()| freed)
     }

@@ -483,13 +483,19 @@ impl Pool {
 
     /// Mounts again with `poolfs mount` on the same storage and controller.
     pub fn remount(&mut self) {
+        self.remount_with(&[]);
+    }
+
+    /// `remount`, with `extra` options for `poolfs mount`.
+    pub fn remount_with(&mut self, extra: &[&str]) {
         let before = procs_under(&self.root);
         let out = run(poolfs(["mount"])
             .arg(&self.mnt)
             .arg("--storage")
             .arg(&self.mount_storage)
             .args(["-c", &self.controller.to_string()])
-            .args(["--listen", "127.0.0.1:0"]));
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra));
         // Find the detached mount process, to end it even if the mount failed.
         let started: Vec<u32> = procs_under(&self.root)
             .into_iter()

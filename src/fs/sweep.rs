@@ -1,0 +1,253 @@
+//! The owner's sweep: every segment this mount stored on a node belongs to a live file
+//! or is reclaimed within a bounded time. Covers what nothing else frees: shards stored
+//! away and since brought home, old copies on a node back after its data was rebuilt
+//! elsewhere, the shards of a file in flight when the mount crashed, shards repair
+//! wrote without recording them, and the segments of files deleted while their node
+//! was away.
+//!
+//! One pass, for each live node: LIST this mount's segments there, THEN snapshot the
+//! files that are open, THEN read the committed manifests. A segment is live if a
+//! manifest names it (the segment, slot 0 or its shadow, of each stored shard on the
+//! node holding it: its holder or where it was moved) or its file is open. The rest is sent a conditional
+//! DELETE-SEGMENT: "only if not written in the last `grace`", which the node checks
+//! under its store's lock.
+//!
+//! Why nothing live is reclaimed: a segment listed and later named by a manifest was
+//! either named already when the manifests were read (committed before), or its file
+//! was open when the open files were looked at (a file is committed before it leaves
+//! the open set), or it was written after that (so it is younger than the grace when
+//! the DELETE arrives, and kept). A segment created after the listing is not listed.
+//! Repair, which writes segments of closed files, runs in the same background thread
+//! as the sweep (`mount::spawn_repair`), never during a pass; a repair that
+//! wrote and then failed before committing leaves segments no manifest names, which a
+//! later pass reclaims once they are older than the grace.
+//!
+//! Bound: a dead segment last written at T is reclaimed by the first pass that starts
+//! after T + grace with its node up: by T + grace + interval + one pass (for a node
+//! that was away, counted from its return; a repair pass running then, in the same
+//! thread, delays it by its length).
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use super::vfs::Vfs;
+use super::FsError;
+use crate::client::{Holder, Manifest};
+use crate::proto::{NodeId, NodeState, Reclaim, SegmentInfo};
+
+/// The default `--reclaim-after`: how long a segment no live file names stays before
+/// the sweep removes it (seconds).
+pub const DEFAULT_RECLAIM_AFTER_SECS: u64 = 600;
+
+/// How often a mount sweeps for a given grace: a quarter of it, at least a second, so
+/// the bound (grace + interval + one pass) stays within 1.25 × grace plus a pass.
+pub fn interval_for(grace: Duration) -> Duration {
+    (grace / 4).max(Duration::from_secs(1))
+}
+
+/// What one sweep pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Live nodes whose segments were listed.
+    pub nodes: usize,
+    /// Live nodes that could not be listed (their segments wait for a later pass).
+    pub unreachable: usize,
+    /// Segments of this mount listed on those nodes.
+    pub listed: usize,
+    /// Segments no live file names, removed in this pass.
+    pub reclaimed: usize,
+    /// Bytes those freed on the nodes' disks.
+    pub freed: u64,
+    /// Segments no live file names but written within the grace: kept for now.
+    pub waiting: usize,
+}
+
+/// A segment as (file id, index).
+type SegKey = (String, u32);
+
+/// The segments the committed manifests name, per node: for each stored stripe, the
+/// segment of each shard's slot on the node holding it (its holder, or where it was
+/// moved), and slot 0 of every holder of a file with reserved stripes. A file placed
+/// but never committed with a stripe (a copy in flight at a crash) names none.
+fn named_segments<'a>(
+    manifests: impl IntoIterator<Item = &'a Manifest>,
+) -> HashMap<NodeId, HashSet<SegKey>> {
+    let mut live: HashMap<NodeId, HashSet<SegKey>> = HashMap::new();
+    let mut name = |node: NodeId, file: &str, index: u32| {
+        live.entry(node)
+            .or_default()
+            .insert((file.to_string(), index));
+    };
+    for m in manifests {
+        let file = &m.place.file_id;
+        // Reservations are made in slot 0 of every holder.
+        if !m.reserved.is_empty() {
+            for (i, h) in m.place.holders.iter().enumerate() {
+                name(h.node_id, file, i as u32);
+            }
+        }
+        for (_, rec) in m.records() {
+            for i in 0..m.place.holders.len() {
+                name(rec.holder(&m.place, i).node_id, file, rec.segment_index(i));
+            }
+        }
+    }
+    live
+}
+
+/// One live node and this mount's segments on it.
+type Listing = (Holder, Vec<SegmentInfo>);
+
+/// This mount's segments on every live node, and the number of live nodes that could
+/// not be listed.
+fn list_live_nodes(vfs: &Vfs) -> Result<(Vec<Listing>, usize), FsError> {
+    let client = vfs.client();
+    let view = vfs.run(client.refresh_view())?;
+    let holders: Vec<Holder> = view
+        .nodes
+        .iter()
+        .filter(|n| n.state == NodeState::Up)
+        .map(|n| Holder {
+            node_id: n.id,
+            addr: n.addr,
+        })
+        .collect();
+    let listed = vfs.run(futures::future::join_all(holders.into_iter().map(
+        |h| async move {
+            let listing = client.list_segments(&h).await;
+            (h, listing)
+        },
+    )));
+    let mut out = Vec::new();
+    let mut unreachable = 0;
+    for (h, listing) in listed {
+        match listing {
+            Ok(segments) => out.push((h, segments)),
+            Err(e) => {
+                log::warn!(
+                    "sweep: cannot list this mount's segments on node {}: {e}",
+                    h.node_id
+                );
+                unreachable += 1;
+            }
+        }
+    }
+    Ok((out, unreachable))
+}
+
+/// One sweep: removes, on every live node, this mount's segments that no committed
+/// manifest names, whose file is not open, and that were not written in the last
+/// `grace`. Errors: the pool view or the metadata could not be read (nothing is
+/// removed then). A node that cannot be listed or refuses a DELETE is skipped and
+/// counted; a later pass tries again.
+pub fn sweep_pass(vfs: &Vfs, grace: Duration) -> Result<SweepReport, FsError> {
+    // The order matters (see the module's comment): listings, open files, manifests.
+    let (listings, unreachable) = list_live_nodes(vfs)?;
+    let open: HashSet<String> = vfs.open_file_ids().into_iter().collect();
+    let files = vfs.meta().files()?;
+    let live = named_segments(files.iter().filter_map(|i| i.manifest.as_ref()));
+    let mut report = SweepReport {
+        nodes: listings.len(),
+        unreachable,
+        ..Default::default()
+    };
+    let grace_ms = grace.as_millis().min(u64::MAX as u128) as u64;
+    for (holder, segments) in listings {
+        report.listed += segments.len();
+        let named = live.get(&holder.node_id);
+        for info in segments {
+            let seg = &info.segment;
+            let key = (seg.file.clone(), seg.index);
+            if open.contains(&seg.file) || named.is_some_and(|s| s.contains(&key)) {
+                continue;
+            }
+            if info.age_ms < grace_ms {
+                report.waiting += 1;
+                continue;
+            }
+            let outcome = vfs.run(vfs.client().reclaim_segment(&holder, seg.clone(), grace));
+            match outcome {
+                Ok(Reclaim::Deleted { freed }) => {
+                    log::info!(
+                        "sweep: reclaimed segment {}/{} on node {}: {freed} bytes no live \
+                         file names",
+                        seg.file,
+                        seg.index,
+                        holder.node_id
+                    );
+                    report.reclaimed += 1;
+                    report.freed += freed;
+                }
+                Ok(Reclaim::Young { .. }) => report.waiting += 1,
+                Ok(Reclaim::Missing) => {}
+                Err(e) => log::warn!(
+                    "sweep: cannot reclaim segment {}/{} on node {}: {e}",
+                    seg.file,
+                    seg.index,
+                    holder.node_id
+                ),
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Space of one node as this mount sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeSpace {
+    /// The node.
+    pub node: NodeId,
+    /// Bytes this mount's segments take on its disk (from LIST: allocated bytes).
+    pub held: u64,
+    /// Bytes of shards and reserved slots this mount's committed files keep there.
+    pub live: u64,
+}
+
+/// Bytes the live files of `m` keep on each node: each stored shard (sealed length)
+/// on the node holding it, and each reserved slot on each holder.
+fn live_bytes(m: &Manifest, into: &mut HashMap<NodeId, u64>) {
+    if m.inline.is_some() && !m.stores_anything() && m.reserved.is_empty() {
+        return;
+    }
+    let layout = &m.place.layout;
+    let n = m.place.holders.len();
+    for (j, rec) in m.records() {
+        let shard = rec.stored_len(layout.shard_len(m.stripe_len(j)) as usize) as u64;
+        for i in 0..n {
+            *into.entry(rec.holder(&m.place, i).node_id).or_default() += shard;
+        }
+    }
+    for run in m.reserved.iter() {
+        let slots = layout.segment_offset(run.end) - layout.segment_offset(run.start);
+        for h in &m.place.holders {
+            *into.entry(h.node_id).or_default() += slots;
+        }
+    }
+}
+
+/// Per live node, the bytes this mount's segments hold there against the bytes its
+/// committed files need there (what `status` shows as held against live). Nodes that
+/// cannot be listed are left out. Errors: the view or the metadata could not be read.
+pub fn held_and_live(vfs: &Vfs) -> Result<Vec<NodeSpace>, FsError> {
+    let (listings, _) = list_live_nodes(vfs)?;
+    let mut live = HashMap::new();
+    for inode in vfs.meta().files()? {
+        if let Some(m) = &inode.manifest {
+            live_bytes(m, &mut live);
+        }
+    }
+    let mut out: Vec<NodeSpace> = listings
+        .into_iter()
+        .map(|(h, segments)| NodeSpace {
+            node: h.node_id,
+            held: segments.iter().map(|s| s.allocated).sum(),
+            live: live.get(&h.node_id).copied().unwrap_or(0),
+        })
+        .collect();
+    out.sort_by_key(|s| s.node);
+    Ok(out)
+}
+
+#[cfg(test)]
+#[path = "sweep_tests.rs"]
+mod tests;
