@@ -79,7 +79,7 @@ impl PoolClient {
     /// with the old ones on a node holding both). `None` when no node is live.
     pub fn placement_for(&self, view: &PoolView, shard_size: u32) -> Option<Placement> {
         let id: [u8; 16] = rand::random();
-        placement::place_new(view, self.cfg.parity, shard_size, hex::encode(id))
+        placement::place_new(view, self.cfg.redundancy, shard_size, hex::encode(id))
     }
 
     /// Re-encodes the file `m` onto `place` (a fresh placement, with a file id of its

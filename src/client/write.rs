@@ -224,7 +224,8 @@ impl PoolClient {
 mod tests {
     use std::time::Duration;
 
-    use super::super::testkit::{bytes, pool, pool_with_parity, put, SHARD};
+    use super::super::testkit::{bytes, pool, pool_with, put, SHARD};
+    use crate::client::placement::Redundancy;
     use super::super::{ClientError, Fault};
     use crate::proto::NodeState;
 
@@ -323,7 +324,7 @@ mod tests {
     async fn a_holder_failing_mid_write_leaves_every_later_stripe_with_all_its_shards() {
         // 3 + 2: the quorum is 4 of 5, so before full redundancy a stripe whose holder
         // died was left with 4 shards and one more loss from unreadable.
-        let (mem, client) = pool_with_parity(5, false, Some(2));
+        let (mem, client) = pool_with(5, false, Redundancy::Tolerate(2));
         let place = client.new_file().await.expect("new file").place;
         let stripe = 3 * SHARD as usize;
         client
@@ -366,7 +367,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stripe_no_live_node_can_complete_is_written_degraded_and_made_whole_on_return() {
-        let (mem, client) = pool_with_parity(5, false, Some(2));
+        let (mem, client) = pool_with(5, false, Redundancy::Tolerate(2));
         let place = client.new_file().await.expect("new file").place;
         mem.kill(5);
         client.refresh_view().await.expect("view");

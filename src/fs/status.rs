@@ -11,7 +11,7 @@ use super::fuse::{HEALTH_XATTR, REPAIR_XATTR, RISK_XATTR};
 mod risk;
 
 pub use risk::{
-    held_bytes, machine_of, pool_risk, stripe_machines_off, stripe_tolerance, DegradedFile,
+    machine_of, pool_risk, stripe_machines_off, stripe_tolerance, DegradedFile,
     NodeSpace, PoolRisk, DEGRADED_LIMIT,
 };
 

@@ -227,7 +227,7 @@ fn shards_a_rebuild_wrote_without_recording_them_are_reclaimed() {
         node_id: new,
         addr: MemSegments::addr_of(new),
     };
-    vfs.run(vfs.client().rebuild_segment(&m, 0, to, Duration::ZERO))
+    vfs.run(vfs.client().rebuild_onto(&m, 0, &to, &stripes_of(&m), NO_PACE))
         .expect("rebuild");
     assert_eq!(p.mem.segments_of(new, &m.place.file_id), 1);
     let r = sweep_aged(&p, &vfs);
@@ -278,7 +278,7 @@ fn held_and_live_bytes_per_node_show_what_a_sweep_would_free() {
         node_id: new,
         addr: MemSegments::addr_of(new),
     };
-    vfs.run(vfs.client().rebuild_segment(&m, 1, to, Duration::ZERO))
+    vfs.run(vfs.client().rebuild_onto(&m, 1, &to, &stripes_of(&m), NO_PACE))
         .expect("rebuild");
     let space = held_and_live(&vfs).expect("space");
     let of = |id| space.iter().find(|s| s.node == id).copied().expect("node");
@@ -371,3 +371,14 @@ fn a_closed_file_is_never_reclaimed_while_repair_rebuilds_it() {
     vfs.run(vfs.client().refresh_view()).expect("view");
     assert_eq!(contents(&vfs, ino), expect);
 }
+
+/// Every stored stripe of `m`, for a rebuild of all of them.
+fn stripes_of(m: &crate::client::Manifest) -> Vec<u64> {
+    m.records().map(|(j, _)| j).collect()
+}
+
+/// Repair's pace with no pause: the tests do not wait.
+const NO_PACE: crate::client::Pace = crate::client::Pace {
+    bytes_per_sec: 0,
+    floor: Duration::ZERO,
+};

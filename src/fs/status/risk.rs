@@ -50,8 +50,9 @@ pub struct NodeSpace {
     pub id: NodeId,
     /// Its state in the pool view.
     pub state: String,
-    /// Bytes the node holds (`held_bytes`).
-    pub held: u64,
+    /// Bytes this mount's segments take on the node (allocated, from LIST: see
+    /// `fs::sweep::held_and_live`); `None` when the node could not be listed (not up).
+    pub held: Option<u64>,
     /// Bytes of shards this mount's manifests place on the node.
     pub live: u64,
 }
@@ -82,25 +83,22 @@ impl PoolRisk {
             out.push_str(&format!("    and {more} more degraded files\n"));
         }
         for n in &self.nodes {
+            let held = n
+                .held
+                .map_or_else(|| "an unknown number of".to_owned(), |b| b.to_string());
             out.push_str(&format!(
-                "  node {:>3} {:<7} holds {} bytes for {} bytes of live data\n",
-                n.id, n.state, n.held, n.live
+                "  node {:>3} {:<7} holds {held} bytes for {} bytes of live data\n",
+                n.id, n.state, n.live
             ));
         }
         out
     }
 }
 
-/// Bytes node `id` holds, as the pool view reports them (its USED). The space sweep's
-/// per-node `held` (fs/sweep.rs) is the better source once it exists: switch here.
-pub fn held_bytes(view: &PoolView, id: NodeId) -> u64 {
-    view.node(id).map_or(0, |n| n.used)
-}
-
-/// The machine node `id` runs on. Until the pool view names each node's machine, every
-/// node counts as a machine of its own: switch to `placement::machine_of` here.
-pub fn machine_of(_view: &PoolView, id: NodeId) -> String {
-    format!("node {id}")
+/// The machine node `id` runs on, as it named itself (`placement::machine_of`); a node
+/// that named none counts as a machine of its own.
+pub fn machine_of(view: &PoolView, id: NodeId) -> String {
+    placement::machine_of(view, id).map_or_else(|| format!("node {id}"), str::to_owned)
 }
 
 /// How many machines may be off at once with a stripe still readable: `shards` are the
@@ -164,13 +162,22 @@ pub fn pool_risk(vfs: &Vfs) -> Result<PoolRisk, FsError> {
         })
         .collect();
     risk.degraded_files.sort_by(|a, b| a.path.cmp(&b.path));
+    // What each reachable node holds for this mount, from its LIST; a failed listing
+    // leaves every node unknown rather than failing the report.
+    let held: HashMap<NodeId, u64> = match crate::fs::sweep::held_and_live(vfs) {
+        Ok(spaces) => spaces.into_iter().map(|s| (s.node, s.held)).collect(),
+        Err(e) => {
+            log::warn!("status: cannot list the nodes' segments: {e}");
+            HashMap::new()
+        }
+    };
     risk.nodes = view
         .nodes
         .iter()
         .map(|n| NodeSpace {
             id: n.id,
             state: n.state.to_string(),
-            held: held_bytes(&view, n.id),
+            held: held.get(&n.id).copied(),
             live: live.get(&n.id).copied().unwrap_or(0),
         })
         .collect();

@@ -186,7 +186,7 @@ fn status_says_how_many_machines_may_be_off_and_the_live_bytes_each_node_holds()
     for n in &risk.nodes {
         // Two full stripes: two shards on each holder.
         assert_eq!(n.live, 2 * SHARD as u64, "node {}", n.id);
-        assert_eq!(n.held, f.mem.used(n.id), "node {}", n.id);
+        assert_eq!(n.held, Some(f.mem.used(n.id)), "node {}", n.id);
     }
     assert_eq!(risk.nodes.len(), m.place.holders.len());
     let text = risk.render();
