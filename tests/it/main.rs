@@ -6,6 +6,7 @@
 mod harness;
 
 mod bench;
+mod churn;
 mod discovery;
 mod erasure;
 mod fuzz;
@@ -15,4 +16,5 @@ mod mount;
 mod pool;
 mod programs;
 mod props;
+mod redundancy;
 mod trust;
