@@ -191,8 +191,6 @@ class Member:
 
     def end(self):
         """Ends a member this run restarted (the pool's `down` knows only the originals)."""
-        if self.off == "stopped":
-            os.kill(self.pid, signal.SIGCONT)
         if self.child and self.child.poll() is None:
             self.child.terminate()
             try:
@@ -531,12 +529,15 @@ def run(a, binary, work, log):
         return res
     finally:
         with deferred_signals():
-            for m in members:
-                try:
+            for m in members:  # a stopped member would hold up the unmount's hand-off
+                if m.off == "stopped":
+                    os.kill(m.pid, signal.SIGCONT)
+                    m.off = None
+            try:
+                pools.close()
+            finally:
+                for m in members:
                     m.end()
-                except OSError:
-                    pass
-            pools.close()
 
 
 def report(res):
@@ -611,6 +612,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("churn: interrupted, cleaning up", file=sys.stderr)
         return 130
+    except (OSError, RuntimeError, subprocess.CalledProcessError) as e:
+        print(f"churn: the run failed: {e}", file=sys.stderr)
+        return 1
     finally:
         with deferred_signals():
             shutil.rmtree(work, ignore_errors=True)
