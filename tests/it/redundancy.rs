@@ -15,8 +15,8 @@ use crate::harness::faults::{
     assert_space_settles, files_under, pick, repair_bytes, seed, shape_of, Killed,
 };
 use crate::harness::mount::{
-    assert_same_file, can_mount, drop_cache, health, random_file, run_ok, wait_members_up, Pool,
-    Rng, MIB,
+    assert_same_file, can_mount, drop_cache, health, poolfs, random_file, run_ok, wait_members_up,
+    Pool, Rng, MIB,
 };
 
 /// How long the sweep may take to reclaim what no file names, with `--reclaim-after 5`.
@@ -190,6 +190,16 @@ fn four_nodes_return_to_full_redundancy_after_one_is_lost_for_good() {
         lost.index,
         big.display(),
         health(big)
+    );
+    // And says so where a user looks: `poolfs status` names the degraded file.
+    let out =
+        run_ok(poolfs(["status", "-c", &pool.controller.to_string(), "--mount"]).arg(&pool.mnt));
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        status
+            .lines()
+            .any(|l| l.contains("degraded") && l.contains("big")),
+        "poolfs status does not name the degraded file:\n{status}"
     );
 
     // Every file whole again within 2 minutes of the grace.
