@@ -1,8 +1,9 @@
 //! Files stay readable while machines come and go (issue 14), proved with real
 //! processes on loopback: pools of 12 lose any 2 members (any 3 with `--tolerate 3`)
-//! and every file reads back exact; a pool of 4 that loses a member for good is back
-//! to full redundancy within 2 minutes of the grace and then survives a second loss;
-//! and after each fault the shards on the members take within 5 % of what the live
+//! and every file reads back exact; a shape chosen with `--redundancy` is the files'
+//! shape and survives the loss of its parity; a pool of 4 that loses a member for good
+//! is back to full redundancy within 2 minutes of the grace and then survives a second
+//! loss; and after each fault the shards on the members take within 5 % of what the live
 //! files need (the sweep reclaims the rest).
 
 use std::fs::{self, OpenOptions};
@@ -93,8 +94,8 @@ fn victims(pool: &Pool, rng: &mut Rng, count: usize) -> Vec<usize> {
     chosen
 }
 
-/// kill -9 of `count` storage members of a 12-node pool chosen at random among the
-/// holders of the biggest file; every file reads back exact. Returns the killed.
+/// kill -9 of `count` storage members chosen at random among the holders of the
+/// biggest file; every file reads back exact. Returns the killed.
 fn kill_and_read(pool: &mut Pool, kept: &[Kept], count: usize) -> Vec<Killed> {
     let mut rng = Rng::new(seed());
     let chosen = victims(pool, &mut rng, count);
@@ -244,4 +245,26 @@ fn four_nodes_return_to_full_redundancy_after_one_is_lost_for_good() {
     let second = pick(&mut rng, &others, 1)[0];
     pool.kill_member(second);
     assert_all_read_back(&kept, "a second member lost after repair");
+}
+
+#[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
+fn a_shape_chosen_with_redundancy_is_the_files_shape_and_survives_its_parity_lost() {
+    if !can_mount() {
+        return;
+    }
+    let mut pool = Pool::up_with("shape-2p2", 6, &["--redundancy", "2+2"]);
+    let kept = fill(&pool);
+    for f in kept.iter().filter(|f| f.got.ends_with("big")) {
+        assert_eq!(
+            shape_of(&health(&f.got)),
+            Some((2, 2)),
+            "--redundancy 2+2 on up: {}",
+            health(&f.got)
+        );
+    }
+    kill_and_read(&mut pool, &kept, 2);
 }
