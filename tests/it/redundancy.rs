@@ -12,9 +12,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::harness::faults::{
-    assert_space_settles, files_under, pick, repair_bytes, seed, shape_of, Killed,
-};
+use crate::harness::faults::{assert_space_settles, pick, repair_bytes, seed, shape_of, Killed};
 use crate::harness::mount::{
     assert_same_file, can_mount, drop_cache, health, poolfs, random_file, run_ok, wait_members_up,
     Pool, Rng, MIB,
@@ -80,6 +78,23 @@ fn assert_all_read_back(kept: &[Kept], when: &str) {
     }
 }
 
+/// Waits (up to `timeout`) until every kept file says it is healthy; panics with the
+/// health of each file if they do not.
+fn assert_all_healthy(kept: &[Kept], timeout: Duration, when: &str) {
+    let whole = crate::harness::mount::wait_until(timeout, || {
+        kept.iter().all(|f| health(&f.got).starts_with("healthy"))
+    });
+    let report: Vec<String> = kept
+        .iter()
+        .map(|f| format!("{}: {}", f.got.display(), health(&f.got)))
+        .collect();
+    assert!(
+        whole,
+        "{timeout:?} after {when}, files are not all healthy:\n{}",
+        report.join("\n")
+    );
+}
+
 /// Storage members worth killing: those holding a segment of the biggest file (so the
 /// kill takes shards the reads need), the others only if there are too few.
 fn victims(pool: &Pool, rng: &mut Rng, count: usize) -> Vec<usize> {
@@ -123,10 +138,18 @@ fn twelve_nodes_keep_every_file_readable_with_any_two_killed() {
     // too. Their part of it is far more than 5 % of what the rest needs.
     let gone = kept.remove(0);
     fs::remove_file(&gone.got).expect("delete a file while members are away");
+    // A file written while they are away: the shards of absent holders go to stand-ins
+    // and come home once the holders are back; the stand-ins' copies must then go.
+    let want = pool.scratch().join("written-while-away");
+    random_file(&want, 8 * MIB);
+    let got = pool.path("written-while-away");
+    cp_in(&want, &got);
+    kept.push(Kept { want, got });
     for k in killed {
         pool.restart_member(k);
     }
     wait_members_up(pool.controller, 12, "the restarted members");
+    assert_all_healthy(&kept, Duration::from_secs(60), "two members came back");
     assert_space_settles(
         &pool,
         &pool.storages(),
@@ -205,19 +228,7 @@ fn four_nodes_return_to_full_redundancy_after_one_is_lost_for_good() {
 
     // Every file whole again within 2 minutes of the grace.
     let limit = grace + Duration::from_secs(120);
-    let whole = crate::harness::mount::wait_until(limit, || {
-        kept.iter().all(|f| health(&f.got).starts_with("healthy"))
-    });
-    let report: Vec<String> = files_under(&pool.mnt)
-        .iter()
-        .map(|f| format!("{}: {}", f.display(), health(f)))
-        .collect();
-    assert!(
-        whole,
-        "{limit:?} after member {} was lost, files are not all healthy:\n{}",
-        lost.index,
-        report.join("\n")
-    );
+    assert_all_healthy(&kept, limit, &format!("member {} was lost", lost.index));
     eprintln!(
         "full redundancy again {:.1}s after the loss",
         since.elapsed().as_secs_f64()
