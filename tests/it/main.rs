@@ -6,6 +6,7 @@
 mod harness;
 
 mod bench;
+mod churn;
 mod discovery;
 mod erasure;
 mod fuzz;
@@ -16,4 +17,5 @@ mod pool;
 mod programs;
 mod props;
 mod reclaim;
+mod redundancy;
 mod trust;

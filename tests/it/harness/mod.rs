@@ -1,11 +1,13 @@
 //! What the tests stand on: a pool on loopback (`cluster`), a LAN of network
 //! namespaces (`lan`), a whole pool mounted with `poolfs up` (`mount`), the wire by
-//! hand (`wire`), and the one rule for a missing prerequisite (`skip`).
+//! hand (`wire`), members killed and restarted and the space their shards take
+//! (`faults`), and the one rule for a missing prerequisite (`skip`).
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 
 pub mod cluster;
+pub mod faults;
 pub mod lan;
 pub mod mount;
 pub mod wire;

@@ -205,7 +205,6 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// States of the pool's members as `poolfs status --json` reports them, sorted.
 /// The health a file reports through `user.poolfs.health`.
 pub fn health(path: &Path) -> String {
     use std::os::unix::ffi::OsStrExt;
@@ -229,6 +228,7 @@ pub fn health(path: &Path) -> String {
     String::from_utf8_lossy(&buf[..n as usize]).into_owned()
 }
 
+/// States of the pool's members as `poolfs status --json` reports them, sorted.
 pub fn member_states(controller: SocketAddr) -> Vec<String> {
     let out = run_ok(&mut poolfs([
         "status",
@@ -451,6 +451,13 @@ impl Pool {
         self.extra_pids.push(pid);
         self.children.push(child);
         Member { storage, pid }
+    }
+
+    /// Takes charge of a process started for this pool outside `up` (a member restarted
+    /// by the test): it is ended, by pid, with the pool.
+    pub fn adopt(&mut self, child: std::process::Child) {
+        self.extra_pids.push(child.id());
+        self.children.push(child);
     }
 
     fn all_pids(&self) -> Vec<u32> {
