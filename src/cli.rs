@@ -357,3 +357,60 @@ fn parse_machine(s: &str) -> Result<String, String> {
     }
     Ok(name.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy_of(args: &[&str]) -> Result<Redundancy, String> {
+        let argv = ["poolfs", "put", "f"].iter().chain(args);
+        match Cli::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .command
+        {
+            Command::Put(put) => Ok(put.redundancy.policy()),
+            other => Err(format!("parsed as {other:?}")),
+        }
+    }
+
+    #[test]
+    fn redundancy_tolerate_and_the_old_parity_flag_choose_the_shape() {
+        assert_eq!(policy_of(&[]), Ok(Redundancy::Auto));
+        assert_eq!(
+            policy_of(&["--redundancy", "4+2"]),
+            Ok(Redundancy::Exact { k: 4, m: 2 })
+        );
+        assert_eq!(policy_of(&["--tolerate", "3"]), Ok(Redundancy::Tolerate(3)));
+        assert_eq!(policy_of(&["--parity", "0"]), Ok(Redundancy::Tolerate(0)));
+        let both = policy_of(&["--redundancy", "4+2", "--tolerate", "1"]).unwrap_err();
+        assert!(both.contains("cannot be used with"), "{both}");
+        let bad = policy_of(&["--redundancy", "4"]).unwrap_err();
+        assert!(bad.contains("expected K+M such as 4+2"), "{bad}");
+        let wide = policy_of(&["--tolerate", "40"]).unwrap_err();
+        assert!(wide.contains("at most 32"), "{wide}");
+        // The old name works but is not advertised.
+        let help = Cli::try_parse_from(["poolfs", "put", "--help"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            help.contains("--tolerate") && !help.contains("--parity"),
+            "{help}"
+        );
+    }
+
+    #[test]
+    fn a_machine_name_is_one_to_64_printable_characters() {
+        let parse = |name: &str| {
+            Cli::try_parse_from(["poolfs", "node", "--storage", "s", "--machine", name])
+                .map(|cli| match cli.command {
+                    Command::Node(node) => node.machine.machine,
+                    _ => None,
+                })
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(parse("desk"), Ok(Some("desk".to_string())));
+        assert!(parse("").is_err());
+        assert!(parse(&"x".repeat(65)).is_err());
+        assert!(parse("a\tb").is_err());
+    }
+}
