@@ -10,8 +10,8 @@ use std::str::FromStr;
 pub const MAX_SEGMENTS: u32 = 32;
 
 /// Data shards of the automatic shape on pools of 5 or more: 4 (with 1 MiB shards, 4 MiB
-/// stripes), small enough that a stripe fits on a small pool, large enough that parity
-/// costs at most 2× the data on big ones.
+/// stripes), small enough that a stripe fits on a small pool, large enough that a 4+4
+/// stripe on a big one stores at most twice the file's bytes.
 pub const AUTO_DATA_SHARDS: u32 = 4;
 
 /// What the user asked of a new file's shape (`--redundancy K+M`, `--tolerate F`, or
