@@ -225,8 +225,8 @@ mod tests {
     use std::time::Duration;
 
     use super::super::testkit::{bytes, pool, pool_with, put, SHARD};
-    use crate::client::placement::Redundancy;
     use super::super::{ClientError, Fault};
+    use crate::client::placement::Redundancy;
     use crate::proto::NodeState;
 
     #[tokio::test]

@@ -227,8 +227,11 @@ fn shards_a_rebuild_wrote_without_recording_them_are_reclaimed() {
         node_id: new,
         addr: MemSegments::addr_of(new),
     };
-    vfs.run(vfs.client().rebuild_onto(&m, 0, &to, &stripes_of(&m), NO_PACE))
-        .expect("rebuild");
+    vfs.run(
+        vfs.client()
+            .rebuild_onto(&m, 0, &to, &stripes_of(&m), NO_PACE),
+    )
+    .expect("rebuild");
     assert_eq!(p.mem.segments_of(new, &m.place.file_id), 1);
     let r = sweep_aged(&p, &vfs);
     assert_eq!(r.reclaimed, 1);
@@ -278,8 +281,11 @@ fn held_and_live_bytes_per_node_show_what_a_sweep_would_free() {
         node_id: new,
         addr: MemSegments::addr_of(new),
     };
-    vfs.run(vfs.client().rebuild_onto(&m, 1, &to, &stripes_of(&m), NO_PACE))
-        .expect("rebuild");
+    vfs.run(
+        vfs.client()
+            .rebuild_onto(&m, 1, &to, &stripes_of(&m), NO_PACE),
+    )
+    .expect("rebuild");
     let space = held_and_live(&vfs).expect("space");
     let of = |id| space.iter().find(|s| s.node == id).copied().expect("node");
     // Held is the segment's length on the in-memory nodes: the shards, and the gaps
