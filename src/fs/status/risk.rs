@@ -24,6 +24,11 @@ pub struct PoolRisk {
     /// Machines that may be off at once, whichever they are, with every stored stripe
     /// still readable; `None` when no stripe is stored. 0 with a file unreadable now.
     pub machines_off: Option<usize>,
+    /// Nodes that may be off at once, whichever they are, with every stored stripe still
+    /// readable: more than `machines_off` when nodes share a machine (a pool started
+    /// with `poolfs up` runs every node on this one).
+    #[serde(default)]
+    pub nodes_off: Option<usize>,
     /// Files with data on the pool.
     pub files: usize,
     /// Of those, files with a shard away from its place or on a node that is not up.
@@ -70,6 +75,15 @@ impl PoolRisk {
                 if n == 1 { "" } else { "s" }
             )),
             None => out.push_str("  risk: no file data on the pool\n"),
+        }
+        if let (Some(nodes), Some(machines)) = (self.nodes_off, self.machines_off) {
+            if nodes > machines {
+                out.push_str(&format!(
+                    "  (nodes share machines: any {nodes} node{} may be off at once, as long \
+                     as their machines stay up)\n",
+                    if nodes == 1 { "" } else { "s" }
+                ));
+            }
         }
         out.push_str(&format!(
             "  {} of {} files degraded\n",
@@ -136,8 +150,9 @@ pub fn pool_risk(vfs: &Vfs) -> Result<PoolRisk, FsError> {
             continue;
         }
         risk.files += 1;
-        let tolerance = file_tolerance(m, &view, &mut live);
-        risk.machines_off = Some(risk.machines_off.map_or(tolerance, |t| t.min(tolerance)));
+        let (machines, nodes) = file_tolerance(m, &view, &mut live);
+        risk.machines_off = Some(risk.machines_off.map_or(machines, |t| t.min(machines)));
+        risk.nodes_off = Some(risk.nodes_off.map_or(nodes, |t| t.min(nodes)));
         let why = if is_degraded(m, &view) {
             Some(why_degraded(vfs, m, &view, grace, vfs.is_open(inode.ino)))
         } else {
@@ -192,38 +207,51 @@ fn is_up(view: &PoolView, id: NodeId) -> bool {
 /// `m` still readable in `view` (`stripe_tolerance` over its shards on up nodes, per
 /// machine); `None` when it is unreadable now.
 pub fn stripe_machines_off(m: &Manifest, rec: &StripeRecord, view: &PoolView) -> Option<usize> {
+    stripe_off(m, rec, view, |id| machine_of(view, id))
+}
+
+/// `stripe_tolerance` of the stripe recorded as `rec` of `m`, its shards on up nodes
+/// grouped by `domain` (the machine, or the node itself).
+fn stripe_off(
+    m: &Manifest,
+    rec: &StripeRecord,
+    view: &PoolView,
+    domain: impl Fn(NodeId) -> String,
+) -> Option<usize> {
     let n = m.place.layout.segments() as usize;
     let missing: Vec<usize> = rec.missing(&m.place).collect();
-    let mut per_machine: HashMap<String, usize> = HashMap::new();
+    let mut per_domain: HashMap<String, usize> = HashMap::new();
     for i in (0..n).filter(|i| !missing.contains(i)) {
         let at = rec.holder(&m.place, i).node_id;
         if is_up(view, at) {
-            *per_machine.entry(machine_of(view, at)).or_default() += 1;
+            *per_domain.entry(domain(at)).or_default() += 1;
         }
     }
-    let counts: Vec<usize> = per_machine.into_values().collect();
+    let counts: Vec<usize> = per_domain.into_values().collect();
     stripe_tolerance(m.place.layout.k as usize, &counts)
 }
 
 /// The least machine tolerance over the stored stripes of `m` (0 when one is
 /// unreadable); adds each stored shard's bytes to `live` under the node that holds it.
-fn file_tolerance(m: &Manifest, view: &PoolView, live: &mut BTreeMap<NodeId, u64>) -> usize {
+fn file_tolerance(
+    m: &Manifest,
+    view: &PoolView,
+    live: &mut BTreeMap<NodeId, u64>,
+) -> (usize, usize) {
     let layout = m.place.layout;
     let n = layout.segments() as usize;
-    let mut least = usize::MAX;
+    let (mut machines, mut nodes) = (usize::MAX, usize::MAX);
     for (j, rec) in m.records() {
         let missing: Vec<usize> = rec.missing(&m.place).collect();
         let shard = rec.stored_len(layout.shard_len(m.stripe_len(j)) as usize) as u64;
         for i in (0..n).filter(|i| !missing.contains(i)) {
             *live.entry(rec.holder(&m.place, i).node_id).or_default() += shard;
         }
-        least = least.min(stripe_machines_off(m, rec, view).unwrap_or(0));
+        machines = machines.min(stripe_machines_off(m, rec, view).unwrap_or(0));
+        nodes = nodes.min(stripe_off(m, rec, view, |id| format!("node {id}")).unwrap_or(0));
     }
-    if least == usize::MAX {
-        0
-    } else {
-        least
-    }
+    let none_if_max = |t: usize| if t == usize::MAX { 0 } else { t };
+    (none_if_max(machines), none_if_max(nodes))
 }
 
 /// Has `m` a shard away from its place, stored nowhere, or on a node that is not up?
