@@ -19,6 +19,11 @@ pub const READ_DEADLINE: Duration = Duration::from_millis(1000);
 pub const HEDGE_AFTER: Duration = Duration::from_millis(250);
 /// Once a stripe has enough stored shards, how long the slower holders may still take.
 pub const STRAGGLER_GRACE: Duration = Duration::from_millis(500);
+/// How long a stripe write waits on its holders while it has fewer stored shards than
+/// it needs; the shards still unanswered then go to stand-ins. Without it, a holder
+/// that hangs (a suspended laptop keeps its connections open) holds a close for the
+/// whole call timeout (30 s) until the controller's view catches up.
+pub const STORE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Stored shards a stripe write (or a reservation) needs before it counts as done:
 /// with parity k + 1, so that one more loss leaves it readable; without, all k.
@@ -31,9 +36,10 @@ pub fn write_quorum(layout: &Layout) -> usize {
 }
 
 /// Awaits `stores` (each yields its shard index `< n` and its outcome) until every one
-/// has answered, or until `needed` succeeded and `STRAGGLER_GRACE` passed since: which
-/// shards are stored, and the failures in the order they came. A store still running
-/// at the end is dropped (cancelled).
+/// has answered, or until `needed` succeeded and `STRAGGLER_GRACE` passed since, or
+/// until `STORE_DEADLINE` passed short of `needed`: which shards are stored, and the
+/// failures in the order they came. A store still running at the end is dropped
+/// (cancelled); its shard counts as not stored.
 pub async fn gather_stores<E, F>(
     stores: impl IntoIterator<Item = F>,
     n: usize,
@@ -46,13 +52,14 @@ where
     let mut stored = vec![false; n];
     let mut failures = Vec::new();
     let mut grace: Option<tokio::time::Instant> = None;
+    let short = tokio::time::Instant::now() + STORE_DEADLINE;
     loop {
-        let next = match grace {
-            Some(deadline) => match tokio::time::timeout_at(deadline, pending.next()).await {
-                Ok(next) => next,
-                Err(_) => break, // quorum reached; do not wait on a slow holder
-            },
-            None => pending.next().await,
+        // With the quorum: the stragglers' grace; without: the store deadline. Either
+        // way a silent holder is left to the stand-ins rather than waited on.
+        let deadline = grace.unwrap_or(short);
+        let next = match tokio::time::timeout_at(deadline, pending.next()).await {
+            Ok(next) => next,
+            Err(_) => break,
         };
         match next {
             None => break,
@@ -250,6 +257,19 @@ mod tests {
         assert_eq!(stored, vec![true, false, true]);
         assert_eq!(failures, vec!["shard 1 refused".to_string()]);
         assert_eq!(t.elapsed(), Duration::from_millis(4000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn short_of_the_quorum_a_hung_holder_is_given_up_at_the_store_deadline() {
+        // 4 + 3 with three holders hung (suspended, connections open): only 4 of the 5
+        // shards needed ever answer. The write gives up on the hung ones at the
+        // deadline, for stand-ins to take their shards, not at the 30 s call timeout.
+        let t = Instant::now();
+        let stores = (0..7).map(|i| store(i, (i < 4).then_some(1), true));
+        let (stored, failures) = gather_stores(stores, 7, 5).await;
+        assert_eq!(stored, vec![true, true, true, true, false, false, false]);
+        assert!(failures.is_empty());
+        assert_eq!(t.elapsed(), STORE_DEADLINE);
     }
 
     /// A fetch of shard `i` per `plan[i]`: after so many ms (`None`: never), its index,

@@ -228,10 +228,15 @@ impl Manifest {
 
     /// Every node that may hold bytes of this file: segment holders and moved shards.
     pub fn all_holders(&self) -> Vec<Holder> {
-        let mut all: Vec<Holder> = self.place.holders.clone();
-        for mv in self.stripes.values().flat_map(|s| &s.moved) {
-            if !all.iter().any(|h| h.node_id == mv.to.node_id) {
-                all.push(mv.to.clone());
+        let mut all: Vec<Holder> = Vec::new();
+        // A shape wider than the pool names a node as holder of several segments: once.
+        for h in self.place.holders.iter().chain(
+            self.stripes
+                .values()
+                .flat_map(|s| s.moved.iter().map(|mv| &mv.to)),
+        ) {
+            if !all.iter().any(|a| a.node_id == h.node_id) {
+                all.push(h.clone());
             }
         }
         all

@@ -11,8 +11,8 @@ use super::fuse::{HEALTH_XATTR, REPAIR_XATTR, RISK_XATTR};
 mod risk;
 
 pub use risk::{
-    machine_of, pool_risk, stripe_machines_off, stripe_tolerance, DegradedFile, NodeSpace,
-    PoolRisk, DEGRADED_LIMIT,
+    machine_of, pool_risk, stripe_machines_off, stripe_nodes_off, stripe_tolerance, DegradedFile,
+    NodeSpace, PoolRisk, DEGRADED_LIMIT,
 };
 
 /// Reads the extended attribute `name` of `path` (not following a final symlink) as

@@ -60,9 +60,14 @@ pub fn health(vfs: &Vfs, ino: u64) -> Result<String, FsError> {
             ));
         }
     }
-    // The weakest stripe decides: how many of its shards sit on live nodes. The
-    // segment holders count as a stripe too: later writes go there first.
-    let mut live = m.place.holders.iter().filter(|h| up(h)).count();
+    // The weakest stored stripe decides: how many of its shards sit on live nodes
+    // (moved ones where they were moved). A file with none stored yet is judged by
+    // its holders, where its first write goes.
+    let mut live = if m.stores_anything() {
+        n
+    } else {
+        m.place.holders.iter().filter(|h| up(h)).count()
+    };
     let mut away = 0;
     for (_, rec) in m.records() {
         away += rec.moved.len();
@@ -165,7 +170,7 @@ impl RepairProgress {
                 );
                 if self.reencoded_total > 0 {
                     text.push_str(&format!(
-                        ", {} files re-encoded narrower",
+                        ", {} files re-encoded (narrower while nodes were away, wider once back)",
                         self.reencoded_total
                     ));
                 }

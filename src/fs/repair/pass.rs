@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use super::{needs_repair, pace, repair_view, RepairReport};
-use crate::client::{adopt_holder, placement, Holder, Manifest, Pace, PoolClient};
-use crate::fs::status::stripe_machines_off;
+use crate::client::{adopt_holder, placement, Holder, Manifest, Pace, PoolClient, StripeRecord};
+use crate::fs::status::{stripe_machines_off, stripe_nodes_off};
 use crate::fs::vfs::Vfs;
 use crate::fs::FsError;
 use crate::proto::{NodeState, PoolView};
@@ -48,6 +48,22 @@ pub fn repair_pass(vfs: &Vfs, grace: Duration) -> Result<RepairReport, FsError> 
             })
             .count();
         if broken.is_empty() && !m.has_moved() {
+            // Whole, but perhaps narrower than the policy now gives: re-encoded while
+            // nodes were away for good, or written on a smaller pool. Widened once
+            // enough nodes are live, so an outage does not lower the pool's tolerance
+            // for good.
+            if !vfs.is_open(inode.ino) && narrower_than_policy(vfs, &m, &rview) {
+                let mut file = FileRepair {
+                    vfs,
+                    ino: inode.ino,
+                    committed: m.clone(),
+                    report: &mut report,
+                    pace: pace(),
+                };
+                if let Err(e) = file.reencode(&rview) {
+                    log::info!("repair: widening file {}: {e}", m.place.file_id);
+                }
+            }
             continue;
         }
         if vfs.is_open(inode.ino) {
@@ -283,17 +299,35 @@ impl FileRepair<'_> {
     }
 }
 
+/// Has the stored file `m` fewer parity shards than the mount's policy gives the pool
+/// of `rview` now, with enough live nodes to hold that shape? Such a file is
+/// re-encoded in the policy's shape (an `Exact` policy never widens: its shape does
+/// not depend on the pool).
+fn narrower_than_policy(vfs: &Vfs, m: &Manifest, rview: &PoolView) -> bool {
+    if !m.stores_anything() {
+        return false; // an empty file is placed again at its first write
+    }
+    let policy = vfs.client().config().redundancy;
+    let (k, parity) = placement::shape(policy, placement::pool_size(rview));
+    parity > m.place.layout.m && rview.live().len() >= (k + parity) as usize
+}
+
 /// Does re-encoding `m` with `m_new` parity shards (on as many machines, all live)
 /// leave it more redundant than it is in `view`: may more machines be off then than
 /// its weakest stripe allows now (`status::stripe_machines_off`, which counts a machine
-/// holding two shards of a stripe, on a stand-in, as two)?
+/// holding two shards of a stripe, on a stand-in, as two), and more nodes too
+/// (`status::stripe_nodes_off`)? The second keeps a pool whose nodes share one machine
+/// (`poolfs up`) from re-encoding a file that already survives as many nodes off as
+/// the narrower shape would.
 pub fn reencode_gains(m: &Manifest, view: &PoolView, m_new: u32) -> bool {
-    let now = m
-        .records()
-        .map(|(_, rec)| stripe_machines_off(m, rec, view).map_or(-1, |t| t as i64))
-        .min()
-        .unwrap_or(0);
-    i64::from(m_new) > now
+    let least = |off: fn(&Manifest, &StripeRecord, &PoolView) -> Option<usize>| {
+        m.records()
+            .map(|(_, rec)| off(m, rec, view).map_or(-1, |t| t as i64))
+            .min()
+            .unwrap_or(0)
+    };
+    let m_new = i64::from(m_new);
+    m_new > least(stripe_machines_off) && m_new > least(stripe_nodes_off)
 }
 
 /// The node segment `i` of `m` was being rebuilt on when a repair stopped part way:

@@ -86,7 +86,7 @@ impl PoolRisk {
             }
         }
         out.push_str(&format!(
-            "  {} of {} files degraded\n",
+            "  {} of {} files with data on the pool degraded\n",
             self.degraded, self.files
         ));
         for f in &self.degraded_files {
@@ -210,6 +210,12 @@ pub fn stripe_machines_off(m: &Manifest, rec: &StripeRecord, view: &PoolView) ->
     stripe_off(m, rec, view, |id| machine_of(view, id))
 }
 
+/// How many nodes may be off at once with the stripe recorded as `rec` of the file `m`
+/// still readable in `view` (as `stripe_machines_off`, each node its own domain).
+pub fn stripe_nodes_off(m: &Manifest, rec: &StripeRecord, view: &PoolView) -> Option<usize> {
+    stripe_off(m, rec, view, |id| format!("node {id}"))
+}
+
 /// `stripe_tolerance` of the stripe recorded as `rec` of `m`, its shards on up nodes
 /// grouped by `domain` (the machine, or the node itself).
 fn stripe_off(
@@ -248,7 +254,7 @@ fn file_tolerance(
             *live.entry(rec.holder(&m.place, i).node_id).or_default() += shard;
         }
         machines = machines.min(stripe_machines_off(m, rec, view).unwrap_or(0));
-        nodes = nodes.min(stripe_off(m, rec, view, |id| format!("node {id}")).unwrap_or(0));
+        nodes = nodes.min(stripe_nodes_off(m, rec, view).unwrap_or(0));
     }
     let none_if_max = |t: usize| if t == usize::MAX { 0 } else { t };
     (none_if_max(machines), none_if_max(nodes))

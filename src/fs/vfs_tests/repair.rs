@@ -195,7 +195,7 @@ fn status_says_how_many_machines_may_be_off_and_the_live_bytes_each_node_holds()
         lines[0],
         "  risk: any 1 machine may be off at once with every file still readable"
     );
-    assert_eq!(lines[1], "  0 of 1 files degraded");
+    assert_eq!(lines[1], "  0 of 1 files with data on the pool degraded");
     assert_eq!(
         lines[2],
         format!(
@@ -247,7 +247,9 @@ fn status_says_why_each_degraded_file_is_degraded_and_when_it_will_be_whole() {
     );
     let text = risk.render();
     assert!(
-        text.contains("  2 of 2 files degraded\n    closed: no node holds none of it"),
+        text.contains(
+            "  2 of 2 files with data on the pool degraded\n    closed: no node holds none of it"
+        ),
         "{text}"
     );
     // Once repaired, nothing is degraded and one machine may be off again.
@@ -327,4 +329,43 @@ fn a_file_written_whole_on_stand_ins_is_re_encoded_when_its_holder_never_returns
     f.mem.kill(3);
     f.vfs.run(f.vfs.client().refresh_view()).expect("view");
     assert_eq!(f.contents(inode.ino), data);
+}
+
+#[test]
+fn a_file_narrowed_while_nodes_were_away_is_widened_again_once_they_are_back() {
+    let f = fixture(8);
+    let data = pattern(3 * 4 * SHARD + 99, 6);
+    let ino = f.file(ROOT, b"f", &data);
+    let shape = |f: &Fixture| {
+        let m = f.manifest(ino);
+        (m.place.layout.k, m.place.layout.m)
+    };
+    assert_eq!(shape(&f), (4, 4));
+    // Half the pool away for good: 4 of 8 shards left, none more may go; re-encoded
+    // as the 4 nodes left allow, it survives one more.
+    for id in 5..=8 {
+        gone(&f, id);
+    }
+    let narrowed = repair_now(&f);
+    assert_eq!(narrowed.reencoded, 1, "{narrowed:?}");
+    assert_eq!(shape(&f), (3, 1), "4 nodes left");
+    // They come back: the policy gives 4 + 4 again, and the file gets it.
+    for id in 5..=8 {
+        f.mem.set_fault(id, None);
+        f.mem.set_state(id, Some(crate::proto::NodeState::Up));
+    }
+    let widened = repair_now(&f);
+    assert_eq!(widened.reencoded, 1, "{widened:?}");
+    assert_eq!(shape(&f), (4, 4));
+    let again = repair_now(&f);
+    assert_eq!(
+        again.reencoded, 0,
+        "a file in the policy's shape stays: {again:?}"
+    );
+    // Any four may be off again, as before the outage.
+    for id in [1, 3, 5, 7] {
+        f.mem.kill(id);
+    }
+    f.vfs.run(f.vfs.client().refresh_view()).expect("view");
+    assert_eq!(f.contents(ino), data);
 }
