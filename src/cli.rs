@@ -19,8 +19,9 @@ pub const NODE_PORT: u16 = 2001;
     version,
     about = "A storage pool for the machines of one LAN, mounted as a filesystem",
     long_about = "poolfs pools the disks of the machines on one LAN. Every member runs a node; one \
-                  machine also runs the controller. Files are cut into segments, one per node, and \
-                  read back by fetching and joining them."
+                  machine also runs the controller. Files are cut into stripes of k data and m \
+                  parity shards on k + m machines (one segment per node on pools of up to 5, \
+                  4+2 on 6, 4+3 on 7, 4+4 from 8), and read back from any k of them."
 )]
 pub struct Cli {
     #[command(subcommand)]

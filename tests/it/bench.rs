@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::harness;
-use crate::harness::mount::{can_mount, procs_under, test_dir, wait_until, BIN};
+use crate::harness::mount::{assert_nothing_left, can_mount, test_dir, wait_until, BIN};
 
 /// `python3 bench/run.py --quick ARGS` with its temp dirs under `root`.
 fn bench(root: &Path, args: &[&str]) -> Command {
@@ -28,26 +28,6 @@ fn mounts_under(root: &Path) -> Vec<String> {
         .filter(|l| l.contains(&root))
         .map(str::to_string)
         .collect()
-}
-
-/// Nothing the bench started is left under `root`: no mount, no process, no file.
-fn assert_clean(root: &Path) {
-    assert!(
-        wait_until(Duration::from_secs(10), || procs_under(root).is_empty()),
-        "processes left behind: {:?}",
-        procs_under(root)
-    );
-    assert_eq!(
-        mounts_under(root),
-        Vec::<String>::new(),
-        "mounts left behind"
-    );
-    let left: Vec<_> = std::fs::read_dir(root)
-        .expect("test dir")
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    assert!(left.is_empty(), "files left behind: {left:?}");
 }
 
 /// A positive, finite figure `key` of configuration `name` in the bench's JSON.
@@ -119,7 +99,7 @@ fn quick_bench_prints_every_figure_and_cleans_up() {
         figure(&json, name, "stall");
     }
     assert!(json["poolfs"]["parity0"]["stall"].is_null());
-    assert_clean(root.path());
+    assert_nothing_left(root.path(), mounts_under);
 }
 
 #[test]
@@ -154,5 +134,5 @@ fn interrupted_bench_stops_its_pools_and_unmounts() {
         "stderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_clean(root.path());
+    assert_nothing_left(root.path(), mounts_under);
 }

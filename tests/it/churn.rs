@@ -3,38 +3,16 @@
 //! process writes, overwrites and deletes and another checks every byte. Zero wrong
 //! bytes, zero EIO, zero leaked bytes once the churn stops, and nothing left behind.
 
-use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use crate::harness;
-use crate::harness::mount::{can_mount, fuse_mounts_under, procs_under, test_dir, wait_until, BIN};
+use crate::harness::mount::{assert_nothing_left, can_mount, fuse_mounts_under, test_dir, BIN};
 
 /// A figure of the run's JSON report, as an integer.
 fn figure(json: &serde_json::Value, key: &str) -> u64 {
     json[key]
         .as_u64()
         .unwrap_or_else(|| panic!("{key} missing or not a count in {json}"))
-}
-
-/// Nothing the run started is left under `root`: no process, no mount, no file.
-fn assert_clean(root: &Path) {
-    assert!(
-        wait_until(Duration::from_secs(10), || procs_under(root).is_empty()),
-        "processes left behind: {:?}",
-        procs_under(root)
-    );
-    assert_eq!(
-        fuse_mounts_under(root),
-        Vec::<String>::new(),
-        "mounts left behind"
-    );
-    let left: Vec<_> = std::fs::read_dir(root)
-        .expect("test dir")
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    assert!(left.is_empty(), "files left behind: {left:?}");
 }
 
 #[test]
@@ -61,7 +39,7 @@ fn a_minute_of_churn_on_ten_nodes_reads_every_byte_right_and_leaks_nothing() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{stdout}");
-    assert_clean(root.path());
+    assert_nothing_left(root.path(), fuse_mounts_under);
     let text = std::fs::read_to_string(&json_path).unwrap_or_else(|e| {
         panic!(
             "the churn run wrote no report ({e}), exit {}:\n{stdout}\n{stderr}",

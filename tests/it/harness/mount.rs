@@ -89,6 +89,27 @@ pub fn is_ours(pid: u32, root: &Path) -> bool {
             .any(|a| a.windows(root.len()).any(|w| w == root))
 }
 
+/// Nothing a run started is left under `root`: no process (waited for up to 10 s), no
+/// mount that `mounts_under` lists, no file.
+pub fn assert_nothing_left(root: &Path, mounts_under: impl Fn(&Path) -> Vec<String>) {
+    assert!(
+        wait_until(Duration::from_secs(10), || procs_under(root).is_empty()),
+        "processes left behind: {:?}",
+        procs_under(root)
+    );
+    assert_eq!(
+        mounts_under(root),
+        Vec::<String>::new(),
+        "mounts left behind"
+    );
+    let left: Vec<_> = std::fs::read_dir(root)
+        .expect("test dir")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "files left behind: {left:?}");
+}
+
 /// Live poolfs processes whose command line mentions `root`.
 pub fn procs_under(root: &Path) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
