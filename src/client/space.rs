@@ -219,17 +219,19 @@ impl PoolClient {
         }
     }
 
-    /// Removes this client's `segment` on `holder` unless it was written in the last
-    /// `older_than` (the node checks, under its store's lock); says which happened.
+    /// Removes this client's `segment` on `holder` (with `keep`: every byte of it but
+    /// those `(offset, len)` ranges) unless it was written in the last `older_than`
+    /// (the node checks, under its store's lock); says which happened.
     pub async fn reclaim_segment(
         &self,
         holder: &Holder,
         segment: SegmentRef,
+        keep: Vec<(u64, u64)>,
         older_than: Duration,
     ) -> Result<Reclaim, SegmentError> {
         let to = self.reach(holder).await;
         let ms = older_than.as_millis().min(u64::MAX as u128) as u64;
-        self.io.delete_segment(&to, segment, ms).await
+        self.io.delete_segment(&to, segment, keep, ms).await
     }
 
     /// Removes this client's segments of `file` from one node.

@@ -8,9 +8,12 @@
 //! One pass, for each live node: LIST this mount's segments there, THEN snapshot the
 //! files that are open, THEN read the committed manifests. A segment is live if a
 //! manifest names it (the segment, slot 0 or its shadow, of each stored shard on the
-//! node holding it: its holder or where it was moved) or its file is open. The rest is sent a conditional
-//! DELETE-SEGMENT: "only if not written in the last `grace`", which the node checks
-//! under its store's lock.
+//! node holding it: its holder or where it was moved) or its file is open. The rest is
+//! sent a conditional DELETE-SEGMENT: "only if not written in the last `grace` plus the
+//! time since the listing", which the node checks under its store's lock. A live
+//! segment of a closed file that allocates more than its live slots can hold gets the
+//! same request with `keep`: the node punches everything but those slots (the old slot
+//! of a stripe rewritten while this node was away, away copies brought home).
 //!
 //! Why nothing live is reclaimed: a segment listed and later named by a manifest was
 //! either named already when the manifests were read (committed before), or its file
@@ -60,39 +63,81 @@ pub struct SweepReport {
     pub freed: u64,
     /// Segments no live file names but written within the grace: kept for now.
     pub waiting: usize,
+    /// Live segments whose dead slots were freed in this pass.
+    pub trimmed: usize,
 }
+
+/// Added to the age a segment must have to be reclaimed, beyond the grace and the time
+/// since it was listed: the time a DELETE-SEGMENT may take to reach its node.
+const LISTING_MARGIN: Duration = Duration::from_secs(1);
 
 /// A segment as (file id, index).
 type SegKey = (String, u32);
 
-/// The segments the committed manifests name, per node: for each stored stripe, the
-/// segment of each shard's slot on the node holding it (its holder, or where it was
-/// moved), and slot 0 of every holder of a file with reserved stripes. A file placed
-/// but never committed with a stripe (a copy in flight at a crash) names none.
+/// The byte ranges `(offset, len)` of a segment that live shards or reservations use.
+type Kept = Vec<(u64, u64)>;
+
+/// The segments the committed manifests name, per node, each with the slots it keeps:
+/// for each stored stripe, the slot of each shard in the segment of the node holding it
+/// (its holder, or where it was moved), and the reserved stripes' slots in slot 0 of
+/// every holder of a file with reservations. A file placed but never committed with a
+/// stripe (a copy in flight at a crash) names none.
 fn named_segments<'a>(
     manifests: impl IntoIterator<Item = &'a Manifest>,
-) -> HashMap<NodeId, HashSet<SegKey>> {
-    let mut live: HashMap<NodeId, HashSet<SegKey>> = HashMap::new();
-    let mut name = |node: NodeId, file: &str, index: u32| {
+) -> HashMap<NodeId, HashMap<SegKey, Kept>> {
+    let mut live: HashMap<NodeId, HashMap<SegKey, Kept>> = HashMap::new();
+    let mut name = |node: NodeId, file: &str, index: u32, range: (u64, u64)| {
         live.entry(node)
             .or_default()
-            .insert((file.to_string(), index));
+            .entry((file.to_string(), index))
+            .or_default()
+            .push(range);
     };
     for m in manifests {
         let file = &m.place.file_id;
+        let layout = &m.place.layout;
+        let slots = |from: u64, to: u64| {
+            let start = layout.segment_offset(from);
+            (start, layout.segment_offset(to) - start)
+        };
         // Reservations are made in slot 0 of every holder.
-        if !m.reserved.is_empty() {
+        for run in m.reserved.iter() {
             for (i, h) in m.place.holders.iter().enumerate() {
-                name(h.node_id, file, i as u32);
+                name(h.node_id, file, i as u32, slots(run.start, run.end));
             }
         }
-        for (_, rec) in m.records() {
+        for (j, rec) in m.records() {
             for i in 0..m.place.holders.len() {
-                name(rec.holder(&m.place, i).node_id, file, rec.segment_index(i));
+                let at = rec.holder(&m.place, i).node_id;
+                name(at, file, rec.segment_index(i), slots(j, j + 1));
             }
         }
     }
     live
+}
+
+/// `kept` sorted, with touching or overlapping ranges joined.
+fn merged(mut kept: Kept) -> Kept {
+    kept.sort_unstable();
+    let mut out: Kept = Vec::with_capacity(kept.len());
+    for (offset, len) in kept {
+        match out.last_mut() {
+            Some((o, l)) if *o + *l >= offset => *l = (*l).max(offset + len - *o),
+            _ => out.push((offset, len)),
+        }
+    }
+    out
+}
+
+/// Does a segment allocating `allocated` bytes hold more than its `kept` slots can,
+/// each rounded up to whole 4 KiB blocks, plus a block: dead slots worth punching?
+fn holds_dead_slots(allocated: u64, kept: &Kept) -> bool {
+    const BLOCK: u64 = 4096;
+    let room: u64 = kept
+        .iter()
+        .map(|(_, len)| len.div_ceil(BLOCK) * BLOCK + BLOCK)
+        .sum();
+    allocated > room + BLOCK
 }
 
 /// One live node and this mount's segments on it.
@@ -142,6 +187,7 @@ fn list_live_nodes(vfs: &Vfs) -> Result<(Vec<Listing>, usize), FsError> {
 /// counted; a later pass tries again.
 pub fn sweep_pass(vfs: &Vfs, grace: Duration) -> Result<SweepReport, FsError> {
     // The order matters (see the module's comment): listings, open files, manifests.
+    let listed_at = std::time::Instant::now();
     let (listings, unreachable) = list_live_nodes(vfs)?;
     let open: HashSet<String> = vfs.open_file_ids().into_iter().collect();
     let files = vfs.meta().files()?;
@@ -158,14 +204,38 @@ pub fn sweep_pass(vfs: &Vfs, grace: Duration) -> Result<SweepReport, FsError> {
         for info in segments {
             let seg = &info.segment;
             let key = (seg.file.clone(), seg.index);
-            if open.contains(&seg.file) || named.is_some_and(|s| s.contains(&key)) {
+            if open.contains(&seg.file) {
                 continue;
             }
+            // A named segment keeps its live slots; the rest of it may be dead slots (the
+            // old slot of a stripe rewritten while this node was away, an away copy
+            // brought home) and is freed, under the same age rule, when there are some.
+            let keep = match named.and_then(|n| n.get(&key)) {
+                Some(kept) => {
+                    let kept = merged(kept.clone());
+                    if !holds_dead_slots(info.allocated, &kept)
+                        || kept.len() > crate::proto::MAX_KEEP_RANGES
+                    {
+                        continue;
+                    }
+                    kept
+                }
+                None => Vec::new(),
+            };
             if info.age_ms < grace_ms {
                 report.waiting += 1;
                 continue;
             }
-            let outcome = vfs.run(vfs.client().reclaim_segment(&holder, seg.clone(), grace));
+            // Not written since the listing either, whatever the grace: a write after it
+            // (a file opened since, writing into this segment) makes the segment younger
+            // than the time since, which the node checks under its lock. A second covers
+            // the request's way there.
+            let older_than = grace + listed_at.elapsed() + LISTING_MARGIN;
+            let outcome =
+                vfs.run(
+                    vfs.client()
+                        .reclaim_segment(&holder, seg.clone(), keep, older_than),
+                );
             match outcome {
                 Ok(Reclaim::Deleted { freed }) => {
                     log::info!(
@@ -176,6 +246,16 @@ pub fn sweep_pass(vfs: &Vfs, grace: Duration) -> Result<SweepReport, FsError> {
                         holder.node_id
                     );
                     report.reclaimed += 1;
+                    report.freed += freed;
+                }
+                Ok(Reclaim::Trimmed { freed }) => {
+                    log::info!(
+                        "sweep: freed {freed} bytes of dead slots in segment {}/{} on node {}",
+                        seg.file,
+                        seg.index,
+                        holder.node_id
+                    );
+                    report.trimmed += 1;
                     report.freed += freed;
                 }
                 Ok(Reclaim::Young { .. }) => report.waiting += 1,

@@ -102,13 +102,18 @@ fn unnamed(p: &Pool, vfs: &Vfs) -> Vec<(NodeId, String, u32)> {
     p.all_segments()
         .into_iter()
         .filter(|(n, _, _)| up.contains(n))
-        .filter(|(n, f, i)| !live.get(n).is_some_and(|s| s.contains(&(f.clone(), *i))))
+        .filter(|(n, f, i)| {
+            !live
+                .get(n)
+                .is_some_and(|s| s.contains_key(&(f.clone(), *i)))
+        })
         .collect()
 }
 
-/// A sweep after the grace: what it reclaimed.
+/// A sweep after the grace (and the margin a reclaim adds for its way to the node):
+/// what it reclaimed.
 fn sweep_aged(p: &Pool, vfs: &Vfs) -> SweepReport {
-    p.mem.advance(GRACE_MS + 1);
+    p.mem.advance(GRACE_MS + 10_000);
     sweep_pass(vfs, GRACE).expect("sweep")
 }
 

@@ -472,12 +472,18 @@ impl OwnSegments {
         Ok(self.0.store.list(&self.owner(), after, limit as usize)?)
     }
 
-    /// As a DELETE-SEGMENT from this node's own key: `seg` goes unless written in the
-    /// last `older_than_ms` milliseconds.
-    pub fn delete_segment(&self, seg: &SegmentRef, older_than_ms: u64) -> Result<Reclaim, Refusal> {
+    /// As a DELETE-SEGMENT from this node's own key: `seg` goes (or, with `keep`, all
+    /// of it but those `(offset, len)` ranges) unless written in the last
+    /// `older_than_ms` milliseconds.
+    pub fn delete_segment(
+        &self,
+        seg: &SegmentRef,
+        keep: &[(u64, u64)],
+        older_than_ms: u64,
+    ) -> Result<Reclaim, Refusal> {
         Ok(self
             .0
             .store
-            .delete_segment(&self.owner(), seg, older_than_ms)?)
+            .delete_segment(&self.owner(), seg, keep, older_than_ms)?)
     }
 }

@@ -58,7 +58,9 @@ pub(super) fn store_error(e: StoreError) -> Response {
         // client reports ENOSPC rather than an I/O error.
         StoreError::NoSpace { .. } | StoreError::DiskFull { .. } => ErrorKind::NoSpace,
         StoreError::Quota { .. } => ErrorKind::Quota,
-        StoreError::BadId(_) | StoreError::BadRange { .. } => ErrorKind::BadRequest,
+        StoreError::BadId(_) | StoreError::BadRange { .. } | StoreError::TooManyRanges { .. } => {
+            ErrorKind::BadRequest
+        }
         StoreError::NotFound(_) | StoreError::OutOfRange { .. } => ErrorKind::NotFound,
         StoreError::Io { .. } => ErrorKind::Internal,
     };
@@ -193,10 +195,14 @@ impl Handler for NodeService {
             }
             NodeRequest::DeleteSegment {
                 segment,
+                keep,
                 older_than_ms,
             } => {
                 blocking(Box::new(move || {
-                    match shared.store.delete_segment(&owner, &segment, older_than_ms) {
+                    match shared
+                        .store
+                        .delete_segment(&owner, &segment, &keep, older_than_ms)
+                    {
                         Ok(outcome) => Reply::Msg(Response::Reclaimed(outcome)),
                         Err(e) => Reply::Msg(store_error(e)),
                     }
@@ -396,6 +402,7 @@ mod tests {
                 file: "f".into(),
                 index: 0,
             },
+            keep: Vec::new(),
             older_than_ms,
         };
         assert!(matches!(

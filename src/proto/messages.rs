@@ -155,6 +155,12 @@ pub enum Reclaim {
     },
     /// No such segment of the sender's (already gone).
     Missing,
+    /// Everything outside the ranges asked to be kept was freed (punched): this many
+    /// bytes.
+    Trimmed {
+        /// Bytes freed (`st_blocks * 512` before, less after).
+        freed: u64,
+    },
 }
 
 /// What a node reports about itself.

@@ -22,11 +22,14 @@ pub use rpc::{ControllerRequest, NodeRequest, SegmentRead, Service, ServiceReque
 /// 9: one request enum per service, each request tagged with its service; `Fwd`,
 ///    `FwdParts` and `FwdSealed` folded into one `Fwd { segment, what }`.
 /// 10: `machine` in `Join`, `Heartbeat` and `NodeInfo`; `List` and `DeleteSegment`
-///     (the owner's sweep of its segments).
+///     (the owner's sweep of its segments, whole or all but the ranges it keeps).
 pub const PROTOCOL_VERSION: u16 = 10;
 /// Most segments one LIST answer may carry: an entry is at most about 100 bytes (a
 /// 64-byte id, an index, two varints), so a full page stays far under `MAX_FRAME`.
 pub const MAX_LIST_PAGE: u32 = 1024;
+/// Most ranges one DELETE-SEGMENT may keep: 16 bytes each, far under `MAX_FRAME`. A
+/// segment whose live slots need more is left whole (its file is deleted some day).
+pub const MAX_KEEP_RANGES: usize = 4096;
 /// Most ranges one FWD of `SegmentRead::Parts` may ask for.
 pub const MAX_PARTS: usize = 8;
 /// Bound into every handshake's prologue with the version.

@@ -199,13 +199,17 @@ pub enum NodeRequest {
         /// Most segments to answer with.
         limit: u32,
     },
-    /// Client to node: remove one of the sender's segments only if it was not written
-    /// (STORE, RESERVE, PUNCH) in the last `older_than_ms`, checked under the store's
-    /// lock so a shard stored after the sender listed it stays; answered with
-    /// `Reclaimed`.
+    /// Client to node: remove one of the sender's segments, or with `keep` every byte of
+    /// it outside those ranges (punched: the dead slots of a segment that still holds
+    /// live shards), only if it was not written (STORE, RESERVE, PUNCH) in the last
+    /// `older_than_ms`, checked under the store's lock so a shard stored after the
+    /// sender listed it stays; answered with `Reclaimed`. More than `MAX_KEEP_RANGES`
+    /// ranges, or a range past `MAX_SEGMENT_END`, is `BadRequest`.
     DeleteSegment {
         /// Which segment of the sender's.
         segment: SegmentRef,
+        /// Byte ranges `(offset, len)` to keep; empty: the whole segment goes.
+        keep: Vec<(u64, u64)>,
         /// Minimum age, in milliseconds since its last write, for it to go.
         older_than_ms: u64,
     },

@@ -140,6 +140,24 @@ fn twelve_nodes_keep_every_file_readable_with_any_two_killed() {
     fs::remove_file(&gone.got).expect("delete a file while members are away");
     // A file written while they are away: the shards of absent holders go to stand-ins
     // and come home once the holders are back; the stand-ins' copies must then go.
+    // Files overwritten in place while they are away: their stripes are rewritten into
+    // the other slot, and the old slot on an absent holder cannot be freed then; once
+    // back, the sweep frees those dead slots (the segments still hold live shards).
+    let patch = crate::harness::cluster::random_bytes(2 * MIB, 15);
+    for f in kept
+        .iter()
+        .filter(|f| f.got.ends_with("medium") || f.got.ends_with("rewritten"))
+    {
+        for path in [&f.want, &f.got] {
+            let file = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .expect("open to overwrite while members are away");
+            file.write_all_at(&patch, 3 * MIB as u64 + 4321)
+                .expect("overwrite while members are away");
+            file.sync_all().expect("fsync the overwrite");
+        }
+    }
     let want = pool.scratch().join("written-while-away");
     random_file(&want, 8 * MIB);
     let got = pool.path("written-while-away");

@@ -486,6 +486,7 @@ impl SegmentIo for MemSegments {
         &'a self,
         holder: &'a Holder,
         segment: SegmentRef,
+        keep: Vec<(u64, u64)>,
         older_than_ms: u64,
     ) -> IoFuture<'a, Reclaim> {
         async move {
@@ -499,6 +500,27 @@ impl SegmentIo for MemSegments {
                 let age_ms = now.saturating_sub(node.written.get(&k).copied().unwrap_or(0));
                 if age_ms < older_than_ms {
                     return Ok(Reclaim::Young { age_ms });
+                }
+                if !keep.is_empty() {
+                    // In memory a punched range reads as zeros: what a reader of a dead
+                    // slot would get from a node; the bytes kept must stay exact.
+                    let Some(bytes) = node.segments.get_mut(&k) else {
+                        return Ok(Reclaim::Missing);
+                    };
+                    let mut kept = vec![false; bytes.len()];
+                    for &(offset, len) in &keep {
+                        let start = (offset as usize).min(bytes.len());
+                        let end = (offset.saturating_add(len) as usize).min(bytes.len());
+                        kept[start..end].iter_mut().for_each(|b| *b = true);
+                    }
+                    let mut freed = 0;
+                    for (byte, keep) in bytes.iter_mut().zip(kept) {
+                        if !keep && *byte != 0 {
+                            *byte = 0;
+                            freed += 1;
+                        }
+                    }
+                    return Ok(Reclaim::Trimmed { freed });
                 }
                 let freed = node.allocated(&k);
                 node.forget(&k);

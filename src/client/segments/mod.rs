@@ -135,12 +135,14 @@ pub trait SegmentIo: Send + Sync {
         after: Option<SegmentRef>,
         limit: u32,
     ) -> IoFuture<'a, SegmentPage>;
-    /// DELETE-SEGMENT: removes `segment` unless it was written in the last
-    /// `older_than_ms` milliseconds; says which happened.
+    /// DELETE-SEGMENT: removes `segment` (with `keep`: all of it but those `(offset,
+    /// len)` ranges) unless it was written in the last `older_than_ms` milliseconds;
+    /// says which happened.
     fn delete_segment<'a>(
         &'a self,
         holder: &'a Holder,
         segment: SegmentRef,
+        keep: Vec<(u64, u64)>,
         older_than_ms: u64,
     ) -> IoFuture<'a, Reclaim>;
     /// The caller gave up waiting on `holder` (a read past its deadline): whatever the
@@ -243,10 +245,11 @@ impl SegmentIo for Router {
         &'a self,
         holder: &'a Holder,
         segment: SegmentRef,
+        keep: Vec<(u64, u64)>,
         older_than_ms: u64,
     ) -> IoFuture<'a, Reclaim> {
         self.to(holder.node_id)
-            .delete_segment(holder, segment, older_than_ms)
+            .delete_segment(holder, segment, keep, older_than_ms)
     }
 
     fn abandon(&self, holder: &Holder) {

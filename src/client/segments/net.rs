@@ -146,11 +146,13 @@ impl SegmentIo for NetSegments {
         &'a self,
         holder: &'a Holder,
         segment: SegmentRef,
+        keep: Vec<(u64, u64)>,
         older_than_ms: u64,
     ) -> IoFuture<'a, Reclaim> {
         async move {
             let req = NodeRequest::DeleteSegment {
                 segment,
+                keep,
                 older_than_ms,
             };
             match self.call(holder.addr, req, None).await? {

@@ -106,9 +106,13 @@ impl SegmentIo for OwnSegments {
         &'a self,
         holder: &'a Holder,
         segment: SegmentRef,
+        keep: Vec<(u64, u64)>,
         older_than_ms: u64,
     ) -> IoFuture<'a, Reclaim> {
         let own = self.clone();
-        blocking(holder, move || own.delete_segment(&segment, older_than_ms)).boxed()
+        blocking(holder, move || {
+            own.delete_segment(&segment, &keep, older_than_ms)
+        })
+        .boxed()
     }
 }

@@ -63,6 +63,17 @@ pub enum StoreError {
         /// Bytes in the range.
         len: u64,
     },
+    /// A DELETE-SEGMENT asking to keep more ranges than `proto::MAX_KEEP_RANGES`.
+    #[error(
+        "{count} ranges to keep in segment {segment}: at most {}",
+        crate::proto::MAX_KEEP_RANGES
+    )]
+    TooManyRanges {
+        /// The segment, as `FILE/INDEX`.
+        segment: String,
+        /// Ranges asked for.
+        count: usize,
+    },
     /// The disk under the store is full (ENOSPC or EDQUOT), whatever the capacity says.
     #[error("{context}: the node's disk is full ({source})")]
     DiskFull {

@@ -12,8 +12,9 @@ use std::io;
 use std::path::Path;
 use std::time::SystemTime;
 
+use super::super::handles::SegKey;
 use super::super::space;
-use super::error::io_err;
+use super::error::{checked_end, io_err};
 use super::paths::{owner_dir_name, validate_file_id};
 use super::{SegmentStore, StoreError};
 use crate::proto::{Identity, Reclaim, SegmentInfo, SegmentPage, SegmentRef};
@@ -22,6 +23,40 @@ use crate::proto::{Identity, Reclaim, SegmentInfo, SegmentPage, SegmentRef};
 fn age_ms(now: SystemTime, then: SystemTime) -> u64 {
     now.duration_since(then)
         .map_or(0, |d| d.as_millis().min(u64::MAX as u128) as u64)
+}
+
+/// `keep` as sorted `start..end` ranges, checked: at most `MAX_KEEP_RANGES`
+/// (`TooManyRanges`), none past `MAX_SEGMENT_END` (`BadRange`).
+fn kept_ranges(seg: &SegmentRef, keep: &[(u64, u64)]) -> Result<Vec<(u64, u64)>, StoreError> {
+    if keep.len() > crate::proto::MAX_KEEP_RANGES {
+        return Err(StoreError::TooManyRanges {
+            segment: format!("{}/{}", seg.file, seg.index),
+            count: keep.len(),
+        });
+    }
+    let mut out = keep
+        .iter()
+        .map(|&(offset, len)| checked_end(seg, offset, len).map(|end| (offset, end)))
+        .collect::<Result<Vec<_>, _>>()?;
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// The `(offset, len)` runs of `0..size` outside the sorted `start..end` ranges `keep`.
+fn gaps(keep: &[(u64, u64)], size: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    for &(start, end) in keep {
+        if start > at {
+            out.push((at, start.min(size) - at.min(size)));
+        }
+        at = at.max(end);
+    }
+    if at < size {
+        out.push((at, size - at));
+    }
+    out.retain(|&(_, len)| len > 0);
+    out
 }
 
 /// The segment index a file name `INDEX.seg` stands for.
@@ -114,17 +149,22 @@ impl SegmentStore {
         Ok(page)
     }
 
-    /// Removes `owner`'s segment `seg` unless it was written (STORE, RESERVE, PUNCH) in
-    /// the last `older_than_ms` milliseconds: `Deleted` with the bytes freed, `Young`
-    /// with its age, or `Missing`. Checked and done under the usage lock, which every
-    /// write takes (and marks the segment under) before writing. Errors: `BadId`, `Io`.
+    /// Removes `owner`'s segment `seg` (with `keep`: frees every byte of it outside
+    /// those `(offset, len)` ranges) unless it was written (STORE, RESERVE, PUNCH) in
+    /// the last `older_than_ms` milliseconds: `Deleted` or `Trimmed` with the bytes
+    /// freed, `Young` with its age, or `Missing`. Checked and done under the usage
+    /// lock, which every write takes (and marks the segment under) before writing.
+    /// Errors: `BadId`; `BadRange` for more than `MAX_KEEP_RANGES` ranges or one past
+    /// `MAX_SEGMENT_END`; `Io`.
     pub fn delete_segment(
         &self,
         owner: &Identity,
         seg: &SegmentRef,
+        keep: &[(u64, u64)],
         older_than_ms: u64,
     ) -> Result<Reclaim, StoreError> {
         let path = self.path_of(owner, seg)?;
+        let keep = kept_ranges(seg, keep)?;
         let mut usage = self.usage_lock();
         let meta = match fs::metadata(&path) {
             Ok(m) => m,
@@ -137,6 +177,23 @@ impl SegmentStore {
         let age = age_ms(SystemTime::now(), modified);
         if age < older_than_ms {
             return Ok(Reclaim::Young { age_ms: age });
+        }
+        if !keep.is_empty() {
+            // Still under the lock: no STORE can write between the age check and the
+            // punches (it would have to take the lock, and mark the segment young).
+            let Some(segfile) = self.cached_or_open(&SegKey::new(owner, seg), &path)? else {
+                return Ok(Reclaim::Missing);
+            };
+            let file = segfile.file();
+            let before = Self::allocated(file, &path)?;
+            let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+            for (offset, len) in gaps(&keep, meta.len()) {
+                space::fallocate(file, mode, offset, len)
+                    .map_err(io_err(format!("punch {}", path.display())))?;
+            }
+            let freed = before.saturating_sub(Self::allocated(file, &path)?);
+            usage.sub(owner, freed);
+            return Ok(Reclaim::Trimmed { freed });
         }
         let freed = space::allocated(&meta);
         fs::remove_file(&path).map_err(io_err(format!("remove {}", path.display())))?;

@@ -91,20 +91,20 @@ fn a_conditional_delete_keeps_a_segment_written_since_and_frees_an_old_one() {
     age(&store, &A, &old, Duration::from_secs(700));
     let grace = 600_000;
     assert!(matches!(
-        store.delete_segment(&A, &fresh, grace).unwrap(),
+        store.delete_segment(&A, &fresh, &[], grace).unwrap(),
         Reclaim::Young { age_ms } if age_ms < grace
     ));
     // Another owner cannot reach it; the owner can.
     assert_eq!(
-        store.delete_segment(&B, &old, grace).unwrap(),
+        store.delete_segment(&B, &old, &[], grace).unwrap(),
         Reclaim::Missing
     );
     assert_eq!(
-        store.delete_segment(&A, &old, grace).unwrap(),
+        store.delete_segment(&A, &old, &[], grace).unwrap(),
         Reclaim::Deleted { freed: 3 * b }
     );
     assert_eq!(
-        store.delete_segment(&A, &old, grace).unwrap(),
+        store.delete_segment(&A, &old, &[], grace).unwrap(),
         Reclaim::Missing
     );
     assert_eq!(store.usage(), (b, 1));
@@ -118,7 +118,7 @@ fn a_conditional_delete_keeps_a_segment_written_since_and_frees_an_old_one() {
     // the removed segment starts a fresh file (no stale handle writes into the gone one).
     age(&store, &A, &fresh, Duration::from_secs(700));
     assert!(matches!(
-        store.delete_segment(&A, &fresh, grace).unwrap(),
+        store.delete_segment(&A, &fresh, &[], grace).unwrap(),
         Reclaim::Deleted { .. }
     ));
     assert_eq!(store.usage(), (0, 0));
@@ -127,7 +127,7 @@ fn a_conditional_delete_keeps_a_segment_written_since_and_frees_an_old_one() {
     assert_eq!(store.fwd(&A, &old, 0, 5).unwrap(), b"again");
     assert_eq!(store.usage(), measured(dir.path()));
     assert!(matches!(
-        store.delete_segment(&A, &seg("a/b", 0), 0),
+        store.delete_segment(&A, &seg("a/b", 0), &[], 0),
         Err(StoreError::BadId(_))
     ));
 }
@@ -145,11 +145,62 @@ fn an_owner_that_holds_nothing_any_more_counts_nothing() {
     store.delete(&A, "f").unwrap();
     assert_eq!(store.owner_usage(&A), 3 * b, "A still holds g");
     age(&store, &A, &seg("g", 0), Duration::from_secs(10));
-    store.delete_segment(&A, &seg("g", 0), 0).unwrap();
+    store.delete_segment(&A, &seg("g", 0), &[], 0).unwrap();
     assert_eq!(store.owner_usage(&A), 0);
     assert_eq!(store.usage(), (b, 1));
     assert_eq!(store.usage(), measured(dir.path()));
     store.usage_lock().add(&B, b);
     store.delete(&B, "f").unwrap();
     assert_eq!(store.usage(), (0, 0));
+}
+
+#[test]
+fn a_delete_keeping_ranges_frees_only_the_dead_slots_and_the_kept_bytes_stay_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SegmentStore::open(dir.path(), 1 << 30, None).unwrap();
+    let s = seg("t", 0);
+    const SLOT: u64 = 64 * 1024;
+    // Four slots written; slots 1 and 3 are dead (say, rewritten elsewhere).
+    let slot = |k: u64| vec![k as u8 + 1; SLOT as usize];
+    for k in 0..4 {
+        store.store(&A, &s, k * SLOT, &slot(k)).unwrap();
+    }
+    let keep = [(0, SLOT), (2 * SLOT, SLOT)];
+    let grace = 60_000;
+    // Written just now: kept whole.
+    assert!(matches!(
+        store.delete_segment(&A, &s, &keep, grace).unwrap(),
+        Reclaim::Young { .. }
+    ));
+    age(&store, &A, &s, Duration::from_secs(120));
+    let before = store.owner_usage(&A);
+    let freed = match store.delete_segment(&A, &s, &keep, grace).unwrap() {
+        Reclaim::Trimmed { freed } => freed,
+        other => panic!("expected a trim, got {other:?}"),
+    };
+    assert_eq!(freed, 2 * SLOT, "two dead slots freed");
+    assert_eq!(store.owner_usage(&A), before - freed);
+    let path = store.path_of(&A, &s).unwrap();
+    let bytes = fs::read(path).unwrap();
+    assert_eq!(bytes.len() as u64, 4 * SLOT, "the length stays");
+    for k in 0..4u64 {
+        let at = (k * SLOT) as usize..((k + 1) * SLOT) as usize;
+        let want = if k % 2 == 0 {
+            slot(k)
+        } else {
+            vec![0; SLOT as usize]
+        };
+        assert!(bytes[at] == want[..], "slot {k}");
+    }
+    // Too many ranges, or one past the most a segment holds: refused, nothing freed.
+    let many = vec![(0, 1); crate::proto::MAX_KEEP_RANGES + 1];
+    assert!(matches!(
+        store.delete_segment(&A, &s, &many, 0),
+        Err(StoreError::TooManyRanges { .. })
+    ));
+    assert!(matches!(
+        store.delete_segment(&A, &s, &[(u64::MAX, 2)], 0),
+        Err(StoreError::BadRange { .. })
+    ));
+    assert_eq!(store.owner_usage(&A), before - freed);
 }
