@@ -224,19 +224,9 @@ fn shards_a_rebuild_wrote_without_recording_them_are_reclaimed() {
     let data = pattern(6 * 2 * SHARD, 5);
     let ino = write_file(&vfs, b"f", &data);
     let m = manifest(&vfs, ino);
-    let new = p.mem.add_node();
-    vfs.run(vfs.client().refresh_view()).expect("view");
-    // A rebuild of segment 0 onto the new node whose manifest is never committed (the
+    // A rebuild of segment 0 onto a new node whose manifest is never committed (the
     // repair failed half way, or the file changed meanwhile).
-    let to = crate::client::Holder {
-        node_id: new,
-        addr: MemSegments::addr_of(new),
-    };
-    vfs.run(
-        vfs.client()
-            .rebuild_onto(&m, 0, &to, &stripes_of(&m), NO_PACE),
-    )
-    .expect("rebuild");
+    let new = rebuild_unrecorded(&p, &vfs, &m, 0);
     assert_eq!(p.mem.segments_of(new, &m.place.file_id), 1);
     let r = sweep_aged(&p, &vfs);
     assert_eq!(r.reclaimed, 1);
@@ -280,17 +270,7 @@ fn held_and_live_bytes_per_node_show_what_a_sweep_would_free() {
     let vfs = p.vfs();
     let ino = write_file(&vfs, b"f", &pattern(3 * 2 * SHARD, 8));
     let m = manifest(&vfs, ino);
-    let new = p.mem.add_node();
-    vfs.run(vfs.client().refresh_view()).expect("view");
-    let to = crate::client::Holder {
-        node_id: new,
-        addr: MemSegments::addr_of(new),
-    };
-    vfs.run(
-        vfs.client()
-            .rebuild_onto(&m, 1, &to, &stripes_of(&m), NO_PACE),
-    )
-    .expect("rebuild");
+    let new = rebuild_unrecorded(&p, &vfs, &m, 1);
     let space = held_and_live(&vfs).expect("space");
     let of = |id| space.iter().find(|s| s.node == id).copied().expect("node");
     // Held is the segment's length on the in-memory nodes: the shards, and the gaps
@@ -383,9 +363,19 @@ fn a_closed_file_is_never_reclaimed_while_repair_rebuilds_it() {
     assert_eq!(contents(&vfs, ino), expect);
 }
 
-/// Every stored stripe of `m`, for a rebuild of all of them.
-fn stripes_of(m: &crate::client::Manifest) -> Vec<u64> {
-    m.records().map(|(j, _)| j).collect()
+/// Rebuilds segment `i` of every stored stripe of `m` onto a node that joins for it,
+/// without committing a manifest that names it; returns the node.
+fn rebuild_unrecorded(p: &Pool, vfs: &Vfs, m: &Manifest, i: usize) -> NodeId {
+    let new = p.mem.add_node();
+    vfs.run(vfs.client().refresh_view()).expect("view");
+    let to = crate::client::Holder {
+        node_id: new,
+        addr: MemSegments::addr_of(new),
+    };
+    let stripes: Vec<u64> = m.records().map(|(j, _)| j).collect();
+    vfs.run(vfs.client().rebuild_onto(m, i, &to, &stripes, NO_PACE))
+        .expect("rebuild");
+    new
 }
 
 /// Repair's pace with no pause: the tests do not wait.

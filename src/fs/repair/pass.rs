@@ -26,6 +26,7 @@ pub const COMMIT_EVERY: usize = 8;
 pub fn repair_pass(vfs: &Vfs, grace: Duration) -> Result<RepairReport, FsError> {
     let view = vfs.run(vfs.client().view())?;
     let rview = repair_view(&view, grace);
+    let widen_to = policy_parity(vfs, &rview);
     let mut report = RepairReport::default();
     for inode in vfs.meta().files()? {
         let Some(m) = inode.manifest.clone() else {
@@ -52,14 +53,10 @@ pub fn repair_pass(vfs: &Vfs, grace: Duration) -> Result<RepairReport, FsError> 
             // nodes were away for good, or written on a smaller pool. Widened once
             // enough nodes are live, so an outage does not lower the pool's tolerance
             // for good.
-            if !vfs.is_open(inode.ino) && narrower_than_policy(vfs, &m, &rview) {
-                let mut file = FileRepair {
-                    vfs,
-                    ino: inode.ino,
-                    committed: m.clone(),
-                    report: &mut report,
-                    pace: pace(),
-                };
+            // (An empty file is placed again at its first write instead.)
+            let narrower = widen_to.is_some_and(|parity| parity > m.place.layout.m);
+            if narrower && m.stores_anything() && !vfs.is_open(inode.ino) {
+                let mut file = FileRepair::new(vfs, inode.ino, &m, &mut report);
                 if let Err(e) = file.reencode(&rview) {
                     log::info!("repair: widening file {}: {e}", m.place.file_id);
                 }
@@ -70,13 +67,7 @@ pub fn repair_pass(vfs: &Vfs, grace: Duration) -> Result<RepairReport, FsError> 
             report.pending += broken.len();
             continue;
         }
-        let mut file = FileRepair {
-            vfs,
-            ino: inode.ino,
-            committed: m.clone(),
-            report: &mut report,
-            pace: pace(),
-        };
+        let mut file = FileRepair::new(vfs, inode.ino, &m, &mut report);
         match file.run(&broken, &rview) {
             Ok(()) => delete_handed_off(vfs, &view, &m, &file.committed),
             Err(Stop::Changed) => log::info!("repair: file {}: {}", m.place.file_id, Stop::Changed),
@@ -114,7 +105,18 @@ impl std::fmt::Display for Stop {
     }
 }
 
-impl FileRepair<'_> {
+impl<'a> FileRepair<'a> {
+    /// The repair of the file `ino`, committed as `m`, at repair's pace.
+    fn new(vfs: &'a Vfs, ino: u64, m: &Manifest, report: &'a mut RepairReport) -> Self {
+        FileRepair {
+            vfs,
+            ino,
+            committed: m.clone(),
+            report,
+            pace: pace(),
+        }
+    }
+
     fn client(&self) -> &PoolClient {
         self.vfs.client()
     }
@@ -299,17 +301,14 @@ impl FileRepair<'_> {
     }
 }
 
-/// Has the stored file `m` fewer parity shards than the mount's policy gives the pool
-/// of `rview` now, with enough live nodes to hold that shape? Such a file is
-/// re-encoded in the policy's shape (an `Exact` policy never widens: its shape does
-/// not depend on the pool).
-fn narrower_than_policy(vfs: &Vfs, m: &Manifest, rview: &PoolView) -> bool {
-    if !m.stores_anything() {
-        return false; // an empty file is placed again at its first write
-    }
+/// The parity the mount's policy gives new files on the pool of `rview` now, when
+/// enough nodes are live to hold that shape: a whole file with less is re-encoded in it
+/// (an `Exact` policy never widens a file: its shape does not depend on the pool).
+/// `None` when too few nodes are live.
+fn policy_parity(vfs: &Vfs, rview: &PoolView) -> Option<u32> {
     let policy = vfs.client().config().redundancy;
     let (k, parity) = placement::shape(policy, placement::pool_size(rview));
-    parity > m.place.layout.m && rview.live().len() >= (k + parity) as usize
+    (rview.live().len() >= (k + parity) as usize).then_some(parity)
 }
 
 /// Does re-encoding `m` with `m_new` parity shards (on as many machines, all live)
