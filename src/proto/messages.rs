@@ -89,6 +89,11 @@ impl PoolView {
         live
     }
 
+    /// Is member `id` up (answering heartbeats)? `false` for one not in the view.
+    pub fn is_up(&self, id: NodeId) -> bool {
+        self.node(id).is_some_and(|n| n.state == NodeState::Up)
+    }
+
     /// The member with this id, whatever its state.
     pub fn node(&self, id: NodeId) -> Option<&NodeInfo> {
         self.nodes.iter().find(|n| n.id == id)

@@ -78,7 +78,7 @@ pub fn place_new(
 pub fn is_stale(place: &Placement, view: &PoolView) -> bool {
     let holds = |id: NodeId| place.holders.iter().any(|h| h.node_id == id);
     let spare = view.live().into_iter().any(|n| !holds(n.id));
-    let lost = place.holders.iter().any(|h| !is_live(view, h.node_id));
+    let lost = place.holders.iter().any(|h| !view.is_up(h.node_id));
     let doubled = place
         .holders
         .iter()
@@ -162,10 +162,6 @@ fn machines_of<'a>(view: &'a PoolView, ids: &[NodeId]) -> HashSet<Machine<'a>> {
     ids.iter()
         .map(|&id| view.node(id).map_or(Machine::Alone(id), Machine::of))
         .collect()
-}
-
-fn is_live(view: &PoolView, id: NodeId) -> bool {
-    view.node(id).is_some_and(|n| n.state == NodeState::Up)
 }
 
 fn holder(node: &NodeInfo) -> Holder {

@@ -48,7 +48,7 @@ pub fn health(vfs: &Vfs, ino: u64) -> Result<String, FsError> {
     let view = vfs.run(vfs.client().view())?;
     let layout = m.place.layout;
     let n = layout.segments() as usize;
-    let up = |h: &Holder| view.node(h.node_id).map(|node| node.state) == Some(NodeState::Up);
+    let up = |h: &Holder| view.is_up(h.node_id);
     let mut lost = Vec::new();
     for h in m.all_holders() {
         if !up(&h) {

@@ -345,9 +345,7 @@ fn resume_target(view: &PoolView, m: &Manifest, i: usize) -> Option<Holder> {
     counts
         .into_iter()
         .filter(|(h, _)| {
-            view.node(h.node_id)
-                .is_some_and(|n| n.state == NodeState::Up)
-                && !m.place.holders.iter().any(|x| x.node_id == h.node_id)
+            view.is_up(h.node_id) && !m.place.holders.iter().any(|x| x.node_id == h.node_id)
         })
         .max_by_key(|(_, n)| *n)
         .map(|(h, _)| h)

@@ -13,7 +13,7 @@ use crate::fs::meta::{Kind, ROOT};
 use crate::fs::repair::{needs_repair, reencode_gains, repair_view};
 use crate::fs::vfs::Vfs;
 use crate::fs::FsError;
-use crate::proto::{NodeId, NodeState, PoolView};
+use crate::proto::{NodeId, PoolView};
 
 /// Degraded files listed by name; past this many only their number is given.
 pub const DEGRADED_LIMIT: usize = 20;
@@ -199,10 +199,6 @@ pub fn pool_risk(vfs: &Vfs) -> Result<PoolRisk, FsError> {
     Ok(risk)
 }
 
-fn is_up(view: &PoolView, id: NodeId) -> bool {
-    view.node(id).is_some_and(|n| n.state == NodeState::Up)
-}
-
 /// How many machines may be off at once with the stripe recorded as `rec` of the file
 /// `m` still readable in `view` (`stripe_tolerance` over its shards on up nodes, per
 /// machine); `None` when it is unreadable now.
@@ -229,7 +225,7 @@ fn stripe_off(
     let mut per_domain: HashMap<String, usize> = HashMap::new();
     for i in (0..n).filter(|i| !missing.contains(i)) {
         let at = rec.holder(&m.place, i).node_id;
-        if is_up(view, at) {
+        if view.is_up(at) {
             *per_domain.entry(domain(at)).or_default() += 1;
         }
     }
@@ -262,7 +258,7 @@ fn file_tolerance(
 
 /// Has `m` a shard away from its place, stored nowhere, or on a node that is not up?
 fn is_degraded(m: &Manifest, view: &PoolView) -> bool {
-    m.has_moved() || m.all_holders().iter().any(|h| !is_up(view, h.node_id))
+    m.has_moved() || m.all_holders().iter().any(|h| !view.is_up(h.node_id))
 }
 
 /// Why `m` is degraded and when it will be whole again, one clause per cause.
@@ -281,7 +277,7 @@ fn why_degraded(
     let grace_or_max = grace.unwrap_or(Duration::MAX);
     let rview = repair_view(view, grace_or_max);
     for (i, h) in m.place.holders.iter().enumerate() {
-        if is_up(view, h.node_id) {
+        if view.is_up(h.node_id) {
             continue;
         }
         let node = view.node(h.node_id);
@@ -330,7 +326,7 @@ fn why_degraded(
         let missing: Vec<usize> = rec.missing(&m.place).collect();
         for mv in &rec.moved {
             let holder = m.place.holders[mv.shard as usize].node_id;
-            let up = is_up(view, holder);
+            let up = view.is_up(holder);
             if missing.contains(&(mv.shard as usize)) {
                 if up {
                     missing_up += 1;
@@ -362,7 +358,7 @@ fn why_degraded(
         .all_holders()
         .iter()
         .filter(|h| !m.place.holders.iter().any(|x| x.node_id == h.node_id))
-        .filter(|h| !is_up(view, h.node_id))
+        .filter(|h| !view.is_up(h.node_id))
         .map(|h| h.node_id)
         .collect();
     for id in stand_ins_down {
