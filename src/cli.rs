@@ -113,6 +113,23 @@ pub struct MountArgs {
     /// what encryption costs.
     #[arg(long)]
     pub no_encryption: bool,
+    /// Keep the namespace on this disk only, not in the pool too: only to measure what
+    /// keeping it in the pool costs (a lost disk then loses every file).
+    #[arg(long, hide = true)]
+    pub no_pool_namespace: bool,
+    /// Rebuild this mount from the pool after its disk was lost: --storage must be an
+    /// empty directory; the recovery code (`poolfs key export`) comes from --code-file,
+    /// from an owner key imported there with `poolfs key import`, or from stdin.
+    #[arg(long)]
+    pub recover: bool,
+    /// With --recover: a file holding the recovery code.
+    #[arg(long, value_name = "FILE", requires = "recover")]
+    pub code_file: Option<PathBuf>,
+    /// Seconds of this mount's lease on its namespace: another mount of the same owner
+    /// (a --recover elsewhere) is refused while it lasts; renewed every third of it,
+    /// so after a crash it blocks recovery for at most this long.
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..=3600))]
+    pub lease: u64,
     /// Stay attached to the terminal instead of returning once mounted.
     #[arg(long, short = 'f')]
     pub foreground: bool,
@@ -152,6 +169,10 @@ pub struct UpArgs {
     /// Store shards in clear (see `mount --no-encryption`): benchmarks only.
     #[arg(long)]
     pub no_encryption: bool,
+    /// Keep the namespace on the mount's disk only (see `mount --no-pool-namespace`):
+    /// benchmarks only.
+    #[arg(long, hide = true)]
+    pub no_pool_namespace: bool,
     /// Let other users use the pool, with access checked against mode bits, owners
     /// and groups (on by itself when run through sudo).
     #[arg(long)]

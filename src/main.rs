@@ -160,6 +160,7 @@ fn run(cli: Cli) -> Result<()> {
                 reclaim_after: args.reclaim_after,
                 key: args.key.as_deref(),
                 encrypt: !args.no_encryption,
+                pool_namespace: !args.no_pool_namespace,
                 allow_other: args.allow_other || invoker.is_some(),
                 owner: invoker,
             };
@@ -213,6 +214,9 @@ fn mount(args: cli::MountArgs) -> Result<()> {
         reclaim_after: std::time::Duration::from_secs(args.reclaim_after),
         key,
         encrypt: !args.no_encryption,
+        pool_namespace: !args.no_pool_namespace,
+        lease: std::time::Duration::from_secs(args.lease),
+        recover: args.recover,
     };
     if !args.foreground && std::env::var_os("POOLFS_NOTIFY_READY").is_none() {
         // Detach: run ourselves in the background and return once the mount is live.

@@ -188,6 +188,13 @@ impl Credentials {
         Credentials::with_private(key, read_key_file(path)?)
     }
 
+    /// The pool key with the static keypair whose private half is `private` (an
+    /// identity derived from another secret, such as a namespace's from its owner's).
+    /// Errors: `KeyError::Crypto`.
+    pub fn from_private(key: &PoolKey, private: [u8; KEY_LEN]) -> Result<Self, KeyError> {
+        Credentials::with_private(key, private)
+    }
+
     fn with_private(key: &PoolKey, private: [u8; KEY_LEN]) -> Result<Self, KeyError> {
         let mut dh = DefaultResolver
             .resolve_dh(&DHChoice::Curve25519)
@@ -308,6 +315,18 @@ fn load_or_create_key_file(path: &Path) -> Result<[u8; KEY_LEN], KeyError> {
         }
         other => other,
     }
+}
+
+/// The 32 bytes of the key file at `path` (a node's `node.key`, to keep it in a
+/// namespace's root). Errors as `PoolKey::load`.
+pub fn read_key_bytes(path: &Path) -> Result<[u8; KEY_LEN], KeyError> {
+    read_key_file(path)
+}
+
+/// Writes a new key file at `path` (mode 0600) holding `key`; never overwrites one
+/// (a recovered node key). Errors: `KeyError::Exists` if one is there, `Write`.
+pub fn write_key_bytes(path: &Path, key: &[u8; KEY_LEN]) -> Result<(), KeyError> {
+    write_new_key_file(path, key)
 }
 
 #[cfg(test)]

@@ -135,6 +135,8 @@ pub struct UpOptions<'a> {
     pub key: Option<&'a Path>,
     /// Encrypt shards (off only to measure the cost).
     pub encrypt: bool,
+    /// Keep the mount's namespace in the pool too (off only to measure the cost).
+    pub pool_namespace: bool,
     /// Let other users use the mount (access then follows mode bits and owners).
     pub allow_other: bool,
     /// The user (uid, gid) the pool is for when `up` runs on their behalf as root
@@ -168,6 +170,7 @@ pub fn up(data: &Path, mountpoint: &Path, opts: UpOptions<'_>) -> Result<UpState
         reclaim_after,
         key,
         encrypt,
+        pool_namespace,
         allow_other,
         owner,
     } = opts;
@@ -239,6 +242,9 @@ pub fn up(data: &Path, mountpoint: &Path, opts: UpOptions<'_>) -> Result<UpState
         }
         if !encrypt {
             mount.extend(args(&[&"--no-encryption"]));
+        }
+        if !pool_namespace {
+            mount.extend(args(&[&"--no-pool-namespace"]));
         }
         if let Some(secs) = repair_grace {
             mount.extend(args(&[&"--repair-grace", &secs.to_string()]));
