@@ -45,8 +45,8 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1000);
 /// How a node is started.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
-    /// The node's storage directory: segments, its static key (`node.key`) and the
-    /// pinned controller key.
+    /// The node's storage directory: segments, its static key (`node.key`), the
+    /// pinned controller key and the id it was last given (`node.id`).
     pub storage: PathBuf,
     /// Where the node listens for requests.
     pub listen: SocketAddr,
