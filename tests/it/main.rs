@@ -9,6 +9,7 @@ mod bench;
 mod churn;
 mod discovery;
 mod erasure;
+mod fresh_controller;
 mod fuzz;
 mod hostile;
 mod lan_failover;
