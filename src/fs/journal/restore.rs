@@ -73,7 +73,7 @@ pub fn rebuild(
     crate::trust::write_key_bytes(&key_path, &root.node_key)
         .map_err(|e| JournalError::Pool(format!("cannot restore the node key: {e}")))?;
     if let Some(id) = root.node_id {
-        save_node_id(storage, id).map_err(|e| {
+        crate::node::save_node_id(storage, id).map_err(|e| {
             JournalError::Pool(format!(
                 "cannot restore the node id in {}: {e}",
                 storage.display()
@@ -90,9 +90,4 @@ pub fn rebuild(
         root.log.len()
     );
     Ok(())
-}
-
-// MERGE: replaced by helper A's node::save_node_id.
-fn save_node_id(storage: &Path, id: crate::proto::NodeId) -> std::io::Result<()> {
-    std::fs::write(storage.join("node.id"), format!("{id}\n"))
 }
