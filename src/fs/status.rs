@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::fuse::{HEALTH_XATTR, REPAIR_XATTR, RISK_XATTR};
+use super::fuse::{HEALTH_XATTR, NAMESPACE_XATTR, REPAIR_XATTR, RISK_XATTR};
 
 mod risk;
 
@@ -83,6 +83,10 @@ pub struct MountStatus {
     pub mountpoint: PathBuf,
     /// The repair progress line (or why it could not be read).
     pub repair: String,
+    /// How current the namespace's copy in the pool is (`None` from a mount that does
+    /// not tell it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     /// The pool's risk as the mount sees it (`None` from a mount that does not tell
     /// it); `risk_error` says why it could not be read.
     pub risk: Option<PoolRisk>,
@@ -124,12 +128,14 @@ pub fn mount_status(mountpoint: &Path) -> io::Result<MountStatus> {
         },
         Err(e) => (None, Some(format!("cannot read the risk report: {e}"))),
     };
+    let namespace = get_xattr(mountpoint, NAMESPACE_XATTR).ok();
     let mut files = Vec::new();
     walk(mountpoint, Path::new(""), &mut files)?;
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(MountStatus {
         mountpoint: mountpoint.to_path_buf(),
         repair,
+        namespace,
         risk,
         risk_error,
         files,
@@ -194,6 +200,9 @@ impl MountStatus {
         }
         out.push('\n');
         out.push_str(&format!("  {}\n", self.repair));
+        if let Some(ns) = &self.namespace {
+            out.push_str(&format!("  {ns}\n"));
+        }
         match (&self.risk, &self.risk_error) {
             (Some(risk), _) => out.push_str(&risk.render()),
             (None, Some(e)) => out.push_str(&format!("  risk: {e}\n")),
@@ -255,6 +264,7 @@ mod tests {
         let st = MountStatus {
             mountpoint: "/mnt/pool".into(),
             repair: "repair: 2 segments rebuilt so far, 0 pending".into(),
+            namespace: None,
             risk: None,
             risk_error: None,
             files: vec![

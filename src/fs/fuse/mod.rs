@@ -25,7 +25,7 @@ use super::FsError;
 use convert::{caller, kind, time};
 use errno::errno;
 use xattr::{is_pool_xattr, is_system_xattr};
-pub use xattr::{HEALTH_XATTR, REPAIR_XATTR, RISK_XATTR, SCRUB_XATTR};
+pub use xattr::{HEALTH_XATTR, NAMESPACE_XATTR, REPAIR_XATTR, RISK_XATTR, SCRUB_XATTR};
 
 /// Only this mount changes its namespace, so the kernel may cache answers briefly.
 const TTL: Duration = Duration::from_secs(1);
@@ -420,6 +420,12 @@ impl Filesystem for PoolFs {
                 serde_json::to_vec(&risk)
                     .map_err(|e| FsError::Task(format!("cannot encode the risk report: {e}")))
             })
+        } else if ino.0 == ROOT && name == NAMESPACE_XATTR.as_bytes() {
+            Ok(match self.vfs.journal() {
+                Some(j) => j.describe(),
+                None => "namespace kept on this disk only (--no-pool-namespace)".into(),
+            }
+            .into_bytes())
         } else if name == HEALTH_XATTR.as_bytes() {
             repair::health(&self.vfs, ino.0).map(String::into_bytes)
         } else if is_pool_xattr(name) || is_system_xattr(name) {

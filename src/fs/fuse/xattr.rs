@@ -18,11 +18,20 @@ pub const REPAIR_XATTR: &str = "user.poolfs.repair";
 /// files as JSON (`fs::status::PoolRisk`): machines that may be off, degraded files and
 /// why, bytes held and live per node (`poolfs status` shows it).
 pub const RISK_XATTR: &str = "user.poolfs.risk";
-/// The names the pool answers itself (the four above). They are read by name only:
+/// Extended attribute of the mount's root telling how current the namespace's copy in
+/// the pool is (`fs::journal::Journal::describe`; `poolfs status` shows it).
+pub const NAMESPACE_XATTR: &str = "user.poolfs.namespace";
+/// The names the pool answers itself (the five above). They are read by name only:
 /// never listed, so programs that copy attributes (`cp -a`, `rsync -X`) neither copy
 /// them out nor try to remove them, and users cannot set or remove them (EPERM).
 /// Every other name, `user.poolfs.*` included, is the user's.
-const POOL_XATTRS: [&str; 4] = [HEALTH_XATTR, SCRUB_XATTR, REPAIR_XATTR, RISK_XATTR];
+const POOL_XATTRS: [&str; 5] = [
+    HEALTH_XATTR,
+    SCRUB_XATTR,
+    REPAIR_XATTR,
+    RISK_XATTR,
+    NAMESPACE_XATTR,
+];
 
 /// Answers an xattr request: the size when asked for it, else the bytes if they fit.
 pub(super) fn answer(reply: ReplyXattr, size: u32, bytes: &[u8]) {

@@ -21,6 +21,7 @@
 mod flush;
 pub mod restore;
 pub mod root;
+mod tidy;
 
 #[cfg(test)]
 mod tests;
@@ -50,6 +51,8 @@ pub const MAX_LOG: usize = 64;
 const MIN_LOG_BYTES: u64 = 4 << 20;
 /// Longest `sync` waits for its flush before it reports failure.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the lease holder removes blobs no root names (`tidy`).
+const TIDY_EVERY: Duration = Duration::from_secs(600);
 /// BLAKE3 key-derivation context of the namespace identity's static key.
 const IDENTITY_CONTEXT: &str = "poolfs 2026-11 namespace identity static key, v1";
 
@@ -361,6 +364,8 @@ impl Journal {
 
     fn run(&self) {
         let tick = Duration::from_millis(50);
+        // The first pass soon after the mount: a crash before it may have left some.
+        let mut next_tidy = Instant::now() + tidy::TIDY_AGE.min(TIDY_EVERY);
         loop {
             let (stop, urgent) = {
                 let st = lock(&self.state);
@@ -382,6 +387,16 @@ impl Journal {
             }
             if self.due(urgent) {
                 self.flush_once();
+            }
+            if Instant::now() >= next_tidy {
+                next_tidy = Instant::now() + TIDY_EVERY;
+                let root = {
+                    let st = lock(&self.state);
+                    (!st.fenced && st.last_ok > 0).then(|| st.root.clone())
+                };
+                if let Some(root) = root {
+                    self.cfg.rt.block_on(tidy::tidy(&self.cfg.ns, &root));
+                }
             }
         }
     }
