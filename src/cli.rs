@@ -53,6 +53,38 @@ pub enum Command {
     Scrub(ScrubArgs),
     /// Ask the controller to sweep the LAN for nodes now, and show what it found.
     Scan(ScanArgs),
+    /// Show the owner key of a mount as its recovery code (24 words), or restore it from
+    /// one: with the code and the pool key, `mount --recover` brings the files back on
+    /// another machine.
+    #[command(subcommand)]
+    Key(OwnerKeyCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OwnerKeyCommand {
+    /// Print the owner key of a storage directory as its recovery code: 24 words on one
+    /// line, to write down and keep with the pool key.
+    Export(KeyExportArgs),
+    /// Check a recovery code and write its owner key (STORAGE/owner.key) into a storage
+    /// directory; a different key already there is never replaced.
+    Import(KeyImportArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct KeyExportArgs {
+    /// The storage directory of the mount whose owner key to show.
+    #[arg(long)]
+    pub storage: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct KeyImportArgs {
+    /// The storage directory to write the owner key into (made if missing).
+    #[arg(long)]
+    pub storage: PathBuf,
+    /// A file holding the 24 words [default: read them from standard input].
+    #[arg(long, value_name = "FILE")]
+    pub code_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

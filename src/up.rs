@@ -194,6 +194,8 @@ pub fn up(data: &Path, mountpoint: &Path, opts: UpOptions<'_>) -> Result<UpState
     let key = key.canonicalize().unwrap_or(key);
     let controller = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let quota_args = quota.map_or_else(Vec::new, |q| args(&[&"--quota", &q.to_string()]));
+    // The mount makes the pool's owner key the first time: the user hears of it once.
+    let owner_key = crate::trust::OwnerKeyWatch::before(&dir.join("mount"));
     let mut pids = Vec::new();
     let started = (|| {
         let ctrl = controller.to_string();
@@ -262,6 +264,9 @@ pub fn up(data: &Path, mountpoint: &Path, opts: UpOptions<'_>) -> Result<UpState
         }
         Ok::<(), String>(())
     })();
+    if owner_key.made_new() {
+        eprintln!("{}", crate::trust::new_owner_key_notice(&dir.join("mount")));
+    }
     if let Err(e) = started {
         pids.reverse();
         stop(&pids, &dir);

@@ -18,5 +18,6 @@ mod pool;
 mod programs;
 mod props;
 mod reclaim;
+mod recovery_code;
 mod redundancy;
 mod trust;
