@@ -2,6 +2,7 @@
 //! shown as its recovery code, and written back from one.
 
 use std::io::{IsTerminal, Write};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 
@@ -33,19 +34,7 @@ pub fn export(args: KeyExportArgs) -> Result<()> {
 /// Errors: the code cannot be read or is not a valid code (the message says which word
 /// or why), or a different owner key is there already; nothing is written then.
 pub fn import(args: KeyImportArgs) -> Result<()> {
-    let text = match &args.code_file {
-        Some(file) => std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read the recovery code from {}", file.display()))?,
-        None => {
-            let stdin = std::io::stdin();
-            if stdin.is_terminal() {
-                eprintln!("Type the {RECOVERY_WORDS} words of the recovery code, then Enter:");
-            }
-            read_recovery_code(stdin.lock())
-                .context("cannot read the recovery code from standard input")?
-        }
-    };
-    let key = OwnerKey::from_recovery_code(&text).context("not a valid recovery code")?;
+    let key = read_code(args.code_file.as_deref())?;
     let file = args.storage.join(OWNER_KEY_FILE);
     let existed = file.exists();
     OwnerKey::save_new(&args.storage, &key)?;
@@ -62,5 +51,36 @@ pub fn import(args: KeyImportArgs) -> Result<()> {
             args.storage.display()
         );
     }
+    Ok(())
+}
+
+/// The owner key a recovery code names, read from `code_file` or stdin (prompting on a
+/// terminal). Errors: the code cannot be read, or is not a valid code (which word).
+fn read_code(code_file: Option<&Path>) -> Result<OwnerKey> {
+    let text = match code_file {
+        Some(file) => std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the recovery code from {}", file.display()))?,
+        None => {
+            let stdin = std::io::stdin();
+            if stdin.is_terminal() {
+                eprintln!("Type the {RECOVERY_WORDS} words of the recovery code, then Enter:");
+            }
+            read_recovery_code(stdin.lock())
+                .context("cannot read the recovery code from standard input")?
+        }
+    };
+    OwnerKey::from_recovery_code(&text).context("not a valid recovery code")
+}
+
+/// Writes the owner key a recovery needs into `storage` (`mount --recover`): from
+/// `code_file`, else from stdin unless `storage` holds an owner key already (one
+/// imported with `key import`). Errors: an unreadable or invalid code, or a different
+/// owner key already in `storage`.
+pub fn install_for_recovery(storage: &Path, code_file: Option<&Path>) -> Result<()> {
+    if code_file.is_none() && storage.join(OWNER_KEY_FILE).exists() {
+        return Ok(());
+    }
+    let key = read_code(code_file)?;
+    OwnerKey::save_new(storage, &key)?;
     Ok(())
 }

@@ -206,6 +206,12 @@ fn run(cli: Cli) -> Result<()> {
 
 fn mount(args: cli::MountArgs) -> Result<()> {
     let key = load_key(&args.key)?;
+    if args.recover {
+        // Here, before detaching, where stdin is still the user's.
+        std::fs::create_dir_all(&args.storage)
+            .with_context(|| format!("cannot create {}", args.storage.display()))?;
+        key_cmd::install_for_recovery(&args.storage, args.code_file.as_deref())?;
+    }
     let cfg = MountConfig {
         mountpoint: args.mountpoint,
         storage: args.storage,
@@ -229,8 +235,10 @@ fn mount(args: cli::MountArgs) -> Result<()> {
     let started_by_parent = std::env::var_os("POOLFS_NOTIFY_READY").is_some();
     let storage = cfg.storage.clone();
     let owner_key = OwnerKeyWatch::before(&storage);
+    let recovering = args.recover;
     let tell_if_new_key = move || {
-        if owner_key.made_new() {
+        // A recovery brings the owner key it was given: nothing new to keep.
+        if owner_key.made_new() && !recovering {
             eprintln!("{}", new_owner_key_notice(&storage));
         }
     };

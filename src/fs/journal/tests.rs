@@ -287,17 +287,23 @@ fn a_blob_no_root_names_is_removed_once_old_and_named_ones_stay() {
     m.file(ROOT, b"kept", &pattern(3000, 7));
     m.vfs.sync_namespace().expect("sync");
     // What a flush that died before its root write leaves behind.
-    let orphan = m.rt.block_on(m.ns.put(&pattern(5000, 8)[..], |_| {})).expect("put");
+    let orphan =
+        m.rt.block_on(m.ns.put(&pattern(5000, 8)[..], |_| {}))
+            .expect("put");
     let held = |file: &str| (1..=3).map(|id| m.mem.segments_of(id, file)).sum::<usize>();
     assert!(held(&orphan.place.file_id) > 0);
-    let root = m
-        .rt
-        .block_on(read_latest(&m.ns, &m.owner))
-        .expect("read")
-        .root
-        .expect("root");
-    assert_eq!(m.rt.block_on(super::tidy::tidy(&m.ns, &root)), 0, "too young to go");
-    m.mem.advance(super::tidy::TIDY_AGE.as_millis() as u64 + 1000);
+    let root =
+        m.rt.block_on(read_latest(&m.ns, &m.owner))
+            .expect("read")
+            .root
+            .expect("root");
+    assert_eq!(
+        m.rt.block_on(super::tidy::tidy(&m.ns, &root)),
+        0,
+        "too young to go"
+    );
+    m.mem
+        .advance(super::tidy::TIDY_AGE.as_millis() as u64 + 1000);
     assert!(m.rt.block_on(super::tidy::tidy(&m.ns, &root)) > 0);
     assert_eq!(held(&orphan.place.file_id), 0, "the unnamed blob went");
     let (back, _dir) = m.recovered();
