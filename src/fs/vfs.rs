@@ -47,6 +47,12 @@ pub struct SetAttr {
     pub atime: Option<Time>,
     /// New modification time, to the nanosecond.
     pub mtime: Option<Time>,
+    /// The change comes through an open handle (`ftruncate`, or the kernel's
+    /// truncation of an `open` with `O_TRUNC`): a size change is then committed with
+    /// the file's next close or fsync, like its writes, so a crash (or the namespace's
+    /// copy in the pool) shows the file before the rewrite or after it, never emptied
+    /// in between.
+    pub through_handle: bool,
 }
 
 /// Capacity of the pool as `statfs` reports it.

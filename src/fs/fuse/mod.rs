@@ -120,7 +120,7 @@ impl Filesystem for PoolFs {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
@@ -134,6 +134,7 @@ impl Filesystem for PoolFs {
             size,
             atime: atime.map(time),
             mtime: mtime.map(time),
+            through_handle: fh.is_some(),
         };
         let mut r = self.vfs.setattr(ino.0, set);
         if size.is_some() && r.is_ok() {

@@ -156,9 +156,9 @@ impl Vfs {
         let open = self.acquire(ino)?;
         if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
             let mut data = self.block_on(open.data.lock());
-            let truncated = self
-                .resize(&mut data, 0)
-                .and_then(|_| self.commit(ino, &mut data, Invalidate::Later));
+            // Committed by this handle's close or fsync, with what it writes: a crash
+            // in between leaves the file as it was, never emptied.
+            let truncated = self.resize(&mut data, 0);
             if let Err(e) = truncated {
                 drop(data);
                 self.relinquish(ino);

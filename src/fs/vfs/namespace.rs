@@ -26,7 +26,11 @@ impl Vfs {
         if let Some(size) = set.size {
             self.with_data(ino, |vfs, data| {
                 vfs.resize(data, size)?;
-                vfs.commit(ino, data, Invalidate::Later)
+                match set.through_handle {
+                    // Committed by the handle's close or fsync (`SetAttr::through_handle`).
+                    true => Ok(()),
+                    false => vfs.commit(ino, data, Invalidate::Later),
+                }
             })?;
         }
         let apply = |inode: &mut Inode| {

@@ -89,7 +89,7 @@ fn a_shrink_then_grow_does_not_bring_back_the_cut_bytes() {
 }
 
 #[test]
-fn an_open_with_o_trunc_empties_the_file_and_frees_its_segments() {
+fn an_open_with_o_trunc_empties_the_file_and_frees_the_old_segments_at_close() {
     let f = fixture(3);
     let ino = f.file(ROOT, b"f", &pattern(3 * STRIPE as usize, 5));
     let old = f.manifest(ino).place.file_id;
@@ -99,11 +99,20 @@ fn an_open_with_o_trunc_empties_the_file_and_frees_its_segments() {
         .open(ino, libc::O_WRONLY | libc::O_TRUNC)
         .expect("open O_TRUNC");
     assert_eq!(f.vfs.getattr(ino).expect("getattr").size, 0);
-    assert_eq!(f.segments(&old), 0, "the old segments are deleted");
+    // Until the rewrite is committed, a crash must find the old version whole.
+    assert!(
+        f.segments(&old) > 0,
+        "the old segments stay until the close"
+    );
     let data = pattern(STRIPE as usize + 77, 6);
     f.vfs.write(fh, 0, &data).expect("write");
     f.vfs.release(fh).expect("close");
     assert_eq!(f.contents(ino), data);
+    assert_eq!(
+        f.segments(&old),
+        0,
+        "the old segments are deleted at the close"
+    );
 }
 
 #[test]
@@ -248,4 +257,26 @@ fn fallocate_refuses_other_modes_and_changes_nothing() {
     ));
     f.vfs.release(fh).expect("close");
     assert_eq!(f.contents(ino), data);
+}
+
+#[test]
+fn a_rewrite_through_o_trunc_leaves_the_old_version_committed_until_its_close() {
+    let f = fixture(3);
+    let old = pattern(2 * STRIPE as usize, 9);
+    let ino = f.file(ROOT, b"f", &old);
+    let fh = f
+        .vfs
+        .open(ino, libc::O_WRONLY | libc::O_TRUNC)
+        .expect("open O_TRUNC");
+    f.vfs.write(fh, 0, b"new").expect("write");
+    // What a crash now would find: the store's record, not the open file.
+    let stored = f.vfs.meta_store().get(ino).expect("record");
+    assert_eq!(
+        stored.size,
+        old.len() as u64,
+        "the committed file is still the old one"
+    );
+    f.vfs.release(fh).expect("close");
+    assert_eq!(f.vfs.meta_store().get(ino).expect("record").size, 3);
+    assert_eq!(f.contents(ino), b"new");
 }
