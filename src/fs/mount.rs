@@ -285,7 +285,6 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
             let found = rt
                 .block_on(root::read_latest(ns, &owner))
                 .map_err(|_| MountError::NoController(cfg.controller))?;
-            journal::check_lease(found.root.as_ref(), root::now_ms())?;
             Some(found)
         }
         None => None,
@@ -303,11 +302,20 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
             }
             .into());
         };
+        journal::check_lease(Some(root), root::now_ms())?;
         journal::restore::rebuild(rt.handle(), ns, root, &cfg.storage, uid, gid)?;
     }
+    // Opening the store locks it: no other process mounts this storage meanwhile.
     let meta = MetaStore::open(&cfg.storage.join(journal::restore::META_FILE), uid, gid)?;
     if let (Some(found), false) = (&found, cfg.recover) {
-        journal::check_copy(found.root.as_ref(), meta.store_id()?, &cfg.storage)?;
+        let ours = meta.store_id()?;
+        // A lease written from this very store was this storage's last mount (only one
+        // process can hold the store): it crashed, and its lease is ours to take over.
+        // A lease from another store is another mount's, alive until it runs out.
+        if found.root.as_ref().is_some_and(|r| r.store_id != ours) {
+            journal::check_lease(found.root.as_ref(), root::now_ms())?;
+        }
+        journal::check_copy(found.root.as_ref(), ours, &cfg.storage)?;
     }
     let node = rt.block_on(Node::start(NodeConfig {
         storage: cfg.storage.clone(),
