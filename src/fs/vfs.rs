@@ -48,10 +48,11 @@ pub struct SetAttr {
     /// New modification time, to the nanosecond.
     pub mtime: Option<Time>,
     /// The change comes through an open handle (`ftruncate`, or the kernel's
-    /// truncation of an `open` with `O_TRUNC`): a size change is then committed with
-    /// the file's next close or fsync, like its writes, so a crash (or the namespace's
-    /// copy in the pool) shows the file before the rewrite or after it, never emptied
-    /// in between.
+    /// truncation of an `open` with `O_TRUNC`): a truncation to zero is then committed
+    /// with the file's next close or fsync, like the writes of the rewrite it begins, so
+    /// a crash (or the namespace's copy in the pool) shows the file before the rewrite
+    /// or after it, never emptied in between. Other sizes commit at once (a growth must
+    /// find its quota or space now, not at the close).
     pub through_handle: bool,
 }
 

@@ -26,7 +26,7 @@ impl Vfs {
         if let Some(size) = set.size {
             self.with_data(ino, |vfs, data| {
                 vfs.resize(data, size)?;
-                match set.through_handle {
+                match set.through_handle && size == 0 {
                     // Committed by the handle's close or fsync (`SetAttr::through_handle`).
                     true => Ok(()),
                     false => vfs.commit(ino, data, Invalidate::Later),
