@@ -435,11 +435,13 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
         mountpoint.display()
     );
     hand_off_own_files(&rt, &node, &vfs, cfg.repair_grace);
+    // The journal still runs through the node's hand-off: the namespace's blobs and
+    // root on this node (another identity's, to the node) move off it with a snapshot.
+    rt.block_on(node.hand_off());
     if let Some(journal) = vfs.journal() {
-        // The hand-off's changes go too; then the lease is released.
+        // The hand-offs' changes go too; then the lease is released.
         journal.close();
     }
-    rt.block_on(node.hand_off());
     rt.block_on(node.leave());
     Ok(())
 }

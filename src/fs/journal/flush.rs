@@ -41,6 +41,13 @@ impl Journal {
             Ok((next, superseded)) => {
                 st.root = next;
                 st.need_snapshot &= !snapshot;
+                // The snapshot just stored is on nodes that stay: the roots on leaving
+                // nodes can go (a root names nothing left there).
+                let leaving = match snapshot {
+                    true => std::mem::take(&mut st.leaving),
+                    false => Vec::new(),
+                };
+                st.cleared.extend(leaving.iter().map(|h| h.node_id));
                 st.last_ok = ordinal;
                 st.last_root = Some(Instant::now());
                 st.retry_at = None;
@@ -50,6 +57,15 @@ impl Journal {
                 for m in superseded {
                     if let Err(e) = self.cfg.rt.block_on(self.cfg.ns.delete(&m)) {
                         log::debug!("cannot remove an old namespace blob: {e}");
+                    }
+                }
+                for holder in leaving {
+                    if let Err(e) = self
+                        .cfg
+                        .rt
+                        .block_on(self.cfg.ns.delete_on(&holder, root::ROOT_FILE))
+                    {
+                        log::debug!("cannot remove the namespace root on a leaving node: {e}");
                     }
                 }
             }
@@ -218,7 +234,6 @@ impl Journal {
         for f in frees {
             let done = match &f {
                 Free::Delete(m) => self.cfg.rt.block_on(self.cfg.data.delete(m)),
-                Free::Punch(m, run) => self.cfg.rt.block_on(self.cfg.data.punch(m, run.clone())),
             };
             if let Err(e) = done {
                 // The bytes stay until the sweep finds no live file names them.

@@ -13,10 +13,10 @@
 //! One thread (`Journal::start`) takes what changed every `BATCH` at the latest
 //! (`MetaStore::take_delta`, one consistent cut), stores it as one blob, then writes the
 //! root naming it: so after a close the change is in the pool within about a second,
-//! and `sync` (fsync) waits for a flush that begins after it is called. Segments a
-//! change frees (a deleted file's, a rewritten stripe's old slot) are freed only after
-//! the flush that records the change: until then the copy in the pool may still name
-//! them.
+//! and `sync` (fsync) waits for a flush that begins after it is called. The segments
+//! of a deleted file (or of a file's placement replaced by a truncation to zero) are
+//! deleted only after the flush that records it: until then the copy in the pool may
+//! still name them.
 
 mod flush;
 pub mod restore;
@@ -26,7 +26,6 @@ mod tidy;
 #[cfg(test)]
 mod tests;
 
-use std::ops::Range;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -157,10 +156,9 @@ pub fn check_copy(
 /// A segment free waiting for the flush that records the change making it free.
 #[derive(Debug)]
 pub enum Free {
-    /// Every segment of a file.
+    /// Every segment of a file (its ids are never used again, so a late delete can
+    /// only remove what nothing names).
     Delete(Manifest),
-    /// The slots of stripes `range` of a file.
-    Punch(Manifest, Range<u64>),
 }
 
 /// How a journal starts.
@@ -211,6 +209,11 @@ struct State {
     lease_until_ms: u64,
     /// No flush before this (after a failure), unless urgent.
     retry_at: Option<Instant>,
+    /// Leaving nodes whose root copies go once the next snapshot is stored (a node's
+    /// hand-off waits for every other identity's segments to leave it), and those
+    /// already cleared.
+    leaving: Vec<crate::client::Holder>,
+    cleared: std::collections::HashSet<NodeId>,
 }
 
 /// The namespace's copy in the pool, kept up to date by a thread (see the module doc).
@@ -366,6 +369,7 @@ impl Journal {
         let tick = Duration::from_millis(50);
         // The first pass soon after the mount: a crash before it may have left some.
         let mut next_tidy = Instant::now() + tidy::TIDY_AGE.min(TIDY_EVERY);
+        let mut next_view = Instant::now();
         loop {
             let (stop, urgent) = {
                 let st = lock(&self.state);
@@ -384,6 +388,10 @@ impl Journal {
                 self.flush_once();
                 self.release();
                 return;
+            }
+            if Instant::now() >= next_view {
+                next_view = Instant::now() + Duration::from_millis(500);
+                self.watch_leaving();
             }
             if self.due(urgent) {
                 self.flush_once();
@@ -422,6 +430,29 @@ impl Journal {
             .last_root
             .is_none_or(|t| t.elapsed() >= self.cfg.lease / 3);
         waited || renew || st.pending.is_some() || st.need_snapshot
+    }
+
+    /// A node that leaves the pool (a member's hand-off, this mount's own unmount)
+    /// waits until no other identity's segments are left on it: the namespace's blobs
+    /// move off it with a snapshot stored elsewhere (the old blobs are then deleted,
+    /// there too), and its root copies are deleted after that.
+    fn watch_leaving(&self) {
+        let Ok(view) = self.cfg.rt.block_on(self.cfg.ns.view()) else {
+            return;
+        };
+        let mut st = lock(&self.state);
+        for n in &view.nodes {
+            if n.state == crate::proto::NodeState::Leaving
+                && !st.cleared.contains(&n.id)
+                && !st.leaving.iter().any(|h| h.node_id == n.id)
+            {
+                st.leaving.push(crate::client::Holder {
+                    node_id: n.id,
+                    addr: n.addr,
+                });
+                st.need_snapshot = true;
+            }
+        }
     }
 
     /// Writes a last root without a lease, so another mount need not wait it out.

@@ -55,8 +55,12 @@ impl Vfs {
         }
     }
 
-    /// Frees on the nodes the slots of the stripes and reservations `gone` lists (after
-    /// the journal's next flush, when there is one).
+    /// Frees on the nodes the slots of the stripes and reservations `gone` lists, now.
+    /// Not deferred to the journal's flush as a deleted file is: the file's next write
+    /// of such a stripe may take that very slot again (slots alternate), and a punch
+    /// arriving after it would free live bytes. The price: a stripe rewritten in the
+    /// last moment before the owner's disk is lost may not read back after recovery
+    /// (its old slot is gone; checksums make that an I/O error, never wrong bytes).
     pub(super) fn free_slots(&self, gone: &Manifest) {
         let mut runs: Vec<Range<u64>> = gone.reserved.iter().cloned().collect();
         for (j, _) in gone.records() {
@@ -66,10 +70,6 @@ impl Vfs {
             }
         }
         for run in runs {
-            if let Some(j) = self.journal.get() {
-                j.defer(Free::Punch(gone.clone(), run));
-                continue;
-            }
             if let Err(e) = self.block_on(self.client.punch(gone, run)) {
                 log::warn!(
                     "cannot free unused slots of file {}: {e}",
