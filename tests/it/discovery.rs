@@ -559,25 +559,19 @@ fn member(view: &PoolView, id: NodeId) -> Option<(SocketAddr, NodeState)> {
     view.node(id).map(|n| (n.addr, n.state))
 }
 
-/// The segment files under `store/segments/OWNER/`: (file id, segment file name, length).
+/// The segment files of file data under `store/segments/OWNER/`: (file id, segment
+/// file name, length). The mount's namespace (its root and blobs, under an identity of
+/// its own) is left out: the test follows the copied file's bytes.
 fn segment_files(store: &Path) -> Vec<(String, String, u64)> {
-    let mut found = Vec::new();
-    let root = store.join("segments");
-    for owner in std::fs::read_dir(&root).unwrap_or_else(|e| panic!("{}: {e}", root.display())) {
-        let owner = owner.expect("a directory entry");
-        for dir in std::fs::read_dir(owner.path()).expect("an owner's directory") {
-            let dir = dir.expect("a directory entry");
-            for seg in std::fs::read_dir(dir.path()).expect("a file's segment directory") {
-                let seg = seg.expect("a directory entry");
-                found.push((
-                    dir.file_name().to_string_lossy().into_owned(),
-                    seg.file_name().to_string_lossy().into_owned(),
-                    seg.metadata().expect("segment metadata").len(),
-                ));
-            }
-        }
-    }
-    found
+    assert!(
+        store.join("segments").is_dir(),
+        "{} holds no segments directory",
+        store.display()
+    );
+    harness::cluster::data_segments(store)
+        .into_iter()
+        .map(|s| (s.file, s.name, s.len))
+        .collect()
 }
 
 /// A line of `mounts` (a /proc/*/mounts table) that mounts something on `dir`.

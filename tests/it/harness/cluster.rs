@@ -105,6 +105,64 @@ pub fn segment_path(storage: &Path, file: &str, index: u32) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Whether `owner_dir` (a `STORAGE/segments/OWNER` directory) holds a mount's
+/// namespace rather than file data: it has the root record's directory
+/// (`poolfs::fs::journal::root::ROOT_FILE`).
+///
+/// Why: every mount also stores its namespace in the pool (a root on every up node and
+/// small blobs) under a second identity of its own, so a test that counts "the file
+/// data on the nodes" must leave that owner out. The mount writes its first root in
+/// the flush before it reports `mounted`, and every later blob goes with a root to
+/// every up node, so from then on each namespace owner directory has the root.
+pub fn is_namespace_owner(owner_dir: &Path) -> bool {
+    owner_dir
+        .join(poolfs::fs::journal::root::ROOT_FILE)
+        .is_dir()
+}
+
+/// One segment file of file data on a node: `STORAGE/segments/OWNER/FILE/NAME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataSegment {
+    /// The file id (the directory the segment is in).
+    pub file: String,
+    /// The segment's file name, `INDEX.seg`.
+    pub name: String,
+    /// Its length in bytes.
+    pub len: u64,
+    /// Bytes its blocks take on the disk (what a node counts against capacity).
+    pub allocated: u64,
+}
+
+/// The segments of file data a node holds: every owner's but a namespace's (see
+/// `is_namespace_owner`), sorted by file id and name; empty if the storage holds none.
+/// Entries that vanish while listed (a delete under way) are left out.
+pub fn data_segments(storage: &Path) -> Vec<DataSegment> {
+    use std::os::unix::fs::MetadataExt;
+    let list = |d: &Path| fs::read_dir(d).into_iter().flatten().flatten();
+    let mut out = Vec::new();
+    for owner in list(&storage.join("segments")) {
+        if is_namespace_owner(&owner.path()) {
+            continue;
+        }
+        for file in list(&owner.path()) {
+            for seg in list(&file.path()) {
+                let Ok(meta) = seg.metadata() else { continue };
+                if !meta.is_file() {
+                    continue;
+                }
+                out.push(DataSegment {
+                    file: file.file_name().to_string_lossy().into_owned(),
+                    name: seg.file_name().to_string_lossy().into_owned(),
+                    len: meta.len(),
+                    allocated: meta.blocks() * 512,
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| (&a.file, &a.name).cmp(&(&b.file, &b.name)));
+    out
+}
+
 /// Every path under `dir`, recursively, sorted.
 pub fn tree(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

@@ -866,6 +866,14 @@ pub fn segment_usage(storage: &Path) -> (u64, usize) {
     acc
 }
 
+/// Total bytes of the file-data segment files on a node, and their count: what
+/// `segment_usage` counts without the mount's namespace (its root and blobs, see
+/// `cluster::is_namespace_owner`), so a test sees only what its files put there.
+pub fn data_segment_usage(storage: &Path) -> (u64, usize) {
+    let segs = super::cluster::data_segments(storage);
+    (segs.iter().map(|s| s.len).sum(), segs.len())
+}
+
 /// Writes `data` at `off` of a file of `size` bytes through a shared mapping, then
 /// msync(MS_SYNC) so the bytes reach the filesystem (as programs that mmap their files
 /// do).

@@ -97,18 +97,22 @@ fn bytes_are_spread_over_the_nodes() {
     let src = pool.scratch().join("src");
     let size = 32 * MIB as u64;
     random_file(&src, size as usize);
-    let before: Vec<u64> = pool.storages().iter().map(|s| segment_usage(s).0).collect();
+    let before: Vec<u64> = pool
+        .storages()
+        .iter()
+        .map(|s| data_segment_usage(s).0)
+        .collect();
     assert!(cp(&src, &pool.path("big")).status.success());
     let share = size as f64 / 3.0;
     for (i, s) in pool.storages().iter().enumerate() {
-        let held = (segment_usage(s).0 - before[i]) as f64;
+        let held = (data_segment_usage(s).0 - before[i]) as f64;
         assert!(
             (held - share).abs() <= share * 0.15,
             "{} holds {held} bytes of a {size}-byte file; expected about {share}",
             s.display()
         );
     }
-    let mine = segment_usage(&pool.mount_storage).0 - before[0];
+    let mine = data_segment_usage(&pool.mount_storage).0 - before[0];
     assert!(
         mine < size / 2,
         "the mounting node holds {mine} of {size} bytes"

@@ -15,8 +15,9 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::harness::mount::{
-    assert_same_file, can_mount, drop_cache, health, is_mounted, member_states, mmap_write, poolfs,
-    procs_under, random_file, run, run_ok, segment_usage, wait_until, Pool, Rng, MIB,
+    assert_same_file, can_mount, data_segment_usage, drop_cache, health, is_mounted, member_states,
+    mmap_write, poolfs, procs_under, random_file, run, run_ok, segment_usage, wait_until, Pool,
+    Rng, MIB,
 };
 
 mod failover;
@@ -114,10 +115,13 @@ fn names(dir: &Path) -> Vec<String> {
     v
 }
 
+/// Bytes and count of the segments of file data over every node of the pool (the
+/// mount's namespace left out: its blobs come and go with every change, not with the
+/// files a test writes or removes).
 fn total_segments(pool: &Pool) -> (u64, usize) {
     pool.storages()
         .iter()
-        .map(|s| segment_usage(s))
+        .map(|s| data_segment_usage(s))
         .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
 }
 

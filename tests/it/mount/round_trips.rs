@@ -291,7 +291,11 @@ fn unlink_and_replace_remove_segments_on_the_nodes() {
         "segments of an 8 MiB file: {one:?} (before: {empty:?})"
     );
     for s in pool.storages() {
-        assert!(segment_usage(&s).1 > 0, "{} holds no segment", s.display());
+        assert!(
+            data_segment_usage(&s).1 > 0,
+            "{} holds no segment of the file",
+            s.display()
+        );
     }
     fs::remove_file(pool.path("a")).unwrap();
     assert_errno(

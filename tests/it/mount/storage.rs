@@ -35,9 +35,13 @@ fn cp_past_the_quota_fails_with_edquot() {
     fs::remove_file(pool.path("big")).unwrap();
     fs::remove_file(pool.path("raw")).unwrap();
     let gone = wait_until(Duration::from_secs(10), || {
-        pool.storages().iter().all(|s| segment_usage(s).0 == 0)
+        pool.storages().iter().all(|s| data_segment_usage(s).0 == 0)
     });
-    let left: Vec<_> = pool.storages().iter().map(|s| segment_usage(s)).collect();
+    let left: Vec<_> = pool
+        .storages()
+        .iter()
+        .map(|s| data_segment_usage(s))
+        .collect();
     assert!(gone, "segments left behind: {left:?}");
     // Within the quota (a shard's chunk tags count too: 16 bytes per 32 KiB), a file
     // fits and reads back.
@@ -194,7 +198,7 @@ fn a_close_whose_stores_fail_leaves_the_previous_file() {
     // Once there is room again, the same small file closes and reads back.
     fs::remove_file(pool.path("full")).unwrap();
     let freed = wait_until(Duration::from_secs(10), || {
-        pool.storages().iter().all(|s| segment_usage(s).0 == 0)
+        pool.storages().iter().all(|s| data_segment_usage(s).0 == 0)
     });
     assert!(freed, "segments of the removed file left behind");
     fs::write(pool.path("new"), &small).unwrap();
@@ -272,8 +276,12 @@ fn small_files_live_in_the_metadata_until_they_grow() {
     }
     let mut pool = Pool::up("inline", 3);
     let mut rng = Rng::new(12);
-    let on_nodes =
-        |pool: &Pool| -> u64 { pool.storages().iter().map(|s| segment_usage(s).0).sum() };
+    let on_nodes = |pool: &Pool| -> u64 {
+        pool.storages()
+            .iter()
+            .map(|s| data_segment_usage(s).0)
+            .sum()
+    };
     let small = rng.bytes(4096);
     let mut f = File::create(pool.path("small")).unwrap();
     f.write_all(&small).unwrap();
