@@ -17,5 +17,6 @@ mod pool;
 mod programs;
 mod props;
 mod reclaim;
+mod recovery;
 mod redundancy;
 mod trust;
