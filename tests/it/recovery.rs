@@ -46,11 +46,26 @@ struct Kept {
     want: PathBuf,
 }
 
+/// Creates (or truncates) `path`, writes `bytes` and closes it, reporting a failed
+/// close (which `File`'s drop would hide): what `cp` or a shell redirection does.
+fn write_and_close(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    let mut f = fs::File::create(path)?;
+    f.write_all(bytes)?;
+    let fd = f.into_raw_fd();
+    // SAFETY: `fd` is ours alone (taken out of the File), closed once here.
+    if unsafe { libc::close(fd) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Writes `bytes` both to the reference copy and into the mount (create, write, close).
 fn put(m: &Mounted, scratch: &Path, rel: &str, bytes: &[u8]) -> Kept {
     let want = scratch.join(rel.replace('/', "_"));
     fs::write(&want, bytes).expect("write the reference copy");
-    fs::write(m.path(rel), bytes).unwrap_or_else(|e| panic!("write {rel} in the mount: {e}"));
+    write_and_close(&m.path(rel), bytes)
+        .unwrap_or_else(|e| panic!("write {rel} in the mount: {e}"));
     Kept {
         rel: rel.to_string(),
         want,
@@ -284,8 +299,7 @@ fn a_file_being_written_at_the_loss_is_old_or_absent_never_garbage() {
                 if stop.load(Ordering::Relaxed) {
                     return None;
                 }
-                let round = fs::File::create(&hot).and_then(|mut f| f.write_all(&version(n)));
-                match round {
+                match write_and_close(&hot, &version(n)) {
                     Ok(()) => closed.lock().expect("lock").push((n, Instant::now())),
                     Err(e) => return Some(format!("round {n}: {e}")), // the mount died
                 }
@@ -421,11 +435,25 @@ fn recovery_works_with_a_node_down_that_returns_later() {
     let clean = wait_until(limit, || {
         let (ok, text) = nothing_degraded(pool.controller, &b.mnt);
         last = text;
-        ok
+        // And in their shape again (a file narrowed while the node was away is widened).
+        let whole = ok
+            && kept.iter().all(|k| {
+                let h = health(&b.path(&k.rel));
+                shape_of(&h).is_none_or(|s| s == (2, 2))
+            });
+        if !whole {
+            std::thread::sleep(Duration::from_millis(500)); // status is a process: not too often
+        }
+        whole
     });
     assert!(
         clean,
-        "{limit:?} after the node came back, status still shows damage:\n{last}"
+        "{limit:?} after the node came back, status still shows damage or a file is not \
+         2+2 again:\n{last}\n{}",
+        kept.iter()
+            .map(|k| format!("{}: {}", k.rel, health(&b.path(&k.rel))))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     // Nothing degraded must mean it: the lost disk's shards and the down node's are
     // whole again, so the pool now survives losing 2 members, as its shape promises.
