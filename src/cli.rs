@@ -53,6 +53,38 @@ pub enum Command {
     Scrub(ScrubArgs),
     /// Ask the controller to sweep the LAN for nodes now, and show what it found.
     Scan(ScanArgs),
+    /// Show the owner key of a mount as its recovery code (24 words), or restore it from
+    /// one: with the code and the pool key, `mount --recover` brings the files back on
+    /// another machine.
+    #[command(subcommand)]
+    Key(OwnerKeyCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OwnerKeyCommand {
+    /// Print the owner key of a storage directory as its recovery code: 24 words on one
+    /// line, to write down and keep with the pool key.
+    Export(KeyExportArgs),
+    /// Check a recovery code and write its owner key (STORAGE/owner.key) into a storage
+    /// directory; a different key already there is never replaced.
+    Import(KeyImportArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct KeyExportArgs {
+    /// The storage directory of the mount whose owner key to show.
+    #[arg(long)]
+    pub storage: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct KeyImportArgs {
+    /// The storage directory to write the owner key into (made if missing).
+    #[arg(long)]
+    pub storage: PathBuf,
+    /// A file holding the 24 words [default: read them from standard input].
+    #[arg(long, value_name = "FILE")]
+    pub code_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -113,6 +145,23 @@ pub struct MountArgs {
     /// what encryption costs.
     #[arg(long)]
     pub no_encryption: bool,
+    /// Keep the namespace on this disk only, not in the pool too: only to measure what
+    /// keeping it in the pool costs (a lost disk then loses every file).
+    #[arg(long, hide = true)]
+    pub no_pool_namespace: bool,
+    /// Rebuild this mount from the pool after its disk was lost: --storage must be an
+    /// empty directory; the recovery code (`poolfs key export`) comes from --code-file,
+    /// from an owner key imported there with `poolfs key import`, or from stdin.
+    #[arg(long)]
+    pub recover: bool,
+    /// With --recover: a file holding the recovery code.
+    #[arg(long, value_name = "FILE", requires = "recover")]
+    pub code_file: Option<PathBuf>,
+    /// Seconds of this mount's lease on its namespace: another mount of the same owner
+    /// (a --recover elsewhere) is refused while it lasts; renewed every third of it,
+    /// so after a crash it blocks recovery for at most this long.
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..=3600))]
+    pub lease: u64,
     /// Stay attached to the terminal instead of returning once mounted.
     #[arg(long, short = 'f')]
     pub foreground: bool,
@@ -152,6 +201,10 @@ pub struct UpArgs {
     /// Store shards in clear (see `mount --no-encryption`): benchmarks only.
     #[arg(long)]
     pub no_encryption: bool,
+    /// Keep the namespace on the mount's disk only (see `mount --no-pool-namespace`):
+    /// benchmarks only.
+    #[arg(long, hide = true)]
+    pub no_pool_namespace: bool,
     /// Let other users use the pool, with access checked against mode bits, owners
     /// and groups (on by itself when run through sudo).
     #[arg(long)]

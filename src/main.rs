@@ -1,6 +1,7 @@
 //! The `poolfs` binary: parse the command line, then call into the library.
 
 mod cli;
+mod key_cmd;
 
 use std::io::IsTerminal;
 use std::time::Instant;
@@ -15,7 +16,10 @@ use poolfs::daemon;
 use poolfs::fs::mount::MountConfig;
 use poolfs::node::{Node, NodeConfig};
 use poolfs::proto::{ControllerRequest, PoolView, Response, ScanReport};
-use poolfs::trust::{default_key_path, Credentials, KeyError, PoolKey, CLIENT_KEY_FILE};
+use poolfs::trust::{
+    default_key_path, new_owner_key_notice, Credentials, KeyError, OwnerKeyWatch, PoolKey,
+    CLIENT_KEY_FILE,
+};
 use poolfs::util::{default_data_dir, human_size};
 
 fn main() {
@@ -160,6 +164,7 @@ fn run(cli: Cli) -> Result<()> {
                 reclaim_after: args.reclaim_after,
                 key: args.key.as_deref(),
                 encrypt: !args.no_encryption,
+                pool_namespace: !args.no_pool_namespace,
                 allow_other: args.allow_other || invoker.is_some(),
                 owner: invoker,
             };
@@ -184,6 +189,8 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Scan(args) => runtime()?.block_on(scan(args)),
+        Command::Key(cli::OwnerKeyCommand::Export(args)) => key_cmd::export(args),
+        Command::Key(cli::OwnerKeyCommand::Import(args)) => key_cmd::import(args),
         Command::Scrub(args) => {
             let report = poolfs::fs::mount::scrub(&args.mountpoint).with_context(|| {
                 format!(
@@ -213,17 +220,36 @@ fn mount(args: cli::MountArgs) -> Result<()> {
         reclaim_after: std::time::Duration::from_secs(args.reclaim_after),
         key,
         encrypt: !args.no_encryption,
+        pool_namespace: !args.no_pool_namespace,
+        lease: std::time::Duration::from_secs(args.lease),
+        recover: args.recover,
     };
-    if !args.foreground && std::env::var_os("POOLFS_NOTIFY_READY").is_none() {
+    // A process started by `spawn_ready` (ours when detached, or `up`'s) leaves telling
+    // the user about a new owner key to its parent, which has the terminal.
+    let started_by_parent = std::env::var_os("POOLFS_NOTIFY_READY").is_some();
+    let storage = cfg.storage.clone();
+    let owner_key = OwnerKeyWatch::before(&storage);
+    let tell_if_new_key = move || {
+        if owner_key.made_new() {
+            eprintln!("{}", new_owner_key_notice(&storage));
+        }
+    };
+    if !args.foreground && !started_by_parent {
         // Detach: run ourselves in the background and return once the mount is live.
         let mut again: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
         again.push("--foreground".into());
         let log = cfg.storage.join("mount.log");
-        daemon::spawn_ready(&again, &log, std::time::Duration::from_secs(30))
-            .map_err(anyhow::Error::msg)?;
+        let spawned = daemon::spawn_ready(&again, &log, std::time::Duration::from_secs(30));
+        tell_if_new_key();
+        spawned.map_err(anyhow::Error::msg)?;
         return Ok(());
     }
-    poolfs::fs::mount::run(cfg, daemon::notify)?;
+    poolfs::fs::mount::run(cfg, move |ready| {
+        daemon::notify(ready);
+        if !started_by_parent {
+            tell_if_new_key();
+        }
+    })?;
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! The pool's secrets: the shared pool key (a file every member holds), each member's
 //! Noise static keypair (its persistent identity), and the owner secret that shard keys
-//! derive from (`owner.key`, never sent).
+//! derive from (`owner.key`, never sent), and that secret's recovery code (`recovery`).
 
 use std::fs;
 use std::io::{self, Write};
@@ -12,6 +12,12 @@ use snow::resolvers::{CryptoResolver, DefaultResolver};
 
 use crate::proto::Identity;
 use crate::util::default_data_dir;
+
+mod recovery;
+
+pub use recovery::{
+    new_owner_key_notice, read_recovery_code, OwnerKeyWatch, RecoveryCodeError, RECOVERY_WORDS,
+};
 
 /// Length of the pool key and of Noise static keys.
 pub const KEY_LEN: usize = 32;
@@ -55,6 +61,20 @@ pub enum KeyError {
         /// The failure.
         source: io::Error,
     },
+    /// No owner key in this storage directory (no mount has used it yet).
+    #[error(
+        "no owner key at {0}: no mount has used this storage directory yet (the first \
+         `poolfs mount` makes one; `poolfs key import` restores one from its recovery code)"
+    )]
+    NoOwnerKey(PathBuf),
+    /// A different owner key is already at this path: replacing it would lose the files
+    /// that key encrypts.
+    #[error(
+        "{0} holds a different owner key; it was left as it is (the files it encrypts \
+         would be lost without it): use another --storage directory, or move that file \
+         away first"
+    )]
+    OtherOwnerKey(PathBuf),
     /// The crypto library cannot make a Curve25519 keypair.
     #[error("no Curve25519 support in the crypto library")]
     Crypto,
@@ -134,6 +154,41 @@ impl OwnerKey {
         load_or_create_key_file(&dir.join(OWNER_KEY_FILE)).map(OwnerKey)
     }
 
+    /// The owner secret kept in `dir/owner.key`; never makes one.
+    ///
+    /// Errors: `KeyError::NoOwnerKey` if there is none, `Corrupt` if the file is not a
+    /// key file, `Read` for any other failure.
+    pub fn load(dir: &Path) -> Result<Self, KeyError> {
+        match read_key_file(&dir.join(OWNER_KEY_FILE)) {
+            Err(KeyError::Missing(path)) => Err(KeyError::NoOwnerKey(path)),
+            other => other.map(OwnerKey),
+        }
+    }
+
+    /// Writes `key` to `dir/owner.key` (mode 0600, `dir` made if missing), synced to
+    /// disk. The same key already there is fine; a different one is never replaced.
+    ///
+    /// Errors: `KeyError::OtherOwnerKey` if a different key is there, `Corrupt` if the
+    /// file there is not a key file, `Write` or `Read` if the disk fails.
+    pub fn save_new(dir: &Path, key: &OwnerKey) -> Result<(), KeyError> {
+        let path = dir.join(OWNER_KEY_FILE);
+        match write_new_key_file(&path, &key.0) {
+            Ok(()) => {}
+            Err(KeyError::Exists(_)) => {
+                return match read_key_file(&path)? {
+                    same if same == key.0 => Ok(()),
+                    _ => Err(KeyError::OtherOwnerKey(path)),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        // The link to the key is a directory entry: sync it too, or a power cut right
+        // after an import could leave no key while the user believes it restored.
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| KeyError::Write { path, source })
+    }
+
     /// The secret bytes.
     pub fn bytes(&self) -> &[u8; KEY_LEN] {
         &self.0
@@ -186,6 +241,13 @@ impl Credentials {
     /// as `PoolKey::load`, and `KeyError::Crypto`.
     pub fn load_at(key: &PoolKey, path: &Path) -> Result<Self, KeyError> {
         Credentials::with_private(key, read_key_file(path)?)
+    }
+
+    /// The pool key with the static keypair whose private half is `private` (an
+    /// identity derived from another secret, such as a namespace's from its owner's).
+    /// Errors: `KeyError::Crypto`.
+    pub fn from_private(key: &PoolKey, private: [u8; KEY_LEN]) -> Result<Self, KeyError> {
+        Credentials::with_private(key, private)
     }
 
     fn with_private(key: &PoolKey, private: [u8; KEY_LEN]) -> Result<Self, KeyError> {
@@ -310,6 +372,18 @@ fn load_or_create_key_file(path: &Path) -> Result<[u8; KEY_LEN], KeyError> {
     }
 }
 
+/// The 32 bytes of the key file at `path` (a node's `node.key`, to keep it in a
+/// namespace's root). Errors as `PoolKey::load`.
+pub fn read_key_bytes(path: &Path) -> Result<[u8; KEY_LEN], KeyError> {
+    read_key_file(path)
+}
+
+/// Writes a new key file at `path` (mode 0600) holding `key`; never overwrites one
+/// (a recovered node key). Errors: `KeyError::Exists` if one is there, `Write`.
+pub fn write_key_bytes(path: &Path, key: &[u8; KEY_LEN]) -> Result<(), KeyError> {
+    write_new_key_file(path, key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,6 +403,45 @@ mod tests {
         assert_eq!(PoolKey::load_or_create(&path).unwrap(), key);
         fs::write(&path, "nothex").unwrap();
         assert!(matches!(PoolKey::load(&path), Err(KeyError::Corrupt(_))));
+    }
+
+    #[test]
+    fn an_owner_key_is_loaded_but_never_made_and_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = dir.path().join("storage");
+        let err = OwnerKey::load(&storage).unwrap_err();
+        assert!(matches!(err, KeyError::NoOwnerKey(_)), "{err}");
+        assert!(err.to_string().contains("no mount has used"), "{err}");
+        assert!(!storage.exists(), "load must not make anything");
+
+        let key = OwnerKey::from_bytes([42; KEY_LEN]);
+        OwnerKey::save_new(&storage, &key).unwrap();
+        let file = storage.join(OWNER_KEY_FILE);
+        assert_eq!(
+            fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(OwnerKey::load(&storage).unwrap(), key);
+        // The same key again: nothing to do. A mount made it the same way.
+        OwnerKey::save_new(&storage, &key).unwrap();
+        assert_eq!(OwnerKey::load_or_create(&storage).unwrap(), key);
+
+        let before = fs::read(&file).unwrap();
+        let other = OwnerKey::from_bytes([43; KEY_LEN]);
+        let err = OwnerKey::save_new(&storage, &other).unwrap_err();
+        assert!(matches!(err, KeyError::OtherOwnerKey(_)), "{err}");
+        assert!(err.to_string().contains("different owner key"), "{err}");
+        assert_eq!(fs::read(&file).unwrap(), before, "the old key must stay");
+
+        fs::write(&file, "garbage").unwrap();
+        assert!(matches!(
+            OwnerKey::load(&storage),
+            Err(KeyError::Corrupt(_))
+        ));
+        assert!(matches!(
+            OwnerKey::save_new(&storage, &key),
+            Err(KeyError::Corrupt(_))
+        ));
     }
 
     #[test]

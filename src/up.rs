@@ -135,6 +135,8 @@ pub struct UpOptions<'a> {
     pub key: Option<&'a Path>,
     /// Encrypt shards (off only to measure the cost).
     pub encrypt: bool,
+    /// Keep the mount's namespace in the pool too (off only to measure the cost).
+    pub pool_namespace: bool,
     /// Let other users use the mount (access then follows mode bits and owners).
     pub allow_other: bool,
     /// The user (uid, gid) the pool is for when `up` runs on their behalf as root
@@ -168,6 +170,7 @@ pub fn up(data: &Path, mountpoint: &Path, opts: UpOptions<'_>) -> Result<UpState
         reclaim_after,
         key,
         encrypt,
+        pool_namespace,
         allow_other,
         owner,
     } = opts;
@@ -191,6 +194,8 @@ pub fn up(data: &Path, mountpoint: &Path, opts: UpOptions<'_>) -> Result<UpState
     let key = key.canonicalize().unwrap_or(key);
     let controller = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let quota_args = quota.map_or_else(Vec::new, |q| args(&[&"--quota", &q.to_string()]));
+    // The mount makes the pool's owner key the first time: the user hears of it once.
+    let owner_key = crate::trust::OwnerKeyWatch::before(&dir.join("mount"));
     let mut pids = Vec::new();
     let started = (|| {
         let ctrl = controller.to_string();
@@ -240,6 +245,9 @@ pub fn up(data: &Path, mountpoint: &Path, opts: UpOptions<'_>) -> Result<UpState
         if !encrypt {
             mount.extend(args(&[&"--no-encryption"]));
         }
+        if !pool_namespace {
+            mount.extend(args(&[&"--no-pool-namespace"]));
+        }
         if let Some(secs) = repair_grace {
             mount.extend(args(&[&"--repair-grace", &secs.to_string()]));
         }
@@ -256,6 +264,9 @@ pub fn up(data: &Path, mountpoint: &Path, opts: UpOptions<'_>) -> Result<UpState
         }
         Ok::<(), String>(())
     })();
+    if owner_key.made_new() {
+        eprintln!("{}", crate::trust::new_owner_key_notice(&dir.join("mount")));
+    }
     if let Err(e) = started {
         pids.reverse();
         stop(&pids, &dir);

@@ -14,6 +14,7 @@ pub mod layout;
 pub mod manifest;
 pub mod placement;
 mod read;
+mod record;
 pub mod seal;
 pub mod segments;
 mod space;

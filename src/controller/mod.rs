@@ -244,6 +244,7 @@ impl ControllerService {
                 capacity,
                 used,
                 machine,
+                id,
             } => 'join: {
                 // An id is bound to the static key its node proved in the handshake.
                 if !peer.owns(identity) {
@@ -255,7 +256,7 @@ impl ControllerService {
                 } else {
                     listen
                 };
-                let node_id = reg.join(identity, addr, (capacity, used), &machine, now);
+                let node_id = reg.join(identity, addr, (capacity, used), &machine, id, now);
                 log::info!("node {node_id} joined from {addr}");
                 Response::Assigned(Assign {
                     controller: peer.local,

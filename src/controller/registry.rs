@@ -138,24 +138,36 @@ impl Registry {
     /// Admits a node, or recognises it by identity and gives its old id back; records
     /// its address, `capacity` and `used` bytes, and the `machine` it runs on (`""`:
     /// not known, the one recorded stays).
+    ///
+    /// `hint` is the id the node says it had (JOIN's `id`, a sweep's STAT). Manifests
+    /// name holders by id, so a registry rebuilt from nothing must give every node the
+    /// id it had: an identity the registry knows keeps its recorded id (a differing
+    /// hint is warned about); an unknown identity gets its hint unless another identity
+    /// holds that id (then a fresh id, warned about with both identities). Fresh ids
+    /// stay above every id handed out, hinted ones included.
     pub fn join(
         &mut self,
         identity: Identity,
         addr: SocketAddr,
         (capacity, used): (u64, u64),
         machine: &str,
+        hint: Option<NodeId>,
         now: Instant,
     ) -> NodeId {
-        let existing = self
-            .members
-            .values()
-            .find(|m| m.record.identity == identity)
-            .map(|m| m.record.id);
-        let id = match existing {
-            Some(id) => id,
+        let id = match self.member(identity) {
+            Some((id, _)) => {
+                if let Some(h) = hint.filter(|&h| h != id) {
+                    log::warn!(
+                        "node {id} ({identity:?}, at {addr}) says it had id {h}; it keeps \
+                         the id this controller recorded for it"
+                    );
+                }
+                id
+            }
             None => {
-                let id = self.next_id;
-                self.next_id += 1;
+                let id = self.id_for_newcomer(identity, addr, hint);
+                // The next fresh id stays above this one, hinted or not.
+                self.next_id = self.next_id.max(id.saturating_add(1));
                 let record = MemberRecord {
                     id,
                     identity,
@@ -191,6 +203,40 @@ impl Registry {
         self.bump();
         self.save();
         id
+    }
+
+    /// The id for an identity this registry does not know: its `hint` if that is a
+    /// real id no member holds, else the next fresh one.
+    fn id_for_newcomer(
+        &self,
+        identity: Identity,
+        addr: SocketAddr,
+        hint: Option<NodeId>,
+    ) -> NodeId {
+        match hint {
+            // 0 is never handed out; the largest id would leave no fresh one above it.
+            Some(h) if h == 0 || h == NodeId::MAX => {
+                log::warn!("node at {addr} ({identity:?}) says it had id {h}, which is never handed out; giving it id {}", self.next_id);
+                self.next_id
+            }
+            Some(h) => match self.members.get(&h) {
+                None => {
+                    log::info!("node at {addr} ({identity:?}) gets back the id {h} it had");
+                    h
+                }
+                Some(holder) => {
+                    log::warn!(
+                        "node at {addr} ({identity:?}) says it had id {h}, but id {h} belongs \
+                         to {:?} (last at {}); giving it the new id {}",
+                        holder.record.identity,
+                        holder.record.addr,
+                        self.next_id
+                    );
+                    self.next_id
+                }
+            },
+            None => self.next_id,
+        }
     }
 
     fn member_of(&mut self, id: NodeId, identity: Identity) -> Result<&mut Member, RegistryError> {
@@ -327,167 +373,5 @@ impl Registry {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn addr(port: u16) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], port))
-    }
-
-    #[test]
-    fn ids_are_sequential_and_stable_across_restarts() {
-        let dir = tempfile::tempdir().unwrap();
-        let now = Instant::now();
-        let (a, b) = (Identity([1; 16]), Identity([2; 16]));
-        {
-            let mut r = Registry::load(dir.path()).unwrap();
-            assert_eq!(r.join(a, addr(1), (10, 0), "m", now), 1);
-            assert_eq!(r.join(b, addr(2), (10, 0), "m", now), 2);
-            assert_eq!(
-                r.join(a, addr(3), (10, 0), "m", now),
-                1,
-                "a rejoin keeps the id"
-            );
-        }
-        let mut r = Registry::load(dir.path()).unwrap();
-        let view = r.view(now);
-        assert!(view.nodes.iter().all(|n| n.state == NodeState::Down));
-        assert_eq!(view.node(1).unwrap().addr, addr(3));
-        assert_eq!(r.join(b, addr(2), (10, 0), "m", now), 2);
-        assert_eq!(r.join(Identity([3; 16]), addr(4), (10, 0), "m", now), 3);
-    }
-
-    #[test]
-    fn a_registry_saved_before_versions_opens_as_version_1() {
-        let dir = tempfile::tempdir().unwrap();
-        // registry.json as poolfs wrote it before the version tag.
-        let old = r#"{"next_id": 3, "epoch": 7, "members": [{"id": 2,
-            "identity": [2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2], "addr": "127.0.0.1:9",
-            "capacity": 10, "used": 4, "gone": false}]}"#;
-        std::fs::write(dir.path().join("registry.json"), old).unwrap();
-        let mut r = Registry::load(dir.path()).unwrap();
-        let now = Instant::now();
-        assert_eq!(r.view(now).node(2).unwrap().addr, addr(9));
-        assert_eq!(
-            r.view(now).node(2).unwrap().machine,
-            "",
-            "no machine named yet"
-        );
-        assert_eq!(r.join(Identity([2; 16]), addr(9), (10, 4), "m", now), 2);
-        assert_eq!(r.view(now).node(2).unwrap().machine, "m");
-        assert_eq!(r.join(Identity([5; 16]), addr(5), (10, 0), "m", now), 3);
-    }
-
-    #[test]
-    fn the_machine_a_node_names_is_shown_and_kept_across_restarts() {
-        let dir = tempfile::tempdir().unwrap();
-        let now = Instant::now();
-        let a = Identity([1; 16]);
-        {
-            let mut r = Registry::load(dir.path()).unwrap();
-            let id = r.join(a, addr(1), (10, 0), "desk-1a2b3c4d", now);
-            assert_eq!(r.view(now).node(id).unwrap().machine, "desk-1a2b3c4d");
-            let epoch = r.view(now).epoch;
-            // Renamed (`--machine`) and restarted without a new join: a new view.
-            r.heartbeat(id, a, (10, 0), "desk", now).unwrap();
-            assert_eq!(r.view(now).node(id).unwrap().machine, "desk");
-            assert!(r.view(now).epoch > epoch);
-        }
-        let r = Registry::load(dir.path()).unwrap();
-        assert_eq!(r.view(now).node(1).unwrap().machine, "desk");
-    }
-
-    #[test]
-    fn a_saved_registry_carries_its_version() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut r = Registry::load(dir.path()).unwrap();
-        r.join(Identity([1; 16]), addr(1), (10, 0), "m", Instant::now());
-        let bytes = std::fs::read(dir.path().join("registry.json")).unwrap();
-        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-        assert_eq!(json["version"], REGISTRY_VERSION);
-        let r = Registry::load(dir.path()).unwrap();
-        assert!(r.view(Instant::now()).node(1).is_some());
-    }
-
-    #[test]
-    fn a_registry_of_a_newer_version_is_refused_and_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("registry.json");
-        let newer = format!(r#"{{"version": {}, "nodes": {{}}}}"#, REGISTRY_VERSION + 1);
-        std::fs::write(&path, &newer).unwrap();
-        let err = Registry::load(dir.path())
-            .err()
-            .expect("a newer registry must be refused");
-        let text = err.to_string();
-        assert!(text.contains(&path.display().to_string()), "{text}");
-        assert!(
-            text.contains(&format!("version {}", REGISTRY_VERSION + 1)),
-            "{text}"
-        );
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), newer);
-    }
-
-    #[test]
-    fn liveness_leave_and_impostors() {
-        let mut r = Registry::in_memory();
-        let t0 = Instant::now();
-        let a = Identity([1; 16]);
-        let id = r.join(a, addr(1), (10, 0), "m", t0);
-        let e0 = r.view(t0).epoch;
-        assert!(!r.sweep(t0 + Duration::from_secs(1), Duration::from_secs(3)));
-        assert!(r.sweep(t0 + Duration::from_secs(4), Duration::from_secs(3)));
-        assert_eq!(r.view(t0).nodes[0].state, NodeState::Down);
-        assert!(r.view(t0).epoch > e0);
-        assert_eq!(
-            r.heartbeat(id, Identity([9; 16]), (10, 0), "m", t0),
-            Err(RegistryError::Impostor(id))
-        );
-        assert_eq!(
-            r.heartbeat(77, a, (10, 0), "m", t0),
-            Err(RegistryError::Unknown(77))
-        );
-        r.heartbeat(id, a, (10, 5), "m", t0 + Duration::from_secs(5))
-            .unwrap();
-        assert_eq!(
-            r.view(t0 + Duration::from_secs(5)).nodes[0].state,
-            NodeState::Up
-        );
-        r.leave(id, a).unwrap();
-        assert_eq!(r.view(t0).nodes[0].state, NodeState::Gone);
-        assert_eq!(r.live_count(), 0);
-    }
-
-    #[test]
-    fn a_leaving_member_stays_leaving_while_it_heartbeats_then_goes() {
-        let dir = tempfile::tempdir().unwrap();
-        let t0 = Instant::now();
-        let a = Identity([1; 16]);
-        let mut r = Registry::load(dir.path()).unwrap();
-        let id = r.join(a, addr(1), (10, 0), "m", t0);
-        assert!(r.drain(id, Identity([9; 16])).is_err(), "another identity");
-        r.drain(id, a).unwrap();
-        let state = |r: &Registry, t| r.view(t).node(id).unwrap().state;
-        assert_eq!(state(&r, t0), NodeState::Leaving);
-        let t1 = t0 + Duration::from_secs(1);
-        r.heartbeat(id, a, (10, 0), "m", t1).unwrap();
-        assert_eq!(
-            state(&r, t1),
-            NodeState::Leaving,
-            "a heartbeat does not undo it"
-        );
-        assert_eq!(
-            r.live_count(),
-            0,
-            "nothing new is placed on a leaving member"
-        );
-        r.leave(id, a).unwrap();
-        assert_eq!(state(&r, t1), NodeState::Gone);
-        // A leaving member that falls silent is down, like any other.
-        let b = Identity([2; 16]);
-        let id_b = r.join(b, addr(2), (10, 0), "m", t1);
-        r.drain(id_b, b).unwrap();
-        assert!(r.sweep(t1 + Duration::from_secs(10), Duration::from_secs(3)));
-        assert_eq!(state(&r, t1), NodeState::Gone);
-        assert_eq!(r.view(t1).node(id_b).unwrap().state, NodeState::Down);
-    }
-}
+#[path = "registry_tests.rs"]
+mod tests;

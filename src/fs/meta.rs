@@ -4,15 +4,17 @@
 //! its format) and runs the transactions; `names` holds the namespace operations,
 //! `record` the stored records and their versions.
 
+mod changes;
 mod names;
 mod record;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 
+pub use changes::Delta;
 pub use record::{Inode, Kind, Time, INODE_RECORD, XATTRS_MAX};
 
 use super::legacy::InodeV3;
@@ -27,6 +29,9 @@ pub const NAME_MAX: usize = 255;
 const INODES: TableDefinition<u64, &[u8]> = TableDefinition::new("inodes");
 const DIRENTS: TableDefinition<(u64, &[u8]), u64> = TableDefinition::new("dirents");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+/// What this copy of the namespace knows of the copy in the pool (`store_id`); never
+/// itself copied there.
+const JOURNAL: TableDefinition<&str, u64> = TableDefinition::new("journal");
 
 /// Turns a redb failure into the filesystem's error: a full disk is ENOSPC; any other
 /// I/O failure leaves redb refusing every later transaction until the database is
@@ -63,9 +68,35 @@ fn load(inodes: &impl ReadableTable<u64, &'static [u8]>, ino: u64) -> Result<Ino
     record::decode_inode(guard.value())
 }
 
+// Every change of the inodes and dirents tables goes through these four helpers, which
+// note the key for the namespace journal (`changes`).
 fn store(inodes: &mut Inodes<'_>, inode: &Inode) -> Result<(), FsError> {
     let bytes = record::encode_inode(inode)?;
     inodes.insert(inode.ino, bytes.as_slice()).map_err(db_err)?;
+    changes::touched_inode(inode.ino);
+    Ok(())
+}
+
+fn unstore(inodes: &mut Inodes<'_>, ino: u64) -> Result<(), FsError> {
+    inodes.remove(ino).map_err(db_err)?;
+    changes::touched_inode(ino);
+    Ok(())
+}
+
+fn put_dirent(
+    dirents: &mut Dirents<'_>,
+    parent: u64,
+    name: &[u8],
+    ino: u64,
+) -> Result<(), FsError> {
+    dirents.insert((parent, name), ino).map_err(db_err)?;
+    changes::touched_dirent(parent, name);
+    Ok(())
+}
+
+fn drop_dirent(dirents: &mut Dirents<'_>, parent: u64, name: &[u8]) -> Result<(), FsError> {
+    dirents.remove((parent, name)).map_err(db_err)?;
+    changes::touched_dirent(parent, name);
     Ok(())
 }
 
@@ -121,6 +152,12 @@ pub struct MetaStore {
     path: PathBuf,
     db: RwLock<Option<Database>>,
     broken: AtomicBool,
+    /// Collect changed keys for the journal (`track_changes`).
+    tracking: AtomicBool,
+    /// Keys changed since the journal last took them.
+    changed: Mutex<changes::Changed>,
+    /// Held across each commit and each journal cut, so a cut falls between commits.
+    commit_lock: Mutex<()>,
 }
 
 fn open_db(path: &Path) -> Result<Database, FsError> {
@@ -149,6 +186,9 @@ impl MetaStore {
             path: path.to_path_buf(),
             db: RwLock::new(Some(db)),
             broken: AtomicBool::new(false),
+            tracking: AtomicBool::new(false),
+            changed: Mutex::new(Default::default()),
+            commit_lock: Mutex::new(()),
         };
         meta.write(|inodes, _dirents, counters| {
             if inodes.get(ROOT).map_err(db_err)?.is_none() {
@@ -213,6 +253,18 @@ impl MetaStore {
         r
     }
 
+    /// A read transaction on the open database.
+    fn begin_read(&self) -> Result<redb::ReadTransaction, FsError> {
+        let r = (|| {
+            let guard = self.db()?;
+            let db = guard
+                .as_ref()
+                .ok_or_else(|| FsError::MetaIo("metadata store is closed".into()))?;
+            db.begin_read().map_err(db_err)
+        })();
+        self.noted(r)
+    }
+
     /// Runs `f` in one read transaction.
     fn read<T>(
         &self,
@@ -257,6 +309,7 @@ impl MetaStore {
                 .ok_or_else(|| FsError::MetaIo("metadata store is closed".into()))?;
             let mut txn = db.begin_write().map_err(db_err)?;
             txn.set_durability(durability);
+            changes::begin_tracking();
             let out = {
                 let mut inodes = txn.open_table(INODES).map_err(db_err)?;
                 let mut dirents = txn.open_table(DIRENTS).map_err(db_err)?;
@@ -264,7 +317,9 @@ impl MetaStore {
                 f(&mut inodes, &mut dirents, &mut counters)?
             };
             // Dropping an uncommitted transaction on error aborts it: all or nothing.
+            let _cut = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
             txn.commit().map_err(db_err)?;
+            self.note_committed(changes::end_tracking());
             Ok(out)
         })();
         self.noted(r)
@@ -299,10 +354,37 @@ impl MetaStore {
 
     /// Forgets an inode that has no links left.
     pub fn purge(&self, ino: u64) -> Result<(), FsError> {
-        self.write(|inodes, _, _| {
-            inodes.remove(ino).map_err(db_err)?;
-            Ok(())
-        })
+        self.write(|inodes, _, _| unstore(inodes, ino))
+    }
+
+    /// This copy of the namespace's random id, made the first time it is asked for:
+    /// the copy in the pool records the id of the store that wrote it, so a mount of
+    /// another copy (an old disk that came back after a recovery) is told apart.
+    ///
+    /// Errors: `MetaIo`/`NoSpace` when the store cannot be written.
+    pub fn store_id(&self) -> Result<u64, FsError> {
+        let r = (|| {
+            let guard = self.db()?;
+            let db = guard
+                .as_ref()
+                .ok_or_else(|| FsError::MetaIo("metadata store is closed".into()))?;
+            let txn = db.begin_write().map_err(db_err)?;
+            let id = {
+                let mut table = txn.open_table(JOURNAL).map_err(db_err)?;
+                let known = table.get("store_id").map_err(db_err)?.map(|g| g.value());
+                match known {
+                    Some(id) => id,
+                    None => {
+                        let id = rand::random::<u64>() | 1;
+                        table.insert("store_id", id).map_err(db_err)?;
+                        id
+                    }
+                }
+            };
+            txn.commit().map_err(db_err)?;
+            Ok(id)
+        })();
+        self.noted(r)
     }
 
     /// Every regular file that has data in the pool.

@@ -6,6 +6,7 @@ pub mod caller;
 mod error;
 pub mod file;
 pub mod fuse;
+pub mod journal;
 mod legacy;
 pub mod meta;
 pub mod mount;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::fuse::PoolFs;
+use super::journal::{self, root, Journal, JournalConfig, JournalError};
 use super::meta::MetaStore;
 use super::repair::{self, RepairReport};
 use super::sweep;
@@ -15,7 +16,7 @@ use super::vfs::Vfs;
 use super::FsError;
 use crate::client::{ClientConfig, PoolClient, Redundancy};
 use crate::node::{Node, NodeConfig, NodeError};
-use crate::trust::{OwnerKey, PoolKey};
+use crate::trust::{OwnerKey, PoolKey, OWNER_KEY_FILE};
 
 /// How to mount.
 #[derive(Clone, Debug)]
@@ -48,6 +49,15 @@ pub struct MountConfig {
     pub key: PoolKey,
     /// Encrypt shards (the default; off only to measure what encryption costs).
     pub encrypt: bool,
+    /// Keep the namespace in the pool too (the default; off only to measure what it
+    /// costs): see `journal`.
+    pub pool_namespace: bool,
+    /// How long this mount's lease on its namespace lasts unrenewed (`--lease`): how
+    /// long a crash of it keeps another mount of its owner out.
+    pub lease: Duration,
+    /// Rebuild the storage directory from the namespace in the pool first (`--recover`):
+    /// it must hold the owner key and no namespace.
+    pub recover: bool,
 }
 
 /// Why a mount failed.
@@ -82,6 +92,9 @@ pub enum MountError {
         /// The failure.
         source: std::io::Error,
     },
+    /// The namespace in the pool refuses this mount (leased, another copy, not found).
+    #[error(transparent)]
+    Journal(#[from] JournalError),
     /// The tokio runtime could not be built.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
@@ -146,19 +159,30 @@ const REPAIR_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Runs repair passes, and a sweep every `sweep::interval_for(reclaim_after)`, in the
 /// background until `stop` is set. One thread for both: a sweep never runs while a
-/// repair is writing segments it has not recorded yet.
+/// repair is writing segments it has not recorded yet. `scrub_now` scrubs first (after
+/// a recovery: the mount's own node lost every segment it held). A mount whose
+/// namespace another mount took (`Journal::fenced`) repairs and sweeps nothing: those
+/// segments are the other mount's to manage now.
 fn spawn_repair(
     vfs: Arc<Vfs>,
     grace: Duration,
     reclaim_after: Duration,
+    scrub_now: bool,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut last = RepairReport::default();
-        let mut next_scrub = std::time::Instant::now() + SCRUB_INTERVAL;
+        let mut next_scrub = match scrub_now {
+            true => std::time::Instant::now(),
+            false => std::time::Instant::now() + SCRUB_INTERVAL,
+        };
         let sweep_every = sweep::interval_for(reclaim_after);
         let mut next_sweep = std::time::Instant::now() + sweep_every;
         while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            if vfs.journal().is_some_and(|j| j.fenced()) {
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
             if std::time::Instant::now() >= next_scrub {
                 if let Err(e) = repair::scrub_and_record(&vfs) {
                     log::warn!("scrub pass failed: {e}");
@@ -228,12 +252,63 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
     })?;
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let meta = MetaStore::open(&cfg.storage.join("meta.redb"), uid, gid)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
         .build()
         .map_err(MountError::Runtime)?;
+    // The owner secret: shard keys and the namespace's identity derive from it. A
+    // recovery brings its own (`key import`, or main's --code-file): never a new one.
+    if cfg.recover && !cfg.storage.join(OWNER_KEY_FILE).exists() {
+        return Err(MountError::Owner(format!(
+            "--recover needs the owner key in {}: give --code-file FILE with the recovery \
+             code, or run `poolfs key import --storage {}` first",
+            cfg.storage.display(),
+            cfg.storage.display()
+        )));
+    }
+    let owner = Arc::new(
+        OwnerKey::load_or_create(&cfg.storage).map_err(|e| MountError::Owner(e.to_string()))?,
+    );
+    // The namespace in the pool is looked at before this mount's node joins: a mount
+    // refused for the lease (a recovery while the first mount lives, with the same node
+    // identity) must not take that mount's place in the pool first.
+    let ns = match cfg.pool_namespace {
+        true => Some(Arc::new(
+            journal::namespace_client(cfg.controller, &cfg.key, &owner, cfg.redundancy)
+                .map_err(|e| MountError::Owner(e.to_string()))?,
+        )),
+        false => None,
+    };
+    let found = match &ns {
+        Some(ns) => {
+            let found = rt
+                .block_on(root::read_latest(ns, &owner))
+                .map_err(|_| MountError::NoController(cfg.controller))?;
+            journal::check_lease(found.root.as_ref(), root::now_ms())?;
+            Some(found)
+        }
+        None => None,
+    };
+    if cfg.recover {
+        let (Some(ns), Some(found)) = (&ns, &found) else {
+            return Err(MountError::Owner(
+                "--recover needs the namespace in the pool (not --no-pool-namespace)".into(),
+            ));
+        };
+        let Some(root) = &found.root else {
+            return Err(JournalError::NotFound {
+                asked: found.asked,
+                unreachable: found.unreachable,
+            }
+            .into());
+        };
+        journal::restore::rebuild(rt.handle(), ns, root, &cfg.storage, uid, gid)?;
+    }
+    let meta = MetaStore::open(&cfg.storage.join(journal::restore::META_FILE), uid, gid)?;
+    if let (Some(found), false) = (&found, cfg.recover) {
+        journal::check_copy(found.root.as_ref(), meta.store_id()?, &cfg.storage)?;
+    }
     let node = rt.block_on(Node::start(NodeConfig {
         storage: cfg.storage.clone(),
         listen: cfg.listen,
@@ -251,17 +326,31 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
     }
     // The mount's client proves the same static key as its node.
     // Shards are sealed with keys from the owner secret kept beside the metadata.
-    let owner = match cfg.encrypt {
-        true => Some(Arc::new(
-            OwnerKey::load_or_create(&cfg.storage).map_err(|e| MountError::Owner(e.to_string()))?,
-        )),
-        false => None,
-    };
-    let mut client_cfg = ClientConfig::new(cfg.controller, node.credentials(), owner);
+    let sealing = cfg.encrypt.then(|| owner.clone());
+    let mut client_cfg = ClientConfig::new(cfg.controller, node.credentials(), sealing);
     client_cfg.redundancy = cfg.redundancy;
     client_cfg.own = Some(node.own_segments());
     let client = Arc::new(PoolClient::new(client_cfg));
-    let vfs = Arc::new(Vfs::new(meta, client, rt.handle().clone())?);
+    let vfs = Arc::new(Vfs::new(meta, client.clone(), rt.handle().clone())?);
+    if let (Some(ns), Some(found)) = (ns, found) {
+        let node_key = crate::trust::read_key_bytes(&cfg.storage.join(crate::trust::NODE_KEY_FILE))
+            .map_err(|e| MountError::Owner(e.to_string()))?;
+        let journal = Journal::start(
+            vfs.meta_store(),
+            JournalConfig {
+                ns,
+                data: client,
+                owner,
+                rt: rt.handle().clone(),
+                lease: cfg.lease,
+                machine: cfg.machine.clone(),
+                node_key,
+                node_id: node.node_id(),
+                found: found.root,
+            },
+        )?;
+        vfs.set_journal(journal);
+    }
 
     let options = vec![
         fuser::MountOption::FSName("poolfs".into()),
@@ -322,6 +411,7 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
         vfs.clone(),
         cfg.repair_grace,
         cfg.reclaim_after,
+        cfg.recover,
         stop_repair.clone(),
     );
     let served = session.run();
@@ -337,6 +427,10 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
         mountpoint.display()
     );
     hand_off_own_files(&rt, &node, &vfs, cfg.repair_grace);
+    if let Some(journal) = vfs.journal() {
+        // The hand-off's changes go too; then the lease is released.
+        journal.close();
+    }
     rt.block_on(node.hand_off());
     rt.block_on(node.leave());
     Ok(())

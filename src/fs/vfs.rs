@@ -88,7 +88,9 @@ struct OpenHandle {
 
 /// The mounted filesystem's logic.
 pub struct Vfs {
-    meta: MetaStore,
+    meta: Arc<MetaStore>,
+    /// The namespace's copy in the pool, when the mount keeps one (set once).
+    journal: std::sync::OnceLock<Arc<super::journal::Journal>>,
     client: Arc<PoolClient>,
     rt: Handle,
     open: Mutex<HashMap<u64, Arc<OpenInode>>>,
@@ -143,7 +145,8 @@ impl Vfs {
     /// Inodes left without links when the mount last stopped are removed now.
     pub fn new(meta: MetaStore, client: Arc<PoolClient>, rt: Handle) -> Result<Self, FsError> {
         let vfs = Vfs {
-            meta,
+            meta: Arc::new(meta),
+            journal: std::sync::OnceLock::new(),
             client,
             rt,
             open: Mutex::new(HashMap::new()),
@@ -167,6 +170,33 @@ impl Vfs {
             self.remove_inode(&orphan);
         }
         Ok(())
+    }
+
+    /// The metadata store, shared with the namespace journal.
+    pub fn meta_store(&self) -> Arc<MetaStore> {
+        self.meta.clone()
+    }
+
+    /// Keeps the namespace in the pool through `journal` from now on (set once, by the
+    /// mount): fsync waits for it, and segments a change frees wait for its flush.
+    pub fn set_journal(&self, journal: Arc<super::journal::Journal>) {
+        let _ = self.journal.set(journal);
+    }
+
+    /// The namespace journal, if the mount keeps the namespace in the pool.
+    pub fn journal(&self) -> Option<&Arc<super::journal::Journal>> {
+        self.journal.get()
+    }
+
+    /// Waits until every change made so far is in the pool's copy of the namespace
+    /// (fsync, fsyncdir); at once when the mount keeps none.
+    ///
+    /// Errors: `MetaIo` when it could not be stored (see `Journal::sync`).
+    pub fn sync_namespace(&self) -> Result<(), FsError> {
+        match self.journal.get() {
+            Some(j) => j.sync(),
+            None => Ok(()),
+        }
     }
 
     /// How to make the kernel forget its cache of an inode (set once, by the mount).

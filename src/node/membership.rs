@@ -35,7 +35,10 @@ pub(super) async fn membership_loop(
             let stat = shared.stat();
             (stat.capacity, stat.used)
         };
-        let node_id = shared.membership().node_id;
+        let (node_id, remembered) = {
+            let m = shared.membership();
+            (m.node_id, m.remembered)
+        };
         let result = match (node_id, joined_with == Some(ctrl)) {
             (Some(node_id), true) => {
                 let req = ControllerRequest::Heartbeat {
@@ -54,6 +57,8 @@ pub(super) async fn membership_loop(
                     capacity,
                     used,
                     machine: shared.machine.clone(),
+                    // A controller that lost its registry gives the old id back.
+                    id: remembered,
                 };
                 pool.call(ctrl, &req, None).await.map(|(resp, _)| resp)
             }
@@ -94,5 +99,99 @@ pub(super) async fn membership_loop(
             _ = tokio::time::sleep(HEARTBEAT_INTERVAL) => {}
             _ = controller.changed() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::controller::ControllerService;
+    use crate::net::{Handler, Peer, Reply, ServerLimits};
+    use crate::node::{load_node_id, Node, NodeConfig};
+    use crate::proto::{NodeState, PoolView};
+    use crate::trust::{Credentials, PoolKey};
+
+    /// A controller whose registry can be thrown away while its address stays.
+    struct Forgetful(Mutex<Arc<ControllerService>>);
+
+    impl Handler for Forgetful {
+        type Request = ControllerRequest;
+
+        async fn handle(&self, req: ControllerRequest, body: Option<Vec<u8>>, peer: Peer) -> Reply {
+            let service = self.0.lock().unwrap().clone();
+            service.handle(req, body, peer).await
+        }
+    }
+
+    async fn pool_view(addr: SocketAddr, creds: Arc<Credentials>) -> PoolView {
+        let pool = ConnPool::new(creds, Duration::from_secs(1), Duration::from_secs(2));
+        match pool.call(addr, &ControllerRequest::Pool, None).await {
+            Ok((Response::Pool(view), _)) => view,
+            other => panic!("POOL answered {other:?}"),
+        }
+    }
+
+    /// The controller forgets the node (its registry is replaced by an empty one): the
+    /// node's next heartbeat is refused as unknown, and it joins again under the id it
+    /// had, not the first id of the fresh registry.
+    #[tokio::test]
+    async fn a_forgotten_node_joins_again_with_its_old_id() {
+        let key = PoolKey::generate();
+        let creds = Arc::new(Credentials::ephemeral(&key).unwrap());
+        let (old_state, fresh_state, storage) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        // The old registry had handed out ids 1 to 4 already: this node gets 5.
+        std::fs::write(
+            old_state.path().join("registry.json"),
+            r#"{"version": 1, "next_id": 5, "epoch": 3, "members": []}"#,
+        )
+        .unwrap();
+        let old = ControllerService::standalone(old_state.path()).unwrap();
+        let controller = Arc::new(Forgetful(Mutex::new(Arc::new(old))));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:47110")
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(crate::net::serve(
+            listener,
+            controller.clone(),
+            ServerLimits::default(),
+            creds.clone(),
+        ));
+        let node = Node::start(NodeConfig {
+            storage: storage.path().to_path_buf(),
+            listen: "127.0.0.1:47111".parse().unwrap(),
+            controller: Some(addr),
+            capacity: Some(1 << 20),
+            quota: None,
+            key,
+            machine: "test".into(),
+        })
+        .await
+        .unwrap();
+        assert_eq!(node.wait_joined(Duration::from_secs(5)).await, Some(5));
+        assert_eq!(load_node_id(storage.path()), Some(5), "remembered on disk");
+
+        let fresh = ControllerService::standalone(fresh_state.path()).unwrap();
+        *controller.0.lock().unwrap() = Arc::new(fresh);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let view = loop {
+            let view = pool_view(addr, creds.clone()).await;
+            if !view.nodes.is_empty() || tokio::time::Instant::now() > deadline {
+                break view;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(view.nodes.len(), 1, "{view:?}");
+        assert_eq!(view.nodes[0].id, 5, "{view:?}");
+        assert_eq!(view.nodes[0].addr, node.addr());
+        assert_eq!(view.nodes[0].state, NodeState::Up);
+        assert_eq!(node.node_id(), Some(5));
+        server.abort();
     }
 }

@@ -1,13 +1,15 @@
 //! The storage node: `Node` starts one (storage lock, identity, segment store, listener)
 //! and leaves; `service` answers STORE / FWD / RESERVE / PUNCH / DELETE / STAT / ASSIGN
 //! from the segment store (`store`), `membership` joins and heartbeats, `pin` decides whom
-//! it takes ASSIGN from, and `handoff` waits for owners to move segments before a leave.
+//! it takes ASSIGN from, `remembered` keeps the id it was given on its disk, and
+//! `handoff` waits for owners to move segments before a leave.
 
 mod handles;
 pub mod handoff;
 mod machine;
 mod membership;
 mod pin;
+mod remembered;
 mod segfile;
 mod service;
 mod space;
@@ -32,6 +34,7 @@ use crate::trust::{Credentials, KeyError, PoolKey};
 pub use machine::default_machine_name;
 use membership::membership_loop;
 use pin::ControllerPin;
+pub use remembered::{load_node_id, save_node_id, NODE_ID_FILE};
 use service::store_error;
 pub use service::NodeService;
 pub use store::{SegmentStore, StoreError, MAX_SEGMENT_END};
@@ -42,8 +45,8 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1000);
 /// How a node is started.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
-    /// The node's storage directory: segments, its static key (`node.key`) and the
-    /// pinned controller key.
+    /// The node's storage directory: segments, its static key (`node.key`), the
+    /// pinned controller key and the id it was last given (`node.id`).
     pub storage: PathBuf,
     /// Where the node listens for requests.
     pub listen: SocketAddr,
@@ -95,12 +98,19 @@ pub enum NodeError {
 
 #[derive(Default)]
 struct Membership {
+    /// The id the controller gave this node in this run.
     node_id: Option<NodeId>,
+    /// The id it asks for in JOIN: the last one it was given, in this run or before
+    /// (`STORAGE/node.id`).
+    remembered: Option<NodeId>,
     view: PoolView,
     assign: Option<Assign>,
 }
 
 struct Shared {
+    /// The storage directory, where `node.id` is kept; `None` keeps the id in memory
+    /// only (a handler run without storage, for fuzzing).
+    storage: Option<PathBuf>,
     store: SegmentStore,
     identity: Identity,
     /// Whom ASSIGN is taken from (see `ControllerPin`).
@@ -120,8 +130,11 @@ impl Shared {
 
     fn stat(&self) -> NodeStat {
         let (used, segments) = self.store.usage();
+        let m = self.membership();
         NodeStat {
-            node_id: self.membership().node_id,
+            // Before a controller answers, the id remembered from before: a sweep by a
+            // controller that lost its registry gives it back.
+            node_id: m.node_id.or(m.remembered),
             identity: self.identity,
             controller: *self.controller.borrow(),
             capacity: self.store.capacity(),
@@ -137,10 +150,25 @@ impl Shared {
             assign.node_id,
             assign.pool_size
         );
-        {
+        let new_id = {
             let mut m = self.membership();
             m.node_id = Some(assign.node_id);
             m.assign = Some(assign.clone());
+            let new_id = m.remembered != Some(assign.node_id);
+            m.remembered = Some(assign.node_id);
+            new_id
+        };
+        // Only a change is written (one small synced file): a controller that forgets
+        // this node gets this id asked for in the next JOIN.
+        if let (true, Some(storage)) = (new_id, &self.storage) {
+            if let Err(e) = save_node_id(storage, assign.node_id) {
+                log::error!(
+                    "cannot remember node id {} in {}: {e}; a controller that loses its \
+                     registry may give this node another id",
+                    assign.node_id,
+                    storage.join(NODE_ID_FILE).display()
+                );
+            }
         }
         self.controller.send_replace(Some(assign.controller));
     }
@@ -191,14 +219,19 @@ impl Node {
         })?;
         let (controller, controller_rx) = watch::channel(cfg.controller);
         let pin = ControllerPin::load(&cfg.storage, cfg.controller).map_err(storage_err)?;
+        let membership = Membership {
+            remembered: load_node_id(&cfg.storage),
+            ..Membership::default()
+        };
         let shared = Arc::new(Shared {
+            storage: Some(cfg.storage.clone()),
             store,
             identity,
             pin,
             creds: creds.clone(),
             listen: addr,
             machine: cfg.machine.clone(),
-            membership: Mutex::new(Membership::default()),
+            membership: Mutex::new(membership),
             controller,
         });
         if cfg.controller.is_none() {

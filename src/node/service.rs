@@ -23,6 +23,7 @@ impl NodeService {
     pub fn standalone(store: SegmentStore, creds: Arc<Credentials>) -> NodeService {
         let (controller, _) = watch::channel(None);
         NodeService(Arc::new(Shared {
+            storage: None,
             store,
             pin: ControllerPin::ephemeral(),
             identity: creds.identity(),

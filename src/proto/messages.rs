@@ -171,7 +171,9 @@ pub enum Reclaim {
 /// What a node reports about itself.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct NodeStat {
-    /// The node's pool id; `None` before it was assigned one.
+    /// The node's pool id: the one it was given in this run or, before a controller
+    /// answered, the one it remembers from before (`STORAGE/node.id`), which a
+    /// controller that lost its registry gives back; `None` for a node never given one.
     pub node_id: Option<NodeId>,
     /// The node's persistent identity, so a sweep can bind it to its id before ASSIGN.
     pub identity: Identity,

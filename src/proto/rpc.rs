@@ -57,6 +57,10 @@ pub enum ControllerRequest {
         used: u64,
         /// The machine the node runs on (see `NodeInfo::machine`).
         machine: String,
+        /// The id the node had (given earlier, remembered in `STORAGE/node.id`), for a
+        /// controller that does not know it (a fresh registry) to give it back; `None`
+        /// for a node never given one. A known identity keeps its recorded id.
+        id: Option<NodeId>,
     },
     /// Node to controller, every second: still alive; answered with `Pool`.
     Heartbeat {

@@ -297,15 +297,17 @@ fn controller_request() -> impl Strategy<Value = ControllerRequest> {
             socket_addr(),
             any::<u64>(),
             any::<u64>(),
-            ".{0,20}"
+            ".{0,20}",
+            any::<Option<u32>>()
         )
-            .prop_map(|(identity, listen, capacity, used, machine)| {
+            .prop_map(|(identity, listen, capacity, used, machine, id)| {
                 ControllerRequest::Join {
                     identity,
                     listen,
                     capacity,
                     used,
                     machine,
+                    id,
                 }
             }),
         (

@@ -38,6 +38,7 @@ fn every_verb() -> Vec<(&'static str, Vec<u8>)> {
             capacity: 1 << 20,
             used: 0,
             machine: "test".into(),
+            id: None,
         },
         ControllerRequest::Heartbeat {
             node_id: 1,
@@ -288,6 +289,7 @@ fn the_right_key_works_and_ids_are_bound_to_keys() {
                 capacity: 1,
                 used: 0,
                 machine: "test".into(),
+                id: Some(1),
             },
         ] {
             let err = conn.call(&req, None).await.unwrap_err();
@@ -299,6 +301,7 @@ fn the_right_key_works_and_ids_are_bound_to_keys() {
             capacity: 1,
             used: 0,
             machine: "test".into(),
+            id: None,
         };
         let (answer, _) = conn.call(&mine, None).await.unwrap();
         assert!(matches!(answer, Response::Assigned(_)), "{answer:?}");

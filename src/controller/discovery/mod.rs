@@ -366,7 +366,16 @@ impl Discovery {
                     }
                 }
                 // STAT does not name the machine: the node's own JOIN or heartbeat will.
-                let id = reg.join(stat.identity, *addr, (stat.capacity, stat.used), "", now);
+                // It names the id the node had, which a registry rebuilt from nothing
+                // gives back (manifests name holders by id).
+                let id = reg.join(
+                    stat.identity,
+                    *addr,
+                    (stat.capacity, stat.used),
+                    "",
+                    stat.node_id,
+                    now,
+                );
                 if known.is_none() {
                     log::info!("sweep found a new node at {addr}: id {id}");
                 } else {
@@ -506,5 +515,39 @@ mod tests {
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].id, 1);
         assert!(!again[0].new && !again[0].assigned, "{again:?}");
+    }
+
+    /// A node that remembers id 7 (a registry rebuilt from nothing) is found by a sweep
+    /// and gets id 7 back, and ASSIGN tells it so.
+    #[tokio::test]
+    async fn a_sweep_gives_a_found_node_the_id_it_remembers() {
+        use crate::node::{save_node_id, Node, NodeConfig};
+
+        let dir = tempfile::tempdir().unwrap();
+        save_node_id(dir.path(), 7).unwrap();
+        let key = crate::trust::PoolKey::generate();
+        let node = Node::start(NodeConfig {
+            storage: dir.path().to_path_buf(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            controller: None,
+            capacity: Some(1 << 20),
+            quota: None,
+            key: key.clone(),
+            machine: "test".into(),
+        })
+        .await
+        .unwrap();
+        let mut cfg = DiscoveryConfig::new(Vec::new());
+        cfg.node_port = node.addr().port();
+        cfg.probe_timeout = Duration::from_millis(500);
+        let creds = Arc::new(crate::trust::Credentials::ephemeral(&key).unwrap());
+        let d = Discovery::new(cfg, "127.0.0.1:9".parse().unwrap(), creds);
+        let registry = Mutex::new(Registry::in_memory());
+        let lo = Ipv4Addr::LOCALHOST;
+        let report = d.adopt(&[(lo, lo)].into_iter().collect(), &registry).await;
+        assert_eq!(report.nodes.len(), 1, "{report:?}");
+        assert_eq!(report.nodes[0].id, 7, "{report:?}");
+        assert_eq!(node.node_id(), Some(7), "the node took the ASSIGN");
+        assert_eq!(crate::node::load_node_id(dir.path()), Some(7));
     }
 }

@@ -332,7 +332,19 @@ impl Filesystem for PoolFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.vfs.flush(fh.0))
+        empty(reply, self.vfs.fsync(fh.0))
+    }
+
+    /// A directory's entries are in the namespace: synced means in the pool's copy.
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        empty(reply, self.vfs.sync_namespace())
     }
 
     /// No ioctls: ENOTTY, as for a regular file on a local filesystem. Programs ask

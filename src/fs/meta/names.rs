@@ -3,7 +3,7 @@
 
 use redb::{Durability, ReadableTable};
 
-use super::{check_name, db_err, dir, entry, is_empty_dir, load, store};
+use super::{check_name, db_err, dir, drop_dirent, entry, is_empty_dir, load, put_dirent, store};
 use super::{Inode, Kind, MetaStore, Time, NAME_MAX, ROOT};
 use crate::fs::FsError;
 
@@ -100,7 +100,7 @@ impl MetaStore {
             d.ctime = d.mtime;
             store(inodes, &d)?;
             store(inodes, &inode)?;
-            dirents.insert((parent, name), ino).map_err(db_err)?;
+            put_dirent(dirents, parent, name, ino)?;
             Ok(inode)
         })
     }
@@ -126,7 +126,7 @@ impl MetaStore {
             d.ctime = inode.ctime;
             store(inodes, &inode)?;
             store(inodes, &d)?;
-            dirents.insert((parent, name), ino).map_err(db_err)?;
+            put_dirent(dirents, parent, name, ino)?;
             Ok(inode)
         })
     }
@@ -141,7 +141,7 @@ impl MetaStore {
             if inode.kind == Kind::Dir {
                 return Err(FsError::IsDir);
             }
-            dirents.remove((parent, name)).map_err(db_err)?;
+            drop_dirent(dirents, parent, name)?;
             inode.nlink = inode.nlink.saturating_sub(1);
             inode.ctime = Time::now();
             d.mtime = inode.ctime;
@@ -172,7 +172,7 @@ impl MetaStore {
             if !is_empty_dir(dirents, ino)? {
                 return Err(FsError::NotEmpty);
             }
-            dirents.remove((parent, name)).map_err(db_err)?;
+            drop_dirent(dirents, parent, name)?;
             inode.nlink = 0;
             inode.ctime = Time::now();
             store(inodes, &inode)?;
@@ -246,10 +246,8 @@ impl MetaStore {
                     }
                 }
             }
-            dirents.remove((parent, name)).map_err(db_err)?;
-            dirents
-                .insert((new_parent, new_name), ino)
-                .map_err(db_err)?;
+            drop_dirent(dirents, parent, name)?;
+            put_dirent(dirents, new_parent, new_name, ino)?;
             if moved.kind == Kind::Dir && parent != new_parent {
                 moved.parent = new_parent;
                 let mut old = load(inodes, parent)?;
@@ -306,8 +304,8 @@ impl MetaStore {
                     up = load(inodes, up)?.parent;
                 }
             }
-            dirents.insert((parent, name), b).map_err(db_err)?;
-            dirents.insert((new_parent, new_name), a).map_err(db_err)?;
+            put_dirent(dirents, parent, name, b)?;
+            put_dirent(dirents, new_parent, new_name, a)?;
             let now = Time::now();
             if parent != new_parent {
                 let (a_dir, b_dir) = (ia.kind == Kind::Dir, ib.kind == Kind::Dir);

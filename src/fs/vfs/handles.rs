@@ -274,6 +274,13 @@ impl Vfs {
         committed
     }
 
+    /// `fsync(2)`: the file's data and record stored, then the change in the pool's
+    /// copy of the namespace.
+    pub fn fsync(&self, fh: u64) -> Result<(), FsError> {
+        self.flush(fh)?;
+        self.sync_namespace()
+    }
+
     /// Closes a handle.
     pub fn release(&self, fh: u64) -> Result<(), FsError> {
         let result = self.flush(fh);

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::{lock, stale, OpenInode, Vfs};
 use crate::client::Manifest;
 use crate::fs::file::FileData;
+use crate::fs::journal::Free;
 use crate::fs::meta::{Inode, Kind, ROOT};
 use crate::fs::FsError;
 
@@ -15,7 +16,21 @@ impl Vfs {
     /// Deletes an inode with no links left: its segments on the peers first, so a
     /// crash in between leaves an orphan record that the next mount cleans, never
     /// segments nobody knows about.
+    ///
+    /// With the namespace kept in the pool the record goes first: the segments are
+    /// deleted after the journal's next flush (the pool's copy names them until then),
+    /// and a crash in between leaves segments that the sweep reclaims.
     pub(super) fn remove_inode(&self, inode: &Inode) {
+        if self.journal.get().is_some() {
+            if let Err(e) = self.meta.purge(inode.ino) {
+                log::error!("cannot forget inode {}: {e}", inode.ino);
+                return;
+            }
+            if let Some(m) = &inode.manifest {
+                self.delete_segments(m);
+            }
+            return;
+        }
         if let Some(m) = &inode.manifest {
             self.delete_segments(m);
         }
@@ -24,9 +39,15 @@ impl Vfs {
         }
     }
 
+    /// Deletes a file's segments: now, or after the journal's next flush (see
+    /// `remove_inode`).
     pub(super) fn delete_segments(&self, m: &Manifest) {
         if m.inline.is_some() && !m.stores_anything() && m.reserved.is_empty() {
             return; // a small file kept in its record: nothing on the pool
+        }
+        if let Some(j) = self.journal.get() {
+            j.defer(Free::Delete(m.clone()));
+            return;
         }
         if let Err(e) = self.block_on(self.client.delete(m)) {
             // The bytes stay on that peer until it is cleaned; nothing is lost.
@@ -34,7 +55,8 @@ impl Vfs {
         }
     }
 
-    /// Frees on the nodes the slots of the stripes and reservations `gone` lists.
+    /// Frees on the nodes the slots of the stripes and reservations `gone` lists (after
+    /// the journal's next flush, when there is one).
     pub(super) fn free_slots(&self, gone: &Manifest) {
         let mut runs: Vec<Range<u64>> = gone.reserved.iter().cloned().collect();
         for (j, _) in gone.records() {
@@ -44,6 +66,10 @@ impl Vfs {
             }
         }
         for run in runs {
+            if let Some(j) = self.journal.get() {
+                j.defer(Free::Punch(gone.clone(), run));
+                continue;
+            }
             if let Err(e) = self.block_on(self.client.punch(gone, run)) {
                 log::warn!(
                     "cannot free unused slots of file {}: {e}",

@@ -307,6 +307,8 @@ pub struct Pool {
     pub mount_storage: PathBuf,
     /// The storage-only nodes.
     pub nodes: Vec<Member>,
+    /// What `poolfs up` wrote to standard error (its notices).
+    pub up_stderr: String,
     /// Processes started after `up` (remounts).
     extra_pids: Vec<u32>,
     /// Children started by `add_node`, reaped on drop.
@@ -386,6 +388,7 @@ impl Pool {
             mount_pid: 0,
             mount_storage: state.join("mount"),
             nodes: Vec::new(),
+            up_stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
             extra_pids: Vec::new(),
             children: Vec::new(),
             is_down: false,
@@ -511,11 +514,12 @@ impl Pool {
 
     /// Mounts again with `poolfs mount` on the same storage and controller.
     pub fn remount(&mut self) {
-        self.remount_with(&[]);
+        let _ = self.remount_with(&[]);
     }
 
-    /// `remount`, with `extra` options for `poolfs mount`.
-    pub fn remount_with(&mut self, extra: &[&str]) {
+    /// `remount`, with `extra` options for `poolfs mount`; returns what `poolfs mount`
+    /// printed.
+    pub fn remount_with(&mut self, extra: &[&str]) -> Output {
         let before = procs_under(&self.root);
         let out = run(poolfs(["mount"])
             .arg(&self.mnt)
@@ -546,6 +550,7 @@ impl Pool {
             "expected one new mount process: {started:?}"
         );
         self.mount_pid = started[0];
+        out
     }
 
     /// kill -9 of the mount process, then a lazy unmount of the dead mount.

@@ -1,0 +1,322 @@
+//! What the namespace journal (`fs::journal`) copies into the pool: the keys each write
+//! transaction changes, collected as it runs, and the `Delta` of their values taken at
+//! one consistent cut; a full dump for snapshots; and applying either to a store (the
+//! recovery of a namespace from the pool).
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use redb::{ReadableTable, ReadableTableMetadata};
+use serde::{Deserialize, Serialize};
+
+use super::{db_err, MetaStore, COUNTERS, DIRENTS, INODES};
+use crate::fs::FsError;
+
+/// Keys changed by committed transactions that the journal has not taken yet.
+#[derive(Default, Debug)]
+pub(super) struct Changed {
+    inodes: BTreeSet<u64>,
+    dirents: BTreeSet<(u64, Vec<u8>)>,
+    /// When the set went from empty to not empty: how long a change has waited.
+    since: Option<Instant>,
+}
+
+impl Changed {
+    fn is_empty(&self) -> bool {
+        self.inodes.is_empty() && self.dirents.is_empty()
+    }
+
+    fn merge(&mut self, other: Changed) {
+        if !other.is_empty() && self.since.is_none() {
+            self.since = other.since.or_else(|| Some(Instant::now()));
+        }
+        self.inodes.extend(other.inodes);
+        self.dirents.extend(other.dirents);
+    }
+}
+
+thread_local! {
+    /// The keys the write transaction running on this thread has changed so far. A
+    /// write transaction runs its closure on the caller's thread from start to commit
+    /// (`MetaStore::write_with`), so the helpers that change a table (`store`,
+    /// `unstore`, `put_dirent`, `drop_dirent`) note each key here without every
+    /// operation having to pass a collector around.
+    static TOUCHED: RefCell<Changed> = RefCell::new(Changed::default());
+}
+
+/// Notes that inode `ino` was written or removed by the running transaction.
+pub(super) fn touched_inode(ino: u64) {
+    TOUCHED.with(|t| {
+        t.borrow_mut().inodes.insert(ino);
+    });
+}
+
+/// Notes that entry `name` of directory `parent` was added or removed.
+pub(super) fn touched_dirent(parent: u64, name: &[u8]) {
+    TOUCHED.with(|t| {
+        t.borrow_mut().dirents.insert((parent, name.to_vec()));
+    });
+}
+
+/// Forgets what an earlier transaction on this thread noted (one that failed before
+/// it committed): called when a write transaction starts.
+pub(super) fn begin_tracking() {
+    TOUCHED.with(|t| *t.borrow_mut() = Changed::default());
+}
+
+/// What the transaction that just committed on this thread changed.
+pub(super) fn end_tracking() -> Changed {
+    TOUCHED.with(|t| std::mem::take(&mut *t.borrow_mut()))
+}
+
+/// A directory entry's key: (directory's inode number, name).
+pub type DirentKey = (u64, Vec<u8>);
+
+/// The values of some keys of the store at one moment: a change set (`full == false`:
+/// keys not listed are unchanged) or a whole store (`full == true`, a snapshot). A
+/// value of `None` means the key is gone. Inode values are the stored records as they
+/// are (tagged, see `record`), so a delta needs no decoding to be applied.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delta {
+    /// The whole store: applying it first empties the store.
+    pub full: bool,
+    /// Inode number and its record, or `None` for an inode removed.
+    pub inodes: Vec<(u64, Option<Vec<u8>>)>,
+    /// (directory, name) and the inode it names, or `None` for an entry removed.
+    pub dirents: Vec<(DirentKey, Option<u64>)>,
+    /// Every counter of the store (the next inode number, the format).
+    pub counters: Vec<(String, u64)>,
+}
+
+impl Delta {
+    /// Does it change nothing?
+    pub fn is_empty(&self) -> bool {
+        !self.full && self.inodes.is_empty() && self.dirents.is_empty()
+    }
+
+    /// Bytes of records it carries (for deciding when to take a snapshot).
+    pub fn weight(&self) -> usize {
+        let inodes: usize = self
+            .inodes
+            .iter()
+            .map(|(_, v)| 8 + v.as_ref().map_or(0, Vec::len))
+            .sum();
+        let dirents: usize = self.dirents.iter().map(|((_, n), _)| 16 + n.len()).sum();
+        inodes + dirents
+    }
+
+    /// `later` on top of this one: a key in both takes `later`'s value.
+    pub fn merge(&mut self, later: Delta) {
+        if later.full {
+            *self = later;
+            return;
+        }
+        let mut inodes: std::collections::BTreeMap<u64, Option<Vec<u8>>> =
+            std::mem::take(&mut self.inodes).into_iter().collect();
+        inodes.extend(later.inodes);
+        self.inodes = inodes.into_iter().collect();
+        let mut dirents: std::collections::BTreeMap<(u64, Vec<u8>), Option<u64>> =
+            std::mem::take(&mut self.dirents).into_iter().collect();
+        dirents.extend(later.dirents);
+        self.dirents = dirents.into_iter().collect();
+        self.counters = later.counters;
+    }
+}
+
+impl MetaStore {
+    /// Starts collecting the keys every later transaction changes, for `take_delta`.
+    /// Until this is called nothing is collected (a store without a journal keeps no
+    /// growing set).
+    pub fn track_changes(&self) {
+        self.tracking
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Adds what a committed transaction changed to the set `take_delta` takes (called
+    /// with the commit lock held, so a cut sees all of a transaction or none of it).
+    pub(super) fn note_committed(&self, changed: Changed) {
+        if changed.is_empty() || !self.tracking.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let mut set = self.changed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut changed = changed;
+        changed.since = Some(Instant::now());
+        set.merge(changed);
+    }
+
+    /// How long the oldest change not yet taken by `take_delta` has waited; `None`
+    /// when there is none.
+    pub fn pending_since(&self) -> Option<Instant> {
+        let set = self.changed.lock().unwrap_or_else(|p| p.into_inner());
+        match set.is_empty() {
+            true => None,
+            false => set.since,
+        }
+    }
+
+    /// The current values of every key changed since the last call, read at one cut:
+    /// exactly the transactions committed before it. `None` when nothing changed.
+    ///
+    /// Errors: `MetaIo`/`Meta` when the store cannot be read; the changed keys are
+    /// kept for the next call.
+    pub fn take_delta(&self) -> Result<Option<Delta>, FsError> {
+        let (changed, txn) = {
+            let _cut = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let changed =
+                std::mem::take(&mut *self.changed.lock().unwrap_or_else(|p| p.into_inner()));
+            if changed.is_empty() {
+                return Ok(None);
+            }
+            match self.begin_read() {
+                Ok(txn) => (changed, txn),
+                Err(e) => {
+                    self.changed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .merge(changed);
+                    return Err(e);
+                }
+            }
+        };
+        let read = (|| {
+            let inodes = txn.open_table(INODES).map_err(db_err)?;
+            let dirents = txn.open_table(DIRENTS).map_err(db_err)?;
+            let mut delta = Delta::default();
+            for &ino in &changed.inodes {
+                let value = inodes.get(ino).map_err(db_err)?.map(|g| g.value().to_vec());
+                delta.inodes.push((ino, value));
+            }
+            for (parent, name) in &changed.dirents {
+                let value = dirents
+                    .get((*parent, name.as_slice()))
+                    .map_err(db_err)?
+                    .map(|g| g.value());
+                delta.dirents.push(((*parent, name.clone()), value));
+            }
+            delta.counters = read_counters(&txn)?;
+            Ok(delta)
+        })();
+        match read {
+            Ok(delta) => Ok(Some(delta)),
+            Err(e) => {
+                self.changed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .merge(changed);
+                Err(e)
+            }
+        }
+    }
+
+    /// The whole store at one cut (a snapshot); the changes collected so far are
+    /// dropped, since the snapshot holds them.
+    ///
+    /// Errors: `MetaIo`/`Meta` when the store cannot be read (nothing is dropped then).
+    pub fn dump(&self) -> Result<Delta, FsError> {
+        let (changed, txn) = {
+            let _cut = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let changed =
+                std::mem::take(&mut *self.changed.lock().unwrap_or_else(|p| p.into_inner()));
+            match self.begin_read() {
+                Ok(txn) => (changed, txn),
+                Err(e) => {
+                    self.changed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .merge(changed);
+                    return Err(e);
+                }
+            }
+        };
+        let read = (|| {
+            let inodes = txn.open_table(INODES).map_err(db_err)?;
+            let dirents = txn.open_table(DIRENTS).map_err(db_err)?;
+            let mut delta = Delta {
+                full: true,
+                ..Delta::default()
+            };
+            delta.inodes.reserve(inodes.len().map_err(db_err)? as usize);
+            for item in inodes.iter().map_err(db_err)? {
+                let (k, v) = item.map_err(db_err)?;
+                delta.inodes.push((k.value(), Some(v.value().to_vec())));
+            }
+            for item in dirents.iter().map_err(db_err)? {
+                let (k, v) = item.map_err(db_err)?;
+                let (parent, name) = k.value();
+                delta
+                    .dirents
+                    .push(((parent, name.to_vec()), Some(v.value())));
+            }
+            delta.counters = read_counters(&txn)?;
+            Ok(delta)
+        })();
+        if read.is_err() {
+            self.changed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .merge(changed);
+        }
+        read
+    }
+
+    /// Applies `deltas` in order in one durable transaction (a namespace recovered
+    /// from the pool: its snapshot, then its log). Records are checked to decode
+    /// before anything is written.
+    ///
+    /// Errors: `Meta` for a record that does not decode (nothing is written);
+    /// `MetaIo`/`NoSpace` when the store cannot be written.
+    pub fn apply(&self, deltas: &[Delta]) -> Result<(), FsError> {
+        for d in deltas {
+            for (_, v) in &d.inodes {
+                if let Some(bytes) = v {
+                    super::record::decode_inode(bytes)?;
+                }
+            }
+        }
+        self.write_with(redb::Durability::Immediate, |inodes, dirents, counters| {
+            for d in deltas {
+                if d.full {
+                    inodes.retain(|_, _| false).map_err(db_err)?;
+                    dirents.retain(|_, _| false).map_err(db_err)?;
+                }
+                for (ino, v) in &d.inodes {
+                    match v {
+                        Some(bytes) => {
+                            inodes.insert(*ino, bytes.as_slice()).map_err(db_err)?;
+                        }
+                        None => {
+                            inodes.remove(*ino).map_err(db_err)?;
+                        }
+                    }
+                }
+                for ((parent, name), v) in &d.dirents {
+                    match v {
+                        Some(ino) => {
+                            dirents
+                                .insert((*parent, name.as_slice()), *ino)
+                                .map_err(db_err)?;
+                        }
+                        None => {
+                            dirents.remove((*parent, name.as_slice())).map_err(db_err)?;
+                        }
+                    }
+                }
+                for (name, value) in &d.counters {
+                    counters.insert(name.as_str(), *value).map_err(db_err)?;
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+fn read_counters(txn: &redb::ReadTransaction) -> Result<Vec<(String, u64)>, FsError> {
+    let counters = txn.open_table(COUNTERS).map_err(db_err)?;
+    let mut out = Vec::new();
+    for item in counters.iter().map_err(db_err)? {
+        let (k, v) = item.map_err(db_err)?;
+        out.push((k.value().to_string(), v.value()));
+    }
+    Ok(out)
+}
