@@ -206,6 +206,17 @@ fn run(cli: Cli) -> Result<()> {
 
 fn mount(args: cli::MountArgs) -> Result<()> {
     let key = load_key(&args.key)?;
+    // --recover: the recovery code becomes STORAGE/owner.key first, in the process the
+    // user started (a detached copy has no terminal, and its stdout is the readiness
+    // pipe): from --code-file, else from stdin unless `key import` put the key there.
+    let started_by_parent = std::env::var_os("POOLFS_NOTIFY_READY").is_some();
+    let have_owner_key = args.storage.join(poolfs::trust::OWNER_KEY_FILE).exists();
+    if args.recover && !started_by_parent && (args.code_file.is_some() || !have_owner_key) {
+        key_cmd::import(cli::KeyImportArgs {
+            storage: args.storage.clone(),
+            code_file: args.code_file.clone(),
+        })?;
+    }
     let cfg = MountConfig {
         mountpoint: args.mountpoint,
         storage: args.storage,
@@ -226,7 +237,6 @@ fn mount(args: cli::MountArgs) -> Result<()> {
     };
     // A process started by `spawn_ready` (ours when detached, or `up`'s) leaves telling
     // the user about a new owner key to its parent, which has the terminal.
-    let started_by_parent = std::env::var_os("POOLFS_NOTIFY_READY").is_some();
     let storage = cfg.storage.clone();
     let owner_key = OwnerKeyWatch::before(&storage);
     let tell_if_new_key = move || {
