@@ -373,9 +373,14 @@ fn a_file_being_written_at_the_loss_is_old_or_absent_never_garbage() {
     crate::harness::mount::assert_nothing_left(dir.path(), fuse_mounts_under);
 }
 
-/// `poolfs status --json --mount MNT`: whether every file of the mount is healthy and
-/// its risk report names nothing degraded; and the report, for a message.
-fn nothing_degraded(controller: std::net::SocketAddr, mnt: &Path) -> (bool, String) {
+/// `poolfs status --json --mount MNT`: whether every file of the mount is healthy, its
+/// risk report names nothing degraded and says `machines_off` machines may be off at
+/// once with every file readable; and the report, for a message.
+fn nothing_degraded(
+    controller: std::net::SocketAddr,
+    mnt: &Path,
+    machines_off: u64,
+) -> (bool, String) {
     let out = crate::harness::mount::run(
         poolfs(["status", "--json", "-c", &controller.to_string(), "--mount"]).arg(mnt),
     );
@@ -389,7 +394,11 @@ fn nothing_degraded(controller: std::net::SocketAddr, mnt: &Path) -> (bool, Stri
     let mount = &json["mounts"][0];
     let files = mount["files"].as_array().cloned().unwrap_or_default();
     let healthy = !files.is_empty() && files.iter().all(|f| f["health"] == "healthy");
-    let risk_clean = mount["risk"]["degraded"].as_u64() == Some(0);
+    let risk = &mount["risk"];
+    let risk_clean = risk["degraded"].as_u64() == Some(0)
+        && risk["machines_off"]
+            .as_u64()
+            .is_some_and(|n| n >= machines_off);
     (healthy && risk_clean, text)
 }
 
@@ -436,10 +445,13 @@ fn recovery_works_with_a_node_down_that_returns_later() {
 
     pool.restart_node(down);
     assert_all_read_back(&b, &kept, "the node back");
+    // Status must say so for 5 s in a row (over two repair passes, every 2 s): a pass
+    // still at work on the files could change it right after one look.
     let limit = Duration::from_secs(40);
     let mut last = String::new();
+    let mut whole_since: Option<Instant> = None;
     let clean = wait_until(limit, || {
-        let (ok, text) = nothing_degraded(pool.controller, &b.mnt);
+        let (ok, text) = nothing_degraded(pool.controller, &b.mnt, 2);
         last = text;
         // And in their shape again (a file narrowed while the node was away is widened).
         let whole = ok
@@ -447,22 +459,21 @@ fn recovery_works_with_a_node_down_that_returns_later() {
                 let h = health(&b.path(&k.rel));
                 shape_of(&h).is_none_or(|s| s == (2, 2))
             });
-        if !whole {
-            std::thread::sleep(Duration::from_millis(500)); // status is a process: not too often
-        }
-        whole
+        whole_since = whole.then(|| whole_since.unwrap_or_else(Instant::now));
+        std::thread::sleep(Duration::from_millis(500)); // status is a process: not too often
+        whole_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(5))
     });
     assert!(
         clean,
-        "{limit:?} after the node came back, status still shows damage or a file is not \
-         2+2 again:\n{last}\n{}",
+        "{limit:?} after the node came back, status still shows damage, or fewer than 2 \
+         machines may be off, or a file is not 2+2 again:\n{last}\n{}",
         kept.iter()
             .map(|k| format!("{}: {}", k.rel, health(&b.path(&k.rel))))
             .collect::<Vec<_>>()
             .join("\n")
     );
-    // Nothing degraded must mean it: the lost disk's shards and the down node's are
-    // whole again, so the pool now survives losing 2 members, as its shape promises.
+    // What status says must hold: the lost disk's shards and the down node's are whole
+    // again, on 4 machines, so the pool survives losing 2 members, as it now promises.
     for i in (0..3).filter(|&i| i != down) {
         pool.kill_node(i);
     }
