@@ -251,6 +251,36 @@ fn version(n: u64) -> Vec<u8> {
     out
 }
 
+/// For a failure's message: where garbage that names round N in its header parts from
+/// round N, and which nearby round's bytes (if any) it holds from there on.
+fn garbage_detail(bytes: &[u8]) -> String {
+    let named = std::str::from_utf8(&bytes[..bytes.len().min(40)])
+        .ok()
+        .and_then(|h| h.strip_prefix("poolfs-version "))
+        .and_then(|h| h.get(..8))
+        .and_then(|n| n.parse::<u64>().ok());
+    let Some(n) = named else {
+        return "no round's header".into();
+    };
+    let want = version(n);
+    let Some(at) = (0..bytes.len().min(want.len())).find(|&i| bytes[i] != want[i]) else {
+        return format!(
+            "round {n}'s bytes, length {} not {}",
+            bytes.len(),
+            want.len()
+        );
+    };
+    let from = (n.saturating_sub(6)..=n + 2)
+        .filter(|&m| m != n)
+        .filter(|&m| {
+            let v = version(m);
+            v.len() >= bytes.len() && v[at..bytes.len()] == bytes[at..]
+        })
+        .collect::<Vec<_>>();
+    let zeros = bytes[at..].iter().all(|&b| b == 0);
+    format!("parts from round {n} at byte {at}; the rest is rounds {from:?}'s, all zero: {zeros}")
+}
+
 /// The round a rewritten file's content is, if it is exactly one of them.
 fn which_version(bytes: &[u8]) -> Option<u64> {
     let head = std::str::from_utf8(bytes.get(..40)?).ok()?;
@@ -356,9 +386,12 @@ fn a_file_being_written_at_the_loss_is_old_or_absent_never_garbage() {
         Ok(bytes) => {
             let n = which_version(&bytes).unwrap_or_else(|| {
                 panic!(
-                    "hot is garbage after the recovery: {} bytes starting {:?}",
+                    "hot is garbage after the recovery: {} bytes starting {:?}; {}; round \
+                     {floor:?} was closed over 1 s before the loss, round {:?} last",
                     bytes.len(),
-                    String::from_utf8_lossy(&bytes[..bytes.len().min(40)])
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(40)]),
+                    garbage_detail(&bytes),
+                    closed.last().map(|(n, _)| n)
                 )
             });
             eprintln!("hot recovered as round {n} (floor {floor:?})");
