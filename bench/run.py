@@ -3,7 +3,7 @@
 
 usage: python3 bench/run.py [--size-mib 1024] [--rss-size-mib 4096] [--runs 3] [--files 1000]
                             [--only default,parity0,noenc] [--bin target/release/poolfs]
-                            [--json FILE] [--quick]
+                            [--json FILE] [--quick] [--namespace-cost]
 
 Needs root (mounts tmpfs, drops the page cache) and fuse3. For each configuration (the
 default 3-node pool with k = 2, m = 1 and encryption; the same with `--parity 0`; the
@@ -13,6 +13,13 @@ kills one storage node it started in the middle of a timed read, and reports the
 longest read() call. The tmpfs baseline runs are interleaved with the pool's runs, so
 ratios compare figures taken under the same load. Everything it starts (pools, tmpfs
 mounts, temp dirs) is stopped and removed at the end, also on failure or Ctrl-C.
+
+--namespace-cost (issue 15) measures instead what keeping the namespace in the pool
+costs: on one 3-node pool, two owners mount side by side (k=2, m=1), one as usual and
+one with `--no-pool-namespace` (its namespace only on its own disk); runs alternate
+between them (the order flipping every run) and each does small-file creates (4 KiB
+create + write + close, then `sync -f` of the mount) and `cp` of the big file through
+close. It prints the medians and their ratio against the target (at most 10 % slower).
 """
 import argparse
 import contextlib
@@ -409,6 +416,125 @@ def fmt(v, ratio=None, none="n/a"):
     return s if ratio is None else f"{s} ({ratio:.3f}x)"
 
 
+# Issue 15: what keeping the namespace in the pool costs, against --no-pool-namespace.
+NS_CONFIGS = [("local", ["--no-pool-namespace"], "--no-pool-namespace"),
+              ("pool", [], "namespace in the pool")]
+NS_METRICS = [("small", "create + write + close of 4 KiB files, then sync", "files/s"),
+              ("cp", "cp of the big file into the mount, through close", "MiB/s")]
+NS_TARGET = 0.90  # the pool namespace may cost at most 10 %
+
+
+def small_files_synced(d, count):
+    """Files/s of `count` 4 KiB files created, written and closed in `d`, then `sync -f`
+    of the filesystem (syncfs: after it, the namespace change is in the pool)."""
+    os.makedirs(d)
+    bufs = [os.urandom(4096) for _ in range(16)]
+    t = time.perf_counter()
+    for i in range(count):
+        with open(os.path.join(d, f"f{i}"), "wb") as f:
+            f.write(bufs[i % 16])
+    sh("sync", "-f", d)
+    return count / (time.perf_counter() - t)
+
+
+class OwnerMounts:
+    """Mounts made with `poolfs mount` on a pool `up` started, each with a storage
+    directory (so an owner) of its own; all unmounted and stopped by `close`."""
+
+    def __init__(self, binary, work):
+        self.binary, self.work, self.live = binary, work, []
+
+    def pids_of(self, mnt):
+        """Our poolfs processes whose command line names `mnt`."""
+        out = []
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    args = f.read().split(b"\0")
+            except OSError:
+                continue
+            if is_ours(int(d), self.binary) and mnt.encode() in args:
+                out.append(int(d))
+        return out
+
+    def mount(self, name, state, extra):
+        mnt = os.path.join(self.work, name)
+        storage = os.path.join(self.work, f"{name}.storage")
+        os.makedirs(mnt)
+        self.live.append(mnt)
+        with deferred_signals():
+            subprocess.run(
+                [self.binary, "mount", mnt, "--storage", storage,
+                 "--controller", f"{state['controller']}", "--listen", "127.0.0.1:0",
+                 "--key", state["key"], *extra],
+                check=True, stdout=subprocess.DEVNULL, start_new_session=True)
+        pids = self.pids_of(mnt)
+        if len(pids) != 1:
+            raise RuntimeError(f"expected one mount process for {mnt}: {pids}")
+        return mnt, pids[0]
+
+    def close(self):
+        for mnt in list(self.live):
+            with deferred_signals():
+                pids = self.pids_of(mnt)
+                if subprocess.run(["fusermount3", "-u", mnt], stderr=subprocess.DEVNULL).returncode != 0:
+                    subprocess.run(["fusermount3", "-u", "-z", mnt], stderr=subprocess.DEVNULL)
+                deadline = time.time() + 10
+                while any(is_ours(p, self.binary) for p in pids) and time.time() < deadline:
+                    time.sleep(0.05)
+                for pid in pids:
+                    if is_ours(pid, self.binary):
+                        print(f"bench: mount {mnt} (pid {pid}) did not exit, killing it", file=sys.stderr)
+                        os.kill(pid, signal.SIGKILL)
+                self.live.remove(mnt)
+
+
+def namespace_cost(a, pools, binary, src):
+    """Medians of small-file creates and cp, per NS_CONFIGS name, from runs interleaved
+    on one pool; and every run's figures."""
+    mnt0, data, state = pools.up(3, ["--redundancy", "2+1"])
+    owners = OwnerMounts(binary, pools.work)
+    runs = {name: {"small": [], "cp": []} for name, _, _ in NS_CONFIGS}
+    try:
+        # `up`'s own mount leaves the pool: the two measured owners are the mounts.
+        sh("fusermount3", "-u", mnt0)
+        mounts = {name: owners.mount(f"ns-{name}", state, ["--redundancy", "2+1", *extra])[0]
+                  for name, extra, _ in NS_CONFIGS}
+        for r in range(a.runs):
+            order = NS_CONFIGS if r % 2 == 0 else list(reversed(NS_CONFIGS))
+            for name, _, _ in order:
+                mnt = mounts[name]
+                d = os.path.join(mnt, f"small-{r}")
+                runs[name]["small"].append(small_files_synced(d, a.files))
+                dst = os.path.join(mnt, f"big-{r}")
+                runs[name]["cp"].append(a.size_mib / timed(lambda: sh("cp", src, dst)))
+                os.unlink(dst)
+                shutil.rmtree(d)
+                print(f"  {name} run {r + 1}: small {runs[name]['small'][-1]:.0f} files/s, "
+                      f"cp {runs[name]['cp'][-1]:.0f} MiB/s", file=sys.stderr)
+    finally:
+        owners.close()
+        pools.down(mnt0, data)
+    return {name: {k: med(v) for k, v in figs.items()} for name, figs in runs.items()}, runs
+
+
+def namespace_report(a, res, meta):
+    lines = [f"poolfs benchmark: the namespace in the pool, commit {meta['commit']}, {meta['machine']}",
+             f"3-node loopback pool (k=2, m=1), two owners mounted side by side, {a.size_mib} MiB "
+             f"file, {a.files} small files, medians of {a.runs} interleaved runs", "",
+             "| what | unit | --no-pool-namespace | namespace in the pool | ratio | target | result |",
+             "| --- | --- | ---: | ---: | ---: | --- | --- |"]
+    for key, label, unit in NS_METRICS:
+        local, pool = res["local"][key], res["pool"][key]
+        ratio = pool / local if local else None
+        result = "n/a" if ratio is None else ("pass" if ratio >= NS_TARGET else "FAIL")
+        lines.append(f"| {label} | {unit} | {fmt(local)} | {fmt(pool)} | "
+                     f"{'-' if ratio is None else f'{ratio:.3f}x'} | >= {NS_TARGET}x | {result} |")
+    return "\n".join(lines)
+
+
 def report(a, base, results, meta, floor=None):
     lines = [f"poolfs benchmark, commit {meta['commit']}, {meta['machine']}",
              f"{a.nodes}-node loopback pool, {a.size_mib} MiB file, {a.files} small files, "
@@ -475,6 +601,8 @@ def parse_args(argv):
     ap.add_argument("--only", default="default,parity0,noenc", help="configurations, comma-separated")
     ap.add_argument("--bin", default="target/release/poolfs")
     ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument("--namespace-cost", action="store_true",
+                    help="measure what keeping the namespace in the pool costs (issue 15) instead")
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: 16 MiB files, 64 MiB for memory, 100 small files, 1 run")
     a = ap.parse_args(argv)
@@ -505,6 +633,20 @@ def main(argv=None):
     src_dir, tmpfs = os.path.join(work, "src"), os.path.join(work, "tmpfs")
     mounted, pools = [], Pools(binary, work)
     try:
+        if a.namespace_cost:
+            os.makedirs(src_dir)
+            sh("mount", "-t", "tmpfs", "-o", f"size={a.size_mib + 64}m", "tmpfs", src_dir)
+            mounted.append(src_dir)
+            src = os.path.join(src_dir, "src")
+            write_random(src, a.size_mib)
+            meta = meta_info(binary)
+            res, runs = namespace_cost(a, pools, binary, src)
+            print(namespace_report(a, res, meta))
+            if a.json:
+                with open(a.json, "w") as f:
+                    json.dump({"meta": meta, "args": vars(a), "namespace": res,
+                               "namespace_runs": runs}, f, indent=1)
+            return 0
         for d, mib in ((src_dir, a.size_mib + a.rss_size_mib + 64), (tmpfs, a.size_mib + 64)):
             os.makedirs(d)
             sh("mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", d)

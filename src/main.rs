@@ -206,8 +206,11 @@ fn run(cli: Cli) -> Result<()> {
 
 fn mount(args: cli::MountArgs) -> Result<()> {
     let key = load_key(&args.key)?;
-    if args.recover {
-        // Here, before detaching, where stdin is still the user's.
+    // --recover: the recovery code becomes STORAGE/owner.key first, in the process the
+    // user started (a detached copy has no terminal, and its stdout is the readiness
+    // pipe): from --code-file, else from stdin unless `key import` put the key there.
+    let started_by_parent = std::env::var_os("POOLFS_NOTIFY_READY").is_some();
+    if args.recover && !started_by_parent {
         std::fs::create_dir_all(&args.storage)
             .with_context(|| format!("cannot create {}", args.storage.display()))?;
         key_cmd::install_for_recovery(&args.storage, args.code_file.as_deref())?;
@@ -232,7 +235,6 @@ fn mount(args: cli::MountArgs) -> Result<()> {
     };
     // A process started by `spawn_ready` (ours when detached, or `up`'s) leaves telling
     // the user about a new owner key to its parent, which has the terminal.
-    let started_by_parent = std::env::var_os("POOLFS_NOTIFY_READY").is_some();
     let storage = cfg.storage.clone();
     let owner_key = OwnerKeyWatch::before(&storage);
     let recovering = args.recover;

@@ -1,4 +1,4 @@
-//! Smoke test of the benchmark script (issue 7): `bench/run.py --quick` prints every figure of the target table for every configuration, and leaves no pool, mount, process or temp dir behind, also when interrupted.
+//! Smoke test of the benchmark script (issue 7): `bench/run.py --quick` prints every figure of the target table for every configuration, and leaves no pool, mount, process or temp dir behind, also when interrupted; `--namespace-cost` (issue 15) prints the cost of the namespace in the pool as ratios against `--no-pool-namespace`.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -134,5 +134,54 @@ fn interrupted_bench_stops_its_pools_and_unmounts() {
         "stderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert_nothing_left(root.path(), mounts_under);
+}
+
+#[test]
+#[cfg_attr(
+    any(poolfs_no_mount, poolfs_no_python3),
+    ignore = "needs root, /dev/fuse read-write and fusermount3; python3"
+)]
+fn namespace_cost_bench_prints_both_ratios_and_cleans_up() {
+    if !can_mount() || !harness::have_program("python3", "the benchmark script runs on it") {
+        return;
+    }
+    let root = test_dir("bench-ns");
+    let out_dir = test_dir("bench-ns-out");
+    let json_path = out_dir.path().join("bench.json");
+    let json_arg = json_path.to_string_lossy().into_owned();
+    let out = bench(root.path(), &["--namespace-cost", "--json", &json_arg])
+        .output()
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    for row in [
+        "| create + write + close of 4 KiB files, then sync | files/s |",
+        "| cp of the big file into the mount, through close | MiB/s |",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(row))
+            .unwrap_or_else(|| panic!("no row {row:?} in:\n{stdout}"));
+        assert!(
+            line.contains("x | >= 0.9x |"),
+            "no ratio against the target in {line:?}"
+        );
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json_path).expect("bench JSON")).expect("JSON");
+    for name in ["pool", "local"] {
+        for key in ["small", "cp"] {
+            let v = json["namespace"][name][key]
+                .as_f64()
+                .unwrap_or_else(|| panic!("namespace.{name}.{key} missing in {json}"));
+            assert!(v.is_finite() && v > 0.0, "namespace.{name}.{key} = {v}");
+        }
+    }
     assert_nothing_left(root.path(), mounts_under);
 }

@@ -18,6 +18,7 @@ mod pool;
 mod programs;
 mod props;
 mod reclaim;
+mod recovery;
 mod recovery_code;
 mod redundancy;
 mod trust;

@@ -1,7 +1,9 @@
 //! What the tests stand on: a pool on loopback (`cluster`), a LAN of network
 //! namespaces (`lan`), a whole pool mounted with `poolfs up` (`mount`), the wire by
 //! hand (`wire`), members killed and restarted and the space their shards take
-//! (`faults`), and the one rule for a missing prerequisite (`skip`).
+//! (`faults`), a pool started process by process whose mounts are lost and recovered
+//! (`owner`), a tree's entries as a user sees them (`tree`), and the one rule for a
+//! missing prerequisite (`skip`).
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -10,6 +12,8 @@ pub mod cluster;
 pub mod faults;
 pub mod lan;
 pub mod mount;
+pub mod owner;
+pub mod tree;
 pub mod wire;
 
 /// Whether this is a CI run (`CI` set, and not empty, `false` or `0`): there every
