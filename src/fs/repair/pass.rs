@@ -215,7 +215,9 @@ impl<'a> FileRepair<'a> {
             self.report.pending += 1;
             return Ok(());
         };
-        if !reencode_gains(&old, rview, place.layout.m) {
+        // What the new placement really survives: fewer live nodes than shards put two
+        // shards on one node, which counts double when it goes.
+        if !reencode_gains(&old, rview, placed_tolerance(&place, rview)) {
             // A narrower shape with no more parity than the file has left would cost
             // the traffic and keep a later joiner from restoring the shape it has.
             self.report.pending += 1;
@@ -311,6 +313,33 @@ fn policy_parity(vfs: &Vfs, rview: &PoolView) -> Option<u32> {
     (rview.live().len() >= (k + parity) as usize).then_some(parity)
 }
 
+/// How many machines, and how many nodes, may go with every stripe of `place` still
+/// readable: the most holders whose shards, taken from the fullest, number at most the
+/// parity (`m` when every shard has a machine of its own); the smaller of the two.
+fn placed_tolerance(place: &crate::client::Placement, view: &PoolView) -> u32 {
+    let parity = place.layout.m as usize;
+    let tolerance = |mut counts: Vec<usize>| {
+        counts.sort_unstable_by(|a, b| b.cmp(a));
+        let mut lost = 0;
+        counts
+            .iter()
+            .take_while(|&&c| {
+                lost += c;
+                lost <= parity
+            })
+            .count() as u32
+    };
+    let mut by_node: std::collections::HashMap<u32, usize> = Default::default();
+    let mut by_machine: std::collections::HashMap<String, usize> = Default::default();
+    for h in &place.holders {
+        *by_node.entry(h.node_id).or_default() += 1;
+        let machine = placement::machine_of(view, h.node_id)
+            .map_or_else(|| format!("node {}", h.node_id), str::to_string);
+        *by_machine.entry(machine).or_default() += 1;
+    }
+    tolerance(by_node.into_values().collect()).min(tolerance(by_machine.into_values().collect()))
+}
+
 /// Does re-encoding `m` with `m_new` parity shards (on as many machines, all live)
 /// leave it more redundant than it is in `view`: may more machines be off then than
 /// its weakest stripe allows now (`status::stripe_machines_off`, which counts a machine
@@ -393,5 +422,60 @@ fn delete_handed_off(vfs: &Vfs, view: &PoolView, before: &Manifest, after: &Mani
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::placed_tolerance;
+    use crate::client::{Holder, Layout, Placement};
+    use crate::proto::{NodeInfo, NodeState, PoolView};
+
+    fn view(machines: &[&str]) -> PoolView {
+        PoolView {
+            epoch: 1,
+            nodes: machines
+                .iter()
+                .enumerate()
+                .map(|(i, m)| NodeInfo {
+                    id: i as u32 + 1,
+                    addr: ([127, 0, 0, 1], 9000 + i as u16).into(),
+                    state: NodeState::Up,
+                    capacity: 1 << 30,
+                    used: 0,
+                    last_seen_ms: 0,
+                    machine: m.to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    fn place(k: u32, m: u32, on: &[u32]) -> Placement {
+        Placement {
+            file_id: "f".into(),
+            layout: Layout {
+                k,
+                m,
+                shard_size: 4096,
+            },
+            holders: on
+                .iter()
+                .map(|&id| Holder {
+                    node_id: id,
+                    addr: ([127, 0, 0, 1], 9000).into(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_placement_that_doubles_shards_on_a_node_survives_less_than_its_parity() {
+        let v = view(&["a", "b", "c", "d"]);
+        assert_eq!(placed_tolerance(&place(2, 2, &[1, 2, 3, 4]), &v), 2);
+        // The re-encode the recovery test caught: 2+2 on three nodes, node 2 twice.
+        assert_eq!(placed_tolerance(&place(2, 2, &[2, 3, 4, 2]), &v), 1);
+        // Two nodes on one machine count as one machine.
+        let shared = view(&["a", "a", "b", "c"]);
+        assert_eq!(placed_tolerance(&place(2, 2, &[1, 2, 3, 4]), &shared), 1);
     }
 }
