@@ -105,6 +105,24 @@ def allocated(path):
     return total
 
 
+def data_allocated(segments):
+    """Allocated bytes of the file data under a node's `segments` directory: every
+    owner's but a namespace's (the copy of a mount's namespace kept in the pool, whose
+    owner directory holds its `namespace-root`; it is counted by the mount's status,
+    not as leaked file data)."""
+    total = 0
+    try:
+        owners = os.listdir(segments)
+    except FileNotFoundError:
+        return 0
+    for owner in owners:
+        path = os.path.join(segments, owner)
+        if os.path.isdir(os.path.join(path, "namespace-root")):
+            continue
+        total += allocated(path)
+    return total
+
+
 # ---------------------------------------------------------------- members
 
 def cmdline(pid):
@@ -415,7 +433,7 @@ def space(mnt, storages):
             if shape:
                 need += need_bytes(size, *shape)
                 slack += sum(shape) * stripes(size, shape[0]) * BLOCK
-    held = sum(allocated(os.path.join(s, "segments")) for s in storages)
+    held = sum(data_allocated(os.path.join(s, "segments")) for s in storages)
     return held, need, slack, unhealthy
 
 
