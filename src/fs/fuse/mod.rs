@@ -89,6 +89,14 @@ impl Filesystem for PoolFs {
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_background(64);
+        // open(O_TRUNC) arrives as one OPEN carrying the flag rather than a SETATTR of
+        // the size without the file handle (the kernel sends none for it): the
+        // truncation then belongs to the opening handle and is committed with its close
+        // or fsync, so a crash shows the file before the rewrite or after it
+        // (`Vfs::open`). A kernel without it sends the SETATTR, committed at once.
+        if let Err(e) = config.add_capabilities(fuser::InitFlags::FUSE_ATOMIC_O_TRUNC) {
+            log::info!("kernel lacks atomic O_TRUNC ({e:?}): a truncating open commits at once");
+        }
         Ok(())
     }
 
