@@ -2,7 +2,7 @@
 //! a fresh controller on the same address gives every node its old id back (manifests
 //! name a shard's holder by id), every file reads back exact through a fresh mount, and
 //! a node new to the pool gets an id above all the old ones. Real processes on
-//! loopback, on the ports 47100-47199 of this test.
+//! loopback, on the ports 27100-27199 of this test (below the kernel's ephemeral range, so no other test's connection holds one).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -16,13 +16,13 @@ use crate::harness::mount::{
 };
 
 /// Where this test's controller listens, before and after it loses its state.
-const CONTROLLER: &str = "127.0.0.1:47100";
-/// The storage nodes' ports: 47101..=47104; the new node's is `NEW_NODE_PORT`.
-const FIRST_NODE_PORT: u16 = 47101;
+const CONTROLLER: &str = "127.0.0.1:27100";
+/// The storage nodes' ports: 27101..=27104; the new node's is `NEW_NODE_PORT`.
+const FIRST_NODE_PORT: u16 = 27101;
 /// The mount's own node.
-const MOUNT_PORT: u16 = 47105;
+const MOUNT_PORT: u16 = 27105;
 /// The node that joins the fresh controller as a stranger.
-const NEW_NODE_PORT: u16 = 47106;
+const NEW_NODE_PORT: u16 = 27106;
 /// Storage nodes besides the mount.
 const NODES: u16 = 4;
 

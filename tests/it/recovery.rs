@@ -203,7 +203,7 @@ fn files_outlive_the_disk_of_their_mount() {
         return;
     }
     let dir = test_dir("recover-disk");
-    let mut pool = OwnerPool::start(dir.path(), 47300..47310, 2);
+    let mut pool = OwnerPool::start(dir.path(), 27300..27310, 2);
     let scratch = pool.scratch();
     let a = pool.mount("a", "alpha", &lease_arg());
     let kept = write_mixed_tree(&a, &scratch);
@@ -304,7 +304,7 @@ fn a_file_being_written_at_the_loss_is_old_or_absent_never_garbage() {
         assert_eq!(which_version(&version(n)[..100]), None, "a cut round {n}");
     }
     let dir = test_dir("recover-inflight");
-    let mut pool = OwnerPool::start(dir.path(), 47310..47320, 2);
+    let mut pool = OwnerPool::start(dir.path(), 27310..27320, 2);
     let scratch = pool.scratch();
     let a = pool.mount("a", "alpha", &lease_arg());
     let code = pool.export_code(&a.storage, "code");
@@ -449,7 +449,7 @@ fn recovery_works_with_a_node_down_that_returns_later() {
     let dir = test_dir("recover-node-down");
     // 4 members (the mount and 3 nodes) with 2 parity shards: the lost disk takes one
     // shard of every stripe and the node down another, and k = 2 remain.
-    let mut pool = OwnerPool::start(dir.path(), 47320..47330, 3);
+    let mut pool = OwnerPool::start(dir.path(), 27320..27330, 3);
     let scratch = pool.scratch();
     let shape = ["--redundancy", "2+2", "--repair-grace", "3", "--lease", "3"];
     let a = pool.mount("a", "alpha", &shape);
@@ -530,7 +530,7 @@ fn a_second_mount_of_the_same_owner_is_refused_until_the_lease_runs_out() {
         return;
     }
     let dir = test_dir("recover-lease");
-    let mut pool = OwnerPool::start(dir.path(), 47330..47340, 2);
+    let mut pool = OwnerPool::start(dir.path(), 27330..27340, 2);
     let scratch = pool.scratch();
     let a = pool.mount("a", "alpha", &lease_arg());
     let mut kept = vec![

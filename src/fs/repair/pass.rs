@@ -217,7 +217,8 @@ impl<'a> FileRepair<'a> {
         };
         // What the new placement really survives: fewer live nodes than shards put two
         // shards on one node, which counts double when it goes.
-        if !reencode_gains(&old, rview, placed_tolerance(&place, rview)) {
+        let (machines, nodes) = placed_tolerance(&place, rview);
+        if !gains(&old, rview, machines, nodes) {
             // A narrower shape with no more parity than the file has left would cost
             // the traffic and keep a later joiner from restoring the shape it has.
             self.report.pending += 1;
@@ -315,8 +316,8 @@ fn policy_parity(vfs: &Vfs, rview: &PoolView) -> Option<u32> {
 
 /// How many machines, and how many nodes, may go with every stripe of `place` still
 /// readable: the most holders whose shards, taken from the fullest, number at most the
-/// parity (`m` when every shard has a machine of its own); the smaller of the two.
-fn placed_tolerance(place: &crate::client::Placement, view: &PoolView) -> u32 {
+/// parity (`m` when every shard has a machine, or a node, of its own).
+fn placed_tolerance(place: &crate::client::Placement, view: &PoolView) -> (usize, usize) {
     let parity = place.layout.m as usize;
     let tolerance = |mut counts: Vec<usize>| {
         counts.sort_unstable_by(|a, b| b.cmp(a));
@@ -327,7 +328,7 @@ fn placed_tolerance(place: &crate::client::Placement, view: &PoolView) -> u32 {
                 lost += c;
                 lost <= parity
             })
-            .count() as u32
+            .count()
     };
     let mut by_node: std::collections::HashMap<u32, usize> = Default::default();
     let mut by_machine: std::collections::HashMap<String, usize> = Default::default();
@@ -337,7 +338,10 @@ fn placed_tolerance(place: &crate::client::Placement, view: &PoolView) -> u32 {
             .map_or_else(|| format!("node {}", h.node_id), str::to_string);
         *by_machine.entry(machine).or_default() += 1;
     }
-    tolerance(by_node.into_values().collect()).min(tolerance(by_machine.into_values().collect()))
+    (
+        tolerance(by_machine.into_values().collect()),
+        tolerance(by_node.into_values().collect()),
+    )
 }
 
 /// Does re-encoding `m` with `m_new` parity shards (on as many machines, all live)
@@ -348,14 +352,23 @@ fn placed_tolerance(place: &crate::client::Placement, view: &PoolView) -> u32 {
 /// (`poolfs up`) from re-encoding a file that already survives as many nodes off as
 /// the narrower shape would.
 pub fn reencode_gains(m: &Manifest, view: &PoolView, m_new: u32) -> bool {
+    gains(m, view, m_new as usize, m_new as usize)
+}
+
+/// For a placement known to survive `machines` machines and `nodes` nodes off
+/// (`placed_tolerance`): does it survive no less than the file does now on either
+/// count, and more on at least one? (On a pool whose nodes share one machine, `up`'s,
+/// no placement survives a machine off: nodes decide.)
+fn gains(m: &Manifest, view: &PoolView, machines: usize, nodes: usize) -> bool {
     let least = |off: fn(&Manifest, &StripeRecord, &PoolView) -> Option<usize>| {
         m.records()
             .map(|(_, rec)| off(m, rec, view).map_or(-1, |t| t as i64))
             .min()
             .unwrap_or(0)
     };
-    let m_new = i64::from(m_new);
-    m_new > least(stripe_machines_off) && m_new > least(stripe_nodes_off)
+    let (machines, nodes) = (machines as i64, nodes as i64);
+    let (machines_now, nodes_now) = (least(stripe_machines_off), least(stripe_nodes_off));
+    machines >= machines_now && nodes >= nodes_now && (machines > machines_now || nodes > nodes_now)
 }
 
 /// The node segment `i` of `m` was being rebuilt on when a repair stopped part way:
@@ -471,11 +484,17 @@ mod tests {
     #[test]
     fn a_placement_that_doubles_shards_on_a_node_survives_less_than_its_parity() {
         let v = view(&["a", "b", "c", "d"]);
-        assert_eq!(placed_tolerance(&place(2, 2, &[1, 2, 3, 4]), &v), 2);
+        assert_eq!(placed_tolerance(&place(2, 2, &[1, 2, 3, 4]), &v), (2, 2));
         // The re-encode the recovery test caught: 2+2 on three nodes, node 2 twice.
-        assert_eq!(placed_tolerance(&place(2, 2, &[2, 3, 4, 2]), &v), 1);
-        // Two nodes on one machine count as one machine.
+        assert_eq!(placed_tolerance(&place(2, 2, &[2, 3, 4, 2]), &v), (1, 1));
+        // Two nodes on one machine count as one machine, and as two nodes.
         let shared = view(&["a", "a", "b", "c"]);
-        assert_eq!(placed_tolerance(&place(2, 2, &[1, 2, 3, 4]), &shared), 1);
+        assert_eq!(
+            placed_tolerance(&place(2, 2, &[1, 2, 3, 4]), &shared),
+            (1, 2)
+        );
+        // A loopback pool: every node on one machine.
+        let one = view(&["a", "a", "a", "a"]);
+        assert_eq!(placed_tolerance(&place(2, 1, &[1, 2, 3]), &one), (0, 1));
     }
 }

@@ -1,4 +1,5 @@
-//! A pool started process by process on fixed loopback ports, for the tests of a
+//! A pool started process by process on fixed loopback ports (below the kernel's
+//! ephemeral range, 32768-60999, so no other test's connection can hold one), for the tests of a
 //! mount's loss and recovery (issue 15): a controller, storage nodes each on a machine
 //! name of its own (killed -9 and restarted on their port), and mounts made with
 //! `poolfs mount` as a user runs it (killed -9, their storage removed, a namespace
