@@ -161,23 +161,8 @@ impl MetaStore {
     /// Errors: `MetaIo`/`Meta` when the store cannot be read; the changed keys are
     /// kept for the next call.
     pub fn take_delta(&self) -> Result<Option<Delta>, FsError> {
-        let (changed, txn) = {
-            let _cut = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
-            let changed =
-                std::mem::take(&mut *self.changed.lock().unwrap_or_else(|p| p.into_inner()));
-            if changed.is_empty() {
-                return Ok(None);
-            }
-            match self.begin_read() {
-                Ok(txn) => (changed, txn),
-                Err(e) => {
-                    self.changed
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .merge(changed);
-                    return Err(e);
-                }
-            }
+        let Some((changed, txn)) = self.cut(true)? else {
+            return Ok(None);
         };
         let read = (|| {
             let inodes = txn.open_table(INODES).map_err(db_err)?;
@@ -200,10 +185,7 @@ impl MetaStore {
         match read {
             Ok(delta) => Ok(Some(delta)),
             Err(e) => {
-                self.changed
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .merge(changed);
+                self.give_back(changed);
                 Err(e)
             }
         }
@@ -214,20 +196,8 @@ impl MetaStore {
     ///
     /// Errors: `MetaIo`/`Meta` when the store cannot be read (nothing is dropped then).
     pub fn dump(&self) -> Result<Delta, FsError> {
-        let (changed, txn) = {
-            let _cut = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
-            let changed =
-                std::mem::take(&mut *self.changed.lock().unwrap_or_else(|p| p.into_inner()));
-            match self.begin_read() {
-                Ok(txn) => (changed, txn),
-                Err(e) => {
-                    self.changed
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .merge(changed);
-                    return Err(e);
-                }
-            }
+        let Some((changed, txn)) = self.cut(false)? else {
+            return Err(FsError::Meta("a cut with changes kept found none".into()));
         };
         let read = (|| {
             let inodes = txn.open_table(INODES).map_err(db_err)?;
@@ -252,12 +222,37 @@ impl MetaStore {
             Ok(delta)
         })();
         if read.is_err() {
-            self.changed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .merge(changed);
+            self.give_back(changed);
         }
         read
+    }
+
+    /// Takes the changed keys and begins a read transaction under the commit lock, so
+    /// the transaction sees exactly the commits whose keys were taken. `None` when
+    /// nothing changed and `only_changed` asks for changes only.
+    ///
+    /// Errors: the read transaction cannot begin (the keys are given back).
+    fn cut(&self, only_changed: bool) -> Result<Option<(Changed, redb::ReadTransaction)>, FsError> {
+        let _cut = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = std::mem::take(&mut *self.changed.lock().unwrap_or_else(|p| p.into_inner()));
+        if only_changed && changed.is_empty() {
+            return Ok(None);
+        }
+        match self.begin_read() {
+            Ok(txn) => Ok(Some((changed, txn))),
+            Err(e) => {
+                self.give_back(changed);
+                Err(e)
+            }
+        }
+    }
+
+    /// Puts taken keys back for the next cut (its read failed).
+    fn give_back(&self, changed: Changed) {
+        self.changed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .merge(changed);
     }
 
     /// Applies `deltas` in order in one durable transaction (a namespace recovered
