@@ -10,7 +10,6 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -245,11 +244,41 @@ fn version(n: u64) -> Vec<u8> {
         _ => 5 * MIB + n as usize,
     };
     let mut out = format!("poolfs-version {n:08} len {len:010}\n").into_bytes();
-    let mut rng = Rng::new(0xF11E ^ n);
     let rest = len - out.len();
-    out.extend(rng.bytes(rest));
+    // The body as `WRITER` makes it: a pattern that differs from round to round (31 is
+    // odd, so rounds up to 256 apart differ in every byte) and from block to block.
+    out.extend((0..rest as u64).map(|i| ((i * 7 + (i >> 12) * 13 + n * 31) & 0xff) as u8));
     out
 }
+
+/// The writer of the rewritten file, in a process of its own: a descriptor held by
+/// this test process would be duplicated by every fork of the other tests running in
+/// it, and closed (FLUSH: a commit of the half-rewritten file) at their exec. It
+/// rewrites `argv[1]` round after round (open with O_TRUNC, one write, close) with
+/// `version(n)`'s bytes and prints each round's number once its close returned.
+const WRITER: &str = r#"
+import sys
+path = sys.argv[1]
+base = bytes((j * 7) & 255 for j in range(4096))
+n = 0
+while True:
+    length = {0: 2500, 1: 300000 + n, 2: 2500, 3: 5 * 1048576 + n}[n % 4]
+    head = b"poolfs-version %08d len %010d\n" % (n, length)
+    rest = length - len(head)
+    blocks = []
+    for b in range((rest + 4095) // 4096):
+        k = (b * 13 + n * 31) & 255
+        blocks.append(base.translate(bytes((x + k) & 255 for x in range(256))))
+    data = head + b"".join(blocks)[:rest]
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        print("error", e, flush=True)
+        sys.exit(0)
+    print(n, flush=True)
+    n += 1
+"#;
 
 /// For a failure's message: where garbage that names round N in its header parts from
 /// round N, and which nearby round's bytes (if any) it holds from there on.
@@ -322,18 +351,24 @@ fn a_file_being_written_at_the_loss_is_old_or_absent_never_garbage() {
     // Rewrites `hot` round after round (open with O_TRUNC, one write, close), noting
     // when each close returned.
     let hot = a.path("hot");
-    let stop = Arc::new(AtomicBool::new(false));
     let closed: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
+    let mut child = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(WRITER)
+        .arg(&hot)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the writer");
+    let out = child.stdout.take().expect("the writer's stdout");
     let writer = {
-        let (stop, closed) = (stop.clone(), closed.clone());
+        let closed = closed.clone();
         std::thread::spawn(move || {
-            for n in 0.. {
-                if stop.load(Ordering::Relaxed) {
-                    return None;
-                }
-                match write_and_close(&hot, &version(n)) {
-                    Ok(()) => closed.lock().expect("lock").push((n, Instant::now())),
-                    Err(e) => return Some(format!("round {n}: {e}")), // the mount died
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { return None };
+                match line.trim().parse::<u64>() {
+                    Ok(n) => closed.lock().expect("lock").push((n, Instant::now())),
+                    Err(_) => return Some(line), // the mount died under it
                 }
             }
             None
@@ -349,7 +384,8 @@ fn a_file_being_written_at_the_loss_is_old_or_absent_never_garbage() {
     );
     let killed_at = Instant::now();
     pool.kill_mount(&a);
-    stop.store(true, Ordering::Relaxed);
+    let _ = child.kill();
+    let _ = child.wait();
     let ended = writer.join().expect("the writer thread");
     let closed = closed.lock().expect("lock").clone();
     eprintln!(

@@ -38,9 +38,11 @@ use crate::proto::NodeId;
 use crate::trust::{Credentials, OwnerKey, PoolKey};
 use root::{Lease, Root};
 
-/// Longest a change waits before it is copied into the pool (the issue asks for one
-/// second after a close; a flush takes a few milliseconds on a LAN).
-pub const BATCH: Duration = Duration::from_millis(250);
+/// Longest a change waits before it is copied into the pool: the issue asks for one
+/// second after a close, and a flush takes a few milliseconds on a LAN. Not shorter:
+/// at 250 ms the flushes (a blob on k + m nodes, a root on every node, each synced)
+/// cost a quarter of the small-file create rate on 2 cores (bench/RESULTS.md).
+pub const BATCH: Duration = Duration::from_millis(600);
 /// Default lease: how long a mount that crashed keeps another mount of its owner out.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 /// Log blobs after which the next flush writes a snapshot instead (and the log
