@@ -429,6 +429,25 @@ impl Discovery {
 mod tests {
     use super::*;
 
+    /// A node of the pool `key` on a free loopback port, storing in `storage`, with no
+    /// controller yet.
+    async fn loopback_node(
+        storage: &std::path::Path,
+        key: &crate::trust::PoolKey,
+    ) -> crate::node::Node {
+        crate::node::Node::start(crate::node::NodeConfig {
+            storage: storage.to_path_buf(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            controller: None,
+            capacity: Some(1 << 20),
+            quota: None,
+            key: key.clone(),
+            machine: "test".into(),
+        })
+        .await
+        .unwrap()
+    }
+
     /// A node on loopback, a foreign listener, a closed port and another pool's node, all
     /// on one port number: only the first node is counted, gets id 1 and ASSIGN, and a
     /// second adoption leaves it be.
@@ -439,17 +458,7 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let key = crate::trust::PoolKey::generate();
-        let node = Node::start(NodeConfig {
-            storage: dir.path().to_path_buf(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            controller: None,
-            capacity: Some(1 << 20),
-            quota: None,
-            key: key.clone(),
-            machine: "test".into(),
-        })
-        .await
-        .unwrap();
+        let node = loopback_node(dir.path(), &key).await;
         let port = node.addr().port();
         // A node of another pool, on the same port of another address.
         let other_dir = tempfile::tempdir().unwrap();
@@ -521,22 +530,12 @@ mod tests {
     /// and gets id 7 back, and ASSIGN tells it so.
     #[tokio::test]
     async fn a_sweep_gives_a_found_node_the_id_it_remembers() {
-        use crate::node::{save_node_id, Node, NodeConfig};
+        use crate::node::save_node_id;
 
         let dir = tempfile::tempdir().unwrap();
         save_node_id(dir.path(), 7).unwrap();
         let key = crate::trust::PoolKey::generate();
-        let node = Node::start(NodeConfig {
-            storage: dir.path().to_path_buf(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            controller: None,
-            capacity: Some(1 << 20),
-            quota: None,
-            key: key.clone(),
-            machine: "test".into(),
-        })
-        .await
-        .unwrap();
+        let node = loopback_node(dir.path(), &key).await;
         let mut cfg = DiscoveryConfig::new(Vec::new());
         cfg.node_port = node.addr().port();
         cfg.probe_timeout = Duration::from_millis(500);

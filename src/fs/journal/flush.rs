@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use super::root::{self, Root};
-use super::{lock, Free, Journal, MAX_LOG, MIN_LOG_BYTES};
+use super::{lock, Journal, MAX_LOG, MIN_LOG_BYTES};
 use crate::client::Manifest;
 use crate::fs::meta::Delta;
 use crate::proto::encode_record;
@@ -16,7 +16,7 @@ const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 impl Journal {
     /// One flush (see the module doc); records its outcome for `sync`.
     pub(super) fn flush_once(&self) {
-        let (ordinal, frees, snapshot, pending) = {
+        let (ordinal, frees, snapshot, pending, base) = {
             let mut st = lock(&self.state);
             if st.fenced {
                 return;
@@ -32,9 +32,9 @@ impl Journal {
                 std::mem::take(&mut st.deferred),
                 snapshot,
                 st.pending.take(),
+                st.root.clone(),
             )
         };
-        let base = lock(&self.state).root.clone();
         let outcome = self.store_and_root(&base, snapshot, pending);
         let mut st = lock(&self.state);
         match outcome {
@@ -111,10 +111,10 @@ impl Journal {
         let mut stored = None;
         let mut kept = pending;
         if snapshot {
-            let full = self
-                .meta
-                .dump()
-                .map_err(|e| Failed::keeping(e.to_string(), kept.take()))?;
+            let full = self.meta.dump().map_err(|e| Failed {
+                why: e.to_string(),
+                kept: kept.take(),
+            })?;
             // The snapshot holds every change, the pending ones included.
             let (m, len) = self
                 .store_blob(&full)
@@ -126,10 +126,10 @@ impl Journal {
             next.log_bytes = 0;
             stored = Some(m);
         } else {
-            let taken = self
-                .meta
-                .take_delta()
-                .map_err(|e| Failed::keeping(e.to_string(), kept.take()))?;
+            let taken = self.meta.take_delta().map_err(|e| Failed {
+                why: e.to_string(),
+                kept: kept.take(),
+            })?;
             let delta = match (kept.take(), taken) {
                 (Some(mut p), Some(t)) => {
                     p.merge(t);
@@ -138,9 +138,10 @@ impl Journal {
                 (p, t) => p.or(t),
             };
             if let Some(delta) = delta.filter(|d| !d.is_empty()) {
-                let (m, len) = self
-                    .store_blob(&delta)
-                    .map_err(|why| Failed::keeping(why, Some(delta.clone())))?;
+                let (m, len) = self.store_blob(&delta).map_err(|why| Failed {
+                    why,
+                    kept: Some(delta.clone()),
+                })?;
                 next.log.push(m.clone());
                 next.log_bytes += len;
                 stored = Some(m);
@@ -229,13 +230,10 @@ impl Journal {
         Ok(())
     }
 
-    /// Frees segments whose change a flush has recorded.
-    pub(super) fn free(&self, frees: Vec<Free>) {
-        for f in frees {
-            let done = match &f {
-                Free::Delete(m) => self.cfg.rt.block_on(self.cfg.data.delete(m)),
-            };
-            if let Err(e) = done {
+    /// Deletes the segments of files whose removal a flush has recorded.
+    pub(super) fn free(&self, files: Vec<Manifest>) {
+        for m in files {
+            if let Err(e) = self.cfg.rt.block_on(self.cfg.data.delete(&m)) {
                 // The bytes stay until the sweep finds no live file names them.
                 log::warn!("cannot free segments after a namespace flush: {e}");
             }
@@ -247,10 +245,4 @@ impl Journal {
 struct Failed {
     why: String,
     kept: Option<Delta>,
-}
-
-impl Failed {
-    fn keeping(why: String, kept: Option<Delta>) -> Self {
-        Failed { why, kept }
-    }
 }

@@ -155,14 +155,6 @@ pub fn check_copy(
     }
 }
 
-/// A segment free waiting for the flush that records the change making it free.
-#[derive(Debug)]
-pub enum Free {
-    /// Every segment of a file (its ids are never used again, so a late delete can
-    /// only remove what nothing names).
-    Delete(Manifest),
-}
-
 /// How a journal starts.
 pub struct JournalConfig {
     /// The namespace's client (`namespace_client`).
@@ -191,8 +183,9 @@ struct State {
     root: Root,
     /// A delta taken but not stored (its flush failed): merged into the next.
     pending: Option<Delta>,
-    /// Frees waiting for the next flush.
-    deferred: Vec<Free>,
+    /// Files whose segments are deleted after the next flush (a file id is never used
+    /// again, so a late delete can only remove what nothing names).
+    deferred: Vec<Manifest>,
     /// Flushes begun, the last one that succeeded, the last one that failed.
     started: u64,
     last_ok: u64,
@@ -315,13 +308,13 @@ impl Journal {
         }
     }
 
-    /// Queues `free` until the next flush has recorded the change that made it free
+    /// Deletes the segments of `file` once the next flush has recorded its removal
     /// (its caller committed that change already); with the namespace taken by another
-    /// mount, it is dropped (the sweep of the mount that holds the namespace decides).
-    pub fn defer(&self, free: Free) {
+    /// mount, nothing is deleted (the sweep of the mount that holds it decides).
+    pub fn defer_delete(&self, file: Manifest) {
         let mut st = lock(&self.state);
         if !st.fenced {
-            st.deferred.push(free);
+            st.deferred.push(file);
         }
     }
 

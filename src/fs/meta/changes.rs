@@ -161,9 +161,10 @@ impl MetaStore {
     /// Errors: `MetaIo`/`Meta` when the store cannot be read; the changed keys are
     /// kept for the next call.
     pub fn take_delta(&self) -> Result<Option<Delta>, FsError> {
-        let Some((changed, txn)) = self.cut(true)? else {
+        let (changed, txn) = self.cut()?;
+        if changed.is_empty() {
             return Ok(None);
-        };
+        }
         let read = (|| {
             let inodes = txn.open_table(INODES).map_err(db_err)?;
             let dirents = txn.open_table(DIRENTS).map_err(db_err)?;
@@ -196,9 +197,7 @@ impl MetaStore {
     ///
     /// Errors: `MetaIo`/`Meta` when the store cannot be read (nothing is dropped then).
     pub fn dump(&self) -> Result<Delta, FsError> {
-        let Some((changed, txn)) = self.cut(false)? else {
-            return Err(FsError::Meta("a cut with changes kept found none".into()));
-        };
+        let (changed, txn) = self.cut()?;
         let read = (|| {
             let inodes = txn.open_table(INODES).map_err(db_err)?;
             let dirents = txn.open_table(DIRENTS).map_err(db_err)?;
@@ -228,18 +227,14 @@ impl MetaStore {
     }
 
     /// Takes the changed keys and begins a read transaction under the commit lock, so
-    /// the transaction sees exactly the commits whose keys were taken. `None` when
-    /// nothing changed and `only_changed` asks for changes only.
+    /// the transaction sees exactly the commits whose keys were taken.
     ///
     /// Errors: the read transaction cannot begin (the keys are given back).
-    fn cut(&self, only_changed: bool) -> Result<Option<(Changed, redb::ReadTransaction)>, FsError> {
+    fn cut(&self) -> Result<(Changed, redb::ReadTransaction), FsError> {
         let _cut = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
         let changed = std::mem::take(&mut *self.changed.lock().unwrap_or_else(|p| p.into_inner()));
-        if only_changed && changed.is_empty() {
-            return Ok(None);
-        }
         match self.begin_read() {
-            Ok(txn) => Ok(Some((changed, txn))),
+            Ok(txn) => Ok((changed, txn)),
             Err(e) => {
                 self.give_back(changed);
                 Err(e)

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use super::{lock, stale, OpenInode, Vfs};
 use crate::client::Manifest;
 use crate::fs::file::FileData;
-use crate::fs::journal::Free;
 use crate::fs::meta::{Inode, Kind, ROOT};
 use crate::fs::FsError;
 
@@ -46,7 +45,7 @@ impl Vfs {
             return; // a small file kept in its record: nothing on the pool
         }
         if let Some(j) = self.journal.get() {
-            j.defer(Free::Delete(m.clone()));
+            j.defer_delete(m.clone());
             return;
         }
         if let Err(e) = self.block_on(self.client.delete(m)) {
