@@ -7,6 +7,7 @@
 mod changes;
 mod names;
 mod record;
+mod snapshot;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +17,7 @@ use redb::{Database, Durability, ReadableTable, TableDefinition};
 
 pub use changes::Delta;
 pub use record::{Inode, Kind, Time, INODE_RECORD, XATTRS_MAX};
+pub use snapshot::SnapshotReader;
 
 use super::legacy::InodeV3;
 use super::FsError;
@@ -383,6 +385,27 @@ impl MetaStore {
             };
             txn.commit().map_err(db_err)?;
             Ok(id)
+        })();
+        self.noted(r)
+    }
+
+    /// Runs `f` in one durable write transaction outside the tables the journal
+    /// tracks (the store's own bookkeeping).
+    ///
+    /// Errors: `MetaIo`/`NoSpace` when the store cannot be written.
+    fn write_untracked<T>(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, FsError>,
+    ) -> Result<T, FsError> {
+        let r = (|| {
+            let guard = self.db()?;
+            let db = guard
+                .as_ref()
+                .ok_or_else(|| FsError::MetaIo("metadata store is closed".into()))?;
+            let txn = db.begin_write().map_err(db_err)?;
+            let out = f(&txn)?;
+            txn.commit().map_err(db_err)?;
+            Ok(out)
         })();
         self.noted(r)
     }

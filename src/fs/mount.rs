@@ -307,6 +307,11 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
     }
     // Opening the store locks it: no other process mounts this storage meanwhile.
     let meta = MetaStore::open(&cfg.storage.join(journal::restore::META_FILE), uid, gid)?;
+    if !cfg.pool_namespace {
+        // This mount's changes reach no copy in the pool: a later mount that keeps one
+        // must catch it up with a snapshot before its first fsync returns.
+        meta.set_synced_seq(None)?;
+    }
     if let (Some(found), false) = (&found, cfg.recover) {
         let ours = meta.store_id()?;
         // A lease written from this very store was this storage's last mount (only one
@@ -355,6 +360,7 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
                 node_key,
                 node_id: node.node_id(),
                 found: found.root,
+                pace: journal::SnapshotPace::default(),
             },
         )?;
         vfs.set_journal(journal);

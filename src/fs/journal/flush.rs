@@ -1,11 +1,12 @@
-//! One flush of the journal: take what changed (or the whole store, for a snapshot),
-//! store it as one blob, write the root that names it, then free what the change made
-//! free. A failure keeps the taken delta for the next flush and loses nothing.
+//! One flush of the journal: take what changed, store it as one log blob, write the
+//! root that names it, then free what the change made free. A failure keeps the taken
+//! delta for the next flush and loses nothing. (Snapshots are stored part by part
+//! between flushes: `snapshot`.)
 
 use std::time::Instant;
 
 use super::root::{self, Root};
-use super::{lock, Journal, MAX_LOG, MIN_LOG_BYTES};
+use super::{lock, Journal, PENDING_MAX};
 use crate::client::Manifest;
 use crate::fs::meta::Delta;
 use crate::proto::encode_record;
@@ -16,58 +17,31 @@ const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 impl Journal {
     /// One flush (see the module doc); records its outcome for `sync`.
     pub(super) fn flush_once(&self) {
-        let (ordinal, frees, snapshot, pending, base) = {
+        let (ordinal, frees, pending, base) = {
             let mut st = lock(&self.state);
             if st.fenced {
                 return;
             }
             st.started += 1;
             st.urgent = false;
-            let r = &st.root;
-            let snapshot = st.need_snapshot
-                || r.log.len() >= MAX_LOG
-                || r.log_bytes >= MIN_LOG_BYTES.max(r.snapshot_bytes);
             (
                 st.started,
                 std::mem::take(&mut st.deferred),
-                snapshot,
                 st.pending.take(),
                 st.root.clone(),
             )
         };
-        let outcome = self.store_and_root(&base, snapshot, pending);
+        let outcome = self.store_and_root(&base, pending);
         let mut st = lock(&self.state);
         match outcome {
-            Ok((next, superseded)) => {
+            Ok(next) => {
                 st.root = next;
-                st.need_snapshot &= !snapshot;
-                // The snapshot just stored is on nodes that stay: the roots on leaving
-                // nodes can go (a root names nothing left there).
-                let leaving = match snapshot {
-                    true => std::mem::take(&mut st.leaving),
-                    false => Vec::new(),
-                };
-                st.cleared.extend(leaving.iter().map(|h| h.node_id));
                 st.last_ok = ordinal;
                 st.last_root = Some(Instant::now());
                 st.retry_at = None;
                 drop(st);
                 self.changed.notify_all();
                 self.free(frees);
-                for m in superseded {
-                    if let Err(e) = self.cfg.rt.block_on(self.cfg.ns.delete(&m)) {
-                        log::debug!("cannot remove an old namespace blob: {e}");
-                    }
-                }
-                for holder in leaving {
-                    if let Err(e) = self
-                        .cfg
-                        .rt
-                        .block_on(self.cfg.ns.delete_on(&holder, root::ROOT_FILE))
-                    {
-                        log::debug!("cannot remove the namespace root on a leaving node: {e}");
-                    }
-                }
             }
             Err(Failed { why, kept }) => {
                 if let Some(d) = kept {
@@ -80,8 +54,17 @@ impl Journal {
                         None => st.pending = Some(d),
                     }
                 }
-                if snapshot {
+                if st
+                    .pending
+                    .as_ref()
+                    .is_some_and(|p| p.weight() > PENDING_MAX)
+                {
+                    // The pool has been away long: rather than hold every change in
+                    // memory, let a snapshot taken once it is back carry them. A
+                    // snapshot begun before these changes would not: begin anew.
+                    st.pending = None;
                     st.need_snapshot = true;
+                    st.restart_snapshot = true;
                 }
                 let mut frees = frees;
                 frees.append(&mut st.deferred);
@@ -98,55 +81,33 @@ impl Journal {
         }
     }
 
-    /// Stores the delta (or the snapshot) and writes the root naming it. Returns the
-    /// root written and the blobs it no longer names.
-    fn store_and_root(
-        &self,
-        base: &Root,
-        snapshot: bool,
-        pending: Option<Delta>,
-    ) -> Result<(Root, Vec<Manifest>), Failed> {
+    /// Stores the changes taken now (with `pending`, a failed flush's) as one log blob
+    /// and writes the root naming it; with nothing to store, writes the root alone (it
+    /// renews the lease). Returns the root written.
+    fn store_and_root(&self, base: &Root, pending: Option<Delta>) -> Result<Root, Failed> {
         let mut next = base.clone();
-        let mut superseded = Vec::new();
         let mut stored = None;
         let mut kept = pending;
-        if snapshot {
-            let full = self.meta.dump().map_err(|e| Failed {
-                why: e.to_string(),
-                kept: kept.take(),
-            })?;
-            // The snapshot holds every change, the pending ones included.
-            let (m, len) = self
-                .store_blob(&full)
-                .map_err(|why| Failed { why, kept: None })?;
-            superseded.extend(next.snapshot.take());
-            superseded.append(&mut next.log);
-            next.snapshot = Some(m.clone());
-            next.snapshot_bytes = len;
-            next.log_bytes = 0;
-            stored = Some(m);
-        } else {
-            let taken = self.meta.take_delta().map_err(|e| Failed {
-                why: e.to_string(),
-                kept: kept.take(),
-            })?;
-            let delta = match (kept.take(), taken) {
-                (Some(mut p), Some(t)) => {
-                    p.merge(t);
-                    Some(p)
-                }
-                (p, t) => p.or(t),
-            };
-            if let Some(delta) = delta.filter(|d| !d.is_empty()) {
-                let (m, len) = self.store_blob(&delta).map_err(|why| Failed {
-                    why,
-                    kept: Some(delta.clone()),
-                })?;
-                next.log.push(m.clone());
-                next.log_bytes += len;
-                stored = Some(m);
-                kept = Some(delta);
+        let taken = self.meta.take_delta().map_err(|e| Failed {
+            why: e.to_string(),
+            kept: kept.take(),
+        })?;
+        let delta = match (kept.take(), taken) {
+            (Some(mut p), Some(t)) => {
+                p.merge(t);
+                Some(p)
             }
+            (p, t) => p.or(t),
+        };
+        if let Some(delta) = delta.filter(|d| !d.is_empty()) {
+            let (m, len) = self.store_blob(&delta).map_err(|why| Failed {
+                why,
+                kept: Some(delta.clone()),
+            })?;
+            next.log.push(m.clone());
+            next.log_bytes += len;
+            stored = Some(m);
+            kept = Some(delta);
         }
         next.seq += 1;
         next.store_id = self.store_id;
@@ -157,17 +118,14 @@ impl Journal {
                 // Named by no root: remove it now rather than leave it to nobody.
                 let _ = self.cfg.rt.block_on(self.cfg.ns.delete(&m));
             }
-            return Err(Failed {
-                why,
-                kept: if snapshot { None } else { kept },
-            });
+            return Err(Failed { why, kept });
         }
-        Ok((next, superseded))
+        Ok(next)
     }
 
     /// Stores one sealed, erasure-coded blob holding `delta`; returns its manifest and
     /// its length in bytes.
-    fn store_blob(&self, delta: &Delta) -> Result<(Manifest, u64), String> {
+    pub(super) fn store_blob(&self, delta: &Delta) -> Result<(Manifest, u64), String> {
         let bytes = encode_record(delta).map_err(|e| e.to_string())?;
         let len = bytes.len() as u64;
         let m = self

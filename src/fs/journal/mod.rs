@@ -13,7 +13,8 @@
 //! One thread (`Journal::start`) takes what changed every `BATCH` at the latest
 //! (`MetaStore::take_delta`, one consistent cut), stores it as one blob, then writes the
 //! root naming it: so after a close the change is in the pool within about a second,
-//! and `sync` (fsync) waits for a flush that begins after it is called. The segments
+//! and `sync` (fsync) waits for a flush that begins after it is called. Between
+//! flushes the same thread stores snapshots, part by part and paced (`snapshot`). The segments
 //! of a deleted file (or of a file's placement replaced by a truncation to zero) are
 //! deleted only after the flush that records it: until then the copy in the pool may
 //! still name them.
@@ -21,6 +22,7 @@
 mod flush;
 pub mod restore;
 pub mod root;
+mod snapshot;
 mod tidy;
 
 #[cfg(test)]
@@ -37,6 +39,7 @@ use crate::fs::FsError;
 use crate::proto::NodeId;
 use crate::trust::{Credentials, OwnerKey, PoolKey};
 use root::{Lease, Root};
+pub use snapshot::SnapshotPace;
 
 /// Longest a change waits before it is copied into the pool: the issue asks for one
 /// second after a close, and a flush takes a few milliseconds on a LAN. Not shorter:
@@ -45,11 +48,15 @@ use root::{Lease, Root};
 pub const BATCH: Duration = Duration::from_millis(600);
 /// Default lease: how long a mount that crashed keeps another mount of its owner out.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
-/// Log blobs after which the next flush writes a snapshot instead (and the log
-/// starts again): keeps the root small and a recovery's reading short.
+/// Log deltas after which a snapshot is taken (and the log starts again): keeps the
+/// root small and a recovery's reading short.
 pub const MAX_LOG: usize = 64;
 /// Log bytes that always allow a snapshot, however small the snapshot.
 const MIN_LOG_BYTES: u64 = 4 << 20;
+/// Bytes of changes a failed flush keeps for the next one; past this (the pool has
+/// been unreachable long) they are dropped and a snapshot carries them instead, so
+/// memory stays bounded however long the pool is away.
+const PENDING_MAX: usize = 16 << 20;
 /// Longest `sync` waits for its flush before it reports failure.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the lease holder removes blobs no root names (`tidy`).
@@ -175,6 +182,8 @@ pub struct JournalConfig {
     pub node_id: Option<NodeId>,
     /// The root found in the pool at mount time, if any.
     pub found: Option<Root>,
+    /// How snapshots are cut and paced (`SnapshotPace::default()` but in tests).
+    pub pace: SnapshotPace,
 }
 
 #[derive(Default)]
@@ -197,8 +206,23 @@ struct State {
     stop: bool,
     /// Another mount took the namespace: this one writes nothing more.
     fenced: bool,
-    /// The next flush writes a snapshot.
+    /// A snapshot is to be taken (at mount, for a leaving node, after a failure).
     need_snapshot: bool,
+    /// A snapshot under way began before changes that were dropped (`PENDING_MAX`):
+    /// begin it again.
+    restart_snapshot: bool,
+    /// Leading entries of the root's log that are parts of its snapshot, not deltas.
+    snapshot_parts: usize,
+    /// No snapshot before this (after a failure).
+    snapshot_retry_at: Option<Instant>,
+    /// Keys stored and keys at the cut of the snapshot under way, for `status`.
+    snapshot_progress: Option<(u64, u64)>,
+    /// The chain in the pool holds every change of the store: it was current when
+    /// the store was last unmounted cleanly, or a snapshot has been put in place
+    /// since this mount began. Until then `sync` waits for that snapshot too.
+    caught_up: bool,
+    /// A `sync` waits for the snapshot that catches the chain up: store it unpaced.
+    hurry: bool,
     /// When the root was last written successfully; when the lease then ends.
     last_root: Option<Instant>,
     lease_until_ms: u64,
@@ -218,6 +242,8 @@ pub struct Journal {
     store_id: u64,
     instance: u64,
     state: Mutex<State>,
+    /// The snapshot under way, if any (`snapshot`).
+    job: Mutex<Option<snapshot::SnapshotJob>>,
     changed: Condvar,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -233,15 +259,26 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Journal {
-    /// Starts copying `meta`'s changes into the pool: first a snapshot of the whole
-    /// store with a root that takes the lease (before this returns, so a second mount
-    /// started after it is refused), then the thread.
+    /// Starts copying `meta`'s changes into the pool: first a root that takes the
+    /// lease (before this returns, so a second mount started after it is refused; it
+    /// names the chain found in the pool), then the thread, which begins with a
+    /// snapshot of the whole store in the background (it catches up a store changed
+    /// while the pool was away or by a mount that kept no copy).
     ///
-    /// Errors: the store's id cannot be had. A pool that cannot take the first
-    /// snapshot is not an error: the thread retries, and `status` says so.
+    /// Errors: the store's id cannot be had. A pool that cannot take the first root
+    /// is not an error: the thread retries, and `status` says so.
     pub fn start(meta: Arc<MetaStore>, cfg: JournalConfig) -> Result<Arc<Journal>, FsError> {
         meta.track_changes();
         let store_id = meta.store_id()?;
+        // A chain this store's last clean unmount left current needs no catching up;
+        // any other (a crash, a mount that kept no copy) waits for the first snapshot.
+        // Forgotten from now until this mount unmounts cleanly.
+        let synced = meta.synced_seq()?;
+        let caught_up = cfg
+            .found
+            .as_ref()
+            .is_some_and(|r| r.store_id == store_id && Some(r.seq) == synced);
+        meta.set_synced_seq(None)?;
         let mut root = cfg.found.clone().unwrap_or_default();
         root.node_key = cfg.node_key;
         root.node_id = cfg.node_id.or(root.node_id);
@@ -253,8 +290,10 @@ impl Journal {
             state: Mutex::new(State {
                 root,
                 need_snapshot: true,
+                caught_up,
                 ..State::default()
             }),
+            job: Mutex::new(None),
             changed: Condvar::new(),
             thread: Mutex::new(None),
             cfg,
@@ -269,7 +308,9 @@ impl Journal {
         Ok(journal)
     }
 
-    /// Waits until every change committed before the call is in the pool.
+    /// Waits until every change committed before the call is in the pool (right after
+    /// a mount that found the pool's copy behind the store, that includes the first
+    /// snapshot, stored unpaced then).
     ///
     /// Errors: `MetaIo` when the flush failed or did not end within `SYNC_TIMEOUT`,
     /// or the namespace was taken by another mount.
@@ -278,6 +319,7 @@ impl Journal {
         let mut st = lock(&self.state);
         let target = st.started + 1;
         st.urgent = true;
+        st.hurry |= !st.caught_up;
         self.changed.notify_all();
         loop {
             if st.fenced {
@@ -285,7 +327,7 @@ impl Journal {
                     "another mount took this namespace; this one can no longer store it".into(),
                 ));
             }
-            if st.last_ok >= target {
+            if st.last_ok >= target && st.caught_up {
                 return Ok(());
             }
             if st.last_failed >= target {
@@ -318,6 +360,12 @@ impl Journal {
         }
     }
 
+    /// Is a snapshot under way or asked for?
+    #[cfg(test)]
+    fn snapshot_pending(&self) -> bool {
+        lock(&self.job).is_some() || lock(&self.state).need_snapshot
+    }
+
     /// Has another mount taken this namespace (this one must write nothing more)?
     pub fn fenced(&self) -> bool {
         lock(&self.state).fenced
@@ -335,6 +383,9 @@ impl Journal {
             st.root.snapshot_bytes,
             st.root.log.len()
         );
+        if let Some((done, of)) = st.snapshot_progress {
+            out.push_str(&format!("; new snapshot: {done} of {of} records stored"));
+        }
         if st.fenced {
             out.push_str("; TAKEN by another mount, no longer stored");
         } else if let (true, Some(e)) = (st.last_failed > st.last_ok, &st.last_error) {
@@ -380,6 +431,7 @@ impl Journal {
                 (st.stop, st.urgent)
             };
             if stop {
+                self.abandon_snapshot();
                 self.flush_once();
                 self.release();
                 return;
@@ -390,6 +442,10 @@ impl Journal {
             }
             if self.due(urgent) {
                 self.flush_once();
+            } else if self.fenced() {
+                self.abandon_snapshot();
+            } else if self.snapshot_due() {
+                self.snapshot_step();
             }
             if Instant::now() >= next_tidy {
                 next_tidy = Instant::now() + TIDY_EVERY;
@@ -424,7 +480,7 @@ impl Journal {
         let renew = st
             .last_root
             .is_none_or(|t| t.elapsed() >= self.cfg.lease / 3);
-        waited || renew || st.pending.is_some() || st.need_snapshot
+        waited || renew || st.pending.is_some()
     }
 
     /// A node that leaves the pool (a member's hand-off, this mount's own unmount)
@@ -461,8 +517,19 @@ impl Journal {
         next.lease = None;
         next.written_ms = root::now_ms();
         drop(st);
+        let seq = next.seq;
         match self.write_root(&next) {
-            Ok(()) => lock(&self.state).root = next,
+            Ok(()) => {
+                lock(&self.state).root = next;
+                // The next mount of this store need not catch the chain up.
+                let current = lock(&self.state).caught_up && self.meta.pending_since().is_none();
+                if let Err(e) = current
+                    .then(|| self.meta.set_synced_seq(Some(seq)))
+                    .transpose()
+                {
+                    log::warn!("cannot note that the namespace in the pool is current: {e}");
+                }
+            }
             Err(e) => log::warn!("cannot release the namespace's lease: {e}"),
         }
         st = lock(&self.state);

@@ -15,11 +15,17 @@ use crate::proto::decode_record;
 /// The metadata store's file in a storage directory.
 pub const META_FILE: &str = "meta.redb";
 
-/// Reads the blobs `root` names (snapshot first, then the log in order).
+/// Applies the blobs `root` names to `meta`, the snapshot first, then the log in
+/// order, one blob at a time: memory holds one blob (a snapshot part is at most
+/// `snapshot::PART_BYTES` of records), whatever the namespace's size.
 ///
-/// Errors: `Pool` naming the blob that cannot be read or decoded.
-pub async fn fetch(ns: &PoolClient, root: &Root) -> Result<Vec<Delta>, JournalError> {
-    let mut out = Vec::new();
+/// Errors: `Pool` naming the blob that cannot be read or decoded; `Meta` when the
+/// store cannot be written.
+pub async fn apply_chain(
+    ns: &PoolClient,
+    root: &Root,
+    meta: &MetaStore,
+) -> Result<(), JournalError> {
     for (what, m) in root
         .snapshot
         .iter()
@@ -33,9 +39,10 @@ pub async fn fetch(ns: &PoolClient, root: &Root) -> Result<Vec<Delta>, JournalEr
         let delta: Delta = decode_record(&bytes).map_err(|e| {
             JournalError::Pool(format!("the namespace's {what} does not decode: {e}"))
         })?;
-        out.push(delta);
+        drop(bytes);
+        meta.apply(std::slice::from_ref(&delta))?;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Rebuilds `storage` from `root`: the metadata store (built beside it, then renamed
@@ -63,12 +70,15 @@ pub fn rebuild(
             )));
         }
     }
-    let deltas = rt.block_on(fetch(ns, root))?;
     let building = storage.join(format!("{META_FILE}.recovering"));
     let _ = std::fs::remove_file(&building);
-    {
-        let meta = MetaStore::open(&building, uid, gid)?;
-        meta.apply(&deltas)?;
+    let applied = MetaStore::open(&building, uid, gid)
+        .map_err(JournalError::from)
+        .and_then(|meta| rt.block_on(apply_chain(ns, root, &meta)));
+    if let Err(e) = applied {
+        // A half-built store is no use to anyone: the next --recover starts afresh.
+        let _ = std::fs::remove_file(&building);
+        return Err(e);
     }
     crate::trust::write_key_bytes(&key_path, &root.node_key)
         .map_err(|e| JournalError::Pool(format!("cannot restore the node key: {e}")))?;

@@ -6,17 +6,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::root::{self, read_latest};
-use super::{check_lease, restore, Journal, JournalConfig, JournalError};
+use super::{check_lease, restore, Journal, JournalConfig, JournalError, SnapshotPace};
 use crate::client::{DataConfig, MemSegments, PoolClient};
 use crate::fs::meta::{MetaStore, ROOT};
 use crate::fs::vfs::Vfs;
 use crate::trust::OwnerKey;
 
 const SHARD: u32 = 4000;
+/// Snapshots in parts of about 1500 bytes of records, unpaced: every test's snapshot
+/// is stored in several parts.
+const PACE: SnapshotPace = SnapshotPace {
+    part_bytes: 1500,
+    rate: 1 << 30,
+};
 
 struct Mount {
     mem: Arc<MemSegments>,
     vfs: Arc<Vfs>,
+    data: Arc<PoolClient>,
     ns: Arc<PoolClient>,
     owner: Arc<OwnerKey>,
     journal: Arc<Journal>,
@@ -45,23 +52,14 @@ fn mount(nodes: usize) -> Mount {
     let vfs = Arc::new(Vfs::new(meta, data.clone(), rt.handle().clone()).expect("vfs"));
     let journal = Journal::start(
         vfs.meta_store(),
-        JournalConfig {
-            ns: ns.clone(),
-            data,
-            owner: owner.clone(),
-            rt: rt.handle().clone(),
-            lease: Duration::from_secs(3),
-            machine: "alpha".into(),
-            node_key: [4; 32],
-            node_id: Some(1),
-            found: None,
-        },
+        journal_config(&ns, &data, &owner, rt.handle(), None, PACE),
     )
     .expect("journal");
     vfs.set_journal(journal.clone());
     Mount {
         mem,
         vfs,
+        data,
         ns,
         owner,
         journal,
@@ -70,7 +68,53 @@ fn mount(nodes: usize) -> Mount {
     }
 }
 
+fn journal_config(
+    ns: &Arc<PoolClient>,
+    data: &Arc<PoolClient>,
+    owner: &Arc<OwnerKey>,
+    rt: &tokio::runtime::Handle,
+    found: Option<root::Root>,
+    pace: SnapshotPace,
+) -> JournalConfig {
+    JournalConfig {
+        ns: ns.clone(),
+        data: data.clone(),
+        owner: owner.clone(),
+        rt: rt.clone(),
+        lease: Duration::from_secs(3),
+        machine: "alpha".into(),
+        node_key: [4; 32],
+        node_id: Some(1),
+        found,
+        pace,
+    }
+}
+
 impl Mount {
+    /// Closes the journal as an unmount does and starts another over the same store
+    /// as the next mount would, snapshotting at `pace`. (The Vfs keeps the first
+    /// journal: sync through the one returned.)
+    fn next_journal(&self, pace: SnapshotPace) -> Arc<Journal> {
+        self.journal.close();
+        let found = self
+            .rt
+            .block_on(read_latest(&self.ns, &self.owner))
+            .expect("root read")
+            .root;
+        Journal::start(
+            self.vfs.meta_store(),
+            journal_config(
+                &self.ns,
+                &self.data,
+                &self.owner,
+                self.rt.handle(),
+                found,
+                pace,
+            ),
+        )
+        .expect("journal")
+    }
+
     fn file(&self, parent: u64, name: &[u8], data: &[u8]) -> u64 {
         let (inode, fh) = self
             .vfs
@@ -309,4 +353,138 @@ fn a_blob_no_root_names_is_removed_once_old_and_named_ones_stay() {
     let (back, _dir) = m.recovered();
     back.lookup(ROOT, b"kept").expect("every named blob stayed");
     m.journal.close();
+}
+
+/// Waits (at most 20 s) until `j` has no snapshot under way or asked for.
+fn snapshot_settles(j: &Journal) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while j.snapshot_pending() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the snapshot did not finish: {}",
+            j.describe()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn same_records(a: &Vfs, b: &Vfs) {
+    let mut ours = a.meta_store().dump().expect("dump");
+    let mut theirs = b.meta_store().dump().expect("dump");
+    ours.counters.retain(|(k, _)| k != "next_ino");
+    theirs.counters.retain(|(k, _)| k != "next_ino");
+    assert_eq!(ours, theirs);
+}
+
+#[test]
+fn a_snapshot_stored_in_parts_while_files_change_rebuilds_the_same_namespace() {
+    let m = mount(3);
+    let mut inos = Vec::new();
+    for i in 0..60u32 {
+        let name = format!("f{i}");
+        inos.push(m.file(ROOT, name.as_bytes(), &pattern(100, i as u8)));
+    }
+    m.vfs.sync_namespace().expect("sync");
+    // The next mount snapshots about 20 KB of records in 800-byte parts at 8 KB/s:
+    // a couple of seconds, during which the namespace keeps changing.
+    let j = m.next_journal(SnapshotPace {
+        part_bytes: 800,
+        rate: 8000,
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(j.snapshot_pending(), "the snapshot is still under way");
+    for i in 0..20u32 {
+        let name = format!("new{i}");
+        m.file(ROOT, name.as_bytes(), &pattern(3000, 100 + i as u8));
+        let old = format!("f{i}");
+        m.vfs.unlink(ROOT, old.as_bytes()).expect("unlink");
+        m.vfs.forget(inos[i as usize], 1);
+        let (from, to) = (format!("f{}", 30 + i), format!("moved{i}"));
+        m.vfs
+            .rename(ROOT, from.as_bytes(), ROOT, to.as_bytes(), 0)
+            .expect("rename");
+        j.sync().expect("sync while the snapshot is under way");
+    }
+    snapshot_settles(&j);
+    m.file(ROOT, b"after", &pattern(200, 7));
+    j.sync().expect("sync");
+    let found =
+        m.rt.block_on(read_latest(&m.ns, &m.owner))
+            .expect("root read")
+            .root
+            .expect("root");
+    assert!(
+        found.snapshot_bytes > 800 * 4,
+        "the snapshot went in several parts ({} B)",
+        found.snapshot_bytes
+    );
+
+    let (back, _dir) = m.recovered();
+    same_records(&m.vfs, &back);
+    for i in 0..20u32 {
+        let f = back
+            .lookup(ROOT, format!("new{i}").as_bytes())
+            .expect("new file");
+        assert_eq!(contents(&back, f.ino), pattern(3000, 100 + i as u8));
+        assert!(back.lookup(ROOT, format!("f{i}").as_bytes()).is_err());
+        let moved = back
+            .lookup(ROOT, format!("moved{i}").as_bytes())
+            .expect("moved");
+        assert_eq!(contents(&back, moved.ino), pattern(100, 30 + i as u8));
+    }
+    j.close();
+}
+
+#[test]
+fn an_unmount_during_a_snapshot_leaves_a_chain_that_rebuilds_everything() {
+    let m = mount(3);
+    for i in 0..40u32 {
+        m.file(ROOT, format!("f{i}").as_bytes(), &pattern(100, i as u8));
+    }
+    m.vfs.sync_namespace().expect("sync");
+    // So slow that the unmount comes long before the snapshot's end.
+    let j = m.next_journal(SnapshotPace {
+        part_bytes: 500,
+        rate: 500,
+    });
+    m.file(ROOT, b"during", &pattern(2000, 9));
+    j.sync().expect("sync");
+    assert!(j.snapshot_pending(), "the snapshot is still under way");
+    j.close();
+    let (back, _dir) = m.recovered();
+    same_records(&m.vfs, &back);
+    let f = back
+        .lookup(ROOT, b"during")
+        .expect("the file made during the snapshot");
+    assert_eq!(contents(&back, f.ino), pattern(2000, 9));
+}
+
+#[test]
+fn a_mount_after_a_crash_waits_in_sync_for_the_snapshot_that_catches_the_pool_up() {
+    let m = mount(3);
+    m.vfs.sync_namespace().expect("sync");
+    // Changes the pool's copy never saw (as after a crash before their flush, or a
+    // mount that kept no copy in the pool).
+    m.journal.close();
+    m.vfs.meta_store().set_synced_seq(None).expect("forget");
+    for i in 0..10u32 {
+        m.file(
+            ROOT,
+            format!("unseen{i}").as_bytes(),
+            &pattern(500, i as u8),
+        );
+    }
+    // What a crash loses with the process: the keys noted for the next flush.
+    let _ = m.vfs.meta_store().take_delta().expect("drain");
+    let j = m.next_journal(SnapshotPace {
+        part_bytes: 500,
+        rate: 200,
+    });
+    // Paced at 200 B/s the snapshot would take a minute; a sync hurries it.
+    let started = std::time::Instant::now();
+    j.sync().expect("sync");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let (back, _dir) = m.recovered();
+    same_records(&m.vfs, &back);
+    j.close();
 }

@@ -1,13 +1,13 @@
 //! What the namespace journal (`fs::journal`) copies into the pool: the keys each write
 //! transaction changes, collected as it runs, and the `Delta` of their values taken at
-//! one consistent cut; a full dump for snapshots; and applying either to a store (the
-//! recovery of a namespace from the pool).
+//! one consistent cut (`snapshot` reads the whole store in parts); and applying them
+//! to a store (the recovery of a namespace from the pool).
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use redb::{ReadableTable, ReadableTableMetadata};
+use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use super::{db_err, MetaStore, COUNTERS, DIRENTS, INODES};
@@ -192,40 +192,6 @@ impl MetaStore {
         }
     }
 
-    /// The whole store at one cut (a snapshot); the changes collected so far are
-    /// dropped, since the snapshot holds them.
-    ///
-    /// Errors: `MetaIo`/`Meta` when the store cannot be read (nothing is dropped then).
-    pub fn dump(&self) -> Result<Delta, FsError> {
-        let (changed, txn) = self.cut()?;
-        let read = (|| {
-            let inodes = txn.open_table(INODES).map_err(db_err)?;
-            let dirents = txn.open_table(DIRENTS).map_err(db_err)?;
-            let mut delta = Delta {
-                full: true,
-                ..Delta::default()
-            };
-            delta.inodes.reserve(inodes.len().map_err(db_err)? as usize);
-            for item in inodes.iter().map_err(db_err)? {
-                let (k, v) = item.map_err(db_err)?;
-                delta.inodes.push((k.value(), Some(v.value().to_vec())));
-            }
-            for item in dirents.iter().map_err(db_err)? {
-                let (k, v) = item.map_err(db_err)?;
-                let (parent, name) = k.value();
-                delta
-                    .dirents
-                    .push(((parent, name.to_vec()), Some(v.value())));
-            }
-            delta.counters = read_counters(&txn)?;
-            Ok(delta)
-        })();
-        if read.is_err() {
-            self.give_back(changed);
-        }
-        read
-    }
-
     /// Takes the changed keys and begins a read transaction under the commit lock, so
     /// the transaction sees exactly the commits whose keys were taken.
     ///
@@ -301,7 +267,7 @@ impl MetaStore {
     }
 }
 
-fn read_counters(txn: &redb::ReadTransaction) -> Result<Vec<(String, u64)>, FsError> {
+pub(super) fn read_counters(txn: &redb::ReadTransaction) -> Result<Vec<(String, u64)>, FsError> {
     let counters = txn.open_table(COUNTERS).map_err(db_err)?;
     let mut out = Vec::new();
     for item in counters.iter().map_err(db_err)? {
@@ -309,4 +275,38 @@ fn read_counters(txn: &redb::ReadTransaction) -> Result<Vec<(String, u64)>, FsEr
         out.push((k.value().to_string(), v.value()));
     }
     Ok(out)
+}
+
+impl MetaStore {
+    /// The seq of the root in the pool that held every change of this store, as the
+    /// last clean unmount left it; `None` after any mount began (a crash, or a mount
+    /// that kept no copy in the pool, may change the store past that root).
+    ///
+    /// Errors: `MetaIo`/`Meta` when the store cannot be read.
+    pub fn synced_seq(&self) -> Result<Option<u64>, FsError> {
+        let txn = self.begin_read()?;
+        let table = match txn.open_table(super::JOURNAL) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(db_err(e)),
+        };
+        let seq = table.get("synced_seq").map_err(db_err)?.map(|g| g.value());
+        Ok(seq)
+    }
+
+    /// Records (or, with `None`, forgets) the root seq that holds every change of
+    /// this store (`synced_seq`), durably. The table is not tracked: it is this copy's
+    /// bookkeeping, not part of the namespace.
+    ///
+    /// Errors: `MetaIo`/`NoSpace` when the store cannot be written.
+    pub fn set_synced_seq(&self, seq: Option<u64>) -> Result<(), FsError> {
+        self.write_untracked(|txn| {
+            let mut table = txn.open_table(super::JOURNAL).map_err(db_err)?;
+            match seq {
+                Some(s) => table.insert("synced_seq", s).map(|_| ()),
+                None => table.remove("synced_seq").map(|_| ()),
+            }
+            .map_err(db_err)
+        })
+    }
 }
