@@ -433,9 +433,13 @@ mod tests {
         assert_eq!(m.take_written(), WrittenSince::Inodes(want));
         assert_eq!(m.take_written(), WrittenSince::Inodes(BTreeSet::new()));
         let mut w = m.written.lock().unwrap();
-        w.inodes.extend(0..WRITTEN_MAX as u64);
+        w.inodes.extend((1 << 40)..(1 << 40) + WRITTEN_MAX as u64);
         drop(w);
         m.create(ROOT, b"g", file()).expect("create");
-        assert_eq!(m.take_written(), WrittenSince::Anything, "too many to name");
+        let too_many = m.take_written();
+        assert!(
+            matches!(too_many, WrittenSince::Anything),
+            "too many to name"
+        );
     }
 }

@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use super::pass::{repair_file, PassView};
+use super::pass::{repair_file, PassView, Signature};
 use super::{record, RepairReport};
 use crate::fs::meta::{Inode, WrittenSince, PAGE};
 use crate::fs::vfs::Vfs;
@@ -33,7 +33,7 @@ pub const ROLLING_PAGE: usize = PAGE;
 /// Repair's memory across passes (`pass`).
 pub struct Repairer {
     /// The pool's signature at the last walk of the whole namespace.
-    walked: Option<(Vec<(u32, u8)>, Option<u32>)>,
+    walked: Option<Signature>,
     /// When that walk ended.
     walked_at: Option<Instant>,
     /// Files that had work left at their last visit.
@@ -138,7 +138,7 @@ impl Repairer {
         &mut self,
         vfs: &Vfs,
         pv: &PassView,
-        signature: (Vec<(u32, u8)>, Option<u32>),
+        signature: Signature,
     ) -> Result<RepairReport, FsError> {
         self.retry.clear();
         self.unlisted_pending = 0;
@@ -168,10 +168,10 @@ impl Repairer {
         let ino = inode.ino;
         self.visited += 1;
         let before = report.pending;
-        repair_file(vfs, pv, inode, report);
+        let again = repair_file(vfs, pv, inode, report);
         let left = report.pending - before;
-        match left > 0 && !self.remember(ino) {
-            true => left,
+        match again && !self.remember(ino) {
+            true => left.max(1),
             false => 0,
         }
     }

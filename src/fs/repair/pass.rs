@@ -18,6 +18,10 @@ use crate::proto::{NodeState, PoolView};
 /// the middle of a rebuild does again at most (8 stripes of 4 MiB shards: 32 MiB).
 pub const COMMIT_EVERY: usize = 8;
 
+/// The pool as it concerns repair (`PassView::signature`): each node's id and class
+/// (0 up, 1 down within the grace, 2 given up on), and the parity the policy gives.
+pub(super) type Signature = (Vec<(u32, u8)>, Option<u32>);
+
 /// What a repair pass knows of the pool while it visits files: the view, the view
 /// with every node repair gives up on marked gone, the parity the policy gives now.
 pub(super) struct PassView {
@@ -45,7 +49,7 @@ impl PassView {
     /// it (up; down within the grace; given up on) and the parity the policy gives.
     /// While it stays the same, a file that needed nothing still needs nothing unless
     /// it was written since (`incremental`).
-    pub(super) fn signature(&self) -> (Vec<(u32, u8)>, Option<u32>) {
+    pub(super) fn signature(&self) -> Signature {
         let mut nodes: Vec<(u32, u8)> = self
             .view
             .nodes
@@ -87,15 +91,23 @@ pub fn repair_pass(vfs: &Vfs, grace: Duration) -> Result<RepairReport, FsError> 
 }
 
 /// Repairs the file `inode` (as last read from the store) if it needs it, counting
-/// what it did, and what is left pending or waiting, into `report`.
-pub(super) fn repair_file(vfs: &Vfs, pv: &PassView, inode: Inode, report: &mut RepairReport) {
+/// what it did, and what is left pending or waiting, into `report`. Returns whether it
+/// is worth another look at the next pass: work left pending, or work it could not
+/// start because the file is open (its shards away from holders that are up).
+pub(super) fn repair_file(
+    vfs: &Vfs,
+    pv: &PassView,
+    inode: Inode,
+    report: &mut RepairReport,
+) -> bool {
     let (view, rview, grace) = (&pv.view, &pv.rview, pv.grace);
     let Some(m) = inode.manifest else {
-        return;
+        return false;
     };
     if m.inline.is_some() && !m.stores_anything() {
-        return; // a small file kept in its record: nothing on the pool to repair
+        return false; // a small file kept in its record: nothing on the pool to repair
     }
+    let pending_before = report.pending;
     let broken: Vec<usize> = (0..m.place.holders.len())
         .filter(|&i| needs_repair(view, &m.place.holders[i], grace))
         .collect();
@@ -122,11 +134,11 @@ pub(super) fn repair_file(vfs: &Vfs, pv: &PassView, inode: Inode, report: &mut R
                 log::info!("repair: widening file {}: {e}", m.place.file_id);
             }
         }
-        return;
+        return report.pending > pending_before;
     }
     if vfs.is_open(inode.ino) {
         report.pending += broken.len();
-        return;
+        return true;
     }
     let mut file = FileRepair::new(vfs, inode.ino, &m, report);
     match file.run(&broken, rview) {
@@ -134,6 +146,7 @@ pub(super) fn repair_file(vfs: &Vfs, pv: &PassView, inode: Inode, report: &mut R
         Err(Stop::Changed) => log::info!("repair: file {}: {}", m.place.file_id, Stop::Changed),
         Err(e) => log::warn!("repair: file {}: {e}", m.place.file_id),
     }
+    report.pending > pending_before
 }
 
 /// The repair of one closed file, committing its manifest as it goes.
