@@ -141,6 +141,12 @@ pub struct MountArgs {
     /// one pass of its last write (for a node that was away, of its return).
     #[arg(long, default_value_t = poolfs::fs::sweep::DEFAULT_RECLAIM_AFTER_SECS)]
     pub reclaim_after: u64,
+    /// Memory for the metadata store's page cache, e.g. 64M: the namespace's and the
+    /// manifests' pages kept in the mount's memory (the rest is read from the system's
+    /// page cache); 32M holds the upper levels of millions of files' trees.
+    #[arg(long, value_name = "SIZE", env = "POOLFS_META_CACHE", value_parser = parse_size,
+          default_value = "32M")]
+    pub meta_cache: u64,
     /// Store shards in clear, readable by the nodes that hold them: only to measure
     /// what encryption costs.
     #[arg(long)]

@@ -227,6 +227,7 @@ fn mount(args: cli::MountArgs) -> Result<()> {
         allow_other: args.allow_other,
         repair_grace: std::time::Duration::from_secs(args.repair_grace),
         reclaim_after: std::time::Duration::from_secs(args.reclaim_after),
+        meta_cache: args.meta_cache,
         key,
         encrypt: !args.no_encryption,
         pool_namespace: !args.no_pool_namespace,

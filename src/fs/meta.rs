@@ -7,6 +7,7 @@
 mod changes;
 mod names;
 mod record;
+mod scan;
 mod snapshot;
 
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use redb::{Database, Durability, ReadableTable, TableDefinition};
 
 pub use changes::Delta;
 pub use record::{Inode, Kind, Time, INODE_RECORD, XATTRS_MAX};
+pub use scan::{WrittenSince, PAGE, WRITTEN_MAX};
 pub use snapshot::SnapshotReader;
 
 use super::legacy::InodeV3;
@@ -76,12 +78,14 @@ fn store(inodes: &mut Inodes<'_>, inode: &Inode) -> Result<(), FsError> {
     let bytes = record::encode_inode(inode)?;
     inodes.insert(inode.ino, bytes.as_slice()).map_err(db_err)?;
     changes::touched_inode(inode.ino);
+    scan::note_stored(inode);
     Ok(())
 }
 
 fn unstore(inodes: &mut Inodes<'_>, ino: u64) -> Result<(), FsError> {
     inodes.remove(ino).map_err(db_err)?;
     changes::touched_inode(ino);
+    scan::note_removed(ino);
     Ok(())
 }
 
@@ -138,10 +142,17 @@ fn is_empty_dir(dirents: &Dirents<'_>, ino: u64) -> Result<bool, FsError> {
 /// when either changes (2: per-stripe records with moved shards and encryption; 3:
 /// shards sealed in chunks with their tags on the nodes, segment slots sized for them;
 /// 4: special files, device numbers, extended attributes, sparse stripe records and
-/// reservations; 5: each inode record starts with its version tag, `INODE_RECORD`).
-/// Stores of formats 3 and 4 are migrated when opened; older ones are refused. A change
-/// of the inode record alone needs no new format: its tag says how to read it.
-const META_FORMAT: u64 = 5;
+/// reservations; 5: each inode record starts with its version tag, `INODE_RECORD`;
+/// 6: the index of inodes kept without links, `scan::ORPHANS`). Stores of formats 3 to
+/// 5 are migrated when opened; older ones are refused. A change of the inode record
+/// alone needs no new format: its tag says how to read it.
+const META_FORMAT: u64 = 6;
+
+/// The default of `mount --meta-cache`: bytes of the metadata store's pages kept in
+/// memory (redb's cache, whose own default of 1 GiB would let a mount's memory grow
+/// with its file count). 32 MiB holds the upper levels of the trees of millions of
+/// inodes, so a lookup reads at most a leaf page or two from the page cache.
+pub const DEFAULT_META_CACHE: u64 = 32 << 20;
 
 /// The metadata database of one mount.
 ///
@@ -160,30 +171,48 @@ pub struct MetaStore {
     changed: Mutex<changes::Changed>,
     /// Held across each commit and each journal cut, so a cut falls between commits.
     commit_lock: Mutex<()>,
+    /// Inodes written since the incremental repair last asked (`scan`).
+    written: Mutex<scan::Written>,
+    /// Bytes of redb's page cache (`--meta-cache`), kept for a reopen.
+    cache: usize,
 }
 
-fn open_db(path: &Path) -> Result<Database, FsError> {
-    Database::create(path).map_err(|e| match e {
-        redb::DatabaseError::DatabaseAlreadyOpen => FsError::Meta(format!(
-            "{}: in use by another process (is this storage already mounted?)",
-            path.display()
-        )),
-        e => match db_err(e) {
-            FsError::NoSpace(m) => FsError::NoSpace(format!("{}: {m}", path.display())),
-            other => FsError::Meta(format!("{}: {other}", path.display())),
-        },
-    })
+fn open_db(path: &Path, cache: usize) -> Result<Database, FsError> {
+    redb::Builder::new()
+        .set_cache_size(cache)
+        .create(path)
+        .map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => FsError::Meta(format!(
+                "{}: in use by another process (is this storage already mounted?)",
+                path.display()
+            )),
+            e => match db_err(e) {
+                FsError::NoSpace(m) => FsError::NoSpace(format!("{}: {m}", path.display())),
+                other => FsError::Meta(format!("{}: {other}", path.display())),
+            },
+        })
 }
 
 impl MetaStore {
-    /// Opens (or creates) the store at `path`, with a root directory owned by `uid:gid`.
-    /// A store of an earlier format is migrated in one transaction.
+    /// Opens (or creates) the store at `path`, with a root directory owned by `uid:gid`
+    /// and a page cache of `DEFAULT_META_CACHE` bytes (`open_with_cache`).
+    ///
+    /// Errors: as `open_with_cache`.
+    pub fn open(path: &Path, uid: u32, gid: u32) -> Result<Self, FsError> {
+        Self::open_with_cache(path, uid, gid, DEFAULT_META_CACHE)
+    }
+
+    /// Opens (or creates) the store at `path`, with a root directory owned by `uid:gid`,
+    /// keeping at most `cache` bytes of its pages in memory (redb splits them 9:1
+    /// between pages read and pages written but not yet flushed). A store of an
+    /// earlier format is migrated in one transaction.
     ///
     /// Errors: `FsError::Meta` for a store in use by another process, of a format this
     /// poolfs does not read, or with a record it cannot decode; `NoSpace` or `MetaIo`
     /// for a disk that refuses the migration or the root's creation.
-    pub fn open(path: &Path, uid: u32, gid: u32) -> Result<Self, FsError> {
-        let db = open_db(path)?;
+    pub fn open_with_cache(path: &Path, uid: u32, gid: u32, cache: u64) -> Result<Self, FsError> {
+        let cache = usize::try_from(cache).unwrap_or(usize::MAX);
+        let db = open_db(path, cache)?;
         let meta = MetaStore {
             path: path.to_path_buf(),
             db: RwLock::new(Some(db)),
@@ -191,6 +220,8 @@ impl MetaStore {
             tracking: AtomicBool::new(false),
             changed: Mutex::new(Default::default()),
             commit_lock: Mutex::new(()),
+            written: Mutex::new(Default::default()),
+            cache,
         };
         meta.write(|inodes, _dirents, counters| {
             if inodes.get(ROOT).map_err(db_err)?.is_none() {
@@ -205,6 +236,7 @@ impl MetaStore {
             let format = counters.get("format").map_err(db_err)?.map(|g| g.value());
             let migrated = match format {
                 Some(META_FORMAT) => return Ok(()),
+                Some(5) => scan::index_orphans(inodes)?,
                 Some(4) => migrate(inodes, record::decode_untagged_v4)?,
                 Some(3) => migrate(inodes, |bytes| {
                     let old: InodeV3 = decode_record(bytes)
@@ -239,7 +271,7 @@ impl MetaStore {
             if self.broken.load(Ordering::Acquire) {
                 // The old handle must go first: it holds the file's lock.
                 drop(slot.take());
-                *slot = Some(open_db(&self.path)?);
+                *slot = Some(open_db(&self.path, self.cache)?);
                 self.broken.store(false, Ordering::Release);
                 log::info!("{}: metadata store reopened", self.path.display());
             }
@@ -312,16 +344,19 @@ impl MetaStore {
             let mut txn = db.begin_write().map_err(db_err)?;
             txn.set_durability(durability);
             changes::begin_tracking();
+            scan::begin_notes();
             let out = {
                 let mut inodes = txn.open_table(INODES).map_err(db_err)?;
                 let mut dirents = txn.open_table(DIRENTS).map_err(db_err)?;
                 let mut counters = txn.open_table(COUNTERS).map_err(db_err)?;
                 f(&mut inodes, &mut dirents, &mut counters)?
             };
+            let written = scan::apply_notes(&txn)?;
             // Dropping an uncommitted transaction on error aborts it: all or nothing.
             let _cut = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
             txn.commit().map_err(db_err)?;
             self.note_committed(changes::end_tracking());
+            self.note_written(written);
             Ok(out)
         })();
         self.noted(r)
@@ -410,29 +445,6 @@ impl MetaStore {
         self.noted(r)
     }
 
-    /// Every regular file that has data in the pool.
-    pub fn files(&self) -> Result<Vec<Inode>, FsError> {
-        self.scan(|i| i.kind == Kind::File && i.manifest.is_some())
-    }
-
-    /// Inodes with no links (unlinked while open when the mount stopped).
-    pub fn orphans(&self) -> Result<Vec<Inode>, FsError> {
-        self.scan(|i| i.nlink == 0)
-    }
-
-    fn scan(&self, keep: impl Fn(&Inode) -> bool) -> Result<Vec<Inode>, FsError> {
-        self.read(|inodes, _| {
-            let mut out = Vec::new();
-            for item in inodes.iter().map_err(db_err)? {
-                let (_, v) = item.map_err(db_err)?;
-                let inode = record::decode_inode(v.value())?;
-                if keep(&inode) {
-                    out.push(inode);
-                }
-            }
-            Ok(out)
-        })
-    }
 }
 
 /// Rewrites every inode of the store in the current record version, reading each with

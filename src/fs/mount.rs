@@ -45,6 +45,9 @@ pub struct MountConfig {
     /// How long a segment of this mount that no live file names stays on its node
     /// before the sweep removes it (`--reclaim-after`; see `sweep`).
     pub reclaim_after: Duration,
+    /// Bytes of the metadata store's page cache (`--meta-cache`; see
+    /// `MetaStore::open_with_cache`).
+    pub meta_cache: u64,
     /// The pool key.
     pub key: PoolKey,
     /// Encrypt shards (the default; off only to measure what encryption costs).
@@ -172,6 +175,7 @@ fn spawn_repair(
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut last = RepairReport::default();
+        let mut repairer = repair::Repairer::new(&vfs);
         let mut next_scrub = match scrub_now {
             true => std::time::Instant::now(),
             false => std::time::Instant::now() + SCRUB_INTERVAL,
@@ -189,7 +193,7 @@ fn spawn_repair(
                 }
                 next_scrub = std::time::Instant::now() + SCRUB_INTERVAL;
             }
-            match repair::repair_and_record(&vfs, grace) {
+            match repairer.pass(&vfs, grace) {
                 Ok(report) if report != last => {
                     log::info!(
                         "repair: {} segments rebuilt, {} pending, {} waiting",
@@ -306,7 +310,12 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
         journal::restore::rebuild(rt.handle(), ns, root, &cfg.storage, uid, gid)?;
     }
     // Opening the store locks it: no other process mounts this storage meanwhile.
-    let meta = MetaStore::open(&cfg.storage.join(journal::restore::META_FILE), uid, gid)?;
+    let meta = MetaStore::open_with_cache(
+        &cfg.storage.join(journal::restore::META_FILE),
+        uid,
+        gid,
+        cfg.meta_cache,
+    )?;
     if !cfg.pool_namespace {
         // This mount's changes reach no copy in the pool: a later mount that keeps one
         // must catch it up with a snapshot before its first fsync returns.

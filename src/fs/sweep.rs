@@ -6,7 +6,10 @@
 //! was away.
 //!
 //! One pass, for each live node: LIST this mount's segments there, THEN snapshot the
-//! files that are open, THEN read the committed manifests. A segment is live if a
+//! files that are open, THEN read the committed manifests (a page of files at a time,
+//! keeping what they name of the listed segments only: each manifest is read at some
+//! moment after the open files were looked at, which is all the argument below needs,
+//! and the pass holds no map of every file's segments). A segment is live if a
 //! manifest names it (the segment, slot 0 or its shadow, of each stored shard on the
 //! node holding it: its holder or where it was moved) or its file is open. The rest is
 //! sent a conditional DELETE-SEGMENT: "only if not written in the last `grace` plus the
@@ -82,18 +85,36 @@ type Kept = Vec<(u64, u64)>;
 /// (its holder, or where it was moved), and the reserved stripes' slots in slot 0 of
 /// every holder of a file with reservations. A file placed but never committed with a
 /// stripe (a copy in flight at a crash) names none.
+#[cfg(test)]
 fn named_segments<'a>(
     manifests: impl IntoIterator<Item = &'a Manifest>,
 ) -> HashMap<NodeId, HashMap<SegKey, Kept>> {
-    let mut live: HashMap<NodeId, HashMap<SegKey, Kept>> = HashMap::new();
+    let mut live = HashMap::new();
+    for m in manifests {
+        name_segments(m, &mut live, |_, _, _| true);
+    }
+    live
+}
+
+/// Adds the segments `m` names (as `named_segments`) to `live`, those `wanted` says
+/// yes to only (a sweep keeps what it listed, so its map is no larger than the
+/// listings, whatever the file count).
+fn name_segments(
+    m: &Manifest,
+    live: &mut HashMap<NodeId, HashMap<SegKey, Kept>>,
+    wanted: impl Fn(NodeId, &str, u32) -> bool,
+) {
     let mut name = |node: NodeId, file: &str, index: u32, range: (u64, u64)| {
+        if !wanted(node, file, index) {
+            return;
+        }
         live.entry(node)
             .or_default()
             .entry((file.to_string(), index))
             .or_default()
             .push(range);
     };
-    for m in manifests {
+    {
         let file = &m.place.file_id;
         let layout = &m.place.layout;
         let slots = |from: u64, to: u64| {
@@ -113,7 +134,6 @@ fn named_segments<'a>(
             }
         }
     }
-    live
 }
 
 /// `kept` sorted, with touching or overlapping ranges joined.
@@ -190,8 +210,26 @@ pub fn sweep_pass(vfs: &Vfs, grace: Duration) -> Result<SweepReport, FsError> {
     let listed_at = std::time::Instant::now();
     let (listings, unreachable) = list_live_nodes(vfs)?;
     let open: HashSet<String> = vfs.open_file_ids().into_iter().collect();
-    let files = vfs.meta().files()?;
-    let live = named_segments(files.iter().filter_map(|i| i.manifest.as_ref()));
+    // The manifests are read a page at a time; what they name is kept for the listed
+    // segments only.
+    let listed: HashSet<(NodeId, &str, u32)> = listings
+        .iter()
+        .flat_map(|(h, segments)| {
+            segments
+                .iter()
+                .map(|s| (h.node_id, s.segment.file.as_str(), s.segment.index))
+        })
+        .collect();
+    let mut live = HashMap::new();
+    vfs.meta().each_file(|inode| {
+        if let Some(m) = &inode.manifest {
+            name_segments(m, &mut live, |node, file, index| {
+                listed.contains(&(node, file, index))
+            });
+        }
+        Ok(())
+    })?;
+    drop(listed);
     let mut report = SweepReport {
         nodes: listings.len(),
         unreachable,
@@ -311,11 +349,12 @@ fn live_bytes(m: &Manifest, into: &mut HashMap<NodeId, u64>) {
 pub fn held_and_live(vfs: &Vfs) -> Result<Vec<NodeSpace>, FsError> {
     let (listings, _) = list_live_nodes(vfs)?;
     let mut live = HashMap::new();
-    for inode in vfs.meta().files()? {
+    vfs.meta().each_file(|inode| {
         if let Some(m) = &inode.manifest {
             live_bytes(m, &mut live);
         }
-    }
+        Ok(())
+    })?;
     let mut out: Vec<NodeSpace> = listings
         .into_iter()
         .map(|(h, segments)| NodeSpace {

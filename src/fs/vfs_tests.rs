@@ -15,6 +15,7 @@ mod failures;
 mod lifetimes;
 mod namespace;
 mod repair;
+mod repair_incremental;
 mod xattrs;
 
 /// Shard size of the fixture's files: with 3 nodes (k = 2, m = 1) a stripe holds

@@ -235,14 +235,19 @@ impl MetaStore {
                 if d.full {
                     inodes.retain(|_, _| false).map_err(db_err)?;
                     dirents.retain(|_, _| false).map_err(db_err)?;
+                    super::scan::note_cleared();
                 }
+                // Records go in as they are; the orphan index, which the pool's copy
+                // does not hold, is rebuilt from them as they arrive.
                 for (ino, v) in &d.inodes {
                     match v {
                         Some(bytes) => {
                             inodes.insert(*ino, bytes.as_slice()).map_err(db_err)?;
+                            super::scan::note_stored(&super::record::decode_inode(bytes)?);
                         }
                         None => {
                             inodes.remove(*ino).map_err(db_err)?;
+                            super::scan::note_removed(*ino);
                         }
                     }
                 }

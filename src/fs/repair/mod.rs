@@ -10,9 +10,11 @@ use super::FsError;
 use crate::client::{Holder, Pace};
 use crate::proto::{NodeState, PoolView};
 
+mod incremental;
 mod pass;
 mod scrub;
 
+pub use incremental::{Repairer, RETRY_MAX, RETRY_WALK_EVERY, ROLLING_PAGE};
 pub use pass::{reencode_gains, repair_pass, COMMIT_EVERY};
 pub use scrub::{last_scrub, scrub_and_record, scrub_pass, ScrubReport};
 
@@ -196,23 +198,30 @@ impl RepairProgress {
     }
 }
 
-/// Runs a repair pass and records its outcome for `user.poolfs.repair`.
+/// Runs a repair pass over every file and records its outcome for
+/// `user.poolfs.repair` (the mount runs `Repairer::pass`, which walks every file only
+/// when the pool changed).
 pub fn repair_and_record(vfs: &Vfs, grace: Duration) -> Result<RepairReport, FsError> {
     let result = repair_pass(vfs, grace);
+    record(vfs, grace, &result);
+    result
+}
+
+/// Records the outcome of a repair pass for `user.poolfs.repair`.
+fn record(vfs: &Vfs, grace: Duration, result: &Result<RepairReport, FsError>) {
     let mut progress = vfs.repair.lock().unwrap_or_else(|p| p.into_inner());
     progress.passes += 1;
     progress.grace = Some(grace);
-    if let Ok(r) = &result {
+    if let Ok(r) = result {
         progress.rebuilt_total += r.rebuilt as u64;
         progress.reencoded_total += r.reencoded as u64;
         progress.bytes_total += r.bytes;
     }
-    let outcome = match &result {
+    let outcome = match result {
         Ok(r) => Ok(*r),
         Err(e) => Err(e.to_string()),
     };
     progress.last = Some((Instant::now(), outcome));
-    result
 }
 
 /// Repair progress as one line (`getfattr -n user.poolfs.repair MOUNTPOINT`).

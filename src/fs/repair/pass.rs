@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::{needs_repair, pace, repair_view, RepairReport};
 use crate::client::{adopt_holder, placement, Holder, Manifest, Pace, PoolClient, StripeRecord};
+use crate::fs::meta::Inode;
 use crate::fs::status::{stripe_machines_off, stripe_nodes_off};
 use crate::fs::vfs::Vfs;
 use crate::fs::FsError;
@@ -17,64 +18,135 @@ use crate::proto::{NodeState, PoolView};
 /// the middle of a rebuild does again at most (8 stripes of 4 MiB shards: 32 MiB).
 pub const COMMIT_EVERY: usize = 8;
 
+/// The pool as it concerns repair (`PassView::signature`): each node's id and class
+/// (0 up, 1 down within the grace, 2 given up on), and the parity the policy gives.
+pub(super) type Signature = (Vec<(u32, u8)>, Option<u32>);
+
+/// What a repair pass knows of the pool while it visits files: the view, the view
+/// with every node repair gives up on marked gone, the parity the policy gives now.
+pub(super) struct PassView {
+    view: PoolView,
+    rview: PoolView,
+    widen_to: Option<u32>,
+    grace: Duration,
+}
+
+impl PassView {
+    /// The pool as the client sees it now. Errors: no pool view.
+    pub(super) fn new(vfs: &Vfs, grace: Duration) -> Result<Self, FsError> {
+        let view = vfs.run(vfs.client().view())?;
+        let rview = repair_view(&view, grace);
+        let widen_to = policy_parity(vfs, &rview);
+        Ok(PassView {
+            view,
+            rview,
+            widen_to,
+            grace,
+        })
+    }
+
+    /// What decides which files a pass has work on: each node's state as repair sees
+    /// it (up; down within the grace; given up on) and the parity the policy gives.
+    /// While it stays the same, a file that needed nothing still needs nothing unless
+    /// it was written since (`incremental`).
+    pub(super) fn signature(&self) -> Signature {
+        let mut nodes: Vec<(u32, u8)> = self
+            .view
+            .nodes
+            .iter()
+            .map(|n| {
+                let holder = Holder {
+                    node_id: n.id,
+                    addr: n.addr,
+                };
+                let class = match n.state {
+                    _ if needs_repair(&self.view, &holder, self.grace) => 2,
+                    NodeState::Up => 0,
+                    _ => 1,
+                };
+                (n.id, class)
+            })
+            .collect();
+        nodes.sort_unstable();
+        (nodes, self.widen_to)
+    }
+}
+
 /// Repairs every closed file that needs it: segments of holders that left (or are down
 /// longer than `grace`) rebuilt onto a live node that holds no segment of that file, or
 /// the file re-encoded onto the live nodes when there is none; shards stored away from
 /// (or missing on) holders that are up brought home. Open files wait for a later pass
-/// (they are repaired after they close). Errors: only when there is no pool view or no
-/// metadata; a file that cannot be repaired now counts as pending.
+/// (they are repaired after they close). The files are read a page at a time
+/// (`MetaStore::each_file`), so the pass holds no list of them all. Errors: only when
+/// there is no pool view or no metadata; a file that cannot be repaired now counts as
+/// pending.
 pub fn repair_pass(vfs: &Vfs, grace: Duration) -> Result<RepairReport, FsError> {
-    let view = vfs.run(vfs.client().view())?;
-    let rview = repair_view(&view, grace);
-    let widen_to = policy_parity(vfs, &rview);
+    let pv = PassView::new(vfs, grace)?;
     let mut report = RepairReport::default();
-    for inode in vfs.meta().files()? {
-        let Some(m) = inode.manifest.clone() else {
-            continue;
-        };
-        if m.inline.is_some() && !m.stores_anything() {
-            continue; // a small file kept in its record: nothing on the pool to repair
-        }
-        let broken: Vec<usize> = (0..m.place.holders.len())
-            .filter(|&i| needs_repair(&view, &m.place.holders[i], grace))
-            .collect();
-        report.waiting += m
-            .place
-            .holders
-            .iter()
-            .filter(|h| {
-                view.node(h.node_id)
-                    .is_some_and(|n| n.state == NodeState::Down)
-                    && !needs_repair(&view, h, grace)
-            })
-            .count();
-        if broken.is_empty() && !m.has_moved() {
-            // Whole, but perhaps narrower than the policy now gives: re-encoded while
-            // nodes were away for good, or written on a smaller pool. Widened once
-            // enough nodes are live, so an outage does not lower the pool's tolerance
-            // for good.
-            // (An empty file is placed again at its first write instead.)
-            let narrower = widen_to.is_some_and(|parity| parity > m.place.layout.m);
-            if narrower && m.stores_anything() && !vfs.is_open(inode.ino) {
-                let mut file = FileRepair::new(vfs, inode.ino, &m, &mut report);
-                if let Err(e) = file.reencode(&rview) {
-                    log::info!("repair: widening file {}: {e}", m.place.file_id);
-                }
-            }
-            continue;
-        }
-        if vfs.is_open(inode.ino) {
-            report.pending += broken.len();
-            continue;
-        }
-        let mut file = FileRepair::new(vfs, inode.ino, &m, &mut report);
-        match file.run(&broken, &rview) {
-            Ok(()) => delete_handed_off(vfs, &view, &m, &file.committed),
-            Err(Stop::Changed) => log::info!("repair: file {}: {}", m.place.file_id, Stop::Changed),
-            Err(e) => log::warn!("repair: file {}: {e}", m.place.file_id),
-        }
-    }
+    vfs.meta().each_file(|inode| {
+        repair_file(vfs, &pv, inode, &mut report);
+        Ok(())
+    })?;
     Ok(report)
+}
+
+/// Repairs the file `inode` (as last read from the store) if it needs it, counting
+/// what it did, and what is left pending or waiting, into `report`. Returns whether it
+/// is worth another look at the next pass: work left pending, or work it could not
+/// start because the file is open (its shards away from holders that are up).
+pub(super) fn repair_file(
+    vfs: &Vfs,
+    pv: &PassView,
+    inode: Inode,
+    report: &mut RepairReport,
+) -> bool {
+    let (view, rview, grace) = (&pv.view, &pv.rview, pv.grace);
+    let Some(m) = inode.manifest else {
+        return false;
+    };
+    if m.inline.is_some() && !m.stores_anything() {
+        return false; // a small file kept in its record: nothing on the pool to repair
+    }
+    let pending_before = report.pending;
+    let broken: Vec<usize> = (0..m.place.holders.len())
+        .filter(|&i| needs_repair(view, &m.place.holders[i], grace))
+        .collect();
+    report.waiting += m
+        .place
+        .holders
+        .iter()
+        .filter(|h| {
+            view.node(h.node_id)
+                .is_some_and(|n| n.state == NodeState::Down)
+                && !needs_repair(view, h, grace)
+        })
+        .count();
+    if broken.is_empty() && !m.has_moved() {
+        // Whole, but perhaps narrower than the policy now gives: re-encoded while
+        // nodes were away for good, or written on a smaller pool. Widened once
+        // enough nodes are live, so an outage does not lower the pool's tolerance
+        // for good.
+        // (An empty file is placed again at its first write instead.)
+        let narrower = pv.widen_to.is_some_and(|parity| parity > m.place.layout.m);
+        if narrower && m.stores_anything() && !vfs.is_open(inode.ino) {
+            let mut file = FileRepair::new(vfs, inode.ino, &m, report);
+            if let Err(e) = file.reencode(rview) {
+                log::info!("repair: widening file {}: {e}", m.place.file_id);
+            }
+        }
+        return report.pending > pending_before;
+    }
+    if vfs.is_open(inode.ino) {
+        report.pending += broken.len();
+        return true;
+    }
+    let mut file = FileRepair::new(vfs, inode.ino, &m, report);
+    match file.run(&broken, rview) {
+        Ok(()) => delete_handed_off(vfs, view, &m, &file.committed),
+        Err(Stop::Changed) => log::info!("repair: file {}: {}", m.place.file_id, Stop::Changed),
+        Err(e) => log::warn!("repair: file {}: {e}", m.place.file_id),
+    }
+    report.pending > pending_before
 }
 
 /// The repair of one closed file, committing its manifest as it goes.

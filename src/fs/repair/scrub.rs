@@ -45,13 +45,18 @@ pub fn last_scrub(vfs: &Vfs) -> String {
         .unwrap_or_else(|| "no scrub yet".into())
 }
 
-/// Reads and verifies every shard of every closed file, rewriting the bad ones.
+/// Reads and verifies every shard of every closed file, rewriting the bad ones. The
+/// files are read a page at a time (`MetaStore::each_file`) and each stripe is
+/// followed by a pause (`STRIPE_PAUSE`): the pass holds no list of every file and
+/// leaves turns to users' requests.
 pub fn scrub_pass(vfs: &Vfs) -> Result<ScrubReport, FsError> {
     let mut report = ScrubReport::default();
-    for inode in vfs.meta().files()? {
-        let Some(m) = &inode.manifest else { continue };
+    vfs.meta().each_file(|inode| {
+        let Some(m) = &inode.manifest else {
+            return Ok(());
+        };
         if vfs.is_open(inode.ino) {
-            continue;
+            return Ok(());
         }
         report.files += 1;
         for (j, rec) in m.records() {
@@ -67,6 +72,7 @@ pub fn scrub_pass(vfs: &Vfs) -> Result<ScrubReport, FsError> {
             }
             std::thread::sleep(STRIPE_PAUSE);
         }
-    }
+        Ok(())
+    })?;
     Ok(report)
 }

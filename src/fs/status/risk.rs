@@ -144,10 +144,14 @@ pub fn pool_risk(vfs: &Vfs) -> Result<PoolRisk, FsError> {
     let mut risk = PoolRisk::default();
     let mut live: BTreeMap<NodeId, u64> = BTreeMap::new();
     let mut degraded: Vec<(u64, String)> = Vec::new();
-    for inode in vfs.meta().files()? {
-        let Some(m) = &inode.manifest else { continue };
+    // A page of files at a time: the report keeps per-node sums and at most
+    // `DEGRADED_LIMIT` files, whatever the file count.
+    vfs.meta().each_file(|inode| {
+        let Some(m) = &inode.manifest else {
+            return Ok(());
+        };
         if !m.stores_anything() {
-            continue;
+            return Ok(());
         }
         risk.files += 1;
         let (machines, nodes) = file_tolerance(m, &view, &mut live);
@@ -164,7 +168,8 @@ pub fn pool_risk(vfs: &Vfs) -> Result<PoolRisk, FsError> {
                 degraded.push((inode.ino, why));
             }
         }
-    }
+        Ok(())
+    })?;
     let paths = paths_of(vfs, degraded.iter().map(|(ino, _)| *ino).collect())?;
     risk.degraded_files = degraded
         .into_iter()
