@@ -16,7 +16,7 @@
 //! `handles` (open files and their data), `lifetimes` (references and removal) and
 //! `xattrs`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
@@ -28,6 +28,7 @@ use super::FsError;
 use crate::client::{Manifest, PoolClient};
 
 mod handles;
+pub use handles::{READ_IO_SIZE, WRITE_IO_SIZE};
 mod lifetimes;
 mod namespace;
 mod xattrs;
@@ -86,11 +87,15 @@ pub mod xattr_flags {
 struct OpenInode {
     data: tokio::sync::Mutex<FileData>,
     users: AtomicU64,
+    /// Handles open for writing (`Vfs::io_size`).
+    writers: AtomicU64,
 }
 
 #[derive(Clone, Copy)]
 struct OpenHandle {
     ino: u64,
+    /// Opened for writing: counted in the inode's `writers`.
+    writes: bool,
 }
 
 /// The mounted filesystem's logic.
@@ -105,6 +110,10 @@ pub struct Vfs {
     /// `open` when both are held.
     lookups: Mutex<HashMap<u64, u64>>,
     handles: Mutex<HashMap<u64, OpenHandle>>,
+    /// Inodes whose first bytes a READ gave the kernel since it last looked them up:
+    /// its page cache may hold them, so an open fetches nothing ahead (`Vfs::open`).
+    /// At most one entry per inode the kernel references (dropped at its last forget).
+    head_given: Mutex<HashSet<u64>>,
     next_fh: AtomicU64,
     max_uploads: usize,
     /// The outcome of the last scrub pass, for `user.poolfs.scrub` on the root.
@@ -159,6 +168,7 @@ impl Vfs {
             open: Mutex::new(HashMap::new()),
             lookups: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
+            head_given: Mutex::new(HashSet::new()),
             next_fh: AtomicU64::new(1),
             max_uploads: 4,
             last_scrub: Mutex::new(None),
@@ -218,6 +228,7 @@ impl Vfs {
             return;
         };
         let invalidate = invalidate.clone();
+        lock(&self.head_given).remove(&ino);
         let run = move || {
             if let Err(e) = invalidate(ino) {
                 log::debug!("cannot invalidate the kernel's cache of inode {ino}: {e}");

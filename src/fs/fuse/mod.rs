@@ -30,10 +30,6 @@ pub use xattr::{HEALTH_XATTR, NAMESPACE_XATTR, REPAIR_XATTR, RISK_XATTR, SCRUB_X
 /// Only this mount changes its namespace, so the kernel may cache answers briefly.
 const TTL: Duration = Duration::from_secs(1);
 const BLOCK: u32 = 4096;
-/// The preferred I/O size a stat reports: tools that size their buffers by it (cp, cat)
-/// then hand the kernel one `max_write` per call, so a stripe takes 2 write requests
-/// instead of 16.
-const IO_SIZE: u32 = 1 << 20;
 
 /// The filesystem as fuser sees it.
 pub struct PoolFs {
@@ -62,7 +58,8 @@ impl PoolFs {
             uid: i.uid,
             gid: i.gid,
             rdev: i.rdev,
-            blksize: IO_SIZE,
+            // By the file's state: large while written, small for readers.
+            blksize: self.vfs.io_size(i),
             flags: 0,
         }
     }

@@ -9,6 +9,18 @@ use crate::fs::file::{unused_slots, FileData, ReadBytes};
 use crate::fs::meta::{Inode, Kind};
 use crate::fs::FsError;
 
+/// `st_blksize` of a file being written (bytes): one `max_write` (1 MiB), so a stripe
+/// of 2 MiB takes 2 WRITE requests.
+pub const WRITE_IO_SIZE: u32 = 1 << 20;
+
+/// `st_blksize` of a file with data and no writer (bytes). A buffered reader's first
+/// read asks this much; the kernel turns a read of 64 KiB at offset 0 into one READ of
+/// 128 KiB (its first readahead window is twice the request; a read of 128 KiB became
+/// two READs of 128 KiB, of 1 MiB eight), so the first byte waits for 4 sealed chunks
+/// of one node. `cat` reads at least 128 KiB whatever this says (coreutils'
+/// `IO_BUFSIZE`).
+pub const READ_IO_SIZE: u32 = 64 << 10;
+
 impl Vfs {
     /// Stores buffered data and records the manifest, so the file survives a crash.
     /// On failure the open file goes back to what was last committed (a failed write
@@ -110,10 +122,32 @@ impl Vfs {
         result
     }
 
-    pub(super) fn new_handle(&self, ino: u64) -> u64 {
+    /// A new handle on `open` (inode `ino`), counted as a writer when `writes`.
+    pub(super) fn new_handle(&self, ino: u64, open: &OpenInode, writes: bool) -> u64 {
+        if writes {
+            open.writers.fetch_add(1, Ordering::SeqCst);
+        }
         let fh = self.next_fh.fetch_add(1, Ordering::SeqCst);
-        lock(&self.handles).insert(fh, OpenHandle { ino });
+        lock(&self.handles).insert(fh, OpenHandle { ino, writes });
         fh
+    }
+
+    /// The preferred I/O size to report for `inode` (`st_blksize`, bytes): tools size
+    /// their buffers by it. `WRITE_IO_SIZE` while the file is empty or open for
+    /// writing, so `cp` (which reads it with fstat right after its open with `O_CREAT`
+    /// or `O_TRUNC`, when the file is empty) writes a stripe in 2 requests instead of
+    /// 16; `READ_IO_SIZE` for a file with data and no writer, so a buffered reader's
+    /// first read (Python's `open().read(1)`, stdio) waits for a few sealed chunks of
+    /// one node, not for a whole shard.
+    pub fn io_size(&self, inode: &Inode) -> u32 {
+        let writing = self
+            .opened(inode.ino)
+            .is_some_and(|open| open.writers.load(Ordering::SeqCst) > 0);
+        if inode.size == 0 || writing {
+            WRITE_IO_SIZE
+        } else {
+            READ_IO_SIZE
+        }
     }
 
     pub(super) fn handle(&self, fh: u64) -> Result<OpenHandle, FsError> {
@@ -148,7 +182,7 @@ impl Vfs {
         };
         // Even an empty file's close must commit, to make its name durable.
         self.block_on(open.data.lock()).changed = true;
-        Ok((inode.clone(), self.new_handle(inode.ino)))
+        Ok((inode.clone(), self.new_handle(inode.ino, &open, true)))
     }
 
     /// Opens a file; `O_TRUNC` empties it.
@@ -165,7 +199,17 @@ impl Vfs {
                 return Err(e);
             }
         }
-        Ok(self.new_handle(ino))
+        let writes = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        // Most readers read from offset 0 next: ask for those bytes now, unless the
+        // kernel may have them cached. A file busy in another request has readers
+        // already: nothing to wait for here.
+        if !writes && !lock(&self.head_given).contains(&ino) {
+            if let Ok(mut data) = open.data.try_lock() {
+                let _in_runtime = self.rt.enter();
+                data.fetch_head();
+            }
+        }
+        Ok(self.new_handle(ino, &open, writes))
     }
 
     pub(super) fn data_of(&self, fh: u64) -> Result<(OpenHandle, Arc<OpenInode>), FsError> {
@@ -176,7 +220,10 @@ impl Vfs {
 
     /// Reads up to `len` bytes at `offset`.
     pub fn read(&self, fh: u64, offset: u64, len: u32) -> Result<ReadBytes, FsError> {
-        let (_, open) = self.data_of(fh)?;
+        let (h, open) = self.data_of(fh)?;
+        if offset == 0 {
+            lock(&self.head_given).insert(h.ino);
+        }
         self.block_on(async { open.data.lock().await.read(offset, u64::from(len)).await })
     }
 
@@ -284,7 +331,13 @@ impl Vfs {
     /// Closes a handle.
     pub fn release(&self, fh: u64) -> Result<(), FsError> {
         let result = self.flush(fh);
-        if let Some(h) = lock(&self.handles).remove(&fh) {
+        let gone = lock(&self.handles).remove(&fh);
+        if let Some(h) = gone {
+            if h.writes {
+                if let Some(open) = self.opened(h.ino) {
+                    open.writers.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
             self.relinquish(h.ino);
         }
         result

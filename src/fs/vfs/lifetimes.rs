@@ -125,6 +125,7 @@ impl Vfs {
             }
         };
         if last {
+            lock(&self.head_given).remove(&ino);
             self.reap(ino);
         }
     }
@@ -192,6 +193,7 @@ impl Vfs {
                         self.max_uploads,
                     )),
                     users: AtomicU64::new(0),
+                    writers: AtomicU64::new(0),
                 })
             })
             .clone();

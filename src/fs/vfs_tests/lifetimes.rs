@@ -81,3 +81,38 @@ fn an_unlinked_file_nothing_refers_to_is_removed_at_once() {
     assert!(matches!(f.vfs.getattr(ino), Err(FsError::Stale)));
     assert_eq!(f.segments(&file), 0, "its segments are freed");
 }
+
+#[test]
+fn the_preferred_io_size_is_large_while_written_and_small_for_readers() {
+    use crate::fs::vfs::{READ_IO_SIZE, WRITE_IO_SIZE};
+    let f = fixture(3);
+    let size = |ino: u64| f.vfs.io_size(&f.vfs.getattr(ino).expect("getattr"));
+    // cp's fstat right after its open(O_CREAT): empty, being written.
+    let (inode, fh) = f.vfs.create(ROOT, b"f", 0o644, 1000, 1000).expect("create");
+    assert_eq!(f.vfs.io_size(&inode), WRITE_IO_SIZE, "a new file");
+    f.vfs
+        .write(fh, 0, &pattern(STRIPE as usize, 1))
+        .expect("write");
+    assert_eq!(
+        size(inode.ino),
+        WRITE_IO_SIZE,
+        "open for writing, with data"
+    );
+    f.vfs.release(fh).expect("close");
+    assert_eq!(size(inode.ino), READ_IO_SIZE, "data and no writer");
+    let reader = f.vfs.open(inode.ino, libc::O_RDONLY).expect("open");
+    assert_eq!(size(inode.ino), READ_IO_SIZE, "a reader is no writer");
+    let writer = f.vfs.open(inode.ino, libc::O_WRONLY).expect("open");
+    assert_eq!(size(inode.ino), WRITE_IO_SIZE, "an appender or rewriter");
+    f.vfs.release(writer).expect("close");
+    assert_eq!(size(inode.ino), READ_IO_SIZE, "its writer closed");
+    // cp onto an existing file: open(O_TRUNC), then fstat.
+    let cp = f
+        .vfs
+        .open(inode.ino, libc::O_WRONLY | libc::O_TRUNC)
+        .expect("open");
+    f.vfs.release(reader).expect("close");
+    assert_eq!(size(inode.ino), WRITE_IO_SIZE, "emptied for a rewrite");
+    f.vfs.release(cp).expect("close");
+    assert_eq!(size(inode.ino), WRITE_IO_SIZE, "an empty file");
+}

@@ -104,6 +104,21 @@ impl SegmentStore {
             }
             total += len as usize;
         }
+        if no_readahead {
+            // The disk reads the later parts (a chunk's tag, 1 MiB past it) while the
+            // first is read, rather than one cold read after the other.
+            for &(offset, len) in parts.iter().skip(1) {
+                let Ok(at) = libc::off_t::try_from(offset) else {
+                    continue;
+                };
+                let len = libc::off_t::from(len);
+                // SAFETY: a valid descriptor we own; the call only starts reads into the
+                // page cache.
+                let _ = unsafe {
+                    libc::posix_fadvise(file.as_raw_fd(), at, len, libc::POSIX_FADV_WILLNEED)
+                };
+            }
+        }
         let mut buf = Vec::with_capacity(total);
         for &(offset, len) in parts {
             pread_append(&file, &mut buf, len as usize, offset)
