@@ -111,10 +111,12 @@ def big_file(t, src, size_mib, tag):
     os.unlink(dst)
 
 
-def fill(path, mib):
-    with open(path, "wb") as f:
+def fill(path, mib, src):
+    """`mib` MiB of random bytes into `path`: the start of `src` (random, on tmpfs), then
+    fresh random bytes if it is shorter (os.urandom is slow on a busy machine)."""
+    with open(src, "rb") as s, open(path, "wb") as f:
         for _ in range(mib):
-            f.write(os.urandom(MIB))
+            f.write(s.read(MIB) or os.urandom(MIB))
 
 
 def random_writes(t, path, size_mib, writes, every=64, seed=0):
@@ -166,11 +168,11 @@ def stat_tree(root, count):
     return count / took
 
 
-def setup(targets, a, log):
+def setup(targets, a, src, log):
     """Per system, once: the 256 MiB file the random writes go into, and the tree."""
     for t in targets:
         log(f"  {t.name}: writing the {a.randw_mib} MiB file, building the {a.tree_files}-file tree")
-        fill(t.sub("randw"), a.randw_mib)
+        fill(t.sub("randw"), a.randw_mib, src)
         took = timed(lambda: build_tree(t.sub("tree"), a.tree_files))
         log(f"  {t.name}: tree built in {took:.0f} s")
 
@@ -178,7 +180,7 @@ def setup(targets, a, log):
 def measure(targets, a, src, log):
     """Runs every row `a.runs` times on every target, interleaved; fills `t.figs`."""
     bufs = [os.urandom(4096) for _ in range(16)]
-    setup(targets, a, log)
+    setup(targets, a, src, log)
     for r in range(a.runs):
         order = targets[r % len(targets):] + targets[:r % len(targets)]
         for t in order:
