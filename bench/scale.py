@@ -5,7 +5,9 @@ the mount); at each count it reports the mount's memory (VmRSS and VmHWM), the c
 stat and unlink rates of 1000 more files, and the time to mount the same storage again
 (`poolfs down`, then `poolfs up` until a stat in the mount answers), and says per
 column whether the figure stays flat against the first count."""
+import glob
 import os
+import subprocess
 import time
 from multiprocessing import Pool as Workers
 
@@ -81,6 +83,15 @@ def rates(mnt, tag):
     return {"create": create, "stat": stat, "unlink": unlink}
 
 
+def log_tail(data, lines=5):
+    """The last lines of the mount's log under the pool's data dir (removed at the end)."""
+    out = []
+    for p in glob.glob(os.path.join(data, "up", "*", "mount.log")):
+        with open(p, errors="replace") as f:
+            out += [line.rstrip() for line in f.readlines()[-lines:]]
+    return " / ".join(out) or "no mount log"
+
+
 def run(a, pools, log):
     """Rows, one per count of `a.scale`."""
     counts = [-(-n // PER_DIR) * PER_DIR for n in a.scale]  # whole directories
@@ -94,7 +105,16 @@ def run(a, pools, log):
         row = {"files": n, "fill": fill_rate, "rss": proc_status(pid, "VmRSS") / MIB,
                "hwm": proc_status(pid, "VmHWM") / MIB}
         row.update(rates(mnt, n))
-        t, state = pools.remount(mnt, data, 3, EXTRA_ARGS)
+        log(f"  scale: {n} files: " + ", ".join(f"{k} {fmt(v)}" for k, v in row.items()))
+        try:
+            t, state = pools.remount(mnt, data, 3, EXTRA_ARGS)
+        except subprocess.CalledProcessError as e:
+            # `up` gave up (its mount not ready in time) and stopped what it started.
+            row["mount"], row["rss_after"] = None, None
+            row["mount_error"] = f"`poolfs up` of the same storage failed ({e.returncode}): " + log_tail(data)
+            log(f"  scale: {n} files: {row['mount_error']}")
+            rows.append(row)
+            break
         probe = os.path.join(mnt, "d0", "f0")
         while True:
             try:
@@ -106,9 +126,10 @@ def run(a, pools, log):
                 time.sleep(0.01)
         row["mount"] = time.perf_counter() - t
         row["rss_after"] = proc_status(state["pids"][0], "VmRSS") / MIB
-        log(f"  scale: {n} files: " + ", ".join(f"{k} {fmt(v)}" for k, v in row.items()))
+        log(f"  scale: {n} files: mount {fmt(row['mount'])} s, VmRSS after {fmt(row['rss_after'])} MiB")
         rows.append(row)
-    pools.down(mnt, data)
+    else:
+        pools.down(mnt, data)
     return rows
 
 
@@ -127,11 +148,14 @@ def report(a, rows, meta):
              "| files | " + " | ".join(label for _, label, _ in COLUMNS) + " | fill rate (files/s) |",
              "| ---: |" + " ---: |" * (len(COLUMNS) + 1)]
     for r in rows:
-        lines.append(f"| {r['files']} | " + " | ".join(fmt(r[k]) for k, _, _ in COLUMNS)
+        lines.append(f"| {r['files']} | " + " | ".join(fmt(r[k], none="FAILED") for k, _, _ in COLUMNS)
                      + f" | {fmt(r['fill'])} |")
     if len(rows) > 1:
         first = rows[0]
         for r in rows[1:]:
             lines.append(f"| vs {first['files']}: {r['files']} | "
                          + " | ".join(trend(first[k], r[k], b) for k, _, b in COLUMNS) + " | |")
+    for r in rows:
+        if r.get("mount_error"):
+            lines.append(f"\n{r['files']} files: {r['mount_error']}")
     return "\n".join(lines)
