@@ -40,6 +40,7 @@ class Target:
         self.name, self.title, self.dir, self.netns_pid = name, title, path, netns_pid
         self.figs = {key: [] for key, *_ in ROWS}
         self.wrong = []  # fsx failures, each a message
+        self.errors = {}  # row key: messages of the runs that failed with an error
 
     def sub(self, *names):
         return os.path.join(self.dir, *names)
@@ -181,24 +182,33 @@ def measure(targets, a, src, log):
     """Runs every row `a.runs` times on every target, interleaved; fills `t.figs`."""
     bufs = [os.urandom(4096) for _ in range(16)]
     setup(targets, a, src, log)
+    def small(t, r):
+        d = t.sub(f"small-{r}")
+        t.figs["creates"].append(creates(d, a.files, bufs))
+        t.figs["rm"].append(removes(d, a.files))
+
+    def check(t, r):
+        try:
+            t.figs["fsx"].append(fsx(t.sub(f"fsx-{r}"), a.fsx_secs, seed=r))
+        except WrongBytes as e:
+            t.wrong.append(str(e))
+            log(f"  {t.name}: fsx: WRONG BYTES: {e}")
+
+    steps = [("creates", small),
+             ("cp", lambda t, r: big_file(t, src, a.size_mib, r)),
+             ("randw", lambda t, r: random_writes(t, t.sub("randw"), a.randw_mib, a.rand_writes, seed=r)),
+             ("fsx", check),
+             ("stat", lambda t, r: t.figs["stat"].append(stat_tree(t.sub("tree"), a.tree_files)))]
     for r in range(a.runs):
         order = targets[r % len(targets):] + targets[:r % len(targets)]
-        for t in order:
-            d = t.sub(f"small-{r}")
-            t.figs["creates"].append(creates(d, a.files, bufs))
-            t.figs["rm"].append(removes(d, a.files))
-        for t in order:
-            big_file(t, src, a.size_mib, r)
-        for t in order:
-            random_writes(t, t.sub("randw"), a.randw_mib, a.rand_writes, seed=r)
-        for t in order:
-            try:
-                t.figs["fsx"].append(fsx(t.sub(f"fsx-{r}"), a.fsx_secs, seed=r))
-            except WrongBytes as e:
-                t.wrong.append(str(e))
-                log(f"  {t.name}: fsx: WRONG BYTES: {e}")
-        for t in order:
-            t.figs["stat"].append(stat_tree(t.sub("tree"), a.tree_files))
+        for key, step in steps:
+            for t in order:
+                try:
+                    step(t, r)
+                except (OSError, subprocess.CalledProcessError, RuntimeError) as e:
+                    # A system that fails a step is reported, not allowed to end the run.
+                    t.errors.setdefault(key, []).append(f"run {r + 1}: {e}")
+                    log(f"  {t.name}: {key} failed: {e}")
         for t in order:
             log(f"  {t.name} run {r + 1}: " + ", ".join(
                 f"{k} {fmt(v[-1])}" for k, v in t.figs.items() if v))
@@ -239,6 +249,9 @@ def table(targets, a, pool="poolfs", base="tmpfs"):
     for t in targets:
         lines.append(f"- fsx on {t.title}: wrong bytes: "
                      + ("0" if not t.wrong else f"{len(t.wrong)} run(s) FAILED: {t.wrong[0]}"))
+    for t in targets:
+        for key, errs in t.errors.items():
+            lines.append(f"- {t.title}, {key}: {len(errs)} run(s) failed with an error: {errs[0]}")
     return "\n".join(lines), meds
 
 

@@ -553,9 +553,11 @@ def issue16_table(a, pools, src, tmpfs, work, out):
         issue16.measure(targets, a, src, issue16.log_stderr)
     text, meds = issue16.table(targets, a)
     out["issue16"] = {"medians": meds, "runs": {t.name: t.figs for t in targets},
-                      "wrong": {t.name: t.wrong for t in targets}, "notes": notes}
+                      "wrong": {t.name: t.wrong for t in targets},
+                      "errors": {t.name: t.errors for t in targets}, "notes": notes}
     text = "\n".join([issue16.header(a), "", text] + [f"- {n}" for n in notes])
-    return text, any(t.wrong for t in targets)
+    # a wrong byte anywhere, or an error on poolfs, fails the bench
+    return text, any(t.wrong for t in targets) or bool(targets[-1].errors)
 
 
 def main(argv=None):
@@ -632,7 +634,7 @@ def main(argv=None):
             with open(a.json, "w") as f:
                 json.dump(out, f, indent=1)
         if failed:
-            print("bench: fsx read wrong bytes (see the table)", file=sys.stderr)
+            print("bench: wrong bytes, or poolfs failed a step (see the table)", file=sys.stderr)
             return 1
     except KeyboardInterrupt:
         print("bench: interrupted, cleaning up", file=sys.stderr)
