@@ -97,8 +97,12 @@ class Fsx:
     def mapped(self, off, n):
         """A shared mapping of the pages covering [off, off + n), and where off falls in it."""
         start = off - off % PAGE
-        return mmap.mmap(self.fd, off + n - start, mmap.MAP_SHARED,
-                         mmap.PROT_READ | mmap.PROT_WRITE, offset=start), off - start
+        try:
+            return mmap.mmap(self.fd, off + n - start, mmap.MAP_SHARED,
+                             mmap.PROT_READ | mmap.PROT_WRITE, offset=start), off - start
+        except ValueError as e:  # Python checks the range against fstat's size
+            raise WrongBytes(f"{self.path}: op {self.ops}: mmap of [{off}, {off + n}): {e}: "
+                             f"fstat says {os.fstat(self.fd).st_size} bytes, the model {self.size}")
 
     def mapread(self):
         if not self.size:

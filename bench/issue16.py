@@ -36,14 +36,26 @@ class Target:
     """One system measured: a directory on it, and for a pool in a network namespace
     of its own the pid whose loopback counters are the pool's traffic."""
 
-    def __init__(self, name, title, path, netns_pid=None):
+    def __init__(self, name, title, path, netns_pid=None, log_path=None):
         self.name, self.title, self.dir, self.netns_pid = name, title, path, netns_pid
+        self.log_path = log_path  # a pool's mount log, quoted when a step fails
         self.figs = {key: [] for key, *_ in ROWS}
         self.wrong = []  # fsx failures, each a message
         self.errors = {}  # row key: messages of the runs that failed with an error
 
     def sub(self, *names):
         return os.path.join(self.dir, *names)
+
+
+def log_tail(t, lines=8):
+    """For a pool: the last lines of its mount's log (gone once the bench cleans up)."""
+    if not t.log_path:
+        return ""
+    try:
+        with open(t.log_path, errors="replace") as f:
+            return "; mount log: " + " / ".join(line.rstrip() for line in f.readlines()[-lines:])
+    except OSError:
+        return ""
 
 
 def creates(d, count, bufs):
@@ -207,7 +219,7 @@ def measure(targets, a, src, log):
                     step(t, r)
                 except (OSError, subprocess.CalledProcessError, RuntimeError) as e:
                     # A system that fails a step is reported, not allowed to end the run.
-                    t.errors.setdefault(key, []).append(f"run {r + 1}: {e}")
+                    t.errors.setdefault(key, []).append(f"run {r + 1}: {e}{log_tail(t)}")
                     log(f"  {t.name}: {key} failed: {e}")
         for t in order:
             log(f"  {t.name} run {r + 1}: " + ", ".join(

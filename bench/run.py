@@ -540,10 +540,11 @@ def issue16_table(a, pools, src, tmpfs, work, out):
         ["unshare", "-n", "true"], stderr=subprocess.DEVNULL).returncode == 0
     if not netns:
         issue16.log_stderr("bench: cannot make a network namespace: bytes on the wire not measured")
-    mnt, _data, state = pools.up(3, ["--redundancy", f"{issue16.K}+{issue16.M}"], netns=netns)
+    mnt, data, state = pools.up(3, ["--redundancy", f"{issue16.K}+{issue16.M}"], netns=netns)
+    mount_log = os.path.join(os.path.dirname(Pools.state_file(data)), "mount.log")
     targets = [issue16.Target("tmpfs", "tmpfs", tmpfs),
                issue16.Target("poolfs", "**poolfs**", mnt,
-                              netns_pid=state["pids"][0] if netns else None)]
+                              netns_pid=state["pids"][0] if netns else None, log_path=mount_log)]
     with contextlib.ExitStack() as stack:
         notes = []
         if a.peers:
