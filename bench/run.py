@@ -1,18 +1,35 @@
 #!/usr/bin/env python3
-"""poolfs benchmark: issue 7's target table, measured in one run against a tmpfs baseline.
+"""poolfs benchmark: issue 7's and issue 16's target tables, measured in one run against
+a tmpfs baseline.
 
 usage: python3 bench/run.py [--size-mib 1024] [--rss-size-mib 4096] [--runs 3] [--files 1000]
-                            [--only default,parity0,noenc] [--bin target/release/poolfs]
-                            [--json FILE] [--quick] [--namespace-cost]
+                            [--only default,parity0,noenc] [--tables issue7,issue16] [--peers]
+                            [--rand-writes 1024] [--randw-mib 256] [--fsx-secs 10]
+                            [--tree-files 50000] [--bin target/release/poolfs]
+                            [--json FILE] [--quick] [--namespace-cost] [--scale N,N,...]
 
-Needs root (mounts tmpfs, drops the page cache) and fuse3. For each configuration (the
-default 3-node pool with k = 2, m = 1 and encryption; the same with `--parity 0`; the
-same with `--no-encryption`) it starts its own loopback pool with `poolfs up`, measures
-cp / cat / small files / first byte / peak memory, then starts a 4-node pool (m = 1),
-kills one storage node it started in the middle of a timed read, and reports the
-longest read() call. The tmpfs baseline runs are interleaved with the pool's runs, so
-ratios compare figures taken under the same load. Everything it starts (pools, tmpfs
-mounts, temp dirs) is stopped and removed at the end, also on failure or Ctrl-C.
+Needs root (mounts tmpfs, drops the page cache) and fuse3. Everything it starts (pools,
+tmpfs mounts, peers, temp dirs) is stopped and removed at the end, also on failure or
+Ctrl-C.
+
+Table issue7: for each configuration (the default 3-node pool with k = 2, m = 1 and
+encryption; the same with `--parity 0`; the same with `--no-encryption`) it starts its
+own loopback pool with `poolfs up`, measures cp / cat / small files / first byte / peak
+memory, then starts a 4-node pool (m = 1), kills one storage node it started in the
+middle of a timed read, and reports the longest read() call. The tmpfs baseline runs
+are interleaved with the pool's runs, so ratios compare figures taken under the same load.
+
+Table issue16 (bench/issue16.py): on tmpfs and a 3-node pool (k=2, m=1, encrypted, in a
+network namespace of its own so its loopback bytes can be counted), and with --peers
+also on bindfs, sshfs and GlusterFS disperse 2+1 / distributed (bench/peers.py; their
+Debian packages installed and purged), interleaved: 4 KiB creates then sync, rm, the
+cold first byte (unbuffered and Python's buffered read), random 4 KiB writes with an
+fsync every 64 and the bytes they move on the wire, an fsx-style run with mmap
+(bench/fsx.py; a wrong byte fails the bench), stat of a 50 000-file tree, cp and cat.
+
+--scale N,N,... (bench/scale.py, issue 16) fills one pool to each count of 4 KiB files
+and reports the mount's memory, its mount time and create/stat/unlink rates, and whether
+each stays flat.
 
 --namespace-cost (issue 15) measures instead what keeping the namespace in the pool
 costs: on one 3-node pool, two owners mount side by side (k=2, m=1), one as usual and
@@ -29,14 +46,17 @@ import os
 import platform
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-MIB = 1 << 20
+import issue16
+import peers
+import scale
+from common import (MIB, Pools, deferred_signals, drop_caches, fmt, is_ours, med,
+                    proc_status, sh, timed)
 
 # name, `poolfs up` arguments, title
 CONFIGS = {
@@ -54,22 +74,6 @@ METRICS = [
     ("rss", "peak resident memory of the mount, copying the RSS file", "MiB", "max", 256.0),
     ("stall", "longest read() when a node is killed mid-read (4 nodes, m=1)", "ms", "below", 1000.0),
 ]
-
-
-def sh(*cmd, **kw):
-    return subprocess.run(cmd, check=True, **kw)
-
-
-def drop_caches():
-    os.sync()
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
-
-
-def timed(fn):
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 def write_random(path, mib):
@@ -117,18 +121,6 @@ def one_run(target, src, size_mib, files, tag):
     return {"cp": cp, "cat": cat, "ttfb": ttfb, "small": small}
 
 
-def proc_status(pid, field):
-    """A field of /proc/PID/status in bytes (0 if the process is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def peak_rss(pid, src, dst):
     """Peak resident bytes of process `pid` while `cp src dst` runs: VmHWM after resetting
     it, and VmRSS sampled every 20 ms (in case the kernel cannot reset the peak)."""
@@ -150,97 +142,6 @@ def peak_rss(pid, src, dst):
         t.join()
     os.unlink(dst)
     return max(peak[0], proc_status(pid, "VmHWM"))
-
-
-def is_ours(pid, binary):
-    """Is `pid` still a process of our poolfs binary (guards against recycled pids)?"""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            exe = f.read().split(b"\0")[0].decode(errors="replace")
-    except OSError:
-        return False
-    return exe == binary or os.path.basename(exe) == "poolfs"
-
-
-class Pools:
-    """Pools started with `poolfs up`, each in a data dir of its own; all stopped by `close`."""
-
-    def __init__(self, binary, work):
-        self.binary, self.work, self.live, self.count = binary, work, [], 0
-
-    def up(self, nodes, extra):
-        self.count += 1
-        mnt = os.path.join(self.work, f"pool{self.count}")
-        data = os.path.join(self.work, f"pool{self.count}.data")
-        self.live.append((mnt, data))
-        with deferred_signals():  # a half-started pool could not be stopped by `down`
-            subprocess.run(
-                [self.binary, "up", mnt, "--nodes", str(nodes), "--data-dir", data, *extra],
-                check=True, stdout=subprocess.DEVNULL, start_new_session=True)
-        with open(self.state_file(data)) as f:
-            return mnt, data, json.load(f)
-
-    @staticmethod
-    def state_file(data):
-        up = os.path.join(data, "up")
-        for d in os.listdir(up):
-            p = os.path.join(up, d, "up.json")
-            if os.path.exists(p):
-                return p
-        raise RuntimeError(f"no up.json under {up}")
-
-    def down(self, mnt, data):
-        with deferred_signals():
-            if subprocess.run([self.binary, "down", mnt, "--data-dir", data],
-                              stdout=subprocess.DEVNULL, start_new_session=True).returncode != 0:
-                self.force_down(mnt, data)
-            self.live.remove((mnt, data))
-            shutil.rmtree(data, ignore_errors=True)
-
-    def force_down(self, mnt, data):
-        """`down` failed: lazy unmount and stop the recorded pids that are still ours."""
-        print(f"bench: `poolfs down {mnt}` failed, unmounting lazily and stopping its pids",
-              file=sys.stderr)
-        subprocess.run(["fusermount3", "-u", "-z", mnt], stderr=subprocess.DEVNULL)
-        try:
-            with open(self.state_file(data)) as f:
-                pids = json.load(f)["pids"]
-        except (OSError, RuntimeError, ValueError, KeyError):
-            return
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in pids:
-                if is_ours(pid, self.binary):
-                    os.kill(pid, sig)
-            deadline = time.time() + 5
-            while any(is_ours(p, self.binary) for p in pids) and time.time() < deadline:
-                time.sleep(0.05)
-
-    def close(self):
-        for mnt, data in list(self.live):
-            self.down(mnt, data)
-
-
-_deferring = []
-
-
-@contextlib.contextmanager
-def deferred_signals():
-    """Holds Ctrl-C / SIGTERM until the outermost such block ends, then raises
-    KeyboardInterrupt (so a cleanup step is never cut in half)."""
-    if _deferring:
-        yield
-        return
-    got = []
-    _deferring.append(got)
-    old = {s: signal.signal(s, lambda n, _f: got.append(n)) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-        _deferring.pop()
-        if got:
-            raise KeyboardInterrupt
 
 
 def segment_holder(data, state):
@@ -352,11 +253,6 @@ def disk_floor(work, runs):
     return {"ttfb": ttfb, "fdatasync": med(syncs)}
 
 
-def med(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
-
-
 def measure_config(name, a, pools, binary, src, rss_src, base):
     extra, _title = CONFIGS[name]
     res = {"cp": [], "cat": [], "ttfb": [], "small": []}
@@ -407,13 +303,6 @@ def ratio_of(key, base, value):
     if value is None or key not in base or base[key] is None:
         return None
     return base[key] / value if key == "ttfb" else value / base[key]
-
-
-def fmt(v, ratio=None, none="n/a"):
-    if v is None:
-        return none
-    s = f"{v:.2f}" if v < 100 else f"{v:.0f}"
-    return s if ratio is None else f"{s} ({ratio:.3f}x)"
 
 
 # Issue 15: what keeping the namespace in the pool costs, against --no-pool-namespace.
@@ -591,7 +480,7 @@ def interrupted(_signum, _frame):
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(description="poolfs benchmark against tmpfs (issue 7's targets)")
+    ap = argparse.ArgumentParser(description="poolfs benchmark against tmpfs (issues 7 and 16)")
     ap.add_argument("--size-mib", type=int, default=1024, help="big file for cp/cat/first byte/kill")
     ap.add_argument("--rss-size-mib", type=int, default=4096, help="file copied to measure memory (0: skip)")
     ap.add_argument("--runs", type=int, default=3, help="runs per figure (medians)")
@@ -599,22 +488,77 @@ def parse_args(argv):
     ap.add_argument("--files", type=int, default=1000, help="small files per run")
     ap.add_argument("--nodes", type=int, default=3)
     ap.add_argument("--only", default="default,parity0,noenc", help="configurations, comma-separated")
+    ap.add_argument("--tables", default="issue7,issue16",
+                    help="tables to measure, comma-separated: issue7 (the configurations of "
+                         "--only, memory, the node kill), issue16 (against tmpfs and the peers)")
+    issue16.add_args(ap)
+    ap.add_argument("--peers", action="store_true",
+                    help="issue 16's table also on sshfs, GlusterFS (disperse 2+1 and distributed) "
+                         "and bindfs, on loopback; installs their Debian packages and purges them after")
+    ap.add_argument("--scale", default=None, metavar="N,N,...",
+                    help="instead: fill one mount to each count of 4 KiB files and report memory, "
+                         "mount time and create/stat/unlink rates (e.g. 10000,100000,1000000)")
     ap.add_argument("--bin", default="target/release/poolfs")
     ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--namespace-cost", action="store_true",
                     help="measure what keeping the namespace in the pool costs (issue 15) instead")
     ap.add_argument("--quick", action="store_true",
-                    help="smoke test: 16 MiB files, 64 MiB for memory, 100 small files, 1 run")
+                    help="smoke test: 16 MiB files, 64 MiB for memory, 100 small files, 1 run, "
+                         "small issue-16 rows, no targets enforced")
     a = ap.parse_args(argv)
     if a.quick:
         a.size_mib, a.rss_size_mib, a.files, a.runs = 16, 64, 100, 1
+        issue16.quick(a)
     if a.stall_runs is None:
         a.stall_runs = a.runs
     a.only = [n.strip() for n in a.only.split(",") if n.strip()]
     bad = [n for n in a.only if n not in CONFIGS]
     if bad:
         ap.error(f"unknown configuration {bad}: choose from {','.join(CONFIGS)}")
+    a.tables = [n.strip() for n in a.tables.split(",") if n.strip()]
+    bad = [n for n in a.tables if n not in ("issue7", "issue16")]
+    if bad:
+        ap.error(f"unknown table {bad}: choose from issue7,issue16")
+    if a.peers and "issue16" not in a.tables:
+        ap.error("--peers measures the issue16 table: add it to --tables")
+    if a.scale is not None:
+        try:
+            a.scale = sorted({int(n) for n in a.scale.split(",") if n.strip()})
+        except ValueError:
+            ap.error(f"--scale wants counts such as 10000,100000: {a.scale!r}")
+        if not a.scale or a.scale[0] < 1:
+            ap.error("--scale wants positive counts")
     return a
+
+
+def issue16_table(a, pools, src, tmpfs, work, out):
+    """Issue 16's rows on tmpfs, a pool (in a network namespace of its own, so its
+    loopback bytes can be counted) and, with --peers, the peers; the report text, and
+    the figures into `out`."""
+    # Without network namespaces here (no unshare, no CAP_SYS_ADMIN), no wire figure.
+    netns = bool(shutil.which("unshare")) and subprocess.run(
+        ["unshare", "-n", "true"], stderr=subprocess.DEVNULL).returncode == 0
+    if not netns:
+        issue16.log_stderr("bench: cannot make a network namespace: bytes on the wire not measured")
+    mnt, data, state = pools.up(3, ["--redundancy", f"{issue16.K}+{issue16.M}"], netns=netns)
+    mount_log = os.path.join(os.path.dirname(Pools.state_file(data)), "mount.log")
+    targets = [issue16.Target("tmpfs", "tmpfs", tmpfs),
+               issue16.Target("poolfs", "**poolfs**", mnt,
+                              netns_pid=state["pids"][0] if netns else None, log_path=mount_log)]
+    with contextlib.ExitStack() as stack:
+        notes = []
+        if a.peers:
+            sys_peers = stack.enter_context(peers.Peers(work, issue16.log_stderr))
+            targets[1:1] = sys_peers.targets
+            notes = sys_peers.notes
+        issue16.measure(targets, a, src, issue16.log_stderr)
+    text, meds = issue16.table(targets, a)
+    out["issue16"] = {"medians": meds, "runs": {t.name: t.figs for t in targets},
+                      "wrong": {t.name: t.wrong for t in targets},
+                      "errors": {t.name: t.errors for t in targets}, "notes": notes}
+    text = "\n".join([issue16.header(a), "", text] + [f"- {n}" for n in notes])
+    # a wrong byte anywhere, or an error on poolfs, fails the bench
+    return text, any(t.wrong for t in targets) or bool(targets[-1].errors)
 
 
 def main(argv=None):
@@ -632,7 +576,16 @@ def main(argv=None):
     print(f"bench: working in {work}", file=sys.stderr)
     src_dir, tmpfs = os.path.join(work, "src"), os.path.join(work, "tmpfs")
     mounted, pools = [], Pools(binary, work)
+    failed = False
     try:
+        if a.scale:
+            meta = meta_info(binary)
+            res = scale.run(a, pools, issue16.log_stderr)
+            print(scale.report(a, res, meta))
+            if a.json:
+                with open(a.json, "w") as f:
+                    json.dump({"meta": meta, "args": vars(a), "scale": res}, f, indent=1)
+            return 0
         if a.namespace_cost:
             os.makedirs(src_dir)
             sh("mount", "-t", "tmpfs", "-o", f"size={a.size_mib + 64}m", "tmpfs", src_dir)
@@ -647,26 +600,43 @@ def main(argv=None):
                     json.dump({"meta": meta, "args": vars(a), "namespace": res,
                                "namespace_runs": runs}, f, indent=1)
             return 0
-        for d, mib in ((src_dir, a.size_mib + a.rss_size_mib + 64), (tmpfs, a.size_mib + 64)):
+        # tmpfs holds the big file, the random-write file, the tree and the small files
+        tmpfs_mib = a.size_mib + 64 + (a.randw_mib + a.tree_files * 4 // 1024 + 256
+                                       if "issue16" in a.tables else 0)
+        for d, mib in ((src_dir, a.size_mib + a.rss_size_mib + 64), (tmpfs, tmpfs_mib)):
             os.makedirs(d)
             sh("mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", d)
             mounted.append(d)
         src = os.path.join(src_dir, "src")
         write_random(src, a.size_mib)
-        rss_src = None
-        if a.rss_size_mib:
-            rss_src = os.path.join(src_dir, "rss")
-            write_random(rss_src, a.rss_size_mib)
         meta = meta_info(binary)  # before the runs: the commit measured
-        base = {"dir": tmpfs, "cp": [], "cat": [], "ttfb": [], "small": []}
-        results = {n: measure_config(n, a, pools, binary, src, rss_src, base) for n in a.only}
-        base = {k: med(v) for k, v in base.items() if k != "dir"}
-        floor = disk_floor(work, a.runs)
-        print(report(a, base, results, meta, floor))
+        out = {"meta": meta, "args": vars(a)}
+        texts = []
+        if "issue7" in a.tables:
+            rss_src = None
+            if a.rss_size_mib:
+                rss_src = os.path.join(src_dir, "rss")
+                write_random(rss_src, a.rss_size_mib)
+            base = {"dir": tmpfs, "cp": [], "cat": [], "ttfb": [], "small": []}
+            results = {n: measure_config(n, a, pools, binary, src, rss_src, base) for n in a.only}
+            if rss_src:
+                os.unlink(rss_src)
+            base = {k: med(v) for k, v in base.items() if k != "dir"}
+            floor = disk_floor(work, a.runs)
+            texts.append(report(a, base, results, meta, floor))
+            out.update({"tmpfs": base, "poolfs": results, "disk": floor})
+        if "issue16" in a.tables:
+            text, failed = issue16_table(a, pools, src, tmpfs, work, out)
+            if "issue7" not in a.tables:
+                text = f"poolfs benchmark, commit {meta['commit']}, {meta['machine']}\n\n{text}"
+            texts.append(text)
+        print("\n\n".join(texts))
         if a.json:
             with open(a.json, "w") as f:
-                json.dump({"meta": meta, "args": vars(a), "tmpfs": base, "poolfs": results,
-                           "disk": floor}, f, indent=1)
+                json.dump(out, f, indent=1)
+        if failed:
+            print("bench: wrong bytes, or poolfs failed a step (see the table)", file=sys.stderr)
+            return 1
     except KeyboardInterrupt:
         print("bench: interrupted, cleaning up", file=sys.stderr)
         return 130
