@@ -115,6 +115,9 @@ impl Journal {
                 why: e.to_string(),
                 kept: kept.take(),
             })?;
+            // The local store first: see `durable_first`.
+            self.durable_first()
+                .map_err(|why| Failed { why, kept: None })?;
             // The snapshot holds every change, the pending ones included.
             let (m, len) = self
                 .store_blob(&full)
@@ -137,6 +140,9 @@ impl Journal {
                 }
                 (p, t) => p.or(t),
             };
+            if let Err(why) = self.durable_first() {
+                return Err(Failed { why, kept: delta });
+            }
             if let Some(delta) = delta.filter(|d| !d.is_empty()) {
                 let (m, len) = self.store_blob(&delta).map_err(|why| Failed {
                     why,
@@ -163,6 +169,16 @@ impl Journal {
             });
         }
         Ok((next, superseded))
+    }
+
+    /// Makes every change taken so far durable in the local store before the pool's
+    /// copy records it, and before the segments this flush frees are deleted (they were
+    /// deferred after the commits that removed their files): after a crash the local
+    /// store never names a file whose segments are gone, nor is it older than the copy.
+    fn durable_first(&self) -> Result<(), String> {
+        self.meta
+            .persist()
+            .map_err(|e| format!("cannot make the namespace durable on this disk: {e}"))
     }
 
     /// Stores one sealed, erasure-coded blob holding `delta`; returns its manifest and
