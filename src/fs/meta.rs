@@ -5,6 +5,7 @@
 //! `record` the stored records and their versions.
 
 mod changes;
+mod durable;
 mod names;
 mod record;
 mod scan;
@@ -17,6 +18,7 @@ use std::sync::{Mutex, RwLock, RwLockReadGuard};
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 
 pub use changes::Delta;
+pub use durable::GROUP_COMMIT;
 pub use record::{Inode, Kind, Time, INODE_RECORD, XATTRS_MAX};
 pub use scan::{WrittenSince, PAGE, WRITTEN_MAX};
 pub use snapshot::SnapshotReader;
@@ -159,8 +161,8 @@ pub const DEFAULT_META_CACHE: u64 = 32 << 20;
 /// An I/O failure inside redb (a full disk, typically) makes it refuse every later
 /// transaction until it is reopened; the store then reopens it before its next
 /// operation, so service resumes by itself once the disk has room again. Changes that
-/// were committed without a sync (`create_unsynced`) and not yet carried to disk by a
-/// later synced commit are lost when that happens, as they would be in a crash.
+/// were committed without a sync and not yet carried to disk by a later durable commit
+/// (`persist`) are lost when that happens, as they would be in a crash.
 pub struct MetaStore {
     path: PathBuf,
     db: RwLock<Option<Database>>,
@@ -175,6 +177,8 @@ pub struct MetaStore {
     written: Mutex<scan::Written>,
     /// Bytes of redb's page cache (`--meta-cache`), kept for a reopen.
     cache: usize,
+    /// How far the commits are on disk (`persist`).
+    durable: durable::Durable,
 }
 
 fn open_db(path: &Path, cache: usize) -> Result<Database, FsError> {
@@ -222,6 +226,7 @@ impl MetaStore {
             commit_lock: Mutex::new(()),
             written: Mutex::new(Default::default()),
             cache,
+            durable: Default::default(),
         };
         meta.write(|inodes, _dirents, counters| {
             if inodes.get(ROOT).map_err(db_err)?.is_none() {
@@ -260,6 +265,8 @@ impl MetaStore {
             );
             Ok(())
         })?;
+        // A new root or a migration is durable before the store is used.
+        meta.persist()?;
         Ok(meta)
     }
 
@@ -320,15 +327,14 @@ impl MetaStore {
         self.noted(r)
     }
 
-    /// Runs `f` in one write transaction. Namespace changes commit with
-    /// `Durability::Eventual` (on Linux redb syncs those too, so they survive the
-    /// process dying); `Durability::Immediate` is for committing the data of a closed or
-    /// fsynced file; either also makes every earlier unsynced change durable.
+    /// Runs `f` in one write transaction, committed without a disk flush: visible at
+    /// once, on disk with the next durable commit (`persist`: a close, an fsync, a
+    /// journal flush, or the group commit within `GROUP_COMMIT`).
     fn write<T>(
         &self,
         f: impl FnOnce(&mut Inodes<'_>, &mut Dirents<'_>, &mut Counters<'_>) -> Result<T, FsError>,
     ) -> Result<T, FsError> {
-        self.write_with(Durability::Eventual, f)
+        self.write_with(Durability::None, f)
     }
 
     fn write_with<T>(
@@ -355,6 +361,7 @@ impl MetaStore {
             // Dropping an uncommitted transaction on error aborts it: all or nothing.
             let _cut = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
             txn.commit().map_err(db_err)?;
+            self.durable.committed(durability);
             self.note_committed(changes::end_tracking());
             self.note_written(written);
             Ok(out)
@@ -368,30 +375,77 @@ impl MetaStore {
     }
 
     /// Reads, changes and writes back inode `ino` in one transaction, so concurrent
-    /// changes of different fields never undo each other. `durable` syncs it before it
-    /// returns (for the manifest of a file whose close or fsync is about to succeed).
-    /// Fails with `NotFound` if the inode is gone; `f`'s error aborts the change.
+    /// changes of different fields never undo each other. `durable` makes it (and every
+    /// change before it) durable before it returns, for the manifest of a file whose
+    /// close or fsync is about to succeed: closes of several files at once share one
+    /// disk flush (`persist`). Fails with `NotFound` if the inode is gone; `f`'s error
+    /// aborts the change.
     pub fn update<T>(
         &self,
         ino: u64,
         durable: bool,
         f: impl FnOnce(&mut Inode) -> Result<T, FsError>,
     ) -> Result<(Inode, T), FsError> {
-        let durability = match durable {
-            true => Durability::Immediate,
-            false => Durability::Eventual,
+        let lead = match durable {
+            true => self.durable.try_lead(),
+            false => None,
         };
-        self.write_with(durability, |inodes, _, _| {
+        let durability = match lead {
+            Some(_) => Durability::Immediate,
+            None => Durability::None,
+        };
+        let out = self.write_with(durability, |inodes, _, _| {
             let mut inode = load(inodes, ino)?;
             let out = f(&mut inode)?;
             store(inodes, &inode)?;
             Ok((inode, out))
-        })
+        })?;
+        if durable && lead.is_none() {
+            self.persist()?;
+        }
+        Ok(out)
     }
 
     /// Forgets an inode that has no links left.
     pub fn purge(&self, ino: u64) -> Result<(), FsError> {
         self.write(|inodes, _, _| unstore(inodes, ino))
+    }
+
+    /// Forgets, in one transaction, those of `inos` that have no links left; returns
+    /// them (their manifests name the segments to free). Inodes already gone are
+    /// skipped.
+    pub fn purge_unlinked(&self, inos: &[u64]) -> Result<Vec<Inode>, FsError> {
+        // Mostly the kernel forgets files that still have names: a read transaction
+        // says so without a commit.
+        let unlinked = self.read(|inodes, _| {
+            let mut unlinked = Vec::new();
+            for &ino in inos {
+                match load(inodes, ino) {
+                    Ok(inode) if inode.nlink == 0 => unlinked.push(ino),
+                    Ok(_) | Err(FsError::NotFound) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(unlinked)
+        })?;
+        if unlinked.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(|inodes, _, _| {
+            let mut gone = Vec::new();
+            for &ino in &unlinked {
+                let inode = match load(inodes, ino) {
+                    Ok(inode) => inode,
+                    Err(FsError::NotFound) => continue,
+                    Err(e) => return Err(e),
+                };
+                if inode.nlink == 0 {
+                    unstore(inodes, ino)?;
+                    gone.push(inode);
+                }
+            }
+            Ok(gone)
+        })
     }
 
     /// This copy of the namespace's random id, made the first time it is asked for:

@@ -445,6 +445,10 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
     if let Err(e) = vfs.purge_orphans() {
         log::warn!("cannot remove files deleted while in use: {e}");
     }
+    // The last group commit's changes: on disk before the hand-off, which may be long.
+    if let Err(e) = vfs.meta_store().persist() {
+        log::warn!("cannot make the last namespace changes durable: {e}");
+    }
     log::info!(
         "unmounted {}; handing off, then leaving the pool",
         mountpoint.display()
@@ -456,6 +460,9 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
     if let Some(journal) = vfs.journal() {
         // The hand-offs' changes go too; then the lease is released.
         journal.close();
+    }
+    if let Err(e) = vfs.meta_store().persist() {
+        log::warn!("cannot make the last namespace changes durable: {e}");
     }
     rt.block_on(node.leave());
     Ok(())

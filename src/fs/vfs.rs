@@ -177,6 +177,7 @@ impl Vfs {
             invalidating: Mutex::new(Vec::new()),
         };
         vfs.purge_orphans()?;
+        vfs.meta.start_group_commit();
         Ok(vfs)
     }
 
@@ -205,11 +206,13 @@ impl Vfs {
         self.journal.get()
     }
 
-    /// Waits until every change made so far is in the pool's copy of the namespace
-    /// (fsync, fsyncdir); at once when the mount keeps none.
+    /// Waits until every change made so far is durable on this disk and in the pool's
+    /// copy of the namespace (fsync, fsyncdir; the latter only when the mount keeps one).
     ///
-    /// Errors: `MetaIo` when it could not be stored (see `Journal::sync`).
+    /// Errors: `MetaIo`/`NoSpace` when the store cannot be flushed; `MetaIo` when the
+    /// change could not be stored in the pool (see `Journal::sync`).
     pub fn sync_namespace(&self) -> Result<(), FsError> {
+        self.meta.persist()?;
         match self.journal.get() {
             Some(j) => j.sync(),
             None => Ok(()),

@@ -2,6 +2,7 @@
 //! (`errno`) is the only place a failure becomes an errno.
 
 mod convert;
+mod dirs;
 pub(crate) mod errno;
 mod xattr;
 
@@ -27,19 +28,29 @@ use errno::errno;
 use xattr::{is_pool_xattr, is_system_xattr};
 pub use xattr::{HEALTH_XATTR, NAMESPACE_XATTR, REPAIR_XATTR, RISK_XATTR, SCRUB_XATTR};
 
-/// Only this mount changes its namespace, so the kernel may cache answers briefly.
-const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may keep names (missing ones too), and attributes, without
+/// asking again. Only this mount changes its namespace and attributes, each change
+/// through a request the kernel sees (it drops what that request changed), and the
+/// mount tells it of the one change it makes by itself (a rolled-back file's size,
+/// `Vfs::invalidate`); repair changes where shards are, never a file's attributes.
+/// Long, then: a stat of a file listed a minute ago costs no round trip.
+const TTL: Duration = Duration::from_secs(60);
 const BLOCK: u32 = 4096;
 
 /// The filesystem as fuser sees it.
 pub struct PoolFs {
     vfs: Arc<Vfs>,
+    /// Snapshots of the open directories' entries.
+    dirs: dirs::DirHandles,
 }
 
 impl PoolFs {
     /// Wraps the filesystem logic for mounting.
     pub fn new(vfs: Arc<Vfs>) -> Self {
-        PoolFs { vfs }
+        PoolFs {
+            vfs,
+            dirs: Default::default(),
+        }
     }
 
     /// The attributes the kernel is given for `i`.
@@ -72,6 +83,27 @@ impl PoolFs {
     }
 }
 
+/// The attributes of a negative entry: inode 0 means "no such name" to the kernel.
+fn missing() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: SystemTime::UNIX_EPOCH,
+        mtime: SystemTime::UNIX_EPOCH,
+        ctime: SystemTime::UNIX_EPOCH,
+        crtime: SystemTime::UNIX_EPOCH,
+        kind: fuser::FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: BLOCK,
+        flags: 0,
+    }
+}
+
 fn empty(reply: ReplyEmpty, r: Result<(), FsError>) {
     match r {
         Ok(()) => reply.ok(),
@@ -94,18 +126,32 @@ impl Filesystem for PoolFs {
         if let Err(e) = config.add_capabilities(fuser::InitFlags::FUSE_ATOMIC_O_TRUNC) {
             log::info!("kernel lacks atomic O_TRUNC ({e:?}): a truncating open commits at once");
         }
+        // Listings with attributes (READDIRPLUS), when the kernel sees names of the
+        // directory being looked up (AUTO): `find | xargs stat`, `ls -l`, `rm -r`
+        // then need no LOOKUP per name.
+        let plus = fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO;
+        if let Err(e) = config.add_capabilities(plus) {
+            log::info!("kernel lacks READDIRPLUS ({e:?}): names are looked up one by one");
+        }
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.entry(reply, self.vfs.lookup(parent.0, name.as_bytes()))
+        match self.vfs.lookup(parent.0, name.as_bytes()) {
+            // A missing name is an entry of inode 0: the kernel keeps it as a negative
+            // entry for TTL (a plain ENOENT would be asked again at every access), and
+            // forgets it when this mount makes the name.
+            Err(FsError::NotFound) => reply.entry(&TTL, &missing(), Generation(0)),
+            r => self.entry(reply, r),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         self.vfs.forget(ino.0, nlookup);
     }
 
-    // batch_forget: fuser's default calls `forget` for each inode.
+    // batch_forget: fuser's default calls `forget` for each inode (fuser 0.18 keeps
+    // `ForgetOne`, the type of its argument, private, so it cannot be overridden).
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.vfs.getattr(ino.0) {
@@ -369,30 +415,42 @@ impl Filesystem for PoolFs {
         reply.error(errno(&FsError::NoIoctl));
     }
 
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.opened(FileHandle(self.dirs.open()), FopenFlags::empty());
+    }
+
     fn readdir(
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
-        match self.vfs.readdir(ino.0) {
-            Ok(entries) => {
-                for (i, (child, k, name)) in entries.iter().enumerate().skip(offset as usize) {
-                    if reply.add(
-                        INodeNo(*child),
-                        (i + 1) as u64,
-                        kind(*k),
-                        OsStr::from_bytes(name),
-                    ) {
-                        break;
-                    }
-                }
-                reply.ok()
-            }
-            Err(e) => reply.error(errno(&e)),
-        }
+        self.read_dir(ino.0, fh.0, offset, reply)
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: fuser::ReplyDirectoryPlus,
+    ) {
+        self.read_dir_plus(ino.0, fh.0, offset, reply)
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs.release(fh.0);
+        reply.ok()
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -99,6 +99,9 @@ impl Journal {
             }
             (p, t) => p.or(t),
         };
+        if let Err(why) = self.durable_first() {
+            return Err(Failed { why, kept: delta });
+        }
         if let Some(delta) = delta.filter(|d| !d.is_empty()) {
             let (m, len) = self.store_blob(&delta).map_err(|why| Failed {
                 why,
@@ -121,6 +124,16 @@ impl Journal {
             return Err(Failed { why, kept });
         }
         Ok(next)
+    }
+
+    /// Makes every change taken so far durable in the local store before the pool's
+    /// copy records it, and before the segments this flush frees are deleted (they were
+    /// deferred after the commits that removed their files): after a crash the local
+    /// store never names a file whose segments are gone, nor is it older than the copy.
+    pub(super) fn durable_first(&self) -> Result<(), String> {
+        self.meta
+            .persist()
+            .map_err(|e| format!("cannot make the namespace durable on this disk: {e}"))
     }
 
     /// Stores one sealed, erasure-coded blob holding `delta`; returns its manifest and

@@ -175,7 +175,8 @@ impl Journal {
             next.written_ms = super::root::now_ms();
             (next, superseded)
         };
-        if let Err(why) = self.write_root(&next) {
+        // The local store first (`durable_first`): the copy is never ahead of it.
+        if let Err(why) = self.durable_first().and_then(|()| self.write_root(&next)) {
             self.abandon(job);
             return self.snapshot_failed(why);
         }

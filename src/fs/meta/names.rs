@@ -1,7 +1,7 @@
 //! The namespace operations of the metadata store: look up, list, create, link,
 //! unlink, remove a directory, rename and exchange, each one transaction.
 
-use redb::{Durability, ReadableTable};
+use redb::ReadableTable;
 
 use super::{check_name, db_err, dir, drop_dirent, entry, is_empty_dir, load, put_dirent, store};
 use super::{Inode, Kind, MetaStore, Time, NAME_MAX, ROOT};
@@ -44,36 +44,41 @@ impl MetaStore {
         })
     }
 
+    /// The inodes of entries `(name, ino)` of directory `parent`, as listed a moment
+    /// ago, in one read transaction: `None` for an entry whose name no longer names
+    /// that inode (removed or renamed since), so a listing with attributes never hands
+    /// the kernel a name that is gone. `.` and `..` are given as they are.
+    pub fn listed(
+        &self,
+        parent: u64,
+        entries: &[(&[u8], u64)],
+    ) -> Result<Vec<Option<Inode>>, FsError> {
+        self.read(|inodes, dirents| {
+            entries
+                .iter()
+                .map(|&(name, ino)| {
+                    let dot = name == b"." || name == b"..";
+                    if !dot && entry(dirents, parent, name)? != Some(ino) {
+                        return Ok(None);
+                    }
+                    match load(inodes, ino) {
+                        Ok(inode) => Ok(Some(inode)),
+                        Err(FsError::NotFound) => Ok(None),
+                        Err(e) => Err(e),
+                    }
+                })
+                .collect()
+        })
+    }
+
     /// Adds `inode` as `name` in `parent`; fails with `Exists` if the name is taken.
     /// A directory with the setgid bit passes its group on to what is made in it, and
     /// the bit itself to subdirectories (as Linux filesystems do; the kernel has
-    /// already cleared a requested setgid bit the creator may not set).
-    pub fn create(&self, parent: u64, name: &[u8], inode: Inode) -> Result<Inode, FsError> {
-        self.create_with(Durability::Eventual, parent, name, inode)
-    }
-
-    /// `create` without syncing: for a file created open, whose close or fsync commits
-    /// it durably (with every change before it). Until then a crash of the mount may
-    /// forget it, as a local filesystem may forget a new name whose directory was not
-    /// fsynced; but it is visible at once and costs no disk flush.
-    pub fn create_unsynced(
-        &self,
-        parent: u64,
-        name: &[u8],
-        inode: Inode,
-    ) -> Result<Inode, FsError> {
-        self.create_with(Durability::None, parent, name, inode)
-    }
-
-    fn create_with(
-        &self,
-        durability: Durability,
-        parent: u64,
-        name: &[u8],
-        mut inode: Inode,
-    ) -> Result<Inode, FsError> {
+    /// already cleared a requested setgid bit the creator may not set). Like every
+    /// namespace change it is durable with the next durable commit (`persist`).
+    pub fn create(&self, parent: u64, name: &[u8], mut inode: Inode) -> Result<Inode, FsError> {
         check_name(name)?;
-        self.write_with(durability, |inodes, dirents, counters| {
+        self.write(|inodes, dirents, counters| {
             let mut d = dir(inodes, parent)?;
             if entry(dirents, parent, name)?.is_some() {
                 return Err(FsError::Exists);

@@ -171,7 +171,7 @@ impl Vfs {
         inode.manifest = Some(self.block_on(self.client.new_file())?);
         // Not synced here: the file's close (or fsync) commits it durably, so a small
         // file costs one metadata flush, not two.
-        let inode = self.referenced(self.meta.create_unsynced(parent, name, inode)?);
+        let inode = self.referenced(self.meta.create(parent, name, inode)?);
         let open = match self.acquire(inode.ino) {
             Ok(open) => open,
             Err(e) => {

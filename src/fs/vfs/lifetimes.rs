@@ -12,29 +12,17 @@ use crate::fs::meta::{Inode, Kind, ROOT};
 use crate::fs::FsError;
 
 impl Vfs {
-    /// Deletes an inode with no links left: its segments on the peers first, so a
-    /// crash in between leaves an orphan record that the next mount cleans, never
-    /// segments nobody knows about.
-    ///
-    /// With the namespace kept in the pool the record goes first: the segments are
-    /// deleted after the journal's next flush (the pool's copy names them until then),
-    /// and a crash in between leaves segments that the sweep reclaims.
+    /// Deletes an inode with no links left: its record, then its segments (after the
+    /// journal's next flush, which records the removal in the pool's copy; without a
+    /// journal once the removal is on this disk). A crash in between leaves segments
+    /// nobody names, which the sweep reclaims; never a record naming segments gone.
     pub(super) fn remove_inode(&self, inode: &Inode) {
-        if self.journal.get().is_some() {
-            if let Err(e) = self.meta.purge(inode.ino) {
-                log::error!("cannot forget inode {}: {e}", inode.ino);
-                return;
-            }
-            if let Some(m) = &inode.manifest {
-                self.delete_segments(m);
-            }
+        if let Err(e) = self.meta.purge(inode.ino) {
+            log::error!("cannot forget inode {}: {e}", inode.ino);
             return;
         }
         if let Some(m) = &inode.manifest {
             self.delete_segments(m);
-        }
-        if let Err(e) = self.meta.purge(inode.ino) {
-            log::error!("cannot forget inode {}: {e}", inode.ino);
         }
     }
 
@@ -46,6 +34,12 @@ impl Vfs {
         }
         if let Some(j) = self.journal.get() {
             j.defer_delete(m.clone());
+            return;
+        }
+        // The change that let the file go may not be on disk yet: after a crash the
+        // store must not name a file whose segments are gone.
+        if let Err(e) = self.meta.persist() {
+            log::warn!("segments of file {} kept: {e}", m.place.file_id);
             return;
         }
         if let Err(e) = self.block_on(self.client.delete(m)) {
@@ -81,22 +75,31 @@ impl Vfs {
     /// Removes `ino` if nothing refers to it any more: no name, no open handle, no
     /// reference held by the kernel.
     pub(super) fn reap(&self, ino: u64) {
-        if ino == ROOT {
+        self.reap_all(&[ino]);
+    }
+
+    /// `reap` of several inodes in one transaction.
+    fn reap_all(&self, inos: &[u64]) {
+        let unused: Vec<u64> = {
+            let open = lock(&self.open);
+            let lookups = lock(&self.lookups);
+            inos.iter()
+                .copied()
+                .filter(|ino| *ino != ROOT && !open.contains_key(ino) && !lookups.contains_key(ino))
+                .collect()
+        };
+        if unused.is_empty() {
             return;
         }
-        {
-            let open = lock(&self.open);
-            if open.contains_key(&ino) || lock(&self.lookups).contains_key(&ino) {
-                return;
+        // Nothing can take a new reference now on one without links: it has no name to
+        // be looked up by, and the kernel, holding none, cannot open it.
+        match self.meta.purge_unlinked(&unused) {
+            Ok(gone) => {
+                for m in gone.iter().filter_map(|i| i.manifest.as_ref()) {
+                    self.delete_segments(m);
+                }
             }
-        }
-        // Nothing can take a new reference now: the inode has no name to be looked up
-        // by, and the kernel, holding none, cannot open it.
-        match self.meta.get(ino) {
-            Ok(inode) if inode.nlink == 0 => self.remove_inode(&inode),
-            Ok(_) => {}
-            Err(FsError::NotFound) => {}
-            Err(e) => log::warn!("cannot check inode {ino} for removal: {e}"),
+            Err(e) => log::warn!("cannot remove unlinked inodes {unused:?}: {e}"),
         }
     }
 

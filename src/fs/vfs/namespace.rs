@@ -201,6 +201,32 @@ impl Vfs {
         Ok(out)
     }
 
+    /// The attributes of entries `(name, ino)` of directory `parent` listed a moment
+    /// ago (READDIRPLUS), open files' with their live size and times; `None` for an
+    /// entry gone or renamed meanwhile. Takes no reference: `referenced_all` does, for
+    /// the entries that reach the kernel.
+    pub fn listed(
+        &self,
+        parent: u64,
+        entries: &[(&[u8], u64)],
+    ) -> Result<Vec<Option<Inode>>, FsError> {
+        Ok(self
+            .meta
+            .listed(parent, entries)?
+            .into_iter()
+            .map(|i| i.map(|i| self.live(i)))
+            .collect())
+    }
+
+    /// One more reference of the kernel on each of `inos` (entries READDIRPLUS gave it,
+    /// `.` and `..` excepted: the kernel takes none for those), released by `forget`.
+    pub fn referenced_all(&self, inos: &[u64]) {
+        let mut lookups = super::lock(&self.lookups);
+        for &ino in inos {
+            *lookups.entry(ino).or_default() += 1;
+        }
+    }
+
     /// After a write, truncate or fallocate by `caller`: clears the file's
     /// set-group-ID bit if it has no group-execute bit and the caller is outside the
     /// file's group without `CAP_FSETID` (Linux 6.x `setattr_should_drop_sgid`; with

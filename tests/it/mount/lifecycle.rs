@@ -59,6 +59,11 @@ fn files_survive_remount_and_kill_9() {
     assert!(cp(&big, &m.join("orphan")).status.success());
     let orphan = File::open(m.join("orphan")).unwrap();
     fs::remove_file(m.join("orphan")).unwrap();
+    // An unlink is durable within half a second, or at once by fsync of its directory.
+    File::open(&m)
+        .unwrap()
+        .sync_all()
+        .expect("fsync of the directory");
     let with_orphan = total_segments(&pool);
 
     pool.kill_mount();

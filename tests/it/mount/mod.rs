@@ -22,6 +22,7 @@ use crate::harness::mount::{
 
 mod failover;
 mod lifecycle;
+mod listing;
 mod model;
 mod posix;
 mod round_trips;
