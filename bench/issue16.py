@@ -217,7 +217,7 @@ def measure(targets, a, src, log):
             for t in order:
                 try:
                     step(t, r)
-                except (OSError, subprocess.CalledProcessError, RuntimeError) as e:
+                except (OSError, ValueError, subprocess.CalledProcessError, RuntimeError) as e:
                     # A system that fails a step is reported, not allowed to end the run.
                     t.errors.setdefault(key, []).append(f"run {r + 1}: {e}{log_tail(t)}")
                     log(f"  {t.name}: {key} failed: {e}")

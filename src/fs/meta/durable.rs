@@ -212,7 +212,10 @@ mod tests {
         }
         assert!(!m.unsynced());
         let path = dir.path().join("meta.redb");
-        drop(Arc::try_unwrap(m).ok().expect("one owner"));
+        let Ok(m) = Arc::try_unwrap(m) else {
+            panic!("the store has other owners");
+        };
+        drop(m);
         let m = MetaStore::open(&path, 0, 0).unwrap();
         assert_eq!(m.readdir(ROOT).unwrap().len(), 80);
         assert_eq!(m.lookup(ROOT, &[b'f', 3, 19]).unwrap().size, 19);
