@@ -61,9 +61,6 @@ pub struct FileData {
     /// The last piece of a data shard fetched alone (stripe, where the piece starts in
     /// the stripe, plaintext) for a read that needed nothing else of its stripe.
     shard: Option<(u64, usize, Arc<Vec<u8>>)>,
-    /// Pieces of the first data shard asked for when the file was opened to be read
-    /// (`fetch_head`), in order, before the kernel's first READ arrives.
-    head: VecDeque<read::Head>,
     last_read: Option<u64>,
     /// A failure to store data, reported by every later flush of this file.
     failed: Option<FsError>,
@@ -99,7 +96,6 @@ impl FileData {
             cache: VecDeque::new(),
             prefetch: HashMap::new(),
             shard: None,
-            head: VecDeque::new(),
             last_read: None,
             failed: None,
             changed: false,

@@ -498,7 +498,6 @@ impl MetaStore {
         })();
         self.noted(r)
     }
-
 }
 
 /// Rewrites every inode of the store in the current record version, reading each with

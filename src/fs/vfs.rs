@@ -16,7 +16,7 @@
 //! `handles` (open files and their data), `lifetimes` (references and removal) and
 //! `xattrs`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
@@ -110,10 +110,6 @@ pub struct Vfs {
     /// `open` when both are held.
     lookups: Mutex<HashMap<u64, u64>>,
     handles: Mutex<HashMap<u64, OpenHandle>>,
-    /// Inodes whose first bytes a READ gave the kernel since it last looked them up:
-    /// its page cache may hold them, so an open fetches nothing ahead (`Vfs::open`).
-    /// At most one entry per inode the kernel references (dropped at its last forget).
-    head_given: Mutex<HashSet<u64>>,
     next_fh: AtomicU64,
     max_uploads: usize,
     /// The outcome of the last scrub pass, for `user.poolfs.scrub` on the root.
@@ -168,7 +164,6 @@ impl Vfs {
             open: Mutex::new(HashMap::new()),
             lookups: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
-            head_given: Mutex::new(HashSet::new()),
             next_fh: AtomicU64::new(1),
             max_uploads: 4,
             last_scrub: Mutex::new(None),
@@ -231,7 +226,6 @@ impl Vfs {
             return;
         };
         let invalidate = invalidate.clone();
-        lock(&self.head_given).remove(&ino);
         let run = move || {
             if let Err(e) = invalidate(ino) {
                 log::debug!("cannot invalidate the kernel's cache of inode {ino}: {e}");

@@ -200,15 +200,6 @@ impl Vfs {
             }
         }
         let writes = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        // Most readers read from offset 0 next: ask for those bytes now, unless the
-        // kernel may have them cached. A file busy in another request has readers
-        // already: nothing to wait for here.
-        if !writes && !lock(&self.head_given).contains(&ino) {
-            if let Ok(mut data) = open.data.try_lock() {
-                let _in_runtime = self.rt.enter();
-                data.fetch_head();
-            }
-        }
         Ok(self.new_handle(ino, &open, writes))
     }
 
@@ -220,10 +211,7 @@ impl Vfs {
 
     /// Reads up to `len` bytes at `offset`.
     pub fn read(&self, fh: u64, offset: u64, len: u32) -> Result<ReadBytes, FsError> {
-        let (h, open) = self.data_of(fh)?;
-        if offset == 0 {
-            lock(&self.head_given).insert(h.ino);
-        }
+        let (_, open) = self.data_of(fh)?;
         self.block_on(async { open.data.lock().await.read(offset, u64::from(len)).await })
     }
 

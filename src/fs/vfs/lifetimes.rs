@@ -128,7 +128,6 @@ impl Vfs {
             }
         };
         if last {
-            lock(&self.head_given).remove(&ino);
             self.reap(ino);
         }
     }

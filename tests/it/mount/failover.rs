@@ -340,12 +340,18 @@ fn scrub_heals_a_corrupt_parity_shard() {
     let f = pool.path("f");
     let want: Vec<u8> = (0..5 * MIB).map(|i| (i * 7 % 251) as u8).collect();
     fs::write(&f, &want).unwrap();
-    // The parity segment is the last one (index 2 of k = 2 + m = 1): find its file.
+    // The parity segment is the last one (index 2 of k = 2 + m = 1): find its file,
+    // leaving out the namespace's own blobs (stored by another identity).
     let parity: Vec<PathBuf> = pool
         .storages()
         .iter()
         .flat_map(|s| walk(&s.join("segments")))
         .filter(|p| p.file_name().is_some_and(|n| n == "2.seg"))
+        .filter(|p| {
+            p.ancestors()
+                .nth(2)
+                .is_some_and(|owner| !crate::harness::cluster::is_namespace_owner(owner))
+        })
         .collect();
     assert_eq!(parity.len(), 1, "one parity segment: {parity:?}");
     let good = fs::read(&parity[0]).unwrap();
