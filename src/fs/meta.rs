@@ -454,28 +454,18 @@ impl MetaStore {
     ///
     /// Errors: `MetaIo`/`NoSpace` when the store cannot be written.
     pub fn store_id(&self) -> Result<u64, FsError> {
-        let r = (|| {
-            let guard = self.db()?;
-            let db = guard
-                .as_ref()
-                .ok_or_else(|| FsError::MetaIo("metadata store is closed".into()))?;
-            let txn = db.begin_write().map_err(db_err)?;
-            let id = {
-                let mut table = txn.open_table(JOURNAL).map_err(db_err)?;
-                let known = table.get("store_id").map_err(db_err)?.map(|g| g.value());
-                match known {
-                    Some(id) => id,
-                    None => {
-                        let id = rand::random::<u64>() | 1;
-                        table.insert("store_id", id).map_err(db_err)?;
-                        id
-                    }
+        self.write_untracked(|txn| {
+            let mut table = txn.open_table(JOURNAL).map_err(db_err)?;
+            let known = table.get("store_id").map_err(db_err)?.map(|g| g.value());
+            match known {
+                Some(id) => Ok(id),
+                None => {
+                    let id = rand::random::<u64>() | 1;
+                    table.insert("store_id", id).map_err(db_err)?;
+                    Ok(id)
                 }
-            };
-            txn.commit().map_err(db_err)?;
-            Ok(id)
-        })();
-        self.noted(r)
+            }
+        })
     }
 
     /// Runs `f` in one durable write transaction outside the tables the journal
