@@ -1,11 +1,13 @@
 //! The metadata store of one mount: the namespace and every file's manifest in an
 //! embedded crash-safe store (redb), one transaction per operation, so a crash leaves
-//! either the old or the new state. This file opens the store (checking and migrating
-//! its format) and runs the transactions; `names` holds the namespace operations,
-//! `record` the stored records and their versions.
+//! either the old or the new state. This file opens the store and runs the
+//! transactions; `migrate` brings a store of an earlier format to the current one,
+//! `names` holds the namespace operations, `record` the stored records and their
+//! versions.
 
 mod changes;
 mod durable;
+mod migrate;
 mod names;
 mod record;
 mod scan;
@@ -23,9 +25,7 @@ pub use record::{Inode, Kind, Time, INODE_RECORD, XATTRS_MAX};
 pub use scan::{WrittenSince, PAGE, WRITTEN_MAX};
 pub use snapshot::SnapshotReader;
 
-use super::legacy::InodeV3;
 use super::FsError;
-use crate::proto::decode_record;
 
 /// Inode number of the root directory (FUSE's convention).
 pub const ROOT: u64 = 1;
@@ -238,32 +238,7 @@ impl MetaStore {
                 counters.insert("next_ino", ROOT + 1).map_err(db_err)?;
                 counters.insert("format", META_FORMAT).map_err(db_err)?;
             }
-            let format = counters.get("format").map_err(db_err)?.map(|g| g.value());
-            let migrated = match format {
-                Some(META_FORMAT) => return Ok(()),
-                Some(5) => scan::index_orphans(inodes)?,
-                Some(4) => migrate(inodes, record::decode_untagged_v4)?,
-                Some(3) => migrate(inodes, |bytes| {
-                    let old: InodeV3 = decode_record(bytes)
-                        .map_err(|e| FsError::Meta(format!("inode record of format 3: {e}")))?;
-                    Ok(Inode::from(old))
-                })?,
-                _ => {
-                    return Err(FsError::Meta(format!(
-                        "{} holds metadata of format {}, this poolfs reads formats 3 to \
-                         {META_FORMAT}; mount it with the poolfs that made it",
-                        path.display(),
-                        format.map_or("1".into(), |f| f.to_string())
-                    )))
-                }
-            };
-            counters.insert("format", META_FORMAT).map_err(db_err)?;
-            log::info!(
-                "{}: metadata of format {} migrated to format {META_FORMAT} ({migrated} inodes)",
-                path.display(),
-                format.unwrap_or(0)
-            );
-            Ok(())
+            migrate::upgrade(inodes, counters, path)
         })?;
         // A new root or a migration is durable before the store is used.
         meta.persist()?;
@@ -490,28 +465,9 @@ impl MetaStore {
     }
 }
 
-/// Rewrites every inode of the store in the current record version, reading each with
-/// `old` (the decoder of the store's format); returns how many there were. One
-/// transaction: a failure leaves the store as it was.
-fn migrate(
-    inodes: &mut Inodes<'_>,
-    old: impl Fn(&[u8]) -> Result<Inode, FsError>,
-) -> Result<usize, FsError> {
-    let mut all = Vec::new();
-    for item in inodes.iter().map_err(db_err)? {
-        let (_, v) = item.map_err(db_err)?;
-        all.push(old(v.value())?);
-    }
-    for inode in &all {
-        store(inodes, inode)?;
-    }
-    Ok(all.len())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::encode_record;
 
     fn dir_inode() -> Inode {
         Inode::new(Kind::Dir, 0o755, 0, 0)
@@ -519,180 +475,6 @@ mod tests {
 
     fn file() -> Inode {
         Inode::new(Kind::File, 0o644, 0, 0)
-    }
-
-    #[test]
-    fn a_format_3_store_is_migrated_with_every_file_intact() {
-        use crate::client::{Layout, Placement, Sealing, StripeRecord};
-        use crate::fs::legacy::{InodeV3, ManifestV3, StripeRecordV3};
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("meta.redb");
-        let sealed_v3 = StripeRecordV3 {
-            sums: Vec::new(),
-            moved: Vec::new(),
-            seal: Some(Sealing { salt: [1; 16] }),
-        };
-        let sealed = StripeRecord {
-            sums: Vec::new(),
-            moved: Vec::new(),
-            seal: Some(Sealing { salt: [1; 16] }),
-            slot: 0,
-        };
-        let old = InodeV3 {
-            ino: 9,
-            kind: Kind::File,
-            perm: 0o4750,
-            uid: 3,
-            gid: 4,
-            nlink: 2,
-            size: 5 << 20,
-            atime: Time { secs: -5, nanos: 6 },
-            mtime: Time { secs: 7, nanos: 8 },
-            ctime: Time { secs: 9, nanos: 10 },
-            parent: 0,
-            target: Vec::new(),
-            manifest: Some(ManifestV3 {
-                place: Placement {
-                    file_id: "ab".into(),
-                    layout: Layout {
-                        k: 2,
-                        m: 1,
-                        shard_size: 1 << 20,
-                    },
-                    holders: Vec::new(),
-                },
-                size: 5 << 20,
-                stripes: vec![sealed_v3.clone(), StripeRecordV3::default(), sealed_v3],
-                inline: None,
-            }),
-        };
-        {
-            let db = Database::create(&path).unwrap();
-            let txn = db.begin_write().unwrap();
-            {
-                let mut inodes = txn.open_table(INODES).unwrap();
-                let mut counters = txn.open_table(COUNTERS).unwrap();
-                let root = InodeV3 {
-                    ino: ROOT,
-                    kind: Kind::Dir,
-                    perm: 0o755,
-                    uid: 0,
-                    gid: 0,
-                    nlink: 2,
-                    size: 0,
-                    atime: Time::default(),
-                    mtime: Time::default(),
-                    ctime: Time::default(),
-                    parent: ROOT,
-                    target: Vec::new(),
-                    manifest: None,
-                };
-                let bytes = encode_record(&root).unwrap();
-                inodes.insert(ROOT, bytes.as_slice()).unwrap();
-                let bytes = encode_record(&old).unwrap();
-                inodes.insert(9, bytes.as_slice()).unwrap();
-                counters.insert("format", 3).unwrap();
-                counters.insert("next_ino", 10).unwrap();
-                let mut dirents = txn.open_table(DIRENTS).unwrap();
-                dirents.insert((ROOT, &b"f"[..]), 9).unwrap();
-            }
-            txn.commit().unwrap();
-        }
-        let m = MetaStore::open(&path, 0, 0).unwrap();
-        let f = m.lookup(ROOT, b"f").unwrap();
-        assert_eq!((f.ino, f.perm, f.uid, f.gid, f.nlink), (9, 0o4750, 3, 4, 2));
-        assert_eq!(
-            (f.atime, f.mtime),
-            (Time { secs: -5, nanos: 6 }, Time { secs: 7, nanos: 8 })
-        );
-        let man = f.manifest.unwrap();
-        assert_eq!(man.size, 5 << 20);
-        let stored: Vec<u64> = man.records().map(|(j, _)| j).collect();
-        assert_eq!(stored, vec![0, 2], "the hole in between stays a hole");
-        assert_eq!(man.stripe(2), &sealed);
-        drop(m);
-        // Opened again, it is of the current format and reads the same.
-        let m = MetaStore::open(&path, 0, 0).unwrap();
-        assert_eq!(m.get(9).unwrap().size, 5 << 20);
-    }
-
-    #[test]
-    fn a_format_4_store_opens_with_its_records_tagged_and_intact() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("meta.redb");
-        let mut root = dir_inode();
-        root.ino = ROOT;
-        root.nlink = 2;
-        root.parent = ROOT;
-        let mut f = Inode::new(Kind::Symlink, 0o777, 3, 4);
-        f.ino = 9;
-        f.target = b"elsewhere".to_vec();
-        f.xattrs.insert(b"user.note".to_vec(), b"kept".to_vec());
-        {
-            // What a format-4 poolfs wrote: untagged records.
-            let db = Database::create(&path).unwrap();
-            let txn = db.begin_write().unwrap();
-            {
-                let mut inodes = txn.open_table(INODES).unwrap();
-                let mut counters = txn.open_table(COUNTERS).unwrap();
-                let mut dirents = txn.open_table(DIRENTS).unwrap();
-                for inode in [&root, &f] {
-                    let bytes = encode_record(inode).unwrap();
-                    inodes.insert(inode.ino, bytes.as_slice()).unwrap();
-                }
-                counters.insert("format", 4).unwrap();
-                counters.insert("next_ino", 10).unwrap();
-                dirents.insert((ROOT, &b"link"[..]), 9).unwrap();
-            }
-            txn.commit().unwrap();
-        }
-        let m = MetaStore::open(&path, 0, 0).unwrap();
-        assert_eq!(m.lookup(ROOT, b"link").unwrap(), f);
-        assert_eq!(m.create(ROOT, b"new", file()).unwrap().ino, 10);
-        drop(m);
-        let db = Database::create(&path).unwrap();
-        let txn = db.begin_read().unwrap();
-        let counters = txn.open_table(COUNTERS).unwrap();
-        assert_eq!(
-            counters.get("format").unwrap().unwrap().value(),
-            META_FORMAT
-        );
-        let inodes = txn.open_table(INODES).unwrap();
-        for item in inodes.iter().unwrap() {
-            let (k, v) = item.unwrap();
-            assert_eq!(v.value()[0], INODE_RECORD, "inode {} untagged", k.value());
-        }
-    }
-
-    #[test]
-    fn a_store_of_an_unknown_format_is_refused_and_left_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("meta.redb");
-        drop(MetaStore::open(&path, 0, 0).unwrap());
-        {
-            let db = Database::create(&path).unwrap();
-            let txn = db.begin_write().unwrap();
-            txn.open_table(COUNTERS)
-                .unwrap()
-                .insert("format", META_FORMAT + 1)
-                .unwrap();
-            txn.commit().unwrap();
-        }
-        let e = MetaStore::open(&path, 0, 0)
-            .err()
-            .expect("opened")
-            .to_string();
-        assert!(e.contains(&format!("format {}", META_FORMAT + 1)), "{e}");
-        let db = Database::create(&path).unwrap();
-        let txn = db.begin_read().unwrap();
-        let format = txn
-            .open_table(COUNTERS)
-            .unwrap()
-            .get("format")
-            .unwrap()
-            .unwrap()
-            .value();
-        assert_eq!(format, META_FORMAT + 1);
     }
 
     #[test]
