@@ -29,7 +29,7 @@ pub fn repair_pass(vfs: &Vfs, grace: Duration) -> Result<RepairReport, FsError> 
     let widen_to = policy_parity(vfs, &rview);
     let mut report = RepairReport::default();
     for inode in vfs.meta().files()? {
-        let Some(m) = inode.manifest.clone() else {
+        let Some(mut m) = inode.manifest.clone() else {
             continue;
         };
         if m.inline.is_some() && !m.stores_anything() {
@@ -38,6 +38,21 @@ pub fn repair_pass(vfs: &Vfs, grace: Duration) -> Result<RepairReport, FsError> 
         let broken: Vec<usize> = (0..m.place.holders.len())
             .filter(|&i| needs_repair(&view, &m.place.holders[i], grace))
             .collect();
+        let slices_moved = m.log.slices.values().any(|s| !s.record.moved.is_empty());
+        let narrower = widen_to.is_some_and(|parity| parity > m.place.layout.m);
+        let needed = !broken.is_empty() || m.has_moved() || slices_moved || narrower;
+        if needed && !m.log.is_empty() && !vfs.is_open(inode.ino) {
+            // Repair moves stripes: a patched file is compacted first, so every byte
+            // is in a stripe (the slices are read around a lost holder like stripes).
+            match vfs.compact_file(inode.ino) {
+                Ok(compacted) => m = compacted,
+                Err(e) => {
+                    log::warn!("repair: cannot compact file {}: {e}", m.place.file_id);
+                    report.pending += broken.len().max(1);
+                    continue;
+                }
+            }
+        }
         report.waiting += m
             .place
             .holders
