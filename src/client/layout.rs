@@ -19,10 +19,20 @@ pub const TAG_LEN: usize = 16;
 /// in between; the old slot is freed after that commit.
 pub const SHADOW_SEGMENT: u32 = 1 << 31;
 
-/// The index of the segment holding slot `slot` (0 or 1) of shard `i`'s stripes.
+/// The bit that turns segment index i into the index of its log segment: shard i of a
+/// file's slices (small stripes of patched bytes, see `manifest::Log`), slice s in the
+/// slot of stripe s. A slice's record has `slot == LOG_SLOT`.
+pub const LOG_SEGMENT: u32 = 1 << 30;
+
+/// The `StripeRecord::slot` of a slice: its shards are in the log segments.
+pub const LOG_SLOT: u8 = 2;
+
+/// The index of the segment holding slot `slot` of shard `i`'s stripes: 0 in segment
+/// i, 1 in its shadow, `LOG_SLOT` in its log segment.
 pub fn segment_index(i: usize, slot: u8) -> u32 {
     match slot {
         0 => i as u32,
+        LOG_SLOT => i as u32 | LOG_SEGMENT,
         _ => i as u32 | SHADOW_SEGMENT,
     }
 }

@@ -1,5 +1,6 @@
 //! A file's manifest: its id, size, layout, which node holds each segment, the record
-//! of every stored stripe, and the stripes reserved by `fallocate`.
+//! of every stored stripe, the stripes reserved by `fallocate`, and the log of patched
+//! bytes laid over the stripes (`log`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,6 +13,10 @@ use super::layout::Layout;
 use super::seal::Salt;
 use super::stripe::Checksum;
 use crate::proto::NodeId;
+
+mod log;
+
+pub use log::{Extent, Log, Slice};
 
 /// The node holding one segment of a file.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -156,6 +161,9 @@ pub struct Manifest {
     /// A small file's bytes, kept in this record instead of on the pool (then no
     /// stripe is stored); see `fs::file::INLINE_MAX`.
     pub inline: Option<Vec<u8>>,
+    /// Bytes written into stored stripes since they were last stored whole: slices in
+    /// the log segments and the extents that lay them over the stripes (newest wins).
+    pub log: Log,
 }
 
 impl Manifest {
@@ -167,6 +175,7 @@ impl Manifest {
             stripes: BTreeMap::new(),
             reserved: RangeSet::new(),
             inline: None,
+            log: Log::default(),
         }
     }
 
@@ -230,9 +239,11 @@ impl Manifest {
     pub fn all_holders(&self) -> Vec<Holder> {
         let mut all: Vec<Holder> = Vec::new();
         // A shape wider than the pool names a node as holder of several segments: once.
+        let slices = self.log.slices.values().map(|s| &s.record);
         for h in self.place.holders.iter().chain(
             self.stripes
                 .values()
+                .chain(slices)
                 .flat_map(|s| s.moved.iter().map(|mv| &mv.to)),
         ) {
             if !all.iter().any(|a| a.node_id == h.node_id) {
@@ -240,6 +251,14 @@ impl Manifest {
             }
         }
         all
+    }
+
+    /// Forgets the extents over stripe `j` and its count of patched writes: it was just
+    /// stored whole (its new bytes include them) or became a hole.
+    pub fn drop_patches(&mut self, j: u64) {
+        let stripe = self.place.layout.stripe_size();
+        self.log.clip(j * stripe..(j + 1).saturating_mul(stripe));
+        self.log.writes.remove(&j);
     }
 
     /// Data bytes in stripe `j`.
@@ -273,6 +292,8 @@ impl Manifest {
             .map_or(0, |j| j + 1)
             .max(self.reserved.iter().next_back().map_or(0, |r| r.end));
         self.stripes.split_off(&n);
+        self.log.clip(self.size..u64::MAX);
+        self.log.writes.split_off(&n);
         if n < end {
             self.reserved.remove(n..end);
         }

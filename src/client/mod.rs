@@ -40,7 +40,7 @@ pub use error::ClientError;
 pub use fanout::READ_DEADLINE;
 pub use heal::{adopt_holder, Pace};
 pub use layout::Layout;
-pub use manifest::{Holder, Manifest, Moved, Placement, Sealing, StripeRecord};
+pub use manifest::{Extent, Holder, Log, Manifest, Moved, Placement, Sealing, Slice, StripeRecord};
 pub use placement::Redundancy;
 use seal::FileCipher;
 pub use segments::{Fault, MemSegments, SegmentError, SegmentIo, SegmentRead, ViewSource};

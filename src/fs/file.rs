@@ -6,9 +6,14 @@
 //! (described by the manifest's checksums). Reads look in that order, so a reader always
 //! sees the latest writes.
 //!
+//! A write into a stored stripe that is neither buffered nor covers the whole stripe
+//! does not fetch it: its bytes go to the patch buffer, and from there into a slice
+//! (`patches`). Reads put the file's extents and patches over the stored stripes.
+//!
 //! This file holds `FileData`'s state; its work is split by concern: `buffers`
-//! (writes and truncation), `upload` (storing, flush, roll-back), `read` (cache and
-//! prefetch) and `holes` (holes, seek, fallocate).
+//! (writes and truncation), `patches` (writes into stored stripes, slices,
+//! compaction), `upload` (storing, flush, roll-back), `read` (cache and prefetch) and
+//! `holes` (holes, seek, fallocate).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Range;
@@ -23,9 +28,11 @@ use crate::client::{StripeData, StripeRecord};
 
 mod buffers;
 mod holes;
+mod patches;
 mod read;
 mod upload;
 
+pub use patches::{compact_after, MAX_EXTENTS, WIRE_SLACK};
 pub use upload::unused_slots;
 
 /// Stripes fetched ahead of a sequential reader.
@@ -55,6 +62,13 @@ pub struct FileData {
     /// so far, ahead of the committed one until the next commit.
     pub manifest: Manifest,
     dirty: BTreeMap<u64, Vec<u8>>,
+    /// Bytes written into stored stripes since the last slice, by file offset (never
+    /// overlapping): newer than the log's extents, older than dirty stripes.
+    patches: BTreeMap<u64, Vec<u8>>,
+    /// Bytes in `patches`; at most a stripe's (a slice fits one slot).
+    patch_bytes: usize,
+    /// Pieces of slices fetched lately, for reads and compaction.
+    pieces: VecDeque<patches::Piece>,
     uploads: BTreeMap<u64, Upload>,
     cache: VecDeque<(u64, StripeData)>,
     prefetch: HashMap<u64, Fetch>,
@@ -92,6 +106,9 @@ impl FileData {
             max_uploads: max_uploads.max(1),
             manifest,
             dirty: BTreeMap::new(),
+            patches: BTreeMap::new(),
+            patch_bytes: 0,
+            pieces: VecDeque::new(),
             uploads: BTreeMap::new(),
             cache: VecDeque::new(),
             prefetch: HashMap::new(),

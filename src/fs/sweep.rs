@@ -81,8 +81,8 @@ type SegKey = (String, u32);
 type Kept = Vec<(u64, u64)>;
 
 /// The segments the committed manifests name, per node, each with the slots it keeps:
-/// for each stored stripe, the slot of each shard in the segment of the node holding it
-/// (its holder, or where it was moved), and the reserved stripes' slots in slot 0 of
+/// for each stored stripe and each slice of the log, the slot of each shard in the
+/// segment of the node holding it (its holder, or where it was moved), and the reserved stripes' slots in slot 0 of
 /// every holder of a file with reservations. A file placed but never committed with a
 /// stripe (a copy in flight at a crash) names none.
 #[cfg(test)]
@@ -127,7 +127,9 @@ fn name_segments(
                 name(h.node_id, file, i as u32, slots(run.start, run.end));
             }
         }
-        for (j, rec) in m.records() {
+        // Stripes, and slices (slice s in slot s of the log segments).
+        let slices = m.log.slices.iter().map(|(s, slice)| (*s, &slice.record));
+        for (j, rec) in m.records().chain(slices) {
             for i in 0..m.place.holders.len() {
                 let at = rec.holder(&m.place, i).node_id;
                 name(at, file, rec.segment_index(i), slots(j, j + 1));

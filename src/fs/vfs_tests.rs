@@ -14,6 +14,7 @@ mod data;
 mod failures;
 mod lifetimes;
 mod namespace;
+mod patches;
 mod repair;
 mod repair_incremental;
 mod xattrs;

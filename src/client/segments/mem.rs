@@ -79,6 +79,8 @@ pub struct MemSegments {
     epoch: Mutex<u64>,
     /// The pool's clock in ms: segment ages are measured on it.
     clock: AtomicU64,
+    /// Segment bytes stored and read so far: what the network would carry.
+    wire: AtomicU64,
 }
 
 impl MemSegments {
@@ -98,7 +100,14 @@ impl MemSegments {
             nodes: Mutex::new(nodes),
             epoch: Mutex::new(1),
             clock: AtomicU64::new(0),
+            wire: AtomicU64::new(0),
         })
+    }
+
+    /// Segment bytes stored and read since the pool was made (what STORE and FWD
+    /// would carry over the network).
+    pub fn wire_bytes(&self) -> u64 {
+        self.wire.load(Ordering::SeqCst)
     }
 
     /// Moves the pool's clock on by `ms`: every segment is that much older.
@@ -331,6 +340,7 @@ impl SegmentIo for MemSegments {
     ) -> IoFuture<'a, ()> {
         async move {
             self.arrive(holder).await?;
+            self.wire.fetch_add(data.len() as u64, Ordering::SeqCst);
             self.with_node(holder, |node| {
                 let k = key(&segment);
                 let end = offset as usize + data.len();
@@ -371,6 +381,7 @@ impl SegmentIo for MemSegments {
                         out
                     }
                 };
+                self.wire.fetch_add(out.len() as u64, Ordering::SeqCst);
                 if node.fault == Some(Fault::Corrupt) {
                     if let Some(b) = out.first_mut() {
                         *b = !*b;

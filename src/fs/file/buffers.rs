@@ -16,14 +16,21 @@ impl FileData {
     ) -> Result<&mut Vec<u8>, FsError> {
         if !self.dirty.contains_key(&j) {
             let mut buf = Vec::new();
+            let base = j * self.stripe_size();
             if !overwrite_all {
                 if let Some(up) = self.uploads.get(&j) {
                     buf.extend_from_slice(&up.data);
                 } else if !self.manifest.is_hole(j) {
                     let data = self.pooled_stripe(j).await?;
                     data.copy_to(&mut buf, 0, data.len);
+                    // With what was patched since it was stored: the buffer is the
+                    // stripe's newest bytes, its extents go when it is stored whole.
+                    let range = base..base + buf.len() as u64;
+                    self.overlay(range, &mut buf).await?;
                 }
             }
+            // The buffer holds (or is about to overwrite) the stripe's patches.
+            self.take_patches(base..base + self.stripe_size());
             self.forget_cached(j);
             self.dirty.insert(j, buf);
         }
@@ -98,8 +105,14 @@ impl FileData {
             let base = j * stripe_size;
             let upto = end.min(base + stripe_size);
             let overwrite_all = pos == base && upto == base + stripe_size;
-            let buf = self.dirty_stripe(j, overwrite_all).await?;
             let src = &data[(pos - offset) as usize..(upto - offset) as usize];
+            if !overwrite_all && self.patchable(j, upto) {
+                // A stored stripe is not fetched for a part of it: a patch.
+                self.patch(j, pos, src).await?;
+                pos = upto;
+                continue;
+            }
+            let buf = self.dirty_stripe(j, overwrite_all).await?;
             put_at(buf, (pos - base) as usize, src, stripe_size as usize);
             if upto > self.manifest.size {
                 self.manifest.size = upto;
@@ -137,6 +150,7 @@ impl FileData {
             self.finish_upload(j).await;
         }
         self.dirty.clear();
+        self.take_patches(0..u64::MAX);
         let old = std::mem::replace(&mut self.manifest, fresh);
         // The committed placement is deleted once the new one is committed; one
         // begun since the commit was never committed and goes now.
@@ -193,7 +207,9 @@ impl FileData {
             for j in pending {
                 self.finish_upload(j).await;
             }
-            // What the shrink cuts off is freed on the nodes once it is committed.
+            // What the shrink cuts off is freed on the nodes once it is committed
+            // (slices no extent names any more at the next flush).
+            self.take_patches(new_size..u64::MAX);
             self.manifest.size = new_size;
             self.manifest.trim_stripes();
         } else {

@@ -164,9 +164,12 @@ impl FileData {
                     self.finish_upload(j).await;
                 }
                 self.dirty.remove(&j);
+                self.take_patches(base..base + stripe);
                 self.forget_cached(j);
-                // Its slots are freed once the manifest without it is committed.
+                // Its slots are freed once the manifest without it is committed (its
+                // slices once no extent names them).
                 self.manifest.clear_stripe(j);
+                self.manifest.drop_patches(j);
                 self.manifest.reserved.remove(j..j + 1);
             } else if self.is_data(j) {
                 let zeros = vec![0u8; (upto - pos) as usize];

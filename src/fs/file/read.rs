@@ -143,14 +143,21 @@ impl FileData {
             let from = (offset.max(base) - base) as usize;
             let to = (end.min(base + stripe_size) - base) as usize;
             // Bytes from a fetched shard are lent as they are when they are the whole
-            // answer (no copy on the way to the kernel), else appended.
+            // answer (no copy on the way to the kernel), else appended. Bytes patched
+            // since the stripe was stored go over them (`patches`).
+            let file_range = base + from as u64..base + to as u64;
+            let patched = self.patched(file_range.clone());
+            let lend = one_stripe && !patched;
+            let start = out.len();
             if let Some(buf) = self.dirty.get(&j) {
                 extend_padded(&mut out, buf, from, to);
+                continue; // a buffered stripe holds its patches
             } else if let Some(up) = self.uploads.get(&j) {
                 extend_padded(&mut out, &up.data, from, to);
+                continue;
             } else if let Some((at, piece)) = self.one_piece(j, from, to).await {
                 self.schedule_prefetch(j, true);
-                if one_stripe && to - at <= piece.len() {
+                if lend && to - at <= piece.len() {
                     return Ok(ReadBytes::Shared(piece, from - at..to - at));
                 }
                 extend_padded(&mut out, &piece, from - at, to - at);
@@ -158,11 +165,12 @@ impl FileData {
                 let data = self.pooled_stripe(j).await?;
                 self.schedule_prefetch(j, false);
                 match data.lend(from, to) {
-                    Some((shard, range)) if one_stripe => {
-                        return Ok(ReadBytes::Shared(shard, range))
-                    }
+                    Some((shard, range)) if lend => return Ok(ReadBytes::Shared(shard, range)),
                     _ => data.copy_to(&mut out, from, to),
                 }
+            }
+            if patched {
+                self.overlay(file_range, &mut out[start..]).await?;
             }
         }
         Ok(ReadBytes::Owned(out))

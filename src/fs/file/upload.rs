@@ -7,6 +7,7 @@ use std::sync::Arc;
 use rangemap::RangeSet;
 
 use super::{FileData, Upload};
+use crate::client::layout::LOG_SLOT;
 use crate::client::{Manifest, StripeRecord};
 use crate::fs::FsError;
 
@@ -28,6 +29,7 @@ impl FileData {
         // its old shards (if any) are freed once the manifest without them commits.
         if buf.iter().all(|&b| b == 0) {
             self.manifest.clear_stripe(j);
+            self.manifest.drop_patches(j);
             return Ok(());
         }
         // Exactly the stripe's bytes: zeros where nothing was written.
@@ -72,6 +74,9 @@ impl FileData {
             Ok(record) => {
                 self.written.push((j, record.clone()));
                 self.manifest.set_stripe(j, record);
+                // Its bytes came with every patch of it (`dirty_stripe`), and no new
+                // one is made while it is buffered or being stored.
+                self.manifest.drop_patches(j);
             }
             Err(e) => {
                 log::error!(
@@ -91,6 +96,8 @@ impl FileData {
         if self.keep_inline() {
             return Ok(());
         }
+        self.compact().await?;
+        self.write_slice().await?;
         let dirty: Vec<u64> = self.dirty.keys().copied().collect();
         for j in dirty {
             self.start_upload(j).await?;
@@ -99,6 +106,8 @@ impl FileData {
         for j in pending {
             self.finish_upload(j).await;
         }
+        // Slices no extent names any more are freed once this manifest is committed.
+        self.manifest.log.prune();
         self.check_failed()
     }
 
@@ -121,6 +130,7 @@ impl FileData {
         // file as committed already, such as the next flush after a failed write).
         self.discarded |= self.changed || !self.written.is_empty() || !self.dirty.is_empty();
         self.dirty.clear();
+        self.take_patches(0..u64::MAX);
         self.forget_all_cached();
         self.changed = false;
         self.touched = None;
@@ -129,27 +139,38 @@ impl FileData {
     }
 }
 
-/// The slots that `candidates` (stripe records) and `reserved` (reserved stripes, slot
-/// 0) take on the nodes and that `keep` does not use, as manifests of `keep`'s
-/// placement to punch (one per slot, empty ones left out): what can be freed once
-/// `keep` is the committed manifest.
+/// The slots that `candidates` (stripe records, and slices: records of slot
+/// `LOG_SLOT`, numbered by slice) and `reserved` (reserved stripes, slot 0) take on the
+/// nodes and that `keep` does not use, as manifests of `keep`'s placement to punch (one
+/// per slot, slices as the stripes of the last; empty ones left out): what can be
+/// freed once `keep` is the committed manifest.
 pub fn unused_slots(
     keep: &Manifest,
     candidates: &[(u64, StripeRecord)],
     reserved: &RangeSet<u64>,
 ) -> Vec<Manifest> {
-    let used = |j: u64, slot: u8| {
-        keep.stripes.get(&j).is_some_and(|r| r.slot == slot) || (slot == 0 && keep.is_reserved(j))
+    let used = |j: u64, slot: u8| match slot {
+        // A slice number `keep` uses holds its slice (a number is reused only once
+        // its slice is no longer committed: the same slot, written over).
+        LOG_SLOT => keep.log.slices.contains_key(&j),
+        _ => {
+            keep.stripes.get(&j).is_some_and(|r| r.slot == slot)
+                || (slot == 0 && keep.is_reserved(j))
+        }
     };
     let mut by_slot = [
+        Manifest::new(keep.place.clone()),
         Manifest::new(keep.place.clone()),
         Manifest::new(keep.place.clone()),
     ];
     for (j, record) in candidates {
         if !used(*j, record.slot) {
-            by_slot[usize::from(record.slot.min(1))]
-                .stripes
-                .insert(*j, record.clone());
+            let at = match record.slot {
+                0 => 0,
+                LOG_SLOT => 2,
+                _ => 1,
+            };
+            by_slot[at].stripes.insert(*j, record.clone());
         }
     }
     let mut free = reserved.clone();

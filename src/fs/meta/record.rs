@@ -8,8 +8,9 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::client::Manifest;
+use crate::fs::legacy::InodeV4;
 use crate::fs::FsError;
-use crate::proto::{decode_record, encode_record};
+use crate::proto::decode_record;
 
 /// Most bytes of extended attributes (names and values) one inode may carry: twice the
 /// largest single value Linux allows (`XATTR_SIZE_MAX`, 64 KiB), so the largest one
@@ -174,17 +175,21 @@ impl Inode {
 }
 
 /// Version tag of the inode records this poolfs writes: the first byte of every value
-/// of the `inodes` table; the bytes after it are the record in that version's layout
-/// (today bincode of `Inode`, through `proto::encode_record`). The tag is the store
-/// format that introduced the layout: format 4 made `Inode` what it is; format 3's
-/// records had no tag and are read only by the migration (`fs/legacy.rs`).
+/// of the `inodes` table; the bytes after it are the record in that version's layout.
+/// Tag 5 is postcard of `Inode` (its manifest with the log of slices); tag 4 was bincode
+/// of the layout before the log (`fs/legacy.rs`, `InodeV4`), read and converted, and
+/// written as tag 5 when the record next changes. Format 3's records had no tag and
+/// are read only by the migration.
 ///
 /// To change `Inode` (or the `Manifest` inside it, whose layout is part of the inode
-/// record's): copy the current struct to `fs/legacy.rs` as `InodeV4` with a
-/// `From<InodeV4> for Inode`, bump this tag, and decode the old tag through that copy
+/// record's): copy the current struct to `fs/legacy.rs` as `InodeV5` with a
+/// `From<InodeV5> for Inode`, bump this tag, and decode the old tag through that copy
 /// in `decode_inode`. Old stores then open without a migration, and their records are
 /// rewritten in the new layout as they change.
-pub const INODE_RECORD: u8 = 4;
+pub const INODE_RECORD: u8 = 5;
+
+/// The tag of bincode records of `InodeV4` (`fs/legacy.rs`).
+const INODE_RECORD_V4: u8 = 4;
 
 /// A record that does not encode or decode: the store holds something this version
 /// does not understand.
@@ -192,14 +197,11 @@ fn rec_err(e: impl std::fmt::Display) -> FsError {
     FsError::Meta(format!("inode record: {e}"))
 }
 
-/// The bytes stored for `inode`: its version tag, then the record.
+/// The bytes stored for `inode`: its version tag, then the record (postcard).
 ///
 /// Errors: `FsError::Meta` if the codec refuses it (not expected for any `Inode`).
 pub(super) fn encode_inode(inode: &Inode) -> Result<Vec<u8>, FsError> {
-    let body = encode_record(inode).map_err(rec_err)?;
-    let mut bytes = Vec::with_capacity(1 + body.len());
-    bytes.push(INODE_RECORD);
-    bytes.extend_from_slice(&body);
+    let bytes = postcard::to_allocvec(&(INODE_RECORD, inode)).map_err(rec_err)?;
     Ok(bytes)
 }
 
@@ -209,7 +211,8 @@ pub(super) fn encode_inode(inode: &Inode) -> Result<Vec<u8>, FsError> {
 /// does not know (written by a newer one), or the codec's reason for a damaged record.
 pub(super) fn decode_inode(bytes: &[u8]) -> Result<Inode, FsError> {
     match bytes.split_first() {
-        Some((&INODE_RECORD, body)) => decode_record(body).map_err(rec_err),
+        Some((&INODE_RECORD, body)) => postcard::from_bytes(body).map_err(rec_err),
+        Some((&INODE_RECORD_V4, body)) => decode_untagged_v4(body),
         Some((&version, _)) => Err(rec_err(format_args!(
             "version {version}, but this poolfs reads version {INODE_RECORD} and older \
              (mount it with the poolfs that wrote it)"
@@ -218,10 +221,10 @@ pub(super) fn decode_inode(bytes: &[u8]) -> Result<Inode, FsError> {
     }
 }
 
-/// Decodes a record stored before records had a version tag (store format 4), which is
-/// the layout of tag 4 without the tag.
+/// Decodes a record of the layout of tag 4 without its tag (store format 4's records).
 pub(super) fn decode_untagged_v4(bytes: &[u8]) -> Result<Inode, FsError> {
-    decode_record(bytes).map_err(rec_err)
+    let old: InodeV4 = decode_record(bytes).map_err(rec_err)?;
+    Ok(Inode::from(old))
 }
 
 #[cfg(test)]
@@ -255,8 +258,106 @@ mod tests {
         let bytes = encode_inode(&inode).unwrap();
         assert_eq!(bytes[0], INODE_RECORD);
         assert_eq!(decode_inode(&bytes).unwrap(), inode);
-        // Without its tag the same bytes are what store format 4 kept.
+    }
+
+    #[test]
+    fn a_tag_4_record_with_a_stored_file_reads_back_whole() {
+        use crate::client::{Layout, Placement, Sealing, StripeRecord};
+        use crate::fs::legacy::ManifestV4;
+        let place = Placement {
+            file_id: "f1".into(),
+            layout: Layout {
+                k: 2,
+                m: 1,
+                shard_size: 1 << 20,
+            },
+            holders: Vec::new(),
+        };
+        let record = StripeRecord {
+            sums: Vec::new(),
+            moved: Vec::new(),
+            seal: Some(Sealing { salt: [3; 16] }),
+            slot: 1,
+        };
+        let mut reserved = rangemap::RangeSet::new();
+        reserved.insert(4..6);
+        let old = InodeV4 {
+            ino: 12,
+            kind: Kind::File,
+            perm: 0o640,
+            uid: 5,
+            gid: 6,
+            nlink: 1,
+            size: 3 << 20,
+            atime: Time { secs: 1, nanos: 2 },
+            mtime: Time { secs: 3, nanos: 4 },
+            ctime: Time { secs: 5, nanos: 6 },
+            parent: 0,
+            target: Vec::new(),
+            rdev: 0,
+            xattrs: [(b"user.a".to_vec(), b"b".to_vec())].into(),
+            manifest: Some(ManifestV4 {
+                place: place.clone(),
+                size: 3 << 20,
+                stripes: [(1, record.clone())].into(),
+                reserved: reserved.clone(),
+                inline: None,
+            }),
+        };
+        let mut bytes = vec![4];
+        bytes.extend(crate::proto::encode_record(&old).unwrap());
+        let inode = decode_inode(&bytes).expect("tag 4 decodes");
+        assert_eq!((inode.ino, inode.perm, inode.size), (12, 0o640, 3 << 20));
+        assert_eq!(inode.mtime, Time { secs: 3, nanos: 4 });
+        assert_eq!(inode.xattrs.get(&b"user.a"[..]), Some(&b"b".to_vec()));
+        let m = inode.manifest.clone().expect("manifest");
+        assert_eq!((&m.place, m.size), (&place, 3 << 20));
+        assert_eq!(m.stripe(1), &record);
+        assert_eq!(m.reserved, reserved);
+        assert!(m.log.is_empty());
         assert_eq!(decode_untagged_v4(&bytes[1..]).unwrap(), inode);
+        // Written again, it is tag 5 and reads back the same.
+        let again = encode_inode(&inode).unwrap();
+        assert_eq!(again[0], 5);
+        assert_eq!(decode_inode(&again).unwrap(), inode);
+    }
+
+    #[test]
+    fn a_manifest_with_slices_and_extents_round_trips() {
+        use crate::client::{Extent, Layout, Manifest, Placement, Slice, StripeRecord};
+        let mut m = Manifest::new(Placement {
+            file_id: "f2".into(),
+            layout: Layout {
+                k: 2,
+                m: 1,
+                shard_size: 1 << 20,
+            },
+            holders: Vec::new(),
+        });
+        m.size = 9 << 20;
+        m.log.slices.insert(
+            3,
+            Slice {
+                record: StripeRecord {
+                    slot: crate::client::layout::LOG_SLOT,
+                    ..Default::default()
+                },
+                len: 8192,
+            },
+        );
+        m.log.insert(
+            4096,
+            Extent {
+                len: 4096,
+                slice: 3,
+                at: 4096,
+            },
+        );
+        m.log.writes.insert(0, 7);
+        let mut inode = Inode::new(Kind::File, 0o644, 0, 0);
+        inode.manifest = Some(m);
+        let bytes = encode_inode(&inode).unwrap();
+        assert_eq!(decode_inode(&bytes).unwrap(), inode);
     }
 
     #[test]

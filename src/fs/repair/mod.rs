@@ -89,6 +89,15 @@ pub fn health(vfs: &Vfs, ino: u64) -> Result<String, FsError> {
     if away > 0 {
         text.push_str(&format!("; {away} shards stored away from their holders"));
     }
+    if !m.log.is_empty() {
+        // Random writes kept as slices until repair compacts the file (`COMPACT_IDLE`).
+        let bytes: u64 = m.log.slices.values().map(|s| s.len).sum();
+        text.push_str(&format!(
+            "; {} bytes of random writes in {} slices, compacted once the file is idle",
+            bytes,
+            m.log.slices.len()
+        ));
+    }
     if !lost.is_empty() {
         text.push_str(&format!("; missing: {}", lost.join(", ")));
     }

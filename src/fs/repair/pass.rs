@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::{needs_repair, pace, repair_view, RepairReport};
 use crate::client::{adopt_holder, placement, Holder, Manifest, Pace, PoolClient, StripeRecord};
-use crate::fs::meta::Inode;
+use crate::fs::meta::{Inode, Time};
 use crate::fs::status::{stripe_machines_off, stripe_nodes_off};
 use crate::fs::vfs::Vfs;
 use crate::fs::FsError;
@@ -76,7 +76,8 @@ impl PassView {
 /// longer than `grace`) rebuilt onto a live node that holds no segment of that file, or
 /// the file re-encoded onto the live nodes when there is none; shards stored away from
 /// (or missing on) holders that are up brought home. Open files wait for a later pass
-/// (they are repaired after they close). The files are read a page at a time
+/// (they are repaired after they close). A patched file (random writes kept as slices)
+/// is compacted first, or once idle for `COMPACT_IDLE`. The files are read a page at a time
 /// (`MetaStore::each_file`), so the pass holds no list of them all. Errors: only when
 /// there is no pool view or no metadata; a file that cannot be repaired now counts as
 /// pending.
@@ -101,7 +102,7 @@ pub(super) fn repair_file(
     report: &mut RepairReport,
 ) -> bool {
     let (view, rview, grace) = (&pv.view, &pv.rview, pv.grace);
-    let Some(m) = inode.manifest else {
+    let Some(mut m) = inode.manifest else {
         return false;
     };
     if m.inline.is_some() && !m.stores_anything() {
@@ -111,6 +112,29 @@ pub(super) fn repair_file(
     let broken: Vec<usize> = (0..m.place.holders.len())
         .filter(|&i| needs_repair(view, &m.place.holders[i], grace))
         .collect();
+    let slices_moved = m.log.slices.values().any(|s| !s.record.moved.is_empty());
+    let narrower = pv.widen_to.is_some_and(|parity| parity > m.place.layout.m);
+    let needed = !broken.is_empty() || m.has_moved() || slices_moved || narrower;
+    // A patched file that is not compacted now is visited again until it is.
+    let mut compact_later = false;
+    if !m.log.is_empty() && !vfs.is_open(inode.ino) {
+        if needed || idle_since(&inode.ctime) >= COMPACT_IDLE {
+            // Repair moves stripes: a patched file is compacted first, so every byte
+            // is in a stripe (the slices are read around a lost holder like stripes).
+            // An idle one is compacted anyway: its slices hold bytes twice and cost
+            // each read an overlay.
+            match vfs.compact_file(inode.ino) {
+                Ok(compacted) => m = compacted,
+                Err(e) => {
+                    log::warn!("repair: cannot compact file {}: {e}", m.place.file_id);
+                    report.pending += broken.len().max(1);
+                    return true;
+                }
+            }
+        } else {
+            compact_later = true;
+        }
+    }
     report.waiting += m
         .place
         .holders
@@ -127,14 +151,13 @@ pub(super) fn repair_file(
         // enough nodes are live, so an outage does not lower the pool's tolerance
         // for good.
         // (An empty file is placed again at its first write instead.)
-        let narrower = pv.widen_to.is_some_and(|parity| parity > m.place.layout.m);
         if narrower && m.stores_anything() && !vfs.is_open(inode.ino) {
             let mut file = FileRepair::new(vfs, inode.ino, &m, report);
             if let Err(e) = file.reencode(rview) {
                 log::info!("repair: widening file {}: {e}", m.place.file_id);
             }
         }
-        return report.pending > pending_before;
+        return report.pending > pending_before || compact_later;
     }
     if vfs.is_open(inode.ino) {
         report.pending += broken.len();
@@ -146,7 +169,21 @@ pub(super) fn repair_file(
         Err(Stop::Changed) => log::info!("repair: file {}: {}", m.place.file_id, Stop::Changed),
         Err(e) => log::warn!("repair: file {}: {e}", m.place.file_id),
     }
-    report.pending > pending_before
+    report.pending > pending_before || compact_later
+}
+
+/// How long a closed file's status must stay unchanged before repair compacts its
+/// slices (random writes laid over its stripes) when nothing else needs doing: long
+/// enough that a program writing in bursts is not made to pay for a compaction
+/// between them, short enough that space and reads are back to a plain file's soon.
+/// The status change time is used because a user can set the modification time.
+pub const COMPACT_IDLE: Duration = Duration::from_secs(10);
+
+/// Time since `t` (zero if `t` is in the future).
+fn idle_since(t: &Time) -> Duration {
+    std::time::SystemTime::from(*t)
+        .elapsed()
+        .unwrap_or_default()
 }
 
 /// The repair of one closed file, committing its manifest as it goes.

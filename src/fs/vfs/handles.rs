@@ -63,6 +63,9 @@ impl Vfs {
         let mut reserved = rangemap::RangeSet::new();
         if old.place.file_id == data.manifest.place.file_id {
             candidates.extend(old.records().map(|(j, r)| (j, r.clone())));
+            // Slices the new log no longer names (compacted, hidden or cut off).
+            let slices = old.log.slices.iter();
+            candidates.extend(slices.map(|(s, slice)| (*s, slice.record.clone())));
             reserved = old.reserved;
         } else {
             self.delete_segments(&old); // replaced by a truncation to zero
@@ -94,6 +97,23 @@ impl Vfs {
         for gone in unused_slots(base, &written, &abandoned.reserved) {
             self.free_slots(&gone);
         }
+    }
+
+    /// Rewrites every patched stripe of file `ino` whole and commits it, so all its
+    /// bytes are in its stripes and its log is empty: repair, re-encoding and scrub
+    /// move and verify stripes only. Returns the manifest committed. Errors: a failed
+    /// read or store (the file stays as it was), the metadata store's.
+    pub fn compact_file(&self, ino: u64) -> Result<crate::client::Manifest, FsError> {
+        self.with_data(ino, |vfs, data| {
+            if let Err(e) = vfs.block_on(data.compact_all()) {
+                vfs.roll_back(ino, data, Invalidate::Later);
+                return Err(e);
+            }
+            // Not a change of the file's bytes: its times stay.
+            data.changed = true;
+            vfs.commit(ino, data, Invalidate::Later)?;
+            Ok(data.manifest.clone())
+        })
     }
 
     /// Sets the size of an open file's data. Placement is decided here, before the
