@@ -349,6 +349,17 @@ impl MetaStore {
         self.read(|inodes, _| load(inodes, ino))
     }
 
+    /// Inode `ino` without its manifest (`manifest` is `None`): its attributes and
+    /// extended attributes at the cost of a small record, however large the file's
+    /// manifest. For answers only: never write it back. Fails with `NotFound` if the
+    /// inode is gone.
+    pub fn get_head(&self, ino: u64) -> Result<Inode, FsError> {
+        self.read(|inodes, _| {
+            let guard = inodes.get(ino).map_err(db_err)?.ok_or(FsError::NotFound)?;
+            record::decode_head(guard.value())
+        })
+    }
+
     /// Reads, changes and writes back inode `ino` in one transaction, so concurrent
     /// changes of different fields never undo each other. `durable` makes it (and every
     /// change before it) durable before it returns, for the manifest of a file whose

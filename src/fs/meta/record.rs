@@ -221,6 +221,60 @@ pub(super) fn decode_inode(bytes: &[u8]) -> Result<Inode, FsError> {
     }
 }
 
+/// The fields of an inode record before its manifest, in `Inode`'s order: postcard
+/// encodes a struct as the tuple of its fields, so this reads a tag-5 record's head and
+/// leaves the manifest (which for a large or much patched file is most of the record)
+/// undecoded. `decode_head` is tested against `decode_inode`.
+type Head = (
+    u64,
+    Kind,
+    u16,
+    u32,
+    u32,
+    u32,
+    u64,
+    Time,
+    Time,
+    Time,
+    u64,
+    Vec<u8>,
+    u32,
+    BTreeMap<Vec<u8>, Vec<u8>>,
+);
+
+/// The inode stored as `bytes`, without its manifest (`manifest` is `None` whatever
+/// the record holds): for reads of attributes or extended attributes only, never to
+/// be written back. The kernel asks for `security.capability` before every write, and
+/// this answer must not cost a decode of the file's whole manifest. Errors: as
+/// `decode_inode`.
+pub(super) fn decode_head(bytes: &[u8]) -> Result<Inode, FsError> {
+    let Some((&INODE_RECORD, body)) = bytes.split_first() else {
+        let mut inode = decode_inode(bytes)?;
+        inode.manifest = None;
+        return Ok(inode);
+    };
+    let (head, _manifest): (Head, _) = postcard::take_from_bytes(body).map_err(rec_err)?;
+    let (ino, kind, perm, uid, gid, nlink, size, atime, mtime, ctime, parent, target, rdev, xattrs) =
+        head;
+    Ok(Inode {
+        ino,
+        kind,
+        perm,
+        uid,
+        gid,
+        nlink,
+        size,
+        atime,
+        mtime,
+        ctime,
+        parent,
+        target,
+        rdev,
+        xattrs,
+        manifest: None,
+    })
+}
+
 /// Decodes a record of the layout of tag 4 without its tag (store format 4's records).
 pub(super) fn decode_untagged_v4(bytes: &[u8]) -> Result<Inode, FsError> {
     let old: InodeV4 = decode_record(bytes).map_err(rec_err)?;
@@ -358,6 +412,36 @@ mod tests {
         inode.manifest = Some(m);
         let bytes = encode_inode(&inode).unwrap();
         assert_eq!(decode_inode(&bytes).unwrap(), inode);
+    }
+
+    #[test]
+    fn the_head_of_a_record_is_every_field_but_the_manifest() {
+        let mut inode = Inode::new(Kind::File, 0o4755, 1000, 100);
+        inode.ino = 77;
+        inode.nlink = 3;
+        inode.size = 123_456;
+        inode.parent = 9;
+        inode.target = b"somewhere".to_vec();
+        inode.rdev = 0x0801;
+        inode.mtime = Time { secs: -5, nanos: 7 };
+        inode.xattrs.insert(b"user.a".to_vec(), b"1".to_vec());
+        inode
+            .xattrs
+            .insert(b"security.selinux".to_vec(), vec![0; 40]);
+        let mut m = Manifest::new(crate::client::Placement {
+            file_id: "f3".into(),
+            layout: crate::client::Layout {
+                k: 2,
+                m: 1,
+                shard_size: 1 << 20,
+            },
+            holders: Vec::new(),
+        });
+        m.size = 123_456;
+        inode.manifest = Some(m);
+        let head = decode_head(&encode_inode(&inode).unwrap()).unwrap();
+        inode.manifest = None;
+        assert_eq!(head, inode);
     }
 
     #[test]

@@ -239,7 +239,7 @@ impl Vfs {
     ) -> Result<(), FsError> {
         let sgid = libc::S_ISGID as u16;
         let xgrp = libc::S_IXGRP as u16;
-        let inode = self.meta.get(ino)?;
+        let inode = self.meta.get_head(ino)?;
         if inode.perm & (sgid | xgrp) != sgid {
             return Ok(());
         }

@@ -6,9 +6,11 @@ use crate::fs::FsError;
 
 impl Vfs {
     /// The value of extended attribute `name` of `ino`. Errors: ENODATA if it has none.
+    /// (The kernel asks for `security.capability` before every write: the record is
+    /// read without its manifest.)
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, FsError> {
         self.meta
-            .get(ino)?
+            .get_head(ino)?
             .xattrs
             .get(name)
             .cloned()
@@ -19,7 +21,7 @@ impl Vfs {
     /// listxattr(2) gives them; `trusted.*` ones only if `trusted` (a privileged
     /// caller).
     pub fn listxattr(&self, ino: u64, trusted: bool) -> Result<Vec<u8>, FsError> {
-        let inode = self.meta.get(ino)?;
+        let inode = self.meta.get_head(ino)?;
         let mut out = Vec::new();
         for name in inode.xattrs.keys() {
             if !trusted && name.starts_with(b"trusted.") {
