@@ -14,12 +14,14 @@
 //! (`MetaStore::take_delta`, one consistent cut), stores it as one blob, then writes the
 //! root naming it: so after a close the change is in the pool within about a second,
 //! and `sync` (fsync) waits for a flush that begins after it is called. Between
-//! flushes the same thread stores snapshots, part by part and paced (`snapshot`). The segments
+//! flushes the same thread folds the log's newest deltas into one blob (`fold`) and
+//! stores snapshots, part by part and paced (`snapshot`). The segments
 //! of a deleted file (or of a file's placement replaced by a truncation to zero) are
 //! deleted only after the flush that records it: until then the copy in the pool may
 //! still name them.
 
 mod flush;
+mod fold;
 pub mod restore;
 pub mod root;
 mod snapshot;
@@ -48,7 +50,8 @@ pub use snapshot::SnapshotPace;
 pub const BATCH: Duration = Duration::from_millis(600);
 /// Default lease: how long a mount that crashed keeps another mount of its owner out.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
-/// Log deltas after which a snapshot is taken (and the log starts again): keeps the
+/// Log deltas after which the newest are folded into one blob (`fold`), or, when they
+/// are too heavy to fold, a snapshot is taken (and the log starts again): keeps the
 /// root small and a recovery's reading short.
 pub const MAX_LOG: usize = 64;
 /// Log bytes that always allow a snapshot, however small the snapshot.
@@ -440,7 +443,12 @@ impl Journal {
                 next_view = Instant::now() + Duration::from_millis(500);
                 self.watch_leaving();
             }
-            if self.due(urgent) {
+            // A fold goes first, even before a sync's flush: it costs the weight of
+            // the newest deltas (small), and a steady stream of syncs must not let the
+            // root grow past `MAX_LOG` blobs.
+            if self.fold_due() {
+                self.fold_log();
+            } else if self.due(urgent) {
                 self.flush_once();
             } else if self.fenced() {
                 self.abandon_snapshot();

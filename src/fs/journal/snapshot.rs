@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{lock, Journal, MAX_LOG, MIN_LOG_BYTES};
+use super::{fold, lock, Journal, MAX_LOG, MIN_LOG_BYTES};
 use crate::client::{Holder, Manifest};
 use crate::fs::meta::SnapshotReader;
 
@@ -68,8 +68,8 @@ pub(super) struct SnapshotJob {
 
 impl Journal {
     /// Should the thread work on a snapshot now: one is under way or asked for (at
-    /// mount, for a leaving node), or the log has grown past `MAX_LOG` deltas or
-    /// outweighs the snapshot; not before the pace or a retry allows.
+    /// mount, for a leaving node), or the log has grown past `MAX_LOG` deltas that
+    /// cannot be folded, or outweighs the snapshot; not before the pace or a retry allows.
     pub(super) fn snapshot_due(&self) -> bool {
         let job = lock(&self.job);
         let st = lock(&self.state);
@@ -87,7 +87,10 @@ impl Journal {
         }
         let r = &st.root;
         let deltas = r.log.len().saturating_sub(st.snapshot_parts);
-        st.need_snapshot || deltas >= MAX_LOG || r.log_bytes >= MIN_LOG_BYTES.max(r.snapshot_bytes)
+        // A log of `MAX_LOG` deltas is folded while its newest blobs are small enough
+        // (`fold`); a snapshot waits until the log outweighs it.
+        let unfoldable = deltas >= MAX_LOG && fold::foldable(&r.log, st.snapshot_parts).is_none();
+        st.need_snapshot || unfoldable || r.log_bytes >= MIN_LOG_BYTES.max(r.snapshot_bytes)
     }
 
     /// One step of a snapshot: begin it (the cut), store its next part, or put it in

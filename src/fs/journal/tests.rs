@@ -488,3 +488,61 @@ fn a_mount_after_a_crash_waits_in_sync_for_the_snapshot_that_catches_the_pool_up
     same_records(&m.vfs, &back);
     j.close();
 }
+
+#[test]
+fn a_long_log_is_folded_without_a_new_snapshot_and_rebuilds_the_same_namespace() {
+    let m = mount(3);
+    for i in 0..40u32 {
+        m.file(ROOT, format!("base{i}").as_bytes(), &pattern(200, i as u8));
+    }
+    m.vfs.sync_namespace().expect("sync");
+    snapshot_settles(&m.journal);
+    let first =
+        m.rt.block_on(read_latest(&m.ns, &m.owner))
+            .expect("read")
+            .root;
+    let snapshot = first.expect("root").snapshot;
+    // Three times `MAX_LOG` flushes, each a small change: the log is folded as it
+    // reaches `MAX_LOG`, and no snapshot of the whole namespace is taken again.
+    let rounds = 3 * super::MAX_LOG as u32;
+    let mut inos = std::collections::HashMap::new();
+    for i in 0..rounds {
+        let name = format!("n{}", i % 50);
+        if let Some(old) = inos.remove(&name) {
+            m.vfs.unlink(ROOT, name.as_bytes()).expect("unlink");
+            m.vfs.forget(old, 1);
+        }
+        let ino = m.file(ROOT, name.as_bytes(), &pattern(100, i as u8));
+        inos.insert(name, ino);
+        m.vfs
+            .setxattr(ROOT, b"user.round", i.to_string().as_bytes(), 0)
+            .expect("setxattr");
+        m.journal.sync().expect("sync");
+    }
+    let root =
+        m.rt.block_on(read_latest(&m.ns, &m.owner))
+            .expect("read")
+            .root
+            .expect("root");
+    assert_eq!(
+        root.snapshot, snapshot,
+        "the snapshot stayed: the log was folded"
+    );
+    assert!(
+        root.log.len() <= super::MAX_LOG,
+        "the root names {} blobs",
+        root.log.len()
+    );
+    // The log's bytes are its deltas' (the snapshot's parts that lead it are not).
+    let parts = super::lock(&m.journal.state).snapshot_parts;
+    let weighed: u64 = root.log[parts..].iter().map(|b| b.size).sum();
+    assert_eq!(root.log_bytes, weighed, "the log's bytes are counted right");
+    let (back, _dir) = m.recovered();
+    same_records(&m.vfs, &back);
+    for i in 0..50u32 {
+        let f = back.lookup(ROOT, format!("n{i}").as_bytes()).expect("file");
+        let last = (0..rounds).filter(|r| r % 50 == i).max().expect("round");
+        assert_eq!(contents(&back, f.ino), pattern(100, last as u8));
+    }
+    m.journal.close();
+}
