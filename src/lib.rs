@@ -7,6 +7,7 @@ pub mod client;
 pub mod controller;
 pub mod daemon;
 pub mod fs;
+pub mod heap;
 pub mod net;
 pub mod node;
 pub mod proto;

@@ -23,6 +23,7 @@ use poolfs::trust::{
 use poolfs::util::{default_data_dir, human_size};
 
 fn main() {
+    poolfs::heap::limit_arenas();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();

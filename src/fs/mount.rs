@@ -160,8 +160,8 @@ const SCRUB_INTERVAL: Duration = Duration::from_secs(6 * 3600);
 /// How often the mount looks for segments to rebuild.
 const REPAIR_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Runs repair passes, and a sweep every `sweep::interval_for(reclaim_after)`, in the
-/// background until `stop` is set. One thread for both: a sweep never runs while a
+/// Runs repair passes, a sweep every `sweep::interval_for(reclaim_after)` and a trim
+/// of the heap every `heap::TRIM_EVERY`, in the background until `stop` is set. One thread for both: a sweep never runs while a
 /// repair is writing segments it has not recorded yet. `scrub_now` scrubs first (after
 /// a recovery: the mount's own node lost every segment it held). A mount whose
 /// namespace another mount took (`Journal::fenced`) repairs and sweeps nothing: those
@@ -182,7 +182,13 @@ fn spawn_repair(
         };
         let sweep_every = sweep::interval_for(reclaim_after);
         let mut next_sweep = std::time::Instant::now() + sweep_every;
+        let mut next_trim = std::time::Instant::now() + crate::heap::TRIM_EVERY;
         while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            if std::time::Instant::now() >= next_trim {
+                // Memory freed since (a snapshot's part, a burst of requests) goes back.
+                crate::heap::trim();
+                next_trim = std::time::Instant::now() + crate::heap::TRIM_EVERY;
+            }
             if vfs.journal().is_some_and(|j| j.fenced()) {
                 std::thread::sleep(Duration::from_millis(500));
                 continue;
