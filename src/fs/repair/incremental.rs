@@ -111,9 +111,9 @@ impl Repairer {
         // everything due (`overdue`), counted once.
         let mut unlisted = 0;
         for inode in page {
-            if !visit.remove(&inode.ino) {
-                unlisted += self.visit(vfs, &pv, inode, &mut report);
-            }
+            // Visited here with the record just read, and so not again below.
+            visit.remove(&inode.ino);
+            unlisted += self.visit(vfs, &pv, inode, &mut report);
         }
         for ino in visit {
             match vfs.meta().get(ino) {

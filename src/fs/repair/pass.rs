@@ -6,9 +6,10 @@
 
 use std::time::Duration;
 
+use super::compact::{self, Compaction};
 use super::{needs_repair, pace, repair_view, RepairReport};
 use crate::client::{adopt_holder, placement, Holder, Manifest, Pace, PoolClient, StripeRecord};
-use crate::fs::meta::{Inode, Time};
+use crate::fs::meta::Inode;
 use crate::fs::status::{stripe_machines_off, stripe_nodes_off};
 use crate::fs::vfs::Vfs;
 use crate::fs::FsError;
@@ -77,7 +78,7 @@ impl PassView {
 /// the file re-encoded onto the live nodes when there is none; shards stored away from
 /// (or missing on) holders that are up brought home. Open files wait for a later pass
 /// (they are repaired after they close). A patched file (random writes kept as slices)
-/// is compacted first, or once idle for `COMPACT_IDLE`. The files are read a page at a time
+/// is compacted first, or once idle (`compact`). The files are read a page at a time
 /// (`MetaStore::each_file`), so the pass holds no list of them all. Errors: only when
 /// there is no pool view or no metadata; a file that cannot be repaired now counts as
 /// pending.
@@ -116,25 +117,18 @@ pub(super) fn repair_file(
     let narrower = pv.widen_to.is_some_and(|parity| parity > m.place.layout.m);
     let needed = !broken.is_empty() || m.has_moved() || slices_moved || narrower;
     // A patched file that is not compacted now is visited again until it is.
-    let mut compact_later = false;
-    if !m.log.is_empty() && !vfs.is_open(inode.ino) {
-        if needed || idle_since(&inode.ctime) >= COMPACT_IDLE {
-            // Repair moves stripes: a patched file is compacted first, so every byte
-            // is in a stripe (the slices are read around a lost holder like stripes).
-            // An idle one is compacted anyway: its slices hold bytes twice and cost
-            // each read an overlay.
-            match vfs.compact_file(inode.ino) {
-                Ok(compacted) => m = compacted,
-                Err(e) => {
-                    log::warn!("repair: cannot compact file {}: {e}", m.place.file_id);
-                    report.pending += broken.len().max(1);
-                    return true;
-                }
-            }
-        } else {
-            compact_later = true;
+    let compact_later = match compact::before_repair(vfs, inode.ino, &inode.ctime, &m, needed) {
+        Compaction::Done(compacted) => {
+            m = *compacted;
+            false
         }
-    }
+        Compaction::Later => true,
+        Compaction::NotNeeded => false,
+        Compaction::Failed => {
+            report.pending += broken.len().max(1);
+            return true;
+        }
+    };
     report.waiting += m
         .place
         .holders
@@ -170,20 +164,6 @@ pub(super) fn repair_file(
         Err(e) => log::warn!("repair: file {}: {e}", m.place.file_id),
     }
     report.pending > pending_before || compact_later
-}
-
-/// How long a closed file's status must stay unchanged before repair compacts its
-/// slices (random writes laid over its stripes) when nothing else needs doing: long
-/// enough that a program writing in bursts is not made to pay for a compaction
-/// between them, short enough that space and reads are back to a plain file's soon.
-/// The status change time is used because a user can set the modification time.
-pub const COMPACT_IDLE: Duration = Duration::from_secs(10);
-
-/// Time since `t` (zero if `t` is in the future).
-fn idle_since(t: &Time) -> Duration {
-    std::time::SystemTime::from(*t)
-        .elapsed()
-        .unwrap_or_default()
 }
 
 /// The repair of one closed file, committing its manifest as it goes.
