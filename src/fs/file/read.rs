@@ -53,8 +53,13 @@ impl FileData {
 
     /// Prefetches the stripes after `j` for a sequential reader, and `j` itself too
     /// when `with_j` (its read was served by one shard, the reader may want the rest).
+    /// A reader is sequential from its second read on (in the stripe of the one before
+    /// or the next): a first read alone (`head -c1`, `file`, a thumbnailer) prefetches
+    /// nothing, since the fetches would be aborted at its close, wasting the bytes in
+    /// flight and the connections that carried them (the next open then pays a new
+    /// TCP connection and handshake).
     pub(super) fn schedule_prefetch(&mut self, j: u64, with_j: bool) {
-        let sequential = matches!(self.last_read, Some(l) if j == l || j == l + 1) || j == 0;
+        let sequential = matches!(self.last_read, Some(l) if j == l || j == l + 1);
         self.last_read = Some(j);
         if !sequential {
             return;

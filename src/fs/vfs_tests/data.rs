@@ -280,3 +280,24 @@ fn a_rewrite_through_o_trunc_leaves_the_old_version_committed_until_its_close() 
     assert_eq!(f.vfs.meta_store().get(ino).expect("record").size, 3);
     assert_eq!(f.contents(ino), b"new");
 }
+
+#[test]
+fn a_lone_first_read_fetches_one_piece_not_the_stripes_after_it() {
+    let f = fixture(3);
+    let want = pattern(6 * STRIPE as usize, 4);
+    let ino = f.file(ROOT, b"f", &want);
+    let before = f.mem.wire_bytes();
+    let fh = f.vfs.open(ino, libc::O_RDONLY).expect("open");
+    let first = f.vfs.read(fh, 0, 100).expect("read");
+    assert_eq!(&first[..], &want[..100]);
+    // Time for any fetch the read began to run before the close.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    f.vfs.release(fh).expect("close");
+    let moved = f.mem.wire_bytes() - before;
+    assert!(
+        moved < STRIPE,
+        "a first read of 100 bytes moved {moved} bytes (a stripe is {STRIPE})"
+    );
+    // A reader that goes on is sequential from its second read: every byte comes back.
+    assert_eq!(f.contents(ino), want);
+}
