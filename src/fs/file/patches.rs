@@ -381,6 +381,13 @@ impl FileData {
     /// and its log is empty once flushed (for repair and re-encoding, which move
     /// stripes only).
     pub async fn compact_all(&mut self) -> Result<(), FsError> {
+        self.compact_some(usize::MAX).await.map(|_| ())
+    }
+
+    /// Rewrites the first `most` patched stripes whole (`compact_all` for all of them);
+    /// returns whether patched stripes are left. A file compacted a few stripes at a
+    /// time holds its lock for a few stripes' rewrite, not for the whole file's.
+    pub async fn compact_some(&mut self, most: usize) -> Result<bool, FsError> {
         self.write_slice().await?;
         let stripe = self.stripe_size();
         let mut js: Vec<u64> = (self.manifest.log.extents.iter())
@@ -389,7 +396,10 @@ impl FileData {
         js.extend(self.manifest.log.writes.keys());
         js.sort_unstable();
         js.dedup();
-        self.compact_stripes(&js).await
+        let left = js.len() > most;
+        js.truncate(most);
+        self.compact_stripes(&js).await?;
+        Ok(left)
     }
 }
 

@@ -15,7 +15,7 @@ mod incremental;
 mod pass;
 mod scrub;
 
-pub use compact::COMPACT_IDLE;
+pub use compact::{COMPACT_BATCH, COMPACT_IDLE};
 pub use incremental::{Repairer, RETRY_MAX, RETRY_WALK_EVERY, ROLLING_PAGE};
 pub use pass::{reencode_gains, repair_pass, COMMIT_EVERY};
 pub use scrub::{last_scrub, scrub_and_record, scrub_pass, ScrubReport};

@@ -104,15 +104,30 @@ impl Vfs {
     /// move and verify stripes only. Returns the manifest committed. Errors: a failed
     /// read or store (the file stays as it was), the metadata store's.
     pub fn compact_file(&self, ino: u64) -> Result<crate::client::Manifest, FsError> {
+        self.compact_file_some(ino, usize::MAX).map(|(m, _)| m)
+    }
+
+    /// `compact_file` of the first `most` patched stripes only: the file's lock is held
+    /// for their rewrite, so a user who opens the file meanwhile waits for a few
+    /// stripes, not the whole file. Returns the manifest committed and whether patched
+    /// stripes are left. Errors: as `compact_file`.
+    pub fn compact_file_some(
+        &self,
+        ino: u64,
+        most: usize,
+    ) -> Result<(crate::client::Manifest, bool), FsError> {
         self.with_data(ino, |vfs, data| {
-            if let Err(e) = vfs.block_on(data.compact_all()) {
-                vfs.roll_back(ino, data, Invalidate::Later);
-                return Err(e);
-            }
+            let left = match vfs.block_on(data.compact_some(most)) {
+                Ok(left) => left,
+                Err(e) => {
+                    vfs.roll_back(ino, data, Invalidate::Later);
+                    return Err(e);
+                }
+            };
             // Not a change of the file's bytes: its times stay.
             data.changed = true;
             vfs.commit(ino, data, Invalidate::Later)?;
-            Ok(data.manifest.clone())
+            Ok((data.manifest.clone(), left))
         })
     }
 

@@ -281,3 +281,50 @@ fn repair_compacts_a_patched_file_once_it_rests_and_not_before() {
     assert!(m.log.is_empty(), "compacted once idle: {:?}", m.log);
     assert_eq!(f.contents(ino), model);
 }
+
+#[test]
+fn an_idle_file_is_compacted_a_few_stripes_a_pass_and_reads_back_exact_throughout() {
+    use crate::fs::repair::{Repairer, COMPACT_BATCH, COMPACT_IDLE};
+    let f = fixture(3);
+    let stripes = 2 * COMPACT_BATCH + 3;
+    let mut model = pattern(stripes * STRIPE as usize, 5);
+    let ino = f.file(ROOT, b"f", &model);
+    let fh = f.vfs.open(ino, libc::O_RDWR).expect("open");
+    for j in 0..stripes {
+        let at = j * STRIPE as usize + 123;
+        let bytes = pattern(50, j as u8);
+        f.vfs.write(fh, at as u64, &bytes).expect("write");
+        model[at..at + 50].copy_from_slice(&bytes);
+    }
+    f.vfs.release(fh).expect("close");
+    let rested = std::time::SystemTime::now() - COMPACT_IDLE - std::time::Duration::from_secs(1);
+    f.vfs
+        .meta_store()
+        .update(ino, false, |inode| {
+            inode.ctime = rested.into();
+            Ok(())
+        })
+        .expect("age the file");
+    let patched = |f: &Fixture| {
+        let m = f.manifest(ino);
+        let stripe = STRIPE;
+        let mut js: Vec<u64> = m.log.extents.keys().map(|s| s / stripe).collect();
+        js.dedup();
+        js.len()
+    };
+    assert_eq!(patched(&f), stripes);
+    let mut r = Repairer::new(&f.vfs);
+    let grace = std::time::Duration::from_secs(60);
+    let mut left = Vec::new();
+    for _ in 0..4 {
+        f.vfs.run(f.vfs.client().refresh_view()).expect("pool view");
+        r.pass(&f.vfs, grace).expect("repair pass");
+        left.push(patched(&f));
+        assert_eq!(f.contents(ino), model, "exact after a partial compaction");
+    }
+    assert_eq!(
+        left,
+        vec![stripes - COMPACT_BATCH, stripes - 2 * COMPACT_BATCH, 0, 0],
+        "patched stripes left after each pass"
+    );
+}
