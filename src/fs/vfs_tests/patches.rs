@@ -177,6 +177,21 @@ fn compaction_rewrites_a_much_patched_stripe_and_keeps_every_byte() {
 }
 
 impl Fixture {
+    /// Makes file `ino` look as if it had rested for `COMPACT_IDLE`: its status
+    /// changed that long ago.
+    fn rest(&self, ino: u64) {
+        let rested = std::time::SystemTime::now()
+            - crate::fs::repair::COMPACT_IDLE
+            - std::time::Duration::from_secs(1);
+        self.vfs
+            .meta_store()
+            .update(ino, false, |inode| {
+                inode.ctime = rested.into();
+                Ok(())
+            })
+            .expect("age the file");
+    }
+
     /// The manifest a new file gets (for its layout).
     fn manifest_of_new(&self) -> crate::client::Manifest {
         let ino = self.file(ROOT, b"probe", b"");
@@ -263,17 +278,7 @@ fn repair_compacts_a_patched_file_once_it_rests_and_not_before() {
         report.pending, 0,
         "a file waiting to rest is not pending repair"
     );
-    // As if the file had rested for COMPACT_IDLE: its status changed that long ago.
-    let rested = std::time::SystemTime::now()
-        - crate::fs::repair::COMPACT_IDLE
-        - std::time::Duration::from_secs(1);
-    f.vfs
-        .meta_store()
-        .update(ino, false, |inode| {
-            inode.ctime = rested.into();
-            Ok(())
-        })
-        .expect("age the file");
+    f.rest(ino);
     // The file is on the retry list and in the rolling page at once: a pass visits it
     // (it used to skip a file that was in both).
     pass(&mut r);
@@ -284,7 +289,7 @@ fn repair_compacts_a_patched_file_once_it_rests_and_not_before() {
 
 #[test]
 fn an_idle_file_is_compacted_a_few_stripes_a_pass_and_reads_back_exact_throughout() {
-    use crate::fs::repair::{Repairer, COMPACT_BATCH, COMPACT_IDLE};
+    use crate::fs::repair::{Repairer, COMPACT_BATCH};
     let f = fixture(3);
     let stripes = 2 * COMPACT_BATCH + 3;
     let mut model = pattern(stripes * STRIPE as usize, 5);
@@ -297,14 +302,7 @@ fn an_idle_file_is_compacted_a_few_stripes_a_pass_and_reads_back_exact_throughou
         model[at..at + 50].copy_from_slice(&bytes);
     }
     f.vfs.release(fh).expect("close");
-    let rested = std::time::SystemTime::now() - COMPACT_IDLE - std::time::Duration::from_secs(1);
-    f.vfs
-        .meta_store()
-        .update(ino, false, |inode| {
-            inode.ctime = rested.into();
-            Ok(())
-        })
-        .expect("age the file");
+    f.rest(ino);
     let patched = |f: &Fixture| {
         let m = f.manifest(ino);
         let stripe = STRIPE;
