@@ -261,6 +261,16 @@ impl MetaStore {
         Ok(self.db.read().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// Runs `f` on the open database (reopened first if it must be), holding it open
+    /// meanwhile. Errors: `MetaIo` once the store is closed, and `f`'s.
+    fn with_db<T>(&self, f: impl FnOnce(&Database) -> Result<T, FsError>) -> Result<T, FsError> {
+        let guard = self.db()?;
+        let db = guard
+            .as_ref()
+            .ok_or_else(|| FsError::MetaIo("metadata store is closed".into()))?;
+        f(db)
+    }
+
     /// Notes a failure that needs the database reopened before the next operation.
     fn noted<T>(&self, r: Result<T, FsError>) -> Result<T, FsError> {
         if let Err(FsError::NoSpace(_) | FsError::MetaIo(_)) = &r {
@@ -271,13 +281,7 @@ impl MetaStore {
 
     /// A read transaction on the open database.
     fn begin_read(&self) -> Result<redb::ReadTransaction, FsError> {
-        let r = (|| {
-            let guard = self.db()?;
-            let db = guard
-                .as_ref()
-                .ok_or_else(|| FsError::MetaIo("metadata store is closed".into()))?;
-            db.begin_read().map_err(db_err)
-        })();
+        let r = self.with_db(|db| db.begin_read().map_err(db_err));
         self.noted(r)
     }
 
@@ -289,16 +293,12 @@ impl MetaStore {
             &redb::ReadOnlyTable<(u64, &'static [u8]), u64>,
         ) -> Result<T, FsError>,
     ) -> Result<T, FsError> {
-        let r = (|| {
-            let guard = self.db()?;
-            let db = guard
-                .as_ref()
-                .ok_or_else(|| FsError::MetaIo("metadata store is closed".into()))?;
+        let r = self.with_db(|db| {
             let txn = db.begin_read().map_err(db_err)?;
             let inodes = txn.open_table(INODES).map_err(db_err)?;
             let dirents = txn.open_table(DIRENTS).map_err(db_err)?;
             f(&inodes, &dirents)
-        })();
+        });
         self.noted(r)
     }
 
@@ -317,11 +317,7 @@ impl MetaStore {
         durability: Durability,
         f: impl FnOnce(&mut Inodes<'_>, &mut Dirents<'_>, &mut Counters<'_>) -> Result<T, FsError>,
     ) -> Result<T, FsError> {
-        let r = (|| {
-            let guard = self.db()?;
-            let db = guard
-                .as_ref()
-                .ok_or_else(|| FsError::MetaIo("metadata store is closed".into()))?;
+        let r = self.with_db(|db| {
             let mut txn = db.begin_write().map_err(db_err)?;
             txn.set_durability(durability);
             changes::begin_tracking();
@@ -340,7 +336,7 @@ impl MetaStore {
             self.note_committed(changes::end_tracking());
             self.note_written(written);
             Ok(out)
-        })();
+        });
         self.noted(r)
     }
 
@@ -462,16 +458,12 @@ impl MetaStore {
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<T, FsError>,
     ) -> Result<T, FsError> {
-        let r = (|| {
-            let guard = self.db()?;
-            let db = guard
-                .as_ref()
-                .ok_or_else(|| FsError::MetaIo("metadata store is closed".into()))?;
+        let r = self.with_db(|db| {
             let txn = db.begin_write().map_err(db_err)?;
             let out = f(&txn)?;
             txn.commit().map_err(db_err)?;
             Ok(out)
-        })();
+        });
         self.noted(r)
     }
 }

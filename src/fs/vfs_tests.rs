@@ -115,6 +115,16 @@ impl Fixture {
             .expect("a file stored on the pool has a manifest")
     }
 
+    /// The nodes holding the segments of file `ino`, in segment order.
+    fn holders(&self, ino: u64) -> Vec<crate::proto::NodeId> {
+        self.manifest(ino)
+            .place
+            .holders
+            .iter()
+            .map(|h| h.node_id)
+            .collect()
+    }
+
     /// Segments of `file` held over all nodes.
     fn segments(&self, file: &str) -> usize {
         (1..=3 as NodeId)

@@ -78,11 +78,7 @@ impl MetaStore {
         if !self.durable.behind(want) {
             return Ok(());
         }
-        let r = (|| {
-            let guard = self.db()?;
-            let db = guard
-                .as_ref()
-                .ok_or_else(|| FsError::MetaIo("metadata store is closed".into()))?;
+        let r = self.with_db(|db| {
             let mut txn = db.begin_write().map_err(db_err)?;
             txn.set_durability(Durability::Immediate);
             // An empty durable commit writes the header naming the last commit's tables
@@ -91,7 +87,7 @@ impl MetaStore {
             txn.commit().map_err(db_err)?;
             self.durable.committed(Durability::Immediate);
             Ok(())
-        })();
+        });
         if r.is_err() {
             // Whatever the failure, commits that may not be on disk must not stay
             // visible (a close reports the failure and frees what its record names):

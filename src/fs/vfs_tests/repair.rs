@@ -23,15 +23,6 @@ fn repair_now(f: &Fixture) -> repair::RepairReport {
     repair::repair_and_record(&f.vfs, Duration::ZERO).expect("repair pass")
 }
 
-fn holders(f: &Fixture, ino: u64) -> Vec<NodeId> {
-    f.manifest(ino)
-        .place
-        .holders
-        .iter()
-        .map(|h| h.node_id)
-        .collect()
-}
-
 #[test]
 fn a_segment_of_a_node_gone_for_good_is_rebuilt_on_a_node_holding_none_of_the_file() {
     let f = fixture(3);
@@ -41,7 +32,7 @@ fn a_segment_of_a_node_gone_for_good_is_rebuilt_on_a_node_holding_none_of_the_fi
     gone(&f, 2);
     let report = repair_now(&f);
     assert_eq!((report.rebuilt, report.pending), (1, 0), "{report:?}");
-    assert_eq!(holders(&f, ino), vec![1, spare, 3]);
+    assert_eq!(f.holders(ino), vec![1, spare, 3]);
     assert!(!f.manifest(ino).has_moved());
     // Four stripes, one shard each rebuilt (the last one short).
     assert_eq!(report.bytes, 3 * SHARD as u64 + 50);
@@ -68,7 +59,7 @@ fn a_file_no_spare_node_can_take_is_re_encoded_narrower_and_survives_another_los
     assert_eq!(report.reencoded, 1, "{report:?}");
     let new = f.manifest(ino);
     assert_eq!((new.place.layout.k, new.place.layout.m), (2, 1));
-    assert_eq!(holders(&f, ino), vec![1, 2, 3]);
+    assert_eq!(f.holders(ino), vec![1, 2, 3]);
     assert_ne!(new.place.file_id, old.place.file_id);
     for id in 1..=3 {
         assert_eq!(
@@ -116,7 +107,7 @@ fn a_rebuild_cut_short_resumes_from_its_last_commit_not_from_stripe_zero() {
         left * SHARD as u64,
         "only the stripes not committed are rebuilt again"
     );
-    assert_eq!(holders(&f, ino), vec![1, spare, 3]);
+    assert_eq!(f.holders(ino), vec![1, spare, 3]);
     assert!(!f.manifest(ino).has_moved());
     f.mem.kill(3);
     f.vfs.run(f.vfs.client().refresh_view()).expect("view");
@@ -133,11 +124,11 @@ fn an_open_file_is_repaired_once_it_is_closed() {
     let fh = f.vfs.open(ino, libc::O_RDONLY).expect("open");
     let open = repair_now(&f);
     assert_eq!((open.rebuilt, open.pending), (0, 1), "{open:?}");
-    assert_eq!(holders(&f, ino), vec![1, 2, 3]);
+    assert_eq!(f.holders(ino), vec![1, 2, 3]);
     f.vfs.release(fh).expect("close");
     let closed = repair_now(&f);
     assert_eq!(closed.rebuilt, 1, "{closed:?}");
-    assert_eq!(holders(&f, ino), vec![1, 2, spare]);
+    assert_eq!(f.holders(ino), vec![1, 2, spare]);
 }
 
 #[test]
@@ -299,7 +290,7 @@ fn a_file_a_narrower_shape_would_not_protect_better_waits_for_a_node_to_join() {
     let spare = f.mem.add_node();
     let report = repair_now(&f);
     assert_eq!(report.rebuilt, 1, "{report:?}");
-    assert_eq!(holders(&f, ino), vec![1, 2, spare]);
+    assert_eq!(f.holders(ino), vec![1, 2, spare]);
     f.mem.kill(1);
     f.vfs.run(f.vfs.client().refresh_view()).expect("view");
     assert_eq!(f.contents(ino), data);

@@ -8,20 +8,10 @@ use super::{fixture, pattern, Fixture, SHARD};
 use crate::client::Fault;
 use crate::fs::meta::ROOT;
 use crate::fs::repair::{Repairer, ROLLING_PAGE};
-use crate::proto::NodeId;
 
 fn pass(f: &Fixture, r: &mut Repairer, grace: Duration) -> crate::fs::repair::RepairReport {
     f.vfs.run(f.vfs.client().refresh_view()).expect("pool view");
     r.pass(&f.vfs, grace).expect("repair pass")
-}
-
-fn holders(f: &Fixture, ino: u64) -> Vec<NodeId> {
-    f.manifest(ino)
-        .place
-        .holders
-        .iter()
-        .map(|h| h.node_id)
-        .collect()
 }
 
 #[test]
@@ -110,7 +100,7 @@ fn a_node_gone_for_good_makes_the_next_pass_walk_and_rebuild_its_segments() {
     let report = pass(&f, &mut r, Duration::ZERO);
     assert_eq!(r.walks(), 2, "a node went: everything is looked at");
     assert_eq!((report.rebuilt, report.pending), (1, 0), "{report:?}");
-    assert_eq!(holders(&f, ino), vec![1, spare, 3]);
+    assert_eq!(f.holders(ino), vec![1, spare, 3]);
     f.mem.kill(1);
     f.vfs.run(f.vfs.client().refresh_view()).expect("view");
     assert_eq!(f.contents(ino), data);
