@@ -67,30 +67,29 @@ pub fn assert_ok(out: &Output, what: &str) {
 
 /// Bytes of every file under `dir`, recursively (0 if it does not exist).
 pub fn dir_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .map(|e| e.unwrap())
-        .map(|e| match e.file_type().unwrap().is_dir() {
-            true => dir_bytes(&e.path()),
-            false => e.metadata().unwrap().len(),
-        })
-        .sum()
+    dir_sum(dir, &|m| m.len())
 }
 
 /// Bytes the files under `dir` take on the disk (their allocated blocks), recursively
 /// (0 if it does not exist): what a node counts against its capacity and quotas.
 pub fn dir_allocated(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
+    dir_sum(dir, &|m| m.blocks() * 512)
+}
+
+/// `measure` summed over every file under `dir`, recursively (0 if it does not exist).
+/// A running node deletes shards while this walks (sweep, compaction), so an entry
+/// that vanishes between the listing and its stat counts as 0, not as a failure.
+fn dir_sum(dir: &Path, measure: &dyn Fn(&fs::Metadata) -> u64) -> u64 {
     let Ok(entries) = fs::read_dir(dir) else {
         return 0;
     };
     entries
-        .map(|e| e.unwrap())
-        .map(|e| match e.file_type().unwrap().is_dir() {
-            true => dir_allocated(&e.path()),
-            false => e.metadata().unwrap().blocks() * 512,
+        .filter_map(Result::ok)
+        .map(|e| match e.file_type().map(|t| t.is_dir()) {
+            Ok(true) => dir_sum(&e.path(), measure),
+            Ok(false) => e.metadata().map_or(0, |m| measure(&m)),
+            Err(_) => 0,
         })
         .sum()
 }
