@@ -168,6 +168,11 @@ pub struct MountArgs {
     /// so after a crash it blocks recovery for at most this long.
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..=3600))]
     pub lease: u64,
+    /// At unmount, leave at once instead of first moving what this machine's node
+    /// holds to other nodes: for a pool whose nodes all stop together (`poolfs up`
+    /// sets it), where the hand-off has nowhere to go and would wait for nothing.
+    #[arg(long)]
+    pub no_hand_off: bool,
     /// Stay attached to the terminal instead of returning once mounted.
     #[arg(long, short = 'f')]
     pub foreground: bool,

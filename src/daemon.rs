@@ -10,8 +10,17 @@ use std::time::Duration;
 
 const NOTIFY_ENV: &str = "POOLFS_NOTIFY_READY";
 
+/// How a line of `progress` starts on the pipe to the parent.
+const PROGRESS: &str = "WAIT ";
+
+/// How long the parent waits for the next line after the child said it is busy with a
+/// long step (`progress`): a namespace database checked after a crash takes minutes
+/// for millions of files, and giving up then would only start the check over.
+pub const LONG_STEP: Duration = Duration::from_secs(600);
+
 /// Starts `poolfs ARGS` detached (own session, output appended to `log`) and waits up
-/// to `timeout` for it to report readiness. Returns its pid.
+/// to `timeout` for it to report readiness, or up to `LONG_STEP` after each line of
+/// `progress`, which it prints on stderr. Returns its pid.
 pub fn spawn_ready(args: &[OsString], log: &Path, timeout: Duration) -> Result<u32, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the poolfs binary: {e}"))?;
     if let Some(dir) = log.parent() {
@@ -44,11 +53,27 @@ pub fn spawn_ready(args: &[OsString], log: &Path, timeout: Duration) -> Result<u
     let stdout = child.stdout.take().ok_or("no pipe to the child")?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let last = !line.starts_with(PROGRESS);
+            if tx.send(line).is_err() || last {
+                break;
+            }
+        }
     });
-    let line = rx.recv_timeout(timeout).unwrap_or_default();
+    let mut wait = timeout;
+    let line = loop {
+        match rx.recv_timeout(wait) {
+            Ok(line) => match line.strip_prefix(PROGRESS) {
+                Some(msg) => {
+                    eprintln!("{msg}");
+                    wait = LONG_STEP;
+                }
+                None => break line,
+            },
+            Err(_) => break String::new(),
+        }
+    };
     if line.trim_end() == "READY" {
         return Ok(pid);
     }
@@ -63,6 +88,19 @@ pub fn spawn_ready(args: &[OsString], log: &Path, timeout: Duration) -> Result<u
     };
     let _ = child.wait();
     Err(why)
+}
+
+/// In a process started by `spawn_ready`, before it is ready: tells the parent (which
+/// prints `msg` to the user) that a long step is under way, so that it waits up to
+/// `LONG_STEP` more rather than giving up. Elsewhere, or once ready, it does nothing:
+/// the caller logs the step itself.
+pub fn progress(msg: &str) {
+    if std::env::var_os(NOTIFY_ENV).is_none() {
+        return;
+    }
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{PROGRESS}{}", msg.replace('\n', " "));
+    let _ = out.flush();
 }
 
 /// In a process started by `spawn_ready`: tells the parent the outcome and stops

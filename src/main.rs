@@ -234,6 +234,7 @@ fn mount(args: cli::MountArgs) -> Result<()> {
         pool_namespace: !args.no_pool_namespace,
         lease: std::time::Duration::from_secs(args.lease),
         recover: args.recover,
+        hand_off: !args.no_hand_off,
     };
     // A process started by `spawn_ready` (ours when detached, or `up`'s) leaves telling
     // the user about a new owner key to its parent, which has the terminal.

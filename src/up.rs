@@ -98,7 +98,9 @@ fn is_ours(pid: u32, dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
-fn stop(pids: &[u32], dir: &Path) {
+/// Sends SIGTERM to those of `pids` that are still ours, waits up to `STOP_WAIT` for
+/// them to exit, then kills the ones that ignored it. Returns the pids killed.
+fn stop(pids: &[u32], dir: &Path) -> Vec<u32> {
     let is_ours = |pid| is_ours(pid, dir);
     for &pid in pids {
         if is_ours(pid) {
@@ -106,15 +108,35 @@ fn stop(pids: &[u32], dir: &Path) {
             unsafe { libc::kill(pid as i32, libc::SIGTERM) };
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while pids.iter().any(|&p| is_ours(p)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
+    wait_exit(pids, dir, STOP_WAIT);
+    let stuck: Vec<u32> = pids.iter().copied().filter(|&p| is_ours(p)).collect();
+    for &pid in &stuck {
+        // SAFETY: as above; it ignored SIGTERM for STOP_WAIT.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     }
-    for &pid in pids {
-        if is_ours(pid) {
-            // SAFETY: as above; it ignored SIGTERM for 5 s.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    wait_exit(&stuck, dir, STOP_WAIT);
+    stuck
+}
+
+/// How long a controller or node has to exit after SIGTERM before it is killed.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// How long `down` lets the mount finish after the unmount: it stores the namespace's
+/// last changes in the pool (the nodes still run meanwhile) and closes its database.
+/// Killing it sooner would leave that database to be checked whole at the next mount.
+const MOUNT_EXIT_WAIT: Duration = Duration::from_secs(300);
+
+/// Waits until none of `pids` is ours any more, or `limit` has passed; true if none is.
+fn wait_exit(pids: &[u32], dir: &Path, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if !pids.iter().any(|&p| is_ours(p, dir)) {
+            return true;
         }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -257,6 +279,9 @@ pub fn up(data: &Path, mountpoint: &Path, opts: UpOptions<'_>) -> Result<UpState
         if allow_other {
             mount.extend(args(&[&"--allow-other"]));
         }
+        // `down` stops every node of this pool with the mount: a hand-off would wait
+        // for moves to nodes that are about to stop too.
+        mount.extend(args(&[&"--no-hand-off"]));
         let pid = spawn_ready(&mount, &dir.join("mount.log"), Duration::from_secs(30))?;
         pids.insert(0, pid);
         if let Some((uid, gid)) = owner {
@@ -311,12 +336,51 @@ pub fn down(data: &Path, mountpoint: &Path) -> Result<(), String> {
     if is_mountpoint(&mountpoint) {
         unmount(&mountpoint)?;
     }
-    // The mount process exits by itself once unmounted; then the rest.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while state.pids.first().is_some_and(|&p| is_ours(p, &dir)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
+    // The mount process exits by itself once unmounted; the controller and the nodes
+    // stop after it, since it stores its last changes on them. The controller goes
+    // before the nodes, which then leave without waiting for a hand-off.
+    let (mount, rest) = state.pids.split_first().unwrap_or((&0, &[]));
+    let mut notes = Vec::new();
+    if !wait_exit(&[*mount], &dir, Duration::from_secs(3)) {
+        eprintln!(
+            "waiting for the mount (pid {mount}) to store its last changes in the pool \
+             (its log: {})",
+            dir.join("mount.log").display()
+        );
+        if !wait_exit(&[*mount], &dir, MOUNT_EXIT_WAIT) {
+            notes.push(format!(
+                "the mount (pid {mount}) had not exited {} s after the unmount: stopped it",
+                MOUNT_EXIT_WAIT.as_secs()
+            ));
+        }
     }
-    stop(&state.pids, &dir);
+    let mut killed = stop(&[*mount], &dir);
+    for group in [&rest[..rest.len().min(1)], rest.get(1..).unwrap_or(&[])] {
+        killed.extend(stop(group, &dir));
+    }
+    notes.extend(killed.iter().map(|p| {
+        format!(
+            "pid {p} ignored SIGTERM for {} s: killed it",
+            STOP_WAIT.as_secs()
+        )
+    }));
+    let still: Vec<String> = state
+        .pids
+        .iter()
+        .filter(|&&p| is_ours(p, &dir))
+        .map(u32::to_string)
+        .collect();
+    if !still.is_empty() {
+        return Err(format!(
+            "{}; pids {} of the pool still run (see the logs in {})",
+            notes.join("; "),
+            still.join(", "),
+            dir.display()
+        ));
+    }
+    for note in notes {
+        eprintln!("{note}");
+    }
     std::fs::remove_file(&state_file)
         .map_err(|e| format!("cannot remove {}: {e}", state_file.display()))?;
     Ok(())
@@ -342,12 +406,36 @@ pub fn unmount(mountpoint: &Path) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{BufRead, BufReader};
 
     /// An `up.json` in the place `up` keeps it for `mountpoint` under `data`.
     fn state_file(data: &Path, mountpoint: &str) -> PathBuf {
         let dir = state_dir(data, Path::new(mountpoint));
         std::fs::create_dir_all(&dir).unwrap();
         dir.join("up.json")
+    }
+
+    #[test]
+    fn stop_kills_a_process_that_ignores_sigterm_and_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path().canonicalize().unwrap();
+        // A process of "the pool" (an argument under its dir) that ignores SIGTERM.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "trap '' TERM; echo ok; while :; do sleep 1; done"])
+            .arg(dir.join("stubborn"))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut ok = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut ok)
+            .unwrap();
+        let pid = child.id();
+        assert!(is_ours(pid, &dir));
+        assert_eq!(stop(&[pid], &dir), vec![pid], "the stubborn pid is named");
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
     }
 
     #[test]

@@ -61,6 +61,10 @@ pub struct MountConfig {
     /// Rebuild the storage directory from the namespace in the pool first (`--recover`):
     /// it must hold the owner key and no namespace.
     pub recover: bool,
+    /// At unmount, move what this mount's node holds to other nodes before it leaves
+    /// (off with `--no-hand-off`: for a pool whose nodes all stop together, as the
+    /// pools of `poolfs up` do, where there is nowhere to move it).
+    pub hand_off: bool,
 }
 
 /// Why a mount failed.
@@ -175,7 +179,7 @@ fn spawn_repair(
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut last = RepairReport::default();
-        let mut repairer = repair::Repairer::new(&vfs);
+        let mut repairer = repair::Repairer::stopped_by(&vfs, stop.clone());
         let mut next_scrub = match scrub_now {
             true => std::time::Instant::now(),
             false => std::time::Instant::now() + SCRUB_INTERVAL,
@@ -456,13 +460,21 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
         log::warn!("cannot make the last namespace changes durable: {e}");
     }
     log::info!(
-        "unmounted {}; handing off, then leaving the pool",
-        mountpoint.display()
+        "unmounted {}; {}leaving the pool",
+        mountpoint.display(),
+        if cfg.hand_off {
+            "handing off, then "
+        } else {
+            ""
+        }
     );
-    hand_off_own_files(&rt, &node, &vfs, cfg.repair_grace);
-    // The journal still runs through the node's hand-off: the namespace's blobs and
-    // root on this node (another identity's, to the node) move off it with a snapshot.
-    rt.block_on(node.hand_off());
+    if cfg.hand_off {
+        hand_off_own_files(&rt, &node, &vfs, cfg.repair_grace);
+        // The journal still runs through the node's hand-off: the namespace's blobs and
+        // root on this node (another identity's, to the node) move off it with a
+        // snapshot.
+        rt.block_on(node.hand_off());
+    }
     if let Some(journal) = vfs.journal() {
         // The hand-offs' changes go too; then the lease is released.
         journal.close();

@@ -580,6 +580,28 @@ impl Pool {
         out
     }
 
+    /// `poolfs up` again on the same mount point and data dir (after `down`, or after
+    /// the mount was killed), with `configure` applied to the command; takes the new
+    /// processes from its up.json. Returns what `up` printed, success or not.
+    pub fn up_again(&mut self, configure: impl FnOnce(&mut Command)) -> Output {
+        let mut cmd = poolfs(["up"]);
+        cmd.arg(&self.mnt)
+            .args(["--nodes", &(self.nodes.len() + 1).to_string(), "--data-dir"])
+            .arg(&self.data);
+        configure(&mut cmd);
+        let out = run(&mut cmd);
+        let state: Option<poolfs::up::UpState> = std::fs::read(self.state.join("up.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some(s) = &state {
+            self.pids = s.pids.clone();
+            self.mount_pid = s.pids[0];
+            self.controller = s.controller;
+        }
+        self.mark_up();
+        out
+    }
+
     /// After a successful `up` run by the test itself: `down` is needed again.
     pub fn mark_up(&mut self) {
         self.is_down = false;

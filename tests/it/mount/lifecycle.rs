@@ -207,20 +207,9 @@ fn up_and_down_end_to_end() {
     // its own for the pool, and the files are still there.
     let own_key = pool.state.join("pool.key");
     assert!(!own_key.exists(), "up made a key although it was given one");
-    let out = run(harness::mount::poolfs(["up"])
-        .arg(&pool.mnt)
-        .args(["--nodes", "3", "--data-dir"])
-        .arg(&pool.data)
-        .env_remove("POOLFS_KEY"));
-    let state: Option<poolfs::up::UpState> = fs::read(pool.state.join("up.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    if let Some(s) = &state {
-        pool.pids = s.pids.clone();
-        pool.mount_pid = s.pids[0];
-        pool.controller = s.controller;
-    }
-    pool.mark_up();
+    let out = pool.up_again(|cmd| {
+        cmd.env_remove("POOLFS_KEY");
+    });
     assert!(
         out.status.success(),
         "second up failed: {}",
@@ -244,6 +233,56 @@ fn up_and_down_end_to_end() {
 
 /// `mount -t poolfs CONTROLLER DIR -o storage=...` through mount-helper/mount.poolfs,
 /// and `umount DIR`; the helper refuses a missing storage= option with a clear message.
+/// After the mount of a pool started with `up` was killed (a crash, an OOM kill), `down`
+/// clears the rest and `up` mounts it again: the namespace database, left open, is
+/// checked first, `up` says so and waits for it, and every file is there.
+#[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
+fn up_after_a_killed_mount_checks_the_namespace_database_and_finds_every_file() {
+    if !can_mount() {
+        return;
+    }
+    let mut pool = Pool::up("killedup", 3);
+    let src = pool.scratch().join("src");
+    random_file(&src, 3 * MIB + 7);
+    assert!(cp(&src, &pool.path("f")).status.success());
+    fs::write(pool.path("small"), b"kept").unwrap();
+    pool.kill_mount();
+    let out = pool.down();
+    assert!(
+        out.status.success(),
+        "down after a killed mount failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        pool.any_alive().is_empty(),
+        "alive after down: {:?}",
+        pool.any_alive()
+    );
+
+    let out = pool.up_again(|_| {});
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "up after a killed mount failed: {said}"
+    );
+    assert!(
+        said.contains("was not closed cleanly") && said.contains("checking it"),
+        "up did not say that it checks the namespace database: {said}"
+    );
+    assert_same_file(&src, &pool.path("f"));
+    assert_eq!(fs::read(pool.path("small")).unwrap(), b"kept");
+    let out = pool.down();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 #[cfg_attr(
     poolfs_no_mount,
