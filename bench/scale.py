@@ -7,7 +7,9 @@ stat and unlink rates of 1000 more files, and the time to mount the same storage
 column whether the figure stays flat against the first count."""
 import glob
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 from multiprocessing import Pool as Workers
 
@@ -84,12 +86,16 @@ def rates(mnt, tag):
 
 
 def log_tail(data, lines=5):
-    """The last lines of the mount's log under the pool's data dir (removed at the end)."""
+    """The last lines of the mount's log under the pool's data dir, and where every log
+    of the pool was copied: the data dir itself is removed at the end."""
     out = []
-    for p in glob.glob(os.path.join(data, "up", "*", "mount.log")):
-        with open(p, errors="replace") as f:
-            out += [line.rstrip() for line in f.readlines()[-lines:]]
-    return " / ".join(out) or "no mount log"
+    keep = tempfile.mkdtemp(prefix="poolfs-scale-logs-")
+    for p in glob.glob(os.path.join(data, "up", "*", "*.log")):
+        shutil.copy(p, keep)
+        if p.endswith("mount.log"):
+            with open(p, errors="replace") as f:
+                out += [line.rstrip() for line in f.readlines()[-lines:]]
+    return (" / ".join(out) or "no mount log") + f" (the pool's logs are kept in {keep})"
 
 
 def run(a, pools, log):
