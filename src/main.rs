@@ -327,12 +327,17 @@ async fn status(args: cli::StatusArgs) -> Result<()> {
             std::time::Duration::from_secs(2),
             std::time::Duration::from_secs(5),
         );
-        match pool.call(addr, &ControllerRequest::Pool, None).await {
-            Ok((Response::Pool(view), _)) => Ok(view),
+        let mut view = match pool.call(addr, &ControllerRequest::Pool, None).await {
+            Ok((Response::Pool(view), _)) => view,
             Ok((other, _)) => bail!("controller {addr} answered {other:?}"),
-            Err(e) => Err(e)
-                .with_context(|| format!("cannot get the pool view from the controller at {addr}")),
-        }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("cannot get the pool view from the controller at {addr}")
+                })
+            }
+        };
+        current_usage(&pool, &mut view).await;
+        Ok(view)
     }
     .await;
     // Each mount's files, read through its attributes (no controller needed for that).
@@ -364,7 +369,11 @@ async fn status(args: cli::StatusArgs) -> Result<()> {
         }
     } else {
         if let Ok(view) = &view {
-            print!("{}", format_status(view));
+            let own: Vec<(u32, &std::path::Path)> = mounts
+                .iter()
+                .filter_map(|m| Some((m.risk.as_ref()?.own_node?, m.mountpoint.as_path())))
+                .collect();
+            print!("{}", format_status(view, &own));
         }
         for st in &mounts {
             print!("\n{}", st.render());
@@ -380,12 +389,42 @@ async fn status(args: cli::StatusArgs) -> Result<()> {
     Ok(())
 }
 
-fn format_status(view: &PoolView) -> String {
+/// Each live node's bytes in use as it counts them now (its STAT), in place of what it
+/// last told the controller (up to a heartbeat old): `status` right after a `cp`
+/// shows what that `cp` stored. A node that does not answer keeps the controller's.
+async fn current_usage(pool: &poolfs::net::ConnPool, view: &mut PoolView) {
+    let asks = view.live().into_iter().map(|n| {
+        let (id, addr) = (n.id, n.addr);
+        async move {
+            match pool
+                .call(addr, &poolfs::proto::NodeRequest::Stat, None)
+                .await
+            {
+                Ok((Response::Stat(stat), _)) => Some((id, stat.used)),
+                _ => None,
+            }
+        }
+    });
+    for (id, used) in futures::future::join_all(asks).await.into_iter().flatten() {
+        if let Some(n) = view.nodes.iter_mut().find(|n| n.id == id) {
+            n.used = used;
+        }
+    }
+}
+
+/// The pool's table for a person: how many nodes are up, the pool's room with each
+/// disk counted once, one line per node (`own`: the nodes that run in the mounts
+/// shown, marked), and which nodes share a disk.
+fn format_status(view: &PoolView, own: &[(u32, &std::path::Path)]) -> String {
+    let room = view.room();
     let mut out = format!(
-        "pool epoch {}: {} of {} nodes up\n{:>4}  {:<22} {:<6} {:>23}  {:<12}  {}\n",
-        view.epoch,
+        "pool: {} of {} up; {} used of {}, {} free (a disk that nodes share counted once)\n\
+         {:>4}  {:<22} {:<7} {:>23}  {:<10}  {}\n",
         view.live().len(),
-        view.nodes.len(),
+        poolfs::util::count(view.nodes.len() as u64, "node", "nodes"),
+        human_size(room.used),
+        human_size(room.size),
+        human_size(room.free),
         "ID",
         "ADDRESS",
         "STATE",
@@ -394,18 +433,43 @@ fn format_status(view: &PoolView) -> String {
         "MACHINE"
     );
     for n in &view.nodes {
-        out.push_str(&format!(
-            "{:>4}  {:<22} {:<6} {:>23}  {:<12}  {}\n",
+        let machine = if n.machine.is_empty() {
+            "?"
+        } else {
+            &n.machine
+        };
+        let mut line = format!(
+            "{:>4}  {:<22} {:<7} {:>23}  {:<10}  {machine}",
             n.id,
             n.addr.to_string(),
             n.state.to_string(),
             format!("{} / {}", human_size(n.used), human_size(n.capacity)),
             format!("{:.1}s ago", n.last_seen_ms as f64 / 1000.0),
-            if n.machine.is_empty() {
-                "?"
-            } else {
-                &n.machine
-            }
+        );
+        for (_, mp) in own.iter().filter(|(id, _)| *id == n.id) {
+            line.push_str(&format!("  (the node of mount {})", mp.display()));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    // Nodes up on one machine and one filesystem: their room is shared, say so.
+    let mut disks: std::collections::BTreeMap<(&str, u64), Vec<&poolfs::proto::NodeInfo>> =
+        Default::default();
+    for n in view.live().into_iter().filter(|n| n.disk.fsid != 0) {
+        disks
+            .entry((n.machine.as_str(), n.disk.fsid))
+            .or_default()
+            .push(n);
+    }
+    for nodes in disks.values().filter(|nodes| nodes.len() > 1) {
+        let ids: Vec<String> = nodes.iter().map(|n| n.id.to_string()).collect();
+        let disk = nodes[0].disk;
+        out.push_str(&format!(
+            "nodes {} keep their segments on one disk of {} ({} free): each may offer \
+             that free space, the pool counts it once\n",
+            ids.join(", "),
+            human_size(disk.size),
+            human_size(disk.free)
         ));
     }
     out

@@ -59,6 +59,13 @@ pub fn human_size(bytes: u64) -> String {
     bytesize::ByteSize(bytes).display().iec().to_string()
 }
 
+/// `n` and the noun for it, singular for one (`count(1, "file", "files")` is
+/// "1 file", `count(0, ...)` "0 files"): English counts as people write them.
+pub fn count(n: impl Into<u64>, one: &str, many: &str) -> String {
+    let n = n.into();
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// Writes a file atomically: temporary name (`path` with extension `tmp`), fsync,
 /// rename, fsync of the directory (made if missing). Errors: the first I/O failure.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {

@@ -244,6 +244,7 @@ impl ControllerService {
                 capacity,
                 used,
                 machine,
+                disk,
                 id,
             } => 'join: {
                 // An id is bound to the static key its node proved in the handshake.
@@ -257,6 +258,7 @@ impl ControllerService {
                     listen
                 };
                 let node_id = reg.join(identity, addr, (capacity, used), &machine, id, now);
+                reg.set_disk(node_id, disk);
                 log::info!("node {node_id} joined from {addr}");
                 Response::Assigned(Assign {
                     controller: peer.local,
@@ -274,8 +276,12 @@ impl ControllerService {
                 capacity,
                 used,
                 machine,
+                disk,
             } => match reg.heartbeat(node_id, identity, (capacity, used), &machine, now) {
-                Ok(()) => Response::Pool(reg.view(now)),
+                Ok(()) => {
+                    reg.set_disk(node_id, disk);
+                    Response::Pool(reg.view(now))
+                }
                 Err(e) => registry_error(e),
             },
             ControllerRequest::Leave { identity, .. } if !peer.owns(identity) => {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::proto::{Identity, NodeId, NodeInfo, NodeState, PoolView};
+use crate::proto::{Disk, Identity, NodeId, NodeInfo, NodeState, PoolView};
 
 /// Why the registry refused a request.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -50,6 +50,8 @@ struct Member {
     record: MemberRecord,
     state: NodeState,
     last_seen: Instant,
+    /// The filesystem it last reported (not kept on disk: every heartbeat brings it).
+    disk: Disk,
 }
 
 /// The pool's members.
@@ -103,6 +105,7 @@ impl Registry {
                         record,
                         state,
                         last_seen: now,
+                        disk: Disk::default(),
                     },
                 )
             })
@@ -183,6 +186,7 @@ impl Registry {
                         record,
                         state: NodeState::Up,
                         last_seen: now,
+                        disk: Disk::default(),
                     },
                 );
                 id
@@ -351,6 +355,15 @@ impl Registry {
             .count()
     }
 
+    /// Records the filesystem member `id` keeps its segments on, as it reported with
+    /// its last JOIN or heartbeat (an unknown id is ignored). Not a membership change:
+    /// no new epoch.
+    pub fn set_disk(&mut self, id: NodeId, disk: Disk) {
+        if let Some(m) = self.members.get_mut(&id) {
+            m.disk = disk;
+        }
+    }
+
     /// The current view.
     pub fn view(&self, now: Instant) -> PoolView {
         PoolView {
@@ -366,6 +379,7 @@ impl Registry {
                     used: m.record.used,
                     last_seen_ms: now.duration_since(m.last_seen).as_millis() as u64,
                     machine: m.record.machine.clone(),
+                    disk: m.disk,
                 })
                 .collect(),
         }

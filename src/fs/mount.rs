@@ -165,8 +165,9 @@ const SCRUB_INTERVAL: Duration = Duration::from_secs(6 * 3600);
 const REPAIR_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Runs repair passes, a sweep every `sweep::interval_for(reclaim_after)` and a trim
-/// of the heap every `heap::TRIM_EVERY`, in the background until `stop` is set. One thread for both: a sweep never runs while a
-/// repair is writing segments it has not recorded yet. `scrub_now` scrubs first (after
+/// of the heap every `heap::TRIM_EVERY`, in the background until the mount stops
+/// (`Vfs::stop_background`). One thread for both: a sweep never runs while a repair is
+/// writing segments it has not recorded yet. `scrub_now` scrubs first (after
 /// a recovery: the mount's own node lost every segment it held). A mount whose
 /// namespace another mount took (`Journal::fenced`) repairs and sweeps nothing: those
 /// segments are the other mount's to manage now.
@@ -175,11 +176,10 @@ fn spawn_repair(
     grace: Duration,
     reclaim_after: Duration,
     scrub_now: bool,
-    stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut last = RepairReport::default();
-        let mut repairer = repair::Repairer::stopped_by(&vfs, stop.clone());
+        let mut repairer = repair::Repairer::new(&vfs);
         let mut next_scrub = match scrub_now {
             true => std::time::Instant::now(),
             false => std::time::Instant::now() + SCRUB_INTERVAL,
@@ -187,7 +187,7 @@ fn spawn_repair(
         let sweep_every = sweep::interval_for(reclaim_after);
         let mut next_sweep = std::time::Instant::now() + sweep_every;
         let mut next_trim = std::time::Instant::now() + crate::heap::TRIM_EVERY;
-        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        while !vfs.stopping() {
             if std::time::Instant::now() >= next_trim {
                 // Memory freed since (a snapshot's part, a burst of requests) goes back.
                 crate::heap::trim();
@@ -229,12 +229,7 @@ fn spawn_repair(
                 }
                 next_sweep = std::time::Instant::now() + sweep_every;
             }
-            let until = std::time::Instant::now() + REPAIR_INTERVAL;
-            while std::time::Instant::now() < until
-                && !stop.load(std::sync::atomic::Ordering::SeqCst)
-            {
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            vfs.rest(REPAIR_INTERVAL);
         }
     })
 }
@@ -364,6 +359,7 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
     client_cfg.own = Some(node.own_segments());
     let client = Arc::new(PoolClient::new(client_cfg));
     let vfs = Arc::new(Vfs::new(meta, client.clone(), rt.handle().clone())?);
+    vfs.set_own_node(node.own_segments());
     if let (Some(ns), Some(found)) = (ns, found) {
         let node_key = crate::trust::read_key_bytes(&cfg.storage.join(crate::trust::NODE_KEY_FILE))
             .map_err(|e| MountError::Owner(e.to_string()))?;
@@ -439,16 +435,14 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
             log::error!("cannot unmount: {e}");
         }
     });
-    let stop_repair = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let repairer = spawn_repair(
         vfs.clone(),
         cfg.repair_grace,
         cfg.reclaim_after,
         cfg.recover,
-        stop_repair.clone(),
     );
     let served = session.run();
-    stop_repair.store(true, std::sync::atomic::Ordering::SeqCst);
+    vfs.stop_background();
     let _ = repairer.join();
     served.map_err(fuse_err)?;
     // The kernel holds no inode any more: those removed while in use go now.

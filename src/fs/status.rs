@@ -188,9 +188,9 @@ impl MountStatus {
     pub fn render(&self) -> String {
         let s = self.summary();
         let mut out = format!(
-            "mount {}: {} files: {} healthy, {} degraded, {} unavailable",
+            "mount {}: {}: {} healthy, {} degraded, {} unavailable",
             self.mountpoint.display(),
-            self.files.len(),
+            crate::util::count(self.files.len() as u64, "file", "files"),
             s.healthy,
             s.degraded,
             s.unavailable

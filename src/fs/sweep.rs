@@ -36,7 +36,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use super::vfs::Vfs;
+use super::vfs::{Vfs, Walk};
 use super::FsError;
 use crate::client::{Holder, Manifest};
 use crate::proto::{NodeId, NodeState, Reclaim, SegmentInfo};
@@ -222,8 +222,18 @@ pub fn sweep_pass(vfs: &Vfs, grace: Duration) -> Result<SweepReport, FsError> {
                 .map(|s| (h.node_id, s.segment.file.as_str(), s.segment.index))
         })
         .collect();
+    let mut report = SweepReport {
+        nodes: listings.len(),
+        unreachable,
+        ..Default::default()
+    };
+    // Nothing of this mount's on any node (its files all small, kept in the namespace):
+    // nothing to judge, and no walk of every file for it.
+    if listed.is_empty() {
+        return Ok(report);
+    }
     let mut live = HashMap::new();
-    vfs.meta().each_file(|inode| {
+    let walk = vfs.walk_files(|inode| {
         if let Some(m) = &inode.manifest {
             name_segments(m, &mut live, |node, file, index| {
                 listed.contains(&(node, file, index))
@@ -232,11 +242,11 @@ pub fn sweep_pass(vfs: &Vfs, grace: Duration) -> Result<SweepReport, FsError> {
         Ok(())
     })?;
     drop(listed);
-    let mut report = SweepReport {
-        nodes: listings.len(),
-        unreachable,
-        ..Default::default()
-    };
+    if walk == Walk::Stopped {
+        // The files after the walk's last page were not seen: their segments would look
+        // unnamed. Remove nothing.
+        return Ok(report);
+    }
     let grace_ms = grace.as_millis().min(u64::MAX as u128) as u64;
     for (holder, segments) in listings {
         report.listed += segments.len();

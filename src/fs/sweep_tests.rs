@@ -236,6 +236,26 @@ fn shards_a_rebuild_wrote_without_recording_them_are_reclaimed() {
 }
 
 #[test]
+fn a_sweep_cut_short_by_the_mounts_stop_removes_nothing() {
+    let p = pool(3);
+    let vfs = p.vfs();
+    let data = pattern(6 * 2 * SHARD, 6);
+    let ino = write_file(&vfs, b"f", &data);
+    let m = manifest(&vfs, ino);
+    let new = rebuild_unrecorded(&p, &vfs, &m, 0);
+    let before = p.all_segments();
+    // The mount stops while the sweep would walk its files: it has not seen which
+    // segments they name, so it must not judge any.
+    vfs.stop_background();
+    p.mem.advance(GRACE_MS + 10_000);
+    let r = sweep_pass(&vfs, GRACE).expect("sweep");
+    assert_eq!(r.reclaimed, 0, "{r:?}");
+    assert_eq!(p.all_segments(), before);
+    assert_eq!(p.mem.segments_of(new, &m.place.file_id), 1);
+    assert_eq!(contents(&vfs, ino), data);
+}
+
+#[test]
 fn segments_of_files_deleted_while_their_node_was_away_are_reclaimed_on_its_return() {
     let p = pool(3);
     let vfs = p.vfs();

@@ -13,8 +13,8 @@
 //!
 //! This file holds the `Vfs` itself (its state, start, the kernel-cache invalidation
 //! and what repair reaches); the operations are split by concern: `namespace`,
-//! `handles` (open files and their data), `lifetimes` (references and removal) and
-//! `xattrs`.
+//! `handles` (open files and their data), `lifetimes` (references and removal),
+//! `xattrs`, and `background` (walks of every file for repair, sweep and scrub).
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -27,7 +27,9 @@ use super::meta::{MetaStore, Time};
 use super::FsError;
 use crate::client::{Manifest, PoolClient};
 
+mod background;
 mod handles;
+pub use background::Walk;
 pub use handles::{READ_IO_SIZE, WRITE_IO_SIZE};
 mod lifetimes;
 mod namespace;
@@ -60,9 +62,10 @@ pub struct SetAttr {
 /// Capacity of the pool as `statfs` reports it.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolSpace {
-    /// Bytes of capacity of the live nodes, summed.
+    /// Bytes the live nodes can hold, a disk they share counted once
+    /// (`PoolView::room`).
     pub total: u64,
-    /// Bytes of that capacity not yet allocated on them, summed.
+    /// Bytes of that not yet allocated on them.
     pub free: u64,
 }
 
@@ -103,6 +106,10 @@ pub struct Vfs {
     meta: Arc<MetaStore>,
     /// The namespace's copy in the pool, when the mount keeps one (set once).
     journal: std::sync::OnceLock<Arc<super::journal::Journal>>,
+    /// Set when the mount stops: background walks end (`stop_background`).
+    stopping: std::sync::atomic::AtomicBool,
+    /// The mount's own node (set once, by the mount), for `own_node`.
+    own_node: std::sync::OnceLock<crate::node::OwnSegments>,
     client: Arc<PoolClient>,
     rt: Handle,
     open: Mutex<HashMap<u64, Arc<OpenInode>>>,
@@ -159,6 +166,8 @@ impl Vfs {
         let vfs = Vfs {
             meta: Arc::new(meta),
             journal: std::sync::OnceLock::new(),
+            own_node: std::sync::OnceLock::new(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             client,
             rt,
             open: Mutex::new(HashMap::new()),
@@ -212,6 +221,17 @@ impl Vfs {
             Some(j) => j.sync(),
             None => Ok(()),
         }
+    }
+
+    /// The node that runs in this mount's process (set once, by the mount).
+    pub fn set_own_node(&self, node: crate::node::OwnSegments) {
+        let _ = self.own_node.set(node);
+    }
+
+    /// The pool id of the node in this mount's process, once the controller gave it
+    /// one; `None` without one (tests over an in-memory pool).
+    pub fn own_node(&self) -> Option<crate::proto::NodeId> {
+        self.own_node.get().and_then(|n| n.node_id())
     }
 
     /// How to make the kernel forget its cache of an inode (set once, by the mount).
@@ -317,11 +337,10 @@ impl Vfs {
     /// Total and free bytes of the live nodes (free as the nodes count it: the bytes
     /// really stored, so sparse files take only what was written).
     pub fn statfs(&self) -> Result<PoolSpace, FsError> {
-        let view = self.block_on(self.client.view())?;
-        let live = view.live();
+        let room = self.block_on(self.client.view())?.room();
         Ok(PoolSpace {
-            total: live.iter().map(|n| n.capacity).sum(),
-            free: live.iter().map(|n| n.capacity.saturating_sub(n.used)).sum(),
+            total: room.size,
+            free: room.free,
         })
     }
 }

@@ -35,6 +35,8 @@ pub(super) async fn membership_loop(
             let stat = shared.stat();
             (stat.capacity, stat.used)
         };
+        // Read every time: its free bytes change with everything on that disk.
+        let disk = shared.disk();
         let (node_id, remembered) = {
             let m = shared.membership();
             (m.node_id, m.remembered)
@@ -47,6 +49,7 @@ pub(super) async fn membership_loop(
                     capacity,
                     used,
                     machine: shared.machine.clone(),
+                    disk,
                 };
                 pool.call(ctrl, &req, None).await.map(|(resp, _)| resp)
             }
@@ -57,6 +60,7 @@ pub(super) async fn membership_loop(
                     capacity,
                     used,
                     machine: shared.machine.clone(),
+                    disk,
                     // A controller that lost its registry gives the old id back.
                     id: remembered,
                 };

@@ -27,8 +27,8 @@ use tokio::task::JoinHandle;
 
 use crate::net::{self, ConnPool, NetError, ServerLimits};
 use crate::proto::{
-    Assign, ControllerRequest, ErrorKind, Identity, NodeId, NodeStat, PoolView, Reclaim, Response,
-    SegmentPage, SegmentRef,
+    Assign, ControllerRequest, Disk, ErrorKind, Identity, NodeId, NodeStat, PoolView, Reclaim,
+    Response, SegmentPage, SegmentRef,
 };
 use crate::trust::{Credentials, KeyError, PoolKey};
 pub use machine::default_machine_name;
@@ -141,6 +141,18 @@ impl Shared {
             used,
             segments,
         }
+    }
+
+    /// The filesystem of the storage directory, for the controller (`NodeInfo::disk`);
+    /// not known (all zero) without storage or when statvfs fails.
+    fn disk(&self) -> Disk {
+        let Some(storage) = &self.storage else {
+            return Disk::default();
+        };
+        Disk::of(storage).unwrap_or_else(|e| {
+            log::debug!("cannot statvfs {}: {e}", storage.display());
+            Disk::default()
+        })
     }
 
     fn accept_assign(&self, assign: Assign) {

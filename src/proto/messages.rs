@@ -66,6 +66,34 @@ pub struct NodeInfo {
     /// the host name and a hash of /etc/machine-id): placement puts no two shards of a
     /// stripe on one machine while others have room. Empty for a node that sent none.
     pub machine: String,
+    /// The filesystem its storage is on, as it last reported: nodes of one machine on
+    /// one disk share its room, which the pool's size counts once.
+    pub disk: Disk,
+}
+
+/// The filesystem a node keeps its segments on (statvfs(2) of its storage directory),
+/// reported with every heartbeat. All zero: not known (a node counted on its own).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Disk {
+    /// The filesystem's id on its machine (`f_fsid`): equal for two directories on one
+    /// filesystem of one machine; 0 if not known.
+    pub fsid: u64,
+    /// Its size in bytes (`f_blocks × f_frsize`).
+    pub size: u64,
+    /// Bytes an unprivileged writer may still allocate on it (`f_bavail × f_frsize`).
+    pub free: u64,
+}
+
+impl Disk {
+    /// The filesystem that holds `path`. Errors: statvfs's.
+    pub fn of(path: &std::path::Path) -> std::io::Result<Disk> {
+        let st = rustix::fs::statvfs(path)?;
+        Ok(Disk {
+            fsid: st.f_fsid,
+            size: st.f_blocks.saturating_mul(st.f_frsize),
+            free: st.f_bavail.saturating_mul(st.f_frsize),
+        })
+    }
 }
 
 /// The whole membership; `epoch` grows on every change.
@@ -97,6 +125,57 @@ impl PoolView {
     /// The member with this id, whatever its state.
     pub fn node(&self, id: NodeId) -> Option<&NodeInfo> {
         self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// The live members' room in bytes, a disk that several of them share counted once
+    /// (what `df` of a mount shows). Nodes on one disk (same machine and `Disk::fsid`)
+    /// offer together at most what is free on it: their free bytes are
+    /// min(Σ (capacity − used), the disk's free bytes), and their size is what they use
+    /// plus that, never more than Σ capacity. A node whose disk is not known counts on
+    /// its own: its capacity, and that minus its use free.
+    pub fn room(&self) -> Room {
+        let mut disks: std::collections::BTreeMap<(&str, u64), Room> = Default::default();
+        let mut room = Room::default();
+        for n in self.live() {
+            let own = Room {
+                size: n.capacity,
+                used: n.used,
+                free: n.capacity.saturating_sub(n.used),
+            };
+            if n.disk.fsid == 0 {
+                room.add(own);
+                continue;
+            }
+            let d = disks.entry((n.machine.as_str(), n.disk.fsid)).or_default();
+            d.add(own);
+            d.free = d.free.min(n.disk.free);
+        }
+        for d in disks.into_values() {
+            room.add(Room {
+                size: d.size.min(d.used.saturating_add(d.free)),
+                ..d
+            });
+        }
+        room
+    }
+}
+
+/// Bytes a pool (or a part of it) can hold (`PoolView::room`).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Room {
+    /// Bytes it can hold: what is used plus what is free.
+    pub size: u64,
+    /// Bytes its segments have allocated.
+    pub used: u64,
+    /// Bytes it can still take.
+    pub free: u64,
+}
+
+impl Room {
+    fn add(&mut self, other: Room) {
+        self.size = self.size.saturating_add(other.size);
+        self.used = self.used.saturating_add(other.used);
+        self.free = self.free.saturating_add(other.free);
     }
 }
 
@@ -287,5 +366,96 @@ impl Response {
             kind,
             message: message.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod room_tests {
+    use super::*;
+
+    const G: u64 = 1 << 30;
+
+    fn node(id: NodeId, machine: &str, capacity: u64, used: u64, disk: Disk) -> NodeInfo {
+        NodeInfo {
+            id,
+            addr: SocketAddr::from(([127, 0, 0, 1], 7000 + id as u16)),
+            state: NodeState::Up,
+            capacity,
+            used,
+            last_seen_ms: 0,
+            machine: machine.into(),
+            disk,
+        }
+    }
+
+    fn disk(fsid: u64, size: u64, free: u64) -> Disk {
+        Disk { fsid, size, free }
+    }
+
+    fn room(nodes: Vec<NodeInfo>) -> (u64, u64, u64) {
+        let r = PoolView { epoch: 1, nodes }.room();
+        (r.size / G, r.used / G, r.free / G)
+    }
+
+    #[test]
+    fn the_pool_size_counts_a_disk_that_several_nodes_share_once() {
+        // (nodes, expected (size, used, free) in GiB)
+        let cases = [
+            // Three loopback nodes, each offering the 76 G free on one disk of 100 G:
+            // the pool has 76 G, not 228 G.
+            (
+                vec![
+                    node(1, "m", 76 * G, 0, disk(9, 100 * G, 76 * G)),
+                    node(2, "m", 76 * G, 0, disk(9, 100 * G, 76 * G)),
+                    node(3, "m", 76 * G, 0, disk(9, 100 * G, 76 * G)),
+                ],
+                (76, 0, 76),
+            ),
+            // They then hold 2 G each: the disk has 6 G less free.
+            (
+                vec![
+                    node(1, "m", 76 * G, 2 * G, disk(9, 100 * G, 70 * G)),
+                    node(2, "m", 76 * G, 2 * G, disk(9, 100 * G, 70 * G)),
+                    node(3, "m", 76 * G, 2 * G, disk(9, 100 * G, 70 * G)),
+                ],
+                (76, 6, 70),
+            ),
+            // Capacities given that the disk can hold together: they add up.
+            (
+                vec![
+                    node(1, "m", 10 * G, 0, disk(9, 100 * G, 76 * G)),
+                    node(2, "m", 10 * G, 0, disk(9, 100 * G, 76 * G)),
+                ],
+                (20, 0, 20),
+            ),
+            // The same fsid on two machines is two disks.
+            (
+                vec![
+                    node(1, "a", 50 * G, 0, disk(9, 100 * G, 50 * G)),
+                    node(2, "b", 50 * G, 0, disk(9, 100 * G, 50 * G)),
+                ],
+                (100, 0, 100),
+            ),
+            // Disks not known (a node of an older poolfs would not say): each alone.
+            (
+                vec![
+                    node(1, "m", 40 * G, G, Disk::default()),
+                    node(2, "m", 40 * G, G, Disk::default()),
+                ],
+                (80, 2, 78),
+            ),
+        ];
+        for (nodes, want) in cases {
+            let shown: Vec<_> = nodes.iter().map(|n| (n.id, n.capacity / G)).collect();
+            assert_eq!(room(nodes), want, "nodes (id, capacity GiB) {shown:?}");
+        }
+    }
+
+    #[test]
+    fn the_pool_size_leaves_out_nodes_that_are_not_up() {
+        let mut down = node(2, "b", 50 * G, 0, disk(8, 100 * G, 50 * G));
+        down.state = NodeState::Down;
+        let up = node(1, "a", 50 * G, 0, disk(9, 100 * G, 50 * G));
+        assert_eq!(room(vec![up, down]), (50, 0, 50));
     }
 }

@@ -24,7 +24,9 @@ pub use rpc::{ControllerRequest, NodeRequest, SegmentRead, Service, ServiceReque
 /// 10: `machine` in `Join`, `Heartbeat` and `NodeInfo`; `List` and `DeleteSegment`
 ///     (the owner's sweep of its segments, whole or all but the ranges it keeps).
 /// 11: `id` in `Join`, the id the node had, so a fresh controller gives it back.
-pub const PROTOCOL_VERSION: u16 = 11;
+/// 12: `disk` in `Join`, `Heartbeat` and `NodeInfo`, so the pool's size counts a disk
+///     that several nodes share once.
+pub const PROTOCOL_VERSION: u16 = 12;
 /// Most segments one LIST answer may carry: an entry is at most about 100 bytes (a
 /// 64-byte id, an index, two varints), so a full page stays far under `MAX_FRAME`.
 pub const MAX_LIST_PAGE: u32 = 1024;

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use super::{Assign, Identity, NodeId, SegmentRef};
+use super::{Assign, Disk, Identity, NodeId, SegmentRef};
 
 /// Which service a request is for. It is encoded before the request (see
 /// `proto::encode_request`), so a node sent a controller verb, or the reverse, refuses it
@@ -57,6 +57,8 @@ pub enum ControllerRequest {
         used: u64,
         /// The machine the node runs on (see `NodeInfo::machine`).
         machine: String,
+        /// The filesystem its storage is on (see `NodeInfo::disk`).
+        disk: Disk,
         /// The id the node had (given earlier, remembered in `STORAGE/node.id`), for a
         /// controller that does not know it (a fresh registry) to give it back; `None`
         /// for a node never given one. A known identity keeps its recorded id.
@@ -74,6 +76,8 @@ pub enum ControllerRequest {
         used: u64,
         /// The machine the node runs on (see `NodeInfo::machine`).
         machine: String,
+        /// The filesystem its storage is on (see `NodeInfo::disk`).
+        disk: Disk,
     },
     /// Node to controller: I am leaving the pool now; answered with `Ok`.
     Leave {

@@ -298,15 +298,17 @@ fn controller_request() -> impl Strategy<Value = ControllerRequest> {
             any::<u64>(),
             any::<u64>(),
             ".{0,20}",
+            disk(),
             any::<Option<u32>>()
         )
-            .prop_map(|(identity, listen, capacity, used, machine, id)| {
+            .prop_map(|(identity, listen, capacity, used, machine, disk, id)| {
                 ControllerRequest::Join {
                     identity,
                     listen,
                     capacity,
                     used,
                     machine,
+                    disk,
                     id,
                 }
             }),
@@ -315,15 +317,17 @@ fn controller_request() -> impl Strategy<Value = ControllerRequest> {
             identity(),
             any::<u64>(),
             any::<u64>(),
-            ".{0,20}"
+            ".{0,20}",
+            disk()
         )
-            .prop_map(|(node_id, identity, capacity, used, machine)| {
+            .prop_map(|(node_id, identity, capacity, used, machine, disk)| {
                 ControllerRequest::Heartbeat {
                     node_id,
                     identity,
                     capacity,
                     used,
                     machine,
+                    disk,
                 }
             }),
         (any::<u32>(), identity())
@@ -410,9 +414,10 @@ fn node_info() -> impl Strategy<Value = NodeInfo> {
         any::<u64>(),
         any::<u64>(),
         ".{0,20}",
+        disk(),
     )
         .prop_map(
-            |(id, addr, state, capacity, used, last_seen_ms, machine)| NodeInfo {
+            |(id, addr, state, capacity, used, last_seen_ms, machine, disk)| NodeInfo {
                 id,
                 addr,
                 state,
@@ -420,8 +425,17 @@ fn node_info() -> impl Strategy<Value = NodeInfo> {
                 used,
                 last_seen_ms,
                 machine,
+                disk,
             },
         )
+}
+
+fn disk() -> impl Strategy<Value = poolfs::proto::Disk> {
+    (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(fsid, size, free)| poolfs::proto::Disk {
+        fsid,
+        size,
+        free,
+    })
 }
 
 fn pool_view() -> impl Strategy<Value = PoolView> {

@@ -38,6 +38,7 @@ fn every_verb() -> Vec<(&'static str, Vec<u8>)> {
             capacity: 1 << 20,
             used: 0,
             machine: "test".into(),
+            disk: Default::default(),
             id: None,
         },
         ControllerRequest::Heartbeat {
@@ -46,6 +47,7 @@ fn every_verb() -> Vec<(&'static str, Vec<u8>)> {
             capacity: 1 << 20,
             used: 0,
             machine: "test".into(),
+            disk: Default::default(),
         },
         ControllerRequest::Leave {
             node_id: 1,
@@ -278,6 +280,7 @@ fn the_right_key_works_and_ids_are_bound_to_keys() {
                 capacity: 1,
                 used: 0,
                 machine: "test".into(),
+                disk: Default::default(),
             },
             ControllerRequest::Leave {
                 node_id: 1,
@@ -289,6 +292,7 @@ fn the_right_key_works_and_ids_are_bound_to_keys() {
                 capacity: 1,
                 used: 0,
                 machine: "test".into(),
+                disk: Default::default(),
                 id: Some(1),
             },
         ] {
@@ -301,6 +305,7 @@ fn the_right_key_works_and_ids_are_bound_to_keys() {
             capacity: 1,
             used: 0,
             machine: "test".into(),
+            disk: Default::default(),
             id: None,
         };
         let (answer, _) = conn.call(&mine, None).await.unwrap();

@@ -26,6 +26,7 @@ fn pool(n: u32, machine: impl Fn(u32) -> String, capacity: impl Fn(u32) -> u64) 
                 used: 0,
                 last_seen_ms: 0,
                 machine: machine(id),
+                disk: crate::proto::Disk::default(),
             })
             .collect(),
     }

@@ -27,6 +27,7 @@ fn view(members: &[Member]) -> PoolView {
                 used: 1000 - free,
                 last_seen_ms: 0,
                 machine: machine.to_string(),
+                disk: crate::proto::Disk::default(),
             })
             .collect(),
     }

@@ -247,6 +247,7 @@ impl MemSegments {
                     last_seen_ms: 0,
                     // Every in-memory node on a machine of its own.
                     machine: format!("mem-{id}"),
+                    disk: crate::proto::Disk::default(),
                 })
             })
             .collect();

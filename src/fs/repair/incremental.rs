@@ -7,17 +7,15 @@
 //! that sweeps the whole namespace slowly as a safety net. The cost of a quiet pass is
 //! then bounded by the writes since the last one, not by the file count. A walk of
 //! everything (every mount starts with one) is paced, and ends early when the mount
-//! stops: at a million files it takes tens of seconds of reads.
+//! stops (`Vfs::walk_files`): at a million files it takes tens of seconds of reads.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::pass::{repair_file, PassView, Signature};
 use super::{record, RepairReport};
 use crate::fs::meta::{Inode, WrittenSince, PAGE};
-use crate::fs::vfs::Vfs;
+use crate::fs::vfs::{Vfs, Walk};
 use crate::fs::FsError;
 
 /// Most files with work left that a pass remembers to look at again; past that the
@@ -33,11 +31,6 @@ pub const RETRY_WALK_EVERY: Duration = Duration::from_secs(60);
 /// every 2 s, a million inodes are all looked at within some 2 hours, 10 000 within
 /// 80 s, and a quiet pass reads no more than this from the store for it.
 pub const ROLLING_PAGE: usize = PAGE;
-
-/// The share of its time a walk of everything rests between pages, so that it leaves
-/// the disk and a core to the user's work: 1 is as long as the page took (the walk
-/// takes twice as long as unpaced, and uses at most half of what it would).
-const WALK_REST: u32 = 1;
 
 /// Repair's memory across passes (`pass`).
 pub struct Repairer {
@@ -57,20 +50,12 @@ pub struct Repairer {
     walks: u64,
     /// Files the last pass looked at.
     visited: usize,
-    /// Set when the mount stops: a walk in progress ends at the next page.
-    stop: Arc<AtomicBool>,
 }
 
 impl Repairer {
     /// Repair for the mount behind `vfs`; from now on its store names the inodes each
     /// write changes (`MetaStore::watch_writes`). The first pass walks everything.
     pub fn new(vfs: &Vfs) -> Self {
-        Self::stopped_by(vfs, Arc::new(AtomicBool::new(false)))
-    }
-
-    /// As `new`, for a mount that sets `stop` when it stops: a walk of everything in
-    /// progress then ends at its next page (unfinished: the next mount walks again).
-    pub fn stopped_by(vfs: &Vfs, stop: Arc<AtomicBool>) -> Self {
         vfs.meta().watch_writes();
         Repairer {
             walked: None,
@@ -81,7 +66,6 @@ impl Repairer {
             cursor: 0,
             walks: 0,
             visited: 0,
-            stop,
         }
     }
 
@@ -162,18 +146,13 @@ impl Repairer {
         self.unlisted_pending = 0;
         let mut report = RepairReport::default();
         let mut unlisted = 0;
-        let mut from = Some(0);
-        while let Some(start) = from {
-            if self.stop.load(Ordering::SeqCst) {
-                return Ok(report);
-            }
-            let began = Instant::now();
-            let (page, next) = vfs.meta().files_page(start, PAGE)?;
-            for inode in page {
-                unlisted += self.visit(vfs, pv, inode, &mut report);
-            }
-            from = next;
-            self.rest(began.elapsed() * WALK_REST);
+        let walk = vfs.walk_files(|inode| {
+            unlisted += self.visit(vfs, pv, inode, &mut report);
+            Ok(())
+        })?;
+        if walk == Walk::Stopped {
+            // Unfinished: `walked` stays as it was, so the next pass walks again.
+            return Ok(report);
         }
         self.unlisted_pending = unlisted;
         self.walked = Some(signature);
@@ -200,18 +179,6 @@ impl Repairer {
         match again && !self.remember(ino) {
             true => left.max(1),
             false => 0,
-        }
-    }
-
-    /// Sleeps `time`, or less if the mount stops meanwhile.
-    fn rest(&self, time: Duration) {
-        let until = Instant::now() + time;
-        while !self.stop.load(Ordering::SeqCst) {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return;
-            }
-            std::thread::sleep(left.min(Duration::from_millis(50)));
         }
     }
 

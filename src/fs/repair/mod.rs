@@ -2,6 +2,7 @@
 //! and which holders repair gives up on; the pass itself (rebuild, re-encode, bring
 //! home) is in `pass`, the scrub that verifies every shard in `scrub`.
 
+use crate::util::count;
 use std::time::{Duration, Instant};
 
 use super::meta::Kind;
@@ -169,6 +170,15 @@ pub struct RepairProgress {
 }
 
 impl RepairProgress {
+    /// What the rebuilt count counts, for a person: a segment is a file's part on one
+    /// node, rebuilt from the other parts onto another node when its node was lost.
+    fn rebuilt(n: u64) -> String {
+        format!(
+            "{} rebuilt on other nodes (a segment is a file's part on one node)",
+            count(n, "segment", "segments")
+        )
+    }
+
     /// One line for a person, with the last pass's age as of now.
     pub fn describe(&self) -> String {
         let Some((at, outcome)) = &self.last else {
@@ -178,13 +188,14 @@ impl RepairProgress {
         match outcome {
             Ok(r) => {
                 let mut text = format!(
-                    "repair: {} segments rebuilt so far, {} pending",
-                    self.rebuilt_total, r.pending
+                    "repair: {} since the mount started, {} pending",
+                    Self::rebuilt(self.rebuilt_total),
+                    r.pending
                 );
                 if self.reencoded_total > 0 {
                     text.push_str(&format!(
-                        ", {} files re-encoded (narrower while nodes were away, wider once back)",
-                        self.reencoded_total
+                        ", {} re-encoded (narrower while nodes were away, wider once back)",
+                        count(self.reencoded_total, "file", "files")
                     ));
                 }
                 if r.waiting > 0 {
@@ -194,16 +205,19 @@ impl RepairProgress {
                     ));
                 }
                 text.push_str(&format!(
-                    "; last pass {ago:.1}s ago rebuilt {} ({} passes); {} bytes written by \
-                     repair",
-                    r.rebuilt, self.passes, self.bytes_total
+                    "; last pass {ago:.1}s ago rebuilt {} ({}); {} bytes written by repair",
+                    r.rebuilt,
+                    count(self.passes, "pass", "passes"),
+                    self.bytes_total
                 ));
                 text
             }
             Err(e) => format!(
-                "repair: {} segments rebuilt so far; last pass {ago:.1}s ago failed: {e} \
-                 ({} passes); {} bytes written by repair",
-                self.rebuilt_total, self.passes, self.bytes_total
+                "repair: {} since the mount started; last pass {ago:.1}s ago failed: {e} \
+                 ({}); {} bytes written by repair",
+                Self::rebuilt(self.rebuilt_total),
+                count(self.passes, "pass", "passes"),
+                self.bytes_total
             ),
         }
     }

@@ -547,6 +547,7 @@ mod tests {
                     used: 0,
                     last_seen_ms: 0,
                     machine: m.to_string(),
+                    disk: crate::proto::Disk::default(),
                 })
                 .collect(),
         }

@@ -46,12 +46,14 @@ pub fn last_scrub(vfs: &Vfs) -> String {
 }
 
 /// Reads and verifies every shard of every closed file, rewriting the bad ones. The
-/// files are read a page at a time (`MetaStore::each_file`) and each stripe is
-/// followed by a pause (`STRIPE_PAUSE`): the pass holds no list of every file and
-/// leaves turns to users' requests.
+/// files are read a page at a time (`Vfs::walk_files`, which rests between pages and
+/// ends when the mount stops) and each stripe is followed by a pause
+/// (`STRIPE_PAUSE`): the pass holds no list of every file and leaves turns to users'
+/// requests.
 pub fn scrub_pass(vfs: &Vfs) -> Result<ScrubReport, FsError> {
     let mut report = ScrubReport::default();
-    vfs.meta().each_file(|inode| {
+    // A scrub the mount's stop cuts short reports what it verified so far.
+    vfs.walk_files(|inode| {
         let Some(m) = &inode.manifest else {
             return Ok(());
         };

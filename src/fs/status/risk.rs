@@ -37,6 +37,10 @@ pub struct PoolRisk {
     pub degraded_files: Vec<DegradedFile>,
     /// Per member of the pool, by id.
     pub nodes: Vec<NodeSpace>,
+    /// The id of the node that runs in the mount's process (`None` from a mount that
+    /// does not say, or before the controller gave it one).
+    #[serde(default)]
+    pub own_node: Option<NodeId>,
 }
 
 /// A degraded file and why.
@@ -79,29 +83,37 @@ impl PoolRisk {
         if let (Some(nodes), Some(machines)) = (self.nodes_off, self.machines_off) {
             if nodes > machines {
                 out.push_str(&format!(
-                    "  (nodes share machines: any {nodes} node{} may be off at once, as long \
-                     as their machines stay up)\n",
-                    if nodes == 1 { "" } else { "s" }
+                    "  (nodes share machines: any {} may be off at once, as long as their \
+                     machines stay up)\n",
+                    crate::util::count(nodes as u64, "node", "nodes")
                 ));
             }
         }
         out.push_str(&format!(
-            "  {} of {} files with data on the pool degraded\n",
-            self.degraded, self.files
+            "  {} of {} with data on the pool degraded\n",
+            self.degraded,
+            crate::util::count(self.files as u64, "file", "files")
         ));
         for f in &self.degraded_files {
             out.push_str(&format!("    {}: {}\n", f.path, f.why));
         }
         let more = self.degraded.saturating_sub(self.degraded_files.len());
         if more > 0 {
-            out.push_str(&format!("    and {more} more degraded files\n"));
+            out.push_str(&format!(
+                "    and {} more degraded\n",
+                crate::util::count(more as u64, "file", "files")
+            ));
         }
         for n in &self.nodes {
             let held = n
                 .held
                 .map_or_else(|| "an unknown number of".to_owned(), |b| b.to_string());
+            let own = match self.own_node == Some(n.id) {
+                true => " (this mount's own node)",
+                false => "",
+            };
             out.push_str(&format!(
-                "  node {:>3} {:<7} holds {held} bytes for {} bytes of live data\n",
+                "  node {:>3} {:<7} holds {held} bytes for {} bytes of live data{own}\n",
                 n.id, n.state, n.live
             ));
         }
@@ -141,7 +153,10 @@ pub fn stripe_tolerance(k: usize, shards: &[usize]) -> Option<usize> {
 pub fn pool_risk(vfs: &Vfs) -> Result<PoolRisk, FsError> {
     let view = vfs.run(vfs.client().view())?;
     let grace = vfs.repair.lock().unwrap_or_else(|p| p.into_inner()).grace;
-    let mut risk = PoolRisk::default();
+    let mut risk = PoolRisk {
+        own_node: vfs.own_node(),
+        ..PoolRisk::default()
+    };
     let mut live: BTreeMap<NodeId, u64> = BTreeMap::new();
     let mut degraded: Vec<(u64, String)> = Vec::new();
     // A page of files at a time: the report keeps per-node sums and at most

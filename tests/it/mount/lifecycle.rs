@@ -231,8 +231,6 @@ fn up_and_down_end_to_end() {
     assert!(old.stdout.is_empty(), "the view leaked: {:?}", old.stdout);
 }
 
-/// `mount -t poolfs CONTROLLER DIR -o storage=...` through mount-helper/mount.poolfs,
-/// and `umount DIR`; the helper refuses a missing storage= option with a clear message.
 /// After the mount of a pool started with `up` was killed (a crash, an OOM kill), `down`
 /// clears the rest and `up` mounts it again: the namespace database, left open, is
 /// checked first, `up` says so and waits for it, and every file is there.
@@ -283,6 +281,8 @@ fn up_after_a_killed_mount_checks_the_namespace_database_and_finds_every_file() 
     );
 }
 
+/// `mount -t poolfs CONTROLLER DIR -o storage=...` through mount-helper/mount.poolfs,
+/// and `umount DIR`; the helper refuses a missing storage= option with a clear message.
 #[test]
 #[cfg_attr(
     poolfs_no_mount,

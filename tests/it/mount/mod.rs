@@ -1,6 +1,6 @@
 //! Real kernel mounts of poolfs (issue 3): cp/cat/dd round trips, POSIX operations and
 //! their errno, a randomized model test, persistence, spreading, up/down, mount -t
-//! poolfs, mount errors, nodes that fail, and what the nodes hold. This file holds the
+//! poolfs, mount errors, nodes that fail, what the nodes hold, and `poolfs status`. This file holds the
 //! helpers the capability modules share.
 
 use crate::harness;
@@ -26,6 +26,7 @@ mod listing;
 mod model;
 mod posix;
 mod round_trips;
+mod status;
 mod storage;
 
 /// The errno of a failed call; panics (naming `what`) if it succeeded.
