@@ -13,6 +13,17 @@ pub const CONTROLLER_PORT: u16 = 2000;
 /// Default node port, as in the report.
 pub const NODE_PORT: u16 = 2001;
 
+/// What DATA_DIR, used in the defaults of many options, stands for: shown after the
+/// help of every command that uses it.
+const DATA_DIR_HELP: &str = "DATA_DIR is where poolfs keeps its state when not told \
+    otherwise: $XDG_DATA_HOME/poolfs if XDG_DATA_HOME is set, else ~/.local/share/poolfs.";
+
+/// Said after the help of the commands that listen on the network by default.
+const LISTEN_HELP: &str = "By default this listens on every interface of this machine \
+    (0.0.0.0), so that the pool's other machines reach it; only holders of the pool key \
+    get past the handshake. Give --listen 127.0.0.1:PORT to keep it to this machine, or an \
+    address of one interface to keep it to that network.";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "poolfs",
@@ -21,7 +32,9 @@ pub const NODE_PORT: u16 = 2001;
     long_about = "poolfs pools the disks of the machines on one LAN. Every member runs a node; one \
                   machine also runs the controller. Files are cut into stripes of k data and m \
                   parity shards on k + m machines (one segment per node on pools of up to 5, \
-                  4+2 on 6, 4+3 on 7, 4+4 from 8), and read back from any k of them."
+                  4+2 on 6, 4+3 on 7, 4+4 from 8), and read back from any k of them.",
+    after_help = format!("{DATA_DIR_HELP}\n\n`node`, `mount` and `controller` listen on every \
+                          interface (0.0.0.0) unless given --listen.")
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -31,23 +44,35 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create a new pool key (the secret every member of the pool must hold).
+    #[command(after_help = DATA_DIR_HELP)]
     Init(InitArgs),
     /// Run the controller: membership, ids, liveness (no file bytes pass through it).
+    /// Listens on every interface by default.
+    #[command(after_help = format!("{LISTEN_HELP}\n\n{DATA_DIR_HELP}"))]
     Controller(ControllerArgs),
-    /// Run a storage node that contributes disk space to the pool.
+    /// Run a storage node that contributes disk space to the pool. Listens on every
+    /// interface by default.
+    #[command(after_help = format!("{LISTEN_HELP}\n\n{DATA_DIR_HELP}"))]
     Node(NodeArgs),
     /// Show the pool's members (id, address, state, usage, last heartbeat), and the health
     /// of every file of the local mounts with their repair progress.
+    #[command(after_help = DATA_DIR_HELP)]
     Status(StatusArgs),
     /// Offload a local file into the pool (without a mount).
+    #[command(after_help = DATA_DIR_HELP)]
     Put(PutArgs),
     /// Fetch a file offloaded with `put` back into a local file.
+    #[command(after_help = DATA_DIR_HELP)]
     Get(GetArgs),
     /// Mount the pool: this machine joins as a node and files copied in are offloaded.
+    /// Its node listens on every interface by default.
+    #[command(after_help = format!("{LISTEN_HELP}\n\n{DATA_DIR_HELP}"))]
     Mount(MountArgs),
     /// Start a whole pool on this machine (controller + nodes on loopback) and mount it.
+    #[command(after_help = DATA_DIR_HELP)]
     Up(UpArgs),
     /// Unmount a pool started with `up` and stop its processes.
+    #[command(after_help = DATA_DIR_HELP)]
     Down(DownArgs),
     /// Verify every shard of every file of a mount now, and rewrite the bad ones.
     Scrub(ScrubArgs),
@@ -111,7 +136,7 @@ pub struct MountArgs {
     pub storage: PathBuf,
     #[command(flatten)]
     pub controller: ControllerOpt,
-    /// Address this machine's node listens on.
+    /// Address this machine's node listens on; the default is every interface (see below).
     #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], NODE_PORT)))]
     pub listen: SocketAddr,
     /// Space this node offers, e.g. 10G [default: free space of the storage disk].
@@ -203,7 +228,8 @@ pub struct UpArgs {
     /// one pass of its last write (for a node that was away, of its return) [default: the mount's, 600].
     #[arg(long)]
     pub reclaim_after: Option<u64>,
-    /// Where the pool's state lives [default: DATA_DIR].
+    /// Where the pool's state lives (its keys, logs, storage directories and up.json,
+    /// under DATA_DIR/up/) [default: DATA_DIR].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// The pool key file, created if missing [default: a new key in the pool's state].
@@ -232,7 +258,8 @@ pub struct ScrubArgs {
 pub struct DownArgs {
     /// The mount point given to `up`.
     pub mountpoint: PathBuf,
-    /// The data directory given to `up`.
+    /// The data directory given to `up` [default: DATA_DIR, else the one the pool's
+    /// running processes name].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
 }
@@ -246,7 +273,7 @@ pub struct ControllerOpt {
 
 #[derive(Args, Debug)]
 pub struct ControllerArgs {
-    /// Address to listen on.
+    /// Address to listen on; the default is every interface (see below).
     #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], CONTROLLER_PORT)))]
     pub listen: SocketAddr,
     /// Directory for the membership registry [default: DATA_DIR/controller].
@@ -271,7 +298,7 @@ pub struct NodeArgs {
     /// Directory holding this node's segments and identity.
     #[arg(long)]
     pub storage: PathBuf,
-    /// Address to listen on.
+    /// Address to listen on; the default is every interface (see below).
     #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], NODE_PORT)))]
     pub listen: SocketAddr,
     /// Controller to join; without it the node waits for the controller's signal.

@@ -181,8 +181,8 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Down(args) => {
-            let data = args.data_dir.unwrap_or_else(default_data_dir);
-            poolfs::up::down(&data, &args.mountpoint).map_err(anyhow::Error::msg)?;
+            poolfs::up::down(args.data_dir.as_deref(), &args.mountpoint)
+                .map_err(anyhow::Error::msg)?;
             println!(
                 "unmounted {} and stopped its pool",
                 args.mountpoint.display()
@@ -285,22 +285,34 @@ struct StatusTarget {
     mounts: Vec<(std::path::PathBuf, bool)>,
 }
 
-/// Explicit options first; else the pool `poolfs up` started (when there is one), whose
-/// controller, key and mount are recorded in its state.
+/// Explicit options first; else the pool `poolfs up` started at the first mount named
+/// with `--mount` (found as `down` finds it, whatever its data directory); else the
+/// pool `poolfs up` started (when there is one). Their controller, key and mount are
+/// recorded in their state.
 fn status_target(args: &cli::StatusArgs) -> StatusTarget {
     let data = args.data_dir.clone().unwrap_or_else(default_data_dir);
     let ups = poolfs::up::list(&data);
+    let named = args
+        .mounts
+        .iter()
+        .find_map(|m| poolfs::up::find(args.data_dir.as_deref(), m).ok())
+        .map(|(_, state)| state);
     let default_ctrl = std::net::SocketAddr::from(([127, 0, 0, 1], cli::CONTROLLER_PORT));
-    let controller = args.controller.unwrap_or(match ups.as_slice() {
-        [one] => one.controller,
-        _ => default_ctrl,
-    });
+    let controller = args
+        .controller
+        .or(named.as_ref().map(|s| s.controller))
+        .unwrap_or(match ups.as_slice() {
+            [one] => one.controller,
+            _ => default_ctrl,
+        });
     let of_this_pool: Vec<_> = ups.iter().filter(|u| u.controller == controller).collect();
-    let key = args
-        .key
-        .key
-        .clone()
-        .or_else(|| of_this_pool.iter().find_map(|u| u.key.clone()));
+    let key = args.key.key.clone().or_else(|| {
+        named
+            .iter()
+            .chain(of_this_pool.iter().copied())
+            .filter(|u| u.controller == controller)
+            .find_map(|u| u.key.clone())
+    });
     let mounts = if args.mounts.is_empty() {
         of_this_pool
             .iter()

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::client::Redundancy;
 use crate::daemon::spawn_ready;
-use crate::fs::mount::is_mountpoint;
+use crate::fs::mount::{dead_mount_advice, is_dead_mount, is_mountpoint};
 
 /// The version of `up.json` this poolfs writes (see `crate::versioned`; files from
 /// before the tag read as 1).
@@ -199,6 +199,13 @@ pub fn up(data: &Path, mountpoint: &Path, opts: UpOptions<'_>) -> Result<UpState
     if nodes == 0 {
         return Err("--nodes must be at least 1".into());
     }
+    if is_dead_mount(mountpoint) {
+        return Err(format!(
+            "{}: {}",
+            mountpoint.display(),
+            dead_mount_advice(mountpoint)
+        ));
+    }
     std::fs::create_dir_all(mountpoint)
         .map_err(|e| format!("cannot create {}: {e}", mountpoint.display()))?;
     let mountpoint = mountpoint
@@ -320,20 +327,140 @@ fn give_root_to(mountpoint: &Path, uid: u32, gid: u32) -> Result<(), String> {
         .map_err(|e| format!("cannot give {} to uid {uid}: {e}", mountpoint.display()))
 }
 
-/// Unmounts the pool started by `up` at `mountpoint` and stops its processes.
-pub fn down(data: &Path, mountpoint: &Path) -> Result<(), String> {
-    let mountpoint = mountpoint
-        .canonicalize()
-        .map_err(|e| format!("{}: {e}", mountpoint.display()))?;
-    let dir = state_dir(data, &mountpoint);
+/// `path` made absolute and free of symlinks, as `up` records mount points; a dead
+/// mount (see `is_dead_mount`) cannot be resolved itself, so its parent is, and its
+/// name is kept.
+fn canonical_mountpoint(path: &Path) -> Result<PathBuf, String> {
+    match path.canonicalize() {
+        Ok(p) => Ok(p),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            let name = path
+                .file_name()
+                .ok_or_else(|| format!("{}: {e}", path.display()))?;
+            let parent = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            parent
+                .canonicalize()
+                .map(|p| p.join(name))
+                .map_err(|e| format!("{}: {e}", parent.display()))
+        }
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// The data directories of the pools `up` started for `mountpoint` (canonical) whose
+/// processes still run, found from those processes themselves.
+///
+/// Why this way: `up` starts every process of a pool with a path in the pool's state
+/// directory, `DATA/up/KEY/...` (`--storage DATA/up/KEY/mount` for the mount,
+/// `--storage DATA/up/KEY/node-N` for a node, `--state DATA/up/KEY/controller` for the
+/// controller), where KEY is made from the mount point (`state_dir`). So any one of
+/// them that still runs names DATA, and the state there (`up.json`) says whether it is
+/// the pool mounted at `mountpoint`. That works when the mount process is gone too
+/// (killed, leaving a dead mount), which the mount table alone cannot do: it records
+/// neither a pid nor a path of ours.
+fn running_data_dirs(mountpoint: &Path) -> Vec<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(key) = state_dir(Path::new(""), mountpoint)
+        .file_name()
+        .map(PathBuf::from)
+    else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().as_bytes().iter().all(u8::is_ascii_digit))
+        .filter_map(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            // A relative --data-dir gives relative paths, from the process's directory.
+            let cwd = std::fs::read_link(e.path().join("cwd")).unwrap_or_default();
+            Some((cmdline, cwd))
+        })
+        .flat_map(|(cmdline, cwd)| {
+            cmdline
+                .split(|b| *b == 0)
+                .map(|arg| cwd.join(std::ffi::OsStr::from_bytes(arg)))
+                .collect::<Vec<_>>()
+        })
+        .filter_map(|arg| {
+            // ARG = DATA/up/KEY/<member>: its grandparent is DATA/up.
+            let dir = arg.parent()?;
+            let up = dir.parent()?;
+            (dir.file_name() == Some(key.as_os_str()) && up.file_name()? == "up")
+                .then(|| up.parent().map(Path::to_path_buf))
+                .flatten()
+        })
+        .filter(|data| {
+            read_state(&state_dir(data, mountpoint).join("up.json"))
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.mountpoint == mountpoint)
+        })
+        .collect();
+    found.sort();
+    found.dedup();
+    found
+}
+
+/// The pool `up` started at `mountpoint`: its state directory and state. Looked for in
+/// `data` (the default data directory when `None`), then, if not there, through the
+/// pool's running processes (`running_data_dirs`), so that `down X` and `status --mount
+/// X` need not be told the `--data-dir` that `up` was given.
+///
+/// Errors: no such pool anywhere (the message says where it looked), an unreadable
+/// state, or several data directories with a pool at that mount point.
+pub fn find(data: Option<&Path>, mountpoint: &Path) -> Result<(PathBuf, UpState), String> {
+    let mountpoint = canonical_mountpoint(mountpoint)?;
+    let first = data.map_or_else(crate::util::default_data_dir, Path::to_path_buf);
+    let dir = state_dir(&first, &mountpoint);
+    if let Some(state) = read_state(&dir.join("up.json"))? {
+        return Ok((dir, state));
+    }
+    match running_data_dirs(&mountpoint).as_slice() {
+        [one] => {
+            let dir = state_dir(one, &mountpoint);
+            match read_state(&dir.join("up.json"))? {
+                Some(state) => Ok((dir, state)),
+                None => Err(format!(
+                    "the state of the pool in {} is gone",
+                    dir.display()
+                )),
+            }
+        }
+        [] => Err(format!(
+            "no pool was started with `poolfs up` at {} (none recorded in {}, and no \
+             process of one runs; if `up` was given --data-dir D, give it here too)",
+            mountpoint.display(),
+            first.display()
+        )),
+        many => Err(format!(
+            "pools in several data directories are recorded at {}: {}; say which with \
+             --data-dir",
+            mountpoint.display(),
+            many.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+/// Unmounts the pool started by `up` at `mountpoint` and stops its processes; `data`
+/// is the data directory `up` was given (`None`: the default one, else the one the
+/// pool's running processes name, see `find`). A dead mount (its process killed) is
+/// unmounted lazily, and the rest of the pool stopped as usual.
+pub fn down(data: Option<&Path>, mountpoint: &Path) -> Result<(), String> {
+    let (dir, state) = find(data, mountpoint)?;
+    let mountpoint = state.mountpoint.clone();
     let state_file = dir.join("up.json");
-    let state = read_state(&state_file)?.ok_or_else(|| {
-        format!(
-            "no pool was started with `poolfs up` at {}",
-            mountpoint.display()
-        )
-    })?;
-    if is_mountpoint(&mountpoint) {
+    if is_dead_mount(&mountpoint) {
+        // Nothing to flush: its process is gone. A lazy unmount cannot be refused.
+        unmount_dead(&mountpoint)?;
+    } else if is_mountpoint(&mountpoint) {
         unmount(&mountpoint)?;
     }
     // The mount process exits by itself once unmounted; the controller and the nodes
@@ -384,6 +511,32 @@ pub fn down(data: &Path, mountpoint: &Path) -> Result<(), String> {
     std::fs::remove_file(&state_file)
         .map_err(|e| format!("cannot remove {}: {e}", state_file.display()))?;
     Ok(())
+}
+
+/// Unmounts a dead FUSE mount (see `is_dead_mount`) lazily: `fusermount3 -u -z`, or
+/// `umount -l` where fusermount3 is missing.
+fn unmount_dead(mountpoint: &Path) -> Result<(), String> {
+    for (tool, arg) in [
+        ("fusermount3", "-uz"),
+        ("fusermount", "-uz"),
+        ("umount", "-l"),
+    ] {
+        match std::process::Command::new(tool)
+            .arg(arg)
+            .arg(mountpoint)
+            .status()
+        {
+            Ok(s) if s.success() => return Ok(()),
+            Ok(_) => {
+                return Err(format!(
+                    "{tool} {arg} could not unmount the dead mount at {}",
+                    mountpoint.display()
+                ))
+            }
+            Err(_) => continue, // tool not installed: try the next
+        }
+    }
+    Err("no unmount tool found (install fuse3)".into())
 }
 
 /// Unmounts a FUSE mount the way a user would.

@@ -85,6 +85,24 @@ pub enum MountError {
     /// No controller answered at this address.
     #[error("no reachable controller at {0} (is `poolfs controller` running there?)")]
     NoController(SocketAddr),
+    /// The controller answered, but refused the handshake: we hold another pool key.
+    #[error(
+        "the controller at {0} refused our pool key: the key file this mount was given \
+         (--key, POOLFS_KEY or DATA_DIR/pool.key) is not the pool's; copy the pool's key \
+         from a member and give it with --key FILE"
+    )]
+    KeyRefused(SocketAddr),
+    /// The mount point is a FUSE mount whose process is gone (stat says ENOTCONN).
+    #[error("mount point {}: {}", .0.display(), dead_mount_advice(.0))]
+    DeadMount(PathBuf),
+    /// `/dev/fuse` cannot be opened: the kernel mount cannot even start.
+    #[error("cannot mount {path}: {why}")]
+    FuseDevice {
+        /// The mount point.
+        path: PathBuf,
+        /// What is wrong with `/dev/fuse` and what to do.
+        why: String,
+    },
     /// The metadata store could not be opened.
     #[error("metadata: {0}")]
     Meta(#[from] FsError),
@@ -105,6 +123,80 @@ pub enum MountError {
     /// The tokio runtime could not be built.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+}
+
+/// Is `path` a FUSE mount whose process is gone? The kernel keeps such a mount until it
+/// is unmounted, and answers every access to it with ENOTCONN ("Transport endpoint is
+/// not connected"); everything else then fails in confusing ways (it is "not a
+/// directory", mkdir says "File exists").
+pub fn is_dead_mount(path: &Path) -> bool {
+    std::fs::metadata(path).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
+}
+
+/// What to say of a dead mount at `path` (see `is_dead_mount`): what it is and the two
+/// ways to clear it.
+pub fn dead_mount_advice(path: &Path) -> String {
+    format!(
+        "a FUSE mount whose process was killed or crashed is still there (it answers \
+         \"Transport endpoint is not connected\"); clear it with `fusermount3 -u {p}`, or \
+         with `poolfs down {p}` for a pool started with `poolfs up` (which stops the rest \
+         of that pool too), then mount again",
+        p = path.display()
+    )
+}
+
+/// Why `/dev/fuse` cannot be opened for reading and writing, and what to do, if it
+/// cannot (`None` if it can). Asked after a failed mount, where the bare errno
+/// ("Permission denied") would leave the user guessing which file is meant.
+pub fn fuse_device_problem() -> Option<String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    const DEV: &str = "/dev/fuse";
+    let err = match std::fs::OpenOptions::new().read(true).write(true).open(DEV) {
+        Ok(_) => return None,
+        Err(e) => e,
+    };
+    if err.kind() == std::io::ErrorKind::NotFound {
+        return Some(format!(
+            "{DEV} does not exist: load the fuse kernel module (`modprobe fuse`, as root), \
+             or in a container pass the device in (e.g. `--device /dev/fuse`)"
+        ));
+    }
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let how = match std::fs::metadata(DEV) {
+        Ok(m) => format!(
+            "it is mode {:o}, owner uid {}, group {}",
+            m.permissions().mode() & 0o7777,
+            m.uid(),
+            group_name(m.gid())
+        ),
+        Err(_) => "its mode cannot be read".to_string(),
+    };
+    Some(format!(
+        "this user (uid {uid}) cannot open {DEV} ({err}; {how}); run poolfs as root \
+         (e.g. with sudo), or give this user access to {DEV}: add it to the group that \
+         owns {DEV} and make it readable and writable for that group, or make it 0666 as \
+         most distributions do (a udev rule such as KERNEL==\"fuse\", MODE=\"0666\"); \
+         if the fuse module is not loaded, load it (`modprobe fuse`)"
+    ))
+}
+
+/// The name of group `gid` from the system's group database, else the number.
+fn group_name(gid: u32) -> String {
+    // SAFETY: libc::group is plain data (integers and pointers); all zeros is a valid
+    // value, which getgrgid_r overwrites.
+    let mut group: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 4096];
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; buf outlives the use of group's
+    // fields below, and found is either null or &mut group.
+    let rc = unsafe { libc::getgrgid_r(gid, &mut group, buf.as_mut_ptr(), buf.len(), &mut found) };
+    if rc != 0 || found.is_null() || group.gr_name.is_null() {
+        return gid.to_string();
+    }
+    // SAFETY: getgrgid_r filled gr_name with a NUL-terminated string inside buf.
+    let name = unsafe { std::ffi::CStr::from_ptr(group.gr_name) };
+    format!("{} ({gid})", name.to_string_lossy())
 }
 
 /// Is `path` a mount point (listed in /proc/self/mountinfo)?
@@ -144,6 +236,9 @@ fn check_mountpoint(path: &Path) -> Result<PathBuf, MountError> {
         path: path.to_path_buf(),
         why,
     };
+    if is_dead_mount(path) {
+        return Err(MountError::DeadMount(path.to_path_buf()));
+    }
     let canon = path.canonicalize().map_err(|e| bad(e.to_string()))?;
     if !canon.is_dir() {
         return Err(bad("not a directory".into()));
@@ -156,6 +251,18 @@ fn check_mountpoint(path: &Path) -> Result<PathBuf, MountError> {
         return Err(bad("not empty (mount over an empty directory)".into()));
     }
     Ok(canon)
+}
+
+/// Why the controller at `addr` gave no pool view: a refused handshake means we hold
+/// another pool key (the controller listens, so "no reachable controller" would send
+/// the user looking in the wrong place); anything else, that it is not reachable.
+fn controller_error(addr: SocketAddr, e: &crate::client::ClientError) -> MountError {
+    use crate::client::ClientError;
+    use crate::net::NetError;
+    match e {
+        ClientError::Controller(NetError::Handshake { .. }) => MountError::KeyRefused(addr),
+        _ => MountError::NoController(addr),
+    }
 }
 
 /// How often the mount verifies every shard of its files (the slow periodic scrub).
@@ -293,7 +400,7 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
         Some(ns) => {
             let found = rt
                 .block_on(root::read_latest(ns, &owner))
-                .map_err(|_| MountError::NoController(cfg.controller))?;
+                .map_err(|e| controller_error(cfg.controller, &e))?;
             Some(found)
         }
         None => None,
@@ -402,7 +509,15 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
         source,
     };
     let mut session =
-        fuser::Session::new(PoolFs::new(vfs.clone()), &mountpoint, &config).map_err(fuse_err)?;
+        fuser::Session::new(PoolFs::new(vfs.clone()), &mountpoint, &config).map_err(|source| {
+            match fuse_device_problem() {
+                Some(why) => MountError::FuseDevice {
+                    path: mountpoint.clone(),
+                    why,
+                },
+                None => fuse_err(source),
+            }
+        })?;
     let notifier = session.notifier();
     vfs.set_invalidator(Arc::new(move |ino| {
         notifier.inval_inode(fuser::INodeNo(ino), 0, 0)

@@ -24,6 +24,9 @@ pub(super) async fn membership_loop(
     );
     let mut joined_with: Option<SocketAddr> = None;
     let mut warned = false;
+    // Whether this process ever had a pool view: only then is there a last one to
+    // serve with while the controller is away.
+    let mut had_view = false;
     loop {
         let Some(ctrl) = *controller.borrow_and_update() else {
             if controller.changed().await.is_err() {
@@ -70,12 +73,14 @@ pub(super) async fn membership_loop(
         match result {
             Ok(Response::Assigned(assign)) => {
                 joined_with = Some(ctrl);
+                had_view = true;
                 warned = false;
                 shared.accept_assign(assign);
                 continue; // fetch the view at once with a heartbeat
             }
             Ok(Response::Pool(view)) => {
                 warned = false;
+                had_view = true;
                 shared.membership().view = view;
             }
             Ok(other) => log::warn!("controller {ctrl} answered {other:?} to a heartbeat"),
@@ -90,9 +95,7 @@ pub(super) async fn membership_loop(
             }
             Err(e) => {
                 if !warned {
-                    log::warn!(
-                        "controller {ctrl} unreachable ({e}); serving with the last pool view"
-                    );
+                    log::warn!("{}", unreachable_note(ctrl, &e, had_view));
                     warned = true;
                 }
                 // A restarted controller must see a fresh join to learn our address.
@@ -103,6 +106,26 @@ pub(super) async fn membership_loop(
             _ = tokio::time::sleep(HEARTBEAT_INTERVAL) => {}
             _ = controller.changed() => {}
         }
+    }
+}
+
+/// What a node says when its controller gives no answer: a refused handshake is a
+/// pool key that is not the pool's (the controller is there); otherwise the node
+/// serves with the last pool view if it ever had one, and else is no member yet.
+fn unreachable_note(ctrl: SocketAddr, e: &NetError, had_view: bool) -> String {
+    match (e, had_view) {
+        (NetError::Handshake { .. }, _) => format!(
+            "the controller at {ctrl} refused our pool key ({e}): this node's key file \
+             (--key, POOLFS_KEY or DATA_DIR/pool.key) is not the pool's; copy the pool's key \
+             from a member and give it with --key FILE (trying again every second)"
+        ),
+        (_, true) => {
+            format!("controller {ctrl} unreachable ({e}); serving with the last pool view")
+        }
+        (_, false) => format!(
+            "controller {ctrl} unreachable ({e}); not a member of the pool yet: is `poolfs \
+             controller` running there? (trying again every second)"
+        ),
     }
 }
 

@@ -13,6 +13,7 @@ mod fresh_controller;
 mod fuzz;
 mod hostile;
 mod lan_failover;
+mod messages;
 mod mount;
 mod pool;
 mod programs;

@@ -15,6 +15,17 @@ pub(super) fn errno(e: &FsError) -> Errno {
     Errno::from_i32(code(e))
 }
 
+/// `errno`, for a failure of reading or writing the file `ino`: the warning names the
+/// inode (`find MOUNT -inum INO` gives its name) besides the error's own facts (the
+/// file id, the stripe, and which nodes failed and why), since the program that gets
+/// the EIO tells its user no more than "Input/output error".
+pub(super) fn errno_of_file(op: &str, ino: u64, e: &FsError) -> Errno {
+    if is_failure(e) {
+        log::warn!("{op} of inode {ino} failed: {e}");
+    }
+    Errno::from_i32(code(e))
+}
+
 /// The table. No wildcard on `FsError`: a new variant does not compile until it has
 /// its errno here.
 pub(crate) fn code(e: &FsError) -> i32 {

@@ -24,7 +24,7 @@ use super::repair;
 use super::vfs::{SetAttr, Vfs};
 use super::FsError;
 use convert::{caller, kind, time};
-use errno::errno;
+use errno::{errno, errno_of_file};
 use xattr::{is_pool_xattr, is_system_xattr};
 pub use xattr::{HEALTH_XATTR, NAMESPACE_XATTR, REPAIR_XATTR, RISK_XATTR, SCRUB_XATTR};
 
@@ -316,7 +316,7 @@ impl Filesystem for PoolFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -326,7 +326,7 @@ impl Filesystem for PoolFs {
     ) {
         match self.vfs.read(fh.0, offset, size) {
             Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(errno_of_file("read", ino.0, &e)),
         }
     }
 
@@ -348,7 +348,7 @@ impl Filesystem for PoolFs {
         });
         match written {
             Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(errno_of_file("write", ino.0, &e)),
         }
     }
 

@@ -570,10 +570,19 @@ impl Pool {
 
     /// `poolfs down`; the guard then has nothing left to do unless it failed.
     pub fn down(&mut self) -> Output {
-        let out = run(poolfs(["down"])
-            .arg(&self.mnt)
-            .arg("--data-dir")
-            .arg(&self.data));
+        let data = self.data.clone();
+        self.down_with(|cmd| {
+            cmd.arg("--data-dir").arg(data);
+        })
+    }
+
+    /// `poolfs down MNT`, with `configure` applied to the command (to give it
+    /// `--data-dir`, or an environment); as `down` otherwise.
+    pub fn down_with(&mut self, configure: impl FnOnce(&mut Command)) -> Output {
+        let mut cmd = poolfs(["down"]);
+        cmd.arg(&self.mnt);
+        configure(&mut cmd);
+        let out = run(&mut cmd);
         if out.status.success() {
             self.is_down = true;
         }

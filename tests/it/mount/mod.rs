@@ -23,6 +23,7 @@ use crate::harness::mount::{
 mod failover;
 mod lifecycle;
 mod listing;
+mod messages;
 mod model;
 mod posix;
 mod round_trips;
