@@ -333,7 +333,7 @@ fn give_root_to(mountpoint: &Path, uid: u32, gid: u32) -> Result<(), String> {
 fn canonical_mountpoint(path: &Path) -> Result<PathBuf, String> {
     match path.canonicalize() {
         Ok(p) => Ok(p),
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)) => {
             let name = path
                 .file_name()
                 .ok_or_else(|| format!("{}: {e}", path.display()))?;

@@ -127,10 +127,11 @@ pub enum MountError {
 
 /// Is `path` a FUSE mount whose process is gone? The kernel keeps such a mount until it
 /// is unmounted, and answers every access to it with ENOTCONN ("Transport endpoint is
-/// not connected"); everything else then fails in confusing ways (it is "not a
-/// directory", mkdir says "File exists").
+/// not connected"), or ECONNABORTED just after the process died; everything else then
+/// fails in confusing ways (it is "not a directory", mkdir says "File exists").
 pub fn is_dead_mount(path: &Path) -> bool {
-    std::fs::metadata(path).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
+    std::fs::metadata(path)
+        .is_err_and(|e| matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)))
 }
 
 /// What to say of a dead mount at `path` (see `is_dead_mount`): what it is and the two

@@ -116,7 +116,9 @@ pub fn mount_status(mountpoint: &Path) -> io::Result<MountStatus> {
     let repair = get_xattr(mountpoint, REPAIR_XATTR).map_err(|e| {
         let why = match e.raw_os_error() {
             Some(libc::ENODATA) | Some(libc::ENOTSUP) => "not a poolfs mount".to_string(),
-            Some(libc::ENOTCONN) => "its mount process is gone (unmount it)".to_string(),
+            Some(libc::ENOTCONN | libc::ECONNABORTED) => {
+                "its mount process is gone (unmount it)".to_string()
+            }
             _ => e.to_string(),
         };
         io::Error::new(e.kind(), format!("{}: {why}", mountpoint.display()))
