@@ -2,6 +2,7 @@
 
 mod cli;
 mod key_cmd;
+mod shell_cmd;
 
 use std::io::IsTerminal;
 use std::time::Instant;
@@ -192,6 +193,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Scan(args) => runtime()?.block_on(scan(args)),
         Command::Key(cli::OwnerKeyCommand::Export(args)) => key_cmd::export(args),
         Command::Key(cli::OwnerKeyCommand::Import(args)) => key_cmd::import(args),
+        Command::Completions(args) => shell_cmd::completions(args),
+        Command::Manpage(args) => shell_cmd::manpage(args),
         Command::Scrub(args) => {
             let report = poolfs::fs::mount::scrub(&args.mountpoint).with_context(|| {
                 format!(
@@ -273,6 +276,7 @@ async fn wait_for_signal() -> Result<()> {
         r = tokio::signal::ctrl_c() => r.context("cannot watch SIGINT")?,
         _ = term.recv() => {}
     }
+    daemon::stopping();
     log::info!("shutting down");
     Ok(())
 }

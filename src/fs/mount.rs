@@ -434,6 +434,7 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
+        crate::daemon::stopping();
         log::info!("signal received: unmounting");
         if let Err(e) = unmounter.unmount() {
             log::error!("cannot unmount: {e}");
