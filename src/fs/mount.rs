@@ -411,23 +411,20 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
     vfs.set_invalidator(Arc::new(move |ino| {
         notifier.inval_inode(fuser::INodeNo(ino), 0, 0)
     }));
-    log::info!(
-        "mounted {} (node {} at {}, controller {})",
-        mountpoint.display(),
-        node.node_id().unwrap_or(0),
-        node.addr(),
-        cfg.controller
-    );
-    report(Ok(()));
-
-    // A signal unmounts, which ends the session like `umount` does.
-    let mut unmounter = session.unmount_callable();
-    rt.spawn(async move {
+    // A signal unmounts, which ends the session like `umount` does. The handlers are in
+    // place before the mount says it is ready: a stop right after the start (systemd's)
+    // unmounts and leaves too, rather than killing the process.
+    let signals = {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
+        let _rt = rt.enter();
+        (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
-        ) else {
+        )
+    };
+    let mut unmounter = session.unmount_callable();
+    rt.spawn(async move {
+        let (Ok(mut term), Ok(mut int)) = signals else {
             return;
         };
         tokio::select! {
@@ -440,6 +437,14 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
             log::error!("cannot unmount: {e}");
         }
     });
+    log::info!(
+        "mounted {} (node {} at {}, controller {})",
+        mountpoint.display(),
+        node.node_id().unwrap_or(0),
+        node.addr(),
+        cfg.controller
+    );
+    report(Ok(()));
     let stop_repair = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let repairer = spawn_repair(
         vfs.clone(),

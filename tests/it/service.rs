@@ -37,12 +37,14 @@ struct UnitRun {
 impl UnitRun {
     fn new(name: &str, specifiers: &[(&'static str, &Path)], state: &Path) -> UnitRun {
         let text = unit_text(name);
-        let env = text
+        let mut env: BTreeMap<String, String> = text
             .lines()
             .filter_map(|l| l.strip_prefix("Environment="))
             .filter_map(|kv| kv.split_once('='))
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        // The test pool's key in place of the package's /etc/poolfs/pool.key.
+        env.insert("POOLFS_KEY".into(), test_key().display().to_string());
         UnitRun {
             text,
             env,
@@ -125,6 +127,19 @@ impl UnitRun {
             .env("RUST_LOG", "info")
             .stdin(Stdio::null());
         cmd
+    }
+}
+
+impl UnitRun {
+    /// Starts the unit's ExecStart= as systemd would, its log in `log`.
+    fn start(&self, notify: &Notify, log: &Path) -> KillOnDrop {
+        let log_file = std::fs::File::create(log).expect("log file");
+        KillOnDrop(
+            self.command("ExecStart", &notify.path)
+                .stderr(log_file)
+                .spawn()
+                .expect("cannot run the unit's ExecStart"),
+        )
     }
 }
 
@@ -216,16 +231,10 @@ fn controller_and_node_units_notify_readiness_and_a_stopped_node_leaves() {
     let ctrl_addr = format!("127.0.0.1:{port}");
 
     let mut unit = UnitRun::new("poolfs-controller.service", &[], &root);
-    unit.set("POOLFS_KEY", test_key().display().to_string())
-        .set("POOLFS_CONTROLLER_OPTS", format!("--listen {ctrl_addr}"));
+    unit.set("POOLFS_CONTROLLER_OPTS", format!("--listen {ctrl_addr}"));
     let ctrl_notify = Notify::bind(root.join("controller.notify"));
     let ctrl_log = root.join("controller.log");
-    let mut ctrl = KillOnDrop(
-        unit.command("ExecStart", &ctrl_notify.path)
-            .stderr(std::fs::File::create(&ctrl_log).unwrap())
-            .spawn()
-            .expect("cannot run the controller unit's ExecStart"),
-    );
+    let mut ctrl = unit.start(&ctrl_notify, &ctrl_log);
     ctrl_notify.expect("READY=1", 30, &mut ctrl.0, &ctrl_log);
     assert!(
         std::net::TcpStream::connect(&ctrl_addr).is_ok(),
@@ -237,17 +246,11 @@ fn controller_and_node_units_notify_readiness_and_a_stopped_node_leaves() {
     );
 
     let mut unit = UnitRun::new("poolfs-node.service", &[], &root);
-    unit.set("POOLFS_KEY", test_key().display().to_string())
-        .set("POOLFS_CONTROLLER", &ctrl_addr)
+    unit.set("POOLFS_CONTROLLER", &ctrl_addr)
         .set("POOLFS_NODE_OPTS", "--listen 127.0.0.1:0 --capacity 1G");
     let node_notify = Notify::bind(root.join("node.notify"));
     let node_log = root.join("node.log");
-    let mut node = KillOnDrop(
-        unit.command("ExecStart", &node_notify.path)
-            .stderr(std::fs::File::create(&node_log).unwrap())
-            .spawn()
-            .expect("cannot run the node unit's ExecStart"),
-    );
+    let mut node = unit.start(&node_notify, &node_log);
     node_notify.expect("READY=1", 30, &mut node.0, &node_log);
     let addr = ctrl_addr.parse().unwrap();
     harness::mount::wait_members_up(addr, 1, "the node of the unit");
@@ -297,20 +300,14 @@ fn mount_unit_notifies_once_mounted_unmounts_and_leaves_on_stop_and_clears_a_dea
         &[("%h", &home), ("%E", &config), ("%I", &pool), ("%i", &pool)],
         &root,
     );
-    unit.set("POOLFS_KEY", test_key().display().to_string())
-        .set("POOLFS_CONTROLLER", ctrl.addr.to_string())
+    unit.set("POOLFS_CONTROLLER", ctrl.addr.to_string())
         .set("POOLFS_MOUNT_OPTS", "--listen 127.0.0.1:0");
     let notify = Notify::bind(root.join("mount.notify"));
     let log = root.join("mount.log");
     let start = |notify: &Notify| {
         run_ok(&mut unit.command("ExecStartPre", &notify.path));
         assert!(mnt.is_dir(), "ExecStartPre makes ~/pool");
-        KillOnDrop(
-            unit.command("ExecStart", &notify.path)
-                .stderr(std::fs::File::create(&log).unwrap())
-                .spawn()
-                .expect("cannot run the mount unit's ExecStart"),
-        )
+        unit.start(notify, &log)
     };
 
     let mut mount = start(&notify);
