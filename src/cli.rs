@@ -83,6 +83,29 @@ pub enum Command {
     /// another machine.
     #[command(subcommand)]
     Key(OwnerKeyCommand),
+    /// Print the completion script for a shell on standard output, e.g.
+    /// `poolfs completions bash > /usr/share/bash-completion/completions/poolfs`.
+    #[command(hide = true)]
+    Completions(CompletionsArgs),
+    /// Write the man pages (poolfs.1 and one per subcommand, such as poolfs-mount.1)
+    /// into a directory, or poolfs.1 alone on standard output.
+    #[command(hide = true)]
+    Manpage(ManpageArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+pub struct ManpageArgs {
+    /// Directory to write every page into (made if missing) [default: print poolfs.1 on
+    /// standard output].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -1,5 +1,7 @@
 //! Running poolfs processes in the background: a parent starts a detached copy of this
-//! binary and waits until it says it is ready (or why it failed).
+//! binary and waits until it says it is ready (or why it failed). The same points tell
+//! systemd, where a `Type=notify` unit started us (dist/systemd/): READY=1 once serving,
+//! a longer start timeout during a long step, STOPPING=1 on a stop signal.
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
@@ -35,6 +37,8 @@ pub fn spawn_ready(args: &[OsString], log: &Path, timeout: Duration) -> Result<u
     let mut cmd = Command::new(exe);
     cmd.args(args)
         .env(NOTIFY_ENV, "1")
+        // The child is not the unit's main process: only its parent talks to systemd.
+        .env_remove(SYSTEMD_SOCKET)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log_file);
@@ -95,6 +99,13 @@ pub fn spawn_ready(args: &[OsString], log: &Path, timeout: Duration) -> Result<u
 /// `LONG_STEP` more rather than giving up. Elsewhere, or once ready, it does nothing:
 /// the caller logs the step itself.
 pub fn progress(msg: &str) {
+    // Under systemd: the unit's start timeout runs again from now, for as long as the
+    // parent above would wait.
+    let extend = u32::try_from(LONG_STEP.as_micros()).unwrap_or(u32::MAX);
+    tell_systemd(&[
+        sd_notify::NotifyState::ExtendTimeoutUsec(extend),
+        sd_notify::NotifyState::Status(msg),
+    ]);
     if std::env::var_os(NOTIFY_ENV).is_none() {
         return;
     }
@@ -106,6 +117,13 @@ pub fn progress(msg: &str) {
 /// In a process started by `spawn_ready`: tells the parent the outcome and stops
 /// writing to the pipe. Elsewhere it does nothing.
 pub fn notify(result: Result<(), String>) {
+    match &result {
+        Ok(()) => tell_systemd(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status("serving"),
+        ]),
+        Err(e) => tell_systemd(&[sd_notify::NotifyState::Status(e)]),
+    }
     if std::env::var_os(NOTIFY_ENV).is_none() {
         return;
     }
@@ -121,5 +139,28 @@ pub fn notify(result: Result<(), String>) {
         use std::os::fd::AsRawFd;
         // SAFETY: both descriptors are valid for the duration of the call.
         unsafe { libc::dup2(null.as_raw_fd(), 1) };
+    }
+}
+
+/// The variable systemd sets for a `Type=notify` service: the socket to notify.
+const SYSTEMD_SOCKET: &str = "NOTIFY_SOCKET";
+
+/// Called on the signal that stops a process: tells systemd, where a unit started it,
+/// that it is stopping (leaving the pool takes a while: a hand-off, a LEAVE).
+pub fn stopping() {
+    tell_systemd(&[
+        sd_notify::NotifyState::Stopping,
+        sd_notify::NotifyState::Status("leaving the pool"),
+    ]);
+}
+
+/// Sends `state` to systemd when it started this process (`$NOTIFY_SOCKET`); elsewhere
+/// it does nothing. A failure is logged: the service manager decides what follows.
+fn tell_systemd(state: &[sd_notify::NotifyState]) {
+    if std::env::var_os(SYSTEMD_SOCKET).is_none() {
+        return;
+    }
+    if let Err(e) = sd_notify::notify(state) {
+        log::warn!("cannot notify systemd ({state:?}): {e}");
     }
 }

@@ -2,6 +2,7 @@
 
 mod cli;
 mod key_cmd;
+mod shell_cmd;
 
 use std::io::IsTerminal;
 use std::time::Instant;
@@ -123,13 +124,16 @@ fn run(cli: Cli) -> Result<()> {
                     .then(|| std::time::Duration::from_secs(args.rescan_interval));
                 cfg
             });
+            let mut signals = StopSignals::watch()?;
             let started = Controller::start_with(args.listen, state, &key, discovery).await;
             daemon::notify(started.as_ref().map(|_| ()).map_err(|e| e.to_string()));
             let _controller = started?;
-            wait_for_signal().await
+            signals.recv().await;
+            Ok(())
         }),
         Command::Node(args) => runtime()?.block_on(async {
             let key = load_key(&args.key)?;
+            let mut signals = StopSignals::watch()?;
             let started = Node::start(NodeConfig {
                 storage: args.storage,
                 listen: args.listen,
@@ -142,10 +146,10 @@ fn run(cli: Cli) -> Result<()> {
             .await;
             daemon::notify(started.as_ref().map(|_| ()).map_err(|e| e.to_string()));
             let node = started?;
-            wait_for_signal().await?;
+            signals.recv().await;
             tokio::select! {
                 _ = node.hand_off() => {}
-                _ = wait_for_signal() => log::warn!("second signal: leaving without the hand-off"),
+                _ = signals.recv() => log::warn!("second signal: leaving without the hand-off"),
             }
             node.leave().await;
             Ok(())
@@ -192,6 +196,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Scan(args) => runtime()?.block_on(scan(args)),
         Command::Key(cli::OwnerKeyCommand::Export(args)) => key_cmd::export(args),
         Command::Key(cli::OwnerKeyCommand::Import(args)) => key_cmd::import(args),
+        Command::Completions(args) => shell_cmd::completions(args),
+        Command::Manpage(args) => shell_cmd::manpage(args),
         Command::Scrub(args) => {
             let report = poolfs::fs::mount::scrub(&args.mountpoint).with_context(|| {
                 format!(
@@ -266,15 +272,33 @@ fn mount(args: cli::MountArgs) -> Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("cannot watch SIGINT")?,
-        _ = term.recv() => {}
+/// SIGINT and SIGTERM, watched from before a process says it is ready: a stop right
+/// after the start (systemd's) is not lost to the default action, which would kill the
+/// process before it leaves the pool.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Starts watching; call inside the runtime.
+    fn watch() -> Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+        })
     }
-    log::info!("shutting down");
-    Ok(())
+
+    /// Waits for the next signal, then tells systemd the process is stopping.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        daemon::stopping();
+        log::info!("shutting down");
+    }
 }
 
 /// Where `status` looks: the controller, the key to prove, and the mounts whose files

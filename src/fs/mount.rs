@@ -523,6 +523,32 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
     vfs.set_invalidator(Arc::new(move |ino| {
         notifier.inval_inode(fuser::INodeNo(ino), 0, 0)
     }));
+    // A signal unmounts, which ends the session like `umount` does. The handlers are in
+    // place before the mount says it is ready: a stop right after the start (systemd's)
+    // unmounts and leaves too, rather than killing the process.
+    let signals = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _rt = rt.enter();
+        (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        )
+    };
+    let mut unmounter = session.unmount_callable();
+    rt.spawn(async move {
+        let (Ok(mut term), Ok(mut int)) = signals else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        crate::daemon::stopping();
+        log::info!("signal received: unmounting");
+        if let Err(e) = unmounter.unmount() {
+            log::error!("cannot unmount: {e}");
+        }
+    });
     log::info!(
         "mounted {} (node {} at {}, controller {})",
         mountpoint.display(),
@@ -531,26 +557,6 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
         cfg.controller
     );
     report(Ok(()));
-
-    // A signal unmounts, which ends the session like `umount` does.
-    let mut unmounter = session.unmount_callable();
-    rt.spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        log::info!("signal received: unmounting");
-        if let Err(e) = unmounter.unmount() {
-            log::error!("cannot unmount: {e}");
-        }
-    });
     let repairer = spawn_repair(
         vfs.clone(),
         cfg.repair_grace,

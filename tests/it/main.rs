@@ -22,4 +22,5 @@ mod reclaim;
 mod recovery;
 mod recovery_code;
 mod redundancy;
+mod service;
 mod trust;
