@@ -265,7 +265,7 @@ mod tests {
         };
         let st = MountStatus {
             mountpoint: "/mnt/pool".into(),
-            repair: "repair: 2 segments rebuilt so far, 0 pending".into(),
+            repair: "repair: 2 segments rebuilt on other nodes, 0 pending".into(),
             namespace: None,
             risk: None,
             risk_error: None,
@@ -290,7 +290,10 @@ mod tests {
             lines[0],
             "mount /mnt/pool: 3 files: 1 healthy, 1 degraded, 1 unavailable"
         );
-        assert_eq!(lines[1], "  repair: 2 segments rebuilt so far, 0 pending");
+        assert_eq!(
+            lines[1],
+            "  repair: 2 segments rebuilt on other nodes, 0 pending"
+        );
         assert!(lines[2].starts_with("  healthy     a    "), "{}", lines[2]);
         assert_eq!(lines[3], "  degraded    dir/b  3 of 4");
         assert!(lines[4].starts_with("  unavailable z"), "{}", lines[4]);

@@ -99,10 +99,8 @@ impl PoolRisk {
         }
         let more = self.degraded.saturating_sub(self.degraded_files.len());
         if more > 0 {
-            out.push_str(&format!(
-                "    and {} more degraded\n",
-                crate::util::count(more as u64, "file", "files")
-            ));
+            let files = if more == 1 { "file" } else { "files" };
+            out.push_str(&format!("    and {more} more degraded {files}\n"));
         }
         for n in &self.nodes {
             let held = n

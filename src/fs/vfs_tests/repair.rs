@@ -186,7 +186,7 @@ fn status_says_how_many_machines_may_be_off_and_the_live_bytes_each_node_holds()
         lines[0],
         "  risk: any 1 machine may be off at once with every file still readable"
     );
-    assert_eq!(lines[1], "  0 of 1 files with data on the pool degraded");
+    assert_eq!(lines[1], "  0 of 1 file with data on the pool degraded");
     assert_eq!(
         lines[2],
         format!(
