@@ -19,6 +19,7 @@ mod pool;
 mod programs;
 mod props;
 mod reclaim;
+mod readme;
 mod recovery;
 mod recovery_code;
 mod redundancy;

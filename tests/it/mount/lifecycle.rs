@@ -282,7 +282,8 @@ fn up_after_a_killed_mount_checks_the_namespace_database_and_finds_every_file() 
 }
 
 /// `mount -t poolfs CONTROLLER DIR -o storage=...` through mount-helper/mount.poolfs,
-/// and `umount DIR`; the helper refuses a missing storage= option with a clear message.
+/// and `umount DIR`; the helper refuses a missing storage= option with a clear message;
+/// then the same from an fstab line: `mount DIR`, `umount DIR`.
 #[test]
 #[cfg_attr(
     poolfs_no_mount,
@@ -382,6 +383,48 @@ fn mount_t_poolfs_through_the_helper() {
         harness::mount::member_states(ctrl.addr),
         ["Gone"],
         "umount makes the node leave the pool"
+    );
+
+    // The same mount from an fstab line, as mount-helper/README.md gives it (the key by
+    // key=, as at boot where no POOLFS_KEY is set): `mount DIR` mounts it, `umount DIR`
+    // leaves. `mount -T` reads this test's fstab instead of /etc/fstab.
+    let fstab = root.join("fstab");
+    fs::write(
+        &fstab,
+        format!(
+            "# poolfs\n{}  {}  poolfs  storage={},key={},listen=127.0.0.1:0,_netdev,nofail  0 0\n",
+            ctrl.addr,
+            mnt.display(),
+            storage.display(),
+            harness::mount::test_key().display()
+        ),
+    )
+    .unwrap();
+    let out = run(Command::new("mount")
+        .arg("-T")
+        .arg(&fstab)
+        .arg(&mnt)
+        .env("POOLFS_BIN", harness::mount::BIN)
+        .env_remove("POOLFS_KEY"));
+    assert!(
+        out.status.success(),
+        "mount of an fstab line failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(is_mounted(&mnt), "mount DIR from fstab mounted nothing");
+    drop_cache(&mnt.join("f"));
+    assert_same_file(&src, &mnt.join("f"));
+    run_ok(Command::new("umount").arg(&mnt));
+    assert!(!is_mounted(&mnt), "still mounted after umount");
+    assert!(
+        wait_until(Duration::from_secs(10), || mount_procs().is_empty()),
+        "the fstab mount's process did not exit after umount"
+    );
+    assert_eq!(
+        harness::mount::member_states(ctrl.addr),
+        ["Gone"],
+        "umount of the fstab mount makes its node leave"
     );
     drop(ctrl);
 }
