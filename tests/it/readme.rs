@@ -17,7 +17,7 @@ fn commands(help: &str) -> Vec<String> {
 
 /// `--help` of `poolfs ARGS...`.
 fn help_of(args: &[&str]) -> String {
-    let out = run_ok(poolfs(args.iter().chain(&["--help"])));
+    let out = run_ok(&mut poolfs(args.iter().chain(&["--help"])));
     String::from_utf8(out.stdout).expect("help is UTF-8")
 }
 
