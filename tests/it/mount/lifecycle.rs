@@ -371,19 +371,23 @@ fn mount_t_poolfs_through_the_helper() {
             .filter(|&p| p != ctrl.pid())
             .collect::<Vec<_>>()
     };
-    let pids = mount_procs();
-    assert_eq!(pids.len(), 1, "one mount process: {pids:?}");
-    run_ok(Command::new("umount").arg(&mnt));
-    assert!(!is_mounted(&mnt), "still mounted after umount");
-    assert!(
-        wait_until(Duration::from_secs(10), || mount_procs().is_empty()),
-        "the mount process did not exit after umount: {pids:?}"
-    );
-    assert_eq!(
-        harness::mount::member_states(ctrl.addr),
-        ["Gone"],
-        "umount makes the node leave the pool"
-    );
+    // `umount DIR`: unmounted, its process gone, its node left the pool.
+    let umount_leaves = |what: &str| {
+        let pids = mount_procs();
+        assert_eq!(pids.len(), 1, "{what}: one mount process: {pids:?}");
+        run_ok(Command::new("umount").arg(&mnt));
+        assert!(!is_mounted(&mnt), "{what}: still mounted after umount");
+        assert!(
+            wait_until(Duration::from_secs(10), || mount_procs().is_empty()),
+            "{what}: the mount process did not exit after umount: {pids:?}"
+        );
+        assert_eq!(
+            harness::mount::member_states(ctrl.addr),
+            ["Gone"],
+            "{what}: umount makes the node leave the pool"
+        );
+    };
+    umount_leaves("mount -t poolfs");
 
     // The same mount from an fstab line, as mount-helper/README.md gives it (the key by
     // key=, as at boot where no POOLFS_KEY is set): `mount DIR` mounts it, `umount DIR`
@@ -415,17 +419,7 @@ fn mount_t_poolfs_through_the_helper() {
     assert!(is_mounted(&mnt), "mount DIR from fstab mounted nothing");
     drop_cache(&mnt.join("f"));
     assert_same_file(&src, &mnt.join("f"));
-    run_ok(Command::new("umount").arg(&mnt));
-    assert!(!is_mounted(&mnt), "still mounted after umount");
-    assert!(
-        wait_until(Duration::from_secs(10), || mount_procs().is_empty()),
-        "the fstab mount's process did not exit after umount"
-    );
-    assert_eq!(
-        harness::mount::member_states(ctrl.addr),
-        ["Gone"],
-        "umount of the fstab mount makes its node leave"
-    );
+    umount_leaves("the fstab line");
     drop(ctrl);
 }
 
