@@ -1,0 +1,219 @@
+//! `poolfs status`: the pool's members and room, each node's bytes as it counts them
+//! now, and the health of the local mounts' files.
+
+use anyhow::{bail, Context, Result};
+
+use crate::cli;
+use crate::{client_credentials, default_data_dir, describe};
+use poolfs::proto::{ControllerRequest, PoolView, Response};
+use poolfs::util::human_size;
+
+/// Where `status` looks: the controller, the key to prove, and the mounts whose files
+/// to show (each with whether the user named it).
+struct StatusTarget {
+    controller: std::net::SocketAddr,
+    key: Option<std::path::PathBuf>,
+    mounts: Vec<(std::path::PathBuf, bool)>,
+}
+
+/// Explicit options first; else the pool `poolfs up` started at the first mount named
+/// with `--mount` (found as `down` finds it, whatever its data directory); else the
+/// pool `poolfs up` started (when there is one). Their controller, key and mount are
+/// recorded in their state.
+fn status_target(args: &cli::StatusArgs) -> StatusTarget {
+    let data = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    let ups = poolfs::up::list(&data);
+    let named = args
+        .mounts
+        .iter()
+        .find_map(|m| poolfs::up::find(args.data_dir.as_deref(), m).ok())
+        .map(|(_, state)| state);
+    let default_ctrl = std::net::SocketAddr::from(([127, 0, 0, 1], cli::CONTROLLER_PORT));
+    let controller = args
+        .controller
+        .or(named.as_ref().map(|s| s.controller))
+        .unwrap_or(match ups.as_slice() {
+            [one] => one.controller,
+            _ => default_ctrl,
+        });
+    let of_this_pool: Vec<_> = ups.iter().filter(|u| u.controller == controller).collect();
+    let key = args.key.key.clone().or_else(|| {
+        named
+            .iter()
+            .chain(of_this_pool.iter().copied())
+            .filter(|u| u.controller == controller)
+            .find_map(|u| u.key.clone())
+    });
+    let mounts = if args.mounts.is_empty() {
+        of_this_pool
+            .iter()
+            .map(|u| (u.mountpoint.clone(), false))
+            .collect()
+    } else {
+        args.mounts.iter().map(|m| (m.clone(), true)).collect()
+    };
+    StatusTarget {
+        controller,
+        key,
+        mounts,
+    }
+}
+
+pub(crate) async fn status(args: cli::StatusArgs) -> Result<()> {
+    let target = status_target(&args);
+    let addr = target.controller;
+    let view = async {
+        let pool = poolfs::net::ConnPool::new(
+            client_credentials(&cli::KeyOpt {
+                key: target.key.clone(),
+            })?,
+            std::time::Duration::from_secs(2),
+            std::time::Duration::from_secs(5),
+        );
+        let mut view = match pool.call(addr, &ControllerRequest::Pool, None).await {
+            Ok((Response::Pool(view), _)) => view,
+            Ok((other, _)) => bail!("controller {addr} answered {other:?}"),
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("cannot get the pool view from the controller at {addr}")
+                })
+            }
+        };
+        current_usage(&pool, &mut view).await;
+        Ok(view)
+    }
+    .await;
+    // Each mount's files, read through its attributes (no controller needed for that).
+    let mut mounts = Vec::new();
+    let mut mount_errors = Vec::new();
+    for (mp, named) in &target.mounts {
+        if !named && !poolfs::fs::mount::is_mountpoint(mp) {
+            // A pool `up` recorded whose mount is gone: nothing to walk.
+            mount_errors.push(format!("{}: not mounted", mp.display()));
+            continue;
+        }
+        let walked = tokio::task::block_in_place(|| poolfs::fs::status::mount_status(mp));
+        match walked {
+            Ok(st) => mounts.push(st),
+            Err(e) => mount_errors.push(e.to_string()),
+        }
+    }
+    if args.json {
+        let view = view
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{}", describe(e)))?;
+        if target.mounts.is_empty() {
+            println!("{}", serde_json::to_string_pretty(&view)?);
+        } else {
+            let mut json = serde_json::to_value(view)?;
+            json["mounts"] = serde_json::to_value(&mounts)?;
+            json["mount_errors"] = serde_json::to_value(&mount_errors)?;
+            println!("{}", serde_json::to_string_pretty(&json)?);
+        }
+    } else {
+        if let Ok(view) = &view {
+            let own: Vec<(u32, &std::path::Path)> = mounts
+                .iter()
+                .filter_map(|m| Some((m.risk.as_ref()?.own_node?, m.mountpoint.as_path())))
+                .collect();
+            print!("{}", format_status(view, &own));
+        }
+        for st in &mounts {
+            print!("\n{}", st.render());
+        }
+        for e in &mount_errors {
+            println!("\nmount {e}");
+        }
+    }
+    view?;
+    if target.mounts.iter().any(|(_, named)| *named) && !mount_errors.is_empty() {
+        bail!("cannot show every mount: {}", mount_errors.join("; "));
+    }
+    Ok(())
+}
+
+/// Each live node's bytes in use as it counts them now (its STAT), in place of what it
+/// last told the controller (up to a heartbeat old): `status` right after a `cp`
+/// shows what that `cp` stored. A node that does not answer keeps the controller's.
+async fn current_usage(pool: &poolfs::net::ConnPool, view: &mut PoolView) {
+    let asks = view.live().into_iter().map(|n| {
+        let (id, addr) = (n.id, n.addr);
+        async move {
+            match pool
+                .call(addr, &poolfs::proto::NodeRequest::Stat, None)
+                .await
+            {
+                Ok((Response::Stat(stat), _)) => Some((id, stat.used)),
+                _ => None,
+            }
+        }
+    });
+    for (id, used) in futures::future::join_all(asks).await.into_iter().flatten() {
+        if let Some(n) = view.nodes.iter_mut().find(|n| n.id == id) {
+            n.used = used;
+        }
+    }
+}
+
+/// The pool's table for a person: how many nodes are up, the pool's room with each
+/// disk counted once, one line per node (`own`: the nodes that run in the mounts
+/// shown, marked), and which nodes share a disk.
+fn format_status(view: &PoolView, own: &[(u32, &std::path::Path)]) -> String {
+    let room = view.room();
+    let mut out = format!(
+        "pool: {} of {} up; {} used of {}, {} free (a disk that nodes share counted once)\n\
+         {:>4}  {:<22} {:<7} {:>23}  {:<10}  {}\n",
+        view.live().len(),
+        poolfs::util::count(view.nodes.len() as u64, "node", "nodes"),
+        human_size(room.used),
+        human_size(room.size),
+        human_size(room.free),
+        "ID",
+        "ADDRESS",
+        "STATE",
+        "USED / CAPACITY",
+        "LAST SEEN",
+        "MACHINE"
+    );
+    for n in &view.nodes {
+        let machine = if n.machine.is_empty() {
+            "?"
+        } else {
+            &n.machine
+        };
+        let mut line = format!(
+            "{:>4}  {:<22} {:<7} {:>23}  {:<10}  {machine}",
+            n.id,
+            n.addr.to_string(),
+            n.state.to_string(),
+            format!("{} / {}", human_size(n.used), human_size(n.capacity)),
+            format!("{:.1}s ago", n.last_seen_ms as f64 / 1000.0),
+        );
+        for (_, mp) in own.iter().filter(|(id, _)| *id == n.id) {
+            line.push_str(&format!("  (the node of mount {})", mp.display()));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    // Nodes up on one machine and one filesystem: their room is shared, say so.
+    let mut disks: std::collections::BTreeMap<(&str, u64), Vec<&poolfs::proto::NodeInfo>> =
+        Default::default();
+    for n in view.live().into_iter().filter(|n| n.disk.fsid != 0) {
+        disks
+            .entry((n.machine.as_str(), n.disk.fsid))
+            .or_default()
+            .push(n);
+    }
+    for nodes in disks.values().filter(|nodes| nodes.len() > 1) {
+        let ids: Vec<String> = nodes.iter().map(|n| n.id.to_string()).collect();
+        let disk = nodes[0].disk;
+        out.push_str(&format!(
+            "nodes {} keep their segments on one disk of {} ({} free): each may offer \
+             that free space, the pool counts it once\n",
+            ids.join(", "),
+            human_size(disk.size),
+            human_size(disk.free)
+        ));
+    }
+    out
+}
