@@ -85,11 +85,9 @@ pub enum Command {
     Key(OwnerKeyCommand),
     /// Print the completion script for a shell on standard output, e.g.
     /// `poolfs completions bash > /usr/share/bash-completion/completions/poolfs`.
-    #[command(hide = true)]
     Completions(CompletionsArgs),
     /// Write the man pages (poolfs.1 and one per subcommand, such as poolfs-mount.1)
     /// into a directory, or poolfs.1 alone on standard output.
-    #[command(hide = true)]
     Manpage(ManpageArgs),
 }
 

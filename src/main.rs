@@ -104,6 +104,7 @@ fn init(args: cli::InitArgs) -> Result<()> {
     println!("created a new pool key in {shown} (mode 0600).");
     println!("Every member of the pool needs this same file: copy it over a channel you trust,");
     println!("for example to the default location on another machine:");
+    println!("    ssh OTHER-HOST mkdir -p .local/share/poolfs");
     println!("    scp {shown} OTHER-HOST:.local/share/poolfs/pool.key");
     println!("or give its path with --key FILE (or POOLFS_KEY=FILE).");
     println!("Keep it secret: whoever holds it can join the pool and read its view.");
@@ -186,12 +187,13 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Down(args) => {
-            poolfs::up::down(args.data_dir.as_deref(), &args.mountpoint)
+            let unmounted = poolfs::up::down(args.data_dir.as_deref(), &args.mountpoint)
                 .map_err(anyhow::Error::msg)?;
-            println!(
-                "unmounted {} and stopped its pool",
-                args.mountpoint.display()
-            );
+            let m = args.mountpoint.display();
+            match unmounted {
+                true => println!("unmounted {m} and stopped its pool"),
+                false => println!("stopped the pool of {m} (it was not mounted)"),
+            }
             Ok(())
         }
         Command::Scan(args) => runtime()?.block_on(scan(args)),

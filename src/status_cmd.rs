@@ -14,6 +14,9 @@ struct StatusTarget {
     controller: std::net::SocketAddr,
     key: Option<std::path::PathBuf>,
     mounts: Vec<(std::path::PathBuf, bool)>,
+    /// Nothing told `status` where the pool is: no --controller, no mount named, no
+    /// pool that `up` started recorded. The default controller is then only a guess.
+    guessed: bool,
 }
 
 /// Explicit options first; else the pool `poolfs up` started at the first mount named
@@ -53,6 +56,7 @@ fn status_target(args: &cli::StatusArgs) -> StatusTarget {
         args.mounts.iter().map(|m| (m.clone(), true)).collect()
     };
     StatusTarget {
+        guessed: args.controller.is_none() && named.is_none() && ups.is_empty(),
         controller,
         key,
         mounts,
@@ -83,13 +87,42 @@ pub(crate) async fn status(args: cli::StatusArgs) -> Result<()> {
         Ok(view)
     }
     .await;
+    if let (Err(e), true) = (&view, target.guessed) {
+        let key = target.key.clone().unwrap_or_else(crate::default_key_path);
+        let why = if key.exists() {
+            format!("no controller answers at {addr} ({})", e.root_cause())
+        } else {
+            format!("there is no pool key at {}", key.display())
+        };
+        bail!(
+            "no pool to show: none that `poolfs up` started is recorded in {}, and {why}. \
+             Start one with `poolfs up ~/pool`, or name a pool's controller with \
+             --controller ADDR (and its key with --key FILE)",
+            args.data_dir
+                .clone()
+                .unwrap_or_else(default_data_dir)
+                .display(),
+        );
+    }
     // Each mount's files, read through its attributes (no controller needed for that).
     let mut mounts = Vec::new();
     let mut mount_errors = Vec::new();
     for (mp, named) in &target.mounts {
         if !named && !poolfs::fs::mount::is_mountpoint(mp) {
             // A pool `up` recorded whose mount is gone: nothing to walk.
-            mount_errors.push(format!("{}: not mounted", mp.display()));
+            let m = mp.display();
+            mount_errors.push(if view.is_ok() {
+                format!(
+                    "{m}: not mounted, but the rest of its pool (its controller and nodes) \
+                     still runs: `poolfs down {m}` stops it, then `poolfs up {m}` starts and \
+                     mounts it again"
+                )
+            } else {
+                format!(
+                    "{m}: not mounted, and its controller does not answer: `poolfs down \
+                     {m}` clears what is left of it"
+                )
+            });
             continue;
         }
         let walked = tokio::task::block_in_place(|| poolfs::fs::status::mount_status(mp));

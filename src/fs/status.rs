@@ -117,7 +117,7 @@ pub fn mount_status(mountpoint: &Path) -> io::Result<MountStatus> {
         let why = match e.raw_os_error() {
             Some(libc::ENODATA) | Some(libc::ENOTSUP) => "not a poolfs mount".to_string(),
             Some(libc::ENOTCONN | libc::ECONNABORTED) => {
-                "its mount process is gone (unmount it)".to_string()
+                crate::fs::mount::dead_mount_advice(mountpoint)
             }
             _ => e.to_string(),
         };

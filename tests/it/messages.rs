@@ -109,3 +109,38 @@ fn help_says_what_data_dir_is_and_that_servers_listen_on_every_interface() {
         );
     }
 }
+
+/// `status` on a machine where no pool was started says so and how to start one or
+/// reach one elsewhere, rather than asking for a pool key (before: "no pool key ... run
+/// `poolfs init`", which starts no pool) or naming a controller the user never chose.
+#[test]
+fn status_with_no_pool_says_how_to_start_one_or_name_its_controller() {
+    let home = test_dir("statusnone");
+    let status = || {
+        let out = Command::new(crate::harness::mount::BIN)
+            .arg("status")
+            .env("HOME", home.path())
+            .env_remove("XDG_DATA_HOME")
+            .env_remove("POOLFS_KEY")
+            .env_remove("POOLFS_CONTROLLER")
+            .output()
+            .expect("run poolfs status");
+        assert!(!out.status.success(), "status with no pool succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let says_what_to_do = |err: &str| {
+        err.contains("no pool to show")
+            && err.contains("Start one with `poolfs up ~/pool`")
+            && err.contains("--controller ADDR")
+    };
+    let err = status();
+    assert!(says_what_to_do(&err), "stderr: {err}");
+    assert!(err.contains("there is no pool key at"), "stderr: {err}");
+    assert!(!err.contains("run `poolfs init`"), "stderr: {err}");
+    // With a key but still no pool: the same advice, and that nothing answered.
+    let key = home.path().join(".local/share/poolfs/pool.key");
+    run_ok(poolfs(["init", "--key"]).arg(&key));
+    let err = status();
+    assert!(says_what_to_do(&err), "stderr: {err}");
+    assert!(err.contains("127.0.0.1:2000"), "stderr: {err}");
+}

@@ -71,24 +71,7 @@ impl PoolRisk {
     /// causes (then how many more), and one line per node of bytes held and live.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        match self.machines_off {
-            Some(0) => out
-                .push_str("  risk: no machine may be off: one more loss makes a file unreadable\n"),
-            Some(n) => out.push_str(&format!(
-                "  risk: any {n} machine{} may be off at once with every file still readable\n",
-                if n == 1 { "" } else { "s" }
-            )),
-            None => out.push_str("  risk: no file data on the pool\n"),
-        }
-        if let (Some(nodes), Some(machines)) = (self.nodes_off, self.machines_off) {
-            if nodes > machines {
-                out.push_str(&format!(
-                    "  (nodes share machines: any {} may be off at once, as long as their \
-                     machines stay up)\n",
-                    crate::util::count(nodes as u64, "node", "nodes")
-                ));
-            }
-        }
+        out.push_str(&self.risk_line());
         out.push_str(&format!(
             "  {} of {} with data on the pool degraded\n",
             self.degraded,
@@ -116,6 +99,37 @@ impl PoolRisk {
             ));
         }
         out
+    }
+
+    /// The risk line: how many machines may be off at once with every file still
+    /// readable, and, when nodes share machines (a pool of `poolfs up` runs every node
+    /// on this one), how many nodes, in one sentence so that the two do not read as a
+    /// contradiction.
+    fn risk_line(&self) -> String {
+        let machines = |n: usize| crate::util::count(n as u64, "machine", "machines");
+        let nodes = |n: usize| crate::util::count(n as u64, "node", "nodes");
+        match (self.machines_off, self.nodes_off) {
+            (None, _) => "  risk: no file data on the pool\n".to_string(),
+            (Some(0), Some(n)) if n > 0 => format!(
+                "  risk: any {} may be off at once with every file still readable, but no \
+                 machine: nodes share machines, and one machine holds too many of a file's \
+                 segments\n",
+                nodes(n)
+            ),
+            (Some(0), _) => {
+                "  risk: nothing may be off: one more loss makes a file unreadable\n".to_string()
+            }
+            (Some(m), Some(n)) if n > m => format!(
+                "  risk: any {} may be off at once with every file still readable, or any {} \
+                 as long as their machines stay up\n",
+                machines(m),
+                nodes(n)
+            ),
+            (Some(m), _) => format!(
+                "  risk: any {} may be off at once with every file still readable\n",
+                machines(m)
+            ),
+        }
     }
 }
 
@@ -415,6 +429,50 @@ fn paths_of(vfs: &Vfs, mut want: Vec<u64>) -> Result<HashMap<u64, String>, FsErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_risk_line_says_machines_and_nodes_in_one_sentence() {
+        // (machines off, nodes off) -> the line
+        let table: &[(Option<usize>, Option<usize>, &str)] = &[
+            (None, None, "no file data on the pool"),
+            (
+                Some(0),
+                Some(0),
+                "nothing may be off: one more loss makes a file unreadable",
+            ),
+            (
+                Some(0),
+                Some(1),
+                "any 1 node may be off at once with every file still readable, but no \
+                 machine: nodes share machines, and one machine holds too many of a file's \
+                 segments",
+            ),
+            (
+                Some(1),
+                Some(2),
+                "any 1 machine may be off at once with every file still readable, or any 2 \
+                 nodes as long as their machines stay up",
+            ),
+            (
+                Some(2),
+                Some(2),
+                "any 2 machines may be off at once with every file still readable",
+            ),
+            (
+                Some(1),
+                None,
+                "any 1 machine may be off at once with every file still readable",
+            ),
+        ];
+        for (machines_off, nodes_off, want) in table {
+            let risk = PoolRisk {
+                machines_off: *machines_off,
+                nodes_off: *nodes_off,
+                ..Default::default()
+            };
+            assert_eq!(risk.risk_line(), format!("  risk: {want}\n"));
+        }
+    }
 
     #[test]
     fn machines_with_most_shards_are_counted_off_first() {

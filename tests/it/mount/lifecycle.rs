@@ -281,6 +281,52 @@ fn up_after_a_killed_mount_checks_the_namespace_database_and_finds_every_file() 
     );
 }
 
+/// The helper turns each of its options into the `poolfs mount` flag that
+/// mount-helper/README.md names: the shape of new files as `tolerate=F`,
+/// `redundancy=K+M` or the old `parity=M`, and refuses an option it does not know.
+/// (`POOLFS_BIN=echo` shows the command line it would run.)
+#[test]
+fn the_mount_helper_passes_its_options_as_poolfs_mount_flags() {
+    let helper = Path::new(env!("CARGO_MANIFEST_DIR")).join("mount-helper/mount.poolfs");
+    let said = |opts: &str| {
+        let out = run(Command::new(&helper)
+            .args(["10.0.0.1:2000", "/mnt/pool", "-o", opts])
+            .env("POOLFS_BIN", "echo"));
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        )
+    };
+    let table = [
+        (
+            "storage=/s,tolerate=2,_netdev",
+            "mount /mnt/pool --controller 10.0.0.1:2000 --storage /s --tolerate 2",
+        ),
+        (
+            "storage=/s,redundancy=4+2,key=/k,quota=2G",
+            "mount /mnt/pool --controller 10.0.0.1:2000 --storage /s --redundancy 4+2 --key /k \
+             --quota 2G",
+        ),
+        (
+            "storage=/s,parity=1,allow_other",
+            "mount /mnt/pool --controller 10.0.0.1:2000 --storage /s --tolerate 1 --allow-other",
+        ),
+    ];
+    for (opts, want) in table {
+        assert_eq!(
+            said(opts),
+            (true, want.to_string(), String::new()),
+            "-o {opts}"
+        );
+    }
+    let (ok, _, err) = said("storage=/s,copies=3");
+    assert!(
+        !ok && err.contains("unknown option copies=3"),
+        "stderr: {err}"
+    );
+}
+
 /// `mount -t poolfs CONTROLLER DIR -o storage=...` through mount-helper/mount.poolfs,
 /// and `umount DIR`; the helper refuses a missing storage= option with a clear message;
 /// then the same from an fstab line: `mount DIR`, `umount DIR`.

@@ -111,6 +111,13 @@ fn a_dead_mount_is_named_with_how_to_clear_it_and_down_clears_it() {
     assert!(says_how_to_clear(&err), "up: {err}");
     assert!(!err.contains("File exists"), "up: {err}");
 
+    let out = run(poolfs(["status", "--data-dir"])
+        .arg(&pool.data)
+        .arg("--mount")
+        .arg(&pool.mnt));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(says_how_to_clear(&said), "status: {said}");
+
     let out = pool.down();
     assert!(out.status.success(), "down: {}", stderr(&out));
     assert!(!is_mounted(&pool.mnt), "the dead mount is still there");
@@ -341,4 +348,100 @@ fn a_read_too_few_nodes_can_serve_is_explained_in_the_log_and_in_status() {
             "node {id} not named missing: {line}"
         );
     }
+}
+
+/// `down` on a mount that a process still uses fails as `umount` would, but names the
+/// process (a shell whose working directory is inside, here), says that nothing was
+/// stopped, and a second `down` once it is gone stops the pool.
+#[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
+fn down_of_a_busy_mount_names_what_holds_it_and_keeps_the_pool() {
+    if !can_mount() {
+        return;
+    }
+    let mut pool = Pool::up("busydown", 2);
+    fs::write(pool.path("kept"), b"still here").unwrap();
+    let mut holder = Command::new("sleep")
+        .arg("60")
+        .current_dir(&pool.mnt)
+        .spawn()
+        .expect("start sleep in the mount");
+    let out = pool.down();
+    let err = stderr(&out);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(!out.status.success(), "down of a busy mount succeeded");
+    assert!(
+        err.contains("is busy")
+            && err.contains(&format!("sleep (pid {})", holder.id()))
+            && err.contains("the pool still runs"),
+        "stderr: {err}"
+    );
+    assert!(is_mounted(&pool.mnt), "the busy mount went away");
+    assert_eq!(fs::read(pool.path("kept")).unwrap(), b"still here");
+    assert!(
+        pool.any_alive().len() == pool.pids.len(),
+        "a process was stopped"
+    );
+    let out = pool.down();
+    assert!(out.status.success(), "second down: {}", stderr(&out));
+    assert!(
+        wait_until(Duration::from_secs(10), || pool.any_alive().is_empty()),
+        "alive after down: {:?}",
+        pool.any_alive()
+    );
+}
+
+/// A pool of `up` unmounted with a plain `umount` keeps its controller and nodes:
+/// `status` says so and that `down` stops them, `up` refuses to start a second pool on
+/// the same storage and says why, and `down` then stops it ("it was not mounted").
+#[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
+fn after_a_plain_umount_status_and_up_say_the_pool_still_runs_and_down_stops_it() {
+    if !can_mount() {
+        return;
+    }
+    let mut pool = Pool::up("plainumount", 2);
+    run_ok(Command::new("umount").arg(&pool.mnt));
+    let mnt = pool.mnt.display().to_string();
+    let out = run(poolfs(["status", "--data-dir"]).arg(&pool.data));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!("{mnt}: not mounted, but the rest of its pool"))
+            && said.contains(&format!("`poolfs down {mnt}` stops it")),
+        "status: {said}"
+    );
+    let out = run(poolfs(["up"])
+        .arg(&pool.mnt)
+        .args(["--nodes", "2", "--data-dir"])
+        .arg(&pool.data));
+    let err = stderr(&out);
+    assert!(
+        !out.status.success(),
+        "a second up on a running pool succeeded"
+    );
+    assert!(
+        err.contains("still runs without its mount")
+            && err.contains(&format!("`poolfs down {mnt}`")),
+        "up: {err}"
+    );
+    assert!(
+        !err.contains("in use by another poolfs process"),
+        "up: {err}"
+    );
+    let out = pool.down();
+    assert!(out.status.success(), "down: {}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("it was not mounted"), "down: {said}");
+    assert!(
+        wait_until(Duration::from_secs(10), || pool.any_alive().is_empty()),
+        "alive after down: {:?}",
+        pool.any_alive()
+    );
 }

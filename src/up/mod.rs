@@ -4,13 +4,17 @@
 use std::ffi::OsString;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::client::Redundancy;
 use crate::daemon::spawn_ready;
 use crate::fs::mount::{dead_mount_advice, is_dead_mount, is_mountpoint};
+
+mod procs;
+pub use procs::holders;
+use procs::{is_ours, stop, unmount, unmount_dead, wait_exit, STOP_WAIT};
 
 /// The version of `up.json` this poolfs writes (see `crate::versioned`; files from
 /// before the tag read as 1).
@@ -86,59 +90,10 @@ fn args(list: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<OsString> {
     list.iter().map(|a| a.as_ref().to_os_string()).collect()
 }
 
-/// Is `pid` a running poolfs process (guards against a recycled pid)?
-/// Is `pid` still a process of the pool kept in `dir`? Every process `up` starts is
-/// given a path under `dir` (its storage or state), whatever the binary is called,
-/// so a recycled pid is never mistaken for one of ours.
-fn is_ours(pid: u32, dir: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let dir = dir.as_os_str().as_bytes();
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| c.split(|b| *b == 0).any(|arg| arg.starts_with(dir)))
-        .unwrap_or(false)
-}
-
-/// Sends SIGTERM to those of `pids` that are still ours, waits up to `STOP_WAIT` for
-/// them to exit, then kills the ones that ignored it. Returns the pids killed.
-fn stop(pids: &[u32], dir: &Path) -> Vec<u32> {
-    let is_ours = |pid| is_ours(pid, dir);
-    for &pid in pids {
-        if is_ours(pid) {
-            // SAFETY: sending a signal to a process we started.
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-        }
-    }
-    wait_exit(pids, dir, STOP_WAIT);
-    let stuck: Vec<u32> = pids.iter().copied().filter(|&p| is_ours(p)).collect();
-    for &pid in &stuck {
-        // SAFETY: as above; it ignored SIGTERM for STOP_WAIT.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    }
-    wait_exit(&stuck, dir, STOP_WAIT);
-    stuck
-}
-
-/// How long a controller or node has to exit after SIGTERM before it is killed.
-const STOP_WAIT: Duration = Duration::from_secs(5);
-
 /// How long `down` lets the mount finish after the unmount: it stores the namespace's
 /// last changes in the pool (the nodes still run meanwhile) and closes its database.
 /// Killing it sooner would leave that database to be checked whole at the next mount.
 const MOUNT_EXIT_WAIT: Duration = Duration::from_secs(300);
-
-/// Waits until none of `pids` is ours any more, or `limit` has passed; true if none is.
-fn wait_exit(pids: &[u32], dir: &Path, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if !pids.iter().any(|&p| is_ours(p, dir)) {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// What `up` starts and how.
 #[derive(Debug, Clone, Copy)]
@@ -213,8 +168,29 @@ pub fn up(data: &Path, mountpoint: &Path, opts: UpOptions<'_>) -> Result<UpState
         .map_err(|e| format!("{}: {e}", mountpoint.display()))?;
     let dir = state_dir(data, &mountpoint);
     let state_file = dir.join("up.json");
-    if state_file.exists() && is_mountpoint(&mountpoint) {
-        return Err(format!("a pool is already up at {}", mountpoint.display()));
+    if let Some(old) = read_state(&state_file).ok().flatten() {
+        let m = mountpoint.display();
+        if is_mountpoint(&mountpoint) {
+            return Err(format!(
+                "a pool is already up at {m} (`poolfs down {m}` stops it)"
+            ));
+        }
+        // Unmounted with a plain `umount` (or its mount stopped): the controller and
+        // nodes still run on this pool's storage, which a second set cannot share.
+        let running: Vec<String> = old
+            .pids
+            .iter()
+            .filter(|&&p| is_ours(p, &dir))
+            .map(u32::to_string)
+            .collect();
+        if !running.is_empty() {
+            return Err(format!(
+                "the pool `poolfs up` started at {m} still runs without its mount (pids \
+                 {}: it was unmounted with `umount`, or its mount stopped); run `poolfs \
+                 down {m}` to stop it, then `poolfs up {m}` to start and mount it again",
+                running.join(", ")
+            ));
+        }
     }
     // The local pool has a key of its own, kept with its state and given to every process.
     let key = key.map_or_else(|| dir.join("pool.key"), Path::to_path_buf);
@@ -452,15 +428,20 @@ pub fn find(data: Option<&Path>, mountpoint: &Path) -> Result<(PathBuf, UpState)
 /// Unmounts the pool started by `up` at `mountpoint` and stops its processes; `data`
 /// is the data directory `up` was given (`None`: the default one, else the one the
 /// pool's running processes name, see `find`). A dead mount (its process killed) is
-/// unmounted lazily, and the rest of the pool stopped as usual.
-pub fn down(data: Option<&Path>, mountpoint: &Path) -> Result<(), String> {
+/// unmounted lazily, and the rest of the pool stopped as usual. Returns whether it was
+/// mounted (a pool unmounted with a plain `umount` is only stopped).
+///
+/// Errors: no such pool (see `find`); a busy mount (nothing is stopped then, and the
+/// message names the processes that hold it); a process that would not stop.
+pub fn down(data: Option<&Path>, mountpoint: &Path) -> Result<bool, String> {
     let (dir, state) = find(data, mountpoint)?;
     let mountpoint = state.mountpoint.clone();
     let state_file = dir.join("up.json");
+    let mounted = is_mountpoint(&mountpoint) || is_dead_mount(&mountpoint);
     if is_dead_mount(&mountpoint) {
         // Nothing to flush: its process is gone. A lazy unmount cannot be refused.
         unmount_dead(&mountpoint)?;
-    } else if is_mountpoint(&mountpoint) {
+    } else if mounted {
         unmount(&mountpoint)?;
     }
     // The mount process exits by itself once unmounted; the controller and the nodes
@@ -510,85 +491,18 @@ pub fn down(data: Option<&Path>, mountpoint: &Path) -> Result<(), String> {
     }
     std::fs::remove_file(&state_file)
         .map_err(|e| format!("cannot remove {}: {e}", state_file.display()))?;
-    Ok(())
-}
-
-/// Unmounts a dead FUSE mount (see `is_dead_mount`) lazily: `fusermount3 -u -z`, or
-/// `umount -l` where fusermount3 is missing.
-fn unmount_dead(mountpoint: &Path) -> Result<(), String> {
-    for (tool, arg) in [
-        ("fusermount3", "-uz"),
-        ("fusermount", "-uz"),
-        ("umount", "-l"),
-    ] {
-        match std::process::Command::new(tool)
-            .arg(arg)
-            .arg(mountpoint)
-            .status()
-        {
-            Ok(s) if s.success() => return Ok(()),
-            Ok(_) => {
-                return Err(format!(
-                    "{tool} {arg} could not unmount the dead mount at {}",
-                    mountpoint.display()
-                ))
-            }
-            Err(_) => continue, // tool not installed: try the next
-        }
-    }
-    Err("no unmount tool found (install fuse3)".into())
-}
-
-/// Unmounts a FUSE mount the way a user would.
-pub fn unmount(mountpoint: &Path) -> Result<(), String> {
-    for tool in ["fusermount3", "fusermount", "umount"] {
-        let arg: &[&str] = if tool == "umount" { &[] } else { &["-u"] };
-        match std::process::Command::new(tool)
-            .args(arg)
-            .arg(mountpoint)
-            .status()
-        {
-            Ok(s) if s.success() => return Ok(()),
-            Ok(_) => return Err(format!("{tool} could not unmount {}", mountpoint.display())),
-            Err(_) => continue, // tool not installed: try the next
-        }
-    }
-    Err("no unmount tool found (install fuse3)".into())
+    Ok(mounted)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{BufRead, BufReader};
 
     /// An `up.json` in the place `up` keeps it for `mountpoint` under `data`.
     fn state_file(data: &Path, mountpoint: &str) -> PathBuf {
         let dir = state_dir(data, Path::new(mountpoint));
         std::fs::create_dir_all(&dir).unwrap();
         dir.join("up.json")
-    }
-
-    #[test]
-    fn stop_kills_a_process_that_ignores_sigterm_and_names_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let dir = dir.path().canonicalize().unwrap();
-        // A process of "the pool" (an argument under its dir) that ignores SIGTERM.
-        let mut child = std::process::Command::new("sh")
-            .args(["-c", "trap '' TERM; echo ok; while :; do sleep 1; done"])
-            .arg(dir.join("stubborn"))
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut ok = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut ok)
-            .unwrap();
-        let pid = child.id();
-        assert!(is_ours(pid, &dir));
-        assert_eq!(stop(&[pid], &dir), vec![pid], "the stubborn pid is named");
-        let status = child.wait().unwrap();
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(status.signal(), Some(libc::SIGKILL));
     }
 
     #[test]
