@@ -21,6 +21,7 @@ use crate::harness::mount::{
 };
 
 mod failover;
+mod helper;
 mod lifecycle;
 mod listing;
 mod messages;
