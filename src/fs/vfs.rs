@@ -51,11 +51,15 @@ pub struct SetAttr {
     /// New modification time, to the nanosecond.
     pub mtime: Option<Time>,
     /// The change comes through an open handle (`ftruncate`, or the kernel's
-    /// truncation of an `open` with `O_TRUNC`): a truncation to zero is then committed
-    /// with the file's next close or fsync, like the writes of the rewrite it begins, so
-    /// a crash (or the namespace's copy in the pool) shows the file before the rewrite
-    /// or after it, never emptied in between. Other sizes commit at once (a growth must
-    /// find its quota or space now, not at the close).
+    /// truncation of an `open` with `O_TRUNC`): a shrink is then committed with the
+    /// file's next close or fsync, like the writes around it, so a crash (or the
+    /// namespace's copy in the pool) shows the file before them or after, never
+    /// emptied in between; and a program that shrinks a file often (fsx, a database's
+    /// journal) pays for the stripe holding the new end once, at the commit, not once
+    /// per shrink. A growth commits at once: it must find its quota or space now, and
+    /// a later write that fails for want of space must not take it back (a mapping of
+    /// the grown file would fault past the end). A truncation by path
+    /// (`truncate(2)`) has no close to wait for and commits at once.
     pub through_handle: bool,
 }
 

@@ -25,8 +25,9 @@ impl Vfs {
     pub fn setattr(&self, ino: u64, set: SetAttr) -> Result<Inode, FsError> {
         if let Some(size) = set.size {
             self.with_data(ino, |vfs, data| {
+                let shrinks = size < data.size();
                 vfs.resize(data, size)?;
-                match set.through_handle && size == 0 {
+                match set.through_handle && shrinks {
                     // Committed by the handle's close or fsync (`SetAttr::through_handle`).
                     true => Ok(()),
                     false => vfs.commit(ino, data, Invalidate::Later),

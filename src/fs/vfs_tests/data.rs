@@ -282,6 +282,36 @@ fn a_rewrite_through_o_trunc_leaves_the_old_version_committed_until_its_close() 
 }
 
 #[test]
+fn an_ftruncate_that_shrinks_is_committed_with_its_handles_close_not_before() {
+    let f = fixture(3);
+    let old = pattern(2 * STRIPE as usize, 10);
+    let ino = f.file(ROOT, b"f", &old);
+    let fh = f.vfs.open(ino, libc::O_RDWR).expect("open");
+    // Two shrinks: neither is committed before the close (a growth would be).
+    for (size, wrote) in [(STRIPE + 100, b"cut" as &[u8]), (STRIPE + 7, b"again")] {
+        let set = SetAttr {
+            size: Some(size),
+            through_handle: true,
+            ..Default::default()
+        };
+        f.vfs.setattr(ino, set).expect("ftruncate");
+        f.vfs.write(fh, 0, wrote).expect("write");
+        assert_eq!(f.vfs.getattr(ino).expect("getattr").size, size);
+        // What a crash now would find: the store's record, not the open file.
+        let stored = f.vfs.meta_store().get(ino).expect("record");
+        assert_eq!(stored.size, old.len() as u64, "committed before the close");
+    }
+    f.vfs.release(fh).expect("close");
+    assert_eq!(
+        f.vfs.meta_store().get(ino).expect("record").size,
+        STRIPE + 7
+    );
+    let mut want = old[..(STRIPE + 7) as usize].to_vec();
+    want[..5].copy_from_slice(b"again");
+    assert_eq!(f.contents(ino), want);
+}
+
+#[test]
 fn a_lone_first_read_fetches_one_piece_not_the_stripes_after_it() {
     let f = fixture(3);
     let want = pattern(6 * STRIPE as usize, 4);

@@ -73,8 +73,11 @@ fn random_writes_truncates_and_punches_read_back_exact_against_a_model() {
                 80..=85 => f.vfs.fsync(fh).expect("fsync"),
                 86..=90 => {
                     let to = rng.below(8 * STRIPE) + 1;
+                    // Half by path (committed at once), half as `ftruncate` (committed
+                    // with the next fsync or the close).
                     let set = SetAttr {
                         size: Some(to),
+                        through_handle: op % 2 == 0,
                         ..Default::default()
                     };
                     f.vfs.setattr(ino, set).expect("truncate");
