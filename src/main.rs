@@ -98,22 +98,45 @@ fn catalog_credentials(
 }
 
 fn init(args: cli::InitArgs) -> Result<()> {
+    let given = args.key.is_some();
     let path = args.key.unwrap_or_else(default_key_path);
     PoolKey::create(&path)?;
+    let path = path.canonicalize().unwrap_or(path);
     let shown = path.display();
     println!("created a new pool key in {shown} (mode 0600).");
     println!("Every member of the pool needs this same file: copy it over a channel you trust,");
-    println!("for example to the default location on another machine:");
-    println!("    ssh OTHER-HOST mkdir -p .local/share/poolfs");
-    println!("    scp {shown} OTHER-HOST:.local/share/poolfs/pool.key");
-    println!("or give its path with --key FILE (or POOLFS_KEY=FILE).");
+    if given {
+        // The same path there, given to every command with --key (or POOLFS_KEY).
+        let dir = path.parent().map_or_else(String::new, |d| d.display().to_string());
+        println!("for example to the same path on another machine:");
+        println!("    ssh OTHER-HOST mkdir -p {dir}");
+        println!("    scp {shown} OTHER-HOST:{shown}");
+        println!("and give that path with --key {shown} (or POOLFS_KEY={shown}).");
+    } else {
+        println!("for example to the default location on another machine:");
+        println!("    ssh OTHER-HOST mkdir -p .local/share/poolfs");
+        println!("    scp {shown} OTHER-HOST:.local/share/poolfs/pool.key");
+        println!("or give its path with --key FILE (or POOLFS_KEY=FILE).");
+    }
     println!("Keep it secret: whoever holds it can join the pool and read its view.");
     Ok(())
 }
 
+/// For commands that print a report: a closed standard output (`poolfs status |
+/// head`) ends the process quietly, as it does `ls`, rather than with a panic of
+/// `println!`. Rust sets SIGPIPE to be ignored at start; the servers keep that
+/// (a peer that goes away must not kill them).
+fn quiet_on_closed_stdout() {
+    // SAFETY: restoring a signal's default disposition has no other effect.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Init(args) => init(args),
+        Command::Init(args) => {
+            quiet_on_closed_stdout();
+            init(args)
+        }
         Command::Controller(args) => runtime()?.block_on(async {
             let key = load_key(&args.key)?;
             let state = args
@@ -156,7 +179,10 @@ fn run(cli: Cli) -> Result<()> {
             node.leave().await;
             Ok(())
         }),
-        Command::Status(args) => runtime()?.block_on(status_cmd::status(args)),
+        Command::Status(args) => {
+            quiet_on_closed_stdout();
+            runtime()?.block_on(status_cmd::status(args))
+        }
         Command::Put(args) => runtime()?.block_on(put(args)),
         Command::Get(args) => runtime()?.block_on(get(args)),
         Command::Mount(args) => mount(args),
@@ -196,11 +222,23 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Scan(args) => runtime()?.block_on(scan(args)),
-        Command::Key(cli::OwnerKeyCommand::Export(args)) => key_cmd::export(args),
+        Command::Scan(args) => {
+            quiet_on_closed_stdout();
+            runtime()?.block_on(scan(args))
+        }
+        Command::Key(cli::OwnerKeyCommand::Export(args)) => {
+            quiet_on_closed_stdout();
+            key_cmd::export(args)
+        }
         Command::Key(cli::OwnerKeyCommand::Import(args)) => key_cmd::import(args),
-        Command::Completions(args) => shell_cmd::completions(args),
-        Command::Manpage(args) => shell_cmd::manpage(args),
+        Command::Completions(args) => {
+            quiet_on_closed_stdout();
+            shell_cmd::completions(args)
+        }
+        Command::Manpage(args) => {
+            quiet_on_closed_stdout();
+            shell_cmd::manpage(args)
+        }
         Command::Scrub(args) => {
             let report = poolfs::fs::mount::scrub(&args.mountpoint).with_context(|| {
                 format!(

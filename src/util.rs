@@ -110,14 +110,21 @@ pub fn available_space(path: &Path) -> io::Result<u64> {
 }
 
 /// Where poolfs keeps its state when no directory is given: `$XDG_DATA_HOME/poolfs`
-/// or `~/.local/share/poolfs`.
+/// or `~/.local/share/poolfs`. Without `HOME` (mount(8) runs its helpers with an empty
+/// environment) the home is the user's entry in the password database
+/// (`std::env::home_dir`), never a shared directory such as /tmp, where another user
+/// could plant a pool key; a user with no home at all gets `/.local/share/poolfs`,
+/// which only root can write.
 pub fn default_data_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
         return PathBuf::from(d).join("poolfs");
     }
     let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/tmp"));
+        .or_else(std::env::home_dir)
+        .filter(|h| h.is_absolute())
+        .unwrap_or_else(|| PathBuf::from("/"));
     home.join(".local/share/poolfs")
 }
 

@@ -144,3 +144,51 @@ fn status_with_no_pool_says_how_to_start_one_or_name_its_controller() {
     assert!(says_what_to_do(&err), "stderr: {err}");
     assert!(err.contains("127.0.0.1:2000"), "stderr: {err}");
 }
+
+/// Without `HOME` (mount(8) runs its helpers with an empty environment), the default
+/// state and key are under the user's home from the password database, not under a
+/// shared directory (before: /tmp/.local/share/poolfs, where anyone may plant a key).
+#[test]
+fn without_home_the_default_key_is_in_the_users_home_from_passwd() {
+    // SAFETY: getpwuid returns a pointer into static storage or null; read at once.
+    let home = unsafe {
+        let pw = libc::getpwuid(libc::getuid());
+        assert!(!pw.is_null(), "this user has no passwd entry");
+        std::ffi::CStr::from_ptr((*pw).pw_dir)
+            .to_string_lossy()
+            .into_owned()
+    };
+    let out = Command::new(crate::harness::mount::BIN)
+        .arg("status")
+        .env_clear()
+        .output()
+        .expect("run poolfs status");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let want = Path::new(&home).join(".local/share/poolfs");
+    assert!(
+        err.contains(&want.display().to_string()),
+        "stderr should name {}: {err}",
+        want.display()
+    );
+    assert!(!err.contains("/tmp/.local"), "stderr: {err}");
+}
+
+/// A report piped into a reader that has gone (`poolfs status | head -3`) ends the
+/// command quietly, as `ls | head` does, not with a panic of "failed printing to
+/// stdout". The reader end is closed before the command starts, so every write fails.
+#[test]
+fn a_report_piped_into_a_closed_reader_ends_quietly_without_a_panic() {
+    for args in [&["completions", "bash"][..], &["manpage"][..]] {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = Command::new(crate::harness::mount::BIN)
+            .args(args)
+            .stdout(writer)
+            .output()
+            .expect("run poolfs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{args:?}: {err}");
+    }
+}
