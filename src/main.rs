@@ -107,7 +107,9 @@ fn init(args: cli::InitArgs) -> Result<()> {
     println!("Every member of the pool needs this same file: copy it over a channel you trust,");
     if given {
         // The same path there, given to every command with --key (or POOLFS_KEY).
-        let dir = path.parent().map_or_else(String::new, |d| d.display().to_string());
+        let dir = path
+            .parent()
+            .map_or_else(String::new, |d| d.display().to_string());
         println!("for example to the same path on another machine:");
         println!("    ssh OTHER-HOST mkdir -p {dir}");
         println!("    scp {shown} OTHER-HOST:{shown}");

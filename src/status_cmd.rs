@@ -88,6 +88,20 @@ pub(crate) async fn status(args: cli::StatusArgs) -> Result<()> {
     }
     .await;
     if let (Err(e), true) = (&view, target.guessed) {
+        let data = args.data_dir.clone().unwrap_or_else(default_data_dir);
+        let down = poolfs::up::list_down(&data);
+        if let Some(first) = down.first() {
+            let names: Vec<String> = down.iter().map(|m| m.display().to_string()).collect();
+            bail!(
+                "no pool is up: the pool{} of {} {} down (stopped by `poolfs down`, its \
+                 files kept in {}); `poolfs up {}` starts it again",
+                if down.len() == 1 { "" } else { "s" },
+                names.join(", "),
+                if down.len() == 1 { "is" } else { "are" },
+                data.join("up").display(),
+                first.display()
+            );
+        }
         let key = target.key.clone().unwrap_or_else(crate::default_key_path);
         let why = if key.exists() {
             format!("no controller answers at {addr} ({})", e.root_cause())
@@ -98,10 +112,7 @@ pub(crate) async fn status(args: cli::StatusArgs) -> Result<()> {
             "no pool to show: none that `poolfs up` started is recorded in {}, and {why}. \
              Start one with `poolfs up ~/pool`, or name a pool's controller with \
              --controller ADDR (and its key with --key FILE)",
-            args.data_dir
-                .clone()
-                .unwrap_or_else(default_data_dir)
-                .display(),
+            data.display(),
         );
     }
     // Each mount's files, read through its attributes (no controller needed for that).

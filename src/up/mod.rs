@@ -34,6 +34,26 @@ pub struct UpState {
     pub key: Option<PathBuf>,
 }
 
+/// The file in a pool's state directory that names its mount point; unlike `up.json`
+/// it stays after `down`, with the pool's files.
+const MOUNTPOINT_FILE: &str = "mountpoint";
+
+/// The mount points of the pools `up` started under `data` that are down now (stopped
+/// by `down`, their files kept), sorted.
+pub fn list_down(data: &Path) -> Vec<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut found: Vec<PathBuf> = std::fs::read_dir(data.join("up"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| !e.path().join("up.json").exists())
+        .filter_map(|e| std::fs::read(e.path().join(MOUNTPOINT_FILE)).ok())
+        .map(|b| PathBuf::from(std::ffi::OsStr::from_bytes(&b)))
+        .collect();
+    found.sort();
+    found
+}
+
 /// Every pool `up` started under `data` that is still recorded, by mount point.
 pub fn list(data: &Path) -> Vec<UpState> {
     let mut found: Vec<UpState> = std::fs::read_dir(data.join("up"))
@@ -280,6 +300,11 @@ pub fn up(data: &Path, mountpoint: &Path, opts: UpOptions<'_>) -> Result<UpState
         stop(&pids, &dir);
         return Err(e);
     }
+    // Kept after `down` (up.json is not), so that a pool that is down can be named.
+    let _ = std::fs::write(
+        dir.join(MOUNTPOINT_FILE),
+        mountpoint.as_os_str().as_encoded_bytes(),
+    );
     let state = UpState {
         mountpoint,
         controller,
@@ -407,6 +432,12 @@ pub fn find(data: Option<&Path>, mountpoint: &Path) -> Result<(PathBuf, UpState)
                 )),
             }
         }
+        [] if dir.is_dir() => Err(format!(
+            "the pool of {m} is not up: it was stopped, and its files are kept in {}; \
+             `poolfs up {m}` starts it again",
+            dir.display(),
+            m = mountpoint.display(),
+        )),
         [] => Err(format!(
             "no pool was started with `poolfs up` at {} (none recorded in {}, and no \
              process of one runs; if `up` was given --data-dir D, give it here too)",

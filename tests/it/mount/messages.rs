@@ -445,3 +445,42 @@ fn after_a_plain_umount_status_and_up_say_the_pool_still_runs_and_down_stops_it(
         pool.any_alive()
     );
 }
+
+/// A pool stopped by `down` is kept with its files: `status` and a second `down` say
+/// that it is down and how to start it again, rather than that no pool was ever
+/// recorded.
+#[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
+fn a_pool_that_is_down_is_named_by_status_and_down_with_how_to_start_it() {
+    if !can_mount() {
+        return;
+    }
+    let mut pool = Pool::up("downnamed", 2);
+    let out = pool.down();
+    assert!(out.status.success(), "down: {}", stderr(&out));
+    let mnt = pool.mnt.display().to_string();
+    let start_again = format!("`poolfs up {mnt}` starts it again");
+    let home = pool.root.join("home");
+    let out = run(without_defaults(&mut Command::new(BIN), &home)
+        .args(["status", "--data-dir"])
+        .arg(&pool.data));
+    let err = stderr(&out);
+    assert!(
+        !out.status.success(),
+        "status of a pool that is down succeeded"
+    );
+    assert!(
+        err.contains(&format!("the pool of {mnt} is down")) && err.contains(&start_again),
+        "status: {err}"
+    );
+    let out = pool.down();
+    let err = stderr(&out);
+    assert!(!out.status.success(), "a second down succeeded");
+    assert!(
+        err.contains(&format!("the pool of {mnt} is not up")) && err.contains(&start_again),
+        "down: {err}"
+    );
+}
