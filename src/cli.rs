@@ -285,6 +285,16 @@ pub struct DownArgs {
     pub data_dir: Option<PathBuf>,
 }
 
+/// The controller of a client command that may find the pool itself (`put`, `get`).
+#[derive(Args, Debug, Clone)]
+pub struct PoolControllerOpt {
+    /// Address of the pool's controller [default: the pool's that `poolfs up` started,
+    /// when there is exactly one (with its key, unless --key is given), else
+    /// 127.0.0.1:2000].
+    #[arg(long, short = 'c', env = "POOLFS_CONTROLLER")]
+    pub controller: Option<SocketAddr>,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct ControllerOpt {
     /// Address of the pool's controller.
@@ -387,7 +397,7 @@ pub struct PutArgs {
     #[arg(long)]
     pub name: Option<String>,
     #[command(flatten)]
-    pub controller: ControllerOpt,
+    pub controller: PoolControllerOpt,
     #[command(flatten)]
     pub catalog: CatalogOpt,
     #[command(flatten)]
@@ -401,7 +411,7 @@ pub struct GetArgs {
     /// Where to write it (`-` for standard output).
     pub out: PathBuf,
     #[command(flatten)]
-    pub controller: ControllerOpt,
+    pub controller: PoolControllerOpt,
     #[command(flatten)]
     pub catalog: CatalogOpt,
     #[command(flatten)]

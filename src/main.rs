@@ -62,8 +62,18 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 /// Loads the pool key named by `--key` / `POOLFS_KEY`, or the default one.
 fn load_key(opt: &cli::KeyOpt) -> Result<PoolKey> {
-    let path = opt.key.clone().unwrap_or_else(default_key_path);
-    Ok(PoolKey::load(&path)?)
+    match &opt.key {
+        // A key the user named: making a new one would make another pool's.
+        Some(path) => match PoolKey::load(path) {
+            Err(KeyError::Missing(_)) => bail!(
+                "no key file at {} (given with --key or POOLFS_KEY): give the path of the \
+                 pool's key, as `poolfs init` made it or as it was copied from a member",
+                path.display()
+            ),
+            other => Ok(other?),
+        },
+        None => Ok(PoolKey::load(&default_key_path())?),
+    }
 }
 
 /// Credentials for a client that stores nothing: the pool key and a throwaway static key.
@@ -397,6 +407,30 @@ fn format_scan(r: &ScanReport) -> String {
     out
 }
 
+/// The controller and key of a client command: those given, else those of the one pool
+/// that `poolfs up` started (when there is exactly one: `put` and `get` then reach it
+/// as `status` does), else 127.0.0.1:2000 and the default key.
+fn pool_of(
+    controller: &cli::PoolControllerOpt,
+    key: &cli::KeyOpt,
+) -> (std::net::SocketAddr, cli::KeyOpt) {
+    if let Some(addr) = controller.controller {
+        return (addr, key.clone());
+    }
+    match poolfs::up::list(&default_data_dir()).as_slice() {
+        [one] => (
+            one.controller,
+            cli::KeyOpt {
+                key: key.key.clone().or_else(|| one.key.clone()),
+            },
+        ),
+        _ => (
+            std::net::SocketAddr::from(([127, 0, 0, 1], cli::CONTROLLER_PORT)),
+            key.clone(),
+        ),
+    }
+}
+
 fn catalog_dir(opt: &cli::CatalogOpt) -> std::path::PathBuf {
     opt.catalog
         .clone()
@@ -433,13 +467,14 @@ async fn put(args: cli::PutArgs) -> Result<()> {
     };
     let dir = catalog_dir(&args.catalog);
     let catalog = Catalog::new(&dir);
-    let creds = catalog_credentials(&load_key(&args.key)?, &dir, true)?;
+    let (controller, key) = pool_of(&args.controller, &args.key);
+    let creds = catalog_credentials(&load_key(&key)?, &dir, true)?;
     let src = tokio::fs::File::open(&args.file)
         .await
         .with_context(|| format!("cannot open {}", args.file.display()))?;
     let len = src.metadata().await.map(|m| m.len()).unwrap_or(0);
     let owner = std::sync::Arc::new(catalog.owner_key()?);
-    let mut cfg = ClientConfig::new(args.controller.controller, creds, Some(owner));
+    let mut cfg = ClientConfig::new(controller, creds, Some(owner));
     cfg.redundancy = args.redundancy.policy();
     let client = PoolClient::new(cfg);
     let bar = progress_bar(len);
@@ -464,17 +499,14 @@ async fn put(args: cli::PutArgs) -> Result<()> {
 }
 
 async fn get(args: cli::GetArgs) -> Result<()> {
-    let key = load_key(&args.key)?;
+    let (controller, key) = pool_of(&args.controller, &args.key);
+    let key = load_key(&key)?;
     let dir = catalog_dir(&args.catalog);
     let catalog = Catalog::new(&dir);
     let manifest = catalog.load(&args.name)?;
     let creds = catalog_credentials(&key, &dir, false)?;
     let owner = std::sync::Arc::new(catalog.owner_key()?);
-    let client = PoolClient::new(ClientConfig::new(
-        args.controller.controller,
-        creds,
-        Some(owner),
-    ));
+    let client = PoolClient::new(ClientConfig::new(controller, creds, Some(owner)));
     let started = Instant::now();
     let bar = progress_bar(manifest.size);
     if args.out.as_os_str() == "-" {

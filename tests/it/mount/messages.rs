@@ -484,3 +484,57 @@ fn a_pool_that_is_down_is_named_by_status_and_down_with_how_to_start_it() {
         "down: {err}"
     );
 }
+
+/// After `poolfs up ~/pool`, `put` and `get` with no options reach that pool (its
+/// controller and its key, as `status` does), rather than asking for a key that
+/// `poolfs init` would make wrong; a `--key` naming a missing file says so without
+/// suggesting `init`.
+#[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
+fn put_and_get_reach_the_pool_that_up_started_without_options() {
+    if !can_mount() {
+        return;
+    }
+    let tmp = test_dir("putup");
+    let root = tmp.path().canonicalize().unwrap();
+    let (home, mnt) = (root.join("home"), root.join("pool"));
+    let _guard = crate::harness::mount::MountGuard {
+        mnt: mnt.clone(),
+        root: root.clone(),
+    };
+    let user = |args: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        without_defaults(&mut cmd, &home).args(args);
+        cmd
+    };
+    run_ok(&mut user(&["up", mnt.to_str().unwrap(), "--nodes", "2"]));
+    let src = root.join("src.bin");
+    random_file(&src, 3 * MIB + 5);
+    let out = run(user(&["put", src.to_str().unwrap()]).current_dir(&root));
+    assert!(out.status.success(), "put: {}", stderr(&out));
+    let back = root.join("back.bin");
+    let out = run(&mut user(&["get", "src.bin", back.to_str().unwrap()]));
+    assert!(out.status.success(), "get: {}", stderr(&out));
+    assert_eq!(fs::read(&back).unwrap(), fs::read(&src).unwrap());
+    let missing = root.join("missing.key");
+    let out = run(&mut user(&[
+        "put",
+        src.to_str().unwrap(),
+        "--key",
+        missing.to_str().unwrap(),
+    ]));
+    let err = stderr(&out);
+    assert!(
+        !out.status.success(),
+        "put with a missing key file succeeded"
+    );
+    assert!(
+        err.contains(&format!("no key file at {}", missing.display()))
+            && !err.contains("poolfs init` to create"),
+        "stderr: {err}"
+    );
+    run_ok(&mut user(&["down", mnt.to_str().unwrap()]));
+}
