@@ -458,12 +458,16 @@ impl Filesystem for PoolFs {
             Ok(space) => {
                 let blocks = space.total / u64::from(BLOCK);
                 let free = space.free / u64::from(BLOCK);
+                // Inodes are records in the namespace, limited by room, not by a
+                // table: as many as free (rclone does the same), so `df -i` shows
+                // plenty rather than a total of 0 with 4 billion free.
+                let inodes = u64::from(u32::MAX);
                 reply.statfs(
                     blocks,
                     free,
                     free,
-                    0,
-                    u64::from(u32::MAX),
+                    inodes,
+                    inodes,
                     BLOCK,
                     NAME_MAX as u32,
                     BLOCK,
