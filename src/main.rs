@@ -299,6 +299,7 @@ fn mount(args: cli::MountArgs) -> Result<()> {
     // the user about a new owner key to its parent, which has the terminal.
     let storage = cfg.storage.clone();
     let owner_key = OwnerKeyWatch::before(&storage);
+    let forget_new_key = OwnerKeyWatch::before(&storage);
     let recovering = args.recover;
     let tell_if_new_key = move || {
         // A recovery brings the owner key it was given: nothing new to keep.
@@ -312,17 +313,26 @@ fn mount(args: cli::MountArgs) -> Result<()> {
         again.push("--foreground".into());
         let log = cfg.storage.join("mount.log");
         let spawned = daemon::spawn_ready(&again, &log, std::time::Duration::from_secs(30));
+        // The child removed a key it made if it failed before it was ready.
         tell_if_new_key();
         spawned.map_err(anyhow::Error::msg)?;
         return Ok(());
     }
-    poolfs::fs::mount::run(cfg, move |ready| {
+    let was_ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ready_seen = was_ready.clone();
+    let mounted = poolfs::fs::mount::run(cfg, move |ready| {
+        ready_seen.store(ready.is_ok(), std::sync::atomic::Ordering::SeqCst);
         daemon::notify(ready);
         if !started_by_parent {
             tell_if_new_key();
         }
-    })?;
-    Ok(())
+    });
+    // Failed before the mount was ever ready: no file was stored under a key this
+    // start made, so it goes (whoever started us then tells of no key to keep).
+    if mounted.is_err() && !was_ready.load(std::sync::atomic::Ordering::SeqCst) && !recovering {
+        forget_new_key.forget_if_new();
+    }
+    Ok(mounted?)
 }
 
 /// SIGINT and SIGTERM, watched from before a process says it is ready: a stop right

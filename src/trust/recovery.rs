@@ -150,6 +150,14 @@ impl OwnerKeyWatch {
     pub fn made_new(&self) -> bool {
         !self.existed && self.file.exists()
     }
+
+    /// After a start that failed before the mount was ready (so no file was stored
+    /// under it): removes the owner key the start made, so that the user is not told
+    /// to keep the recovery code of a key that protects nothing, and the next start
+    /// tells them of the key it makes. Returns whether one was removed.
+    pub fn forget_if_new(&self) -> bool {
+        self.made_new() && std::fs::remove_file(&self.file).is_ok()
+    }
 }
 
 #[cfg(test)]

@@ -53,6 +53,12 @@ fn mount_with_the_wrong_key_says_the_controller_refused_it() {
     );
     assert!(!err.contains("no reachable controller"), "stderr: {err}");
     assert!(!is_mounted(&mnt));
+    // Nothing was stored: no owner key made for it, and no word of one to keep.
+    assert!(!err.contains("A new owner key"), "stderr: {err}");
+    assert!(
+        !pool.root.join("wrong-storage/owner.key").exists(),
+        "the refused mount left an owner key"
+    );
     assert!(
         wait_until(Duration::from_secs(10), || procs_under(&pool.root)
             .iter()
@@ -179,6 +185,8 @@ fn up_without_access_to_dev_fuse_says_what_is_wrong_and_what_to_do() {
             && err.contains("add it to the group that owns /dev/fuse"),
         "stderr: {err}"
     );
+    // The mount never started: no owner key to keep the words of.
+    assert!(!err.contains("A new owner key"), "stderr: {err}");
     assert!(!is_mounted(&mnt));
     assert!(
         wait_until(Duration::from_secs(10), || procs_under(&root).is_empty()),
