@@ -77,6 +77,16 @@ pub(crate) async fn status(args: cli::StatusArgs) -> Result<()> {
         let mut view = match pool.call(addr, &ControllerRequest::Pool, None).await {
             Ok((Response::Pool(view), _)) => view,
             Ok((other, _)) => bail!("controller {addr} answered {other:?}"),
+            // It listens, and refused the handshake: the key is the thing to look at.
+            Err(poolfs::net::NetError::Handshake { .. }) => bail!(
+                "the controller at {addr} refused our pool key: the key file status used ({}) \
+                 is not that pool's; give the pool's key with --key FILE",
+                target
+                    .key
+                    .clone()
+                    .unwrap_or_else(crate::default_key_path)
+                    .display()
+            ),
             Err(e) => {
                 return Err(e).with_context(|| {
                     format!("cannot get the pool view from the controller at {addr}")
@@ -104,7 +114,10 @@ pub(crate) async fn status(args: cli::StatusArgs) -> Result<()> {
         }
         let key = target.key.clone().unwrap_or_else(crate::default_key_path);
         let why = if key.exists() {
-            format!("no controller answers at {addr} ({})", e.root_cause())
+            format!(
+                "the default controller at {addr} gave no view ({})",
+                e.root_cause()
+            )
         } else {
             format!("there is no pool key at {}", key.display())
         };

@@ -53,6 +53,15 @@ fn mount_with_the_wrong_key_says_the_controller_refused_it() {
     );
     assert!(!err.contains("no reachable controller"), "stderr: {err}");
     assert!(!is_mounted(&mnt));
+    // `status` with the same key names the same cause.
+    let out = run(poolfs(["status", "-c", &ctrl, "--key"]).arg(&wrong));
+    let err = stderr(&out);
+    assert!(!out.status.success(), "status with a wrong key succeeded");
+    assert!(
+        err.contains(&format!("the controller at {ctrl} refused our pool key"))
+            && err.contains(&wrong.display().to_string()),
+        "status: {err}"
+    );
     // Nothing was stored: no owner key made for it, and no word of one to keep.
     assert!(!err.contains("A new owner key"), "stderr: {err}");
     assert!(
