@@ -214,7 +214,23 @@ impl Node {
         let creds = Arc::new(Credentials::persistent(&cfg.key, &cfg.storage)?);
         let identity = creds.identity();
         let capacity = match cfg.capacity {
-            Some(c) => c,
+            Some(c) => {
+                // Allowed (the disk may grow, or be shared on purpose), but say so: the
+                // pool will plan on room this disk does not have.
+                if let Ok(free) = crate::util::available_space(&cfg.storage) {
+                    if c > free {
+                        log::warn!(
+                            "--capacity {} is more than the {} free on the disk of {}: the \
+                             pool may place more here than fits, and stores past the free \
+                             space will fail with ENOSPC",
+                            crate::util::human_size(c),
+                            crate::util::human_size(free),
+                            cfg.storage.display()
+                        );
+                    }
+                }
+                c
+            }
             None => crate::util::available_space(&cfg.storage).map_err(storage_err)?,
         };
         let store = SegmentStore::open(&cfg.storage, capacity, cfg.quota)?;
