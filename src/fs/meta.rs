@@ -74,7 +74,7 @@ fn load(inodes: &impl ReadableTable<u64, &'static [u8]>, ino: u64) -> Result<Ino
     record::decode_inode(guard.value())
 }
 
-// Every change of the inodes and dirents tables goes through these four helpers, which
+// Every change of the inodes and dirents tables goes through these helpers, which
 // note the key for the namespace journal (`changes`).
 fn store(inodes: &mut Inodes<'_>, inode: &Inode) -> Result<(), FsError> {
     let bytes = record::encode_inode(inode)?;
@@ -88,6 +88,15 @@ fn unstore(inodes: &mut Inodes<'_>, ino: u64) -> Result<(), FsError> {
     inodes.remove(ino).map_err(db_err)?;
     changes::touched_inode(ino);
     scan::note_removed(ino);
+    Ok(())
+}
+
+/// `unstore` of an inode that had links when the transaction began (its last name goes
+/// with it): it was never in the orphan index, which is then not opened.
+fn unstore_linked(inodes: &mut Inodes<'_>, ino: u64) -> Result<(), FsError> {
+    inodes.remove(ino).map_err(db_err)?;
+    changes::touched_inode(ino);
+    scan::note_vanished(ino);
     Ok(())
 }
 

@@ -120,6 +120,15 @@ pub struct Vfs {
     /// References the kernel holds on each inode (FUSE's lookup count); taken after
     /// `open` when both are held.
     lookups: Mutex<HashMap<u64, u64>>,
+    /// Files whose record went with their last name (`unlink`) while the kernel still
+    /// refers to them: their attributes with no links and no manifest, for a GETATTR
+    /// (an `fstat` of an `O_PATH` descriptor) until the kernel forgets them. Taken
+    /// after `lookups`; bounded as `lookups` is.
+    ghosts: Mutex<HashMap<u64, super::meta::Inode>>,
+    /// Held for reading by a first open (`acquire`) from its read of the record to its
+    /// entry in `open`, and for writing by what decides on a record by whether its file
+    /// is open (`unlink`, `swap_manifest`): such a decision never falls in between.
+    first_open: std::sync::RwLock<()>,
     handles: Mutex<HashMap<u64, OpenHandle>>,
     next_fh: AtomicU64,
     max_uploads: usize,
@@ -176,6 +185,8 @@ impl Vfs {
             rt,
             open: Mutex::new(HashMap::new()),
             lookups: Mutex::new(HashMap::new()),
+            ghosts: Mutex::new(HashMap::new()),
+            first_open: std::sync::RwLock::new(()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             max_uploads: 4,
@@ -302,8 +313,10 @@ impl Vfs {
         old: &Manifest,
         new: Manifest,
     ) -> Result<bool, FsError> {
-        // Holding the open-files lock keeps `acquire` from loading the old manifest
-        // between the check and the write.
+        // Holding the first-open gate keeps `acquire` from loading the old manifest
+        // between the check and the write (holding `open` alone did not: `acquire`
+        // reads the record before it takes `open`).
+        let _gate = self.first_open.write().unwrap_or_else(|p| p.into_inner());
         let open = lock(&self.open);
         if open.contains_key(&ino) {
             return Ok(false);

@@ -3,7 +3,10 @@
 
 use redb::ReadableTable;
 
-use super::{check_name, db_err, dir, drop_dirent, entry, is_empty_dir, load, put_dirent, store};
+use super::{
+    check_name, db_err, dir, drop_dirent, entry, is_empty_dir, load, put_dirent, store,
+    unstore_linked,
+};
 use super::{Inode, Kind, MetaStore, Time, NAME_MAX, ROOT};
 use crate::fs::FsError;
 
@@ -139,6 +142,21 @@ impl MetaStore {
     /// Removes the non-directory entry `name`; returns the inode with its link count
     /// lowered. An inode left with no links stays recorded (an orphan) until `purge`.
     pub fn unlink(&self, parent: u64, name: &[u8]) -> Result<Inode, FsError> {
+        self.unlink_purging(parent, name, |_| false)
+            .map(|(inode, _)| inode)
+    }
+
+    /// `unlink`, and when the inode has no links left and `purge` says so (it is asked
+    /// inside the transaction, with the inode as it is about to be left), its record
+    /// goes in the same transaction instead of staying an orphan: one commit for a
+    /// file that nothing else refers to (`Vfs::unlink`). Returns the inode, and whether
+    /// its record went (its manifest then names the segments to free).
+    pub fn unlink_purging(
+        &self,
+        parent: u64,
+        name: &[u8],
+        purge: impl FnOnce(&Inode) -> bool,
+    ) -> Result<(Inode, bool), FsError> {
         self.write(|inodes, dirents, _| {
             let mut d = dir(inodes, parent)?;
             let ino = entry(dirents, parent, name)?.ok_or(FsError::NotFound)?;
@@ -151,9 +169,13 @@ impl MetaStore {
             inode.ctime = Time::now();
             d.mtime = inode.ctime;
             d.ctime = inode.ctime;
-            store(inodes, &inode)?;
+            let purged = inode.nlink == 0 && purge(&inode);
+            match purged {
+                true => unstore_linked(inodes, ino)?,
+                false => store(inodes, &inode)?,
+            }
             store(inodes, &d)?;
-            Ok(inode)
+            Ok((inode, purged))
         })
     }
 
@@ -380,6 +402,37 @@ mod tests {
         assert_eq!(m.orphans().unwrap().len(), 1);
         m.purge(a.ino).unwrap();
         assert!(m.orphans().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_unlink_that_purges_removes_name_and_record_in_one_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.redb");
+        let (a, b) = {
+            let m = MetaStore::open(&path, 0, 0).unwrap();
+            let a = m.create(ROOT, b"a", file()).unwrap();
+            let b = m.create(ROOT, b"b", file()).unwrap();
+            m.link(b.ino, ROOT, b"b2").unwrap();
+            m.persist().unwrap();
+            let (gone, purged) = m.unlink_purging(ROOT, b"a", |_| true).unwrap();
+            assert!(purged && gone.nlink == 0 && gone.ino == a.ino);
+            assert!(matches!(m.get(a.ino), Err(FsError::NotFound)));
+            assert!(m.orphans().unwrap().is_empty(), "never an orphan");
+            // A file with another name keeps its record whatever `purge` says.
+            let (kept, purged) = m.unlink_purging(ROOT, b"b", |_| true).unwrap();
+            assert!(!purged && kept.nlink == 1);
+            // Refused: an orphan, as `unlink` leaves it.
+            let (_, purged) = m.unlink_purging(ROOT, b"b2", |_| false).unwrap();
+            assert!(!purged);
+            assert_eq!(m.orphans().unwrap().len(), 1);
+            m.persist().unwrap();
+            (a, b)
+        };
+        let m = MetaStore::open(&path, 0, 0).unwrap();
+        assert!(matches!(m.lookup(ROOT, b"a"), Err(FsError::NotFound)));
+        assert!(matches!(m.get(a.ino), Err(FsError::NotFound)));
+        let orphans: Vec<u64> = m.orphans().unwrap().iter().map(|i| i.ino).collect();
+        assert_eq!(orphans, vec![b.ino]);
     }
 
     #[test]

@@ -34,6 +34,9 @@ enum Fate {
     Orphan,
     /// Removed: its index entry, if any, goes too.
     Removed,
+    /// Removed together with its last link (`unstore_linked`): it was never indexed,
+    /// so the index is left alone.
+    Vanished,
 }
 
 /// What the running write transaction did to the orphan index: each inode stored or
@@ -74,6 +77,19 @@ pub(super) fn note_removed(ino: u64) {
     });
 }
 
+/// Notes that inode `ino`, which had links when the running transaction began, was
+/// removed by it: nothing to take out of the index, unless this transaction indexed it.
+pub(super) fn note_vanished(ino: u64) {
+    NOTES.with(|n| {
+        let mut n = n.borrow_mut();
+        let fate = match n.fate.get(&ino) {
+            Some(Fate::Orphan | Fate::Removed) => Fate::Removed,
+            _ => Fate::Vanished,
+        };
+        n.fate.insert(ino, fate);
+    });
+}
+
 /// Notes that the running transaction emptied the inodes table.
 pub(super) fn note_cleared() {
     NOTES.with(|n| {
@@ -90,14 +106,19 @@ pub(super) fn apply_notes(txn: &redb::WriteTransaction) -> Result<Vec<u64>, FsEr
     let notes = NOTES.with(|n| std::mem::take(&mut *n.borrow_mut()));
     // Most transactions (a create, a write's commit) leave the index alone: it is
     // opened only when an inode lost its last link or went.
-    if notes.clear || notes.fate.values().any(|&f| f != Fate::Linked) {
+    if notes.clear
+        || notes
+            .fate
+            .values()
+            .any(|&f| matches!(f, Fate::Orphan | Fate::Removed))
+    {
         let mut index = txn.open_table(ORPHANS).map_err(db_err)?;
         if notes.clear {
             index.retain(|_, _| false).map_err(db_err)?;
         }
         for (&ino, &fate) in &notes.fate {
             match fate {
-                Fate::Linked => {}
+                Fate::Linked | Fate::Vanished => {}
                 Fate::Orphan => {
                     index.insert(ino, ()).map_err(db_err)?;
                 }

@@ -111,7 +111,8 @@ impl Vfs {
     }
 
     /// The kernel drops `n` of its references to `ino`; an inode with no name, no
-    /// opener and no reference left is removed.
+    /// opener and no reference left is removed. One whose record went with its last
+    /// name (`unlink`) is only forgotten: no transaction.
     pub fn forget(&self, ino: u64, n: u64) {
         let last = {
             let mut lookups = lock(&self.lookups);
@@ -122,7 +123,7 @@ impl Vfs {
                 }
                 Some(_) => {
                     lookups.remove(&ino);
-                    true
+                    lock(&self.ghosts).remove(&ino).is_none()
                 }
                 None => false,
             }
@@ -130,6 +131,28 @@ impl Vfs {
         if last {
             self.reap(ino);
         }
+    }
+
+    /// Asked by `unlink`, inside its transaction, of a file losing its last name: may
+    /// its record go now? Yes unless this mount has it open. When the kernel still
+    /// refers to it, its attributes stay in `ghosts` until the kernel forgets it.
+    pub(super) fn let_go(&self, inode: &Inode) -> bool {
+        if self.is_open(inode.ino) {
+            return false;
+        }
+        let lookups = lock(&self.lookups);
+        if lookups.contains_key(&inode.ino) {
+            let mut ghost = inode.clone();
+            ghost.manifest = None;
+            lock(&self.ghosts).insert(inode.ino, ghost);
+        }
+        true
+    }
+
+    /// The attributes of a file whose record went with its last name while the kernel
+    /// still refers to it (`let_go`).
+    pub(super) fn ghost(&self, ino: u64) -> Option<Inode> {
+        lock(&self.ghosts).get(&ino).cloned()
     }
 
     pub(super) fn opened(&self, ino: u64) -> Option<Arc<OpenInode>> {
@@ -169,20 +192,38 @@ impl Vfs {
 
     /// Takes a reference on the open data of `ino`, loading it the first time.
     pub(super) fn acquire(&self, ino: u64) -> Result<Arc<OpenInode>, FsError> {
-        if let Some(open) = lock(&self.open).get(&ino) {
-            open.users.fetch_add(1, Ordering::SeqCst);
-            return Ok(open.clone());
+        // A placement for a file recorded without one, made outside the gate.
+        let mut placed = None;
+        loop {
+            if let Some(open) = lock(&self.open).get(&ino) {
+                open.users.fetch_add(1, Ordering::SeqCst);
+                return Ok(open.clone());
+            }
+            // From the read of the record to the entry in `open`: an unlink deciding
+            // whether the record may go with the last name, or a repair swapping the
+            // manifest of a closed file, waits (`first_open`).
+            let gate = self.first_open.read().unwrap_or_else(|p| p.into_inner());
+            let mut inode = self.meta.get(ino).map_err(stale)?;
+            match inode.kind {
+                Kind::Dir => return Err(FsError::IsDir),
+                Kind::File => {}
+                _ => return Err(FsError::Invalid),
+            }
+            let manifest = match inode.manifest.take().or_else(|| placed.take()) {
+                Some(m) => m,
+                None => {
+                    drop(gate);
+                    placed = Some(self.block_on(self.client.new_file())?);
+                    continue;
+                }
+            };
+            return Ok(self.opened_with(ino, manifest));
         }
-        let mut inode = self.meta.get(ino).map_err(stale)?;
-        match inode.kind {
-            Kind::Dir => return Err(FsError::IsDir),
-            Kind::File => {}
-            _ => return Err(FsError::Invalid),
-        }
-        let manifest = match inode.manifest.take() {
-            Some(m) => m,
-            None => self.block_on(self.client.new_file())?,
-        };
+    }
+
+    /// The entry of `ino` in `open` (made with `manifest` unless another thread made it
+    /// first), with one more user.
+    fn opened_with(&self, ino: u64, manifest: Manifest) -> Arc<OpenInode> {
         let mut map = lock(&self.open);
         // Another thread may have opened it meanwhile; its state wins.
         let open = map
@@ -200,7 +241,7 @@ impl Vfs {
             })
             .clone();
         open.users.fetch_add(1, Ordering::SeqCst);
-        Ok(open)
+        open
     }
 
     /// Drops a reference taken by `acquire`; the last one forgets the data and, for a

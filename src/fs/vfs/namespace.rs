@@ -1,6 +1,6 @@
 //! Namespace operations: names, directories, links, renames and attributes of inodes.
 
-use super::{stale, Invalidate, SetAttr, Vfs};
+use super::{Invalidate, SetAttr, Vfs};
 use crate::fs::caller::Caller;
 use crate::fs::meta::{Inode, Kind, Time};
 use crate::fs::FsError;
@@ -16,7 +16,11 @@ impl Vfs {
     /// create lost when the store was reopened after a full disk) is ESTALE, so the
     /// kernel looks its name up again.
     pub fn getattr(&self, ino: u64) -> Result<Inode, FsError> {
-        self.meta.get(ino).map(|i| self.live(i)).map_err(stale)
+        match self.meta.get(ino) {
+            Ok(i) => Ok(self.live(i)),
+            Err(FsError::NotFound) => self.ghost(ino).ok_or(FsError::Stale),
+            Err(e) => Err(e),
+        }
     }
 
     /// Changes attributes; a size change truncates or extends the file's data. Times
@@ -143,10 +147,28 @@ impl Vfs {
         Ok(self.referenced(self.live(inode)))
     }
 
-    /// Removes a file name; the file goes when nothing refers to it any more.
+    /// Removes a file name; the file goes when nothing refers to it any more. The last
+    /// name of a file this mount has no handle on goes with the file's record, in the
+    /// unlink's one transaction: the kernel's references alone do not keep it (`Vfs::
+    /// ghosts` answers a GETATTR until the kernel forgets it; an OPEN, which only an
+    /// `O_PATH` descriptor's reopen through /proc could still send, is ESTALE), so its
+    /// FORGET commits nothing. A file open here stays recorded until its last release.
     pub fn unlink(&self, parent: u64, name: &[u8]) -> Result<(), FsError> {
-        let inode = self.meta.unlink(parent, name)?;
-        self.reap(inode.ino);
+        let (inode, purged) = {
+            // No first open reads the record between the check and the commit.
+            let _gate = self.first_open.write().unwrap_or_else(|p| p.into_inner());
+            self.meta
+                .unlink_purging(parent, name, |inode| self.let_go(inode))?
+        };
+        match purged {
+            true => {
+                if let Some(m) = &inode.manifest {
+                    // After the journal's next flush, which persists first.
+                    self.delete_segments(m);
+                }
+            }
+            false => self.reap(inode.ino),
+        }
         Ok(())
     }
 

@@ -28,21 +28,109 @@ fn an_unlinked_open_file_stays_readable_until_its_release_then_its_segments_go()
 }
 
 #[test]
-fn an_unlinked_inode_lives_until_the_kernel_forgets_it() {
+fn an_unlinked_file_no_handle_holds_goes_with_its_unlink_and_stats_until_forgotten() {
     let f = fixture(3);
     let ino = f.file(ROOT, b"f", &pattern(2 * STRIPE as usize, 2));
     let file = f.manifest(ino).place.file_id;
     // References: the create's, and a lookup's.
     assert_eq!(f.vfs.lookup(ROOT, b"f").expect("lookup").ino, ino);
     f.vfs.unlink(ROOT, b"f").expect("unlink");
+    let meta = f.vfs.meta_store();
+    assert!(
+        matches!(meta.get(ino), Err(FsError::NotFound)),
+        "the record went in the unlink's transaction"
+    );
+    assert!(
+        meta.orphans().expect("orphans").is_empty(),
+        "no orphan left"
+    );
+    assert_eq!(f.segments(&file), 0, "its segments are freed");
+    // The kernel still refers to it (an O_PATH descriptor's fstat): no links.
     let attr = f.vfs.getattr(ino).expect("the kernel still refers to it");
-    assert_eq!(attr.nlink, 0);
+    assert_eq!((attr.nlink, attr.size), (0, 2 * STRIPE));
     f.vfs.forget(ino, 1);
     assert!(f.vfs.getattr(ino).is_ok(), "one reference left");
-    assert!(f.segments(&file) > 0);
     f.vfs.forget(ino, 1);
     assert!(matches!(f.vfs.getattr(ino), Err(FsError::Stale)));
-    assert_eq!(f.segments(&file), 0, "its segments are freed");
+}
+
+#[test]
+fn the_forget_of_a_file_removed_with_its_unlink_commits_nothing() {
+    let f = fixture(3);
+    let ino = f.file(ROOT, b"f", &pattern(4096, 5));
+    f.vfs.unlink(ROOT, b"f").expect("unlink");
+    let meta = f.vfs.meta_store();
+    meta.persist().expect("persist");
+    f.vfs.forget(ino, 1);
+    assert!(!meta.unsynced(), "FORGET made a commit");
+}
+
+#[test]
+fn an_open_of_a_file_removed_with_its_last_name_is_stale() {
+    let f = fixture(3);
+    let ino = f.file(ROOT, b"f", &pattern(4096, 6));
+    f.vfs.unlink(ROOT, b"f").expect("unlink");
+    // Only a reopen of an O_PATH descriptor through /proc could still send it.
+    assert!(matches!(
+        f.vfs.open(ino, libc::O_RDONLY),
+        Err(FsError::Stale)
+    ));
+    f.vfs.forget(ino, 1);
+}
+
+#[test]
+fn an_unlinked_small_file_still_open_keeps_its_bytes_until_closed() {
+    let f = fixture(3);
+    let data = pattern(4096, 7); // kept in its record, not on the pool
+    let ino = f.file(ROOT, b"f", &data);
+    let fh = f.vfs.open(ino, libc::O_RDWR).expect("open");
+    f.vfs.unlink(ROOT, b"f").expect("unlink");
+    let meta = f.vfs.meta_store();
+    assert_eq!(
+        meta.get(ino).expect("kept while open").nlink,
+        0,
+        "an orphan"
+    );
+    assert_eq!(f.read_fh(fh), data, "still readable through the handle");
+    f.vfs.write(fh, 4096, b"more").expect("write to it");
+    f.vfs.flush(fh).expect("its close still stores");
+    f.vfs.release(fh).expect("release");
+    assert!(meta.get(ino).is_ok(), "the kernel's reference keeps it");
+    f.vfs.forget(ino, 1);
+    assert!(matches!(meta.get(ino), Err(FsError::NotFound)));
+    assert!(meta.orphans().expect("orphans").is_empty());
+}
+
+#[test]
+fn an_unlink_racing_a_first_open_never_leaves_an_open_file_without_its_record() {
+    let f = fixture(3);
+    let data = pattern(3000, 8);
+    for round in 0..100 {
+        let name = format!("f{round}");
+        let ino = f.file(ROOT, name.as_bytes(), &data);
+        let (opened, unlinked) = std::thread::scope(|s| {
+            let open = s.spawn(|| f.vfs.open(ino, libc::O_RDONLY));
+            let unlink = s.spawn(|| f.vfs.unlink(ROOT, name.as_bytes()));
+            (
+                open.join().expect("open thread"),
+                unlink.join().expect("unlink thread"),
+            )
+        });
+        unlinked.expect("unlink");
+        match opened {
+            Ok(fh) => {
+                assert_eq!(f.read_fh(fh), data, "round {round}");
+                f.vfs.release(fh).expect("release");
+            }
+            Err(e) => assert!(matches!(e, FsError::Stale), "round {round}: {e}"),
+        }
+        f.vfs.forget(ino, 1);
+        assert!(matches!(
+            f.vfs.meta_store().get(ino),
+            Err(FsError::NotFound)
+        ));
+    }
+    assert!(f.vfs.meta_store().orphans().expect("orphans").is_empty());
 }
 
 #[test]

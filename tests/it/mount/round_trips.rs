@@ -1,7 +1,10 @@
 //! Bytes in and out of a mount: cp/cmp/cat round trips over shard and stripe
-//! boundaries, open flags (overwrite, append, truncate), and unlinks that free segments.
+//! boundaries, open flags (overwrite, append, truncate), and unlinks that free segments
+//! (rm of many files, files unlinked while open or while an `O_PATH` descriptor holds
+//! them).
 
 use super::*;
+use std::os::unix::fs::OpenOptionsExt;
 
 /// cp of files of 0 B, 1 B, sizes around the shard and stripe boundaries (stripe = 3
 /// MiB in a 3-node pool), and 100 MiB, then cmp, cat, dd-style random reads; all again
@@ -343,4 +346,113 @@ fn unlink_and_replace_remove_segments_on_the_nodes() {
         "replaced file's segments remain: {:?} (before {two:?})",
         total_segments(&pool)
     );
+}
+
+/// rm of many files, small (kept in the namespace) and stored on the pool, each
+/// unlinked while nothing has it open (its record goes with the unlink, issue 16):
+/// nothing of them stays on the nodes, and after a remount nothing of them stays in
+/// the namespace either (no orphan left to purge, no name).
+#[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
+fn rm_of_many_files_leaves_nothing_on_the_nodes_after_the_sweep() {
+    if !can_mount() {
+        return;
+    }
+    let mut pool = Pool::up("rm-many", 3);
+    let empty = total_segments(&pool);
+    let dir = pool.path("d");
+    fs::create_dir(&dir).unwrap();
+    let small = vec![7u8; 4096];
+    for i in 0..300 {
+        fs::write(dir.join(format!("s{i}")), &small).unwrap();
+    }
+    let src = pool.scratch().join("big");
+    random_file(&src, 2 * MIB + 3);
+    for i in 0..4 {
+        assert!(cp(&src, &dir.join(format!("b{i}"))).status.success());
+    }
+    assert!(total_segments(&pool).0 >= 8 * MIB as u64);
+    for name in names(&dir) {
+        fs::remove_file(dir.join(name)).unwrap();
+    }
+    fs::remove_dir(&dir).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || total_segments(&pool) == empty),
+        "segments left after rm: {:?}, expected {empty:?}",
+        total_segments(&pool)
+    );
+    pool.unmount();
+    pool.remount();
+    assert!(names(&pool.mnt).is_empty(), "{:?}", names(&pool.mnt));
+    assert_eq!(total_segments(&pool), empty, "after the remount's sweep");
+}
+
+/// A file removed while only an `O_PATH` descriptor refers to it (no open of its
+/// data, so its record goes with the unlink): fstat of the descriptor still answers,
+/// with no links and the file's size; a reopen through /proc fails cleanly.
+#[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
+fn fstat_of_an_o_path_descriptor_of_a_removed_file_says_no_links() {
+    if !can_mount() {
+        return;
+    }
+    let pool = Pool::up("opath", 3);
+    let p = pool.path("f");
+    fs::write(&p, vec![1u8; 5000]).unwrap();
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(&p)
+        .unwrap();
+    fs::remove_file(&p).unwrap();
+    assert_errno(fs::metadata(&p), libc::ENOENT, "stat of the name");
+    let md = f.metadata().expect("fstat of the O_PATH descriptor");
+    assert_eq!((md.nlink(), md.len()), (0, 5000));
+    let proc = format!("/proc/self/fd/{}", f.as_raw_fd());
+    let e = errno_of(File::open(&proc), "reopen through /proc");
+    assert!(
+        e == libc::ESTALE || e == libc::ENOENT,
+        "reopen: {}",
+        io::Error::from_raw_os_error(e)
+    );
+    drop(f);
+    assert!(names(&pool.mnt).is_empty());
+}
+
+/// A small file (its bytes kept in its record) unlinked while open keeps its bytes,
+/// and takes writes, until its last close; then it is gone.
+#[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
+fn an_unlinked_small_file_still_open_keeps_its_bytes_until_closed() {
+    if !can_mount() {
+        return;
+    }
+    let pool = Pool::up("unlinked-open", 3);
+    let p = pool.path("f");
+    let data: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
+    fs::write(&p, &data).unwrap();
+    let mut f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    fs::remove_file(&p).unwrap();
+    assert!(names(&pool.mnt).is_empty());
+    assert_eq!(pread(&f, 0, 8192).unwrap(), data);
+    f.seek(SeekFrom::End(0)).unwrap();
+    f.write_all(b"tail").unwrap();
+    f.sync_all().expect("fsync of an unlinked file");
+    // SAFETY: a valid descriptor for the duration of the call.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    let mut back = pread(&f, 0, 8192).unwrap();
+    assert_eq!(back.split_off(4096), b"tail");
+    assert_eq!(back, data);
+    assert_eq!(f.metadata().unwrap().nlink(), 0);
+    close_checked(f).expect("close");
+    assert!(names(&pool.mnt).is_empty());
 }
