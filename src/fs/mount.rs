@@ -232,6 +232,12 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The source a mount shows in the mount table (`/proc/mounts`, df, mount): the
+/// controller's address, which is the source of a poolfs fstab line.
+fn fsname(controller: SocketAddr) -> String {
+    controller.to_string()
+}
+
 fn check_mountpoint(path: &Path) -> Result<PathBuf, MountError> {
     let bad = |why: String| MountError::Mountpoint {
         path: path.to_path_buf(),
@@ -489,8 +495,13 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
         vfs.set_journal(journal);
     }
 
+    // The mount's source is the controller's address, as an fstab line or
+    // `mount -t poolfs` names it: mount(8) then sees the line's pool as mounted already
+    // (`mount -a` compares source and mount point), and df and mount show the pool's
+    // controller. The subtype makes the type fuse.poolfs where fusermount3 mounts (as
+    // a user); a mount by root (fuser's own mount(2)) stays of type fuse.
     let options = vec![
-        fuser::MountOption::FSName("poolfs".into()),
+        fuser::MountOption::FSName(fsname(cfg.controller)),
         fuser::MountOption::Subtype("poolfs".into()),
         fuser::MountOption::DefaultPermissions,
         fuser::MountOption::NoAtime,

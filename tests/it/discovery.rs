@@ -637,8 +637,8 @@ fn a_file_copied_into_a_mount_lands_on_the_other_hosts_and_reads_back() {
         .unwrap_or_else(|| panic!("{mps} is not mounted in the LAN:\n{lan_mounts}"));
     let fields: Vec<&str> = line.split(' ').collect();
     assert!(
-        fields[0] == "poolfs" && fields[2].starts_with("fuse"),
-        "a poolfs FUSE mount: {line}"
+        fields[0] == ctrl && fields[2].starts_with("fuse"),
+        "a poolfs FUSE mount whose source is its controller ({ctrl}): {line}"
     );
     let root = root_fuse_mounts();
     assert!(

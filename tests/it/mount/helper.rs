@@ -117,7 +117,19 @@ fn mount_t_poolfs_through_the_helper() {
         .lines()
         .find(|l| l.contains(mnt.to_str().unwrap()))
         .unwrap();
-    assert!(line.contains("fuse"), "{line}");
+    let fields: Vec<&str> = line.split(' ').collect();
+    assert!(
+        fields[0] == ctrl.addr.to_string() && fields[2].starts_with("fuse"),
+        "a FUSE mount whose source is the controller's address, as the fstab line's: {line}"
+    );
+    let df = run_ok(Command::new("df").arg("-P").arg(&mnt));
+    let df = String::from_utf8_lossy(&df.stdout);
+    assert!(
+        df.lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with(&format!("{} ", ctrl.addr))),
+        "df shows the controller: {df}"
+    );
 
     let src = root.join("src");
     random_file(&src, 3 * MIB + 17);
@@ -187,8 +199,193 @@ fn mount_t_poolfs_through_the_helper() {
     assert!(is_mounted(&mnt), "mount DIR from fstab mounted nothing");
     drop_cache(&mnt.join("f"));
     assert_same_file(&src, &mnt.join("f"));
+
+    // Mounted already: `mount -a` (boot, or run again by hand) skips the line, as
+    // util-linux does for a line whose source and mount point are in the mount table,
+    // and `mount DIR` again is told so by the helper; neither mounts a second time.
+    let mount_lines = || {
+        fs::read_to_string("/proc/mounts")
+            .unwrap()
+            .lines()
+            .filter(|l| l.split(' ').nth(1) == mnt.to_str())
+            .count()
+    };
+    let before = mount_procs();
+    for (what, args) in [
+        ("mount -a -T FSTAB", vec!["-a"]),
+        ("mount -T FSTAB DIR", vec![mnt.to_str().unwrap()]),
+        ("mount -a -T FSTAB, again", vec!["-a"]),
+    ] {
+        let out = run(Command::new("mount")
+            .arg("-T")
+            .arg(&fstab)
+            .args(&args)
+            .env("POOLFS_BIN", harness::mount::BIN)
+            .env_remove("POOLFS_KEY"));
+        assert!(
+            out.status.success(),
+            "{what} of the mounted pool failed ({:?}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(mount_lines(), 1, "{what}: mounted a second time");
+        assert_eq!(
+            mount_procs(),
+            before,
+            "{what}: started another mount process"
+        );
+    }
     umount_leaves("the fstab line");
     drop(ctrl);
+}
+
+/// mount(8) runs its helpers with a minimal PATH and no HOME (util-linux's setuid
+/// mount, systemd at boot). The helper then finds poolfs where `cargo install` put it,
+/// ~/.cargo/bin of the user that mounts (its home from its passwd entry), gives poolfs
+/// that HOME, so the default key is that user's ~/.local/share/poolfs/pool.key (not
+/// one under /tmp), keeps a HOME it was given, and says what to do when poolfs is
+/// nowhere. Run in a private mount namespace whose /etc/passwd gives this user a home
+/// in the test's directory (and where any poolfs installed on the machine is hidden),
+/// so that neither the real home nor the machine's files are touched.
+#[test]
+#[cfg_attr(
+    poolfs_no_netns,
+    ignore = "needs root and unshare (a private mount namespace)"
+)]
+fn the_mount_helper_finds_poolfs_and_the_users_key_without_home_or_path() {
+    let tmp = harness::mount::test_dir("helper-env");
+    let root = tmp.path().canonicalize().unwrap();
+    let helper = Path::new(env!("CARGO_MANIFEST_DIR")).join("mount-helper/mount.poolfs");
+    let ns_ok = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ns_ok {
+        harness::skip("unshare --mount cannot make a private mount namespace");
+        return;
+    }
+    let home = root.join("home");
+    let cargo_bin = home.join(".cargo/bin");
+    fs::create_dir_all(&cargo_bin).unwrap();
+    // This machine's passwd, with this user's home moved into the test's directory.
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() }.to_string();
+    let passwd: String = fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut f: Vec<&str> = l.split(':').collect();
+            if f.len() == 7 && f[2] == uid {
+                f[5] = home.to_str().unwrap();
+            }
+            f.join(":") + "\n"
+        })
+        .collect();
+    assert!(
+        passwd.contains(&format!(":{}:", home.display())),
+        "uid {uid} has no line in /etc/passwd"
+    );
+    let fake_passwd = root.join("passwd");
+    fs::write(&fake_passwd, passwd).unwrap();
+    // The helper as mount(8) runs it: `env -i` with only a minimal PATH, plus `env`.
+    let mnt = root.join("mnt");
+    let storage = root.join("storage");
+    let run_helper = |env: &[&str], controller: &str| {
+        let script = r#"mount --bind "$1" /etc/passwd || exit 97
+for f in /usr/local/bin/poolfs /usr/bin/poolfs /usr/sbin/poolfs /sbin/poolfs /bin/poolfs; do
+    if [ -e "$f" ]; then mount --bind /dev/null "$f" || exit 97; fi
+done
+shift
+exec "$@""#;
+        let out = run(Command::new("unshare")
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                script,
+                "sh",
+            ])
+            .arg(&fake_passwd)
+            .args(["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"])
+            .args(env)
+            .arg(&helper)
+            .arg(controller)
+            .arg(&mnt)
+            .arg("-o")
+            .arg(format!("storage={},listen=127.0.0.1:0", storage.display())));
+        assert_ne!(out.status.code(), Some(97), "cannot set up the namespace");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        )
+    };
+
+    // A stand-in poolfs in ~/.cargo/bin that shows its HOME and arguments.
+    let fake = cargo_bin.join("poolfs");
+    fs::write(&fake, "#!/bin/sh\necho \"HOME=$HOME\"\necho \"$@\"\n").unwrap();
+    fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
+    let args = format!(
+        "mount {} --controller 10.0.0.1:2000 --storage {} --listen 127.0.0.1:0",
+        mnt.display(),
+        storage.display()
+    );
+    for (what, env, want_home) in [
+        ("no HOME", vec![], home.clone()),
+        ("an empty HOME", vec!["HOME="], home.clone()),
+        (
+            "HOME=/elsewhere",
+            vec!["HOME=/elsewhere"],
+            "/elsewhere".into(),
+        ),
+    ] {
+        assert_eq!(
+            run_helper(&env, "10.0.0.1:2000"),
+            (
+                true,
+                format!("HOME={}\n{args}", want_home.display()),
+                String::new()
+            ),
+            "{what}: the helper runs ~/.cargo/bin/poolfs with that HOME"
+        );
+    }
+
+    // The real poolfs from ~/.cargo/bin, the pool key only at the user's default path:
+    // the mount gets past its key and stops at the controller (none listens there).
+    fs::remove_file(&fake).unwrap();
+    std::os::unix::fs::symlink(harness::mount::BIN, &fake).unwrap();
+    let key_dir = home.join(".local/share/poolfs");
+    fs::create_dir_all(&key_dir).unwrap();
+    fs::copy(harness::mount::test_key(), key_dir.join("pool.key")).unwrap();
+    fs::create_dir(&mnt).unwrap();
+    let _guard = harness::mount::MountGuard {
+        mnt: mnt.clone(),
+        root: root.clone(),
+    };
+    let nobody = format!("127.0.0.1:{}", harness::mount::free_port());
+    let (ok, _, err) = run_helper(&[], &nobody);
+    assert!(
+        !ok && err.contains(&format!("no reachable controller at {nobody}")),
+        "the mount did not use the key at {}: {err}",
+        key_dir.join("pool.key").display()
+    );
+    assert!(!is_mounted(&mnt));
+
+    // poolfs nowhere: the reason (mount's minimal PATH) and the fixes.
+    fs::remove_file(&fake).unwrap();
+    let (ok, _, err) = run_helper(&[], "10.0.0.1:2000");
+    assert!(!ok, "ran without a poolfs");
+    for want in [
+        "poolfs binary not found",
+        "minimal PATH",
+        "install -m 755 \"$(command -v poolfs)\" /usr/local/bin/",
+        "POOLFS_BIN",
+    ] {
+        assert!(err.contains(want), "says {want:?}: {err}");
+    }
 }
 
 /// Installs /sbin/mount.poolfs -> the repo's helper only if absent; removes it again

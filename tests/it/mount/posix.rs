@@ -140,7 +140,13 @@ fn namespace_attributes_links_and_statfs() {
     assert_eq!(st.f_namemax, 255);
     let df = run_ok(Command::new("df").arg("-P").arg(&m));
     let df = String::from_utf8_lossy(&df.stdout);
-    assert!(df.contains("poolfs"), "df shows the pool: {df}");
+    assert!(
+        df.lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with(&format!("{} ", pool.controller))),
+        "df shows the pool by its controller's address ({}): {df}",
+        pool.controller
+    );
     // Stored bytes show as used (nodes report usage with their heartbeats).
     let used = |st: &libc::statvfs| (st.f_blocks - st.f_bfree) * st.f_frsize;
     let used_before = used(&st);
