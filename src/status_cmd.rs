@@ -20,9 +20,11 @@ struct StatusTarget {
 }
 
 /// Explicit options first; else the pool `poolfs up` started at the first mount named
-/// with `--mount` (found as `down` finds it, whatever its data directory); else the
-/// pool `poolfs up` started (when there is one). Their controller, key and mount are
-/// recorded in their state.
+/// with `--mount` (found as `down` finds it, whatever its data directory), or the
+/// controller the mount table gives as that mount's source (a mount made by hand or
+/// by `mount -t poolfs`); else the pool `poolfs up` started (when there is one); else
+/// the one controller of the poolfs mounts in the mount table. Their controller, key
+/// and mount are recorded in their state.
 fn status_target(args: &cli::StatusArgs) -> StatusTarget {
     let data = args.data_dir.clone().unwrap_or_else(default_data_dir);
     let ups = poolfs::up::list(&data);
@@ -31,12 +33,22 @@ fn status_target(args: &cli::StatusArgs) -> StatusTarget {
         .iter()
         .find_map(|m| poolfs::up::find(args.data_dir.as_deref(), m).ok())
         .map(|(_, state)| state);
+    let table = poolfs::fs::mount::poolfs_mounts();
+    let named_in_table = args.mounts.iter().find_map(|m| {
+        let m = m.canonicalize().ok()?;
+        table.iter().find(|(mp, _)| *mp == m).map(|(_, c)| *c)
+    });
+    let mut in_table: Vec<_> = table.iter().map(|(_, c)| *c).collect();
+    in_table.sort();
+    in_table.dedup();
     let default_ctrl = std::net::SocketAddr::from(([127, 0, 0, 1], cli::CONTROLLER_PORT));
     let controller = args
         .controller
         .or(named.as_ref().map(|s| s.controller))
-        .unwrap_or(match ups.as_slice() {
-            [one] => one.controller,
+        .or(named_in_table)
+        .unwrap_or(match (ups.as_slice(), in_table.as_slice()) {
+            ([one], _) => one.controller,
+            ([], [one]) => *one,
             _ => default_ctrl,
         });
     let of_this_pool: Vec<_> = ups.iter().filter(|u| u.controller == controller).collect();
@@ -47,16 +59,24 @@ fn status_target(args: &cli::StatusArgs) -> StatusTarget {
             .filter(|u| u.controller == controller)
             .find_map(|u| u.key.clone())
     });
-    let mounts = if args.mounts.is_empty() {
+    let mounts = if !args.mounts.is_empty() {
+        args.mounts.iter().map(|m| (m.clone(), true)).collect()
+    } else if !of_this_pool.is_empty() {
         of_this_pool
             .iter()
             .map(|u| (u.mountpoint.clone(), false))
             .collect()
     } else {
-        args.mounts.iter().map(|m| (m.clone(), true)).collect()
+        // Mounts made without `up`: those of this controller in the mount table.
+        table
+            .iter()
+            .filter(|(_, c)| *c == controller)
+            .map(|(mp, _)| (mp.clone(), false))
+            .collect()
     };
+    let found_in_table = named_in_table.is_some() || (ups.is_empty() && in_table.len() == 1);
     StatusTarget {
-        guessed: args.controller.is_none() && named.is_none() && ups.is_empty(),
+        guessed: args.controller.is_none() && named.is_none() && ups.is_empty() && !found_in_table,
         controller,
         key,
         mounts,

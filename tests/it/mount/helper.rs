@@ -144,6 +144,25 @@ fn mount_t_poolfs_through_the_helper() {
         storage.join("meta.redb").exists(),
         "the namespace lives in storage="
     );
+    // `status --mount DIR` of a mount `up` did not start finds its controller in the
+    // mount table (the mount's source), with no --controller and no pool of `up`.
+    let home = root.join("home");
+    fs::create_dir_all(&home).unwrap();
+    let out = run(harness::mount::poolfs(["status", "--mount"])
+        .arg(&mnt)
+        .env("HOME", &home)
+        .env_remove("XDG_DATA_HOME")
+        .env_remove("POOLFS_CONTROLLER"));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "status --mount of a mount -t poolfs: {}{said}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("pool: 1 of 1 node up") && said.contains("healthy"),
+        "status: {said}"
+    );
 
     let mount_procs = || {
         procs_under(&root)
