@@ -17,14 +17,18 @@ struct StatusTarget {
     /// Nothing told `status` where the pool is: no --controller, no mount named, no
     /// pool that `up` started recorded. The default controller is then only a guess.
     guessed: bool,
+    /// The poolfs mounts of the mount table (mount point, controller): named in the
+    /// message of a `status` that found no pool.
+    table: Vec<(std::path::PathBuf, std::net::SocketAddr)>,
 }
 
 /// Explicit options first; else the pool `poolfs up` started at the first mount named
 /// with `--mount` (found as `down` finds it, whatever its data directory), or the
 /// controller the mount table gives as that mount's source (a mount made by hand or
-/// by `mount -t poolfs`); else the pool `poolfs up` started (when there is one); else
-/// the one controller of the poolfs mounts in the mount table. Their controller, key
-/// and mount are recorded in their state.
+/// by `mount -t poolfs`); else the pool `poolfs up` started (when there is one). Their
+/// controller, key and mount are recorded in their state. The mount table is read for
+/// a mount named only: other poolfs mounts may be anyone's, and walking one whose
+/// pool is cut off would hang a `status` that did not ask for it.
 fn status_target(args: &cli::StatusArgs) -> StatusTarget {
     let data = args.data_dir.clone().unwrap_or_else(default_data_dir);
     let ups = poolfs::up::list(&data);
@@ -38,17 +42,13 @@ fn status_target(args: &cli::StatusArgs) -> StatusTarget {
         let m = m.canonicalize().ok()?;
         table.iter().find(|(mp, _)| *mp == m).map(|(_, c)| *c)
     });
-    let mut in_table: Vec<_> = table.iter().map(|(_, c)| *c).collect();
-    in_table.sort();
-    in_table.dedup();
     let default_ctrl = std::net::SocketAddr::from(([127, 0, 0, 1], cli::CONTROLLER_PORT));
     let controller = args
         .controller
         .or(named.as_ref().map(|s| s.controller))
         .or(named_in_table)
-        .unwrap_or(match (ups.as_slice(), in_table.as_slice()) {
-            ([one], _) => one.controller,
-            ([], [one]) => *one,
+        .unwrap_or(match ups.as_slice() {
+            [one] => one.controller,
             _ => default_ctrl,
         });
     let of_this_pool: Vec<_> = ups.iter().filter(|u| u.controller == controller).collect();
@@ -59,27 +59,23 @@ fn status_target(args: &cli::StatusArgs) -> StatusTarget {
             .filter(|u| u.controller == controller)
             .find_map(|u| u.key.clone())
     });
-    let mounts = if !args.mounts.is_empty() {
-        args.mounts.iter().map(|m| (m.clone(), true)).collect()
-    } else if !of_this_pool.is_empty() {
+    let mounts = if args.mounts.is_empty() {
         of_this_pool
             .iter()
             .map(|u| (u.mountpoint.clone(), false))
             .collect()
     } else {
-        // Mounts made without `up`: those of this controller in the mount table.
-        table
-            .iter()
-            .filter(|(_, c)| *c == controller)
-            .map(|(mp, _)| (mp.clone(), false))
-            .collect()
+        args.mounts.iter().map(|m| (m.clone(), true)).collect()
     };
-    let found_in_table = named_in_table.is_some() || (ups.is_empty() && in_table.len() == 1);
     StatusTarget {
-        guessed: args.controller.is_none() && named.is_none() && ups.is_empty() && !found_in_table,
+        guessed: args.controller.is_none()
+            && named.is_none()
+            && named_in_table.is_none()
+            && ups.is_empty(),
         controller,
         key,
         mounts,
+        table,
     }
 }
 
@@ -141,10 +137,22 @@ pub(crate) async fn status(args: cli::StatusArgs) -> Result<()> {
         } else {
             format!("there is no pool key at {}", key.display())
         };
+        let mounted: Vec<String> = target
+            .table
+            .iter()
+            .map(|(mp, c)| format!("{} (controller {c})", mp.display()))
+            .collect();
+        let hint = match mounted.is_empty() {
+            true => String::new(),
+            false => format!(
+                ". Mounted here: {}; `poolfs status --mount DIR` shows one",
+                mounted.join(", ")
+            ),
+        };
         bail!(
             "no pool to show: none that `poolfs up` started is recorded in {}, and {why}. \
              Start one with `poolfs up ~/pool`, or name a pool's controller with \
-             --controller ADDR (and its key with --key FILE)",
+             --controller ADDR (and its key with --key FILE){hint}",
             data.display(),
         );
     }

@@ -35,8 +35,9 @@ pub const CLIENT_KEY_FILE: &str = "client.key";
 pub enum KeyError {
     /// No pool key at this path.
     #[error(
-        "no pool key at {0}: run `poolfs init` to create one (or copy the pool's key there \
-         from another member, or pass --key FILE)"
+        "no pool key at {0}: copy the pool's key there from a member, or give its path with \
+         --key FILE (key=FILE for mount -t poolfs); `poolfs init` makes the key of a new \
+         pool"
     )]
     Missing(PathBuf),
     /// `init` found a pool key at this path already.

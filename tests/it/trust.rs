@@ -173,7 +173,8 @@ fn a_wrong_or_missing_key_is_refused_on_every_port_and_verb() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("pool's key"), "unclear error: {err}");
 
-    // No key file: a clear error that says to run `poolfs init`, for every command.
+    // No key file: a clear error that names the file and tells the pool's key from the
+    // new pool's that `poolfs init` makes, for every command.
     let missing = c.path("no-such.key");
     let missing = missing.to_str().unwrap();
     let ctrl = c.ctrl().to_string();
@@ -198,7 +199,7 @@ fn a_wrong_or_missing_key_is_refused_on_every_port_and_verb() {
         assert!(!out.status.success(), "{args:?} ran without a key");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            err.contains("poolfs init"),
+            err.contains("poolfs init") && err.contains(missing),
             "{args:?}: unclear error: {err}"
         );
     }

@@ -1,6 +1,8 @@
 //! The namespace operations of the metadata store: look up, list, create, link,
 //! unlink, remove a directory, rename and exchange, each one transaction.
 
+use std::sync::atomic::Ordering;
+
 use redb::ReadableTable;
 
 use super::{
@@ -86,11 +88,14 @@ impl MetaStore {
             if entry(dirents, parent, name)?.is_some() {
                 return Err(FsError::Exists);
             }
-            let ino = counters
+            let stored = counters
                 .get("next_ino")
                 .map_err(db_err)?
                 .map(|g| g.value())
                 .unwrap_or(ROOT + 1);
+            // Never below a number handed out before a reopen (`MetaStore::issued`).
+            let ino = stored.max(self.issued.load(Ordering::Acquire) + 1);
+            self.issued.fetch_max(ino, Ordering::AcqRel);
             counters.insert("next_ino", ino + 1).map_err(db_err)?;
             inode.ino = ino;
             if d.perm & libc::S_ISGID as u16 != 0 {
