@@ -289,6 +289,7 @@ fn mount(args: cli::MountArgs) -> Result<()> {
         reclaim_after: std::time::Duration::from_secs(args.reclaim_after),
         meta_cache: args.meta_cache,
         key,
+        key_file: args.key.key.clone().unwrap_or_else(default_key_path),
         encrypt: !args.no_encryption,
         pool_namespace: !args.no_pool_namespace,
         lease: std::time::Duration::from_secs(args.lease),

@@ -347,6 +347,11 @@ fn canonical_mountpoint(path: &Path) -> Result<PathBuf, String> {
                 .map(|p| p.join(name))
                 .map_err(|e| format!("{}: {e}", parent.display()))
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
+            "{} does not exist, so no pool is mounted there (`poolfs status` shows the \
+             pool that is up)",
+            path.display()
+        )),
         Err(e) => Err(format!("{}: {e}", path.display())),
     }
 }

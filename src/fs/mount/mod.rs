@@ -54,6 +54,8 @@ pub struct MountConfig {
     pub meta_cache: u64,
     /// The pool key.
     pub key: PoolKey,
+    /// The file the pool key was read from, named when the controller refuses it.
+    pub key_file: PathBuf,
     /// Encrypt shards (the default; off only to measure what encryption costs).
     pub encrypt: bool,
     /// Keep the namespace in the pool too (the default; off only to measure what it
@@ -91,11 +93,11 @@ pub enum MountError {
     NoController(SocketAddr),
     /// The controller answered, but refused the handshake: we hold another pool key.
     #[error(
-        "the controller at {0} refused our pool key: the key file this mount was given \
-         (--key, POOLFS_KEY or DATA_DIR/pool.key) is not the pool's; copy the pool's key \
-         from a member and give it with --key FILE"
+        "the controller at {0} refused our pool key: the key file this mount used ({key}) \
+         is not the pool's; copy the pool's key from a member and give it with --key FILE",
+        key = .1.display()
     )]
-    KeyRefused(SocketAddr),
+    KeyRefused(SocketAddr, PathBuf),
     /// The mount point is a FUSE mount whose process is gone (stat says ENOTCONN).
     #[error("mount point {}: {}", .0.display(), dead_mount_advice(.0))]
     DeadMount(PathBuf),
@@ -160,11 +162,17 @@ fn check_mountpoint(path: &Path) -> Result<PathBuf, MountError> {
 /// Why the controller at `addr` gave no pool view: a refused handshake means we hold
 /// another pool key (the controller listens, so "no reachable controller" would send
 /// the user looking in the wrong place); anything else, that it is not reachable.
-fn controller_error(addr: SocketAddr, e: &crate::client::ClientError) -> MountError {
+fn controller_error(
+    addr: SocketAddr,
+    key_file: &Path,
+    e: &crate::client::ClientError,
+) -> MountError {
     use crate::client::ClientError;
     use crate::net::NetError;
     match e {
-        ClientError::Controller(NetError::Handshake { .. }) => MountError::KeyRefused(addr),
+        ClientError::Controller(NetError::Handshake { .. }) => {
+            MountError::KeyRefused(addr, key_file.to_path_buf())
+        }
         _ => MountError::NoController(addr),
     }
 }
@@ -304,7 +312,7 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
         Some(ns) => {
             let found = rt
                 .block_on(root::read_latest(ns, &owner))
-                .map_err(|e| controller_error(cfg.controller, &e))?;
+                .map_err(|e| controller_error(cfg.controller, &cfg.key_file, &e))?;
             Some(found)
         }
         None => None,

@@ -616,6 +616,15 @@ impl Pool {
         self.is_down = false;
     }
 
+    /// Asserts that every process of this pool exits within 10 s (after a `down`).
+    pub fn assert_stopped(&self) {
+        assert!(
+            wait_until(Duration::from_secs(10), || self.any_alive().is_empty()),
+            "alive after down: {:?}",
+            self.any_alive()
+        );
+    }
+
     /// Is any process of this pool still running?
     pub fn any_alive(&self) -> Vec<u32> {
         self.all_pids()

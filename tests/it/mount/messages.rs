@@ -48,6 +48,7 @@ fn mount_with_the_wrong_key_says_the_controller_refused_it() {
     assert!(
         err.contains(&format!("the controller at {ctrl} refused our pool key"))
             && err.contains("is not the pool's")
+            && err.contains(&wrong.display().to_string())
             && err.contains("--key FILE"),
         "stderr: {err}"
     );
@@ -140,11 +141,7 @@ fn a_dead_mount_is_named_with_how_to_clear_it_and_down_clears_it() {
         fs::metadata(&pool.mnt).is_ok_and(|m| m.is_dir()),
         "the mount point is not a plain directory again"
     );
-    assert!(
-        wait_until(Duration::from_secs(10), || pool.any_alive().is_empty()),
-        "alive after down: {:?}",
-        pool.any_alive()
-    );
+    pool.assert_stopped();
 }
 
 /// Where this user cannot open /dev/fuse, `up` says which file, why, and what to do.
@@ -274,12 +271,16 @@ fn down_finds_the_pool_from_its_mount_without_the_data_dir() {
         stderr(&out)
     );
     assert!(!is_mounted(&pool.mnt), "still mounted after down");
-    assert!(
-        wait_until(Duration::from_secs(10), || pool.any_alive().is_empty()),
-        "alive after down: {:?}",
-        pool.any_alive()
-    );
+    pool.assert_stopped();
     assert!(!pool.state.join("up.json").exists(), "up.json left");
+
+    let gone = pool.root.join("no-such-dir");
+    let out = run(without_defaults(&mut poolfs(["down"]), &home).arg(&gone));
+    let err = stderr(&out);
+    assert!(
+        !out.status.success() && err.contains("does not exist, so no pool is mounted there"),
+        "down of a missing directory: {err}"
+    );
 
     let out = run(without_defaults(&mut poolfs(["down"]), &home).arg(&pool.mnt));
     let err = stderr(&out);
@@ -405,11 +406,7 @@ fn down_of_a_busy_mount_names_what_holds_it_and_keeps_the_pool() {
     );
     let out = pool.down();
     assert!(out.status.success(), "second down: {}", stderr(&out));
-    assert!(
-        wait_until(Duration::from_secs(10), || pool.any_alive().is_empty()),
-        "alive after down: {:?}",
-        pool.any_alive()
-    );
+    pool.assert_stopped();
 }
 
 /// A pool of `up` unmounted with a plain `umount` keeps its controller and nodes:
@@ -456,11 +453,7 @@ fn after_a_plain_umount_status_and_up_say_the_pool_still_runs_and_down_stops_it(
     assert!(out.status.success(), "down: {}", stderr(&out));
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("it was not mounted"), "down: {said}");
-    assert!(
-        wait_until(Duration::from_secs(10), || pool.any_alive().is_empty()),
-        "alive after down: {:?}",
-        pool.any_alive()
-    );
+    pool.assert_stopped();
 }
 
 /// A pool stopped by `down` is kept with its files: `status` and a second `down` say
