@@ -144,11 +144,19 @@ fn quiet_on_closed_stdout() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if matches!(
+        cli.command,
+        Command::Init(_)
+            | Command::Status(_)
+            | Command::Scan(_)
+            | Command::Key(cli::OwnerKeyCommand::Export(_))
+            | Command::Completions(_)
+            | Command::Manpage(_)
+    ) {
+        quiet_on_closed_stdout();
+    }
     match cli.command {
-        Command::Init(args) => {
-            quiet_on_closed_stdout();
-            init(args)
-        }
+        Command::Init(args) => init(args),
         Command::Controller(args) => runtime()?.block_on(async {
             let key = load_key(&args.key)?;
             let state = args
@@ -191,10 +199,7 @@ fn run(cli: Cli) -> Result<()> {
             node.leave().await;
             Ok(())
         }),
-        Command::Status(args) => {
-            quiet_on_closed_stdout();
-            runtime()?.block_on(status_cmd::status(args))
-        }
+        Command::Status(args) => runtime()?.block_on(status_cmd::status(args)),
         Command::Put(args) => runtime()?.block_on(put(args)),
         Command::Get(args) => runtime()?.block_on(get(args)),
         Command::Mount(args) => mount(args),
@@ -234,23 +239,11 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Scan(args) => {
-            quiet_on_closed_stdout();
-            runtime()?.block_on(scan(args))
-        }
-        Command::Key(cli::OwnerKeyCommand::Export(args)) => {
-            quiet_on_closed_stdout();
-            key_cmd::export(args)
-        }
+        Command::Scan(args) => runtime()?.block_on(scan(args)),
+        Command::Key(cli::OwnerKeyCommand::Export(args)) => key_cmd::export(args),
         Command::Key(cli::OwnerKeyCommand::Import(args)) => key_cmd::import(args),
-        Command::Completions(args) => {
-            quiet_on_closed_stdout();
-            shell_cmd::completions(args)
-        }
-        Command::Manpage(args) => {
-            quiet_on_closed_stdout();
-            shell_cmd::manpage(args)
-        }
+        Command::Completions(args) => shell_cmd::completions(args),
+        Command::Manpage(args) => shell_cmd::manpage(args),
         Command::Scrub(args) => {
             let report = poolfs::fs::mount::scrub(&args.mountpoint).with_context(|| {
                 format!(
@@ -300,7 +293,7 @@ fn mount(args: cli::MountArgs) -> Result<()> {
     // the user about a new owner key to its parent, which has the terminal.
     let storage = cfg.storage.clone();
     let owner_key = OwnerKeyWatch::before(&storage);
-    let forget_new_key = OwnerKeyWatch::before(&storage);
+    let forget_new_key = owner_key.clone();
     let recovering = args.recover;
     let tell_if_new_key = move || {
         // A recovery brings the owner key it was given: nothing new to keep.

@@ -130,9 +130,9 @@ pub fn new_owner_key_notice(storage: &Path) -> String {
 }
 
 /// Whether a command made a new owner key in a storage directory: look before the mount
-/// starts, ask once it is up (or has failed: a key made by a failed mount is the one
-/// the next mount will use, so the user must hear of it now).
-#[derive(Debug)]
+/// starts, ask once it is up. A mount that fails before it is ready removes a key it
+/// made (`forget_if_new`), so the user hears only of keys that protect files.
+#[derive(Debug, Clone)]
 pub struct OwnerKeyWatch {
     file: std::path::PathBuf,
     existed: bool,

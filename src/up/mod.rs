@@ -14,7 +14,7 @@ use crate::fs::mount::{dead_mount_advice, is_dead_mount, is_mountpoint};
 
 mod procs;
 pub use procs::holders;
-use procs::{is_ours, stop, unmount, unmount_dead, wait_exit, STOP_WAIT};
+use procs::{still_running, stop, unmount, unmount_dead, wait_exit, STOP_WAIT};
 
 /// The version of `up.json` this poolfs writes (see `crate::versioned`; files from
 /// before the tag read as 1).
@@ -197,12 +197,7 @@ pub fn up(data: &Path, mountpoint: &Path, opts: UpOptions<'_>) -> Result<UpState
         }
         // Unmounted with a plain `umount` (or its mount stopped): the controller and
         // nodes still run on this pool's storage, which a second set cannot share.
-        let running: Vec<String> = old
-            .pids
-            .iter()
-            .filter(|&&p| is_ours(p, &dir))
-            .map(u32::to_string)
-            .collect();
+        let running = still_running(&old.pids, &dir);
         if !running.is_empty() {
             return Err(format!(
                 "the pool `poolfs up` started at {m} still runs without its mount (pids \
@@ -508,12 +503,7 @@ pub fn down(data: Option<&Path>, mountpoint: &Path) -> Result<bool, String> {
             STOP_WAIT.as_secs()
         )
     }));
-    let still: Vec<String> = state
-        .pids
-        .iter()
-        .filter(|&&p| is_ours(p, &dir))
-        .map(u32::to_string)
-        .collect();
+    let still = still_running(&state.pids, &dir);
     if !still.is_empty() {
         return Err(format!(
             "{}; pids {} of the pool still run (see the logs in {})",

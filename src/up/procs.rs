@@ -38,6 +38,14 @@ pub(super) fn stop(pids: &[u32], dir: &Path) -> Vec<u32> {
 /// How long a controller or node has to exit after SIGTERM before it is killed.
 pub(super) const STOP_WAIT: Duration = Duration::from_secs(5);
 
+/// Those of `pids` still ours (see `is_ours`), as text for a message.
+pub(super) fn still_running(pids: &[u32], dir: &Path) -> Vec<String> {
+    pids.iter()
+        .filter(|&&p| is_ours(p, dir))
+        .map(u32::to_string)
+        .collect()
+}
+
 /// Waits until none of `pids` is ours any more, or `limit` has passed; true if none is.
 pub(super) fn wait_exit(pids: &[u32], dir: &Path, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;

@@ -203,12 +203,16 @@ fn mount_t_poolfs_through_the_helper() {
         ),
     )
     .unwrap();
-    let out = run(Command::new("mount")
-        .arg("-T")
-        .arg(&fstab)
-        .arg(&mnt)
-        .env("POOLFS_BIN", harness::mount::BIN)
-        .env_remove("POOLFS_KEY"));
+    // `mount -T FSTAB ARGS`, as at boot: no POOLFS_KEY, the key from the line.
+    let mount_fstab = |args: &[&str]| {
+        run(Command::new("mount")
+            .arg("-T")
+            .arg(&fstab)
+            .args(args)
+            .env("POOLFS_BIN", harness::mount::BIN)
+            .env_remove("POOLFS_KEY"))
+    };
+    let out = mount_fstab(&[mnt.to_str().unwrap()]);
     assert!(
         out.status.success(),
         "mount of an fstab line failed: {}{}",
@@ -235,12 +239,7 @@ fn mount_t_poolfs_through_the_helper() {
         ("mount -T FSTAB DIR", vec![mnt.to_str().unwrap()]),
         ("mount -a -T FSTAB, again", vec!["-a"]),
     ] {
-        let out = run(Command::new("mount")
-            .arg("-T")
-            .arg(&fstab)
-            .args(&args)
-            .env("POOLFS_BIN", harness::mount::BIN)
-            .env_remove("POOLFS_KEY"));
+        let out = mount_fstab(&args);
         assert!(
             out.status.success(),
             "{what} of the mounted pool failed ({:?}): {}{}",
