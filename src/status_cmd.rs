@@ -82,6 +82,9 @@ fn status_target(args: &cli::StatusArgs) -> StatusTarget {
 pub(crate) async fn status(args: cli::StatusArgs) -> Result<()> {
     let target = status_target(&args);
     let addr = target.controller;
+    // A refused key is the user's to fix before anything else: no report of the mounts
+    // comes first (an unreachable controller still lets them be shown).
+    let mut key_refused = false;
     let view = async {
         let pool = poolfs::net::ConnPool::new(
             client_credentials(&cli::KeyOpt {
@@ -94,15 +97,18 @@ pub(crate) async fn status(args: cli::StatusArgs) -> Result<()> {
             Ok((Response::Pool(view), _)) => view,
             Ok((other, _)) => bail!("controller {addr} answered {other:?}"),
             // It listens, and refused the handshake: the key is the thing to look at.
-            Err(poolfs::net::NetError::Handshake { .. }) => bail!(
-                "the controller at {addr} refused our pool key: the key file status used ({}) \
+            Err(poolfs::net::NetError::Handshake { .. }) => {
+                key_refused = true;
+                bail!(
+                    "the controller at {addr} refused our pool key: the key file status used ({}) \
                  is not that pool's; give the pool's key with --key FILE",
-                target
-                    .key
-                    .clone()
-                    .unwrap_or_else(crate::default_key_path)
-                    .display()
-            ),
+                    target
+                        .key
+                        .clone()
+                        .unwrap_or_else(crate::default_key_path)
+                        .display()
+                )
+            }
             Err(e) => {
                 return Err(e).with_context(|| {
                     format!("cannot get the pool view from the controller at {addr}")
@@ -113,6 +119,9 @@ pub(crate) async fn status(args: cli::StatusArgs) -> Result<()> {
         Ok(view)
     }
     .await;
+    if key_refused {
+        return view.map(|_| ());
+    }
     if let (Err(e), true) = (&view, target.guessed) {
         let data = args.data_dir.clone().unwrap_or_else(default_data_dir);
         let down = poolfs::up::list_down(&data);

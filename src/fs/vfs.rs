@@ -71,6 +71,8 @@ pub struct PoolSpace {
     pub total: u64,
     /// Bytes of that not yet allocated on them.
     pub free: u64,
+    /// Inodes in use: the namespace's records (`MetaStore::inode_count`).
+    pub inodes: u64,
 }
 
 /// What `fallocate(2)` may ask (its mode bits, from linux/falloc.h).
@@ -352,12 +354,14 @@ impl Vfs {
     }
 
     /// Total and free bytes of the live nodes (free as the nodes count it: the bytes
-    /// really stored, so sparse files take only what was written).
+    /// really stored, so sparse files take only what was written), and the inodes in
+    /// use.
     pub fn statfs(&self) -> Result<PoolSpace, FsError> {
         let room = self.block_on(self.client.view())?.room();
         Ok(PoolSpace {
             total: room.size,
             free: room.free,
+            inodes: self.meta.inode_count()?,
         })
     }
 }

@@ -350,8 +350,9 @@ impl Node {
                 true
             }
             Some(Err(e)) => {
-                log::warn!(
-                    "no hand-off: cannot tell the controller that node {node_id} leaves: {e}"
+                untold(
+                    &format!("no hand-off: cannot tell the controller that node {node_id} leaves"),
+                    &e,
                 );
                 false
             }
@@ -424,11 +425,27 @@ impl Node {
         };
         match self.tell_controller(&req).await {
             Some(Ok(())) => log::info!("node {node_id} left the pool"),
-            Some(Err(e)) => {
-                log::warn!("could not tell the controller that node {node_id} leaves: {e}")
-            }
+            Some(Err(e)) => untold(
+                &format!("could not tell the controller that node {node_id} leaves"),
+                &e,
+            ),
             None => {}
         }
+    }
+}
+
+/// Logs why the controller was not told of this node's leaving (`what`, then `e`): at
+/// INFO when nothing listens at its address (it has stopped: `poolfs down` stops a
+/// pool's controller before its nodes, which then have no one to tell and nothing to
+/// hand off), at WARN for any other failure.
+fn untold(what: &str, e: &NetError) {
+    match e {
+        NetError::Connect { source, .. }
+            if source.kind() == std::io::ErrorKind::ConnectionRefused =>
+        {
+            log::info!("{what}: {e} (the controller has stopped)")
+        }
+        _ => log::warn!("{what}: {e}"),
     }
 }
 

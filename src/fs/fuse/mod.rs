@@ -459,15 +459,15 @@ impl Filesystem for PoolFs {
                 let blocks = space.total / u64::from(BLOCK);
                 let free = space.free / u64::from(BLOCK);
                 // Inodes are records in the namespace, limited by room, not by a
-                // table: as many as free (rclone does the same), so `df -i` shows
-                // plenty rather than a total of 0 with 4 billion free.
-                let inodes = u64::from(u32::MAX);
+                // table: a total of 2^32 - 1 (what a 32-bit statfs can hold), so
+                // `df -i` shows plenty free and the records in use as used.
+                let total = u64::from(u32::MAX);
                 reply.statfs(
                     blocks,
                     free,
                     free,
-                    inodes,
-                    inodes,
+                    total,
+                    total.saturating_sub(space.inodes),
                     BLOCK,
                     NAME_MAX as u32,
                     BLOCK,

@@ -3,6 +3,7 @@
 //! node's segments and leave the pool.
 
 mod advice;
+mod kernel;
 mod table;
 pub use advice::{dead_mount_advice, fuse_device_problem, is_dead_mount};
 use std::net::SocketAddr;
@@ -94,7 +95,8 @@ pub enum MountError {
     /// The controller answered, but refused the handshake: we hold another pool key.
     #[error(
         "the controller at {0} refused our pool key: the key file this mount used ({key}) \
-         is not the pool's; copy the pool's key from a member and give it with --key FILE",
+         is not the pool's; copy the pool's key from a member and give it with --key FILE \
+         (key=FILE for mount -t poolfs)",
         key = .1.display()
     )]
     KeyRefused(SocketAddr, PathBuf),
@@ -403,8 +405,8 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
     // The mount's source is the controller's address, as an fstab line or
     // `mount -t poolfs` names it: mount(8) then sees the line's pool as mounted already
     // (`mount -a` compares source and mount point), and df and mount show the pool's
-    // controller. The subtype makes the type fuse.poolfs where fusermount3 mounts (as
-    // a user); a mount by root (fuser's own mount(2)) stays of type fuse.
+    // controller. Its type is fuse.poolfs: root mounts it itself (`kernel::mount`),
+    // fusermount3 (for a user) adds the subtype below.
     let options = vec![
         fuser::MountOption::FSName(fsname(cfg.controller)),
         fuser::MountOption::Subtype("poolfs".into()),
@@ -425,15 +427,27 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
         path: mountpoint.clone(),
         source,
     };
-    let mut session =
-        fuser::Session::new(PoolFs::new(vfs.clone()), &mountpoint, &config).map_err(|source| {
-            match fuse_device_problem() {
-                Some(why) => MountError::FuseDevice {
-                    path: mountpoint.clone(),
-                    why,
-                },
-                None => fuse_err(source),
-            }
+    let fs = PoolFs::new(vfs.clone());
+    let started = match kernel::mount(&mountpoint, &fsname(cfg.controller), cfg.allow_other) {
+        Ok(Some(device)) => fuser::Session::from_fd(fs, device, config.acl, config.clone())
+            .map(|s| (s, kernel::Unmounter::Kernel(mountpoint.clone())))
+            .inspect_err(|_| {
+                // The kernel mount is there, its session is not: take it away again.
+                let _ = kernel::Unmounter::Kernel(mountpoint.clone()).unmount();
+            }),
+        Ok(None) => fuser::Session::new(fs, &mountpoint, &config).map(|mut s| {
+            let unmounter = s.unmount_callable();
+            (s, kernel::Unmounter::Fuser(unmounter))
+        }),
+        Err(e) => Err(e),
+    };
+    let (mut session, mut last_unmount) =
+        started.map_err(|source| match fuse_device_problem() {
+            Some(why) => MountError::FuseDevice {
+                path: mountpoint.clone(),
+                why,
+            },
+            None => fuse_err(source),
         })?;
     let notifier = session.notifier();
     vfs.set_invalidator(Arc::new(move |ino| {
@@ -450,7 +464,10 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
             signal(SignalKind::interrupt()),
         )
     };
-    let mut unmounter = session.unmount_callable();
+    let mut unmounter = match &last_unmount {
+        kernel::Unmounter::Kernel(mp) => kernel::Unmounter::Kernel(mp.clone()),
+        kernel::Unmounter::Fuser(_) => kernel::Unmounter::Fuser(session.unmount_callable()),
+    };
     rt.spawn(async move {
         let (Ok(mut term), Ok(mut int)) = signals else {
             return;
@@ -480,6 +497,15 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
         cfg.recover,
     );
     let served = session.run();
+    // Mostly the kernel has unmounted already (`umount`, a signal); after a failure of
+    // the session the mount may still be there.
+    if let Err(e) = last_unmount.unmount() {
+        log::warn!(
+            "cannot unmount {}: {e}; `fusermount3 -u {}` clears it",
+            mountpoint.display(),
+            mountpoint.display()
+        );
+    }
     vfs.stop_background();
     let _ = repairer.join();
     served.map_err(fuse_err)?;
@@ -491,16 +517,16 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
     if let Err(e) = vfs.meta_store().persist() {
         log::warn!("cannot make the last namespace changes durable: {e}");
     }
-    log::info!(
-        "unmounted {}; {}leaving the pool",
-        mountpoint.display(),
-        if cfg.hand_off {
-            "handing off, then "
-        } else {
-            ""
-        }
-    );
-    if cfg.hand_off {
+    log::info!("unmounted {}; leaving the pool", mountpoint.display());
+    if cfg.hand_off && alone_in_pool(&rt, &node, &vfs) {
+        // Nowhere to move anything: waiting for a hand-off would only delay the exit
+        // and warn of files "not handed off" that were never at risk.
+        log::info!(
+            "no other node of the pool is up: this mount's files stay on its node \
+             ({}) and are served again when it mounts",
+            cfg.storage.display()
+        );
+    } else if cfg.hand_off {
         hand_off_own_files(&rt, &node, &vfs, cfg.repair_grace);
         // The journal still runs through the node's hand-off: the namespace's blobs and
         // root on this node (another identity's, to the node) move off it with a
@@ -516,6 +542,15 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
     }
     rt.block_on(node.leave());
     Ok(())
+}
+
+/// Is this mount's node the only member of the pool that is up (as the controller
+/// sees it now)? `false` when the view cannot be had: then the hand-off is tried.
+fn alone_in_pool(rt: &tokio::runtime::Runtime, node: &Node, vfs: &Vfs) -> bool {
+    match rt.block_on(vfs.client().refresh_view()) {
+        Ok(view) => view.live().iter().all(|n| Some(n.id) == node.node_id()),
+        Err(_) => false,
+    }
 }
 
 /// Before the mount's node leaves, the segments of the mount's own files that it holds

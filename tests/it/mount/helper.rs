@@ -119,8 +119,9 @@ fn mount_t_poolfs_through_the_helper() {
         .unwrap();
     let fields: Vec<&str> = line.split(' ').collect();
     assert!(
-        fields[0] == ctrl.addr.to_string() && fields[2].starts_with("fuse"),
-        "a FUSE mount whose source is the controller's address, as the fstab line's: {line}"
+        fields[0] == ctrl.addr.to_string() && fields[2] == "fuse.poolfs",
+        "a mount of type fuse.poolfs (also when root mounts) whose source is the \
+         controller's address, as the fstab line's: {line}"
     );
     let df = run_ok(Command::new("df").arg("-P").arg(&mnt));
     let df = String::from_utf8_lossy(&df.stdout);

@@ -494,3 +494,66 @@ fn down_stops_a_pool_started_from_a_renamed_binary() {
         "still mounted after down"
     );
 }
+
+/// A mount that is the only member of its pool up has nowhere to move its files when
+/// it leaves: after `umount` its process exits at once rather than waiting out a
+/// hand-off, its log warns of nothing (no files "not handed off"), and the files are
+/// served again by the next mount of the same storage.
+#[test]
+#[cfg_attr(
+    poolfs_no_mount,
+    ignore = "needs root, /dev/fuse read-write and fusermount3"
+)]
+fn a_mount_alone_in_its_pool_leaves_at_once_and_warns_of_nothing() {
+    use crate::harness::mount::{test_dir, test_key, ControllerProc, MountGuard};
+    if !can_mount() {
+        return;
+    }
+    let tmp = test_dir("alone");
+    let root = tmp.path().canonicalize().unwrap();
+    let ctrl = ControllerProc::start(&root.join("controller"), &root.join("ctrl.log"));
+    let mnt = root.join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let guard = MountGuard {
+        mnt: mnt.clone(),
+        root: root.clone(),
+    };
+    let storage = root.join("storage");
+    let mount = || {
+        run_ok(
+            poolfs(["mount"])
+                .arg(&mnt)
+                .arg("--storage")
+                .arg(&storage)
+                .args(["-c", &ctrl.addr.to_string(), "--listen", "127.0.0.1:0"])
+                .arg("--key")
+                .arg(test_key()),
+        )
+    };
+    let mount_exited = || procs_under(&root).iter().all(|&p| p == ctrl.pid());
+    mount();
+    fs::write(mnt.join("kept"), b"alone in the pool").unwrap();
+    let before = Instant::now();
+    run_ok(Command::new("umount").arg(&mnt));
+    assert!(
+        wait_until(Duration::from_secs(30), mount_exited),
+        "the mount process did not exit"
+    );
+    // A hand-off that waits for something to move gives up after 8 s of nothing.
+    assert!(
+        before.elapsed() < Duration::from_secs(5),
+        "the lone mount took {:?} to leave",
+        before.elapsed()
+    );
+    let log = fs::read_to_string(storage.join("mount.log")).unwrap();
+    assert!(
+        !log.contains(" WARN ") && !log.contains(" ERROR "),
+        "a lone mount's leave warned: {log}"
+    );
+    assert!(log.contains("no other node of the pool is up"), "{log}");
+    mount();
+    assert_eq!(fs::read(mnt.join("kept")).unwrap(), b"alone in the pool");
+    run_ok(Command::new("umount").arg(&mnt));
+    assert!(wait_until(Duration::from_secs(30), mount_exited));
+    drop(guard);
+}

@@ -54,8 +54,12 @@ fn mount_with_the_wrong_key_says_the_controller_refused_it() {
     );
     assert!(!err.contains("no reachable controller"), "stderr: {err}");
     assert!(!is_mounted(&mnt));
-    // `status` with the same key names the same cause.
-    let out = run(poolfs(["status", "-c", &ctrl, "--key"]).arg(&wrong));
+    // `status` with the same key names the same cause, and only that: no report of
+    // the pool's mount comes before it.
+    let out = run(poolfs(["status", "-c", &ctrl, "--mount"])
+        .arg(&pool.mnt)
+        .arg("--key")
+        .arg(&wrong));
     let err = stderr(&out);
     assert!(!out.status.success(), "status with a wrong key succeeded");
     assert!(
@@ -63,6 +67,7 @@ fn mount_with_the_wrong_key_says_the_controller_refused_it() {
             && err.contains(&wrong.display().to_string()),
         "status: {err}"
     );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "", "status: {err}");
     // Nothing was stored: no owner key made for it, and no word of one to keep.
     assert!(!err.contains("A new owner key"), "stderr: {err}");
     assert!(

@@ -161,6 +161,18 @@ fn namespace_attributes_links_and_statfs() {
         used(&st)
     );
     fs::remove_file(m.join("a/weight")).unwrap();
+    // `df -i`: each file is an inode in use, and plenty stay free.
+    let inodes_used = |st: &libc::statvfs| st.f_files - st.f_ffree;
+    // SAFETY: as above.
+    unsafe { libc::statvfs(cstr(&m).as_ptr(), &mut st) };
+    let before = inodes_used(&st);
+    assert!(before >= 5, "df -i shows {before} inodes used");
+    assert!(st.f_ffree > 1 << 30);
+    fs::write(m.join("a/one-more"), b"x").unwrap();
+    // SAFETY: as above.
+    unsafe { libc::statvfs(cstr(&m).as_ptr(), &mut st) };
+    assert_eq!(inodes_used(&st), before + 1, "one file created");
+    fs::remove_file(m.join("a/one-more")).unwrap();
 
     // Everything above survives a remount.
     pool.unmount();
