@@ -15,6 +15,9 @@ const NOTIFY_ENV: &str = "POOLFS_NOTIFY_READY";
 /// How a line of `progress` starts on the pipe to the parent.
 const PROGRESS: &str = "WAIT ";
 
+/// How a line of `notice` starts on the pipe to the parent.
+const NOTICE: &str = "NOTE ";
+
 /// How long the parent waits for the next line after the child said it is busy with a
 /// long step (`progress`): a namespace database checked after a crash takes minutes
 /// for millions of files, and giving up then would only start the check over.
@@ -59,7 +62,7 @@ pub fn spawn_ready(args: &[OsString], log: &Path, timeout: Duration) -> Result<u
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            let last = !line.starts_with(PROGRESS);
+            let last = !line.starts_with(PROGRESS) && !line.starts_with(NOTICE);
             if tx.send(line).is_err() || last {
                 break;
             }
@@ -68,13 +71,16 @@ pub fn spawn_ready(args: &[OsString], log: &Path, timeout: Duration) -> Result<u
     let mut wait = timeout;
     let line = loop {
         match rx.recv_timeout(wait) {
-            Ok(line) => match line.strip_prefix(PROGRESS) {
-                Some(msg) => {
+            Ok(line) => {
+                if let Some(msg) = line.strip_prefix(PROGRESS) {
                     eprintln!("{msg}");
                     wait = LONG_STEP;
+                } else if let Some(msg) = line.strip_prefix(NOTICE) {
+                    eprintln!("{msg}");
+                } else {
+                    break line;
                 }
-                None => break line,
-            },
+            }
             Err(_) => break String::new(),
         }
     };
@@ -111,6 +117,19 @@ pub fn progress(msg: &str) {
     }
     let mut out = std::io::stdout();
     let _ = writeln!(out, "{PROGRESS}{}", msg.replace('\n', " "));
+    let _ = out.flush();
+}
+
+/// Something the user should know about a start that succeeds (a pool without
+/// parity): logged at WARN, and in a process started by `spawn_ready`, before it is
+/// ready, also printed by the parent, which has the terminal.
+pub fn notice(msg: &str) {
+    log::warn!("{msg}");
+    if std::env::var_os(NOTIFY_ENV).is_none() {
+        return;
+    }
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{NOTICE}{}", msg.replace('\n', " "));
     let _ = out.flush();
 }
 

@@ -302,6 +302,9 @@ fn mount(args: cli::MountArgs) -> Result<()> {
         }
     };
     if !args.foreground && !started_by_parent {
+        // A mount point that cannot be used is refused before the storage directory and
+        // its log are made for it.
+        poolfs::fs::mount::check_mountpoint(&cfg.mountpoint)?;
         // Detach: run ourselves in the background and return once the mount is live.
         let mut again: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
         again.push("--foreground".into());

@@ -60,10 +60,18 @@ fn status_target(args: &cli::StatusArgs) -> StatusTarget {
             .find_map(|u| u.key.clone())
     });
     let mounts = if args.mounts.is_empty() {
-        of_this_pool
+        // The `up` pool's mount, and any other mount of this pool on this machine (one
+        // made by `poolfs mount` or mount(8) shows the controller as its source).
+        let mut mounts: Vec<(std::path::PathBuf, bool)> = of_this_pool
             .iter()
             .map(|u| (u.mountpoint.clone(), false))
-            .collect()
+            .collect();
+        for (mp, c) in &table {
+            if *c == controller && !mounts.iter().any(|(m, _)| m == mp) {
+                mounts.push((mp.clone(), false));
+            }
+        }
+        mounts
     } else {
         args.mounts.iter().map(|m| (m.clone(), true)).collect()
     };
@@ -168,6 +176,7 @@ pub(crate) async fn status(args: cli::StatusArgs) -> Result<()> {
     // Each mount's files, read through its attributes (no controller needed for that).
     let mut mounts = Vec::new();
     let mut mount_errors = Vec::new();
+    let mut named_errors = Vec::new();
     for (mp, named) in &target.mounts {
         if !named && !poolfs::fs::mount::is_mountpoint(mp) {
             // A pool `up` recorded whose mount is gone: nothing to walk.
@@ -189,6 +198,8 @@ pub(crate) async fn status(args: cli::StatusArgs) -> Result<()> {
         let walked = tokio::task::block_in_place(|| poolfs::fs::status::mount_status(mp));
         match walked {
             Ok(st) => mounts.push(st),
+            // A mount the user named that cannot be shown is the command's error (below).
+            Err(e) if *named => named_errors.push(e.to_string()),
             Err(e) => mount_errors.push(e.to_string()),
         }
     }
@@ -201,7 +212,8 @@ pub(crate) async fn status(args: cli::StatusArgs) -> Result<()> {
         } else {
             let mut json = serde_json::to_value(view)?;
             json["mounts"] = serde_json::to_value(&mounts)?;
-            json["mount_errors"] = serde_json::to_value(&mount_errors)?;
+            json["mount_errors"] =
+                serde_json::to_value(mount_errors.iter().chain(&named_errors).collect::<Vec<_>>())?;
             println!("{}", serde_json::to_string_pretty(&json)?);
         }
     } else {
@@ -220,8 +232,10 @@ pub(crate) async fn status(args: cli::StatusArgs) -> Result<()> {
         }
     }
     view?;
-    if target.mounts.iter().any(|(_, named)| *named) && !mount_errors.is_empty() {
-        bail!("cannot show every mount: {}", mount_errors.join("; "));
+    match named_errors.as_slice() {
+        [] => {}
+        [why] => bail!("cannot show mount {why}"),
+        whys => bail!("cannot show every mount: {}", whys.join("; ")),
     }
     Ok(())
 }

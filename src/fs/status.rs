@@ -115,7 +115,14 @@ pub struct Summary {
 pub fn mount_status(mountpoint: &Path) -> io::Result<MountStatus> {
     let repair = get_xattr(mountpoint, REPAIR_XATTR).map_err(|e| {
         let why = match e.raw_os_error() {
-            Some(libc::ENODATA) | Some(libc::ENOTSUP) => "not a poolfs mount".to_string(),
+            Some(libc::ENODATA) | Some(libc::ENOTSUP)
+                if !crate::fs::mount::is_mountpoint(mountpoint) =>
+            {
+                "not mounted (nothing is mounted on this directory)".to_string()
+            }
+            Some(libc::ENODATA) | Some(libc::ENOTSUP) => {
+                "not a poolfs mount (another filesystem is mounted there)".to_string()
+            }
             Some(libc::ENOTCONN | libc::ECONNABORTED) => {
                 crate::fs::mount::dead_mount_advice(mountpoint)
             }

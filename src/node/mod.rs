@@ -18,6 +18,7 @@ pub mod store;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -81,7 +82,7 @@ pub enum NodeError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The node port could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {source}{}", in_use_hint(source))]
     Listen {
         /// The address asked for.
         addr: SocketAddr,
@@ -94,6 +95,18 @@ pub enum NodeError {
     /// A `POOLFS_*` limit variable (`LIMIT_VARS`) holds a value that cannot be used.
     #[error("server limits: {0}")]
     Limits(String),
+}
+
+/// What to do when the node's port is taken: mostly another node of this machine holds
+/// it (a mount's node and a `poolfs node` both default to port 2001).
+fn in_use_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "; another process (a node of this machine?) listens there: give this one \
+             another port with --listen ADDR:PORT (listen=ADDR:PORT for mount -t poolfs)"
+        }
+        _ => "",
+    }
 }
 
 #[derive(Default)]
@@ -191,6 +204,12 @@ pub struct Node {
     shared: Arc<Shared>,
     addr: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
+    /// The controller accepted this node's DRAIN: a second hand-off (a mount's, after
+    /// its own files') does not announce it again.
+    drained: AtomicBool,
+    /// Nothing listened at the controller's address when this node tried to say it
+    /// leaves: it has stopped, and the LEAVE is not tried (nor logged) again.
+    controller_gone: AtomicBool,
     // Held for the node's lifetime: the lock that keeps a second process off this storage.
     _lock: std::fs::File,
 }
@@ -278,6 +297,8 @@ impl Node {
             shared,
             addr,
             tasks: vec![server, membership],
+            drained: AtomicBool::new(false),
+            controller_gone: AtomicBool::new(false),
             _lock: lock,
         })
     }
@@ -337,9 +358,15 @@ impl Node {
     /// segments elsewhere while it still serves them. False if there is no controller
     /// to tell: then there is no hand-off to wait for.
     pub async fn announce_leaving(&self) -> bool {
+        if self.drained.load(Ordering::Relaxed) {
+            return true;
+        }
         let Some(node_id) = self.node_id() else {
             return false;
         };
+        if self.controller_gone.load(Ordering::Relaxed) {
+            return false;
+        }
         let req = ControllerRequest::Drain {
             node_id,
             identity: self.shared.identity,
@@ -347,16 +374,33 @@ impl Node {
         match self.tell_controller(&req).await {
             Some(Ok(())) => {
                 log::info!("node {node_id} is leaving: waiting for its segments to move");
+                self.drained.store(true, Ordering::Relaxed);
                 true
             }
             Some(Err(e)) => {
-                untold(
+                self.untold(
                     &format!("no hand-off: cannot tell the controller that node {node_id} leaves"),
                     &e,
                 );
                 false
             }
             None => false,
+        }
+    }
+
+    /// Logs why the controller was not told of this node's leaving (`what`, then `e`):
+    /// at INFO when nothing listens at its address (it has stopped: `poolfs down` stops
+    /// a pool's controller before its nodes, which then have no one to tell and nothing
+    /// to hand off; it is not tried again), at WARN for any other failure.
+    fn untold(&self, what: &str, e: &NetError) {
+        match e {
+            NetError::Connect { source, .. }
+                if source.kind() == std::io::ErrorKind::ConnectionRefused =>
+            {
+                self.controller_gone.store(true, Ordering::Relaxed);
+                log::info!("{what}: {e} (the controller has stopped)")
+            }
+            _ => log::warn!("{what}: {e}"),
         }
     }
 
@@ -396,14 +440,18 @@ impl Node {
             match watch.observe(self.foreign_bytes(), Instant::now()) {
                 handoff::HandoffStep::Wait => continue,
                 handoff::HandoffStep::Done => {
-                    log::info!("hand-off complete: nothing of other members is left here");
+                    log::info!(
+                        "hand-off complete: the segments this node held for other owners \
+                         have moved off it"
+                    );
                     return;
                 }
                 handoff::HandoffStep::GiveUp(left) => {
                     log::warn!(
-                        "leaving with {left} bytes of other members not handed off: nothing \
-                         moved for a while (no spare node, or their owners are away); their \
-                         files rely on parity until repaired"
+                        "leaving with {left} bytes held for other owners still here: nothing \
+                         moved for a while (no spare node, or their owners are away). Their \
+                         files that have parity on other nodes stay readable; those without \
+                         cannot be read until this node returns"
                     );
                     return;
                 }
@@ -419,33 +467,21 @@ impl Node {
         let Some(node_id) = self.node_id() else {
             return;
         };
+        if self.controller_gone.load(Ordering::Relaxed) {
+            return;
+        }
         let req = ControllerRequest::Leave {
             node_id,
             identity: self.shared.identity,
         };
         match self.tell_controller(&req).await {
             Some(Ok(())) => log::info!("node {node_id} left the pool"),
-            Some(Err(e)) => untold(
+            Some(Err(e)) => self.untold(
                 &format!("could not tell the controller that node {node_id} leaves"),
                 &e,
             ),
             None => {}
         }
-    }
-}
-
-/// Logs why the controller was not told of this node's leaving (`what`, then `e`): at
-/// INFO when nothing listens at its address (it has stopped: `poolfs down` stops a
-/// pool's controller before its nodes, which then have no one to tell and nothing to
-/// hand off), at WARN for any other failure.
-fn untold(what: &str, e: &NetError) {
-    match e {
-        NetError::Connect { source, .. }
-            if source.kind() == std::io::ErrorKind::ConnectionRefused =>
-        {
-            log::info!("{what}: {e} (the controller has stopped)")
-        }
-        _ => log::warn!("{what}: {e}"),
     }
 }
 

@@ -207,6 +207,15 @@ pub fn up(data: &Path, mountpoint: &Path, opts: UpOptions<'_>) -> Result<UpState
             ));
         }
     }
+    // Before anything is started or written: a refused mount point leaves nothing.
+    crate::fs::mount::check_mountpoint(&mountpoint).map_err(|e| match e {
+        crate::fs::mount::MountError::NotEmpty { .. } if dir.exists() => format!(
+            "{e}. Files copied there while this pool was down are on this machine's disk, \
+             not in the pool: move them away, run `poolfs up {m}` again, then copy them in",
+            m = mountpoint.display()
+        ),
+        e => e.to_string(),
+    })?;
     // The local pool has a key of its own, kept with its state and given to every process.
     let key = key.map_or_else(|| dir.join("pool.key"), Path::to_path_buf);
     crate::trust::PoolKey::load_or_create(&key).map_err(|e| e.to_string())?;

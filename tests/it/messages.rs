@@ -192,3 +192,28 @@ fn a_report_piped_into_a_closed_reader_ends_quietly_without_a_panic() {
         assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{args:?}: {err}");
     }
 }
+
+/// A node whose port another process holds (a mount's node and a `poolfs node` both
+/// default to 2001) says so and how to pick another, and exits.
+#[test]
+fn a_node_whose_port_is_taken_says_to_give_it_another() {
+    let tmp = test_dir("portinuse");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let nobody = format!("127.0.0.1:{}", free_port());
+    let out = crate::harness::mount::run(
+        poolfs(["node", "--listen", &addr, "-c", &nobody])
+            .arg("--storage")
+            .arg(tmp.path().join("node"))
+            .arg("--key")
+            .arg(crate::harness::mount::test_key()),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a node on a taken port started");
+    assert!(
+        err.contains(&format!("cannot listen on {addr}"))
+            && err.contains("another process (a node of this machine?) listens there")
+            && err.contains("--listen ADDR:PORT"),
+        "stderr: {err}"
+    );
+}

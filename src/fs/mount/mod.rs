@@ -86,6 +86,14 @@ pub enum MountError {
         /// What is wrong with it.
         why: String,
     },
+    /// The mount point holds files: a mount would hide them.
+    #[error("mount point {}: not empty, it holds {holds} (mount over an empty directory)", .path.display())]
+    NotEmpty {
+        /// The mount point.
+        path: PathBuf,
+        /// The first names found there, for the message ("'a', 'b' and 3 more").
+        holds: String,
+    },
     /// The mount's own node could not start.
     #[error(transparent)]
     Node(#[from] NodeError),
@@ -139,7 +147,11 @@ fn fsname(controller: SocketAddr) -> String {
     controller.to_string()
 }
 
-fn check_mountpoint(path: &Path) -> Result<PathBuf, MountError> {
+/// Checks that `path` can be mounted on (an empty directory, not mounted, not a dead
+/// mount) before anything is started or written for the mount; returns it canonical.
+///
+/// Errors: `DeadMount`, `NotEmpty`, and `Mountpoint` for anything else.
+pub fn check_mountpoint(path: &Path) -> Result<PathBuf, MountError> {
     let bad = |why: String| MountError::Mountpoint {
         path: path.to_path_buf(),
         why,
@@ -154,11 +166,19 @@ fn check_mountpoint(path: &Path) -> Result<PathBuf, MountError> {
     if is_mountpoint(&canon) {
         return Err(bad("already mounted (unmount it first)".into()));
     }
-    let mut entries = std::fs::read_dir(&canon).map_err(|e| bad(e.to_string()))?;
-    if entries.next().is_some() {
-        return Err(bad("not empty (mount over an empty directory)".into()));
-    }
-    Ok(canon)
+    let entries = std::fs::read_dir(&canon).map_err(|e| bad(e.to_string()))?;
+    let names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| format!("'{}'", e.file_name().to_string_lossy()))
+        .take(3)
+        .collect();
+    let holds = match names.as_slice() {
+        [] => return Ok(canon),
+        [one] => one.clone(),
+        [a, b] => format!("{a} and {b}"),
+        [a, b, ..] => format!("{a}, {b} and more"),
+    };
+    Err(MountError::NotEmpty { path: canon, holds })
 }
 
 /// Why the controller at `addr` gave no pool view: a refused handshake means we hold
@@ -489,6 +509,9 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
         node.addr(),
         cfg.controller
     );
+    if let Some(why) = no_parity(&rt, &vfs) {
+        crate::daemon::notice(&why);
+    }
     report(Ok(()));
     let repairer = spawn_repair(
         vfs.clone(),
@@ -544,6 +567,30 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
     Ok(())
 }
 
+/// Says so when new files would get no parity on the pool as it is now (a pool of one
+/// or two members under the automatic shape, or `--redundancy K+0`): any node holding
+/// a file then makes it unreadable while it is off. `None` otherwise, or without a view.
+fn no_parity(rt: &tokio::runtime::Runtime, vfs: &Vfs) -> Option<String> {
+    let view = rt.block_on(vfs.client().view()).ok()?;
+    let members = crate::client::placement::pool_size(&view);
+    let policy = vfs.client().config().redundancy;
+    let (k, m) = crate::client::placement::shape(policy, members);
+    let later = match policy {
+        Redundancy::Auto => {
+            "Files get parity once the pool has 3 members (they are re-encoded then)"
+        }
+        _ => "The shape asked for (--redundancy or --tolerate) gives none",
+    };
+    (m == 0).then(|| {
+        format!(
+            "note: the pool has {members} member{} (this mount's node included), so new \
+             files are stored as {k}+0, with no parity: a file cannot be read while a node \
+             holding it is off. {later}; `poolfs status` shows what may be off",
+            if members == 1 { "" } else { "s" }
+        )
+    })
+}
+
 /// Is this mount's node the only member of the pool that is up (as the controller
 /// sees it now)? `false` when the view cannot be had: then the hand-off is tried.
 fn alone_in_pool(rt: &tokio::runtime::Runtime, node: &Node, vfs: &Vfs) -> bool {
@@ -578,7 +625,8 @@ fn hand_off_own_files(rt: &tokio::runtime::Runtime, node: &Node, vfs: &Vfs, grac
     if left > 0 {
         log::warn!(
             "leaving with {left} bytes of this mount's files on its node: no spare node could \
-             take them; those files rely on parity until repaired"
+             take them. Those files that have parity on other nodes stay readable; those \
+             without cannot be read until this node returns"
         );
     }
 }

@@ -164,6 +164,21 @@ fn mount_t_poolfs_through_the_helper() {
         said.contains("pool: 1 of 1 node up") && said.contains("healthy"),
         "status: {said}"
     );
+    // Plain `status` of that pool (its controller named) shows this machine's mount of
+    // it too, found in the mount table.
+    let out = run(
+        harness::mount::poolfs(["status", "-c", &ctrl.addr.to_string()])
+            .env("HOME", &home)
+            .env_remove("XDG_DATA_HOME"),
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && said.contains(&mnt.display().to_string())
+            && said.contains("healthy"),
+        "plain status of the pool of a mount -t poolfs: {}{said}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let mount_procs = || {
         procs_under(&root)
@@ -188,6 +203,19 @@ fn mount_t_poolfs_through_the_helper() {
         );
     };
     umount_leaves("mount -t poolfs");
+    // `status --mount` of it now says it is not mounted, as the one error.
+    let out = run(harness::mount::poolfs(["status", "--mount"])
+        .arg(&mnt)
+        .args(["-c", &ctrl.addr.to_string()]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains(&format!(
+                "cannot show mount {}: not mounted (nothing is mounted on this directory)",
+                mnt.display()
+            )),
+        "status --mount of an unmounted directory: {err}"
+    );
 
     // The same mount from an fstab line, as mount-helper/README.md gives it (the key by
     // key=, as at boot where no POOLFS_KEY is set): `mount DIR` mounts it, `umount DIR`

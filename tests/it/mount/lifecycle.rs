@@ -330,9 +330,25 @@ fn mount_refuses_bad_targets_and_unreachable_controllers() {
         !out.status.success(),
         "mount over a non-empty dir succeeded"
     );
-    assert!(err.contains("not empty"), "stderr: {err}");
+    assert!(err.contains("not empty, it holds 'keep'"), "stderr: {err}");
     assert!(!is_mounted(&full));
     assert_eq!(fs::read(full.join("keep")).unwrap(), b"mine");
+    // Refused before anything was made for it: no storage directory, no log.
+    assert!(
+        !pool.root.join("s1").exists(),
+        "a refused mount made its storage"
+    );
+    // `up` refuses it before it starts a controller or a node, or writes any state.
+    let data = pool.root.join("full-data");
+    let out = run(harness::mount::poolfs(["up"])
+        .arg(&full)
+        .arg("--data-dir")
+        .arg(&data));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "up over a non-empty dir succeeded");
+    assert!(err.contains("not empty, it holds 'keep'"), "stderr: {err}");
+    assert!(!data.exists(), "a refused up wrote its state");
+    assert!(leftovers().is_empty(), "a refused up left processes");
 
     // Already mounted (the pool's own mount point).
     let (out, _) = mount(&pool.mnt, &ctrl, "s2");
@@ -495,10 +511,11 @@ fn down_stops_a_pool_started_from_a_renamed_binary() {
     );
 }
 
-/// A mount that is the only member of its pool up has nowhere to move its files when
-/// it leaves: after `umount` its process exits at once rather than waiting out a
-/// hand-off, its log warns of nothing (no files "not handed off"), and the files are
-/// served again by the next mount of the same storage.
+/// A mount that is the only member of its pool is told at mount that its files get
+/// no parity. It has nowhere to move them when it leaves: after `umount` its process
+/// exits at once rather than waiting out a hand-off, its log warns of nothing from
+/// then on (no files "not handed off"), and the files are served again by the next
+/// mount of the same storage.
 #[test]
 #[cfg_attr(
     poolfs_no_mount,
@@ -531,7 +548,11 @@ fn a_mount_alone_in_its_pool_leaves_at_once_and_warns_of_nothing() {
         )
     };
     let mount_exited = || procs_under(&root).iter().all(|&p| p == ctrl.pid());
-    mount();
+    let said = String::from_utf8_lossy(&mount().stderr).into_owned();
+    assert!(
+        said.contains("the pool has 1 member") && said.contains("stored as 1+0, with no parity"),
+        "mount of a one-member pool: {said}"
+    );
     fs::write(mnt.join("kept"), b"alone in the pool").unwrap();
     let before = Instant::now();
     run_ok(Command::new("umount").arg(&mnt));
@@ -546,9 +567,10 @@ fn a_mount_alone_in_its_pool_leaves_at_once_and_warns_of_nothing() {
         before.elapsed()
     );
     let log = fs::read_to_string(storage.join("mount.log")).unwrap();
+    let leave = &log[log.find("unmounted").expect("no unmount in the log")..];
     assert!(
-        !log.contains(" WARN ") && !log.contains(" ERROR "),
-        "a lone mount's leave warned: {log}"
+        !leave.contains(" WARN ") && !leave.contains(" ERROR "),
+        "a lone mount's leave warned: {leave}"
     );
     assert!(log.contains("no other node of the pool is up"), "{log}");
     mount();

@@ -136,8 +136,12 @@ fn a_dead_mount_is_named_with_how_to_clear_it_and_down_clears_it() {
         .arg(&pool.data)
         .arg("--mount")
         .arg(&pool.mnt));
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(says_how_to_clear(&said), "status: {said}");
+    let err = stderr(&out);
+    assert!(!out.status.success(), "status of a dead mount succeeded");
+    assert!(
+        err.contains(&format!("cannot show mount {mnt}")) && says_how_to_clear(&err),
+        "status: {err}"
+    );
 
     let out = pool.down();
     assert!(out.status.success(), "down: {}", stderr(&out));
@@ -497,6 +501,28 @@ fn a_pool_that_is_down_is_named_by_status_and_down_with_how_to_start_it() {
     assert!(
         err.contains(&format!("the pool of {mnt} is not up")) && err.contains(&start_again),
         "down: {err}"
+    );
+    // A file copied into the mount point while the pool is down lands on the local
+    // disk: `up` refuses the directory, says why and what to do, and starts nothing.
+    fs::write(pool.mnt.join("copied-while-down"), b"local").unwrap();
+    let out = run(harness::mount::poolfs(["up"])
+        .arg(&pool.mnt)
+        .arg("--data-dir")
+        .arg(&pool.data));
+    let err = stderr(&out);
+    assert!(
+        !out.status.success(),
+        "up over a non-empty mount point succeeded"
+    );
+    assert!(
+        err.contains("it holds 'copied-while-down'")
+            && err.contains("while this pool was down are on this machine's disk")
+            && err.contains("move them away"),
+        "up: {err}"
+    );
+    assert!(
+        procs_under(&pool.root).is_empty(),
+        "a refused up started processes"
     );
 }
 
