@@ -80,6 +80,7 @@ impl PoolClient {
     pub fn placement_for(&self, view: &PoolView, shard_size: u32) -> Option<Placement> {
         let id: [u8; 16] = rand::random();
         placement::place_new(view, self.cfg.redundancy, shard_size, hex::encode(id))
+            .map(|place| self.own_node_first(view, place))
     }
 
     /// Re-encodes the file `m` onto `place` (a fresh placement, with a file id of its

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::{fanout, layout, placement, refused, stripe};
 use super::{ClientError, Holder, Manifest, Moved, PoolClient, Sealing, StripeRecord};
 use super::{FileCipher, Placement};
-use crate::proto::{NodeId, SegmentRef};
+use crate::proto::{NodeId, PoolView, SegmentRef};
 
 impl PoolClient {
     /// An empty manifest for a new file, placed by `placement::place_new` on the pool
@@ -17,8 +17,24 @@ impl PoolClient {
         let id: [u8; 16] = rand::random();
         let file_id = hex::encode(id);
         placement::place_new(&view, self.cfg.redundancy, self.cfg.shard_size, file_id)
-            .map(Manifest::new)
+            .map(|place| Manifest::new(self.own_node_first(&view, place)))
             .ok_or(ClientError::NoNodes)
+    }
+
+    /// `place` with this process's own node (a mount's) holding segment 0, the first
+    /// data shard, when it is one of the holders: the start of each stripe is then read
+    /// from the local disk with no round trip (a file's first byte above all), where the
+    /// rendezvous order would have given it any segment, and by node id (the mount
+    /// joins last) mostly a parity one. A swap of two holders: each node keeps as many
+    /// segments as `place_new` gave it, so spread and tolerance do not change. Only
+    /// while `view` has that node up: a down holder stays where `place_new` put it
+    /// (last, on parity).
+    pub(super) fn own_node_first(&self, view: &PoolView, mut place: Placement) -> Placement {
+        let own = |h: &Holder| self.io.by_call(h.node_id) && view.is_up(h.node_id);
+        if let Some(j) = place.holders.iter().position(own) {
+            place.holders.swap(0, j);
+        }
+        place
     }
 
     /// The placement an empty file (nothing stored, nothing reserved) should have now:

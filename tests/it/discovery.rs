@@ -667,7 +667,8 @@ fn a_file_copied_into_a_mount_lands_on_the_other_hosts_and_reads_back() {
     let after: Vec<(u64, u64)> = (0..4).map(|h| lan.port_bytes(h)).collect();
 
     // Four segments of one file (k = 3 data + 1 parity, the default on 4 nodes), about a
-    // third of it each: segment i on node i + 1.
+    // third of it each: segment i on node i + 1, but for the mount's node (4), which
+    // takes segment 0 (the first data shard, read locally) and gives node 1 its own (3).
     let third = (size / 3) as u64;
     let mut file_ids = Vec::new();
     let mut seg_len = Vec::new();
@@ -681,11 +682,15 @@ fn a_file_copied_into_a_mount_lands_on_the_other_hosts_and_reads_back() {
         let segs = segment_files(&store);
         assert_eq!(segs.len(), 1, "host {h} holds one segment: {segs:?}");
         let (file, name, len) = segs.into_iter().next().expect("one segment");
+        let index = match id {
+            4 => 0,
+            1 => 3,
+            _ => id - 1,
+        };
         assert_eq!(
             name,
-            format!("{}.seg", id - 1),
-            "node {id} holds segment {}",
-            id - 1
+            format!("{index}.seg"),
+            "node {id} holds segment {index}"
         );
         assert!(
             (third..third + 4096).contains(&len),
@@ -745,7 +750,9 @@ fn a_file_copied_into_a_mount_lands_on_the_other_hosts_and_reads_back() {
         got.len() == data.len() && got == data,
         "cat returned different bytes"
     );
-    for h in 1..=3 {
+    // Data shards only, when all are there: segment 0 from the mount's own node, 1 and
+    // 2 from hosts 2 and 3 over the bridge; host 1's parity is not read.
+    for h in 2..=3 {
         let fetched = after[h].1 - before[h].1;
         assert!(
             fetched >= seg_len[h],
@@ -754,6 +761,11 @@ fn a_file_copied_into_a_mount_lands_on_the_other_hosts_and_reads_back() {
             seg_len[h]
         );
     }
+    let parity = after[1].1 - before[1].1;
+    assert!(
+        parity < seg_len[1] / 2,
+        "cat fetched {parity} bytes from host 1, which holds the parity segment"
+    );
 
     // umount inside host 0: the mount leaves the pool and exits 0.
     lan.host_sh_shared(0, &format!("umount {mps}"), Duration::from_secs(30));

@@ -89,7 +89,9 @@ fn files_survive_remount_and_kill_9() {
 }
 
 /// After a 32 MiB copy into a 4-node pool (k = 3 data + 1 parity segment) each node
-/// holds about a third of it, and the mounting node does not hold the whole file.
+/// holds about a third of it, and the mounting node does not hold the whole file. What
+/// it holds is the first data segment of each file it writes, so a file's start (its
+/// first byte above all) is read from its own disk with no round trip.
 #[test]
 #[cfg_attr(
     poolfs_no_mount,
@@ -124,6 +126,23 @@ fn bytes_are_spread_over_the_nodes() {
         "the mounting node holds {mine} of {size} bytes"
     );
     assert_same_file(&src, &pool.path("big"));
+    for i in 0..4 {
+        fs::write(pool.path(&format!("more{i}")), Rng::new(i).bytes(3 * MIB)).unwrap();
+    }
+    let own = crate::harness::cluster::data_segments(&pool.mount_storage);
+    let mut files: Vec<&str> = own.iter().map(|s| s.file.as_str()).collect();
+    files.dedup();
+    assert_eq!(
+        files.len(),
+        5,
+        "the mounting node holds a segment of every file"
+    );
+    for file in files {
+        assert!(
+            own.iter().any(|s| s.file == file && s.name == "0.seg"),
+            "the mounting node holds no first data segment of {file}: {own:?}"
+        );
+    }
 }
 
 /// `poolfs up` mounts a pool one can cp into at once; `poolfs down` unmounts it and
