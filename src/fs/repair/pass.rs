@@ -284,7 +284,9 @@ impl<'a> FileRepair<'a> {
         }
         self.commit(adopt_holder(&self.committed, i, to))?;
         log::info!(
-            "repair: segment {i} of file {} rebuilt from node {lost} onto node {}",
+            "repair: segment {i} of the file of inode {} (segments {}) rebuilt from node \
+             {lost} onto node {}",
+            self.ino,
             self.file_id(),
             to.node_id
         );
@@ -334,18 +336,23 @@ impl<'a> FileRepair<'a> {
             }
             return Err(stop);
         }
-        log::info!(
-            "repair: file {} re-encoded as {}+{} onto nodes {:?} (now {})",
-            old.place.file_id,
-            shape.0,
-            shape.1,
-            new.place
-                .holders
-                .iter()
-                .map(|h| h.node_id)
-                .collect::<Vec<_>>(),
-            new.place.file_id
-        );
+        // The inode names the file for a user (`find MOUNT -inum N`); the ids name its
+        // segments on the nodes.
+        let holders: Vec<_> = new.place.holders.iter().map(|h| h.node_id).collect();
+        let (ino, id, new_id) = (self.ino, &old.place.file_id, &new.place.file_id);
+        match shape.1 {
+            0 => log::warn!(
+                "repair: file of inode {ino} (segments {id}, now {new_id}) re-encoded as \
+                 {}+0 onto nodes {holders:?}: no parity is left, so it cannot be read while \
+                 one of those nodes is off, until more nodes join",
+                shape.0
+            ),
+            m => log::info!(
+                "repair: file of inode {ino} (segments {id}, now {new_id}) re-encoded as \
+                 {}+{m} onto nodes {holders:?}",
+                shape.0
+            ),
+        }
         self.report.reencoded += 1;
         // Nodes that are away keep their old segments until the space sweep finds
         // that no manifest names them.
