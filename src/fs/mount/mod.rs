@@ -4,6 +4,7 @@
 
 mod advice;
 mod kernel;
+mod leave;
 mod table;
 pub use advice::{dead_mount_advice, fuse_device_problem, is_dead_mount};
 use std::net::SocketAddr;
@@ -91,7 +92,7 @@ pub enum MountError {
     NotEmpty {
         /// The mount point.
         path: PathBuf,
-        /// The first names found there, for the message ("'a', 'b' and 3 more").
+        /// The first names found there, for the message ("'a', 'b' and more").
         holds: String,
     },
     /// The mount's own node could not start.
@@ -541,20 +542,8 @@ fn serve(cfg: MountConfig, report: &mut dyn FnMut(Result<(), String>)) -> Result
         log::warn!("cannot make the last namespace changes durable: {e}");
     }
     log::info!("unmounted {}; leaving the pool", mountpoint.display());
-    if cfg.hand_off && alone_in_pool(&rt, &node, &vfs) {
-        // Nowhere to move anything: waiting for a hand-off would only delay the exit
-        // and warn of files "not handed off" that were never at risk.
-        log::info!(
-            "no other node of the pool is up: this mount's files stay on its node \
-             ({}) and are served again when it mounts",
-            cfg.storage.display()
-        );
-    } else if cfg.hand_off {
-        hand_off_own_files(&rt, &node, &vfs, cfg.repair_grace);
-        // The journal still runs through the node's hand-off: the namespace's blobs and
-        // root on this node (another identity's, to the node) move off it with a
-        // snapshot.
-        rt.block_on(node.hand_off());
+    if cfg.hand_off {
+        leave::hand_off(&rt, &node, &vfs, &cfg);
     }
     if let Some(journal) = vfs.journal() {
         // The hand-offs' changes go too; then the lease is released.
@@ -589,46 +578,6 @@ fn no_parity(rt: &tokio::runtime::Runtime, vfs: &Vfs) -> Option<String> {
             if members == 1 { "" } else { "s" }
         )
     })
-}
-
-/// Is this mount's node the only member of the pool that is up (as the controller
-/// sees it now)? `false` when the view cannot be had: then the hand-off is tried.
-fn alone_in_pool(rt: &tokio::runtime::Runtime, node: &Node, vfs: &Vfs) -> bool {
-    match rt.block_on(vfs.client().refresh_view()) {
-        Ok(view) => view.live().iter().all(|n| Some(n.id) == node.node_id()),
-        Err(_) => false,
-    }
-}
-
-/// Before the mount's node leaves, the segments of the mount's own files that it holds
-/// are rebuilt on other nodes (repair passes see the node leaving), so the leave does
-/// not make them less redundant. Stops when a pass moves nothing more.
-fn hand_off_own_files(rt: &tokio::runtime::Runtime, node: &Node, vfs: &Vfs, grace: Duration) {
-    if node.own_bytes() == 0 || !rt.block_on(node.announce_leaving()) {
-        return;
-    }
-    // The client's pool view must show this node leaving before a pass.
-    if let Err(e) = rt.block_on(vfs.client().refresh_view()) {
-        log::warn!("hand-off: cannot refresh the pool view: {e}");
-    }
-    loop {
-        match repair::repair_pass(vfs, grace) {
-            Ok(r) if r.rebuilt > 0 && node.own_bytes() > 0 => continue,
-            Ok(_) => break,
-            Err(e) => {
-                log::warn!("hand-off: repair pass failed: {e}");
-                break;
-            }
-        }
-    }
-    let left = node.own_bytes();
-    if left > 0 {
-        log::warn!(
-            "leaving with {left} bytes of this mount's files on its node: no spare node could \
-             take them. Those files that have parity on other nodes stay readable; those \
-             without cannot be read until this node returns"
-        );
-    }
 }
 
 /// Asks the mount at `mountpoint` to scrub now (through its root's scrub attribute) and
