@@ -357,7 +357,8 @@ pub struct StatusArgs {
     #[command(flatten)]
     pub key: KeyOpt,
     /// Also show the health of every file of this mount and its repair progress
-    /// (repeatable) [default: the mounts of this controller started with `poolfs up`].
+    /// (repeatable) [default: the mounts of this controller started with `poolfs up`,
+    /// and without --json this machine's other mounts of it too].
     #[arg(long = "mount", value_name = "DIR")]
     pub mounts: Vec<PathBuf>,
     /// The data directory given to `up` [default: DATA_DIR].

@@ -60,13 +60,15 @@ fn status_target(args: &cli::StatusArgs) -> StatusTarget {
             .find_map(|u| u.key.clone())
     });
     let mounts = if args.mounts.is_empty() {
-        // The `up` pool's mount, and any other mount of this pool on this machine (one
-        // made by `poolfs mount` or mount(8) shows the controller as its source).
+        // The `up` pool's mount, and in the report for a reader any other mount of this
+        // pool on this machine (one made by `poolfs mount` or mount(8) shows the
+        // controller as its source). Not with --json: scripts poll that for the pool's
+        // view, and a mount's report waits on every node (seconds while one is cut off).
         let mut mounts: Vec<(std::path::PathBuf, bool)> = of_this_pool
             .iter()
             .map(|u| (u.mountpoint.clone(), false))
             .collect();
-        for (mp, c) in &table {
+        for (mp, c) in table.iter().filter(|_| !args.json) {
             if *c == controller && !mounts.iter().any(|(m, _)| m == mp) {
                 mounts.push((mp.clone(), false));
             }
