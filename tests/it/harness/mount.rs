@@ -611,6 +611,19 @@ impl Pool {
         out
     }
 
+    /// `poolfs up` again on this pool's mount point and data dir, where the test expects
+    /// it refused (`what` names the case in the failure): asserts that it failed and
+    /// returns its standard error. The pool's state is not touched.
+    pub fn up_refused(&self, what: &str) -> String {
+        let out = run(poolfs(["up"])
+            .arg(&self.mnt)
+            .arg("--data-dir")
+            .arg(&self.data));
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{what}: up succeeded");
+        err
+    }
+
     /// After a successful `up` run by the test itself: `down` is needed again.
     pub fn mark_up(&mut self) {
         self.is_down = false;

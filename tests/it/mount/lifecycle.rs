@@ -159,19 +159,8 @@ fn up_and_down_end_to_end() {
     let mut pool = Pool::up("updown", 3);
     assert_eq!(pool.pids.len(), 4, "mount + 2 nodes + controller");
     // A second `up` on the same mount point is refused and leaves the pool alone.
-    let again = run(harness::mount::poolfs(["up"])
-        .arg(&pool.mnt)
-        .arg("--data-dir")
-        .arg(&pool.data));
-    assert!(
-        !again.status.success(),
-        "a second up on a live mount succeeded"
-    );
-    assert!(
-        String::from_utf8_lossy(&again.stderr).contains("already up"),
-        "stderr: {}",
-        String::from_utf8_lossy(&again.stderr)
-    );
+    let err = pool.up_refused("a second up on a live mount");
+    assert!(err.contains("already up"), "stderr: {err}");
     let src = pool.scratch().join("src");
     random_file(&src, 5 * MIB + 1);
     assert!(cp(&src, &pool.path("f")).status.success());

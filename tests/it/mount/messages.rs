@@ -123,12 +123,7 @@ fn a_dead_mount_is_named_with_how_to_clear_it_and_down_clears_it() {
     assert!(says_how_to_clear(&err), "mount: {err}");
     assert!(!err.contains("not a directory"), "mount: {err}");
 
-    let out = run(poolfs(["up"])
-        .arg(&pool.mnt)
-        .arg("--data-dir")
-        .arg(&pool.data));
-    let err = stderr(&out);
-    assert!(!out.status.success(), "up on a dead mount succeeded");
+    let err = pool.up_refused("up on a dead mount");
     assert!(says_how_to_clear(&err), "up: {err}");
     assert!(!err.contains("File exists"), "up: {err}");
 
@@ -440,15 +435,7 @@ fn after_a_plain_umount_status_and_up_say_the_pool_still_runs_and_down_stops_it(
             && said.contains(&format!("`poolfs down {mnt}` stops it")),
         "status: {said}"
     );
-    let out = run(poolfs(["up"])
-        .arg(&pool.mnt)
-        .args(["--nodes", "2", "--data-dir"])
-        .arg(&pool.data));
-    let err = stderr(&out);
-    assert!(
-        !out.status.success(),
-        "a second up on a running pool succeeded"
-    );
+    let err = pool.up_refused("a second up on a running pool");
     assert!(
         err.contains("still runs without its mount")
             && err.contains(&format!("`poolfs down {mnt}`")),
@@ -505,15 +492,7 @@ fn a_pool_that_is_down_is_named_by_status_and_down_with_how_to_start_it() {
     // A file copied into the mount point while the pool is down lands on the local
     // disk: `up` refuses the directory, says why and what to do, and starts nothing.
     fs::write(pool.mnt.join("copied-while-down"), b"local").unwrap();
-    let out = run(harness::mount::poolfs(["up"])
-        .arg(&pool.mnt)
-        .arg("--data-dir")
-        .arg(&pool.data));
-    let err = stderr(&out);
-    assert!(
-        !out.status.success(),
-        "up over a non-empty mount point succeeded"
-    );
+    let err = pool.up_refused("up over a non-empty mount point");
     assert!(
         err.contains("it holds 'copied-while-down'")
             && err.contains("while this pool was down are on this machine's disk")
